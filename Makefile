@@ -1,0 +1,41 @@
+# Quick start: `make demo` then `make test`. Each target bootstraps .venv when missing or stale.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test test-all lint format clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "art-gifd needs Python >= 3.10, found " + sys.version.split()[0])'
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch first, from the pinned local wheels where they exist; fall back to the project's range elsewhere.
+	$(VPY) -m pip install -q $(TORCH_PINS) || echo "note: $(TORCH_PINS) not available here; using pyproject's torch range"
+	$(VPY) -m pip install -q -e '.[dev]'
+	# Optional face DCGAN prior: its declared dependencies are not needed and would downgrade pillow.
+	$(VPY) -m pip install -q --no-deps gan-face-generate==1.1.1
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/art-gifd demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	# pytest exits 5 when it collects no test: treat that (and any failure) as a failed run.
+	$(VPY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-all: $(STAMP)
+	$(VPY) -m pytest -q -m ''
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

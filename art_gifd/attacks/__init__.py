@@ -1,0 +1,11 @@
+"""Gradient-inversion attacks, all ART inference attacks on one gradient-matching core."""
+
+from art_gifd.attacks.base import GradientInversionAttack
+from art_gifd.attacks.core import ReconstructionResult
+from art_gifd.attacks.gifd import GIFDAttack
+from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
+
+#: The result type of :class:`GIFDAttack` (shared by every attack).
+GIFDResult = ReconstructionResult
+
+__all__ = ["GIFDAttack", "GIFDResult", "GradientInversionAttack", "InvertingGradientsAttack", "ReconstructionResult"]

@@ -1,0 +1,243 @@
+"""
+Base class of every gradient-inversion attack: the ART contract, validation and the staged search loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from art.attacks.attack import InferenceAttack
+from art.estimators.classification import PyTorchClassifier
+from tqdm.auto import tqdm
+
+from art_gifd.attacks.core import (
+    DISTANCES,
+    GradientMatcher,
+    Objective,
+    ReconstructionResult,
+    SearchSettings,
+    SearchStage,
+    StageOutcome,
+    run_stage,
+    select_best,
+)
+from art_gifd.federated import GradientInput, TargetModel
+from art_gifd.labels import infer_labels
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+StageGenerator = Generator[SearchStage, StageOutcome, None]
+
+
+@dataclass
+class SearchContext:
+    """What a stage builder needs to know about the current reconstruction."""
+
+    target: TargetModel
+    labels: torch.Tensor
+    batch_size: int
+    num_restarts: int
+    rng: torch.Generator
+    clip_values: tuple[float, float]
+
+    @property
+    def num_candidates(self) -> int:
+        """Rows of a representation tensor: one per restart and per image, ``R * B``."""
+        return self.batch_size * self.num_restarts
+
+    def repeat_per_restart(self, per_image: torch.Tensor) -> torch.Tensor:
+        """Tile a per-image tensor ``(B, …)`` over the restarts, ``(R * B, …)``."""
+        return per_image.repeat(self.num_restarts, *([1] * (per_image.dim() - 1)))
+
+
+class GradientInversionAttack(InferenceAttack, abc.ABC):
+    """
+    Reconstruct a federated-learning client's private batch from the gradient it shared.
+
+    Subclasses describe their search as a sequence of stages (:meth:`_stages`); this class validates inputs, infers
+    labels, runs the stages on the shared gradient-matching core and returns the best candidate over all stages and
+    restarts. ``infer(x)`` takes the observed gradient as ``x`` (ART's inference-attack signature) and returns the
+    reconstructed images.
+    """
+
+    attack_params = [
+        *InferenceAttack.attack_params,
+        "steps_per_stage",
+        "num_restarts",
+        "learning_rate",
+        "distance",
+        "tv_weight",
+        "norm_weight",
+        "batch_size",
+        "train_mode",
+        "device",
+        "seed",
+        "verbose",
+    ]
+    _estimator_requirements = (PyTorchClassifier,)
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        steps_per_stage: int,
+        num_restarts: int,
+        learning_rate: float,
+        distance: str = "cosine",
+        tv_weight: float = 1e-4,
+        norm_weight: float = 1e-6,
+        batch_size: int = 1,
+        train_mode: bool = False,
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+        verbose: bool = True,
+    ) -> None:
+        """
+        :param estimator: ART ``PyTorchClassifier`` of the FL model (architecture and current weights).
+        :param steps_per_stage: Adam steps per stage of the search.
+        :param num_restarts: Independent random restarts, run as one batched computation.
+        :param learning_rate: Peak Adam learning rate (linear warm-up, then cosine decay).
+        :param distance: Gradient distance, ``"cosine"`` (scale-invariant) or ``"l2"``.
+        :param tv_weight: Weight of the total-variation image prior.
+        :param norm_weight: Weight of the squared-norm image prior.
+        :param batch_size: Number of private samples behind the gradient (the client batch size).
+        :param train_mode: Whether the client computed its gradient with the model in train mode.
+        :param device: Device of the search (default: the estimator's device).
+        :param seed: Seed of the random initialisations (``None``: a fresh seed, recorded in the result).
+        :param verbose: Show a progress bar.
+        """
+        super().__init__(estimator=estimator)
+        self.steps_per_stage = steps_per_stage
+        self.num_restarts = num_restarts
+        self.learning_rate = learning_rate
+        self.distance = distance
+        self.tv_weight = tv_weight
+        self.norm_weight = norm_weight
+        self.batch_size = batch_size
+        self.train_mode = train_mode
+        self.device = device
+        self.seed = seed
+        self.verbose = verbose
+
+    def _check_params(self) -> None:
+        for name in ("steps_per_stage", "num_restarts", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}.")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"Unknown distance '{self.distance}': use one of {DISTANCES}.")
+        for name in ("tv_weight", "norm_weight"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer)):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
+        if self.estimator.clip_values is None:
+            raise ValueError(
+                "The estimator has no clip_values: set clip_values=(min, max) on the PyTorchClassifier so that "
+                "reconstructions can be mapped to its input range."
+            )
+        clip = np.asarray(self.estimator.clip_values, dtype=np.float64).reshape(2, -1)
+        if np.ptp(clip, axis=1).any() or not clip[0, 0] < clip[1, 0]:
+            raise ValueError(
+                f"clip_values must be one (min, max) pair with min < max, got {self.estimator.clip_values!r}."
+            )
+
+    def infer(self, x: GradientInput, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+        """
+        Reconstruct the client's private batch from its gradient.
+
+        :param x: Observed gradient: arrays in ``model.parameters()`` order, or a mapping parameter name → array.
+        :param y: Labels of the private batch (class indices or one-hot); ``None`` infers them from the gradient.
+        :return: Reconstructed images, float32, shape ``(batch_size, *input_shape)``, within the estimator's
+                 ``clip_values``.
+        """
+        return self.reconstruct(x, y).images
+
+    def reconstruct(self, x: GradientInput, y: np.ndarray | None = None) -> ReconstructionResult:
+        """
+        Like :meth:`infer`, returning the images with the details of the search.
+
+        :param x: Observed gradient.
+        :param y: Known labels, or ``None`` to infer them.
+        :return: The reconstruction and its details.
+        """
+        import torch
+
+        start = time.perf_counter()
+        target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
+        observed = target.as_gradient_list(x)
+        if y is None:
+            labels = infer_labels(observed, target.module, target.nb_classes, self.batch_size)
+        else:
+            labels = target.labels_to_indices(y, batch_size=self.batch_size)
+        seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))
+        rng = torch.Generator(device=target.device).manual_seed(seed)
+        lo, hi = (float(v) for v in np.asarray(self.estimator.clip_values, dtype=np.float64).reshape(2, -1)[:, 0])
+        ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi))
+        self._prepare(ctx)
+        objective = Objective(
+            GradientMatcher(target, observed, labels, self.distance), self.tv_weight, self.norm_weight
+        )
+        total = self.steps_per_stage * self._num_stages()
+        outcomes: list[StageOutcome] = []
+        with tqdm(total=total, desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
+            settings = SearchSettings(self.steps_per_stage, self.learning_rate, self.num_restarts, progress=bar)
+            stages = self._stages(ctx)
+            stage = next(stages)
+            while True:
+                outcomes.append(run_stage(stage, objective, settings))
+                try:
+                    stage = stages.send(outcomes[-1])
+                except StopIteration:
+                    break
+        best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size)
+        images = images.clamp(lo, hi).detach().cpu().numpy().astype(np.float32)
+        result = ReconstructionResult(
+            images=images,
+            labels=labels.cpu().numpy(),
+            labels_inferred=y is None,
+            stage_names=[o.name for o in outcomes],
+            stage_losses=losses,
+            best_stage=best_stage,
+            best_restart=best_restart,
+            best_loss=float(losses[best_stage, best_restart]),
+            steps=self.steps_per_stage * len(outcomes),
+            seconds=time.perf_counter() - start,
+            seed=seed,
+            extra=self._extra(ctx),
+        )
+        logger.info(
+            "%s: best candidate from stage '%s', restart %d, matching loss %.5f, %.1f s.",
+            type(self).__name__,
+            result.stage_names[best_stage],
+            best_restart,
+            result.best_loss,
+            result.seconds,
+        )
+        return result
+
+    def _prepare(self, ctx: SearchContext) -> None:
+        """Check the context before the search (e.g. that a prior fits the estimator); raise ``ValueError``."""
+
+    def _extra(self, ctx: SearchContext) -> dict[str, object]:
+        """Attack-specific details stored in :attr:`ReconstructionResult.extra`."""
+        return {}
+
+    @abc.abstractmethod
+    def _num_stages(self) -> int:
+        """Number of stages :meth:`_stages` yields."""
+
+    @abc.abstractmethod
+    def _stages(self, ctx: SearchContext) -> StageGenerator:
+        """Yield the stages in order; each ``yield`` receives the previous stage's outcome."""

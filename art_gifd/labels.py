@@ -1,0 +1,119 @@
+"""
+Labels: inferring the client's labels from its gradient, and mapping task labels to generator classes.
+
+Label inference reads the gradient of the last linear layer (the classifier head). With softmax cross-entropy the
+bias gradient of class ``c`` is ``g_c = (1/B) Σ_i (p_ic − y_ic)``: negative for a class present in the batch only
+(iDLG, Zhao et al. 2020). Without a bias the row sums of the weight gradient play the same role when the features
+entering the head are non-negative (ReLU/sigmoid), which is the usual case.
+
+Counts of repeated labels (batch size ``B`` larger than the number of negative entries) are estimated as follows.
+A class absent from the batch has ``g_c = p̄_c``, its mean predicted probability; the mean of ``g`` over absent
+classes estimates ``p̄`` of the present ones too (near-uniform predictions, as early in training), so a present
+class has ``n_c ≈ B (p̄ − g_c)``. The estimates are rescaled to sum to ``B`` and rounded by largest remainder with
+every present class kept at least once. This is exact for distinct labels and a heuristic for repeats: confident
+models (peaked predictions) make it less reliable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+#: What ``label_mapping=`` accepts: ``None`` (identity), a dict task label → generator class, or a callable.
+LabelMapping = None | Mapping[int, int] | Callable[[int], int]
+
+
+def find_classifier_head(module: nn.Module, nb_classes: int) -> tuple[int, int | None]:
+    """
+    Locate the last linear layer with ``nb_classes`` outputs.
+
+    :param module: The FL model.
+    :param nb_classes: Number of classes.
+    :return: Indices, in ``module.parameters()`` order, of its weight and of its bias (``None`` without bias).
+    :raises ValueError: If the model has no such layer.
+    """
+    index = {id(p): i for i, p in enumerate(module.parameters())}
+    heads = [m for m in module.modules() if isinstance(m, nn.Linear) and m.out_features == nb_classes]
+    if not heads:
+        raise ValueError(
+            f"Cannot infer labels: the model has no nn.Linear layer with {nb_classes} outputs. Pass the labels "
+            "explicitly (y=...)."
+        )
+    head = heads[-1]
+    return index[id(head.weight)], (index[id(head.bias)] if head.bias is not None else None)
+
+
+def label_signal(grads: Sequence[torch.Tensor], weight_index: int, bias_index: int | None) -> torch.Tensor:
+    """Per-class signal whose negative entries mark the classes present: the bias gradient, else weight row sums."""
+    if bias_index is not None:
+        return grads[bias_index].detach().double()
+    return grads[weight_index].detach().double().sum(dim=1)
+
+
+def infer_labels(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, batch_size: int) -> torch.Tensor:
+    """
+    Infer the labels of a client batch from its gradient (see the module documentation for the method).
+
+    :param grads: Per-parameter gradients in ``module.parameters()`` order.
+    :param module: The FL model.
+    :param nb_classes: Number of classes.
+    :param batch_size: Client batch size ``B``.
+    :return: ``B`` class indices, sorted, on the gradients' device.
+    """
+    weight_index, bias_index = find_classifier_head(module, nb_classes)
+    signal = label_signal(grads, weight_index, bias_index).cpu().numpy()
+    order = np.argsort(signal, kind="stable")
+    present = [int(c) for c in order if signal[c] < 0]
+    if not present:  # degenerate (e.g. fully confident model): fall back to the most negative entries
+        present = [int(c) for c in order[:1]]
+    if len(present) >= batch_size:
+        labels = sorted(present[:batch_size])
+    else:
+        labels = sorted(_estimate_counts(signal, present, batch_size))
+    return torch.as_tensor(labels, dtype=torch.long, device=grads[0].device)
+
+
+def _estimate_counts(signal: np.ndarray, present: list[int], batch_size: int) -> list[int]:
+    """Spread ``batch_size`` labels over the ``present`` classes in proportion to ``p̄ − signal`` (largest remainder)."""
+    absent = np.setdiff1d(np.arange(signal.size), present)
+    baseline = float(signal[absent].mean()) if absent.size else 0.0
+    strength = np.maximum(baseline - signal[present], 1e-12)
+    extra = batch_size - len(present)
+    share = strength / strength.sum() * batch_size - 1.0  # what each class holds beyond its guaranteed one
+    share = np.maximum(share, 0.0)
+    share = share / share.sum() * extra if share.sum() > 0 else np.full(len(present), extra / len(present))
+    counts = np.floor(share).astype(int)
+    for i in np.argsort(-(share - counts), kind="stable")[: extra - counts.sum()]:
+        counts[i] += 1
+    return [c for c, n in zip(present, counts + 1, strict=True) for _ in range(n)]
+
+
+def map_labels(labels: torch.Tensor, mapping: LabelMapping, num_generator_classes: int) -> torch.Tensor:
+    """
+    Map task labels to generator classes.
+
+    :param labels: Task labels.
+    :param mapping: ``None`` (identity), a dict task label → generator class, or a callable doing the same.
+    :param num_generator_classes: Number of classes of the generator.
+    :raises ValueError: If a label has no mapping or maps outside the generator's classes.
+    """
+    out = []
+    for label in labels.tolist():
+        if mapping is None:
+            target = label
+        elif isinstance(mapping, Mapping):
+            if label not in mapping:
+                raise ValueError(f"label_mapping has no entry for task label {label}.")
+            target = mapping[label]
+        else:
+            target = mapping(label)
+        if not isinstance(target, int | np.integer) or not 0 <= int(target) < num_generator_classes:
+            raise ValueError(
+                f"label_mapping maps task label {label} to {target!r}, which is not a generator class in "
+                f"[0, {num_generator_classes - 1}]."
+            )
+        out.append(int(target))
+    return torch.as_tensor(out, dtype=torch.long, device=labels.device)

@@ -1,0 +1,357 @@
+"""
+Reconstruction quality: how close the images recovered by a gradient-inversion attack are to the client's data.
+
+All functions take NCHW float arrays and a ``data_range`` ``(low, high)`` that maps the pixel values to ``[0, 1]``
+before measuring (values outside the range are not clipped). A reconstructed batch comes back in an arbitrary order,
+so :func:`evaluate_batch` first pairs each original image with one reconstruction (:func:`match_images`, a Hungarian
+assignment on the mean squared error) and only then computes the per-image metrics:
+
+- PSNR in dB, capped at :data:`MAX_PSNR` so that an exact match stays a finite, JSON-friendly number;
+- SSIM from scikit-image;
+- LPIPS (Zhang et al. 2018) through :class:`LPIPSMetric`, which needs the torchvision backbone weights on disk and
+  never downloads them: without them it reports itself unavailable rather than measure with a random network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lpips as lpips_lib
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
+
+logger = logging.getLogger(__name__)
+
+#: PSNR (dB) reported for an exact match, and the cap of every PSNR value (an MSE of 1e-10 on ``[0, 1]`` images).
+MAX_PSNR = 100.0
+
+#: Smallest image side the LPIPS AlexNet backbone accepts; smaller images are upsampled to it.
+LPIPS_MIN_SIZE = 32
+
+#: LPIPS backbone name → (torchvision constructor, torchvision checkpoint file name, display name).
+_BACKBONES: dict[str, tuple[str, str, str]] = {
+    "alex": ("alexnet", "alexnet-owt-7be5be79.pth", "AlexNet"),
+    "vgg": ("vgg16", "vgg16-397923af.pth", "VGG16"),
+}
+
+
+def _validate_pair(reconstructed: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Check that two image batches are comparable and convert them to float64.
+
+    :param reconstructed: Reconstructed images, NCHW.
+    :param original: Original images, NCHW.
+    :return: Both batches as float64 arrays.
+    :raises ValueError: If a batch is not 4-D, is empty, the shapes differ, or a value is NaN or infinite.
+    """
+    rec = np.asarray(reconstructed, dtype=np.float64)
+    orig = np.asarray(original, dtype=np.float64)
+    for name, arr in (("reconstructed", rec), ("original", orig)):
+        if arr.ndim != 4:
+            raise ValueError(f"{name} must be a 4-D NCHW array, got shape {arr.shape}.")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or infinite values.")
+    if rec.shape != orig.shape:
+        raise ValueError(f"reconstructed and original must have the same shape, got {rec.shape} and {orig.shape}.")
+    if rec.shape[0] == 0:
+        raise ValueError("The batches are empty.")
+    return rec, orig
+
+
+def _to_unit(images: np.ndarray, data_range: tuple[float, float]) -> np.ndarray:
+    """
+    Rescale images linearly from ``data_range`` to ``[0, 1]``.
+
+    :param images: Images in ``data_range``.
+    :param data_range: ``(low, high)`` pixel range of ``images``.
+    :return: The rescaled images.
+    :raises ValueError: If ``high <= low``.
+    """
+    low, high = (float(v) for v in data_range)
+    if not high > low:
+        raise ValueError(f"data_range must be (low, high) with high > low, got {data_range}.")
+    return (images - low) / (high - low)
+
+
+def _prepare(
+    reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Validate two batches and rescale them to ``[0, 1]``.
+
+    :param reconstructed: Reconstructed images, NCHW.
+    :param original: Original images, NCHW.
+    :param data_range: ``(low, high)`` pixel range of both batches.
+    :return: Both batches, float64 in ``[0, 1]``.
+    """
+    rec, orig = _validate_pair(reconstructed, original)
+    return _to_unit(rec, data_range), _to_unit(orig, data_range)
+
+
+def psnr(reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """
+    Peak signal-to-noise ratio of each reconstructed image against its original, ``10 log10(1 / MSE)`` on ``[0, 1]``.
+
+    :param reconstructed: Reconstructed images, NCHW.
+    :param original: Original images, same shape.
+    :param data_range: ``(low, high)`` pixel range of both batches.
+    :return: PSNR in dB per image, shape ``(N,)``, capped at :data:`MAX_PSNR` (the value of an exact match).
+    """
+    rec, orig = _prepare(reconstructed, original, data_range)
+    mse = np.mean((rec - orig) ** 2, axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        values = 10.0 * np.log10(1.0 / mse)
+    return np.minimum(values, MAX_PSNR)
+
+
+def ssim(reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """
+    Structural similarity of each reconstructed image against its original (scikit-image, uniform window).
+
+    The window is 7×7, or the largest odd size that fits images smaller than 7 pixels on a side.
+
+    :param reconstructed: Reconstructed images, NCHW.
+    :param original: Original images, same shape.
+    :param data_range: ``(low, high)`` pixel range of both batches.
+    :return: SSIM per image, shape ``(N,)``; 1 for an exact match.
+    :raises ValueError: If the images are smaller than 3×3.
+    """
+    rec, orig = _prepare(reconstructed, original, data_range)
+    smallest = min(rec.shape[2:])
+    if smallest < 3:
+        raise ValueError(f"SSIM needs images of at least 3×3 pixels, got {rec.shape[2]}×{rec.shape[3]}.")
+    win_size = min(7, smallest if smallest % 2 else smallest - 1)
+    return np.array(
+        [
+            structural_similarity(
+                r.transpose(1, 2, 0), o.transpose(1, 2, 0), win_size=win_size, data_range=1.0, channel_axis=-1
+            )
+            for r, o in zip(rec, orig, strict=True)
+        ],
+        dtype=np.float64,
+    )
+
+
+def match_images(
+    reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float] = (0.0, 1.0)
+) -> np.ndarray:
+    """
+    Pair reconstructions with originals one-to-one so that the total mean squared error is smallest (Hungarian).
+
+    :param reconstructed: Reconstructed images, NCHW, in any order.
+    :param original: Original images, same shape.
+    :param data_range: ``(low, high)`` pixel range of both batches.
+    :return: Permutation ``perm`` (int64, shape ``(N,)``) such that ``reconstructed[perm[i]]`` matches
+        ``original[i]``.
+    """
+    rec, orig = _prepare(reconstructed, original, data_range)
+    rec_flat = rec.reshape(len(rec), -1)
+    orig_flat = orig.reshape(len(orig), -1)
+    # ||o - r||² = ||o||² + ||r||² - 2 o·r, without materialising the N×N×D differences.
+    sq_dist = (orig_flat**2).sum(axis=1)[:, None] + (rec_flat**2).sum(axis=1)[None, :] - 2.0 * orig_flat @ rec_flat.T
+    cost = np.maximum(sq_dist, 0.0) / rec_flat.shape[1]
+    _, perm = linear_sum_assignment(cost)
+    return perm.astype(np.int64)
+
+
+def label_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
+    """
+    Fraction of the batch's labels recovered, as a multiset: order is ignored, repeats count.
+
+    ``sum_c min(count_pred[c], count_true[c]) / len(true)``, e.g. ``[1, 1, 2]`` against ``[1, 2, 2]`` gives 2/3.
+
+    :param predicted: Recovered labels, 1-D.
+    :param true: True labels of the batch, 1-D, not empty.
+    :return: The fraction, in ``[0, 1]``.
+    :raises ValueError: If a label array is not 1-D or ``true`` is empty.
+    """
+    pred = np.asarray(predicted)
+    truth = np.asarray(true)
+    for name, arr in (("predicted", pred), ("true", truth)):
+        if arr.ndim != 1:
+            raise ValueError(f"{name} labels must be a 1-D array, got shape {arr.shape}.")
+    if truth.size == 0:
+        raise ValueError("true labels are empty.")
+    recovered = Counter(pred.tolist()) & Counter(truth.tolist())
+    return sum(recovered.values()) / truth.size
+
+
+def default_weights_path(net: str = "alex") -> Path:
+    """
+    Where :class:`LPIPSMetric` looks for the backbone weights by default: torchvision's file in the torch hub cache.
+
+    :param net: LPIPS backbone, ``"alex"`` or ``"vgg"``.
+    :return: ``<torch hub dir>/checkpoints/<torchvision checkpoint file>``.
+    :raises ValueError: If ``net`` is not supported.
+    """
+    if net not in _BACKBONES:
+        raise ValueError(f"Unsupported LPIPS backbone {net!r}; choose one of {sorted(_BACKBONES)}.")
+    return Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONES[net][1]
+
+
+class LPIPSMetric:
+    """
+    Learned perceptual image patch similarity (LPIPS), with backbone weights read from disk and never downloaded.
+
+    The ``lpips`` package ships its linear heads; the torchvision backbone (AlexNet or VGG16) is built with random
+    weights and the real ImageNet weights are copied in from ``weights_path`` (default :func:`default_weights_path`).
+    Without that file the metric is unavailable (:attr:`available` is ``False``, :attr:`reason` says why and how to fix
+    it) and calling it raises: it never measures with a random backbone.
+
+    Grey images are repeated to three channels and images are scaled to ``[-1, 1]``. Images with a side smaller than
+    :data:`LPIPS_MIN_SIZE` (32, the smallest input AlexNet's feature stack accepts) are upsampled bilinearly, keeping
+    their aspect ratio, so that their smaller side is 32; this is logged once per instance at INFO level.
+
+    :param net: LPIPS backbone, ``"alex"`` or ``"vgg"``.
+    :param weights_path: torchvision state dict of the backbone (e.g. ``alexnet-owt-7be5be79.pth``); default: the
+        torch hub cache.
+    :param device: Torch device to run on.
+    :raises ValueError: If ``net`` is not supported.
+    """
+
+    def __init__(self, net: str = "alex", weights_path: str | Path | None = None, device: str = "cpu") -> None:
+        self.net = net
+        self.weights_path = Path(weights_path) if weights_path is not None else default_weights_path(net)
+        self.device = torch.device(device)
+        self.reason: str | None = None
+        self._model: lpips_lib.LPIPS | None = None
+        self._logged_upsampling = False
+        _, file_name, display = _BACKBONES[net]
+        if not self.weights_path.is_file():
+            self.reason = (
+                f"{display} weights not found at {self.weights_path}; copy {file_name} there or pass weights_path."
+            )
+        else:
+            try:
+                self._model = self._build()
+            except Exception as exc:  # torch.load raises many exception types on a corrupt or foreign file.
+                self.reason = f"{display} weights at {self.weights_path} could not be loaded: {exc}"
+        if self.reason is not None:
+            logger.warning("LPIPS unavailable: %s", self.reason)
+
+    @property
+    def available(self) -> bool:
+        """``True`` when the real backbone weights were loaded and the metric can be computed."""
+        return self._model is not None
+
+    @property
+    def model(self) -> lpips_lib.LPIPS | None:
+        """The underlying ``lpips.LPIPS`` module with the loaded backbone, or ``None`` when unavailable."""
+        return self._model
+
+    def _build(self) -> lpips_lib.LPIPS:
+        """
+        Build the LPIPS network and copy the torchvision backbone weights into its feature slices.
+
+        :return: The LPIPS module, in eval mode on :attr:`device`.
+        """
+        constructor = getattr(torchvision.models, _BACKBONES[self.net][0])
+        backbone = constructor()
+        state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+        backbone.load_state_dict(state, strict=True)
+        with warnings.catch_warnings():
+            # lpips builds its random backbone with torchvision's deprecated ``pretrained=False`` argument.
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips_lib.LPIPS(net=self.net, pretrained=True, pnet_rand=True, verbose=False)
+        # lpips names each layer of its slices by its index in torchvision's ``features`` stack.
+        for k in range(1, model.net.N_slices + 1):
+            for index, layer in getattr(model.net, f"slice{k}").named_children():
+                layer.load_state_dict(backbone.features[int(index)].state_dict(), strict=True)
+        model.eval().requires_grad_(False)
+        return model.to(self.device)
+
+    def _to_input(self, images: np.ndarray) -> torch.Tensor:
+        """
+        Convert ``[0, 1]`` NCHW images to the LPIPS input: three channels, ``[-1, 1]``, at least 32×32.
+
+        :param images: Images in ``[0, 1]``, one or three channels.
+        :return: Float32 tensor on :attr:`device`.
+        :raises ValueError: If the images have neither one nor three channels.
+        """
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"LPIPS needs 1 or 3 channels, got {images.shape[1]}.")
+        x = torch.from_numpy(images * 2.0 - 1.0).float().to(self.device)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        height, width = x.shape[2:]
+        if min(height, width) < LPIPS_MIN_SIZE:
+            scale = LPIPS_MIN_SIZE / min(height, width)
+            size = (math.ceil(height * scale), math.ceil(width * scale))
+            if not self._logged_upsampling:
+                logger.info("LPIPS: upsampling %dx%d images to %dx%d for the backbone.", height, width, *size)
+                self._logged_upsampling = True
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
+    def __call__(
+        self, reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float] = (0.0, 1.0)
+    ) -> np.ndarray:
+        """
+        LPIPS distance of each reconstructed image to its original (lower is closer, 0 for an exact match).
+
+        :param reconstructed: Reconstructed images, NCHW, one or three channels.
+        :param original: Original images, same shape.
+        :param data_range: ``(low, high)`` pixel range of both batches.
+        :return: Distance per image, shape ``(N,)``.
+        :raises RuntimeError: If the metric is unavailable (the message is :attr:`reason`).
+        """
+        if self._model is None:
+            raise RuntimeError(f"LPIPS is unavailable: {self.reason}")
+        rec, orig = _prepare(reconstructed, original, data_range)
+        with torch.no_grad():
+            distances = self._model(self._to_input(rec), self._to_input(orig))
+        return distances.reshape(-1).cpu().numpy().astype(np.float64)
+
+
+def evaluate_batch(
+    reconstructed: np.ndarray,
+    original: np.ndarray,
+    rec_labels: np.ndarray,
+    true_labels: np.ndarray,
+    data_range: tuple[float, float] = (0.0, 1.0),
+    lpips: LPIPSMetric | None = None,
+) -> dict[str, Any]:
+    """
+    Score a reconstructed batch: match it to the originals (:func:`match_images`), then measure each pair.
+
+    :param reconstructed: Reconstructed images, NCHW, in any order.
+    :param original: Original images, same shape.
+    :param rec_labels: Labels the attack recovered, 1-D.
+    :param true_labels: True labels of the batch, 1-D.
+    :param data_range: ``(low, high)`` pixel range of both batches.
+    :param lpips: LPIPS metric to include, or ``None``; an unavailable one yields ``None`` LPIPS values.
+    :return: JSON-serialisable dict: ``psnr``, ``ssim`` and ``lpips`` (means over the batch; ``lpips`` may be
+        ``None``), ``label_accuracy``, ``per_image`` (lists ``psnr``, ``ssim``, ``lpips`` in the order of
+        ``original``) and ``assignment`` (the matching permutation as a list).
+    """
+    perm = match_images(reconstructed, original, data_range)
+    matched = np.asarray(reconstructed)[perm]
+    psnr_values = psnr(matched, original, data_range)
+    ssim_values = ssim(matched, original, data_range)
+    lpips_values: list[float] | None = None
+    if lpips is not None:
+        if lpips.available:
+            lpips_values = [float(v) for v in lpips(matched, original, data_range)]
+        else:
+            logger.debug("Skipping LPIPS: %s", lpips.reason)
+    return {
+        "psnr": float(np.mean(psnr_values)),
+        "ssim": float(np.mean(ssim_values)),
+        "lpips": float(np.mean(lpips_values)) if lpips_values is not None else None,
+        "label_accuracy": label_accuracy(rec_labels, true_labels),
+        "per_image": {
+            "psnr": [float(v) for v in psnr_values],
+            "ssim": [float(v) for v in ssim_values],
+            "lpips": lpips_values,
+        },
+        "assignment": [int(i) for i in perm],
+    }

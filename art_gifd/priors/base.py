@@ -1,0 +1,94 @@
+"""
+The layered-generator interface that every generative prior implements.
+
+A generator ``G`` is split into blocks ``G = G_n ∘ … ∘ G_1``. *Stage* ``k`` of the GIFD search optimises the input of
+block ``k + 1``: stage 0 is the latent code, stage ``k >= 1`` the intermediate feature reached after ``k`` blocks.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+
+class LayeredGenerator(nn.Module, abc.ABC):
+    """
+    A pretrained generator split into blocks, so that the search can start from any intermediate feature.
+
+    Subclasses set :attr:`num_blocks`, :attr:`image_shape`, :attr:`output_range`, :attr:`num_classes` and implement
+    :meth:`sample_latent` and :meth:`forward_blocks`. Weights are frozen and the module is kept in eval mode.
+    """
+
+    #: Number of blocks ``n``; stages ``0 … n - 1`` can be searched.
+    num_blocks: int
+    #: Shape of one generated image, ``(C, H, W)``.
+    image_shape: tuple[int, int, int]
+    #: Range of the generator's output pixels, e.g. ``(-1.0, 1.0)`` for a tanh output.
+    output_range: tuple[float, float] = (-1.0, 1.0)
+    #: Number of classes of a class-conditional generator, ``None`` for an unconditional one.
+    num_classes: int | None = None
+    #: Number of stages GIFD searches when the attack does not say (``None`` = all blocks).
+    default_max_stage: int | None = None
+    #: Free-text description of the data the generator was trained on (stated in reports).
+    training_domain: str = "unknown"
+
+    @abc.abstractmethod
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """
+        Draw ``n`` latent codes (the input of block 1) on the module's device.
+
+        :param n: Number of codes.
+        :param generator: Random number generator for reproducible draws.
+        """
+
+    @abc.abstractmethod
+    def forward_blocks(
+        self, h: torch.Tensor, start: int, stop: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Apply blocks ``start + 1 … stop`` to ``h``, the input of block ``start + 1``.
+
+        :param h: Latent code (``start == 0``) or intermediate feature after ``start`` blocks.
+        :param start: Stage whose input ``h`` is, ``0 <= start < num_blocks``.
+        :param stop: Number of blocks applied in total afterwards, ``start <= stop <= num_blocks``.
+        :param labels: Generator class indices, one per sample, for class-conditional generators.
+        """
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the generator's weights."""
+        return next(self.parameters()).device
+
+    def forward_from(self, stage: int, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Generate images from the input of stage ``stage``.
+
+        :param stage: Stage index, ``0`` for the latent code.
+        :param h: Latent code or intermediate feature.
+        :param labels: Generator class indices for class-conditional generators.
+        :return: Images in :attr:`output_range`, shape ``(N, *image_shape)``.
+        """
+        return self.forward_blocks(h, stage, self.num_blocks, labels)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate images from latent codes."""
+        return self.forward_from(0, z, labels)
+
+    def freeze(self) -> LayeredGenerator:
+        """Put the generator in eval mode and stop gradients into its weights; returns ``self``."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-serialisable description used in results and reports."""
+        return {
+            "class": type(self).__name__,
+            "image_shape": list(self.image_shape),
+            "num_blocks": self.num_blocks,
+            "num_classes": self.num_classes,
+            "training_domain": self.training_domain,
+        }

@@ -1,0 +1,178 @@
+"""
+DCGAN generator (Radford et al. 2016) as a layered prior, and loaders for DCGAN checkpoints.
+
+The module layout (``main`` = ConvTranspose/BatchNorm/ReLU groups ending in ConvTranspose/Tanh) is the standard
+PyTorch DCGAN layout, so checkpoints of that layout (e.g. the face DCGAN of ``gan-face-generate``) load strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from art_gifd.priors.base import LayeredGenerator
+
+logger = logging.getLogger(__name__)
+
+
+class DCGANGenerator(LayeredGenerator):
+    """
+    DCGAN generator for square images of side ``4 * 2**k``, split into one block per resolution.
+
+    Block 1 maps the latent ``(nz, 1, 1)`` to a ``4×4`` feature; every further block doubles the resolution; the last
+    block outputs the image through ``tanh``. A class-conditional variant concatenates a learned class embedding to
+    the latent code.
+    """
+
+    def __init__(
+        self,
+        nz: int = 64,
+        ngf: int = 64,
+        nc: int = 1,
+        image_size: int = 32,
+        num_classes: int | None = None,
+        embed_dim: int = 16,
+        training_domain: str = "unknown",
+    ) -> None:
+        """
+        :param nz: Latent dimension.
+        :param ngf: Width of the last hidden block; earlier blocks double it.
+        :param nc: Number of image channels.
+        :param image_size: Side of the square output image, ``4 * 2**k`` with ``k >= 1``.
+        :param num_classes: Number of classes for a class-conditional generator, ``None`` for unconditional.
+        :param embed_dim: Size of the class embedding concatenated to the latent code.
+        :param training_domain: Description of the training data (stated in reports).
+        """
+        super().__init__()
+        n_up = math.log2(image_size / 4) if image_size >= 8 else 0
+        if n_up < 1 or not float(n_up).is_integer():
+            raise ValueError(f"image_size must be 4 * 2**k with k >= 1 (8, 16, 32, 64, …), got {image_size}.")
+        if nz < 1 or ngf < 1 or nc < 1:
+            raise ValueError(f"nz, ngf and nc must be positive, got nz={nz}, ngf={ngf}, nc={nc}.")
+        self.nz, self.ngf, self.nc = nz, ngf, nc
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim if num_classes else 0
+        self.image_shape = (nc, image_size, image_size)
+        self.training_domain = training_domain
+        self.num_blocks = int(n_up) + 1
+        self.default_max_stage = self.num_blocks
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+
+        layers: list[nn.Module] = []
+        in_ch, out_ch = nz + self.embed_dim, ngf * 2 ** (self.num_blocks - 2)
+        self._block_ends: list[int] = []
+        for block in range(self.num_blocks):
+            last = block == self.num_blocks - 1
+            stride, pad = (1, 0) if block == 0 else (2, 1)
+            if last:
+                out_ch = nc
+            layers.append(nn.ConvTranspose2d(in_ch, out_ch, 4, stride, pad, bias=False))
+            layers.extend([nn.Tanh()] if last else [nn.BatchNorm2d(out_ch), nn.ReLU(True)])
+            self._block_ends.append(len(layers))
+            in_ch, out_ch = out_ch, out_ch // 2
+        self.main = nn.Sequential(*layers)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, self.nz, 1, 1, device=self.device, generator=generator)
+
+    def forward_blocks(
+        self, h: torch.Tensor, start: int, stop: int, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if not 0 <= start <= stop <= self.num_blocks:
+            raise ValueError(f"Need 0 <= start <= stop <= {self.num_blocks}, got start={start}, stop={stop}.")
+        if start == 0 and stop > 0 and self.embed is not None:
+            if labels is None:
+                raise ValueError("This generator is class-conditional: pass one generator class per sample.")
+            emb = self.embed(labels.to(h.device).long()).view(h.shape[0], self.embed_dim, 1, 1)
+            h = torch.cat([h, emb], dim=1)
+        first = 0 if start == 0 else self._block_ends[start - 1]
+        last = 0 if stop == 0 else self._block_ends[stop - 1]
+        for layer in self.main[first:last]:
+            h = layer(h)
+        return h
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "nz": self.nz, "ngf": self.ngf}
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_state_dict_file(
+    path: str | Path, key: str | None = None, sha256: str | None = None, trust_checkpoint: bool = False
+) -> dict[str, torch.Tensor]:
+    """
+    Load a state dict from a checkpoint file, safely.
+
+    :param path: Checkpoint path.
+    :param key: Entry of the checkpoint that holds the state dict (``None`` = the file is the state dict).
+    :param sha256: Expected SHA-256 of the file; a mismatch raises ``ValueError``.
+    :param trust_checkpoint: Allow a full (unsafe) pickle load when ``weights_only`` loading fails. Only for files
+                             from a source you trust.
+    :raises FileNotFoundError: If the file is missing.
+    :raises ValueError: If the checksum does not match or the file is not a readable checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Generator weights not found at '{path}'. Pass the path of a local checkpoint file.")
+    if sha256 is not None:
+        actual = sha256_of(path)
+        if actual != sha256:
+            raise ValueError(
+                f"Checksum mismatch for '{path}': expected sha256 {sha256}, got {actual}. The file is corrupted or "
+                "was replaced; reinstall art-gifd (or retrain it with benchmarks/train_prior.py)."
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
+        if not trust_checkpoint:
+            raise ValueError(
+                f"Could not load '{path}' as a weights-only checkpoint ({type(err).__name__}: {err}). If the file is "
+                "a full pickle from a source you trust, pass trust_checkpoint=True."
+            ) from err
+        logger.warning("Loading '%s' as a full pickle because trust_checkpoint=True.", path)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    if key is not None:
+        if not isinstance(state, dict) or key not in state:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"Checkpoint '{path}' has no entry '{key}' (found: {found}).")
+        state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"Checkpoint '{path}' does not hold a state dict (found {type(state).__name__}).")
+    return state
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """
+    Load ``state`` into ``module`` strictly, naming missing, unexpected and mis-shaped keys in the error.
+
+    :param module: Target module.
+    :param state: State dict.
+    :param source: Where the state came from (for the message).
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"Checkpoint {source} does not fit {type(module).__name__}: missing keys {missing[:10]}, unexpected keys "
+            f"{unexpected[:10]}, shape mismatches {shapes[:10]}. Check the architecture arguments (nz, ngf, nc, "
+            "image_size, num_classes) match the checkpoint."
+        )
+    module.load_state_dict(state, strict=True)

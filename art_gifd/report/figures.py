@@ -1,0 +1,48 @@
+"""Matplotlib figures for results and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def reconstruction_grid(
+    rows: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], attacks: list[str], path: str | Path
+) -> Path:
+    """
+    Save a grid of original | reconstruction per attack.
+
+    :param rows: One entry per image: (row label, original ``(C, H, W)`` in [0, 1], attack → reconstruction).
+    :param attacks: Column order of the attacks.
+    :param path: Output PNG path.
+    :return: The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["original", *attacks]
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(1.3 * len(columns) + 1.6, 1.3 * len(rows)), squeeze=False
+    )
+    for r, (label, original, recs) in enumerate(rows):
+        for c, name in enumerate(columns):
+            ax = axes[r][c]
+            image = original if name == "original" else recs.get(name)
+            if image is not None:
+                shown = np.clip(np.transpose(image, (1, 2, 0)), 0.0, 1.0)
+                ax.imshow(shown.squeeze(-1) if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,118 @@
+"""client_gradients equals a hand-written torch computation; observed gradients are validated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from art.estimators.classification import PyTorchClassifier
+
+from art_gifd import GIFDAttack, client_gradients
+from art_gifd.federated import TargetModel
+from art_gifd.models import convnet, lenet
+
+
+def hand_gradients(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, mean: float = 0.0, std: float = 1.0):
+    net.eval()
+    net.zero_grad()
+    loss = torch.nn.functional.cross_entropy(net((torch.tensor(x) - mean) / std), torch.tensor(y))
+    return [g.numpy() for g in torch.autograd.grad(loss, list(net.parameters()))]
+
+
+@pytest.mark.parametrize("factory", [lenet, convnet])
+def test_client_gradients_match_hand_computation(factory, heldout) -> None:
+    x, y = heldout[0][:4], heldout[1][:4]
+    net = factory(seed=0)
+    clf = PyTorchClassifier(
+        model=net,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(1, 32, 32),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        preprocessing=(0.1307, 0.3081),
+    )
+    grads = client_gradients(clf, x, y)
+    want = hand_gradients(factory(seed=0), x, y, 0.1307, 0.3081)
+    assert len(grads) == len(want)
+    for g, w in zip(grads, want, strict=True):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    # one-hot labels give the same gradient
+    onehot = np.eye(10, dtype=np.float32)[y]
+    for g, w in zip(client_gradients(clf, x, onehot), grads, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_user_model_is_left_untouched(heldout) -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3600, 10),
+    )
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    clf = PyTorchClassifier(model=net, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 32, 32), nb_classes=10)
+    client_gradients(clf, heldout[0][:2], heldout[1][:2], train_mode=True)
+    assert net.training
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+@pytest.fixture
+def target(lenet_clf) -> TargetModel:
+    return TargetModel(lenet_clf)
+
+
+def test_gradient_mapping_accepted(target, lenet_clf, heldout) -> None:
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    by_name = dict(zip(target.names, grads, strict=True))
+    for a, b in zip(target.as_gradient_list(by_name), target.as_gradient_list(grads), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda g: g[:-1], "Expected 8 gradient arrays"),
+        (lambda g: [g[0].T, *g[1:]], r"Gradient of '0.weight' has shape \(5, 5, 1, 12\)"),
+        (lambda g: [*g[:3], np.full_like(g[3], np.nan), *g[4:]], "Gradient of '2.bias' contains NaN"),
+        (lambda g: [*g[:-1], np.full_like(g[-1], np.inf)], "Gradient of '7.bias' contains NaN or infinite"),
+        (lambda g: [g[0].astype(np.int64), *g[1:]], "has dtype int64"),
+        (lambda g: [np.zeros_like(a) for a in g], "zero everywhere"),
+        (lambda g: "grads", "must be a sequence"),
+    ],
+)
+def test_bad_gradients_are_named(target, lenet_clf, heldout, mutate, message) -> None:
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    with pytest.raises(ValueError, match=message):
+        target.as_gradient_list(mutate(grads))
+
+
+def test_bad_mapping_keys(target, lenet_clf, heldout) -> None:
+    grads = dict(zip(target.names, client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1]), strict=True))
+    grads["extra"] = grads.pop("0.weight")
+    with pytest.raises(ValueError, match=r"missing \['0.weight'\], unknown \['extra'\]"):
+        target.as_gradient_list(grads)
+
+
+def test_client_input_validation(lenet_clf, heldout) -> None:
+    x, y = heldout
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 32, 32\)"):
+        client_gradients(lenet_clf, x[:2, :, :28, :28], y[:2])
+    with pytest.raises(ValueError, match="Got 3 labels for a client batch of 2"):
+        client_gradients(lenet_clf, x[:2], y[:3])
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 9\]"):
+        client_gradients(lenet_clf, x[:1], np.array([12]))
+    bad = x[:1].copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="x contains NaN"):
+        client_gradients(lenet_clf, bad, y[:1])
+
+
+def test_attack_checks_labels_against_batch_size(lenet_clf, heldout, default_prior) -> None:
+    grads = client_gradients(lenet_clf, heldout[0][:2], heldout[1][:2])
+    attack = GIFDAttack(lenet_clf, default_prior, batch_size=2, steps_per_stage=1, verbose=False)
+    with pytest.raises(ValueError, match="Got 1 labels for a client batch of 2"):
+        attack.infer(grads, y=heldout[1][:1])

@@ -1,0 +1,195 @@
+"""Tests of the reconstruction-quality metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from art_gifd.metrics import (
+    MAX_PSNR,
+    LPIPSMetric,
+    evaluate_batch,
+    label_accuracy,
+    match_images,
+    psnr,
+    ssim,
+)
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    """Seeded random generator."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def alexnet_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A torchvision AlexNet state dict from a seeded random init, saved once for the module."""
+    torch.manual_seed(0)
+    state = torchvision.models.alexnet().state_dict()
+    path = tmp_path_factory.mktemp("weights") / "alexnet.pth"
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture(scope="module")
+def lpips_metric(alexnet_weights: tuple[Path, dict[str, torch.Tensor]]) -> LPIPSMetric:
+    """LPIPS metric built from the saved weights."""
+    return LPIPSMetric(weights_path=alexnet_weights[0])
+
+
+def test_psnr_of_known_mse(rng: np.random.Generator) -> None:
+    original = rng.uniform(0.2, 0.8, size=(3, 1, 8, 8))
+    offsets = np.array([0.01, 0.05, 0.1])
+    reconstructed = original + offsets[:, None, None, None]
+    np.testing.assert_allclose(psnr(reconstructed, original), 10 * np.log10(1 / offsets**2))
+    # The same images stored in [-1, 1] have the same PSNR once rescaled.
+    np.testing.assert_allclose(
+        psnr(reconstructed * 2 - 1, original * 2 - 1, data_range=(-1.0, 1.0)), 10 * np.log10(1 / offsets**2)
+    )
+
+
+def test_identical_images_give_max_psnr_and_unit_ssim(rng: np.random.Generator) -> None:
+    images = rng.uniform(size=(2, 3, 8, 8))
+    np.testing.assert_array_equal(psnr(images, images), [MAX_PSNR, MAX_PSNR])
+    np.testing.assert_allclose(ssim(images, images), [1.0, 1.0])
+
+
+def test_ssim_decreases_with_noise(rng: np.random.Generator) -> None:
+    original = np.repeat(rng.uniform(size=(1, 3, 16, 16)), 3, axis=0)
+    noise = rng.normal(size=original.shape[1:])
+    reconstructed = original + np.array([0.05, 0.2, 0.5])[:, None, None, None] * noise
+    values = ssim(reconstructed, original)
+    assert np.all(np.diff(values) < 0)
+    assert values[0] < 1.0
+
+
+def test_match_images_recovers_permutation(rng: np.random.Generator) -> None:
+    original = rng.uniform(size=(6, 3, 8, 8))
+    shuffle = rng.permutation(6)
+    reconstructed = original[shuffle] + rng.normal(scale=0.05, size=original.shape)
+    perm = match_images(reconstructed, original)
+    # reconstructed[j] is a noisy original[shuffle[j]], so original[i] must be matched to j = argsort(shuffle)[i].
+    np.testing.assert_array_equal(perm, np.argsort(shuffle))
+    np.testing.assert_array_equal(shuffle[perm], np.arange(6))
+
+
+def test_label_accuracy_counts_multisets() -> None:
+    assert label_accuracy(np.array([1, 1, 2]), np.array([1, 2, 2])) == pytest.approx(2 / 3)
+    assert label_accuracy(np.array([3, 2, 1]), np.array([1, 2, 3])) == 1.0
+    assert label_accuracy(np.array([4, 4]), np.array([1, 2])) == 0.0
+
+
+def test_lpips_without_weights_is_unavailable(tmp_path: Path, rng: np.random.Generator) -> None:
+    missing = tmp_path / "nowhere" / "alexnet.pth"
+    metric = LPIPSMetric(weights_path=missing)
+    assert not metric.available
+    assert metric.reason is not None and str(missing) in metric.reason
+    images = rng.uniform(size=(1, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="weights not found"):
+        metric(images, images)
+
+
+@pytest.mark.parametrize("content", ["junk", "wrong keys"])
+def test_lpips_with_unloadable_weights_is_unavailable(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "alexnet.pth"
+    if content == "junk":
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save({"features.0.weight": torch.zeros(1)}, path)
+    metric = LPIPSMetric(weights_path=path)
+    assert not metric.available
+    assert metric.reason is not None and "could not be loaded" in metric.reason and str(path) in metric.reason
+
+
+def test_lpips_default_path_is_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    metric = LPIPSMetric()
+    assert not metric.available
+    assert str(tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth") in metric.reason
+
+
+def test_lpips_copies_backbone_weights(
+    lpips_metric: LPIPSMetric, alexnet_weights: tuple[Path, dict[str, torch.Tensor]]
+) -> None:
+    _, state = alexnet_weights
+    assert lpips_metric.available and lpips_metric.reason is None
+    convs = 0
+    for k in range(1, 6):
+        for index, layer in getattr(lpips_metric.model.net, f"slice{k}").named_children():
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.testing.assert_close(layer.weight, state[f"features.{index}.weight"], rtol=0, atol=0)
+                torch.testing.assert_close(layer.bias, state[f"features.{index}.bias"], rtol=0, atol=0)
+                convs += 1
+    assert convs == 5
+
+
+def test_lpips_distances(lpips_metric: LPIPSMetric, rng: np.random.Generator) -> None:
+    images = rng.uniform(size=(2, 3, 32, 32))
+    np.testing.assert_array_equal(lpips_metric(images, images), [0.0, 0.0])
+    assert np.all(lpips_metric(images, rng.uniform(size=images.shape)) > 0)
+
+
+def test_lpips_on_small_grey_images(
+    alexnet_weights: tuple[Path, dict[str, torch.Tensor]], rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    lpips_metric = LPIPSMetric(weights_path=alexnet_weights[0])
+    images = rng.uniform(size=(2, 1, 28, 28))
+    other = rng.uniform(size=images.shape)
+    with caplog.at_level(logging.INFO, logger="art_gifd.metrics"):
+        same = lpips_metric(images, images)
+        different = lpips_metric(images, other)
+    np.testing.assert_array_equal(same, [0.0, 0.0])
+    assert different.shape == (2,) and np.all(different > 0)
+    # The upsampling to AlexNet's 32×32 minimum is logged once per instance, not per call.
+    assert sum("upsampling 28x28 images to 32x32" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_evaluate_batch_is_json_serialisable(lpips_metric: LPIPSMetric, rng: np.random.Generator) -> None:
+    original = rng.uniform(size=(4, 1, 32, 32))
+    shuffle = rng.permutation(4)
+    reconstructed = np.clip(original[shuffle] + rng.normal(scale=0.1, size=original.shape), 0, 1)
+    result = evaluate_batch(reconstructed, original, np.array([0, 1, 1, 2]), np.array([1, 0, 2, 2]), lpips=lpips_metric)
+    assert json.loads(json.dumps(result)) == result
+    assert result["assignment"] == np.argsort(shuffle).tolist()
+    assert result["psnr"] == pytest.approx(np.mean(result["per_image"]["psnr"]))
+    assert result["lpips"] == pytest.approx(np.mean(result["per_image"]["lpips"]))
+    assert result["label_accuracy"] == pytest.approx(3 / 4)
+    assert len(result["per_image"]["ssim"]) == 4
+
+
+def test_evaluate_batch_with_unavailable_lpips(tmp_path: Path, rng: np.random.Generator) -> None:
+    images = rng.uniform(size=(2, 3, 8, 8))
+    result = evaluate_batch(images, images, [0, 1], [0, 1], lpips=LPIPSMetric(weights_path=tmp_path / "missing.pth"))
+    assert result["lpips"] is None and result["per_image"]["lpips"] is None
+    assert result["psnr"] == MAX_PSNR and result["ssim"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("reconstructed", "original", "message"),
+    [
+        (np.zeros((2, 1, 8, 8)), np.zeros((2, 1, 8, 9)), "same shape"),
+        (np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), "4-D"),
+        (np.full((1, 1, 8, 8), np.nan), np.zeros((1, 1, 8, 8)), "NaN"),
+    ],
+)
+def test_bad_inputs_raise(reconstructed: np.ndarray, original: np.ndarray, message: str) -> None:
+    for metric in (psnr, ssim, match_images):
+        with pytest.raises(ValueError, match=message):
+            metric(reconstructed, original)
+
+
+def test_bad_data_range_and_labels_raise() -> None:
+    images = np.zeros((1, 1, 8, 8))
+    with pytest.raises(ValueError, match="high > low"):
+        psnr(images, images, data_range=(1.0, 0.0))
+    with pytest.raises(ValueError, match="empty"):
+        label_accuracy(np.array([1]), np.array([], dtype=int))
+    with pytest.raises(ValueError, match="Unsupported LPIPS backbone"):
+        LPIPSMetric(net="squeeze")

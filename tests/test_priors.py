@@ -1,0 +1,99 @@
+"""Layered generators: block composition, the embedded prior's checksum, safe and strict checkpoint loading."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+import torch
+
+from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict
+from art_gifd.priors.embedded import EMBEDDED_PRIORS, embedded_weights_path, load_default_prior
+from art_gifd.priors.faces import load_face_dcgan
+
+
+@pytest.mark.parametrize(("size", "nc", "classes"), [(32, 1, None), (64, 3, None), (16, 1, 5)])
+def test_blocks_compose_to_forward(size: int, nc: int, classes: int | None) -> None:
+    gen = DCGANGenerator(nz=8, ngf=8, nc=nc, image_size=size, num_classes=classes).freeze()
+    z = gen.sample_latent(3, torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2]) if classes else None
+    full = gen(z, labels)
+    assert full.shape == (3, nc, size, size)
+    assert full.abs().max() <= 1.0
+    for k in range(gen.num_blocks):
+        h = gen.forward_blocks(z, 0, k, labels)
+        torch.testing.assert_close(gen.forward_from(k, h, labels), full)
+
+
+def test_bad_generator_arguments() -> None:
+    with pytest.raises(ValueError, match=r"image_size must be 4 \* 2\*\*k"):
+        DCGANGenerator(image_size=48)
+    gen = DCGANGenerator(nz=8, ngf=8, num_classes=3)
+    with pytest.raises(ValueError, match="class-conditional"):
+        gen(gen.sample_latent(1))
+
+
+def test_embedded_prior_loads_with_checksum(default_prior) -> None:
+    spec = EMBEDDED_PRIORS["mnist32"]
+    assert embedded_weights_path().stat().st_size < 5 * 2**20
+    assert default_prior.image_shape == (1, 32, 32)
+    assert not default_prior.training and not any(p.requires_grad for p in default_prior.parameters())
+    images = default_prior(default_prior.sample_latent(64, torch.Generator().manual_seed(0)))
+    # a trained digit prior draws mostly dark background with bright strokes, unlike an untrained one
+    assert (images < -0.5).float().mean() > 0.6
+    assert (images > 0.5).float().mean() > 0.05
+    assert len(str(spec["sha256"])) == 64
+
+
+def test_corrupted_weights_file_is_refused(tmp_path) -> None:
+    bad = tmp_path / "mnist32_dcgan.pt"
+    shutil.copy(embedded_weights_path(), bad)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"Checksum mismatch .* corrupted"):
+        load_default_prior(weights_path=bad)
+    with pytest.raises(FileNotFoundError, match="Generator weights not found"):
+        load_default_prior(weights_path=tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="Unknown embedded prior 'cifar'"):
+        load_default_prior("cifar")
+
+
+def test_untrusted_pickle_refused(tmp_path) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save({"state": {"w": torch.zeros(1)}, "obj": object.__new__(RuntimeError)}, path)
+    with pytest.raises(ValueError, match="trust_checkpoint=True"):
+        load_state_dict_file(path, key="state")
+    assert set(load_state_dict_file(path, key="state", trust_checkpoint=True)) == {"w"}
+    torch.save({"other": {}}, path)
+    with pytest.raises(ValueError, match=r"no entry 'netG_state_dict' \(found: \['other'\]\)"):
+        load_state_dict_file(path, key="netG_state_dict")
+
+
+def test_strict_loading_names_keys() -> None:
+    gen = DCGANGenerator(nz=8, ngf=8)
+    state = gen.state_dict()
+    state["extra.weight"] = state.pop("main.0.weight")
+    with pytest.raises(ValueError, match=r"missing keys \['main.0.weight'\], unexpected keys \['extra.weight'\]"):
+        load_strict(gen, state, "test")
+    other = DCGANGenerator(nz=8, ngf=16).state_dict()
+    with pytest.raises(ValueError, match="shape mismatches"):
+        load_strict(gen, other, "test")
+
+
+def test_face_dcgan_round_trip(tmp_path) -> None:
+    source = DCGANGenerator(nz=100, ngf=64, nc=3, image_size=64).eval()
+    path = tmp_path / "weights.tar"
+    torch.save({"netG_state_dict": source.state_dict()}, path)
+    loaded = load_face_dcgan(path)
+    z = torch.randn(2, 100, 1, 1)
+    torch.testing.assert_close(loaded(z), source(z))
+    assert loaded.num_blocks == 5
+
+
+def test_installed_face_dcgan() -> None:
+    if importlib.util.find_spec("gan_face_generate") is None:
+        pytest.skip("optional: pip install --no-deps gan-face-generate==1.1.1")
+    gen = load_face_dcgan()
+    assert gen(gen.sample_latent(1)).shape == (1, 3, 64, 64)
