@@ -42,7 +42,7 @@ THREAT_MODEL = (
 def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Experiment:
     """The demo grid: the default one (under 10 minutes on 2 CPU cores) or the ``quick`` one (under 3)."""
     if quick:
-        budget = Budget(steps_per_stage=60, stages=4, num_restarts=2)
+        budget = Budget(steps_per_stage=50, stages=4, num_restarts=2)
         cases = [
             Case("lenet", "mnist32", 1, 2),
             Case("lenet", "mnist32", 4, 4, offset=2),
@@ -50,7 +50,7 @@ def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Exper
             Case("convnet", "mnist32", 1, 1),
         ]
     else:
-        budget = Budget(steps_per_stage=150, stages=4, num_restarts=2)
+        budget = Budget(steps_per_stage=100, stages=4, num_restarts=2)
         cases = [
             Case(model, dataset, batch, n, offset=offset)
             for model in ("lenet", "convnet")
