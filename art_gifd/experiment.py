@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from art_gifd.attacks.base import GradientInversionAttack
 from art_gifd.attacks.gifd import GIFDAttack
@@ -130,6 +131,8 @@ def run_experiment(
     """
     lpips_metric = LPIPSMetric(device=experiment.device)
     runs = []
+    total = sum(case.num_images // case.batch_size for case in experiment.cases) * len(experiment.attacks)
+    progress = tqdm(total=total, desc="attacks", unit="batch", disable=not experiment.verbose)
     for case in experiment.cases:
         x_all, y_all = load_dataset(case.dataset, case.split)
         x_all = x_all[case.offset : case.offset + case.num_images]
@@ -159,8 +162,10 @@ def run_experiment(
                 per_batch.append((scores, result))
                 if on_batch is not None:
                     on_batch(case, attack_name, x, result.images[order])
+                progress.update(1)
             runs.append(_aggregate(case, attack_name, prior_name, per_batch, lpips_metric))
             logger.info("%s", _describe(runs[-1]))
+    progress.close()
     return runs
 
 
