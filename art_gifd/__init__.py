@@ -8,6 +8,7 @@ Measure how much of a federated-learning client's private data leaks from the gr
 """
 
 from art_gifd.attacks import GIFDAttack, GIFDResult, InvertingGradientsAttack, ReconstructionResult
+from art_gifd.defenses import DPSGD, Compose, Defense, measure_utility
 from art_gifd.federated import client_gradients
 from art_gifd.labels import infer_labels
 from art_gifd.priors import DCGANGenerator, LayeredGenerator, load_default_prior
@@ -15,7 +16,10 @@ from art_gifd.priors import DCGANGenerator, LayeredGenerator, load_default_prior
 __version__ = "0.1.0"
 
 __all__ = [
+    "DPSGD",
+    "Compose",
     "DCGANGenerator",
+    "Defense",
     "GIFDAttack",
     "GIFDResult",
     "InvertingGradientsAttack",
@@ -25,4 +29,5 @@ __all__ = [
     "client_gradients",
     "infer_labels",
     "load_default_prior",
+    "measure_utility",
 ]

@@ -26,6 +26,7 @@ from art_gifd.attacks.base import GradientInversionAttack
 from art_gifd.attacks.gifd import GIFDAttack
 from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
 from art_gifd.data import load_dataset
+from art_gifd.defenses.base import Defense, describe_defense
 from art_gifd.federated import client_gradients
 from art_gifd.metrics import LPIPSMetric, evaluate_batch
 from art_gifd.models import build_model, make_classifier
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "art-gifd/results/v1"
 ATTACKS = ("gifd", "latent-only", "pixel")
+#: Baselines of issue 5 that :func:`build_attack` also builds: DLG, iDLG, GradInversion, GGL, GIAS.
+BASELINES = ("dlg", "idlg", "gi", "ggl", "gias")
 
 
 @dataclass
@@ -52,22 +55,51 @@ class Budget:
 
 
 def build_attack(
-    name: str, estimator: Any, prior: LayeredGenerator, budget: Budget, batch_size: int, seed: int, **common: Any
+    name: str,
+    estimator: Any,
+    prior: LayeredGenerator,
+    budget: Budget,
+    batch_size: int,
+    seed: int,
+    defense: Defense | None = None,
+    **common: Any,
 ) -> GradientInversionAttack:
     """
     One of :data:`ATTACKS` at the given budget.
 
     ``gifd`` searches ``budget.stages`` stages; ``latent-only`` is the same search restricted to the latent stage
-    (GGL/GIAS-style); ``pixel`` is Inverting-Gradients-style cosine matching in pixel space.
+    (GGL/GIAS-style); ``pixel`` is Inverting-Gradients-style cosine matching in pixel space. ``defense`` is the client's
+    defence as the attacker knows it (an adaptive attacker replays it where it is deterministic); ``None``: the
+    attacker ignores any defence.
     """
-    shared = {"num_restarts": budget.num_restarts, "batch_size": batch_size, "seed": seed, **common}
+    shared = {"num_restarts": budget.num_restarts, "batch_size": batch_size, "seed": seed, "defense": defense, **common}
     if name == "gifd":
         return GIFDAttack(estimator, prior, max_stage=budget.stages, steps_per_stage=budget.steps_per_stage, **shared)
     if name == "latent-only":
         return GIFDAttack(estimator, prior, max_stage=1, steps_per_stage=budget.total_steps, **shared)
     if name == "pixel":
         return InvertingGradientsAttack(estimator, max_iter=budget.total_steps, **shared)
-    raise ValueError(f"Unknown attack '{name}': choose one of {', '.join(ATTACKS)}.")
+    if name in BASELINES:
+        return _build_baseline(name, estimator, prior, budget, shared)
+    raise ValueError(f"Unknown attack '{name}': choose one of {', '.join(ATTACKS + tuple(BASELINES))}.")
+
+
+def _build_baseline(
+    name: str, estimator: Any, prior: LayeredGenerator, budget: Budget, shared: dict[str, Any]
+) -> GradientInversionAttack:
+    """The baselines of :data:`BASELINES` at ``budget.total_steps`` steps per restart (GIAS: half per stage)."""
+    from art_gifd.attacks import DLGAttack, GGLAttack, GIASAttack, GradInversionAttack, IDLGAttack
+
+    steps = budget.total_steps
+    if name == "dlg":
+        return DLGAttack(estimator, max_iter=steps, **shared)
+    if name == "idlg":
+        return IDLGAttack(estimator, max_iter=steps, **shared)
+    if name == "gi":
+        return GradInversionAttack(estimator, max_iter=steps, **shared)
+    if name == "ggl":
+        return GGLAttack(estimator, prior, max_iter=steps, **shared)
+    return GIASAttack(estimator, prior, steps_per_stage=max(1, steps // 2), **shared)
 
 
 @dataclass
@@ -80,6 +112,10 @@ class Case:
     num_images: int
     split: str = "heldout"
     offset: int = 0
+    #: The clients' defence (``None``: none), applied with a seed derived from the experiment's.
+    defense: Defense | None = None
+    #: Whether the attacker knows the defence and replays it on its dummy gradients where it can.
+    adaptive: bool = False
 
 
 @dataclass
@@ -145,7 +181,7 @@ def run_experiment(
             per_batch = []
             for start in range(0, case.num_images, case.batch_size):
                 x, y = x_all[start : start + case.batch_size], y_all[start : start + case.batch_size]
-                grads = client_gradients(estimator, x, y)
+                grads = client_gradients(estimator, x, y, defense=case.defense, seed=experiment.seed + start)
                 attack = build_attack(
                     attack_name,
                     estimator,
@@ -153,6 +189,7 @@ def run_experiment(
                     experiment.budget,
                     case.batch_size,
                     experiment.seed + start,
+                    defense=case.defense if case.adaptive else None,
                     device=experiment.device,
                     verbose=experiment.verbose,
                 )
@@ -178,7 +215,7 @@ def _aggregate(case: Case, attack: str, prior_name: str, per_batch: list, lpips_
     lpips_values = per_image["lpips"] if lpips_metric.available else None
     return {
         "attack": attack,
-        "defense": "none",
+        "defense": describe_defense(case.defense, adaptive=case.adaptive),
         "dataset": case.dataset,
         "model": case.model,
         "prior": prior_name if attack != "pixel" else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     import torch
     from art.estimators.classification import PyTorchClassifier
 
+    from art_gifd.defenses.base import DefenseLike
+
 logger = logging.getLogger(__name__)
 
 #: What an observed gradient may be: arrays/tensors in ``model.parameters()`` order, or a name → array mapping.
 GradientInput = Sequence[Any] | Mapping[str, Any]
-#: A client-side defence: maps the clean per-parameter gradients to the shared ones.
-Defense = Callable[[list["torch.Tensor"]], list["torch.Tensor"]]
 
 
 class TargetModel:
@@ -173,8 +173,9 @@ def client_gradients(
     estimator: PyTorchClassifier,
     x: np.ndarray,
     y: np.ndarray,
-    defense: Defense | None = None,
+    defense: DefenseLike | None = None,
     train_mode: bool = False,
+    seed: int | None = None,
 ) -> list[np.ndarray]:
     """
     The update one FedSGD client shares: the gradient of the estimator's loss on its private batch.
@@ -184,9 +185,11 @@ def client_gradients(
     :param estimator: ART ``PyTorchClassifier`` wrapping the FL model.
     :param x: Private batch, shape ``(B, *input_shape)``, in the estimator's input range.
     :param y: Labels as class indices ``(B,)`` or one-hot ``(B, nb_classes)``.
-    :param defense: Client-side defence, a callable applied to the per-parameter gradient tensors before they are
-                    shared (``None``: no defence).
+    :param defense: Client-side defence applied before the update is shared: an :class:`art_gifd.defenses.Defense`
+                    (e.g. ``Compose([Clip(1.0), GaussianNoise(1e-3)])``) or a plain callable mapping the per-parameter
+                    gradient tensors to the shared ones (``None``: no defence).
     :param train_mode: Compute the gradient with the model in train mode (default: eval mode).
+    :param seed: Seed of the defence's randomness (``None``: a fresh, non-deterministic seed).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
     """
     import torch
@@ -198,7 +201,33 @@ def client_gradients(
     if not np.all(np.isfinite(x_arr)):
         raise ValueError("x contains NaN or infinite values.")
     labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
-    grads = target.gradients(torch.as_tensor(x_arr, device=target.device), labels)
-    if defense is not None:
-        grads = defense(grads)
+    grads = defended_gradients(target, torch.as_tensor(x_arr, device=target.device), labels, defense, seed)
     return [g.detach().cpu().numpy().astype(np.float32) for g in grads]
+
+
+def defended_gradients(
+    target: TargetModel,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    defense: DefenseLike | None,
+    seed: int | torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """
+    The update a client shares for the batch ``x``: its gradient on the target's model copy, then the defence.
+
+    :param target: The client's model copy (its parameters are the current weights).
+    :param x: Raw private batch on the target's device.
+    :param labels: Class indices ``(B,)`` on the target's device.
+    :param defense: Client-side defence, or ``None``.
+    :param seed: Seed or ``torch.Generator`` (on the target's device) of the defence's randomness.
+    :return: Defended per-parameter gradients, in parameter order.
+    """
+    import torch
+
+    from art_gifd.defenses.base import DefenseContext, as_defense, make_generator
+
+    grads = target.gradients(x, labels)
+    if defense is None:
+        return grads
+    generator = seed if isinstance(seed, torch.Generator) else make_generator(seed, target.device)
+    return as_defense(defense).apply(grads, DefenseContext(target, x, labels, generator))

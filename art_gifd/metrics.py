@@ -198,6 +198,9 @@ def default_weights_path(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONES[net][1]
 
 
+_WARNED: set[str] = set()
+
+
 class LPIPSMetric:
     """
     Learned perceptual image patch similarity (LPIPS), with backbone weights read from disk and never downloaded.
@@ -235,7 +238,8 @@ class LPIPSMetric:
                 self._model = self._build()
             except Exception as exc:  # torch.load raises many exception types on a corrupt or foreign file.
                 self.reason = f"{display} weights at {self.weights_path} could not be loaded: {exc}"
-        if self.reason is not None:
+        if self.reason is not None and self.reason not in _WARNED:
+            _WARNED.add(self.reason)  # once per process and reason, not once per metric object
             logger.warning("LPIPS unavailable: %s", self.reason)
 
     @property

@@ -4,6 +4,8 @@ Small federated-learning models used by the demo, the tests and the CPU benchmar
 - :func:`lenet`: the LeNet of DLG (Zhu et al. 2019): three sigmoid convolutions and a linear head, weights uniform in
   ``±0.5``. Smooth and shallow, the classic easy target of gradient inversion.
 - :func:`convnet`: a small ReLU ConvNet with default PyTorch initialisation; piecewise-linear, harder to invert.
+- :func:`convnet_bn`: the same ConvNet with BatchNorm after each convolution, whose running statistics are those of
+  the 4,000 prior-training digits (a model that has seen data, for BatchNorm-statistics attacks such as GI).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("lenet", "convnet")
+MODELS = ("lenet", "convnet", "convnet-bn")
 
 
 def lenet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
@@ -51,11 +53,30 @@ def convnet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, s
     )
 
 
+def convnet_bn(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
+    """:func:`convnet` with BatchNorm; running statistics from the ``mnist32`` train split (eval mode)."""
+    from art_gifd.data import load_mnist32
+
+    if (in_channels, image_size) != (1, 32):
+        raise ValueError("convnet_bn takes its BatchNorm statistics from 1x32x32 digits: use in_channels=1, 32 px.")
+    layers: list[nn.Module] = []
+    for module in convnet(in_channels, image_size, num_classes, seed):
+        layers.append(module)
+        if isinstance(module, nn.Conv2d):
+            layers.append(nn.BatchNorm2d(module.out_channels, momentum=None))  # cumulative running average
+    net = nn.Sequential(*layers).train()
+    images, _ = load_mnist32("train")
+    with torch.no_grad():
+        for start in range(0, len(images), 500):
+            net(torch.as_tensor(images[start : start + 500]))
+    return net.eval()
+
+
 def build_model(
     name: str, in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0
 ) -> nn.Module:
     """Build one of :data:`MODELS` by name."""
-    factories = {"lenet": lenet, "convnet": convnet}
+    factories = {"lenet": lenet, "convnet": convnet, "convnet-bn": convnet_bn}
     if name not in factories:
         raise ValueError(f"Unknown model '{name}': choose one of {', '.join(MODELS)}.")
     return factories[name](in_channels, image_size, num_classes, seed)

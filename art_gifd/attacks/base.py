@@ -7,7 +7,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from art_gifd.attacks.core import (
     DISTANCES,
+    SCHEDULES,
     GradientMatcher,
     Objective,
     ReconstructionResult,
@@ -27,6 +28,7 @@ from art_gifd.attacks.core import (
     run_stage,
     select_best,
 )
+from art_gifd.defenses.base import Defense
 from art_gifd.federated import GradientInput, TargetModel
 from art_gifd.labels import infer_labels
 
@@ -43,11 +45,13 @@ class SearchContext:
     """What a stage builder needs to know about the current reconstruction."""
 
     target: TargetModel
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     batch_size: int
     num_restarts: int
     rng: torch.Generator
     clip_values: tuple[float, float]
+    #: Matching loss against the observed gradient (with the client's labels, when known).
+    matcher: GradientMatcher
 
     @property
     def num_candidates(self) -> int:
@@ -57,6 +61,15 @@ class SearchContext:
     def repeat_per_restart(self, per_image: torch.Tensor) -> torch.Tensor:
         """Tile a per-image tensor ``(B, …)`` over the restarts, ``(R * B, …)``."""
         return per_image.repeat(self.num_restarts, *([1] * (per_image.dim() - 1)))
+
+    def pixel_stage(self, signed: bool = False) -> SearchStage:
+        """A pixel-space stage: images uniform in ``clip_values``, clamped to them after every step."""
+        import torch
+
+        lo, hi = self.clip_values
+        shape = (self.num_candidates, *self.target.input_shape)
+        init = lo + (hi - lo) * torch.rand(shape, generator=self.rng, device=self.target.device)
+        return SearchStage("pixel", [init], lambda v: v[0], lambda v: [v[0].clamp(lo, hi)], signed=signed)
 
 
 class GradientInversionAttack(InferenceAttack, abc.ABC):
@@ -77,13 +90,17 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         "distance",
         "tv_weight",
         "norm_weight",
+        "schedule",
         "batch_size",
         "train_mode",
         "device",
         "seed",
         "verbose",
+        "defense",
     ]
     _estimator_requirements = (PyTorchClassifier,)
+    #: Whether missing labels are inferred from the gradient (``False``: the attack optimises them itself).
+    _infers_labels = True
 
     def __init__(
         self,
@@ -94,11 +111,13 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         distance: str = "cosine",
         tv_weight: float = 1e-4,
         norm_weight: float = 1e-6,
+        schedule: str = "cosine",
         batch_size: int = 1,
         train_mode: bool = False,
         device: str | torch.device | None = None,
         seed: int | None = None,
         verbose: bool = True,
+        defense: Defense | None = None,
     ) -> None:
         """
         :param estimator: ART ``PyTorchClassifier`` of the FL model (architecture and current weights).
@@ -108,11 +127,16 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param distance: Gradient distance, ``"cosine"`` (scale-invariant) or ``"l2"``.
         :param tv_weight: Weight of the total-variation image prior.
         :param norm_weight: Weight of the squared-norm image prior.
+        :param schedule: Adam learning-rate schedule: ``"cosine"`` (linear warm-up, then cosine decay) or ``"step"``
+                         (×0.1 at 3/8, 5/8 and 7/8 of the steps, as in Inverting Gradients).
         :param batch_size: Number of private samples behind the gradient (the client batch size).
         :param train_mode: Whether the client computed its gradient with the model in train mode.
         :param device: Device of the search (default: the estimator's device).
         :param seed: Seed of the random initialisations (``None``: a fresh seed, recorded in the result).
         :param verbose: Show a progress bar.
+        :param defense: The client's defence, if the attacker knows it: replayable defences (pruning, clipping,
+                        quantisation, sign compression, Soteria) are applied to the dummy gradients too (the adaptive
+                        attacker; results say ``extra["adaptive"]``); random ones (noise, DP-SGD) change nothing.
         """
         super().__init__(estimator=estimator)
         self.steps_per_stage = steps_per_stage
@@ -121,11 +145,13 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.distance = distance
         self.tv_weight = tv_weight
         self.norm_weight = norm_weight
+        self.schedule = schedule
         self.batch_size = batch_size
         self.train_mode = train_mode
         self.device = device
         self.seed = seed
         self.verbose = verbose
+        self.defense = defense
 
     def _check_params(self) -> None:
         for name in ("steps_per_stage", "num_restarts", "batch_size"):
@@ -134,12 +160,19 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule '{self.schedule}': use one of {sorted(SCHEDULES)}.")
         if self.distance not in DISTANCES:
             raise ValueError(f"Unknown distance '{self.distance}': use one of {DISTANCES}.")
         for name in ("tv_weight", "norm_weight"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        if self.defense is not None and not isinstance(self.defense, Defense):
+            raise ValueError(
+                f"defense must be an art_gifd.defenses.Defense (the client's defence, known to the attacker) or None, "
+                f"got {type(self.defense).__name__}; wrap a plain function in FunctionDefense."
+            )
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer)):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
         if self.estimator.clip_values is None:
@@ -177,22 +210,25 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         start = time.perf_counter()
         target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
         observed = target.as_gradient_list(x)
-        if y is None:
+        if y is not None:
+            labels = target.labels_to_indices(y, batch_size=self.batch_size)
+        elif self._infers_labels:
             labels = infer_labels(observed, target.module, target.nb_classes, self.batch_size)
         else:
-            labels = target.labels_to_indices(y, batch_size=self.batch_size)
+            labels = None
         seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))
         rng = torch.Generator(device=target.device).manual_seed(seed)
         lo, hi = (float(v) for v in np.asarray(self.estimator.clip_values, dtype=np.float64).reshape(2, -1)[:, 0])
-        ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi))
+        matcher = GradientMatcher(target, observed, labels, self.distance, self.batch_size, defense=self.defense)
+        ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi), matcher)
         self._prepare(ctx)
-        objective = Objective(
-            GradientMatcher(target, observed, labels, self.distance), self.tv_weight, self.norm_weight
-        )
+        objective = Objective(matcher, self.tv_weight, self.norm_weight, self._regularisers(ctx))
         total = self.steps_per_stage * self._num_stages()
         outcomes: list[StageOutcome] = []
         with tqdm(total=total, desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
-            settings = SearchSettings(self.steps_per_stage, self.learning_rate, self.num_restarts, progress=bar)
+            settings = SearchSettings(
+                self.steps_per_stage, self.learning_rate, self.num_restarts, bar, seed, self.schedule
+            )
             stages = self._stages(ctx)
             stage = next(stages)
             while True:
@@ -203,19 +239,20 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     break
         best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size)
         images = images.clamp(lo, hi).detach().cpu().numpy().astype(np.float32)
+        final_labels = self._result_labels(ctx, outcomes[best_stage], best_restart)
         result = ReconstructionResult(
             images=images,
-            labels=labels.cpu().numpy(),
+            labels=final_labels.cpu().numpy(),
             labels_inferred=y is None,
             stage_names=[o.name for o in outcomes],
             stage_losses=losses,
             best_stage=best_stage,
             best_restart=best_restart,
             best_loss=float(losses[best_stage, best_restart]),
-            steps=self.steps_per_stage * len(outcomes),
+            steps=sum(o.steps for o in outcomes),
             seconds=time.perf_counter() - start,
             seed=seed,
-            extra=self._extra(ctx),
+            extra={**self._extra(ctx), "adaptive": matcher.adaptive},
         )
         logger.info(
             "%s: best candidate from stage '%s', restart %d, matching loss %.5f, %.1f s.",
@@ -233,6 +270,15 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
     def _extra(self, ctx: SearchContext) -> dict[str, object]:
         """Attack-specific details stored in :attr:`ReconstructionResult.extra`."""
         return {}
+
+    def _regularisers(self, ctx: SearchContext) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Attack-specific terms added to the objective, each images ``(R * B, …)`` → penalty per restart."""
+        return []
+
+    def _result_labels(self, ctx: SearchContext, outcome: StageOutcome, restart: int) -> torch.Tensor:
+        """Labels of the returned candidate (the fixed labels, unless the attack optimised them)."""
+        assert ctx.labels is not None  # attacks that optimise labels override this method
+        return ctx.labels
 
     @abc.abstractmethod
     def _num_stages(self) -> int:

@@ -16,12 +16,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from art_gifd.federated import TargetModel
+
+if TYPE_CHECKING:
+    from art_gifd.defenses.base import Defense
 
 DISTANCES = ("cosine", "l2")
 
@@ -68,42 +72,102 @@ def warmup_cosine(steps: int, warmup_fraction: float = 0.05) -> Callable[[int], 
     return factor
 
 
+def step_decay(
+    steps: int, milestones: tuple[float, ...] = (3 / 8, 5 / 8, 7 / 8), gamma: float = 0.1
+) -> Callable[[int], float]:
+    """Learning-rate factor of Inverting Gradients: ×``gamma`` at each milestone (fractions of the steps)."""
+    boundaries = [int(steps * m) for m in milestones]
+
+    def factor(step: int) -> float:
+        return gamma ** sum(step >= b for b in boundaries)
+
+    return factor
+
+
+#: Learning-rate schedules a stage can use, by name.
+SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {"cosine": warmup_cosine, "step": step_decay}
+
+
 class GradientMatcher:
     """
     Matching loss between the gradients of R candidate batches and the observed gradient.
 
     ``loss(images)`` takes images of shape ``(R * B, *input_shape)`` and returns one loss per restart, ``(R,)``:
     ``1 − cos`` of all parameter gradients concatenated (``"cosine"``) or their squared L2 distance (``"l2"``),
-    differentiable with respect to the images (double backward).
+    differentiable with respect to the images (double backward). Labels are the fixed hard labels given at
+    construction, or per-candidate soft labels (class probabilities) passed to :meth:`loss` when they are optimised
+    too (DLG).
     """
 
-    def __init__(self, target: TargetModel, observed: list[torch.Tensor], labels: torch.Tensor, distance: str):
+    def __init__(
+        self,
+        target: TargetModel,
+        observed: list[torch.Tensor],
+        labels: torch.Tensor | None,
+        distance: str,
+        batch_size: int | None = None,
+        defense: Defense | None = None,
+    ):
         """
         :param target: The FL model.
         :param observed: Observed per-parameter gradients, in parameter order, on the target's device.
-        :param labels: Labels of the client batch, shape ``(B,)``.
+        :param labels: Labels of the client batch, shape ``(B,)``, or ``None`` when soft labels are optimised.
         :param distance: ``"cosine"`` or ``"l2"``.
+        :param batch_size: Client batch size ``B`` (default: the number of labels).
+        :param defense: The client's defence, known to the attacker: if it is replayable (pruning, clipping,
+                        quantisation, sign compression, Soteria), the dummy gradients pass through
+                        :meth:`~art_gifd.defenses.base.Defense.replay` before matching (the adaptive attacker);
+                        otherwise (noise, DP-SGD) it is ignored.
         """
         if distance not in DISTANCES:
             raise ValueError(f"Unknown distance '{distance}': use one of {DISTANCES}.")
+        if labels is None and batch_size is None:
+            raise ValueError("GradientMatcher needs labels or a batch size.")
         self.target = target
         self.observed = dict(zip(target.names, observed, strict=True))
         self.observed_norm = torch.sqrt(sum((g * g).sum() for g in observed))
         self.labels = labels
-        self.batch_size = int(labels.shape[0])
+        self.batch_size = int(batch_size if batch_size is not None else labels.shape[0])
         self.distance = distance
-        self._grads = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, None))
+        self.defense = defense if defense is not None and defense.replayable else None
+        #: Whether the dummy gradients are passed through the client's defence (the adaptive attacker).
+        self.adaptive = self.defense is not None
+        self._grads_hard = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, None))
+        self._grads_soft = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, 0))
 
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """Matching loss per restart, shape ``(R,)``."""
+    def loss(self, images: torch.Tensor, soft_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Matching loss per restart, shape ``(R,)``.
+
+        :param images: Candidate images ``(R * B, *input_shape)``.
+        :param soft_labels: Candidate label distributions ``(R * B, nb_classes)``; ``None`` uses the fixed labels.
+        """
         x = self.target.preprocess(images)
         x = x.reshape(-1, self.batch_size, *x.shape[1:])
-        grads = self._grads(self.target.params, x, self.labels)
+        if soft_labels is None:
+            if self.labels is None:
+                raise ValueError("No labels: pass soft_labels or build the matcher with labels.")
+            grads = self._grads_hard(self.target.params, x, self.labels)
+        else:
+            grads = self._grads_soft(self.target.params, x, soft_labels.reshape(x.shape[0], self.batch_size, -1))
+        if self.defense is not None:
+            grads = self.defense.replay(grads, self.observed)
         if self.distance == "l2":
             return sum(((grads[n] - t) ** 2).flatten(1).sum(dim=1) for n, t in self.observed.items())
         dot = sum((grads[n] * t).flatten(1).sum(dim=1) for n, t in self.observed.items())
         norm = torch.sqrt(sum((grads[n] ** 2).flatten(1).sum(dim=1) for n in self.observed))
         return 1.0 - dot / (norm * self.observed_norm + 1e-12)
+
+
+OPTIMISERS = ("adam", "lbfgs", "cma")
+
+#: A representation: the tensors one stage optimises, each with a leading dimension of ``R * n`` rows (``n`` rows
+#: per restart, e.g. ``B`` images or latent codes, or one set of generator weights per image).
+Variables = list[torch.Tensor]
+#: Evaluates a representation: (total objective, matching loss), each per restart.
+Evaluate = Callable[[Variables], tuple[torch.Tensor, torch.Tensor]]
+#: Progress callback, called once per step with the step index.
+Report = Callable[[int], None]
 
 
 @dataclass
@@ -112,95 +176,250 @@ class SearchStage:
     One stage of a search.
 
     :param name: Stage name (e.g. ``"latent"``, ``"feature-2"``, ``"pixel"``).
-    :param init: Initial representation, shape ``(R * B, …)``.
+    :param init: Initial representation: tensors whose leading dimension is a multiple of the number of restarts.
     :param decode: Maps the representation to images in the estimator's input range, shape ``(R * B, C, H, W)``.
     :param project: Constraint applied to the representation after every step (``None``: unconstrained).
+    :param soft_labels: Maps the representation to label distributions ``(R * B, K)`` when labels are optimised.
+    :param optimiser: ``"adam"`` (warm-up + cosine decay), ``"lbfgs"`` (strong-Wolfe line search; a step is one
+                      objective evaluation) or ``"cma"`` (gradient-free CMA-ES on a single variable; a step is one
+                      generation).
+    :param learning_rates: Learning rate per variable (default: the search's learning rate for all).
+    :param signed: Adam on the sign of the gradient (Inverting Gradients).
+    :param cma_sigma: Initial step size of CMA-ES.
+    :param cma_population: Population size of CMA-ES (``None``: the ``cma`` package's default).
     """
 
     name: str
-    init: torch.Tensor
-    decode: Callable[[torch.Tensor], torch.Tensor]
-    project: Callable[[torch.Tensor], torch.Tensor] | None = None
+    init: Variables
+    decode: Callable[[Variables], torch.Tensor]
+    project: Callable[[Variables], Variables] | None = None
+    soft_labels: Callable[[Variables], torch.Tensor] | None = None
+    optimiser: str = "adam"
+    learning_rates: list[float] | None = None
+    signed: bool = False
+    cma_sigma: float = 0.5
+    cma_population: int | None = None
 
 
 @dataclass
 class StageOutcome:
-    """Best candidate of one stage: per-restart representation, images and matching loss."""
+    """Best candidate of one stage: per-restart representation, images, matching loss and steps run."""
 
     name: str
-    representation: torch.Tensor
+    representation: Variables
     images: torch.Tensor
     loss: torch.Tensor
+    steps: int = 0
 
 
 @dataclass
 class Objective:
-    """Matching loss plus image priors: ``match + tv_weight · TV + norm_weight · ||x||²`` per restart."""
+    """
+    Matching loss plus image priors, per restart: ``match + tv_weight · TV + norm_weight · ||x||² + Σ extra``.
+
+    ``extra`` holds attack-specific regularisers, each mapping images ``(R * B, …)`` to a penalty per restart.
+    """
 
     matcher: GradientMatcher
     tv_weight: float = 1e-4
     norm_weight: float = 1e-6
+    extra: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, soft_labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (total objective, matching loss), both per restart ``(R,)``."""
-        match = self.matcher.loss(images)
+        match = self.matcher.loss(images, soft_labels)
         batch = self.matcher.batch_size
         reg = self.tv_weight * total_variation(images) + self.norm_weight * images.pow(2).flatten(1).sum(dim=1)
-        return match + reg.reshape(-1, batch).sum(dim=1), match
+        total = match + reg.reshape(-1, batch).sum(dim=1)
+        for term in self.extra:
+            total = total + term(images)
+        return total, match
 
 
 @dataclass
 class SearchSettings:
-    """Optimiser settings shared by every stage."""
+    """
+    Optimiser settings shared by every stage.
+
+    ``schedule`` is the Adam learning-rate schedule: ``"cosine"`` (linear warm-up, then cosine decay) or ``"step"``
+    (×0.1 at 3/8, 5/8 and 7/8 of the steps, as in Inverting Gradients).
+    """
 
     steps: int
     learning_rate: float
     num_restarts: int
-    verbose: bool = True
     progress: tqdm | None = field(default=None, repr=False)
+    seed: int = 0
+    schedule: str = "cosine"
+
+
+class _BestTracker:
+    """Keeps, per restart, the representation with the lowest matching loss seen so far (no host syncs)."""
+
+    def __init__(self, variables: Variables, restarts: int) -> None:
+        self.restarts = restarts
+        self.loss = torch.full((restarts,), math.inf, device=variables[0].device)
+        self.variables = [v.detach().clone() for v in variables]
+
+    def update(self, match: torch.Tensor, variables: Variables) -> None:
+        better = match.detach() < self.loss
+        self.loss = torch.where(better, match.detach(), self.loss)
+        for i, value in enumerate(variables):
+            rows = value.shape[0] // self.restarts
+            mask = better.repeat_interleave(rows).reshape(-1, *([1] * (value.dim() - 1)))
+            self.variables[i] = torch.where(mask, value.detach(), self.variables[i])
 
 
 def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings) -> StageOutcome:
     """
-    Optimise one stage with Adam (warm-up + cosine decay) and return its best iterate per restart.
+    Optimise one stage and return its best iterate per restart.
 
-    Every iterate that is evaluated (including the initial one and the final one) competes; no host synchronisation
-    happens inside the loop except for occasional progress reports.
+    Every iterate that is evaluated (including the initial and the final one) competes for the stage's candidate.
+    Apart from occasional progress reports, no host synchronisation happens inside the loop.
     """
-    restarts = settings.num_restarts
-    param = stage.init.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([param], lr=settings.learning_rate)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(settings.steps))
-    best_loss = torch.full((restarts,), math.inf, device=param.device)
-    best_param = param.detach().clone()
-    per_restart = param.shape[0] // restarts
+    if stage.optimiser not in OPTIMISERS:
+        raise ValueError(f"Unknown optimiser '{stage.optimiser}': use one of {OPTIMISERS}.")
+    gradient_free = stage.optimiser == "cma"
+    variables = [v.detach().clone().requires_grad_(not gradient_free) for v in stage.init]
+    tracker = _BestTracker(variables, settings.num_restarts)
 
-    def keep_best(match: torch.Tensor, value: torch.Tensor) -> None:
-        nonlocal best_loss, best_param
-        better = match < best_loss
-        best_loss = torch.where(better, match, best_loss)
-        mask = better.repeat_interleave(per_restart).reshape(-1, *([1] * (value.dim() - 1)))
-        best_param = torch.where(mask, value, best_param)
+    def evaluate(values: Variables) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = stage.soft_labels(values) if stage.soft_labels is not None else None
+        return objective(stage.decode(values), labels)
 
+    def report(step: int) -> None:
+        if settings.progress is not None:
+            settings.progress.update(1)
+            if step % 100 == 0:
+                settings.progress.set_postfix(stage=stage.name, loss=f"{tracker.loss.min().item():.4f}")
+
+    if gradient_free:
+        steps = _run_cma(stage, evaluate, tracker, settings, report)
+    elif stage.optimiser == "lbfgs":
+        steps = _run_lbfgs(stage, variables, evaluate, tracker, settings, report)
+    else:
+        steps = _run_adam(stage, variables, evaluate, tracker, settings, report)
+    with torch.no_grad():
+        if not gradient_free:
+            tracker.update(evaluate(variables)[1], variables)
+        images = stage.decode(tracker.variables)
+    return StageOutcome(stage.name, tracker.variables, images.detach(), tracker.loss, steps)
+
+
+def _param_groups(stage: SearchStage, variables: Variables, learning_rate: float) -> list[dict]:
+    rates = stage.learning_rates or [learning_rate] * len(variables)
+    if len(rates) != len(variables):
+        raise ValueError(f"Stage '{stage.name}' has {len(variables)} variables but {len(rates)} learning rates.")
+    return [{"params": [v], "lr": lr} for v, lr in zip(variables, rates, strict=True)]
+
+
+def _run_adam(
+    stage: SearchStage,
+    variables: Variables,
+    evaluate: Evaluate,
+    tracker: _BestTracker,
+    settings: SearchSettings,
+    report: Report,
+) -> int:
+    optimiser = torch.optim.Adam(_param_groups(stage, variables, settings.learning_rate))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, SCHEDULES[settings.schedule](settings.steps))
     for step in range(settings.steps):
         optimiser.zero_grad(set_to_none=True)
-        total, match = objective(stage.decode(param))
+        total, match = evaluate(variables)
         total.sum().backward()
-        keep_best(match.detach(), param.detach())
+        tracker.update(match, variables)
+        if stage.signed:
+            for v in variables:
+                v.grad.sign_()
         optimiser.step()
         schedule.step()
         if stage.project is not None:
             with torch.no_grad():
-                param.copy_(stage.project(param))
-        if settings.progress is not None:
-            settings.progress.update(1)
-            if step % 100 == 0:
-                settings.progress.set_postfix(stage=stage.name, loss=f"{best_loss.min().item():.4f}")
+                for v, projected in zip(variables, stage.project(variables), strict=True):
+                    v.copy_(projected)
+        report(step)
+    return settings.steps
+
+
+def _run_lbfgs(
+    stage: SearchStage,
+    variables: Variables,
+    evaluate: Evaluate,
+    tracker: _BestTracker,
+    settings: SearchSettings,
+    report: Report,
+) -> int:
+    if stage.project is not None:
+        raise ValueError(f"Stage '{stage.name}': L-BFGS does not support projections.")
+    if stage.learning_rates is not None:
+        raise ValueError(f"Stage '{stage.name}': L-BFGS uses one learning rate for all variables.")
+    optimiser = torch.optim.LBFGS(
+        variables,
+        lr=settings.learning_rate,
+        max_iter=settings.steps,
+        max_eval=settings.steps,
+        history_size=100,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
+    count = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal count
+        optimiser.zero_grad(set_to_none=True)
+        total, match = evaluate(variables)
+        loss = total.sum()
+        loss.backward()
+        tracker.update(match, variables)
+        report(count)
+        count += 1
+        return loss
+
+    while count < settings.steps:
+        before = count
+        optimiser.step(closure)
+        if count == before:  # converged: no evaluation left to do
+            break
+    return count
+
+
+def _run_cma(
+    stage: SearchStage, evaluate: Evaluate, tracker: _BestTracker, settings: SearchSettings, report: Report
+) -> int:
+    import cma
+
+    if len(stage.init) != 1:
+        raise ValueError(f"Stage '{stage.name}': CMA-ES searches exactly one variable, got {len(stage.init)}.")
+    init = stage.init[0].detach()
+    restarts = settings.num_restarts
+    rows = init.shape[0] // restarts
+    starts = init.reshape(restarts, -1).double().cpu().numpy()
+    options = {"seed": settings.seed + 1, "verbose": -9, "maxiter": settings.steps}
+    if stage.cma_population is not None:
+        options["popsize"] = stage.cma_population
+    strategies = [
+        cma.CMAEvolutionStrategy(start, stage.cma_sigma, {**options, "seed": options["seed"] + r})
+        for r, start in enumerate(starts)
+    ]
+    population = strategies[0].popsize
     with torch.no_grad():
-        _, match = objective(stage.decode(param))
-        keep_best(match, param.detach())
-        images = stage.decode(best_param)
-    return StageOutcome(stage.name, best_param, images.detach(), best_loss)
+        for step in range(settings.steps):
+            asked = [np.asarray(es.ask()) for es in strategies]  # R × (P, D)
+            candidates = torch.as_tensor(np.stack(asked), dtype=init.dtype, device=init.device)
+            flat = candidates.reshape(restarts * population * rows, *init.shape[1:])
+            _, match = evaluate([flat])
+            losses = match.reshape(restarts, population)
+            host = losses.double().cpu().numpy()
+            for es, solutions, values in zip(strategies, asked, host, strict=True):
+                es.tell(list(solutions), values.tolist())
+            best = losses.argmin(dim=1)
+            chosen = candidates[torch.arange(restarts), best].reshape(restarts * rows, *init.shape[1:])
+            tracker.update(losses.gather(1, best[:, None]).squeeze(1), [chosen])
+            report(step)
+    return settings.steps
 
 
 @dataclass
@@ -216,7 +435,8 @@ class ReconstructionResult:
     :param best_stage: Index of the stage whose candidate was returned.
     :param best_restart: Index of the restart whose candidate was returned.
     :param best_loss: Matching loss of the returned candidate.
-    :param steps: Optimisation steps run per restart (summed over stages).
+    :param steps: Optimisation steps run per restart, summed over stages (objective evaluations for L-BFGS,
+                  generations for CMA-ES).
     :param seconds: Wall-clock time of the search.
     :param seed: Seed that generated the random initialisations.
     :param extra: Attack-specific details (e.g. the generator classes used).

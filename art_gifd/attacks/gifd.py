@@ -12,21 +12,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext, StageGenerator
+from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage, project_l1_ball
-from art_gifd.labels import LabelMapping, map_labels
-from art_gifd.priors.base import LayeredGenerator
+from art_gifd.attacks.generative import GenerativePriorAttack
+from art_gifd.labels import LabelMapping
 
 if TYPE_CHECKING:
     import torch
     from art.estimators.classification import PyTorchClassifier
+
+    from art_gifd.defenses.base import Defense
+    from art_gifd.priors.base import LayeredGenerator
 
 logger = logging.getLogger(__name__)
 
 RADIUS_SCALES = ("per_element", "absolute")
 
 
-class GIFDAttack(GradientInversionAttack):
+class GIFDAttack(GenerativePriorAttack):
     """
     Reconstruct a client's images by searching a pretrained generator's latent code, then its intermediate features.
 
@@ -39,14 +42,7 @@ class GIFDAttack(GradientInversionAttack):
     | Paper link: https://arxiv.org/abs/2308.04699
     """
 
-    attack_params = [
-        *GradientInversionAttack.attack_params,
-        "prior",
-        "max_stage",
-        "l1_radius",
-        "radius_scale",
-        "label_mapping",
-    ]
+    attack_params = [*GenerativePriorAttack.attack_params, "max_stage", "l1_radius", "radius_scale"]
 
     def __init__(
         self,
@@ -67,6 +63,7 @@ class GIFDAttack(GradientInversionAttack):
         device: str | torch.device | None = None,
         seed: int | None = None,
         verbose: bool = True,
+        defense: Defense | None = None,
     ) -> None:
         """
         Create a GIFD attack.
@@ -88,24 +85,23 @@ class GIFDAttack(GradientInversionAttack):
         :param norm_weight: Weight of the squared-norm prior.
         :param batch_size: Client batch size behind the gradient.
         :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
-                              label → generator class, or a callable doing the same.
+                              label → generator class, a callable doing the same, or ``"auto"`` /
+                              :class:`~art_gifd.labels.AutoLabelMapping` (candidate classes scored per batch; scores
+                              in ``extra["label_mapping_scores"]``).
         :param train_mode: Whether the client computed its gradient with the model in train mode.
         :param device: Device of the search (default: the estimator's device); the prior is moved there.
         :param seed: Seed of the random initialisations.
         :param verbose: Show a progress bar.
+        :param defense: The client's defence, known to the attacker (replayed on the dummy gradients where it is
+                        deterministic: the adaptive attacker).
         """
-        if prior is None:
-            from art_gifd.priors.embedded import load_default_prior
-
-            prior = load_default_prior()
-        self.prior = prior
         self.max_stage = max_stage
         self.l1_radius = l1_radius
         self.radius_scale = radius_scale
-        self.label_mapping = label_mapping
-        self._generator_labels: torch.Tensor | None = None
         super().__init__(
             estimator,
+            prior,
+            label_mapping,
             steps_per_stage=steps_per_stage,
             num_restarts=num_restarts,
             learning_rate=learning_rate,
@@ -117,6 +113,7 @@ class GIFDAttack(GradientInversionAttack):
             device=device,
             seed=seed,
             verbose=verbose,
+            defense=defense,
         )
         self._check_params()
 
@@ -133,10 +130,6 @@ class GIFDAttack(GradientInversionAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not isinstance(self.prior, LayeredGenerator):
-            raise ValueError(
-                f"prior must be a LayeredGenerator (see art_gifd.priors), got {type(self.prior).__name__}."
-            )
         n = self.prior.num_blocks
         if self.max_stage is not None and (
             isinstance(self.max_stage, bool) or not isinstance(self.max_stage, int | np.integer)
@@ -154,64 +147,26 @@ class GIFDAttack(GradientInversionAttack):
             )
         if any(not np.isfinite(r) or r <= 0 for r in radii):
             raise ValueError(f"l1_radius values must be positive, got {radii}.")
-        expected = tuple(self.estimator.input_shape)
-        if tuple(self.prior.image_shape) != expected:
-            raise ValueError(
-                f"The prior generates images of shape {tuple(self.prior.image_shape)} but the estimator expects "
-                f"{expected}. Use a prior trained at the estimator's resolution and channel count."
-            )
-        if self.label_mapping is not None and self.prior.num_classes is None:
-            raise ValueError("label_mapping was given but the prior is not class-conditional.")
-        if self.label_mapping is not None and not (
-            isinstance(self.label_mapping, dict) or callable(self.label_mapping)
-        ):
-            raise ValueError("label_mapping must be None, a dict task label -> generator class, or a callable.")
-        if isinstance(self.label_mapping, dict):
-            classes = self.prior.num_classes
-            bad = [(k, v) for k, v in self.label_mapping.items() if not (isinstance(v, int) and 0 <= v < classes)]
-            if bad:
-                raise ValueError(f"label_mapping names unknown generator classes: {bad[:5]}.")
 
     def _num_stages(self) -> int:
         return self.stages
 
-    def _prepare(self, ctx: SearchContext) -> None:
-        self.prior.to(ctx.target.device).freeze()
-        self._generator_labels = None
-        if self.prior.num_classes is not None:
-            per_image = map_labels(ctx.labels, self.label_mapping, self.prior.num_classes)
-            self._generator_labels = ctx.repeat_per_restart(per_image)
-
     def _extra(self, ctx: SearchContext) -> dict[str, object]:
-        extra: dict[str, object] = {"prior": self.prior.describe(), "radius_scale": self.radius_scale}
-        extra["l1_radius"] = self.radii()
-        if self._generator_labels is not None:
-            extra["generator_labels"] = self._generator_labels[: ctx.batch_size].cpu().tolist()
-        return extra
-
-    def _decoder(self, stage: int, ctx: SearchContext):
-        prior, labels = self.prior, self._generator_labels
-        out_lo, out_hi = prior.output_range
-        lo, hi = ctx.clip_values
-        scale = (hi - lo) / (out_hi - out_lo)
-
-        def decode(h: torch.Tensor) -> torch.Tensor:
-            return lo + (prior.forward_from(stage, h, labels) - out_lo) * scale
-
-        return decode
+        return {**super()._extra(ctx), "radius_scale": self.radius_scale, "l1_radius": self.radii()}
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         import torch
 
         latent = self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng)
-        outcome = yield SearchStage("latent", latent, self._decoder(0, ctx))
+        outcome = yield SearchStage("latent", [latent], self._decoder(0, ctx))
         for k, radius in enumerate(self.radii(), start=1):
             with torch.no_grad():
-                start = self.prior.forward_blocks(outcome.representation, k - 1, k, self._generator_labels)
+                h = outcome.representation[0]
+                start = self.prior.forward_blocks(h, k - 1, k, self.generator_labels(h.shape[0]))
             per_sample = start[0].numel() if self.radius_scale == "per_element" else 1
             ball = radius * per_sample
 
-            def project(h: torch.Tensor, start: torch.Tensor = start, ball: float = ball) -> torch.Tensor:
-                return start + project_l1_ball(h - start, ball)
+            def project(h: list[torch.Tensor], start: torch.Tensor = start, ball: float = ball) -> list[torch.Tensor]:
+                return [start + project_l1_ball(h[0] - start, ball)]
 
-            outcome = yield SearchStage(f"feature-{k}", start, self._decoder(k, ctx), project)
+            outcome = yield SearchStage(f"feature-{k}", [start], self._decoder(k, ctx), project)

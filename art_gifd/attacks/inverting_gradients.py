@@ -6,13 +6,11 @@ Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching wit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext, StageGenerator
-from art_gifd.attacks.core import SearchStage
 
 if TYPE_CHECKING:
-    import torch
     from art.estimators.classification import PyTorchClassifier
 
 
@@ -25,6 +23,8 @@ class InvertingGradientsAttack(GradientInversionAttack):
     | Paper link: https://arxiv.org/abs/2003.14053
     """
 
+    attack_params = [*GradientInversionAttack.attack_params, "signed_gradients"]
+
     def __init__(
         self,
         estimator: PyTorchClassifier,
@@ -34,11 +34,9 @@ class InvertingGradientsAttack(GradientInversionAttack):
         distance: str = "cosine",
         tv_weight: float = 1e-4,
         norm_weight: float = 0.0,
-        batch_size: int = 1,
-        train_mode: bool = False,
-        device: str | torch.device | None = None,
-        seed: int | None = None,
-        verbose: bool = True,
+        signed_gradients: bool = True,
+        schedule: str = "step",
+        **kwargs: Any,
     ) -> None:
         """
         Create an Inverting Gradients attack.
@@ -50,12 +48,13 @@ class InvertingGradientsAttack(GradientInversionAttack):
         :param distance: Gradient distance, ``"cosine"`` (paper) or ``"l2"``.
         :param tv_weight: Weight of the total-variation prior (paper: 1e-4 … 1e-2 depending on the data).
         :param norm_weight: Weight of the squared-norm prior.
-        :param batch_size: Client batch size behind the gradient.
-        :param train_mode: Whether the client computed its gradient with the model in train mode.
-        :param device: Device of the search (default: the estimator's device).
-        :param seed: Seed of the random initialisation.
-        :param verbose: Show a progress bar.
+        :param signed_gradients: Step Adam on the sign of the gradient, as the paper does.
+        :param schedule: Learning-rate schedule: ``"step"`` (paper: ×0.1 at 3/8, 5/8 and 7/8 of the steps) or
+                         ``"cosine"`` (linear warm-up, then cosine decay).
+        :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
+                       ``batch_size``, ``train_mode``, ``defense``, ``device``, ``seed``, ``verbose``.
         """
+        self.signed_gradients = signed_gradients
         super().__init__(
             estimator,
             steps_per_stage=max_iter,
@@ -64,11 +63,8 @@ class InvertingGradientsAttack(GradientInversionAttack):
             distance=distance,
             tv_weight=tv_weight,
             norm_weight=norm_weight,
-            batch_size=batch_size,
-            train_mode=train_mode,
-            device=device,
-            seed=seed,
-            verbose=verbose,
+            schedule=schedule,
+            **kwargs,
         )
         self._check_params()
 
@@ -81,9 +77,4 @@ class InvertingGradientsAttack(GradientInversionAttack):
         return 1
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
-        import torch
-
-        lo, hi = ctx.clip_values
-        shape = (ctx.num_candidates, *ctx.target.input_shape)
-        init = lo + (hi - lo) * torch.rand(shape, generator=ctx.rng, device=ctx.target.device)
-        yield SearchStage("pixel", init, lambda x: x, lambda x: x.clamp(lo, hi))
+        yield ctx.pixel_stage(signed=self.signed_gradients)

@@ -172,7 +172,7 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
     if missing or unexpected or shapes:
         raise ValueError(
             f"Checkpoint {source} does not fit {type(module).__name__}: missing keys {missing[:10]}, unexpected keys "
-            f"{unexpected[:10]}, shape mismatches {shapes[:10]}. Check the architecture arguments (nz, ngf, nc, "
-            "image_size, num_classes) match the checkpoint."
+            f"{unexpected[:10]}, shape mismatches {shapes[:10]}. Check that the architecture arguments you passed "
+            f"to the loader match the checkpoint."
         )
     module.load_state_dict(state, strict=True)

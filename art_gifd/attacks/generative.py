@@ -1,0 +1,150 @@
+"""
+Shared machinery of the attacks that search a generative prior (GIFD, GGL, GIAS): the prior, its fit to the
+estimator, class conditioning through a label mapping, and decoding generator outputs to the estimator's range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from art_gifd.attacks.base import GradientInversionAttack, SearchContext
+from art_gifd.attacks.core import Objective
+from art_gifd.labels import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
+from art_gifd.priors.base import LayeredGenerator
+
+if TYPE_CHECKING:
+    import torch
+    from art.estimators.classification import PyTorchClassifier
+
+
+class GenerativePriorAttack(GradientInversionAttack):
+    """
+    Base class of attacks that reconstruct through a :class:`~art_gifd.priors.LayeredGenerator`.
+
+    ``prior=None`` loads the embedded default prior. For a class-conditional prior, each task label is mapped to a
+    generator class with ``label_mapping`` (``None``: the same index; ``"auto"``: chosen per batch by scoring the
+    candidate classes, scores in ``extra["label_mapping_scores"]``).
+    """
+
+    attack_params = [*GradientInversionAttack.attack_params, "prior", "label_mapping"]
+
+    def __init__(
+        self,
+        estimator: PyTorchClassifier,
+        prior: LayeredGenerator | None,
+        label_mapping: LabelMapping,
+        **kwargs: Any,
+    ) -> None:
+        """
+        :param estimator: ART ``PyTorchClassifier`` of the FL model.
+        :param prior: Layered generator; ``None`` loads the embedded default (a 32×32 grey MNIST DCGAN).
+        :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
+                              label → generator class, a callable doing the same, or ``"auto"`` /
+                              :class:`~art_gifd.labels.AutoLabelMapping` (scored per batch).
+        :param kwargs: Parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`.
+        """
+        if prior is None:
+            from art_gifd.priors.embedded import load_default_prior
+
+            prior = load_default_prior()
+        self.prior = prior
+        self.label_mapping = label_mapping
+        self._generator_labels: torch.Tensor | None = None
+        self._mapping_scores: dict[str, object] | None = None
+        super().__init__(estimator, **kwargs)
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not isinstance(self.prior, LayeredGenerator):
+            raise ValueError(
+                f"prior must be a LayeredGenerator (see art_gifd.priors), got {type(self.prior).__name__}."
+            )
+        expected = tuple(self.estimator.input_shape)
+        if tuple(self.prior.image_shape) != expected:
+            raise ValueError(
+                f"The prior generates images of shape {tuple(self.prior.image_shape)} but the estimator expects "
+                f"{expected}. Use a prior trained at the estimator's resolution and channel count."
+            )
+        mapping = self.label_mapping
+        if mapping is not None and self.prior.num_classes is None:
+            raise ValueError("label_mapping was given but the prior is not class-conditional.")
+        if isinstance(mapping, str) and mapping != "auto":
+            raise ValueError(f"Unknown label_mapping '{mapping}': the only string accepted is 'auto'.")
+        if mapping is not None and not (isinstance(mapping, dict | str | AutoLabelMapping) or callable(mapping)):
+            raise ValueError(
+                "label_mapping must be None, a dict task label -> generator class, a callable, 'auto' or an "
+                "AutoLabelMapping."
+            )
+        if isinstance(mapping, AutoLabelMapping):
+            mapping.check(self.prior.num_classes)
+        if isinstance(mapping, dict):
+            classes = self.prior.num_classes
+            bad = [(k, v) for k, v in mapping.items() if not (isinstance(v, int) and 0 <= v < classes)]
+            if bad:
+                raise ValueError(f"label_mapping names unknown generator classes: {bad[:5]}.")
+
+    def _prepare(self, ctx: SearchContext) -> None:
+        self.prior.to(ctx.target.device).freeze()
+        self._generator_labels = None
+        self._mapping_scores = None
+        if self.prior.num_classes is not None:
+            if ctx.labels is None:
+                raise ValueError("A class-conditional prior needs the labels (given or inferred from the gradient).")
+            mapping = self.label_mapping
+            if mapping == "auto" or isinstance(mapping, AutoLabelMapping):
+                mapping = self._auto_mapping(ctx, mapping if isinstance(mapping, AutoLabelMapping) else None)
+            self._generator_labels = map_labels(ctx.labels, mapping, self.prior.num_classes)
+
+    def _auto_mapping(self, ctx: SearchContext, spec: AutoLabelMapping | None) -> dict[int, int]:
+        """Score the generator classes for every task label against the observed gradient; keep the best."""
+        import torch
+
+        assert ctx.labels is not None
+        target = ctx.target
+
+        def decode(h: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            return self._to_clip(self.prior.forward_from(0, h, classes), ctx)
+
+        def classify(images: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(target.module(target.preprocess(images)), dim=1)
+
+        mapping, self._mapping_scores = auto_label_mapping(
+            spec or AutoLabelMapping(),
+            ctx.labels,
+            int(self.prior.num_classes),
+            lambda n: self.prior.sample_latent(n, generator=ctx.rng),
+            decode,
+            Objective(ctx.matcher, self.tv_weight, self.norm_weight),
+            classify,
+        )
+        return mapping
+
+    def generator_labels(self, rows: int) -> torch.Tensor | None:
+        """Generator classes for ``rows`` candidate rows (the batch's classes tiled), ``None`` if unconditional."""
+        if self._generator_labels is None:
+            return None
+        return self._generator_labels.repeat(rows // self._generator_labels.shape[0])
+
+    def _extra(self, ctx: SearchContext) -> dict[str, object]:
+        extra: dict[str, object] = {"prior": self.prior.describe()}
+        if self._generator_labels is not None:
+            extra["generator_labels"] = self._generator_labels.cpu().tolist()
+        if self._mapping_scores is not None:
+            extra["label_mapping_scores"] = self._mapping_scores
+        return extra
+
+    def _to_clip(self, generated: torch.Tensor, ctx: SearchContext) -> torch.Tensor:
+        """Map generator output from its ``output_range`` to the estimator's ``clip_values``."""
+        out_lo, out_hi = self.prior.output_range
+        lo, hi = ctx.clip_values
+        return lo + (generated - out_lo) * ((hi - lo) / (out_hi - out_lo))
+
+    def _decoder(self, stage: int, ctx: SearchContext) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+        """Decoder of a stage whose single variable is the input of generator stage ``stage``."""
+
+        def decode(variables: list[torch.Tensor]) -> torch.Tensor:
+            h = variables[0]
+            return self._to_clip(self.prior.forward_from(stage, h, self.generator_labels(h.shape[0])), ctx)
+
+        return decode

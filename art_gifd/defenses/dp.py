@@ -1,0 +1,175 @@
+"""
+DP-SGD through Opacus: per-sample clipping and Gaussian noise on the client's update, with Opacus' privacy accounting.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from art_gifd.defenses.base import Defense, DefenseContext, check_integer, check_number
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+class DPSGD(Defense):
+    """
+    DP-SGD (Abadi et al. 2016) as Opacus runs it: per-sample gradients (Opacus ``GradSampleModule``) clipped to
+    ``max_grad_norm``, summed, Gaussian noise of std ``noise_multiplier × max_grad_norm`` added to the sum, and the
+    result divided by the batch size ``B`` (Opacus' ``DPOptimizer`` with ``loss_reduction="mean"``), so the shared
+    update is a noisy *mean* whose noise has std ``noise_multiplier × max_grad_norm / B`` per entry.
+
+    The guarantee ``(epsilon, delta)`` is Opacus' accountant (RDP by default, PRV optional) for the stated Poisson
+    sampling rate and number of steps of the client's whole training. Opacus computes per-sample gradients on a copy
+    of the model in train mode (dropout would be active); models it cannot handle (BatchNorm) are rejected with its
+    own message. DP-SGD recomputes the update from the private batch, so it comes first in a
+    :class:`~art_gifd.defenses.base.Compose`.
+    """
+
+    name = "dp-sgd"
+    recomputes = True
+
+    def __init__(
+        self,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        steps: int,
+        delta: float,
+        accountant: str = "rdp",
+    ) -> None:
+        """
+        :param noise_multiplier: Noise std relative to ``max_grad_norm``, positive.
+        :param max_grad_norm: Per-sample clipping norm, positive.
+        :param sample_rate: Poisson sampling rate of a training step (expected batch size / data set size), in (0, 1].
+        :param steps: Number of DP-SGD steps the guarantee covers.
+        :param delta: Target delta, in (0, 1) (usually below 1 / data set size).
+        :param accountant: Opacus accountant, ``"rdp"`` or ``"prv"``.
+        """
+        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
+        self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, 0.0, closed="neither")
+        self.sample_rate = check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
+        self.steps = check_integer("steps", steps, 1)
+        self.delta = check_number("delta", delta, 0.0, 1.0, closed="neither")
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+        self.accountant = accountant
+        self.epsilon = privacy_epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
+
+    @classmethod
+    def for_epsilon(
+        cls,
+        epsilon: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        steps: int,
+        delta: float,
+        accountant: str = "rdp",
+        epsilon_tolerance: float = 0.01,
+    ) -> DPSGD:
+        """
+        DP-SGD with the noise multiplier that Opacus' ``get_noise_multiplier`` finds for a target epsilon.
+
+        :param epsilon: Target epsilon, positive; the resulting :attr:`epsilon` is at most this (within the tolerance).
+        :param max_grad_norm: Per-sample clipping norm.
+        :param sample_rate: Poisson sampling rate.
+        :param steps: Number of steps.
+        :param delta: Target delta.
+        :param accountant: ``"rdp"`` or ``"prv"``.
+        :param epsilon_tolerance: Precision of Opacus' binary search.
+        """
+        from opacus.accountants.utils import get_noise_multiplier
+
+        check_number("epsilon", epsilon, 0.0, closed="neither")
+        check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
+        check_integer("steps", steps, 1)
+        check_number("delta", delta, 0.0, 1.0, closed="neither")
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+        sigma = get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=epsilon_tolerance,
+        )
+        return cls(sigma, max_grad_norm, sample_rate, steps, delta, accountant)
+
+    def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        target = context.target
+        module = copy.deepcopy(target.module).train()
+        for p in module.parameters():
+            p.requires_grad_(True)
+        check_opacus_compatible(module)
+        reduction = getattr(target.loss_fn, "reduction", "mean")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"DP-SGD needs a loss with reduction 'mean' or 'sum', got {reduction!r}.")
+        wrapped = GradSampleModule(module, loss_reduction=reduction)
+        optimizer = DPOptimizer(
+            torch.optim.SGD(module.parameters(), lr=0.0),
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=int(context.x.shape[0]),
+            loss_reduction=reduction,
+            generator=context.generator,
+        )
+        with warnings.catch_warnings():  # Opacus' hooks warn when the inputs do not require gradients: they need not
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            target.loss_fn(wrapped(target.preprocess(context.x)), context.labels).backward()
+        optimizer.pre_step()
+        return [p.grad.detach() for p in module.parameters()]
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": self.max_grad_norm,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "delta": self.delta,
+            "accountant": self.accountant,
+        }
+
+    def privacy(self) -> tuple[float, float]:
+        return self.epsilon, self.delta
+
+
+def privacy_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    """
+    Epsilon of ``steps`` DP-SGD steps at ``noise_multiplier`` and Poisson ``sample_rate``, by Opacus' accountant.
+
+    :param noise_multiplier: Noise std relative to the clipping norm.
+    :param sample_rate: Poisson sampling rate.
+    :param steps: Number of steps.
+    :param delta: Target delta.
+    :param accountant: ``"rdp"`` or ``"prv"``.
+    """
+    from opacus.accountants import create_accountant
+
+    meter = create_accountant(mechanism=accountant)
+    meter.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    return float(meter.get_epsilon(delta=delta))
+
+
+def check_opacus_compatible(module: nn.Module) -> None:
+    """
+    Raise ``ValueError`` with Opacus' own validation messages if Opacus cannot compute per-sample gradients of
+    ``module`` (e.g. BatchNorm), and the fix.
+    """
+    from opacus.validators import ModuleValidator
+
+    errors = ModuleValidator.validate(module, strict=False)
+    if errors:
+        raise ValueError(
+            "Opacus cannot run DP-SGD on this model: "
+            + " | ".join(str(e) for e in errors)
+            + " Fix: model = opacus.validators.ModuleValidator.fix(model) (replaces BatchNorm by GroupNorm), then wrap "
+            "the fixed model in a new PyTorchClassifier."
+        )

@@ -1,0 +1,127 @@
+"""
+Baselines side by side: every attack on the same model, gradients and images, at equal step budget and at equal
+wall-clock budget, batch sizes 1 and 4, on the embedded data and prior.
+
+Equal steps: every attack runs ``--steps`` optimisation steps per restart (GIFD 4 stages of a quarter each, GIAS two
+halves, DLG/iDLG L-BFGS objective evaluations, GGL CMA-ES generations). Equal wall-clock: each attack's steps are
+rescaled so that its mean seconds per batch in the equal-steps run would match GIFD's (per batch size).
+
+Resumable: each finished (mode, batch size, attack) row is appended to ``--jsonl`` atomically and skipped on rerun;
+``--out`` gets the results document (``art-gifd/results/v1``)::
+
+    .venv/bin/python benchmarks/baselines.py --steps 200 --images 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from art_gifd.experiment import ATTACKS, BASELINES, SCHEMA, Budget, Case, Experiment, environment, write_json_atomic
+from art_gifd.experiment import run_experiment as run_grid
+from art_gifd.priors.embedded import DEFAULT_PRIOR, load_default_prior
+
+ALL_ATTACKS = (*ATTACKS, *BASELINES)
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and make it durable before returning."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finished(path: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Rows already in the JSONL file, keyed by (mode, batch size, attack); a torn last line is ignored."""
+    rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[(row["mode"], row["batch_size"], row["attack"])] = row
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200, help="steps per restart in the equal-steps mode")
+    parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--offset", type=int, default=100, help="first held-out image (demo and tests use others)")
+    parser.add_argument("--model", default="lenet")
+    parser.add_argument("--attacks", nargs="+", default=list(ALL_ATTACKS), choices=ALL_ATTACKS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids thrashing beside jobs)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jsonl", type=Path, default=Path("bench-out/baselines.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/baselines.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+    prior = load_default_prior(device=args.device)
+    done = finished(args.jsonl)
+
+    def run(mode: str, batch_size: int, attack: str, steps: int) -> None:
+        if (mode, batch_size, attack) in done:
+            return
+        budget = Budget(steps_per_stage=steps // 4, stages=4, num_restarts=args.restarts)
+        if attack != "gifd":
+            budget = Budget(steps_per_stage=steps, stages=1, num_restarts=args.restarts)
+        case = Case(args.model, "mnist32", batch_size, args.images, offset=args.offset)
+        experiment = Experiment([case], (attack,), budget, seed=0, device=args.device, verbose=False)
+        start = time.perf_counter()
+        try:
+            row = run_grid(experiment, prior, DEFAULT_PRIOR)[0]
+        except ValueError as err:  # e.g. GradInversion on a model without BatchNorm
+            row = {"attack": attack, "batch_size": batch_size, "error": str(err), "traceback": traceback.format_exc(-2)}
+        row.update(mode=mode, wall_seconds=time.perf_counter() - start)
+        append_line(args.jsonl, row)
+        done[(mode, batch_size, attack)] = row
+        summary = f"PSNR {row['psnr']:.2f} ± {row['psnr_std']:.2f}" if "psnr" in row else f"n/a: {row['error']}"
+        print(f"{mode:10s} B={batch_size} {attack:12s} steps {steps:5d} {summary} ({row['wall_seconds']:.0f} s)")
+
+    for batch_size in args.batch_sizes:
+        for attack in args.attacks:
+            run("steps", batch_size, attack, args.steps)
+    for batch_size in args.batch_sizes:
+        reference = done[("steps", batch_size, "gifd")]["seconds"]
+        for attack in args.attacks:
+            row = done[("steps", batch_size, attack)]
+            if "seconds" not in row or attack == "gifd":  # failed, or the reference itself: nothing to rescale
+                done.setdefault(("wallclock", batch_size, attack), {**row, "mode": "wallclock"})
+                continue
+            steps = max(4, round(args.steps * reference / row["seconds"]))
+            run("wallclock", batch_size, attack, steps)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = [done[key] for key in sorted(done)]
+    document = {
+        "schema": SCHEMA,
+        "title": "baselines at equal steps and equal wall-clock",
+        "command": "python benchmarks/baselines.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("jsonl", "out")),
+        "git_commit": commit or None,
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": environment(0, args.device),
+        "budget": {"equal_steps": args.steps, "num_restarts": args.restarts},
+        "runs": [{k: v for k, v in row.items() if k != "traceback"} for row in rows],
+    }
+    write_json_atomic(args.out, document)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""
+label_mapping="auto": a class-conditional generator whose classes are a known permutation of the task's digits.
+
+The generator is built, not trained: class ``c`` is the embedded MNIST prior around a latent code that it draws as
+digit ``perm[c]`` (codes found by a small digit classifier trained here for a few seconds). It is a genuine
+``DCGANGenerator(num_classes=10)``: its class embedding holds the codes and its first layer reads ``0.3 z + code``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from art_gifd import GIFDAttack, client_gradients
+from art_gifd.data import load_mnist32
+from art_gifd.labels import AutoLabelMapping
+from art_gifd.models import convnet, make_classifier
+from art_gifd.priors.dcgan import DCGANGenerator, load_strict
+
+PERM = [3, 7, 0, 9, 1, 5, 8, 2, 6, 4]  # generator class c draws digit PERM[c]
+INVERSE = {digit: c for c, digit in enumerate(PERM)}
+SPREAD = 0.3
+
+
+@pytest.fixture(scope="module")
+def digit_classifier() -> nn.Module:
+    """A ConvNet trained for two epochs on 2,000 training digits (a few seconds)."""
+    x, y = (torch.as_tensor(a[:2000]) for a in load_mnist32("train"))
+    net = convnet(seed=0)
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for batch in torch.randperm(len(x), generator=rng).split(64):
+            optimiser.zero_grad()
+            F.cross_entropy(net(x[batch]), y[batch]).backward()
+            optimiser.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def permuted_prior(digit_classifier: nn.Module, default_prior: DCGANGenerator) -> DCGANGenerator:
+    z = default_prior.sample_latent(400, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        probabilities = torch.softmax(digit_classifier((default_prior(z) + 1) / 2), dim=1)
+    codes = z[probabilities.argmax(dim=0)].reshape(10, -1)  # per digit, the code drawn most confidently as it
+    conditional = DCGANGenerator(nz=64, ngf=64, nc=1, image_size=32, num_classes=10, embed_dim=64)
+    state = dict(default_prior.state_dict())
+    first = state["main.0.weight"]  # (nz, channels, 4, 4): the same map of 0.3 z and of the class code
+    state["main.0.weight"] = torch.cat([SPREAD * first, first])
+    state["embed.weight"] = codes[PERM]
+    load_strict(conditional, state, "the permuted construction")
+    return conditional.freeze()
+
+
+def test_construction_draws_the_permuted_digits(digit_classifier, permuted_prior, heldout) -> None:
+    x, y = heldout
+    with torch.no_grad():
+        accuracy = (digit_classifier(torch.as_tensor(x)).argmax(dim=1) == torch.as_tensor(y)).float().mean()
+        classes = torch.arange(10).repeat_interleave(20)
+        images = permuted_prior(permuted_prior.sample_latent(200, torch.Generator().manual_seed(2)), classes)
+        drawn = digit_classifier((images + 1) / 2).argmax(dim=1)
+    assert accuracy > 0.8
+    assert (drawn == torch.as_tensor(PERM)[classes]).float().mean() > 0.9
+
+
+def test_auto_mapping_recovers_the_permutation(digit_classifier, permuted_prior, heldout) -> None:
+    clf = make_classifier(digit_classifier, (1, 32, 32))
+    x, y = heldout
+    for digits in ([2, 7], [5], [0, 9]):
+        rows = [int((y == d).nonzero()[0][0]) for d in digits]
+        grads = client_gradients(clf, x[rows], y[rows])
+        attack = GIFDAttack(
+            clf,
+            permuted_prior,
+            batch_size=len(rows),
+            max_stage=1,
+            steps_per_stage=2,
+            num_restarts=1,
+            label_mapping="auto",
+            seed=0,
+            verbose=False,
+        )
+        result = attack.reconstruct(grads)  # labels inferred from the gradient, then mapped automatically
+        expected = [INVERSE[int(d)] for d in sorted(digits)]
+        assert result.extra["generator_labels"] == expected
+        record = result.extra["label_mapping_scores"]
+        assert record["scorer"] == "confidence" and record["task_labels"] == sorted(digits)
+        assert record["mapping"] == {str(d): INVERSE[d] for d in digits}
+        for digit, scores in zip(sorted(digits), record["scores"], strict=True):
+            assert len(scores) == 10 and max(range(10), key=scores.__getitem__) == INVERSE[digit]
+
+
+def test_matching_scorer_option(permuted_prior, heldout) -> None:
+    from art_gifd.models import lenet
+
+    clf = make_classifier(lenet(seed=0), (1, 32, 32))
+    x, y = heldout[0][:1], heldout[1][:1]
+    spec = AutoLabelMapping(scorer="matching", candidates=[0, 4, 9], steps=3, restarts=2)
+    attack = GIFDAttack(
+        clf, permuted_prior, max_stage=1, steps_per_stage=1, num_restarts=1, label_mapping=spec, verbose=False
+    )
+    record = attack.reconstruct(client_gradients(clf, x, y), y=y).extra["label_mapping_scores"]
+    assert record["scorer"] == "matching" and record["candidates"] == [0, 4, 9]
+    scores = record["scores"][0]
+    assert len(scores) == 3 and all(-2.0 <= s <= 0.0 for s in scores)  # minus a cosine matching loss
+    assert record["mapping"][str(int(y[0]))] == [0, 4, 9][max(range(3), key=scores.__getitem__)]
+
+
+def test_bad_label_mappings_are_rejected_up_front(lenet_clf, permuted_prior, default_prior) -> None:
+    with pytest.raises(ValueError, match="the only string accepted is 'auto'"):
+        GIFDAttack(lenet_clf, permuted_prior, label_mapping="best")
+    with pytest.raises(ValueError, match=r"candidates must be generator classes in \[0, 9\]"):
+        GIFDAttack(lenet_clf, permuted_prior, label_mapping=AutoLabelMapping(candidates=[3, 12]))
+    with pytest.raises(ValueError, match="Unknown label-mapping scorer 'votes'"):
+        GIFDAttack(lenet_clf, permuted_prior, label_mapping=AutoLabelMapping(scorer="votes"))
+    with pytest.raises(ValueError, match="prior is not class-conditional"):
+        GIFDAttack(lenet_clf, default_prior, label_mapping="auto")
