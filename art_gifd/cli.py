@@ -1,4 +1,4 @@
-"""Command-line interface: ``art-gifd demo``."""
+"""Command-line interface: ``art-gifd demo``, ``art-gifd audit CONFIG``."""
 
 from __future__ import annotations
 
@@ -18,13 +18,47 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of models and attacks (default: 0)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    audit = sub.add_parser("audit", help="audit your FL model: attacks under its defences, their cost, a report")
+    audit.add_argument("config", type=Path, help="audit config, .toml or .yaml (format: art_gifd.audit.config)")
+    audit.add_argument("--overwrite", action="store_true", help="replace a report already in the output folder")
+    audit.add_argument("--no-resume", action="store_true", help="rerun the settings an interrupted run finished")
+    audit.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    from art_gifd.bench.cli import add_bench_parsers
+
+    add_bench_parsers(sub)
     return parser
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from art_gifd.audit import AuditConfigError, run_audit
+
+    try:
+        report = run_audit(
+            args.config, overwrite=args.overwrite, resume=not args.no_resume, verbose=not args.no_progress
+        )
+    except AuditConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished settings are saved: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"\nhighest risk: {report.highest_risk}")
+    print(f"report: {report.html}")
+    print(f"results: {report.json}")
+    print(f"summary: {report.summary}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``art-gifd`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from art_gifd.bench.cli import BENCH_COMMANDS, run_bench_command
+
+    if args.command in BENCH_COMMANDS:
+        return run_bench_command(args)
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "demo":
         from art_gifd.demo import run_demo
 

@@ -116,6 +116,14 @@ class Case:
     defense: Defense | None = None
     #: Whether the attacker knows the defence and replays it on its dummy gradients where it can.
     adaptive: bool = False
+    #: Images ``(N, C, H, W)`` in ``[0, 1]`` and labels to draw from instead of ``load_dataset(dataset, split)``
+    #: (e.g. a user's image folder); ``dataset`` then only names them in the results.
+    data: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: Number of classes of the FL model.
+    num_classes: int = 10
+    #: State dict loaded into the FL model after it is built (e.g. a model past the first FL rounds); ``None``: the
+    #: freshly initialised model.
+    weights: dict[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -129,6 +137,8 @@ class Experiment:
     device: str = "cpu"
     verbose: bool = True
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: Extra constructor arguments of the attacks, by attack name, e.g. ``{"gifd": {"l1_radius": 0.1}}``.
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def environment(seed: int, device: str) -> dict[str, Any]:
@@ -170,13 +180,15 @@ def run_experiment(
     total = sum(case.num_images // case.batch_size for case in experiment.cases) * len(experiment.attacks)
     progress = tqdm(total=total, desc="attacks", unit="batch", disable=not experiment.verbose)
     for case in experiment.cases:
-        x_all, y_all = load_dataset(case.dataset, case.split)
+        x_all, y_all = case.data if case.data is not None else load_dataset(case.dataset, case.split)
         x_all = x_all[case.offset : case.offset + case.num_images]
         y_all = y_all[case.offset : case.offset + case.num_images]
         if len(x_all) < case.num_images or case.num_images % case.batch_size:
             raise ValueError(f"{case}: need a multiple of batch_size images, available {len(x_all)}.")
-        model = build_model(case.model, in_channels=x_all.shape[1], image_size=x_all.shape[-1], seed=experiment.seed)
-        estimator = make_classifier(model, x_all.shape[1:], device=experiment.device)
+        model = build_model(case.model, x_all.shape[1], x_all.shape[-1], case.num_classes, seed=experiment.seed)
+        if case.weights is not None:
+            model.load_state_dict(case.weights)
+        estimator = make_classifier(model, x_all.shape[1:], nb_classes=case.num_classes, device=experiment.device)
         for attack_name in experiment.attacks:
             per_batch = []
             for start in range(0, case.num_images, case.batch_size):
@@ -192,6 +204,7 @@ def run_experiment(
                     defense=case.defense if case.adaptive else None,
                     device=experiment.device,
                     verbose=experiment.verbose,
+                    **experiment.attack_params.get(attack_name, {}),
                 )
                 result = attack.reconstruct(grads)
                 scores = evaluate_batch(result.images, x, result.labels, y, lpips=lpips_metric)
@@ -200,20 +213,32 @@ def run_experiment(
                 if on_batch is not None:
                     on_batch(case, attack_name, x, result.images[order])
                 progress.update(1)
-            runs.append(_aggregate(case, attack_name, prior_name, per_batch, lpips_metric))
+            runs.append(aggregate_run(case, attack_name, prior_name, per_batch, lpips_metric))
             logger.info("%s", _describe(runs[-1]))
     progress.close()
     return runs
 
 
-def _aggregate(case: Case, attack: str, prior_name: str, per_batch: list, lpips_metric: LPIPSMetric) -> dict:
+def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpips_metric: LPIPSMetric) -> dict:
+    """
+    The run record (schema ``art-gifd/results/v1``) of one attack on one case, from its scored client batches.
+
+    :param case: The attacked case.
+    :param attack: The attack name.
+    :param prior_name: The prior the attack searched (recorded as ``None`` for ``pixel``).
+    :param per_batch: One ``(scores, result)`` pair per client batch: the scores of
+                      :func:`~art_gifd.metrics.evaluate_batch` and the attack's reconstruction result.
+    :param lpips_metric: The LPIPS metric that scored them (when unavailable, the record says why).
+    :return: Mean and standard deviation of PSNR and SSIM, mean LPIPS and label accuracy, time, steps, the chosen
+             stages and final losses, and the per-image scores.
+    """
     per_image: dict[str, list] = {"psnr": [], "ssim": [], "lpips": []}
     for scores, _ in per_batch:
         for key in per_image:
             per_image[key].extend(scores["per_image"][key] or [])
     results = [r for _, r in per_batch]
     lpips_values = per_image["lpips"] if lpips_metric.available else None
-    return {
+    record = {
         "attack": attack,
         "defense": describe_defense(case.defense, adaptive=case.adaptive),
         "dataset": case.dataset,
@@ -235,6 +260,10 @@ def _aggregate(case: Case, attack: str, prior_name: str, per_batch: list, lpips_
         "final_losses": [r.best_loss for r in results],
         "per_image": {"psnr": per_image["psnr"], "ssim": per_image["ssim"], "lpips": lpips_values},
     }
+    if any("generator_labels" in r.extra for r in results):  # a class-conditional prior: the classes it was given
+        record["task_labels"] = [np.asarray(r.labels).tolist() for r in results]
+        record["generator_labels"] = [r.extra.get("generator_labels") for r in results]
+    return record
 
 
 def _describe(run: dict[str, Any]) -> str:

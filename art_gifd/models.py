@@ -6,6 +6,8 @@ Small federated-learning models used by the demo, the tests and the CPU benchmar
 - :func:`convnet`: a small ReLU ConvNet with default PyTorch initialisation; piecewise-linear, harder to invert.
 - :func:`convnet_bn`: the same ConvNet with BatchNorm after each convolution, whose running statistics are those of
   the 4,000 prior-training digits (a model that has seen data, for BatchNorm-statistics attacks such as GI).
+- :func:`resnet18`: a ResNet-18 (torchvision's BasicBlock layout) with a small-input stem, freshly initialised; the FL
+  model of the GPU benchmark profile (64×64 RGB images).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("lenet", "convnet", "convnet-bn")
+MODELS = ("lenet", "convnet", "convnet-bn", "resnet18")
 
 
 def lenet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
@@ -72,11 +74,43 @@ def convnet_bn(in_channels: int = 1, image_size: int = 32, num_classes: int = 10
     return net.eval()
 
 
+def resnet18(in_channels: int = 3, image_size: int = 64, num_classes: int = 10, seed: int = 0) -> nn.Module:
+    """
+    ResNet-18 for small images: torchvision's ResNet with BasicBlocks ``[2, 2, 2, 2]`` and BatchNorm, whose ImageNet
+    stem (7×7 stride-2 convolution and max-pooling) is replaced by one 3×3 stride-1 convolution, as is usual for
+    32×32 and 64×64 inputs. Initialised with torchvision's scheme under ``seed`` (the global RNG is left untouched).
+
+    BatchNorm keeps its initial running statistics (mean 0, variance 1). Attacks and clients see the model through
+    :class:`~art_gifd.federated.TargetModel`: in eval mode (the default) every BatchNorm is a fixed per-channel
+    affine map, so each sample's output is independent of the rest of the batch and of the restarts; with
+    ``train_mode=True`` it normalises with the statistics of each client batch instead.
+
+    :param in_channels: Image channels.
+    :param image_size: Side of the square input images, at least 8 (the last stage then works on 1×1 features).
+    :param num_classes: Number of classes.
+    :param seed: Seed of the weight initialisation.
+    :raises ValueError: If ``in_channels`` or ``image_size`` is out of range.
+    """
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}.")
+    if image_size < 8:
+        raise ValueError(f"resnet18 needs images of at least 8×8 (three stride-2 stages), got image_size={image_size}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    return net.eval()
+
+
 def build_model(
     name: str, in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0
 ) -> nn.Module:
     """Build one of :data:`MODELS` by name."""
-    factories = {"lenet": lenet, "convnet": convnet, "convnet-bn": convnet_bn}
+    factories = {"lenet": lenet, "convnet": convnet, "convnet-bn": convnet_bn, "resnet18": resnet18}
     if name not in factories:
         raise ValueError(f"Unknown model '{name}': choose one of {', '.join(MODELS)}.")
     return factories[name](in_channels, image_size, num_classes, seed)

@@ -4,12 +4,22 @@ wall-clock budget, batch sizes 1 and 4, on the embedded data and prior.
 
 Equal steps: every attack runs ``--steps`` optimisation steps per restart (GIFD 4 stages of a quarter each, GIAS two
 halves, DLG/iDLG L-BFGS objective evaluations, GGL CMA-ES generations). Equal wall-clock: each attack's steps are
-rescaled so that its mean seconds per batch in the equal-steps run would match GIFD's (per batch size).
+rescaled so that its time in the equal-steps run would match GIFD's (per model and batch size). The time is the
+process CPU time of the row (single-threaded: wall-clock time on an idle machine; attacks plus the same set-up of
+model, gradients and scoring), which stays comparable when other jobs share the cores; rows measured before CPU time
+was recorded are rescaled by their wall-clock seconds.
 
-Resumable: each finished (mode, batch size, attack) row is appended to ``--jsonl`` atomically and skipped on rerun;
-``--out`` gets the results document (``art-gifd/results/v1``)::
+Resumable: each finished (model, mode, batch size, attack) row is appended to ``--jsonl`` atomically, with the
+command, commit and load average that produced it, and skipped on rerun; ``--out`` gets the results document
+(``art-gifd/results/v1``) of every row in ``--jsonl``, all models together. GradInversion needs BatchNorm, so it runs
+on ``convnet-bn`` beside a few other attacks::
 
     .venv/bin/python benchmarks/baselines.py --steps 200 --images 16
+    .venv/bin/python benchmarks/baselines.py --steps 200 --images 16 --model convnet-bn \
+        --attacks gifd latent-only pixel idlg gi
+
+The CPU is shared with other jobs: the load average (1/5/15 min) at the start and end of each row is recorded, and
+the wall-clock rows are indicative only.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import torch
 
 from art_gifd.experiment import ATTACKS, BASELINES, SCHEMA, Budget, Case, Experiment, environment, write_json_atomic
 from art_gifd.experiment import run_experiment as run_grid
+from art_gifd.models import MODELS
 from art_gifd.priors.embedded import DEFAULT_PRIOR, load_default_prior
 
 ALL_ATTACKS = (*ATTACKS, *BASELINES)
@@ -41,16 +52,16 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def finished(path: Path) -> dict[tuple[str, int, str], dict[str, Any]]:
-    """Rows already in the JSONL file, keyed by (mode, batch size, attack); a torn last line is ignored."""
-    rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+def finished(path: Path) -> dict[tuple[str, str, int, str], dict[str, Any]]:
+    """Rows already in the JSONL file, keyed by (model, mode, batch size, attack); a torn last line is ignored."""
+    rows: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows[(row["mode"], row["batch_size"], row["attack"])] = row
+            rows[(row["model"], row["mode"], row["batch_size"], row["attack"])] = row
     return rows
 
 
@@ -60,7 +71,7 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--offset", type=int, default=100, help="first held-out image (demo and tests use others)")
-    parser.add_argument("--model", default="lenet")
+    parser.add_argument("--model", default="lenet", choices=MODELS, help="FL model (GI needs convnet-bn)")
     parser.add_argument("--attacks", nargs="+", default=list(ALL_ATTACKS), choices=ALL_ATTACKS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids thrashing beside jobs)")
@@ -68,28 +79,40 @@ def main() -> None:
     parser.add_argument("--jsonl", type=Path, default=Path("bench-out/baselines.jsonl"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/baselines.json"))
     args = parser.parse_args()
+    if "gifd" not in args.attacks:
+        parser.error("--attacks must include gifd: it is the reference of the equal wall-clock mode")
+    command = "python benchmarks/baselines.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k not in ("jsonl", "out")
+    )
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)
     prior = load_default_prior(device=args.device)
     done = finished(args.jsonl)
 
-    def run(mode: str, batch_size: int, attack: str, steps: int) -> None:
-        if (mode, batch_size, attack) in done:
+    def run(mode: str, batch_size: int, attack: str, steps: int, basis: str | None = None) -> None:
+        key = (args.model, mode, batch_size, attack)
+        if key in done:
             return
         budget = Budget(steps_per_stage=steps // 4, stages=4, num_restarts=args.restarts)
         if attack != "gifd":
             budget = Budget(steps_per_stage=steps, stages=1, num_restarts=args.restarts)
         case = Case(args.model, "mnist32", batch_size, args.images, offset=args.offset)
         experiment = Experiment([case], (attack,), budget, seed=0, device=args.device, verbose=False)
-        start = time.perf_counter()
+        load_start, start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
         try:
             row = run_grid(experiment, prior, DEFAULT_PRIOR)[0]
         except ValueError as err:  # e.g. GradInversion on a model without BatchNorm
-            row = {"attack": attack, "batch_size": batch_size, "error": str(err), "traceback": traceback.format_exc(-2)}
-        row.update(mode=mode, wall_seconds=time.perf_counter() - start)
+            row = {"attack": attack, "model": args.model, "batch_size": batch_size, "error": str(err)}
+            row["traceback"] = traceback.format_exc(-2)
+        row.update(mode=mode, wall_seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
+        row.update(command=command, git_commit=commit or None, time_basis=basis)
+        row.update(date=time.strftime("%Y-%m-%d"), load_average={"start": load_start, "end": os.getloadavg()})
         append_line(args.jsonl, row)
-        done[(mode, batch_size, attack)] = row
+        done[key] = row
         summary = f"PSNR {row['psnr']:.2f} ± {row['psnr_std']:.2f}" if "psnr" in row else f"n/a: {row['error']}"
         print(f"{mode:10s} B={batch_size} {attack:12s} steps {steps:5d} {summary} ({row['wall_seconds']:.0f} s)")
 
@@ -97,26 +120,30 @@ def main() -> None:
         for attack in args.attacks:
             run("steps", batch_size, attack, args.steps)
     for batch_size in args.batch_sizes:
-        reference = done[("steps", batch_size, "gifd")]["seconds"]
+        reference = done[(args.model, "steps", batch_size, "gifd")]
         for attack in args.attacks:
-            row = done[("steps", batch_size, attack)]
+            row = done[(args.model, "steps", batch_size, attack)]
             if "seconds" not in row or attack == "gifd":  # failed, or the reference itself: nothing to rescale
-                done.setdefault(("wallclock", batch_size, attack), {**row, "mode": "wallclock"})
                 continue
-            steps = max(4, round(args.steps * reference / row["seconds"]))
-            run("wallclock", batch_size, attack, steps)
+            basis = "cpu_seconds" if "cpu_seconds" in row and "cpu_seconds" in reference else "seconds"
+            steps = max(4, round(args.steps * reference[basis] / row[basis]))
+            run("wallclock", batch_size, attack, steps, basis)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for (model, mode, batch_size, attack), row in list(done.items()):  # every model's, not only this invocation's
+        if mode == "steps" and ("seconds" not in row or attack == "gifd"):
+            done.setdefault((model, "wallclock", batch_size, attack), {**row, "mode": "wallclock"})
     rows = [done[key] for key in sorted(done)]
     document = {
         "schema": SCHEMA,
         "title": "baselines at equal steps and equal wall-clock",
-        "command": "python benchmarks/baselines.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("jsonl", "out")),
+        "commands": list(dict.fromkeys(row["command"] for row in rows)),
         "git_commit": commit or None,
         "date": time.strftime("%Y-%m-%d"),
         "environment": environment(0, args.device),
         "budget": {"equal_steps": args.steps, "num_restarts": args.restarts},
+        "timing_note": "2 CPU cores shared with other jobs (load averages recorded per row): the wall-clock rows "
+        "rescale steps by the process CPU seconds of the equal-steps rows (wall-clock seconds for rows without "
+        "cpu_seconds), so they are indicative only; each row records its own command, commit and date",
         "runs": [{k: v for k, v in row.items() if k != "traceback"} for row in rows],
     }
     write_json_atomic(args.out, document)

@@ -6,14 +6,18 @@ For each held-out MNIST digit (batch size 1) the client gradient of the seeded s
 ``invertinggradients`` attack (PyPI ``breaching==0.1.2``, JonasGeiping) both reconstruct it with the true label, the
 same number of Adam steps S and restarts R, pixels in [0, 1] (breaching's metadata mean/std set to 0/1), on CPU with
 one torch thread. breaching runs twice: with its own config (TV scale 0.2, step-lr decay, randn init), and with only
-its TV scale changed to ours (1e-4). Reports PSNR (``art_gifd.metrics.psnr``), seconds and the final cosine
-gradient distance of each reconstruction, and writes ``benchmarks/results/peer_breaching.json``.
+its TV scale changed to ours (1e-4); ours runs with its default (paper) randn start and with a uniform start. Each
+image is attacked once per ``--seeds`` value. Reports PSNR (``art_gifd.metrics.psnr``), seconds and the cosine
+gradient distance of each reconstruction (float64, recomputed from the clipped image), mean ± std over all trials,
+the spread of the per-seed means and the paired difference ours − breaching, and writes
+``benchmarks/results/peer_breaching.json``.
 
 breaching is kept out of the project venv; install it into a side folder and put that on ``PYTHONPATH``::
 
     .venv/bin/pip install --no-deps --target /tmp/breaching-pkgs breaching==0.1.2 hydra-core==1.3.8 \\
         omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML==6.0.4
-    PYTHONPATH=/tmp/breaching-pkgs .venv/bin/python benchmarks/peer_breaching.py --steps 200 800 --restarts 2
+    PYTHONPATH=/tmp/breaching-pkgs .venv/bin/python benchmarks/peer_breaching.py --steps 200 800 --restarts 2 \\
+        --num-images 8 --seeds 0 1
 
 (scipy, lpips, torchvision, which breaching also imports, are already in the project venv.)
 """
@@ -65,6 +69,9 @@ INSTALL = {
         "first two (dx, dy) filters on the constructed regulariser instance.",
     ],
 }
+#: Compared reconstructions: ours with the default (paper) start and with a uniform start, breaching with its own
+#: config and with only its TV weight set to ours.
+METHODS = ("ours", "ours_uniform_init", "breaching_default", "breaching_tv_matched")
 
 
 def cosine_distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -138,7 +145,52 @@ def run_breaching(
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def run_ours(
+    clf: Any, grads: list[np.ndarray], y: np.ndarray, steps: int, args: argparse.Namespace, init: str, seed: int
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """Reconstruct one image with our Inverting Gradients; returns image, seconds and the search's own details."""
+    attack = InvertingGradientsAttack(
+        clf,
+        max_iter=steps,
+        num_restarts=args.restarts,
+        learning_rate=args.learning_rate,
+        tv_weight=args.tv_weight,
+        init=init,
+        seed=seed,
+        verbose=False,
+    )
+    start = time.perf_counter()
+    result = attack.reconstruct(grads, y)
+    seconds = time.perf_counter() - start
+    details = {"matching_loss_float32": result.best_loss, "restart": result.best_restart}
+    return result.images, seconds, details
+
+
+def summarise(per_image: list[dict[str, Any]], methods: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Mean ± std over all (image, seed) trials, the spread of the per-seed means, and paired differences."""
+    summary: dict[str, Any] = {}
+    for m in methods:
+        summary[m] = {
+            key: mean_std([r[m][key] for r in per_image]) for key in ("psnr", "seconds", "grad_cosine_distance")
+        }
+        seed_means = [statistics.fmean(r[m]["psnr"] for r in per_image if r["seed"] == s) for s in seeds]
+        summary[m]["psnr_per_seed_mean"] = seed_means
+        summary[m]["psnr_std_over_seed_means"] = mean_std(seed_means)["std"]
+    for m in methods:
+        if m.startswith("ours") and "breaching_tv_matched" in methods:
+            diffs = [r[m]["psnr"] - r["breaching_tv_matched"]["psnr"] for r in per_image]
+            stats = mean_std(diffs)
+            summary[f"{m}_minus_breaching_tv_matched"] = {
+                "psnr_difference": stats,
+                "sem": stats["std"] / len(diffs) ** 0.5,
+                "trials": len(diffs),
+                "ours_higher": sum(d > 0 for d in diffs),
+            }
+    return summary
 
 
 def main() -> None:
@@ -147,6 +199,8 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--start", type=int, default=600, help="first held-out index")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="trial seed of image i: 1000 * seed + i")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--tv-weight", type=float, default=1e-4, help="our TV weight (and breaching's matched run)")
     parser.add_argument("--learning-rate", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peer_breaching.json"))
@@ -160,65 +214,51 @@ def main() -> None:
     indices = list(range(args.start, args.start + args.num_images))
     model = lenet(seed=0)
     clf = make_classifier(model, (1, 32, 32))
-    methods = {"ours": None, "breaching_default": None, "breaching_tv_matched": args.tv_weight}
     runs: list[dict[str, Any]] = []
     breaching_cfgs: dict[str, Any] = {}
     for steps in args.steps:
         per_image: list[dict[str, Any]] = []
-        for i, idx in enumerate(indices):
-            x, y = x_all[idx : idx + 1], y_all[idx : idx + 1]
-            grads = client_gradients(clf, x, y)
-            row: dict[str, Any] = {"heldout_index": idx, "label": int(y[0])}
-            for name, tv in methods.items():
-                if name == "ours":
-                    attack = InvertingGradientsAttack(
-                        clf,
-                        max_iter=steps,
-                        num_restarts=args.restarts,
-                        learning_rate=args.learning_rate,
-                        tv_weight=args.tv_weight,
-                        seed=i,
-                        verbose=False,
-                    )
-                    start = time.perf_counter()
-                    result = attack.reconstruct(grads, y)
-                    seconds = time.perf_counter() - start
-                    rec = result.images
-                else:
-                    rec, seconds, breaching_cfgs[name] = run_breaching(
-                        model, grads, int(y[0]), steps, args.restarts, tv, seed=i
-                    )
-                rec_grads = client_gradients(clf, np.clip(rec, 0.0, 1.0), y)
-                row[name] = {
-                    "psnr": float(psnr(rec, x)[0]),
-                    "seconds": seconds,
-                    "grad_cosine_distance": cosine_distance(rec_grads, grads),
-                    "pixel_range": [float(rec.min()), float(rec.max())],
-                }
-            per_image.append(row)
-            print(
-                f"S={steps} img {idx}: "
-                + "  ".join(f"{m} {row[m]['psnr']:.2f} dB {row[m]['seconds']:.1f}s" for m in methods),
-                file=sys.stderr,
-                flush=True,
-            )
-        summary = {
-            m: {
-                "psnr": mean_std([r[m]["psnr"] for r in per_image]),
-                "seconds": mean_std([r[m]["seconds"] for r in per_image]),
-                "grad_cosine_distance": mean_std([r[m]["grad_cosine_distance"] for r in per_image]),
-            }
-            for m in methods
-        }
+        for seed in args.seeds:
+            for i, idx in enumerate(indices):
+                trial_seed = 1000 * seed + i
+                x, y = x_all[idx : idx + 1], y_all[idx : idx + 1]
+                grads = client_gradients(clf, x, y)
+                row: dict[str, Any] = {"heldout_index": idx, "label": int(y[0]), "seed": seed, "trial_seed": trial_seed}
+                for name in args.methods:
+                    details: dict[str, Any] = {}
+                    if name.startswith("ours"):
+                        init = "uniform" if name == "ours_uniform_init" else "randn"
+                        rec, seconds, details = run_ours(clf, grads, y, steps, args, init, trial_seed)
+                    else:
+                        tv = args.tv_weight if name == "breaching_tv_matched" else None
+                        rec, seconds, breaching_cfgs[name] = run_breaching(
+                            model, grads, int(y[0]), steps, args.restarts, tv, seed=trial_seed
+                        )
+                    rec_grads = client_gradients(clf, np.clip(rec, 0.0, 1.0), y)
+                    row[name] = {
+                        "psnr": float(psnr(rec, x)[0]),
+                        "seconds": seconds,
+                        "grad_cosine_distance": cosine_distance(rec_grads, grads),
+                        "pixel_range": [float(rec.min()), float(rec.max())],
+                        **details,
+                    }
+                per_image.append(row)
+                print(
+                    f"S={steps} seed {seed} img {idx}: "
+                    + "  ".join(f"{m} {row[m]['psnr']:.2f} dB {row[m]['seconds']:.1f}s" for m in args.methods),
+                    file=sys.stderr,
+                    flush=True,
+                )
+        summary = summarise(per_image, args.methods, args.seeds)
         runs.append({"steps": steps, "restarts": args.restarts, "summary": summary, "per_image": per_image})
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    steps_arg = " ".join(map(str, args.steps))
     record = {
         "benchmark": "peer_breaching",
         "command": (
-            f"PYTHONPATH=/tmp/breaching-pkgs .venv/bin/python benchmarks/peer_breaching.py --steps {steps_arg} "
-            f"--restarts {args.restarts} --num-images {args.num_images} --start {args.start} "
+            f"PYTHONPATH=/tmp/breaching-pkgs .venv/bin/python benchmarks/peer_breaching.py --steps "
+            f"{' '.join(map(str, args.steps))} --restarts {args.restarts} --num-images {args.num_images} --start "
+            f"{args.start} --seeds {' '.join(map(str, args.seeds))} --methods {' '.join(args.methods)} "
             f"--tv-weight {args.tv_weight} --learning-rate {args.learning_rate}"
         ),
         "git_commit": commit or None,
@@ -231,22 +271,24 @@ def main() -> None:
         "data": {
             "split": "heldout",
             "indices": indices,
+            "seeds": args.seeds,
             "batch_size": 1,
             "model": "art_gifd.models.lenet(seed=0) via make_classifier(model, (1, 32, 32)), eval mode",
         },
         "settings": {
             "ours": {
-                "objective": "1 - cosine (all parameters concatenated)",
+                "objective": "1 - cosine (all parameters concatenated), float32",
                 "tv_weight": args.tv_weight,
                 "tv": "mean |dx| + mean |dy| over interior neighbour pairs",
                 "optimizer": "Adam on the sign of the gradient",
                 "learning_rate": args.learning_rate,
-                "schedule": "linear warm-up over 5% of steps, then cosine decay to 0",
-                "init": "uniform [0, 1]",
+                "schedule": "step decay, x0.1 at 3/8, 5/8 and 7/8 of the steps, no warm-up (the default)",
+                "init": "ours: randn N(0, 1) in the model's input units clamped to [0, 1] (the default); "
+                "ours_uniform_init: uniform [0, 1]",
                 "projection": "clamp to [0, 1] after every step",
-                "restarts": "batched (vmapped) restarts, best iterate and restart by matching loss",
+                "restarts": "batched (vmapped) restarts, best iterate and restart by float32 matching loss",
                 "labels": "given",
-                "seeds": "seed=i for image i",
+                "seeds": "seed=1000 * seed + i for image i",
             },
             "breaching": breaching_cfgs,
             "breaching_common": {
@@ -254,18 +296,22 @@ def main() -> None:
                 "overrides": "optim.max_iterations=S, restarts.num_trials=R (breaching_tv_matched also "
                 "regularization.total_variation.scale=<our tv_weight>)",
                 "labels": "given (shared_data metadata labels)",
-                "seeds": "torch.manual_seed(i) before image i (breaching uses the global generator)",
+                "seeds": "torch.manual_seed(1000 * seed + i) before image i (breaching uses the global generator)",
                 "restarts": "sequential Python loop over trials, best by cosine-similarity score",
             },
+            "matched": [
+                "Objective (cosine over all parameters), signed Adam, learning rate, step-decay milestones, restarts, "
+                "labels, clamping to [0, 1], and (in breaching_tv_matched and ours) the TV weight.",
+                "Initialisation (ours): breaching and the paper draw randn N(0, 1) in the normalised input space "
+                "(here mean 0, std 1); ours draws the same but clamps it into [0, 1] before the first step, breaching "
+                "after the first step.",
+            ],
             "not_matched": [
-                "LR schedule: breaching's config uses step-lr (x0.1 at S/2.667, S/1.6, S/1.142, no warm-up); ours "
-                "warm-up + cosine. Left as each package's own choice.",
-                "Initialisation: breaching randn N(0, 1) (clamped into [0, 1] after the first step); ours uniform "
-                "[0, 1].",
                 "TV: breaching's default scale 0.2 (2000x ours) in breaching_default; breaching_tv_matched uses "
                 "1e-4. breaching's TV also counts the zero-padded border differences and adds eps 1e-8.",
                 "Best iterate: breaching keeps the candidate *after* the step whose pre-step total objective "
-                "(cosine + TV) was lowest; ours keeps the best iterate by matching loss.",
+                "(cosine + TV) was lowest; ours keeps the best iterate by matching loss alone (float32), keeping "
+                "the first of equal values.",
                 "Timing: ours runs restarts batched, breaching one after another; both single-threaded CPU.",
             ],
         },
@@ -275,11 +321,11 @@ def main() -> None:
 
     print(f"{'S':>5} {'R':>2}  {'method':<22} {'PSNR dB (mean ± std)':>22} {'seconds/img':>12} {'1-cos':>8}")
     for run in runs:
-        for m, s in run["summary"].items():
-            p, sec = s["psnr"], s["seconds"]
+        for m in args.methods:
+            p, sec = run["summary"][m]["psnr"], run["summary"][m]["seconds"]
             print(
                 f"{run['steps']:>5} {run['restarts']:>2}  {m:<22} {p['mean']:>13.2f} ± {p['std']:<6.2f}"
-                f" {sec['mean']:>12.2f} {s['grad_cosine_distance']['mean']:>8.1e}"
+                f" {sec['mean']:>12.2f} {run['summary'][m]['grad_cosine_distance']['mean']:>8.1e}"
             )
     print(f"wrote {args.out}")
 

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 StageGenerator = Generator[SearchStage, StageOutcome, None]
+#: Start images of :meth:`SearchContext.pixel_stage`.
+PIXEL_INITS = ("uniform", "randn")
 
 
 @dataclass
@@ -62,14 +64,30 @@ class SearchContext:
         """Tile a per-image tensor ``(B, …)`` over the restarts, ``(R * B, …)``."""
         return per_image.repeat(self.num_restarts, *([1] * (per_image.dim() - 1)))
 
-    def pixel_stage(self, signed: bool = False) -> SearchStage:
-        """A pixel-space stage: images uniform in ``clip_values``, clamped to them after every step."""
+    def pixel_stage(self, signed: bool = False, init: str = "uniform") -> SearchStage:
+        """
+        A pixel-space stage whose images are clamped to ``clip_values`` after every step.
+
+        :param signed: Adam on the sign of the gradient.
+        :param init: Start images: ``"uniform"`` in ``clip_values``, or ``"randn"``: standard normal in the model's
+                     input units (mapped back through the estimator's mean/std standardisation, which is assumed
+                     elementwise affine), clamped to ``clip_values``, as Inverting Gradients starts.
+        :raises ValueError: If ``init`` is unknown.
+        """
         import torch
 
         lo, hi = self.clip_values
         shape = (self.num_candidates, *self.target.input_shape)
-        init = lo + (hi - lo) * torch.rand(shape, generator=self.rng, device=self.target.device)
-        return SearchStage("pixel", [init], lambda v: v[0], lambda v: [v[0].clamp(lo, hi)], signed=signed)
+        if init == "uniform":
+            start = lo + (hi - lo) * torch.rand(shape, generator=self.rng, device=self.target.device)
+        elif init == "randn":
+            offset = self.target.preprocess(torch.zeros(1, *shape[1:], device=self.target.device))
+            scale = self.target.preprocess(torch.ones(1, *shape[1:], device=self.target.device)) - offset
+            noise = torch.randn(shape, generator=self.rng, device=self.target.device)
+            start = ((noise - offset) / scale).clamp(lo, hi)
+        else:
+            raise ValueError(f"Unknown pixel initialisation '{init}': use one of {PIXEL_INITS}.")
+        return SearchStage("pixel", [start], lambda v: v[0], lambda v: [v[0].clamp(lo, hi)], signed=signed)
 
 
 class GradientInversionAttack(InferenceAttack, abc.ABC):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext, StageGenerator
+from art_gifd.attacks.base import PIXEL_INITS, GradientInversionAttack, SearchContext, StageGenerator
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -17,13 +17,13 @@ if TYPE_CHECKING:
 class InvertingGradientsAttack(GradientInversionAttack):
     """
     Optimise the pixels of a dummy batch so that its gradient matches the observed one (cosine distance + TV), with
-    Adam and random restarts; the best restart by matching loss is returned. Pixels are clamped to the estimator's
-    ``clip_values`` after every step.
+    Adam and random restarts; the best restart by matching loss is returned. Pixels start as standard normal noise in
+    the model's input units, as in the paper, and are clamped to the estimator's ``clip_values`` after every step.
 
     | Paper link: https://arxiv.org/abs/2003.14053
     """
 
-    attack_params = [*GradientInversionAttack.attack_params, "signed_gradients"]
+    attack_params = [*GradientInversionAttack.attack_params, "signed_gradients", "init"]
 
     def __init__(
         self,
@@ -36,6 +36,7 @@ class InvertingGradientsAttack(GradientInversionAttack):
         norm_weight: float = 0.0,
         signed_gradients: bool = True,
         schedule: str = "step",
+        init: str = "randn",
         **kwargs: Any,
     ) -> None:
         """
@@ -51,10 +52,14 @@ class InvertingGradientsAttack(GradientInversionAttack):
         :param signed_gradients: Step Adam on the sign of the gradient, as the paper does.
         :param schedule: Learning-rate schedule: ``"step"`` (paper: ×0.1 at 3/8, 5/8 and 7/8 of the steps) or
                          ``"cosine"`` (linear warm-up, then cosine decay).
+        :param init: Start images: ``"randn"`` (paper: standard normal in the model's input units, i.e. after the
+                     estimator's mean/std standardisation, clamped to ``clip_values``) or ``"uniform"`` in
+                     ``clip_values``.
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
                        ``batch_size``, ``train_mode``, ``defense``, ``device``, ``seed``, ``verbose``.
         """
         self.signed_gradients = signed_gradients
+        self.init = init
         super().__init__(
             estimator,
             steps_per_stage=max_iter,
@@ -68,6 +73,11 @@ class InvertingGradientsAttack(GradientInversionAttack):
         )
         self._check_params()
 
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.init not in PIXEL_INITS:
+            raise ValueError(f"Unknown init '{self.init}': use one of {PIXEL_INITS}.")
+
     @property
     def max_iter(self) -> int:
         """Adam steps of the pixel search."""
@@ -77,4 +87,4 @@ class InvertingGradientsAttack(GradientInversionAttack):
         return 1
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
-        yield ctx.pixel_stage(signed=self.signed_gradients)
+        yield ctx.pixel_stage(signed=self.signed_gradients, init=self.init)

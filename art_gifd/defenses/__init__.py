@@ -7,6 +7,8 @@ Every defence is a :class:`Defense` (``apply(grads, context)``), composable with
     grads = client_gradients(classifier, x_private, y_private, defense=defense, seed=0)
     utility = measure_utility(defense, classifier)
     x_rec = GIFDAttack(classifier, defense=defense).infer(grads)  # adaptive attacker: replays what it can
+
+:func:`build_defense` builds one from a configuration name and parameters (``build_defense("clip", {"max_norm": 1})``).
 """
 
 from art_gifd.defenses.base import (
@@ -19,6 +21,7 @@ from art_gifd.defenses.base import (
     describe_defense,
 )
 from art_gifd.defenses.dp import DPSGD, check_opacus_compatible, privacy_epsilon
+from art_gifd.defenses.registry import DEFENSES, build_defense, defense_parameters
 from art_gifd.defenses.soteria import Soteria
 from art_gifd.defenses.transforms import (
     AdditiveNoise,
@@ -33,6 +36,7 @@ from art_gifd.defenses.transforms import (
 from art_gifd.defenses.utility import UtilityResult, measure_utility
 
 __all__ = [
+    "DEFENSES",
     "DPSGD",
     "AdditiveNoise",
     "Clip",
@@ -50,7 +54,9 @@ __all__ = [
     "Soteria",
     "UtilityResult",
     "as_defense",
+    "build_defense",
     "check_opacus_compatible",
+    "defense_parameters",
     "describe_defense",
     "measure_utility",
     "privacy_epsilon",

@@ -9,7 +9,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 
-def _environment() -> Environment:
+def template_environment() -> Environment:
+    """The jinja2 environment of the report templates (``art_gifd/report/templates``, HTML autoescaped)."""
     return Environment(loader=PackageLoader("art_gifd", "report/templates"), autoescape=select_autoescape(["html"]))
 
 
@@ -25,7 +26,7 @@ def render_results_html(results: dict[str, Any], figure: str | Path | None = Non
     :param results: The results document.
     :param figure: Optional PNG (e.g. the reconstruction grid) embedded in the page.
     """
-    template = _environment().get_template("results.html")
+    template = template_environment().get_template("results.html")
     return template.render(results=results, figure=png_data_uri(figure) if figure else None)
 
 

@@ -1,0 +1,1092 @@
+"""
+The audit configuration: what system is audited (model, data, federated setting, defences), by which attacks, and
+where the report goes.
+
+An audit is described in one TOML (``.toml``) or YAML (``.yaml`` / ``.yml``) file and loaded with
+:func:`load_audit_config`, which validates the **whole** file before any attack runs: it imports the model factory,
+loads the weights, runs the model once on a zero batch, loads the data, builds every defence and runs it once on one
+private image, loads the prior and builds every attack. All problems are collected and raised together as one
+:class:`AuditConfigError`; each names its key (``model.weights``, ``defenses[2].params.epsilon``, …) and, where it
+can be found, the line of the file.
+
+Relative paths in a file resolve against the folder of that file (for a mapping passed from Python: against the current
+directory).
+
+**Format.** A complete TOML example (``examples/audit_mnist.toml`` ships a runnable one)::
+
+    title = "LeNet on MNIST, FedSGD"   # optional, shown in the report
+    output = "audit-out"               # output folder (default "audit-out")
+    device = "cpu"                     # torch device: "cpu", "cuda", "cuda:1" (default "cpu")
+    images_per_setting = 4             # private images attacked per setting (a multiple of every batch size)
+    seeds = [0]                        # every setting runs once per seed; results pool all seeds (default [0])
+
+    [model]
+    factory = "my_package.models:build_net"   # "module:callable" returning a torch.nn.Module ...
+    factory_kwargs = { num_classes = 10 }     # ... called with these keyword arguments (default {})
+    weights = "net.pt"                        # optional state dict, loaded with torch.load(weights_only=True)
+    weights_key = "model_state_dict"          # optional: entry of the checkpoint holding the state dict
+    # torchscript = "net.ts.pt"               # instead of factory: a TorchScript file (see below)
+    input_shape = [1, 32, 32]                 # (C, H, W) of one input image
+    num_classes = 10                          # must equal the model's output width (checked)
+    loss = "cross_entropy"                    # the clients' training loss (only "cross_entropy")
+    clip_values = [0.0, 1.0]                  # pixel range of raw input images (default [0, 1])
+    preprocessing = { mean = [0.1307], std = [0.3081] }   # optional per-channel standardisation before the model
+    train_mode = false                        # clients compute their gradient in train mode (BatchNorm batch stats)
+
+    [data]                                    # the clients' private images: exactly one of embedded / image_folder
+    embedded = "mnist32"                      # a data set of art_gifd.data.load_dataset ("mnist32", "digits32", …)
+    split = "heldout"                         # its split (default "heldout": images no embedded prior saw)
+    # image_folder = "private-images"         # or a folder with one sub-folder per class, all images one size
+    offset = 0                                # index of the first attacked image (default 0)
+
+    [federated]
+    algorithm = "fedsgd"                      # one gradient of one client batch is shared (the only algorithm)
+    batch_sizes = [1, 4]                      # client batch sizes to audit
+
+    [[defenses]]                              # zero or more; the undefended baseline "none" is always included
+    name = "prune"
+    params = { ratio = 0.9 }
+    adaptive = true                           # the attacker knows the defence and replays it (default false)
+    label = "pruning 90%"                     # optional; unique name in the report (default: name and params)
+
+    [[defenses]]
+    name = "dp"
+    params = { epsilon = 8.0, delta = 1e-5, max_grad_norm = 1.0, sample_rate = 0.01, steps = 1000 }
+
+    [attacks]
+    names = ["gifd"]                          # default ["gifd"]; any of ATTACK_NAMES
+    prior = "mnist32"                         # embedded prior name (default), "face-dcgan", or a table (below)
+    steps_per_stage = 100                     # Adam steps per GIFD stage (default 100)
+    stages = 4                                # GIFD stages; other attacks run stages * steps_per_stage steps
+    restarts = 2                              # random restarts per reconstruction (default 2)
+    labels = "inferred"                       # "inferred" from the gradient (default) or "known" to the attacker
+    params = { gifd = { l1_radius = 0.1 } }   # optional extra constructor arguments, by attack name
+
+    [utility]                                 # what each defence costs the training (measure_utility)
+    rounds = 100                              # FedSGD rounds of the short training run (0: gradient cosine only)
+    batch_size = 32                           # client batch size of that run
+    learning_rate = 0.05                      # server learning rate
+    probe_batches = 4                         # batches over which the defended/clean gradient cosine is averaged
+    test_fraction = 0.2                       # share of the data set held out to measure accuracy
+
+    [report]
+    recognisable_ssim = 0.5                   # a reconstruction with SSIM >= this counts as recognisable
+    high_share = 0.5                          # risk "high": share of recognisable reconstructions >= high_share
+    medium_share = 0.0                        # risk "medium": share > medium_share (default: any); else "low"
+
+The same in YAML uses the same keys (``defenses`` is a list of mappings).
+
+Model
+    ``factory`` + optional ``weights``: the factory builds the architecture, the weights file (a state dict; a
+    checkpoint with the state dict under ``weights_key``) is loaded strictly with ``torch.load(weights_only=True)``;
+    without ``weights`` the factory's own initialisation is audited (the report says so). ``torchscript``: a file
+    written by ``torch.jit.save``, loaded with ``torch.jit.load`` and converted to an equivalent eager graph module
+    (the attacks differentiate through the model with ``torch.func``, which TorchScript does not support); the
+    conversion is checked against the TorchScript module's own outputs, and eval mode is baked in (``train_mode``
+    must be false). The model's output for a zero batch of ``input_shape`` must have ``num_classes`` columns.
+
+Data
+    ``embedded``: a data set name of :data:`art_gifd.data.DATASETS` and its ``split``. ``image_folder``: class
+    sub-folders (sorted names are labels ``0, 1, …``) of images of one size equal to ``input_shape`` (grey or RGB
+    after conversion to its channel count). The attacked images are ``images_per_setting`` images from ``offset``
+    on; the utility run trains on a seeded share ``1 - test_fraction`` of the whole data set (split or folder) and
+    tests on the rest.
+
+Defences (``[[defenses]]`` ``name`` → class of :mod:`art_gifd.defenses`, ``params`` → its arguments)
+    ``prune`` (:class:`~art_gifd.defenses.Prune`: ``ratio``, ``scope``), ``clip`` (:class:`~art_gifd.defenses.Clip`:
+    ``max_norm``), ``gaussian`` (:class:`~art_gifd.defenses.GaussianNoise`: ``sigma``), ``laplace``
+    (:class:`~art_gifd.defenses.LaplacianNoise`: ``sigma``), ``quantize`` (:class:`~art_gifd.defenses.Quantize`:
+    ``bits``), ``sign`` (:class:`~art_gifd.defenses.SignCompression`), ``soteria``
+    (:class:`~art_gifd.defenses.Soteria`: ``layer``, ``ratio``), ``dp`` (:class:`~art_gifd.defenses.DPSGD`: either
+    ``epsilon`` — the noise multiplier is then found by Opacus for that target — or ``noise_multiplier``, plus
+    ``max_grad_norm``, ``sample_rate``, ``steps``, ``delta`` and optional ``accountant``; the report states the
+    accountant's (epsilon, delta) for the declared ``sample_rate`` and ``steps`` of the client's whole training),
+    ``compose`` (:class:`~art_gifd.defenses.Compose`: ``params = { defenses = [{ name = "clip", params = {...} }, …] }``
+    applied in order), and ``none`` (the baseline, added automatically; list it to give it a label).
+
+Attacks
+    ``names`` from :data:`ATTACK_NAMES` (as in :func:`art_gifd.experiment.build_attack`): ``gifd``, ``latent-only``
+    and ``pixel`` (Inverting Gradients) and the baselines ``dlg``, ``idlg``, ``gi`` (needs BatchNorm), ``ggl``,
+    ``gias``. All run at the same step budget; ``params`` adds constructor arguments per attack (e.g. GIFD's
+    ``l1_radius``, ``learning_rate``, ``distance``; see each class in :mod:`art_gifd.attacks`). ``prior`` is used
+    by the generative attacks (:data:`GENERATIVE`): an embedded prior name
+    (:data:`art_gifd.priors.embedded.EMBEDDED_PRIORS`), ``"face-dcgan"`` (the 64×64 face DCGAN of the
+    ``gan-face-generate`` package), or a DCGAN checkpoint given as a table
+    ``{ weights = "g.pt", nz = 64, ngf = 64, nc = 1, image_size = 32, key = "netG", training_domain = "…" }``. Its
+    image shape must equal the model's ``input_shape``. A class-conditional prior maps each task label to the
+    generator class of the same index.
+
+Report
+    Thresholds of the per-setting risk rating (see :mod:`art_gifd.report.audit`): the share of recognisable
+    reconstructions (SSIM at least ``recognisable_ssim``) is rated ``high`` at ``high_share`` or more, ``medium``
+    above ``medium_share``, else ``low``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from art_gifd.configfile import ConfigError, LocatedDocument, format_key, read_document
+from art_gifd.data import DATASETS, load_dataset, load_image_folder
+from art_gifd.defenses import DEFENSES, Defense, build_defense, describe_defense
+from art_gifd.experiment import ATTACKS, BASELINES, Budget, build_attack
+from art_gifd.federated import client_gradients
+from art_gifd.priors.base import LayeredGenerator
+from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict, sha256_of
+from art_gifd.priors.embedded import EMBEDDED_PRIORS
+
+#: Attack names an audit accepts (those of :func:`art_gifd.experiment.build_attack`).
+ATTACK_NAMES = (*ATTACKS, *BASELINES)
+#: Attacks that search a generative prior (they need ``attacks.prior``).
+GENERATIVE = ("gifd", "latent-only", "ggl", "gias")
+#: The only federated algorithm audited: one gradient of one client batch (FedSGD).
+ALGORITHMS = ("fedsgd",)
+LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss}
+LABEL_MODES = ("inferred", "known")
+FACE_PRIOR = "face-dcgan"
+
+
+@dataclass
+class ConfigProblem:
+    """One problem of an audit config: the key it concerns, what is wrong, and the line where known."""
+
+    key: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.key}{where}: {self.message}"
+
+
+class AuditConfigError(ValueError):
+    """An audit config (or its output folder) is invalid; :attr:`problems` lists every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem], source: str | Path | None = None) -> None:
+        """
+        :param problems: The problems, each naming its key.
+        :param source: The config file, if any.
+        """
+        self.problems = problems
+        self.source = source
+        origin = f" '{source}'" if source is not None else ""
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        super().__init__(f"Invalid audit config{origin} ({count}):\n" + "\n".join(f"  - {p}" for p in problems))
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys named by the problems."""
+        return [p.key for p in self.problems]
+
+
+@dataclass
+class DefenseSetting:
+    """One defence of the audit: its report label, config name and parameters, and the built defence."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+    adaptive: bool
+    #: ``None`` for the undefended baseline.
+    defense: Defense | None
+    #: Position in the config's ``defenses`` list (``None`` for the implicit baseline).
+    index: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Label, name, parameters, (epsilon, delta) and whether the attacker replays it, for the report."""
+        described = describe_defense(self.defense, self.adaptive)
+        if described == "none":
+            described = {"name": "none", "params": {}, "epsilon": None, "delta": None, "adaptive": False}
+        return {"label": self.label, "config_name": self.name, **described}
+
+
+@dataclass
+class AuditConfig:
+    """A validated audit: the normalised settings (as recorded in the report) and the objects built from them."""
+
+    #: The config file (``None`` for a mapping).
+    source: Path | None
+    #: Normalised, JSON-serialisable settings with every default filled in.
+    settings: dict[str, Any]
+    estimator: Any
+    #: Model facts for the report (source, class, parameter count, weights and their SHA-256).
+    model: dict[str, Any]
+    #: The attacked images and labels (``images_per_setting`` images).
+    x: np.ndarray
+    y: np.ndarray
+    #: ``(x_train, y_train, x_test, y_test)`` of the utility run.
+    utility_data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    #: Data facts for the report (source, split, sizes, classes).
+    data: dict[str, Any]
+    defenses: list[DefenseSetting]
+    attacks: tuple[str, ...]
+    prior: LayeredGenerator | None
+    #: Prior facts for the report (name, architecture, training domain, SHA-256), ``None`` without generative attacks.
+    prior_info: dict[str, Any] | None
+    budget: Budget
+    config_hash: str
+
+    @property
+    def output(self) -> Path:
+        """The output folder."""
+        return Path(self.settings["output"])
+
+    @property
+    def device(self) -> str:
+        """The torch device."""
+        return str(self.settings["device"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading the file and locating keys
+
+
+def _key(path: tuple[Any, ...]) -> str:
+    return format_key(path) or "(top level)"
+
+
+def read_config_file(path: str | Path) -> LocatedDocument:
+    """
+    Parse a TOML or YAML audit config (with :func:`art_gifd.configfile.read_document`).
+
+    :param path: ``.toml``, ``.yaml`` or ``.yml`` file.
+    :return: The parsed document: a mapping and the line of each key path found.
+    :raises AuditConfigError: If the file is missing, of another type, not valid TOML/YAML (with the line), repeats a
+                              YAML key, or holds no mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AuditConfigError([ConfigProblem("(file)", f"config file '{path}' not found.")], path)
+    try:
+        document = read_document(path)
+    except ConfigError as err:
+        raise AuditConfigError([ConfigProblem(err.key or "(file)", err.message, err.line)], path) from None
+    if not isinstance(document.data, dict):
+        problem = f"the file must hold a mapping of keys, got {type(document.data).__name__}."
+        raise AuditConfigError([ConfigProblem("(file)", problem)], path)
+    return document
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Field checks
+
+_REQUIRED = object()
+
+
+class _Checker:
+    """Collects problems while reading the config's sections."""
+
+    def __init__(self, document: LocatedDocument, base: Path) -> None:
+        self.document = document
+        self.base = base
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append(ConfigProblem(_key(path), message, self.document.line_of(path)))
+
+    def failed_under(self, prefix: tuple[Any, ...]) -> bool:
+        """Whether a problem was recorded for ``prefix`` or a key below it."""
+        key = _key(prefix)
+        return any(p.key == key or p.key.startswith((key + ".", key + "[")) for p in self.problems)
+
+    def table(self, data: Any, path: tuple[Any, ...], known: tuple[str, ...]) -> dict[str, Any]:
+        """``data`` as a table whose keys must be among ``known`` (unknown keys are problems)."""
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            self.add(path, f"must be a table of keys ({', '.join(known)}), got {type(data).__name__}.")
+            return {}
+        for name in data:
+            if name not in known:
+                self.add((*path, name), f"unknown key; known keys here: {', '.join(known)}.")
+        return dict(data)
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        path: tuple[Any, ...],
+        name: str,
+        convert: Callable[[Any], Any],
+        default: Any = _REQUIRED,
+        hint: str = "",
+    ) -> Any:
+        """
+        Read and convert a value; a missing required key or a value ``convert`` rejects (``ValueError``) is a problem.
+
+        :return: The converted value, the default, or ``None`` after a problem.
+        """
+        if name not in data:
+            if default is _REQUIRED:
+                self.add((*path, name), "missing (required)." + (f" {hint}" if hint else ""))
+                return None
+            return default
+        try:
+            return convert(data[name])
+        except ValueError as err:
+            self.add((*path, name), str(err))
+            return None
+
+    def path(self, value: Any, kind: str = "file") -> Path:
+        """A path string resolved against the config's folder; it must exist as a ``kind`` (file or folder)."""
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be a path (a string), got {value!r}.")
+        resolved = (self.base / Path(value).expanduser()).resolve()
+        exists = resolved.is_file() if kind == "file" else resolved.is_dir()
+        if not exists:
+            raise ValueError(f"{kind} not found: '{resolved}'.")
+        return resolved
+
+
+def _integer(low: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"must be an integer >= {low}, got {value!r}.")
+        return int(value)
+
+    return convert
+
+
+def _number(
+    low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False
+) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+        if ok:
+            ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ValueError(f"must be a number in {interval}, got {value!r}.")
+        return float(value)
+
+    return convert
+
+
+def _string(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be a non-empty string, got {value!r}.")
+        if choices is not None and value not in choices:
+            raise ValueError(f"unknown value '{value}': choose one of {', '.join(choices)}.")
+        return value
+
+    return convert
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}.")
+    return value
+
+
+def _int_list(low: int, length: int | None = None, unique: bool = True) -> Callable[[Any], list[int]]:
+    def convert(value: Any) -> list[int]:
+        ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok or any(v < low for v in value) or (length is not None and len(value) != length):
+            size = f"{length} " if length is not None else "a non-empty list of "
+            raise ValueError(f"must be {size}integers >= {low}, got {value!r}.")
+        if unique and len(set(value)) != len(value):
+            raise ValueError(f"has repeated values: {value!r}.")
+        return [int(v) for v in value]
+
+    return convert
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a table of keyword arguments, got {value!r}.")
+    return dict(value)
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a torch device string such as 'cpu' or 'cuda', got {value!r}.")
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise ValueError(f"not a torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"'{value}' requested but CUDA is not available here; use device = \"cpu\".")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device type '{device.type}': use 'cpu' or 'cuda[:N]'.")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sections
+
+_TOP = (
+    "title",
+    "output",
+    "device",
+    "images_per_setting",
+    "seeds",
+    "model",
+    "data",
+    "federated",
+    "defenses",
+    "attacks",
+    "utility",
+    "report",
+)
+_MODEL = (
+    "factory",
+    "factory_kwargs",
+    "weights",
+    "weights_key",
+    "torchscript",
+    "input_shape",
+    "num_classes",
+    "loss",
+    "clip_values",
+    "preprocessing",
+    "train_mode",
+)
+_DATA = ("embedded", "split", "image_folder", "offset")
+_FEDERATED = ("algorithm", "batch_sizes")
+_DEFENSE = ("name", "params", "adaptive", "label")
+_ATTACKS = ("names", "prior", "steps_per_stage", "stages", "restarts", "labels", "params")
+_PRIOR_TABLE = ("weights", "nz", "ngf", "nc", "image_size", "key", "training_domain")
+_UTILITY = ("rounds", "batch_size", "learning_rate", "probe_batches", "test_fraction")
+_REPORT = ("recognisable_ssim", "high_share", "medium_share")
+
+
+def _read_model(check: _Checker, raw: Any, device: str | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Model settings, the built estimator (``None`` after a problem) and the model facts for the report."""
+    path = ("model",)
+    if raw is None:
+        check.add(path, "missing (required): the [model] table names the model under audit.")
+        return {}, None, {}
+    table = check.table(raw, path, _MODEL)
+    factory = check.get(table, path, "factory", _string(), None)
+    torchscript = check.get(table, path, "torchscript", check.path, None)
+    if factory is None and torchscript is None and not check.failed_under(path):
+        check.add(path, 'give factory = "module:callable" (plus optional weights) or torchscript = "file".')
+    if "factory" in table and "torchscript" in table:
+        check.add((*path, "torchscript"), "give either factory (with weights) or torchscript, not both.")
+    settings = {
+        "factory": factory,
+        "factory_kwargs": check.get(table, path, "factory_kwargs", _mapping, {}),
+        "weights": check.get(table, path, "weights", check.path, None),
+        "weights_key": check.get(table, path, "weights_key", _string(), None),
+        "torchscript": torchscript,
+        "input_shape": check.get(
+            table, path, "input_shape", _int_list(1, 3, unique=False), hint="e.g. [1, 32, 32] (C, H, W)."
+        ),
+        "num_classes": check.get(table, path, "num_classes", _integer(2)),
+        "loss": check.get(table, path, "loss", _string(tuple(LOSSES)), "cross_entropy"),
+        "clip_values": check.get(table, path, "clip_values", _clip_values, [0.0, 1.0]),
+        "preprocessing": check.get(table, path, "preprocessing", _mapping, None),
+        "train_mode": check.get(table, path, "train_mode", _boolean, False),
+    }
+    if "weights" in table and "torchscript" in table:
+        check.add((*path, "weights"), "weights belong to a factory model; a TorchScript file carries its own.")
+    if settings["torchscript"] is not None and settings["train_mode"]:
+        check.add((*path, "train_mode"), "a TorchScript model is converted in eval mode: train_mode must be false.")
+    preprocessing = _read_preprocessing(check, settings["preprocessing"], settings["input_shape"])
+    settings["preprocessing"] = preprocessing
+    for name in ("weights", "torchscript"):
+        if settings[name] is not None:
+            settings[name] = str(settings[name])
+    if check.failed_under(path) or device is None:
+        return settings, None, {}
+    module, facts = _build_module(check, settings)
+    if module is None:
+        return settings, None, facts
+    if not _check_output(check, module, settings):
+        return settings, None, facts
+    from art.estimators.classification import PyTorchClassifier
+
+    extra = {} if preprocessing is None else {"preprocessing": (preprocessing["mean"], preprocessing["std"])}
+    estimator = PyTorchClassifier(
+        model=module,
+        loss=LOSSES[settings["loss"]](),
+        input_shape=tuple(settings["input_shape"]),
+        nb_classes=settings["num_classes"],
+        clip_values=tuple(settings["clip_values"]),
+        device_type="gpu" if device.startswith("cuda") else "cpu",
+        **extra,
+    )
+    return settings, estimator, facts
+
+
+def _clip_values(value: Any) -> list[float]:
+    ok = isinstance(value, list) and len(value) == 2
+    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    if not ok or not value[0] < value[1]:
+        raise ValueError(f"must be [min, max] with min < max, got {value!r}.")
+    return [float(value[0]), float(value[1])]
+
+
+def _read_preprocessing(check: _Checker, raw: dict[str, Any] | None, shape: list[int] | None) -> dict | None:
+    if raw is None:
+        return None
+    path = ("model", "preprocessing")
+    table = check.table(raw, path, ("mean", "std"))
+    channels = shape[0] if shape else None
+    values = {}
+    for name in ("mean", "std"):
+        value = table.get(name)
+        ok = isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        if not ok or len(value) not in (1, channels):
+            check.add((*path, name), f"must be a list of 1 or {channels} numbers (one per channel), got {value!r}.")
+        elif name == "std" and min(value) <= 0:
+            check.add((*path, name), f"must be positive, got {value!r}.")
+        else:
+            values[name] = [float(v) for v in value]
+    return values if len(values) == 2 else None
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"must be 'module:callable' (e.g. 'my_package.models:build_net'), got '{spec}'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import module '{module_name}': {err}.") from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"module '{module_name}' has no attribute '{attribute}'.")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"'{spec}' is not callable.")
+    return target
+
+
+def _build_module(check: _Checker, settings: dict[str, Any]) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The user's module from a factory (+ weights) or a TorchScript file; problems name the key."""
+    path = ("model",)
+    if settings["torchscript"] is not None:
+        file = Path(settings["torchscript"])
+        try:
+            module = torchscript_to_module(file, tuple(settings["input_shape"]))
+        except ValueError as err:
+            check.add((*path, "torchscript"), str(err))
+            return None, {}
+        facts = {"source": "torchscript", "torchscript": str(file), "sha256": sha256_of(file)}
+        return module, {**facts, **_module_facts(module)}
+    try:
+        factory = _import_factory(settings["factory"])
+    except ValueError as err:
+        check.add((*path, "factory"), str(err))
+        return None, {}
+    try:
+        module = factory(**settings["factory_kwargs"])
+    except TypeError as err:
+        check.add((*path, "factory_kwargs"), f"calling {settings['factory']} failed: {err}.")
+        return None, {}
+    except Exception as err:  # the user's factory may raise anything
+        check.add((*path, "factory"), f"calling {settings['factory']} failed: {type(err).__name__}: {err}.")
+        return None, {}
+    if not isinstance(module, nn.Module):
+        check.add((*path, "factory"), f"must return a torch.nn.Module, returned {type(module).__name__}.")
+        return None, {}
+    facts: dict[str, Any] = {"source": "factory", "factory": settings["factory"], "weights": None, "sha256": None}
+    if settings["weights"] is not None:
+        file = Path(settings["weights"])
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            if settings["weights_key"] is not None:
+                if not isinstance(state, Mapping) or settings["weights_key"] not in state:
+                    found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+                    raise ValueError(f"the checkpoint has no entry '{settings['weights_key']}' (found: {found}).")
+                state = state[settings["weights_key"]]
+            if not isinstance(state, Mapping):
+                raise ValueError(f"the file does not hold a state dict (found {type(state).__name__}).")
+            load_strict(module, dict(state), f"'{file}'")
+        except Exception as err:  # torch.load raises UnpicklingError, RuntimeError, EOFError for foreign files
+            check.add((*path, "weights"), f"cannot load '{file}' as a weights-only state dict: {err}")
+            return None, {}
+        facts.update(weights=str(file), sha256=sha256_of(file))
+    return module, {**facts, **_module_facts(module)}
+
+
+def _module_facts(module: nn.Module) -> dict[str, Any]:
+    return {"class": type(module).__name__, "parameters": int(sum(p.numel() for p in module.parameters()))}
+
+
+def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module:
+    """
+    Load a TorchScript file and convert it to an eager ``torch.fx`` module that the attacks can differentiate through
+    with ``torch.func`` (TorchScript modules refuse ``functional_call``).
+
+    The conversion uses PyTorch's TorchScript → ``torch.export`` converter, re-exports with a dynamic batch dimension,
+    turns the TorchScript parameters back into parameters, and checks the result against the TorchScript module on a
+    random batch of two.
+
+    :param path: A file written by ``torch.jit.save``.
+    :param input_shape: ``(C, H, W)`` of one input.
+    :raises ValueError: If the file cannot be loaded or converted, or the converted module disagrees with it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+            scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as err:  # torch.jit.load raises RuntimeError or ValueError for foreign files
+        raise ValueError(f"cannot load '{path}' with torch.jit.load: {err}") from None
+    probe = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        from torch._export.converter import TS2EPConverter
+
+        exported = TS2EPConverter(scripted, (probe,)).convert()
+        batch = torch.export.Dim("batch", min=1)
+        module = torch.export.export(exported.module(), (probe,), dynamic_shapes=({0: batch},)).module()
+        for name, _ in scripted.named_parameters():
+            owner_name, _, attribute = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            tensor = owner._buffers.pop(attribute)
+            owner.register_parameter(attribute, nn.Parameter(tensor.detach().clone()))
+        with torch.no_grad():
+            agrees = torch.allclose(module(probe), scripted(probe), rtol=1e-4, atol=1e-5)
+    except Exception as err:  # the converter is experimental: any failure means this model cannot be audited so
+        raise ValueError(
+            f"could not convert the TorchScript model to a module the attacks can differentiate ({type(err).__name__}: "
+            f"{err}). Give model.factory (module:callable) and model.weights (its state dict) instead."
+        ) from None
+    if not agrees:
+        raise ValueError(
+            "the converted TorchScript model disagrees with the original on a probe batch; give model.factory and "
+            "model.weights instead."
+        )
+    return module
+
+
+def _check_output(check: _Checker, module: nn.Module, settings: dict[str, Any]) -> bool:
+    """Run a copy of the model on a zero batch of two: the output must be ``(2, num_classes)``."""
+    shape = tuple(settings["input_shape"])
+    probe = copy.deepcopy(module).eval()
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(2, *shape))
+    except Exception as err:  # any failure of the user's forward pass
+        check.add(("model", "input_shape"), f"the model fails on a batch of shape {(2, *shape)}: {err}")
+        return False
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, settings["num_classes"]):
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        check.add(
+            ("model", "num_classes"),
+            f"the model's output for a batch of 2 has shape {found}, but num_classes = {settings['num_classes']} "
+            f"needs (2, {settings['num_classes']}).",
+        )
+        return False
+    return True
+
+
+def _read_data(
+    check: _Checker, raw: Any, model: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
+    """Data settings, all images and labels of the chosen source (``None`` after a problem) and the data facts."""
+    path = ("data",)
+    if raw is None:
+        check.add(path, "missing (required): the [data] table names the clients' private images.")
+        return {}, None, {}
+    table = check.table(raw, path, _DATA)
+    settings = {
+        "embedded": check.get(table, path, "embedded", _string(DATASETS), None),
+        "split": check.get(table, path, "split", _string(), None),
+        "image_folder": check.get(table, path, "image_folder", lambda v: str(check.path(v, "folder")), None),
+        "offset": check.get(table, path, "offset", _integer(0), 0),
+    }
+    given = [name for name in ("embedded", "image_folder") if name in table]
+    if len(given) != 1:
+        check.add(path, 'give exactly one of embedded = "<name>" or image_folder = "<folder>".')
+    if "image_folder" in table and "split" in table:
+        check.add((*path, "split"), "applies to embedded data sets only; an image folder is used whole.")
+    if settings["embedded"] is not None and settings["split"] is None:
+        settings["split"] = "heldout"
+    if check.failed_under(path):
+        return settings, None, {}
+    shape = model.get("input_shape")
+    try:
+        if settings["embedded"] is not None:
+            x, y = load_dataset(settings["embedded"], settings["split"])
+            facts = {"source": "embedded", "name": settings["embedded"], "split": settings["split"], "classes": None}
+        else:
+            channels = shape[0] if shape and shape[0] in (1, 3) else 1
+            x, y, classes = load_image_folder(settings["image_folder"], channels=channels)
+            facts = {"source": "image_folder", "folder": settings["image_folder"], "classes": classes}
+    except ValueError as err:
+        check.add((*path, "split" if "split" in str(err).lower() else given[0]), str(err))
+        return settings, None, {}
+    except (FileNotFoundError, OSError) as err:
+        check.add((*path, given[0]), str(err))
+        return settings, None, {}
+    facts.update(available_images=len(x), image_shape=list(x.shape[1:]))
+    if shape and tuple(x.shape[1:]) != tuple(shape):
+        check.add(
+            (*path, given[0]),
+            f"the images have shape {tuple(x.shape[1:])} but model.input_shape is {tuple(shape)}: resize the data "
+            "or fix model.input_shape.",
+        )
+        return settings, None, facts
+    classes = model.get("num_classes")
+    if classes and len(y) and int(y.max()) >= classes:
+        check.add((*path, given[0]), f"labels go up to {int(y.max())} but model.num_classes is {classes}.")
+        return settings, None, facts
+    return settings, (x, y), facts
+
+
+def _read_defenses(check: _Checker, raw: Any) -> list[DefenseSetting]:
+    path: tuple[Any, ...] = ("defenses",)
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        check.add(path, "must be a list of tables ([[defenses]] in TOML), each with name and params.")
+        return []
+    baseline = DefenseSetting("none", "none", {}, False, None)
+    out: list[DefenseSetting] = []
+    for i, item in enumerate(raw):
+        here = (*path, i)
+        table = check.table(item, here, _DEFENSE)
+        name = check.get(table, here, "name", _string(("none", *DEFENSES)))
+        params = check.get(table, here, "params", _mapping, {})
+        adaptive = check.get(table, here, "adaptive", _boolean, False)
+        label = check.get(table, here, "label", _string(), None)
+        if name is None or params is None:
+            continue
+        if name == "none":
+            if params or adaptive:
+                check.add(here, "the baseline 'none' takes no params and cannot be adaptive.")
+            baseline = DefenseSetting(label or "none", "none", {}, False, None, i)
+            continue
+        try:
+            defense = build_defense(name, params)
+        except ValueError as err:
+            check.add((*here, "params"), str(err))
+            continue
+        out.append(DefenseSetting(label or _default_label(name, params), name, params, bool(adaptive), defense, i))
+    settings = [baseline, *out]
+    labels = [s.label for s in settings]
+    for i, setting in enumerate(settings):
+        if labels.index(setting.label) != i:
+            check.add(
+                (*path, setting.index or 0, "label"),
+                f"label '{setting.label}' is used twice: give each defence a unique label.",
+            )
+    return settings
+
+
+def _default_label(name: str, params: Mapping[str, Any]) -> str:
+    """A short label: DP-SGD by its target epsilon (or noise multiplier) and delta, others by all their parameters."""
+    if name == "dp":
+        shown = {"ε": params.get("epsilon"), "σ": params.get("noise_multiplier"), "δ": params.get("delta")}
+    else:
+        shown = dict(params)
+    return f"{name}(" + ", ".join(f"{k}={_compact(v)}" for k, v in shown.items() if v is not None) + ")"
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_compact(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}={_compact(v)}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, LayeredGenerator | None, dict | None]:
+    """Prior setting, the loaded prior and its facts for the report."""
+    path = ("attacks", "prior")
+    if isinstance(raw, str):
+        if raw == FACE_PRIOR:
+            from art_gifd.priors.faces import load_face_dcgan
+
+            try:
+                prior = load_face_dcgan(device=device or "cpu")
+            except (FileNotFoundError, ValueError) as err:
+                check.add(path, str(err))
+                return raw, None, None
+            return raw, prior, {"name": raw, **prior.describe()}
+        if raw not in EMBEDDED_PRIORS:
+            check.add(
+                path, f"unknown prior '{raw}': use one of {', '.join([*EMBEDDED_PRIORS, FACE_PRIOR])} or a table."
+            )
+            return raw, None, None
+        from art_gifd.priors.embedded import load_default_prior
+
+        try:
+            prior = load_default_prior(raw, device=device or "cpu")
+        except (FileNotFoundError, ValueError) as err:
+            check.add(path, str(err))
+            return raw, None, None
+        info = {"name": raw, **prior.describe(), "sha256": EMBEDDED_PRIORS[raw]["sha256"]}
+        return raw, prior, info
+    table = check.table(raw, path, _PRIOR_TABLE)
+    if not isinstance(raw, Mapping):
+        return raw, None, None
+    settings = {
+        "weights": check.get(table, path, "weights", check.path, hint="a DCGAN generator state dict."),
+        "nz": check.get(table, path, "nz", _integer(1), 64),
+        "ngf": check.get(table, path, "ngf", _integer(1), 64),
+        "nc": check.get(table, path, "nc", _integer(1), 1),
+        "image_size": check.get(table, path, "image_size", _integer(8), 32),
+        "key": check.get(table, path, "key", _string(), None),
+        "training_domain": check.get(table, path, "training_domain", _string(), "unknown"),
+    }
+    if check.failed_under(path):
+        return settings, None, None
+    file = settings["weights"]
+    settings["weights"] = str(file)
+    try:
+        generator = DCGANGenerator(
+            nz=settings["nz"],
+            ngf=settings["ngf"],
+            nc=settings["nc"],
+            image_size=settings["image_size"],
+            training_domain=settings["training_domain"],
+        )
+        load_strict(generator, load_state_dict_file(file, key=settings["key"]), f"'{file}'")
+    except (FileNotFoundError, ValueError) as err:
+        check.add((*path, "weights"), str(err))
+        return settings, None, None
+    prior = generator.to(device or "cpu").freeze()
+    return settings, prior, {"name": str(file), **prior.describe(), "sha256": sha256_of(file)}
+
+
+def _read_attacks(
+    check: _Checker, raw: Any, device: str | None
+) -> tuple[dict[str, Any], LayeredGenerator | None, dict | None]:
+    path = ("attacks",)
+    table = check.table(raw, path, _ATTACKS)
+    names = check.get(table, path, "names", _names, ["gifd"])
+    settings: dict[str, Any] = {
+        "names": names,
+        "prior": None,
+        "steps_per_stage": check.get(table, path, "steps_per_stage", _integer(1), 100),
+        "stages": check.get(table, path, "stages", _integer(1), 4),
+        "restarts": check.get(table, path, "restarts", _integer(1), 2),
+        "labels": check.get(table, path, "labels", _string(LABEL_MODES), "inferred"),
+        "params": check.get(table, path, "params", _mapping, {}),
+    }
+    for name, params in (settings["params"] or {}).items():
+        if names is not None and name not in names:
+            check.add((*path, "params", name), f"'{name}' is not in attacks.names ({', '.join(names)}).")
+        elif not isinstance(params, Mapping):
+            check.add((*path, "params", name), f"must be a table of {name}'s constructor arguments, got {params!r}.")
+    prior, info = None, None
+    if names is not None and any(n in GENERATIVE for n in names):
+        settings["prior"], prior, info = _read_prior(check, table.get("prior", "mnist32"), device)
+    return settings, prior, info
+
+
+def _names(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"must be a non-empty list of attack names ({', '.join(ATTACK_NAMES)}), got {value!r}.")
+    unknown = [v for v in value if v not in ATTACK_NAMES]
+    if unknown:
+        raise ValueError(f"unknown attack {', '.join(map(repr, unknown))}: choose from {', '.join(ATTACK_NAMES)}.")
+    if len(set(value)) != len(value):
+        raise ValueError(f"has repeated attacks: {value!r}.")
+    return list(value)
+
+
+def _hash_arrays(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(str(array.shape).encode())
+    return digest.hexdigest()
+
+
+def _split_utility(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, round(test_fraction * len(x)))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
+    """
+    Read and validate an audit config (see the module documentation for the format).
+
+    Everything is checked before this returns: paths, names, types and ranges, the model (imported, weights loaded,
+    run once to check its output width against ``num_classes``), the data (loaded, image sizes and shape checked),
+    each defence (built and run once on one private image), the prior and each attack (built for this model).
+
+    :param config: A ``.toml`` / ``.yaml`` file, or the same content as a mapping (relative paths then resolve against
+                   the current directory).
+    :return: The validated audit.
+    :raises AuditConfigError: Listing every problem, each with its key and (for files) line.
+    """
+    if isinstance(config, Mapping):
+        source, document, base = None, LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd()
+    else:
+        source = Path(config)
+        document = read_config_file(source)
+        base = source.resolve().parent
+    check = _Checker(document, base)
+    top = check.table(document.data, (), _TOP)
+    device = check.get(top, (), "device", _device, "cpu")
+    settings: dict[str, Any] = {
+        "title": check.get(top, (), "title", _string(), None),
+        "output": check.get(top, (), "output", _string(), "audit-out"),
+        "device": device,
+        "images_per_setting": check.get(top, (), "images_per_setting", _integer(1), 4),
+        "seeds": check.get(top, (), "seeds", _int_list(0), [0]),
+    }
+    if settings["output"] is not None:
+        settings["output"] = str((base / Path(settings["output"]).expanduser()).resolve())
+    settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
+    settings["data"], data, data_facts = _read_data(check, top.get("data"), settings["model"])
+    federated = check.table(top.get("federated"), ("federated",), _FEDERATED)
+    settings["federated"] = {
+        "algorithm": check.get(federated, ("federated",), "algorithm", _string(ALGORITHMS), "fedsgd"),
+        "batch_sizes": check.get(federated, ("federated",), "batch_sizes", _int_list(1), [1]),
+    }
+    defenses = _read_defenses(check, top.get("defenses"))
+    settings["defenses"] = [
+        {"label": d.label, "name": d.name, "params": d.params, "adaptive": d.adaptive} for d in defenses
+    ]
+    settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
+    utility = check.table(top.get("utility"), ("utility",), _UTILITY)
+    settings["utility"] = {
+        "rounds": check.get(utility, ("utility",), "rounds", _integer(0), 100),
+        "batch_size": check.get(utility, ("utility",), "batch_size", _integer(1), 32),
+        "learning_rate": check.get(utility, ("utility",), "learning_rate", _number(0, low_open=True), 0.05),
+        "probe_batches": check.get(utility, ("utility",), "probe_batches", _integer(1), 4),
+        "test_fraction": check.get(utility, ("utility",), "test_fraction", _number(0, 1, True, True), 0.2),
+    }
+    report = check.table(top.get("report"), ("report",), _REPORT)
+    settings["report"] = {
+        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", _number(-1, 1), 0.5),
+        "high_share": check.get(report, ("report",), "high_share", _number(0, 1, low_open=True), 0.5),
+        "medium_share": check.get(report, ("report",), "medium_share", _number(0, 1, high_open=True), 0.0),
+    }
+    if (
+        None not in settings["report"].values()
+        and settings["report"]["medium_share"] >= settings["report"]["high_share"]
+    ):
+        check.add(("report", "medium_share"), "must be below report.high_share.")
+    x_attack, y_attack, utility_data = _check_counts(check, settings, data)
+    if estimator is not None:
+        if x_attack is not None:
+            _probe_defenses(check, estimator, defenses, x_attack, y_attack, settings["model"]["train_mode"])
+        _probe_attacks(check, estimator, settings, prior)
+    if check.problems:
+        raise AuditConfigError(check.problems, source)
+    assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
+    budget = Budget(
+        settings["attacks"]["steps_per_stage"], settings["attacks"]["stages"], settings["attacks"]["restarts"]
+    )
+    fingerprint = {
+        "settings": {k: v for k, v in settings.items() if k not in ("output", "title")},
+        "model_sha256": model_facts.get("sha256"),
+        "prior_sha256": (prior_info or {}).get("sha256"),
+        "data_sha256": _hash_arrays(x_attack, y_attack, *utility_data),
+    }
+    config_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+    data_facts.update(attacked_images=len(x_attack), offset=settings["data"]["offset"])
+    data_facts.update(utility_train_images=len(utility_data[0]), utility_test_images=len(utility_data[2]))
+    return AuditConfig(
+        source=source,
+        settings=settings,
+        estimator=estimator,
+        model=model_facts,
+        x=x_attack,
+        y=y_attack,
+        utility_data=utility_data,
+        data=data_facts,
+        defenses=defenses,
+        attacks=tuple(settings["attacks"]["names"]),
+        prior=prior,
+        prior_info=prior_info,
+        budget=budget,
+        config_hash=config_hash,
+    )
+
+
+def _check_counts(
+    check: _Checker, settings: dict[str, Any], data: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray | None, np.ndarray | None, tuple[np.ndarray, ...] | None]:
+    """Images per setting against the batch sizes and the data; the attacked images and the utility split."""
+    n, batch_sizes = settings["images_per_setting"], settings["federated"]["batch_sizes"]
+    if n is not None and batch_sizes is not None:
+        for i, b in enumerate(batch_sizes):
+            if n % b:
+                check.add(
+                    ("images_per_setting",),
+                    f"{n} images cannot be split into client batches of {b} (federated.batch_sizes[{i}]): use a "
+                    "multiple of every batch size.",
+                )
+    if data is None or n is None or settings["data"].get("offset") is None:
+        return None, None, None
+    x, y = data
+    offset = settings["data"]["offset"]
+    if offset + n > len(x):
+        check.add(("images_per_setting",), f"needs {n} images from data.offset {offset} but the data hold {len(x)}.")
+        return None, None, None
+    utility = settings["utility"]
+    if None in utility.values() or settings["seeds"] is None:
+        return x[offset : offset + n], y[offset : offset + n], None
+    split = _split_utility(x, y, utility["test_fraction"], settings["seeds"][0])
+    if utility["batch_size"] > len(split[0]):
+        check.add(
+            ("utility", "batch_size"),
+            f"{utility['batch_size']} is more than the {len(split[0])} training images of the utility run.",
+        )
+    return x[offset : offset + n], y[offset : offset + n], split
+
+
+def _probe_defenses(
+    check: _Checker, estimator: Any, defenses: list[DefenseSetting], x: np.ndarray, y: np.ndarray, train_mode: bool
+) -> None:
+    """Run every defence once on one private image, so that model-specific failures show before the audit."""
+    for setting in defenses:
+        if setting.defense is None:
+            continue
+        try:
+            client_gradients(estimator, x[:1], y[:1], defense=setting.defense, train_mode=train_mode, seed=0)
+        except (ValueError, RuntimeError) as err:
+            check.add(
+                ("defenses", setting.index or 0, "params"), f"defence '{setting.label}' fails on this model: {err}"
+            )
+
+
+def _probe_attacks(check: _Checker, estimator: Any, settings: dict[str, Any], prior: LayeredGenerator | None) -> None:
+    """Build every attack for this model (their parameter checks run), without running them."""
+    attacks, batch_sizes = settings["attacks"], settings["federated"]["batch_sizes"]
+    needed = (attacks["names"], attacks["steps_per_stage"], attacks["stages"], attacks["restarts"], attacks["params"])
+    if None in needed or batch_sizes is None or check.failed_under(("attacks", "prior")):
+        return
+    if prior is not None and tuple(prior.image_shape) != tuple(settings["model"]["input_shape"]):
+        check.add(
+            ("attacks", "prior"),
+            f"the prior generates images of shape {tuple(prior.image_shape)} but model.input_shape is "
+            f"{tuple(settings['model']['input_shape'])}: use a prior trained at the model's resolution and channels.",
+        )
+        return
+    budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["restarts"])
+    for i, name in enumerate(attacks["names"]):
+        params = attacks["params"].get(name, {})
+        if not isinstance(params, Mapping):
+            continue
+        key = ("attacks", "params", name) if name in attacks["params"] else ("attacks", "names", i)
+        try:
+            build_attack(
+                name,
+                estimator,
+                prior,  # type: ignore[arg-type]  # None only when no generative attack is listed
+                budget,
+                batch_sizes[0],
+                0,
+                train_mode=settings["model"]["train_mode"],
+                device=settings["device"],
+                verbose=False,
+                **params,
+            )
+        except TypeError as err:  # an argument the attack's constructor does not take
+            check.add(key, f"attack '{name}': {err}.")
+        except ValueError as err:
+            check.add(key, f"attack '{name}' cannot run on this model with these parameters: {err}")

@@ -1,0 +1,470 @@
+"""
+Running an audit: every (batch size, defence, attack) setting of a validated :class:`~art_gifd.audit.config.AuditConfig`
+on the clients' images, the utility of every defence, and the report.
+
+A *setting* attacks ``images_per_setting`` private images in client batches of its batch size, once per seed: the
+client's update is computed by :func:`~art_gifd.federated.client_gradients` under the setting's defence, the attack
+is built by :func:`~art_gifd.experiment.build_attack` at the audit's step budget, and the reconstructions are scored
+by :func:`~art_gifd.metrics.evaluate_batch` (Hungarian matching, PSNR, SSIM, LPIPS when available, label accuracy).
+All attacks of a batch size and defence see the same shared updates (the defence's randomness is seeded by the seed
+and the batch).
+
+Every finished setting is saved at once (``<output>/settings/<id>.json`` with its images in ``<id>.npz``, written
+atomically), together with the configuration hash; an interrupted audit started again with the same configuration
+skips the settings already finished. The report (``report.html``, ``report.json``, ``summary.md``) is written last;
+an output folder that already holds one is refused unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from art_gifd.audit.config import GENERATIVE, AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
+from art_gifd.defenses.utility import measure_utility
+from art_gifd.experiment import Case, aggregate_run, build_attack, environment, write_json_atomic
+from art_gifd.federated import client_gradients
+from art_gifd.metrics import LPIPSMetric, evaluate_batch
+from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
+from art_gifd.report.figures import reconstruction_grid
+
+logger = logging.getLogger(__name__)
+
+#: Sub-folder of the output folder holding the finished settings and utility measurements.
+STATE_DIR = "settings"
+#: The reconstruction grid written beside the report (and embedded in ``report.html``).
+GRID_FILE = "reconstructions.png"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the audit: a client batch size, a defence (index into the config's defences) and an attack."""
+
+    batch_size: int
+    defense: int
+    attack: str
+
+    @property
+    def id(self) -> str:
+        """File-name-safe identifier, stable for a given configuration."""
+        return f"b{self.batch_size}-d{self.defense}-{self.attack}"
+
+
+@dataclass
+class AuditReport:
+    """The outcome of :func:`run_audit`: the report document (``report.json``) and where the files are."""
+
+    output: Path
+    document: dict[str, Any]
+
+    @property
+    def html(self) -> Path:
+        """The self-contained HTML report."""
+        return self.output / "report.html"
+
+    @property
+    def json(self) -> Path:
+        """The JSON report (schema ``art-gifd/audit/v1``)."""
+        return self.output / "report.json"
+
+    @property
+    def summary(self) -> Path:
+        """The Markdown summary."""
+        return self.output / "summary.md"
+
+    @property
+    def settings(self) -> list[dict[str, Any]]:
+        """One result per setting, in report order."""
+        return self.document["settings"]
+
+    @property
+    def highest_risk(self) -> str:
+        """The highest risk rating over all settings."""
+        return self.document["summary"]["highest_risk"]
+
+
+def plan_settings(config: AuditConfig) -> list[Setting]:
+    """The settings of an audit, batch size by batch size, defence by defence (the baseline first)."""
+    return [
+        Setting(batch_size, d, attack)
+        for batch_size in config.settings["federated"]["batch_sizes"]
+        for d in range(len(config.defenses))
+        for attack in config.attacks
+    ]
+
+
+def run_audit(
+    config: str | Path | Mapping[str, Any] | AuditConfig,
+    overwrite: bool = False,
+    resume: bool = True,
+    verbose: bool = True,
+) -> AuditReport:
+    """
+    Run an audit and write its report.
+
+    :param config: A config file (TOML or YAML), its content as a mapping, or a loaded :class:`AuditConfig`.
+    :param overwrite: Replace a report already in the output folder, discarding every earlier result there.
+    :param resume: Reuse the settings an interrupted run of the same configuration finished (``False``: run all).
+    :param verbose: Show progress bars.
+    :return: The report document and the paths of its files.
+    :raises AuditConfigError: For an invalid configuration, or an output folder that holds a report (or partial results
+                              of another configuration) while ``overwrite`` is false; raised before any attack runs.
+    """
+    cfg = config if isinstance(config, AuditConfig) else load_audit_config(config)
+    _prepare_output(cfg, overwrite, resume)
+    state = cfg.output / STATE_DIR
+    lpips = LPIPSMetric(device=cfg.device)
+    results, resumed = [], []
+    settings = plan_settings(cfg)
+    for setting in tqdm(settings, desc="audit settings", unit="setting", disable=not verbose):
+        finished = _load_setting(state, setting, cfg.config_hash) if resume else None
+        if finished is None:
+            finished = _run_setting(cfg, setting, lpips, verbose)
+            _save_setting(state, setting, finished)
+        else:
+            resumed.append(setting.id)
+        results.append(finished)
+        logger.info("setting %s: SSIM %.3f, PSNR %.2f dB", setting.id, finished[0]["ssim"], finished[0]["psnr"])
+    utility = []
+    for index, defense in enumerate(cfg.defenses):
+        file = state / f"utility-d{index}.json"
+        stored = _read_json(file) if resume else None
+        if stored is None or stored.get("config_hash") != cfg.config_hash:
+            stored = {"config_hash": cfg.config_hash, "utility": _measure(cfg, index)}
+            write_json_atomic(file, stored)
+        else:
+            resumed.append(file.stem)
+        utility.append({"defense": defense.label, **stored["utility"]})
+    document = _document(cfg, [r for r, _ in results], utility, resumed, lpips)
+    grid = reconstruction_grid(_grid_rows(settings, results, cfg), ["reconstruction"], cfg.output / GRID_FILE)
+    write_audit_report(document, cfg.output, grid)
+    return AuditReport(cfg.output, document)
+
+
+def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
+    """Refuse a folder holding a report or another configuration's results; with ``overwrite``, clear ours."""
+    out, state = cfg.output, cfg.output / STATE_DIR
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise AuditConfigError(
+            [
+                ConfigProblem(
+                    "output",
+                    f"'{out}' already holds a report ({', '.join(existing)}): pass overwrite=True (art-gifd audit "
+                    "--overwrite) to replace it, or choose another output folder.",
+                )
+            ],
+            cfg.source,
+        )
+    stored = sorted(state.glob("*.json")) if state.is_dir() else []
+    foreign = [p.name for p in stored if (_read_json(p) or {}).get("config_hash") != cfg.config_hash]
+    if foreign and resume and not overwrite:
+        raise AuditConfigError(
+            [
+                ConfigProblem(
+                    "output",
+                    f"'{state}' holds results of a different configuration ({', '.join(foreign[:3])}): pass "
+                    "overwrite=True (--overwrite) to discard them, or choose another output folder.",
+                )
+            ],
+            cfg.source,
+        )
+    if overwrite:
+        for name in (*REPORT_FILES, GRID_FILE, UTILITY_FIGURE):
+            (out / name).unlink(missing_ok=True)
+        for path in stored + (sorted(state.glob("*.npz")) if state.is_dir() else []):
+            path.unlink()
+    state.mkdir(parents=True, exist_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _load_setting(state: Path, setting: Setting, config_hash: str) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """A finished setting of this configuration, or ``None``."""
+    stored = _read_json(state / f"{setting.id}.json")
+    images = state / f"{setting.id}.npz"
+    if stored is None or stored.get("config_hash") != config_hash or not images.is_file():
+        return None
+    with np.load(images) as arrays:
+        return stored["run"], {name: arrays[name] for name in arrays.files}
+
+
+def _save_setting(state: Path, setting: Setting, finished: tuple[dict, dict[str, np.ndarray]]) -> None:
+    """Images first, then the JSON that marks the setting finished; both atomically."""
+    run, images = finished
+    fd, tmp = tempfile.mkstemp(dir=state, prefix=f".{setting.id}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **images)
+        os.replace(tmp, state / f"{setting.id}.npz")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    write_json_atomic(state / f"{setting.id}.json", {"config_hash": run["config_hash"], "run": run})
+
+
+def batch_seed(seed: int, start: int) -> int:
+    """Seed of the defence and the attack for the batch starting at image ``start`` under the audit seed ``seed``."""
+    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0] >> 1)
+
+
+def _run_setting(
+    cfg: AuditConfig, setting: Setting, lpips: LPIPSMetric, verbose: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Attack every batch of the setting under every seed; the aggregated record and the matched images."""
+    defense = cfg.defenses[setting.defense]
+    model, b = cfg.settings["model"], setting.batch_size
+    known = cfg.settings["attacks"]["labels"] == "known"
+    seeds = cfg.settings["seeds"]
+    per_batch, originals, reconstructions = [], [], []
+    for seed in seeds:
+        for start in range(0, len(cfg.x), b):
+            x, y = cfg.x[start : start + b], cfg.y[start : start + b]
+            seed_here = batch_seed(seed, start)
+            grads = client_gradients(
+                cfg.estimator, x, y, defense=defense.defense, train_mode=model["train_mode"], seed=seed_here
+            )
+            attack = build_attack(
+                setting.attack,
+                cfg.estimator,
+                cfg.prior,  # type: ignore[arg-type]  # None only for attacks without a prior
+                cfg.budget,
+                b,
+                seed_here,
+                defense=defense.defense if defense.adaptive else None,
+                train_mode=model["train_mode"],
+                device=cfg.device,
+                verbose=verbose,
+                **cfg.settings["attacks"]["params"].get(setting.attack, {}),
+            )
+            result = attack.reconstruct(grads, y if known else None)
+            scores = evaluate_batch(
+                result.images, x, result.labels, y, data_range=tuple(model["clip_values"]), lpips=lpips
+            )
+            per_batch.append((scores, result))
+            originals.append(x)
+            reconstructions.append(result.images[np.asarray(scores["assignment"])])
+    case = Case(
+        model=cfg.model.get("factory") or Path(cfg.model.get("torchscript", "model")).name,
+        dataset=cfg.data.get("name") or Path(cfg.data.get("folder", "data")).name,
+        batch_size=b,
+        num_images=len(cfg.x) * len(seeds),
+        defense=defense.defense,
+        adaptive=defense.adaptive,
+    )
+    prior_name = (cfg.prior_info or {}).get("name")
+    run = aggregate_run(case, setting.attack, prior_name, per_batch, lpips)
+    threshold = cfg.settings["report"]["recognisable_ssim"]
+    recognisable = int(sum(v >= threshold for v in run["per_image"]["ssim"]))
+    run.update(
+        id=setting.id,
+        config_hash=cfg.config_hash,
+        defense_label=defense.label,
+        prior=prior_name if setting.attack in GENERATIVE else None,
+        images=len(cfg.x),
+        seeds=list(seeds),
+        labels_known=known,
+        recognisable=recognisable,
+        recognisable_share=recognisable / run["num_images"],
+        measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    return run, {"originals": np.concatenate(originals), "reconstructions": np.concatenate(reconstructions)}
+
+
+def _measure(cfg: AuditConfig, index: int) -> dict[str, Any]:
+    """Utility of one defence (:func:`~art_gifd.defenses.utility.measure_utility`) on the audit's utility split."""
+    utility = cfg.settings["utility"]
+    return measure_utility(
+        cfg.defenses[index].defense,
+        cfg.estimator,
+        data=cfg.utility_data,
+        rounds=utility["rounds"],
+        batch_size=utility["batch_size"],
+        learning_rate=utility["learning_rate"],
+        probe_batches=utility["probe_batches"],
+        seed=cfg.settings["seeds"][0],
+        train_mode=cfg.settings["model"]["train_mode"],
+    ).as_dict()
+
+
+def _grid_rows(
+    settings: list[Setting], results: list[tuple[dict, dict[str, np.ndarray]]], cfg: AuditConfig
+) -> list[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
+    """Best and worst reconstruction (by SSIM) of every setting, for the reconstruction grid."""
+    rows = []
+    for setting, (run, images) in zip(settings, results, strict=True):
+        ssim = np.asarray(run["per_image"]["ssim"])
+        name = (
+            textwrap.fill(f"B={setting.batch_size} {cfg.defenses[setting.defense].label}", 24) + f"\n{setting.attack}"
+        )
+        picks = [("best", int(np.argmax(ssim))), ("worst", int(np.argmin(ssim)))] if len(ssim) > 1 else [("", 0)]
+        for which, i in picks:
+            label = f"{name} {which}\nSSIM {ssim[i]:.3f}".replace("  ", " ")
+            rows.append((label, images["originals"][i], {"reconstruction": images["reconstructions"][i]}))
+    return rows
+
+
+def _git_commit() -> dict[str, Any] | None:
+    """The commit of the art-gifd checkout this code runs from (``None`` for an installed copy), and whether tracked
+    files differ from it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        lines = top.stdout.split()
+        if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
+            return None
+        head = lines[1]
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head, "dirty": bool(status.stdout.strip())}
+
+
+def _document(
+    cfg: AuditConfig,
+    runs: list[dict[str, Any]],
+    utility: list[dict[str, Any]],
+    resumed: list[str],
+    lpips: LPIPSMetric,
+) -> dict[str, Any]:
+    """The report document (schema ``art-gifd/audit/v1``): every number in it was measured by this audit."""
+    s = cfg.settings
+    thresholds = s["report"]
+    records = []
+    for run in runs:
+        rating = risk_rating(run["recognisable_share"], thresholds["high_share"], thresholds["medium_share"])
+        records.append({**run, "risk": rating})
+    order = {"low": 0, "medium": 1, "high": 2}
+    highest = max((r["risk"] for r in records), key=order.__getitem__)
+    defended = [d for d in cfg.defenses if d.defense is not None]
+    return {
+        "schema": SCHEMA,
+        "title": s["title"] or f"Gradient-leakage audit of {cfg.model.get('factory') or cfg.model.get('torchscript')}",
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": cfg.config_hash,
+        "scope": _scope(cfg),
+        "system": {
+            "model": {
+                **cfg.model,
+                "input_shape": s["model"]["input_shape"],
+                "num_classes": s["model"]["num_classes"],
+                "loss": s["model"]["loss"],
+                "clip_values": s["model"]["clip_values"],
+                "preprocessing": s["model"]["preprocessing"],
+                "train_mode": s["model"]["train_mode"],
+            },
+            "data": cfg.data,
+            "federated": s["federated"],
+            "defenses": [d.describe() for d in cfg.defenses],
+            "dp": [d.label for d in defended if d.describe()["epsilon"] is not None],
+        },
+        "attacks": {
+            "names": list(cfg.attacks),
+            "steps_per_stage": cfg.budget.steps_per_stage,
+            "stages": cfg.budget.stages,
+            "total_steps": cfg.budget.total_steps,
+            "restarts": cfg.budget.num_restarts,
+            "labels": s["attacks"]["labels"],
+            "params": s["attacks"]["params"],
+            "prior": cfg.prior_info,
+        },
+        "thresholds": thresholds,
+        "lpips": {"available": lpips.available, "reason": lpips.reason},
+        "settings": records,
+        "utility": utility,
+        "summary": {
+            "highest_risk": highest,
+            "counts": {level: sum(r["risk"] == level for r in records) for level in order},
+        },
+        "limitations": _limitations(cfg, lpips),
+        "reproducibility": {
+            "environment": environment(s["seeds"][0], cfg.device),
+            "seeds": s["seeds"],
+            "git": _git_commit(),
+            "config_hash": cfg.config_hash,
+            "config_file": str(cfg.source.resolve()) if cfg.source else None,
+            "resumed": resumed,
+        },
+        "config": s,
+    }
+
+
+def _scope(cfg: AuditConfig) -> dict[str, Any]:
+    """Threat model of the audit, in words."""
+    labels = cfg.settings["attacks"]["labels"]
+    knowledge = [
+        "the FL model's architecture and current weights (the model under audit)",
+        "the update one client shares after one FedSGD step on one private batch, after the client's defence",
+        "the client batch size",
+        "the labels of the private batch"
+        if labels == "known"
+        else "not the labels: they are inferred from the gradient",
+    ]
+    adaptive = [d.label for d in cfg.defenses if d.adaptive]
+    if adaptive:
+        knowledge.append(f"the defences {', '.join(adaptive)}, which it replays on its own dummy gradients (adaptive)")
+    if cfg.prior_info is not None:
+        knowledge.append(
+            f"a generative prior ('{cfg.prior_info['name']}') trained on public data: "
+            f"{cfg.prior_info.get('training_domain', 'unknown')}"
+        )
+    return {
+        "threat_model": (
+            "An honest-but-curious server (or anyone who sees the shared update) tries to reconstruct a client's "
+            "private images from the update it shares, without changing the model or the protocol."
+        ),
+        "attacker_knowledge": knowledge,
+        "labels": labels,
+        "prior": cfg.prior_info,
+        "data_domain": cfg.data,
+    }
+
+
+def _limitations(cfg: AuditConfig, lpips: LPIPSMetric) -> list[str]:
+    s = cfg.settings
+    n = len(cfg.x) * len(s["seeds"])
+    items = [
+        f"Only the attacks {', '.join(cfg.attacks)} were run, at {cfg.budget.total_steps} optimisation steps and "
+        f"{cfg.budget.num_restarts} restart(s) per reconstruction. A stronger attacker (more steps, a GPU budget, "
+        "another prior, a new attack) may reconstruct more: a low rating is not a proof of privacy.",
+        "One FedSGD step of one client batch is attacked. Several local steps (FedAvg), secure aggregation, and "
+        "updates observed over many rounds are not covered.",
+        "The server is honest-but-curious. A malicious server that modifies the model or its weights (for example to "
+        "plant trap neurons) can extract far more and is not tested.",
+        f"Each setting scores {n} reconstruction(s) ({len(cfg.x)} image(s) x {len(s['seeds'])} seed(s)): shares move "
+        f"in steps of 1/{n} and carry sampling uncertainty.",
+        f"A reconstruction counts as recognisable when its SSIM is at least {s['report']['recognisable_ssim']:g}: a "
+        "proxy for human recognition that can miss identifying details or count a blurry look-alike.",
+        "Differential-privacy (epsilon, delta) values come from Opacus' accountant for the declared sampling rate and "
+        "number of training steps; the audit does not check them against the deployment.",
+        f"Utility is measured by a short FedSGD run ({s['utility']['rounds']} rounds) on the audit data, not by the "
+        "production training.",
+        "The model is audited at its current weights; leakage changes as training goes on.",
+    ]
+    if not lpips.available:
+        items.append(f"LPIPS was not computed: {lpips.reason}")
+    return items

@@ -1,0 +1,160 @@
+"""
+What a benchmark job is built from: data, priors, defences and attack classes, from their configuration specs.
+
+Loaders are cached per process (a worker that runs many jobs loads a prior or an image folder once); every builder is
+deterministic, so a job stays a pure function of its configuration and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from art_gifd.defenses.base import Defense
+    from art_gifd.priors.base import LayeredGenerator
+
+#: Share of a folder data set (after a shuffle seeded with 0) held out: the attacked images and the utility test set.
+HOLDOUT_FRACTION = 0.2
+#: Number of classes of the embedded data sets (digits, Fashion-MNIST).
+EMBEDDED_CLASSES = 10
+#: Embedded data sets without a train / held-out split measure utility on another one of the same task.
+UTILITY_SOURCES = {"digits32": "mnist32"}
+
+
+def attack_class(name: str) -> type:
+    """The attack class that :func:`art_gifd.experiment.build_attack` builds for ``name``."""
+    from art_gifd import attacks
+
+    classes = {
+        "gifd": attacks.GIFDAttack,
+        "latent-only": attacks.GIFDAttack,
+        "pixel": attacks.InvertingGradientsAttack,
+        "dlg": attacks.DLGAttack,
+        "idlg": attacks.IDLGAttack,
+        "gi": attacks.GradInversionAttack,
+        "ggl": attacks.GGLAttack,
+        "gias": attacks.GIASAttack,
+    }
+    if name not in classes:
+        raise ValueError(f"Unknown attack '{name}': choose one of {', '.join(classes)}.")
+    return classes[name]
+
+
+def build_defense(kind: str, params: dict[str, Any]) -> Defense | None:
+    """
+    The client-side defence of a configuration grid point (``None`` for ``"none"``), built by
+    :func:`art_gifd.defenses.build_defense` (the audit's names and parameters) and cached per process (DP-SGD from a
+    target epsilon runs Opacus' noise search once).
+
+    :param kind: ``"none"`` or a name of :data:`art_gifd.defenses.registry.DEFENSES`.
+    :param params: Its constructor parameters.
+    :raises ValueError: For unknown or missing parameters and values the defence rejects, naming them.
+    """
+    return None if kind == "none" else _build_defense(kind, json.dumps(params, sort_keys=True))
+
+
+@lru_cache(maxsize=256)
+def _build_defense(kind: str, params_json: str) -> Defense:
+    from art_gifd.defenses import build_defense as build
+
+    with warnings.catch_warnings():  # Opacus' search for a target epsilon warns about its range of RDP orders
+        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
+        return build(kind, json.loads(params_json))
+
+
+def load_prior(spec: dict[str, Any], device: str) -> LayeredGenerator:
+    """
+    Load the generator of a ``[priors.<name>]`` spec on ``device`` (cached per process).
+
+    :raises FileNotFoundError: If its weights are missing (the message names the file).
+    :raises ValueError: If the weights do not fit the architecture.
+    """
+    return _load_prior(json.dumps(spec, sort_keys=True), device)
+
+
+@lru_cache(maxsize=4)
+def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
+    from art_gifd import priors
+    from art_gifd.priors.dcgan import load_state_dict_file, load_strict
+
+    spec = json.loads(spec_json)
+    kind = spec.pop("type")
+    if kind == "embedded":
+        return priors.load_default_prior(spec["name"], device=device)
+    if kind == "face-dcgan":
+        return priors.load_face_dcgan(spec.get("weights"), device=device)
+    if kind == "dcgan":
+        generator = priors.DCGANGenerator(
+            nz=spec["nz"],
+            ngf=spec["ngf"],
+            nc=spec["nc"],
+            image_size=spec["image_size"],
+            training_domain=spec.get("training_domain", "unknown"),
+        )
+        state = load_state_dict_file(spec["weights"], key=spec.get("key"), sha256=spec.get("sha256"))
+        load_strict(generator, state, f"'{spec['weights']}'")
+        return generator.to(device).freeze()
+    if kind == "stylegan2":
+        return priors.load_stylegan2(spec.pop("weights"), spec.pop("size"), device=device, **spec)
+    if kind == "biggan":
+        return priors.load_biggan(spec.pop("weights"), device=device, **spec)
+    raise ValueError(f"Unknown prior type '{kind}': choose one of embedded, face-dcgan, dcgan, stylegan2, biggan.")
+
+
+def load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """
+    The images a ``[[datasets]]`` spec draws from (before its offset and count), their labels and the class count.
+
+    :return: Images ``(N, C, H, W)`` float32 in ``[0, 1]``, labels ``(N,)`` int64, number of classes.
+    """
+    if spec["source"] == "folder":
+        train, heldout, classes = _folder_splits(spec["root"], spec["channels"])
+        if spec["split"] == "all":
+            return np.concatenate([train[0], heldout[0]]), np.concatenate([train[1], heldout[1]]), len(classes)
+        x, y = heldout if spec["split"] == "heldout" else train
+        return x, y, len(classes)
+    from art_gifd.data import load_dataset
+
+    x, y = load_dataset(spec["source"], spec["split"])
+    return x, y, EMBEDDED_CLASSES
+
+
+def utility_data(spec: dict[str, Any]) -> tuple[tuple[np.ndarray, ...], str]:
+    """
+    The ``data`` argument of :func:`~art_gifd.defenses.measure_utility` for a data set, and its description: the
+    FedSGD run trains on the data set's ``train`` split and tests on its ``heldout`` one (a folder: its train and
+    held-out parts; ``digits32``, which has no split: the ``mnist32`` ones, the same digit task).
+    """
+    from art_gifd.data import load_dataset
+
+    if spec["source"] == "folder":
+        (x_train, y_train), (x_test, y_test), _ = _folder_splits(spec["root"], spec["channels"])
+        return (x_train, y_train, x_test, y_test), f"folder {spec['root']}: train / held-out parts"
+    source = UTILITY_SOURCES.get(spec["source"], spec["source"])
+    return (*load_dataset(source, "train"), *load_dataset(source, "heldout")), f"{source} train / heldout"
+
+
+def utility_source(spec: dict[str, Any]) -> dict[str, Any] | str:
+    """What the utility data of a data set depend on (part of the key under which utilities are shared)."""
+    if spec["source"] == "folder":
+        return {k: spec[k] for k in ("root", "channels")}
+    return UTILITY_SOURCES.get(spec["source"], spec["source"])
+
+
+@lru_cache(maxsize=2)
+def _folder_splits(root: str, channels: int) -> tuple[tuple, tuple, list]:
+    """A folder's images split (seeded) into a train part and a held-out part of :data:`HOLDOUT_FRACTION`."""
+    from art_gifd.data import load_image_folder
+
+    x, y, classes = load_image_folder(root, channels)
+    order = np.random.default_rng(0).permutation(len(x))
+    held = max(1, round(HOLDOUT_FRACTION * len(x)))
+    if held >= len(x):
+        raise ValueError(f"Image folder '{root}' has {len(x)} image(s): it needs at least 2 (train and held out).")
+    train, heldout = order[:-held], order[-held:]
+    return (x[train], y[train]), (x[heldout], y[heldout]), classes

@@ -1,0 +1,185 @@
+"""
+Where benchmark jobs run: in this process, in a local process pool, or as Ray tasks on a local or remote cluster.
+
+The driver (:func:`~art_gifd.bench.runner.run_benchmark`) keeps at most :attr:`Executor.slots` jobs in flight, waits
+for any of them to finish and writes its line itself, so results files are only ever written by one process.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures as cf
+import multiprocessing
+from typing import Any
+
+from art_gifd.bench.grid import Job
+from art_gifd.bench.runner import JobOutcome, run_job
+
+
+class ExecutorFailure(RuntimeError):
+    """The executor itself broke (e.g. a pool worker was killed); the run stops and a rerun resumes it."""
+
+
+class Executor(abc.ABC):
+    """Runs :func:`~art_gifd.bench.runner.run_job` calls and reports them as they finish."""
+
+    #: How many jobs the driver keeps in flight.
+    slots: int = 1
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Acquire the workers (called once, before the first :meth:`submit`)."""
+
+    @abc.abstractmethod
+    def submit(self, job: Job, utility: dict[str, Any] | None) -> Any:
+        """Start ``run_job(job, utility)`` and return a handle."""
+
+    @abc.abstractmethod
+    def wait(self, handles: list[Any]) -> list[Any]:
+        """Block until at least one of ``handles`` has finished; return the finished ones."""
+
+    @abc.abstractmethod
+    def result(self, handle: Any) -> JobOutcome:
+        """The outcome of a finished handle (raises if the executor lost the job)."""
+
+    @abc.abstractmethod
+    def cancel(self, handles: list[Any]) -> None:
+        """Drop unfinished jobs (after Ctrl-C)."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Release the workers."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What is recorded about the executor in the results file."""
+
+
+class LocalExecutor(Executor):
+    """
+    Jobs on this machine: one after the other in this process (``workers=1``, the default), or in a pool of
+    ``workers`` processes (each job uses its configured number of CPU threads).
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        """
+        :param workers: Number of jobs run at the same time; above 1, each in its own process.
+        :raises ValueError: If ``workers`` is not a positive integer.
+        """
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}.")
+        self.workers = workers
+        self.slots = workers
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        if self.workers > 1:
+            # spawn: fresh interpreters, no fork of a process that already runs torch threads
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, job: Job, utility: dict[str, Any] | None) -> cf.Future:
+        if self._pool is not None:
+            return self._pool.submit(run_job, job, utility)
+        future: cf.Future = cf.Future()
+        future.set_result(run_job(job, utility))
+        return future
+
+    def wait(self, handles: list[cf.Future]) -> list[cf.Future]:
+        done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+        return [h for h in handles if h in done]
+
+    def result(self, handle: cf.Future) -> JobOutcome:
+        try:
+            return handle.result()
+        except cf.process.BrokenProcessPool as exc:
+            raise ExecutorFailure(
+                f"a worker process died ({exc}); possibly out of memory. Rerun to resume the unfinished jobs."
+            ) from exc
+
+    def cancel(self, handles: list[cf.Future]) -> None:
+        for handle in handles:
+            handle.cancel()
+        if self._pool is not None:
+            # Stop the jobs that are running too (ProcessPoolExecutor has no public way to do so).
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "local", "workers": self.workers}
+
+
+def import_ray() -> Any:
+    """Import Ray, or raise an ``ImportError`` that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(
+            "The Ray executor needs Ray, an optional dependency: pip install 'art-gifd[distributed]'."
+        ) from None
+    return ray
+
+
+class RayExecutor(Executor):
+    """
+    Jobs as Ray tasks, each requesting the job's ``cpus`` and ``gpus`` (the configuration's ``[resources]``).
+
+    Without ``address`` a local Ray is started on demand (and stopped at the end); with ``address`` (``"auto"``,
+    ``"host:6379"`` or ``"ray://host:10001"``) the jobs go to that existing cluster, whose nodes must have art-gifd
+    installed and the data and weights paths of the configuration.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+        """
+        :param address: Address of an existing cluster; ``None`` starts a local one.
+        :param num_cpus: CPUs of the local Ray (default: all); not allowed with ``address``.
+        :param num_gpus: GPUs of the local Ray (default: all detected); not allowed with ``address``.
+        :raises ValueError: If ``num_cpus`` / ``num_gpus`` are given with ``address``.
+        """
+        if address is not None and (num_cpus is not None or num_gpus is not None):
+            raise ValueError("num_cpus and num_gpus size a local Ray: leave them out when connecting to an address.")
+        self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
+        self._ray: Any = None
+        self._remote: Any = None
+        self._owns_ray = False
+
+    def start(self) -> None:
+        ray = self._ray = import_ray()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False, "log_to_driver": False}
+            if self.address is None:
+                kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+            ray.init(**kwargs)
+            self._owns_ray = True
+        self._remote = ray.remote(run_job)
+        total = ray.cluster_resources()
+        self.slots = max(1, int(total.get("CPU", 1)))
+
+    def submit(self, job: Job, utility: dict[str, Any] | None) -> Any:
+        options = {"num_cpus": job.resources["cpus"], "num_gpus": job.resources["gpus"], "max_retries": 0}
+        return self._remote.options(**options).remote(job, utility)
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        done, _ = self._ray.wait(handles, num_returns=1)
+        return done
+
+    def result(self, handle: Any) -> JobOutcome:
+        return self._ray.get(handle)
+
+    def cancel(self, handles: list[Any]) -> None:
+        for handle in handles:
+            self._ray.cancel(handle, force=True)
+
+    def shutdown(self) -> None:
+        if self._owns_ray:
+            self._ray.shutdown()
+            self._owns_ray = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "ray", "address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}

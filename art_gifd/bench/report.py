@@ -1,0 +1,387 @@
+"""
+Aggregate a benchmark results file into tables and figures (``art-gifd bench-report RESULTS.jsonl``).
+
+Jobs that differ only by their seed form one *setting*. Per setting: PSNR, SSIM and LPIPS as mean ± standard deviation
+over every attacked image of every seed (population std, the images pooled), label accuracy and the utility's test
+accuracy and gradient cosine as mean ± std over the seeds' jobs, the defence's (epsilon, delta), and the job count.
+
+Written into the output folder: ``tables.md`` (a PSNR table attacks × defences per data set / model / batch size, then
+every setting with every metric, then the failed jobs), ``tables.json`` (the same numbers), and ``figures/``:
+leakage vs defence strength per defence (one line per attack), privacy–utility (leakage vs test accuracy, and vs
+epsilon for DP-SGD), and reconstruction grids (original | each attack, one row per defence setting).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from art_gifd.bench.config import canonical_json
+from art_gifd.bench.grid import defense_label
+from art_gifd.bench.runner import ResultsFile
+from art_gifd.experiment import write_json_atomic
+
+REPORT_SCHEMA = "art-gifd/bench-report/v1"
+METRICS = ("psnr", "ssim", "lpips")
+METRIC_NAMES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
+#: Rows of a reconstruction grid at most (one per defence setting).
+MAX_GRID_ROWS = 16
+
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    data = [float(v) for v in values if v is not None]
+    if not data:
+        return None, None
+    return float(np.mean(data)), float(np.std(data))
+
+
+def aggregate(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """
+    Group job records into settings (the job configuration without its seed) and summarise each.
+
+    :param records: The latest record of every job (``status`` ``ok`` or ``error``), in file order.
+    :return: ``(rows, errors)``: one row per setting that has at least one successful job, in order of first
+             appearance, and one entry per failed job.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    errors = []
+    for record in records:
+        if record["status"] != "ok":
+            error = record["error"]
+            errors.append({"job_id": record["job_id"], "label": record["label"], **error})
+            continue
+        setting = {k: v for k, v in record["config"].items() if k != "seed"}
+        groups.setdefault(canonical_json(setting), []).append(record)
+    return [_row(jobs) for jobs in groups.values()], errors
+
+
+def _row(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    config = jobs[0]["config"]
+    defense = config["defense"]
+    row: dict[str, Any] = {
+        "dataset": config["dataset"]["name"],
+        "model": config["model"],
+        "batch_size": config["batch_size"],
+        "attack": config["attack"]["label"],
+        "attack_name": config["attack"]["name"],
+        "defense": defense["name"],
+        "defense_type": defense["type"],
+        "defense_label": defense_label(defense),
+        "grid": defense["grid"],
+        "strength": defense["strength"],
+        "adaptive": bool(jobs[0]["defense"].get("adaptive")) if isinstance(jobs[0]["defense"], dict) else False,
+        "epsilon": jobs[0].get("epsilon"),
+        "delta": jobs[0].get("delta"),
+        "seeds": sorted(j["config"]["seed"] for j in jobs),
+        "num_images": sum(len(j["result"]["per_image"]["psnr"]) for j in jobs),
+        "job_ids": [j["job_id"] for j in jobs],
+    }
+    for metric in METRICS:
+        values = [v for j in jobs for v in (j["result"]["per_image"][metric] or [])]
+        row[metric], row[f"{metric}_std"] = _mean_std(values)
+    reasons = {j["result"].get("lpips_unavailable_reason") for j in jobs} - {None}
+    row["lpips_unavailable_reason"] = sorted(reasons)[0] if reasons else None
+    row["label_accuracy"], row["label_accuracy_std"] = _mean_std(j["result"]["label_accuracy"] for j in jobs)
+    utilities = [j["utility"] for j in jobs if j.get("utility")]
+    row["accuracy"], row["accuracy_std"] = _mean_std(u["accuracy"] for u in utilities)
+    row["gradient_cosine"], row["gradient_cosine_std"] = _mean_std(u["gradient_cosine"] for u in utilities)
+    row["seconds"], _ = _mean_std(j["seconds"] for j in jobs)
+    return row
+
+
+def _cell(mean: float | None, std: float | None, digits: int) -> str:
+    return "n/a" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _case_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return row["dataset"], row["model"], row["batch_size"]
+
+
+def _epsilon(row: dict[str, Any]) -> str:
+    return "–" if row["epsilon"] is None else f"{row['epsilon']:.3g} ({row['delta']:g})"
+
+
+def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> str:
+    """The Markdown tables of a report."""
+    lines = [f"# Benchmark report: {title}", ""]
+    for run in runs:
+        lines.append(
+            f"- run {run.get('date')}: `{run.get('command')}`, git commit `{run.get('git_commit')}`"
+            f"{' (uncommitted changes)' if run.get('git_dirty') else ''}, device {run.get('device')}, "
+            f"config hash `{str(run.get('config_hash'))[:12]}`, executor {run.get('executor', {}).get('name')}"
+        )
+    lines += [
+        "",
+        "Leakage: mean ± std over every attacked image of every seed "
+        "(higher PSNR/SSIM and lower LPIPS = more leakage). "
+        "Accuracy: test accuracy after the utility's short FedSGD run under the defence, mean ± std over seeds.",
+    ]
+    for case in dict.fromkeys(_case_key(r) for r in rows):
+        selected = [r for r in rows if _case_key(r) == case]
+        attacks = list(dict.fromkeys(r["attack"] for r in selected))
+        settings = list(dict.fromkeys(r["defense_label"] for r in selected))
+        lines += [
+            "",
+            f"## {case[0]} / {case[1]} / batch {case[2]}: PSNR (dB)",
+            "",
+            "| defence | ε (δ) | accuracy | " + " | ".join(attacks) + " |",
+            "|---|---|---|" + "---|" * len(attacks),
+        ]
+        for setting in settings:
+            cells = {r["attack"]: r for r in selected if r["defense_label"] == setting}
+            first = next(iter(cells.values()))
+            lines.append(
+                f"| {setting} | {_epsilon(first)} | {_cell(first['accuracy'], first['accuracy_std'], 3)} | "
+                + " | ".join(_cell(cells[a]["psnr"], cells[a]["psnr_std"], 2) if a in cells else "–" for a in attacks)
+                + " |"
+            )
+    lines += [
+        "",
+        "## Every setting",
+        "",
+        "| data | model | B | defence | ε (δ) | attack | PSNR (dB) | SSIM | LPIPS | labels | accuracy | grad cos | "
+        "images | seeds | s/job |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['batch_size']} | {r['defense_label']} | {_epsilon(r)} | "
+            f"{r['attack']} | {_cell(r['psnr'], r['psnr_std'], 2)} | {_cell(r['ssim'], r['ssim_std'], 3)} | "
+            f"{_cell(r['lpips'], r['lpips_std'], 3)} | {_cell(r['label_accuracy'], r['label_accuracy_std'], 2)} | "
+            f"{_cell(r['accuracy'], r['accuracy_std'], 3)} | "
+            f"{_cell(r['gradient_cosine'], r['gradient_cosine_std'], 3)} | {r['num_images']} | {len(r['seeds'])} | "
+            f"{r['seconds']:.1f} |"
+        )
+    reasons = sorted({r["lpips_unavailable_reason"] for r in rows if r["lpips_unavailable_reason"]})
+    lines += [""] + [f"LPIPS n/a: {reason}" for reason in reasons]
+    if errors:
+        lines += ["", "## Failed jobs", "", "| job | error |", "|---|---|"]
+        lines += [f"| {e['label']} | {e['type']}: {_one_line(e['message'])} |" for e in errors]
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_report(results: str | Path, out: str | Path | None = None) -> list[Path]:
+    """
+    Write the tables and figures of a results file.
+
+    :param results: The JSON-lines results file of ``art-gifd bench``.
+    :param out: Output folder (default: ``<results stem>-report`` beside the file).
+    :return: The files written.
+    :raises FileNotFoundError: If the results file does not exist.
+    :raises ValueError: If it holds no job.
+    """
+    store = ResultsFile(results)
+    if not store.path.is_file():
+        raise FileNotFoundError(f"Results file '{store.path}' not found.")
+    runs, jobs = store.read()
+    records = list({r["job_id"]: r for r in jobs}.values())
+    if not records:
+        raise ValueError(f"'{store.path}' holds no finished job yet.")
+    rows, errors = aggregate(records)
+    out = Path(out) if out is not None else store.path.with_name(store.path.stem + "-report")
+    out.mkdir(parents=True, exist_ok=True)
+    title = runs[-1]["config"]["name"] if runs else store.path.stem
+    document = {
+        "schema": REPORT_SCHEMA,
+        "results": str(store.path),
+        "runs": [{k: v for k, v in run.items() if k not in ("config", "environment")} for run in runs],
+        "environment": runs[-1].get("environment") if runs else None,
+        "rows": rows,
+        "errors": errors,
+    }
+    written = [out / "tables.json", out / "tables.md"]
+    write_json_atomic(written[0], document)
+    _write_text_atomic(written[1], markdown(rows, errors, runs, title))
+    figures = out / "figures"
+    for case in dict.fromkeys(_case_key(r) for r in rows):
+        selected = [r for r in rows if _case_key(r) == case]
+        tag = _slug("_".join(map(str, case)))
+        written += leakage_figures(selected, figures, tag)
+        written += privacy_utility_figures(selected, figures, tag)
+        grid = reconstruction_figure(selected, store, figures / f"reconstructions_{tag}.png")
+        written += [grid] if grid else []
+    return written
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series_name(row: dict[str, Any]) -> str:
+    return row["attack"] + (" (adaptive)" if row["adaptive"] else "")
+
+
+def _x_value(row: dict[str, Any]) -> float | None:
+    """Strength of a grid point on the figure's x axis: epsilon for DP-SGD from a target epsilon."""
+    if row["grid"] == "epsilon" and row["epsilon"] is not None:
+        return float(row["epsilon"])
+    return float(row["strength"]) if isinstance(row["strength"], int | float) else None
+
+
+def _log_scale(values: list[float]) -> bool:
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) >= 20
+
+
+def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[Path]:
+    """
+    One figure per defence with a strength grid: PSNR, SSIM and LPIPS (panels) vs strength, one line per attack, the
+    undefended value as a dotted line of the same colour.
+    """
+    plt = _pyplot()
+    baseline = {r["attack"]: r for r in rows if r["defense_type"] == "none"}
+    metrics = [m for m in METRICS if any(r[m] is not None for r in rows)]
+    written = []
+    for defense in dict.fromkeys(r["defense"] for r in rows if r["grid"] is not None):
+        selected = [r for r in rows if r["defense"] == defense and _x_value(r) is not None]
+        if not selected:
+            continue
+        grid = "epsilon" if selected[0]["grid"] == "epsilon" else selected[0]["grid"]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            for index, series in enumerate(dict.fromkeys(_series_name(r) for r in selected)):
+                points = sorted((_x_value(r), r) for r in selected if _series_name(r) == series)
+                points = [(x, r) for x, r in points if r[metric] is not None]
+                if not points:
+                    continue
+                color = f"C{index}"
+                ax.errorbar(
+                    [x for x, _ in points],
+                    [r[metric] for _, r in points],
+                    yerr=[r[f"{metric}_std"] for _, r in points],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                    label=series,
+                )
+                reference = baseline.get(points[0][1]["attack"])
+                if reference is not None and reference[metric] is not None:
+                    ax.axhline(reference[metric], color=color, linestyle=":", linewidth=1)
+            if _log_scale([_x_value(r) for r in selected]):
+                ax.set_xscale("log")
+            ax.set_xlabel(grid)
+            ax.set_ylabel(METRIC_NAMES[metric])
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{tag}: leakage vs {defense} strength (dotted: no defence)", fontsize=9)
+        fig.tight_layout()
+        written.append(_save(fig, folder / f"leakage_{tag}_{_slug(defense)}.png"))
+    return written
+
+
+def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[Path]:
+    """
+    Privacy–utility: PSNR vs the utility's test accuracy (every defence setting, one marker series per attack), and
+    PSNR and accuracy vs epsilon for DP-SGD settings.
+    """
+    plt = _pyplot()
+    written = []
+    with_utility = [r for r in rows if r["accuracy"] is not None]
+    if with_utility:
+        fig, ax = plt.subplots(figsize=(5.6, 4.2))
+        for index, series in enumerate(dict.fromkeys(_series_name(r) for r in with_utility)):
+            points = [r for r in with_utility if _series_name(r) == series]
+            ax.errorbar(
+                [r["accuracy"] for r in points],
+                [r["psnr"] for r in points],
+                xerr=[r["accuracy_std"] for r in points],
+                yerr=[r["psnr_std"] for r in points],
+                fmt="o",
+                capsize=2,
+                color=f"C{index}",
+                label=series,
+            )
+            for r in points:
+                ax.annotate(r["defense_label"], (r["accuracy"], r["psnr"]), fontsize=5, alpha=0.7)
+        ax.set_xlabel("test accuracy after FedSGD under the defence")
+        ax.set_ylabel("PSNR (dB) of the reconstruction")
+        ax.set_title(f"{tag}: privacy–utility", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, folder / f"privacy_utility_{tag}.png"))
+    private = [r for r in rows if r["epsilon"] is not None]
+    if private:
+        fig, ax = plt.subplots(figsize=(5.6, 4.2))
+        for index, series in enumerate(dict.fromkeys(_series_name(r) for r in private)):
+            points = sorted((r for r in private if _series_name(r) == series), key=lambda r: r["epsilon"])
+            ax.errorbar(
+                [r["epsilon"] for r in points],
+                [r["psnr"] for r in points],
+                yerr=[r["psnr_std"] for r in points],
+                marker="o",
+                capsize=3,
+                color=f"C{index}",
+                label=series,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("epsilon (DP-SGD)")
+        ax.set_ylabel("PSNR (dB)")
+        accuracy = sorted({(r["epsilon"], r["accuracy"]) for r in private if r["accuracy"] is not None})
+        if accuracy:
+            twin = ax.twinx()
+            twin.plot([e for e, _ in accuracy], [a for _, a in accuracy], "k--", marker="s", label="accuracy")
+            twin.set_ylabel("test accuracy (dashed)")
+        ax.set_title(f"{tag}: leakage and accuracy vs epsilon", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, folder / f"dp_epsilon_{tag}.png"))
+    return written
+
+
+def reconstruction_figure(rows: list[dict[str, Any]], store: ResultsFile, path: Path) -> Path | None:
+    """
+    Originals and every attack's reconstruction of the first image of the first seed, one row per defence setting
+    (at most :data:`MAX_GRID_ROWS`); ``None`` if no reconstructions were saved.
+    """
+    from art_gifd.report.figures import reconstruction_grid
+
+    grid_rows: dict[str, tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
+    for row in rows:
+        images = store.load_images(row["job_ids"][0])
+        if images is None:
+            continue
+        originals, reconstructions = images
+        label = row["defense_label"]
+        if label not in grid_rows:
+            if len(grid_rows) == MAX_GRID_ROWS:
+                continue
+            grid_rows[label] = (label, originals[0], {})
+        grid_rows[label][2][row["attack"]] = reconstructions[0]
+    if not grid_rows:
+        return None
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    return reconstruction_grid(list(grid_rows.values()), attacks, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

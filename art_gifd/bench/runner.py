@@ -1,0 +1,511 @@
+"""
+Run benchmark jobs and keep their results in an append-only JSON-lines file that survives crashes.
+
+Every finished job appends one line (written in one call, flushed and fsynced), so a job is either entirely in the
+file or not at all; a line torn by a crash during the write is discarded when the file is opened again. A rerun
+skips the jobs already in the file, so killing a run at any moment and starting it again loses and duplicates
+nothing. A job that raises is recorded as an error line (exception and traceback summary) and the grid goes on.
+
+Line types (``schema`` ``art-gifd/bench/v1``):
+
+- ``{"type": "run", ...}``: one per invocation: command, git commit, date, device, configuration and its hash.
+- ``{"type": "job", "status": "ok", ...}``: the job's configuration, the attack's scores (``result``: PSNR, SSIM,
+  LPIPS means and per-image values, label accuracy, steps, chosen stages), the defence with its (epsilon, delta),
+  the utility (:func:`~art_gifd.defenses.measure_utility`), seconds, device and threads.
+- ``{"type": "job", "status": "error", ...}``: the job's configuration and the error.
+
+Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.npz`` before the job's line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from art_gifd.bench.config import BenchConfig
+from art_gifd.bench.grid import Job, expand_grid
+
+if TYPE_CHECKING:
+    from art_gifd.bench.executors import Executor
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "art-gifd/bench/v1"
+#: Frames kept in the traceback summary of a failed job.
+TRACEBACK_FRAMES = 8
+
+
+@dataclass
+class JobOutcome:
+    """What running a job returns: its results line and, when it succeeded, the images for figures."""
+
+    record: dict[str, Any]
+    originals: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
+
+
+def run_job(job: Job, utility: dict[str, Any] | None = None) -> JobOutcome:
+    """
+    Run one job: a pure function of its configuration and seed (same configuration, seed and device → same numbers).
+
+    Exceptions of the job are caught and returned as an error record, so an executor never loses a failure.
+
+    :param job: The job.
+    :param utility: Its utility measurement if already known (jobs with the same ``utility_key`` share it);
+                    ``None`` measures it.
+    :return: The outcome, ``record["status"]`` ``"ok"`` or ``"error"``.
+    """
+    import torch
+
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(int(job.resources["cpus"]))
+        return _execute(job, utility, start)
+    except Exception as exc:  # recorded, not raised: the grid goes on
+        logger.warning("job %s failed: %s: %s", job.label, type(exc).__name__, exc)
+        return JobOutcome(error_record(job, exc, time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutcome:
+    import torch
+
+    from art_gifd.bench.components import build_defense, load_images, load_prior, utility_data
+    from art_gifd.defenses import measure_utility
+    from art_gifd.experiment import Budget, Case, Experiment, run_experiment
+    from art_gifd.models import build_model, make_classifier
+
+    cfg = job.config
+    seed, device = cfg["seed"], cfg["device"]
+    dataset, attack, defense_spec = cfg["dataset"], cfg["attack"], cfg["defense"]
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    x, y, num_classes = load_images(dataset)
+    defense = build_defense(defense_spec["type"], defense_spec["params"])
+    prior_name = cfg["prior"]["name"] if cfg["prior"] else None
+    case = Case(
+        cfg["model"],
+        dataset["name"],
+        cfg["batch_size"],
+        dataset["num_images"],
+        split=dataset["split"],
+        offset=dataset["offset"],
+        defense=defense,
+        adaptive=defense_spec["adaptive"],
+        data=(x, y),
+        num_classes=num_classes,
+    )
+    experiment = Experiment(
+        [case],
+        (attack["name"],),
+        Budget(**attack["budget"]),
+        seed=seed,
+        device=device,
+        verbose=False,
+        attack_params={attack["name"]: attack["params"]},
+    )
+    batches: list[tuple[np.ndarray, np.ndarray]] = []
+    prior = load_prior(cfg["prior"]["spec"], device) if cfg["prior"] else None
+    result = run_experiment(experiment, prior, prior_name, on_batch=lambda c, a, xs, rs: batches.append((xs, rs)))[0]
+    if cfg["utility"] is not None and utility is None:
+        model = build_model(cfg["model"], x.shape[1], x.shape[-1], num_classes, seed=seed)
+        estimator = make_classifier(model, x.shape[1:], nb_classes=num_classes, device=device)
+        data, description = utility_data(dataset)
+        measured = measure_utility(defense, estimator, data=data, seed=seed, **cfg["utility"])
+        utility = {**measured.as_dict(), "data": description}
+    described = result["defense"]
+    record = {
+        **_job_fields(job),
+        "status": "ok",
+        "result": result,
+        "defense": described,
+        "epsilon": described.get("epsilon") if isinstance(described, dict) else None,
+        "delta": described.get("delta") if isinstance(described, dict) else None,
+        "utility_key": job.utility_key,
+        "utility": utility,
+        "seconds": time.perf_counter() - start,
+        **_where(job),
+    }
+    originals = np.concatenate([xs for xs, _ in batches])
+    reconstructions = np.concatenate([rs for _, rs in batches])
+    return JobOutcome(record, originals, reconstructions)
+
+
+def _job_fields(job: Job) -> dict[str, Any]:
+    return {"type": "job", "schema": SCHEMA, "job_id": job.job_id, "label": job.label, "config": job.config}
+
+
+def _where(job: Job) -> dict[str, Any]:
+    return {
+        "device": job.config["device"],
+        "threads": int(job.resources["cpus"]),
+        "host": platform.node(),
+        "finished": _now(),
+    }
+
+
+def error_record(job: Job, exc: BaseException, seconds: float | None = None) -> dict[str, Any]:
+    """
+    The results line of a failed job: exception type, message and the last frames of its traceback.
+
+    :param job: The job.
+    :param exc: What it raised.
+    :param seconds: How long it ran, if known.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)[-TRACEBACK_FRAMES:]
+    return {
+        **_job_fields(job),
+        "status": "error",
+        "error": {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": [f"{Path(f.filename).name}:{f.lineno} in {f.name}: {f.line or ''}".strip() for f in frames],
+        },
+        "seconds": seconds,
+        **_where(job),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------------- results file
+
+
+class ResultsFile:
+    """An append-only JSON-lines results file (see the module documentation)."""
+
+    def __init__(self, path: str | Path) -> None:
+        """
+        :param path: The ``.jsonl`` file (created with its folder on the first append).
+        """
+        self.path = Path(path)
+        self.recon_dir = self.path.with_name(self.path.stem + ".recon")
+
+    def read(self, repair: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """
+        Read the run headers and job records, in file order.
+
+        :param repair: Truncate a torn last line (an interrupted write) from the file, so that appends start on a
+                       fresh line; otherwise it is only skipped.
+        :return: ``(runs, jobs)``.
+        """
+        if not self.path.exists():
+            return [], []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            logger.warning(
+                "%s: discarding a torn last line (%d bytes) left by an interrupted write",
+                self.path,
+                len(data) - len(complete),
+            )
+            if repair:
+                with self.path.open("r+b") as handle:
+                    handle.truncate(len(complete))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        runs, jobs = [], []
+        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s:%d: skipping a line that is not JSON", self.path, number)
+                continue
+            (runs if record.get("type") == "run" else jobs).append(record)
+        return runs, jobs
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The last record of every job id (a job rerun with ``retry_errors`` supersedes its error line)."""
+        return {record["job_id"]: record for record in self.read()[1]}
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record as a single line, flushed and fsynced before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
+        with self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def save_images(self, job_id: str, originals: np.ndarray, reconstructions: np.ndarray) -> Path:
+        """Write a job's originals and reconstructions (8-bit) atomically; return the file."""
+        self.recon_dir.mkdir(parents=True, exist_ok=True)
+        path = self.recon_dir / f"{job_id}.npz"
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, originals=_to_uint8(originals), reconstructions=_to_uint8(reconstructions))
+        fd, tmp = tempfile.mkstemp(dir=self.recon_dir, prefix=f".{job_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getvalue())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load_images(self, job_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A job's ``(originals, reconstructions)`` as float arrays in ``[0, 1]``, or ``None`` if not saved."""
+        path = self.recon_dir / f"{job_id}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return data["originals"] / np.float32(255), data["reconstructions"] / np.float32(255)
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------- driver
+
+
+@dataclass
+class BenchSummary:
+    """What a call of :func:`run_benchmark` did."""
+
+    results: Path
+    total: int
+    already_done: int
+    ok: int = 0
+    errors: int = 0
+    interrupted: bool = False
+    failed_labels: list[str] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        """Jobs still to run (after an interruption)."""
+        return self.total - self.already_done - self.ok - self.errors
+
+
+def run_benchmark(
+    config: BenchConfig,
+    results: str | Path,
+    executor: Executor | None = None,
+    retry_errors: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    check_inputs: bool = True,
+) -> BenchSummary:
+    """
+    Run the jobs of ``config`` that ``results`` does not hold yet and append their lines to it.
+
+    Ctrl-C (SIGINT) stops cleanly: no partial line is written, unfinished jobs are dropped, and a rerun resumes.
+
+    :param config: The validated configuration.
+    :param results: The JSON-lines results file (created if missing, resumed if present).
+    :param executor: Where jobs run (default: :class:`~art_gifd.bench.executors.LocalExecutor`, sequential).
+    :param retry_errors: Run again the jobs whose last line is an error.
+    :param progress: Show a progress bar.
+    :param command: The command line recorded in the run header.
+    :param check_inputs: Load every data set and prior once before the first job, to fail early (with the
+                         configuration line) on missing files and shape mismatches.
+    :return: Counts of what was done.
+    :raises ConfigError: If ``check_inputs`` finds a problem.
+    """
+    from art_gifd.bench.executors import ExecutorFailure, LocalExecutor
+
+    executor = executor if executor is not None else LocalExecutor()
+    store = ResultsFile(results)
+    _, previous = store.read(repair=True)
+    latest = {record["job_id"]: record for record in previous}
+    done = {k for k, r in latest.items() if r["status"] == "ok" or not retry_errors}
+    utilities = {r["utility_key"]: r["utility"] for r in previous if r["status"] == "ok" and r.get("utility")}
+    jobs = expand_grid(config)
+    todo = [job for job in jobs if job.job_id not in done]
+    summary = BenchSummary(store.path, len(jobs), len(jobs) - len(todo))
+    if not todo:
+        return summary
+    if check_inputs:
+        check_job_inputs(config, todo)
+    executor.start()
+    bar = tqdm(total=len(todo), desc=config.name, unit="job", disable=not progress)
+    pending: dict[Any, Job] = {}
+    queue = list(reversed(todo))
+    try:
+        store.append(_run_header(config, executor, command, summary))
+        while queue or pending:
+            while queue and len(pending) < executor.slots:
+                job = queue.pop()
+                pending[executor.submit(job, utilities.get(job.utility_key))] = job
+            for handle in executor.wait(list(pending)):
+                job = pending.pop(handle)
+                try:
+                    outcome = executor.result(handle)
+                except ExecutorFailure:
+                    raise
+                except Exception as exc:  # the executor lost the job (e.g. a Ray worker died): record it
+                    outcome = JobOutcome(error_record(job, exc))
+                _store(store, outcome, summary, utilities)
+                bar.update(1)
+                bar.set_postfix(ok=summary.ok, errors=summary.errors)
+                if outcome.record["status"] == "error":
+                    bar.write(
+                        f"error in {job.label}: {outcome.record['error']['type']}: {outcome.record['error']['message']}"
+                    )
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        executor.cancel(list(pending))
+    finally:
+        bar.close()
+        try:
+            executor.shutdown()
+        except KeyboardInterrupt:  # Ctrl-C while the workers wind down: stop them now
+            executor.cancel([])
+            summary.interrupted |= summary.remaining > 0
+    return summary
+
+
+def _store(store: ResultsFile, outcome: JobOutcome, summary: BenchSummary, utilities: dict[str, Any]) -> None:
+    record = outcome.record
+    if record["status"] == "ok":
+        if outcome.originals is not None:
+            path = store.save_images(record["job_id"], outcome.originals, outcome.reconstructions)
+            record["reconstructions"] = f"{path.parent.name}/{path.name}"
+        if record.get("utility"):
+            utilities[record["utility_key"]] = record["utility"]
+        summary.ok += 1
+    else:
+        summary.errors += 1
+        summary.failed_labels.append(record["label"])
+    store.append(record)
+
+
+def _run_header(config: BenchConfig, executor: Executor, command: str | None, summary: BenchSummary) -> dict:
+    from art_gifd.experiment import environment
+
+    commit, dirty = git_state()
+    return {
+        "type": "run",
+        "schema": SCHEMA,
+        "command": command,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "date": _now(),
+        "device": config.device,
+        "config_source": config.source,
+        "config_hash": config.config_hash,
+        "config": config.as_dict(),
+        "executor": executor.describe(),
+        "environment": {**environment(config.seeds[0], config.device), "seed": config.seeds},
+        "jobs_total": summary.total,
+        "jobs_already_done": summary.already_done,
+    }
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """The commit of the repository this package runs from and whether it has uncommitted changes (``None`` if not a
+    git checkout or git is missing)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, bool(status.strip())
+
+
+def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
+    """
+    Check the device, and load every data set, prior and model the jobs use once and check that they fit together.
+
+    :raises ConfigError: Naming the configuration key (and line) of an unusable device, a missing file, a data set
+                         with too few images, a prior whose images do not have the data set's shape, or a model that
+                         cannot be built.
+    """
+    import torch
+
+    from art_gifd.bench.components import load_images, load_prior
+    from art_gifd.models import build_model
+
+    try:
+        device = torch.device(config.device)
+    except RuntimeError as exc:
+        raise config.error(("device",), f"not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise config.error(
+            ("device",),
+            'CUDA is not available here: set device = "cpu", run on a GPU machine, or skip these checks '
+            "(--skip-checks) when the jobs go to Ray workers that have GPUs",
+        )
+    datasets = {d["name"]: i for i, d in enumerate(config.datasets)}
+    attacks = {a["label"]: i for i, a in enumerate(config.attacks)}
+    shapes: dict[str, tuple[tuple[int, ...], int]] = {}
+    for name in dict.fromkeys(job.config["dataset"]["name"] for job in jobs):
+        spec = config.datasets[datasets[name]]
+        try:
+            x, _, num_classes = load_images(spec)
+        except (OSError, ValueError) as exc:
+            raise config.error(("datasets", datasets[name]), f"cannot load the images: {exc}") from None
+        if spec["offset"] + spec["num_images"] > len(x):
+            raise config.error(
+                ("datasets", datasets[name], "num_images"),
+                f"offset {spec['offset']} + num_images {spec['num_images']} exceeds the {len(x)} images of split "
+                f"'{spec['split']}'",
+            )
+        shapes[name] = (tuple(x.shape[1:]), num_classes)
+    for model, name in dict.fromkeys((job.config["model"], job.config["dataset"]["name"]) for job in jobs):
+        shape, num_classes = shapes[name]
+        try:
+            build_model(model, shape[0], shape[-1], num_classes)
+        except ValueError as exc:
+            raise config.error(("models", config.models.index(model)), f"on data set '{name}': {exc}") from None
+    for label, prior_name, name in dict.fromkeys(
+        (job.config["attack"]["label"], job.config["prior"]["name"], job.config["dataset"]["name"])
+        for job in jobs
+        if job.config["prior"]
+    ):
+        try:
+            prior = load_prior(config.priors[prior_name], "cpu")
+        except (OSError, ValueError) as exc:
+            raise config.error(("priors", prior_name), f"cannot load the generator: {exc}") from None
+        if tuple(prior.image_shape) != shapes[name][0]:
+            raise config.error(
+                ("attacks", attacks[label], "prior"),
+                f"prior '{prior_name}' generates images of shape {tuple(prior.image_shape)} but data set '{name}' has "
+                f"{shapes[name][0]}: use a prior of the data's shape or restrict the attack with datasets = [...]",
+            )
+
+
+__all__ = [
+    "SCHEMA",
+    "BenchSummary",
+    "JobOutcome",
+    "ResultsFile",
+    "check_job_inputs",
+    "error_record",
+    "git_state",
+    "run_benchmark",
+    "run_job",
+]

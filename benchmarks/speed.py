@@ -1,0 +1,446 @@
+"""
+Speed of our batched GIFD search against a plain sequential implementation of the reference protocol, side by side
+in one process, at equal steps and from the same random starts.
+
+*Batched* is :class:`art_gifd.GIFDAttack`: the R restarts are one tensor, their dummy gradients one vmapped
+computation, and the best iterate is tracked on the device without host synchronisation. *Reference* is written out
+below as the original implementation runs the protocol of DESIGN.md §2: a Python loop over restarts and stages, a
+fresh Adam optimiser (warm-up + cosine decay) per stage and restart, the dummy gradient from
+``torch.autograd.grad(..., create_graph=True)``, the l1-ball projection after every step and a host synchronisation
+(``loss.item()``) every step to keep the best iterate. Both use the same prior (``forward_from``), the same objective
+(1 − cosine + TV + squared norm) and the same initial latent codes, so their quality is comparable: the JSON reports
+the matching loss (one common evaluator) and the PSNR of both outputs.
+
+Times are wall-clock seconds of the whole reconstruction (after a warm-up run of each), repeated ``--repeats`` times in
+alternating order; the speed-up is the median over repeats of the paired ratios reference / batched. The per-image time
+of the full protocol (``--full-steps`` per stage, default 1000) is extrapolated linearly from the steps measured unless
+they are the full protocol. The 1-minute load average is recorded around every repeat: on a shared machine, read the
+numbers with it. Examples::
+
+    .venv/bin/python benchmarks/speed.py --device cpu --model lenet --steps-per-stage 50 --repeats 3
+    python benchmarks/speed.py --device cuda --model resnet18 --image-size 64 --quick
+
+``--quick`` (60 steps per stage, 2 repeats) takes about two minutes for ResNet-18 at 64×64 on one H200 (100 steps per
+stage took 3 minutes, start-up included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from art_gifd import GIFDAttack, client_gradients
+from art_gifd.attacks.core import GradientMatcher, project_l1_ball, total_variation, warmup_cosine
+from art_gifd.experiment import environment, write_json_atomic
+from art_gifd.federated import TargetModel
+from art_gifd.metrics import psnr
+from art_gifd.models import MODELS, build_model, make_classifier
+from art_gifd.priors.base import LayeredGenerator
+from art_gifd.priors.dcgan import DCGANGenerator
+
+PRIORS = ("auto", "mnist32", "faces", "random")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Protocol:
+    """The GIFD search both implementations run (DESIGN.md §2, cosine distance, per-element l1 radii)."""
+
+    stages: int
+    steps: int
+    restarts: int
+    learning_rate: float
+    l1_radius: float
+    tv_weight: float
+    norm_weight: float
+    seed: int
+
+
+@dataclass
+class Case:
+    """What is attacked: the FL classifier, the prior, the private batch and the gradient it shared."""
+
+    classifier: Any
+    prior: LayeredGenerator
+    prior_note: str
+    targets_note: str
+    x: np.ndarray
+    y: np.ndarray
+    gradient: list[np.ndarray]
+
+
+def reference_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
+    """
+    The reference protocol, sequentially: a loop over restarts, stages and steps, one host sync per step.
+
+    The cosine distance is accumulated parameter tensor by parameter tensor and only the latent or feature receives
+    gradients (``backward(inputs=...)``), as a careful plain implementation would do it.
+
+    :param case: The attacked batch and its gradient.
+    :param protocol: Stages, steps, restarts and objective weights.
+    :param device: Device of the search.
+    :return: The best candidate over all stages and restarts by matching loss, ``(B, C, H, W)`` in ``[lo, hi]``.
+    """
+    target = TargetModel(case.classifier, device=device)
+    prior = case.prior.to(target.device).freeze()
+    observed = target.as_gradient_list(case.gradient)
+    observed_norm = torch.sqrt(sum((g * g).sum() for g in observed))
+    labels = target.labels_to_indices(case.y)
+    params = {name: p.detach().requires_grad_(True) for name, p in target.params.items()}
+    lo, hi = (float(v) for v in case.classifier.clip_values)
+    out_lo, out_hi = prior.output_range
+    batch = len(case.y)
+
+    def decode(stage: int, h: torch.Tensor) -> torch.Tensor:
+        return lo + (prior.forward_from(stage, h) - out_lo) * ((hi - lo) / (out_hi - out_lo))
+
+    def matching_loss(images: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        loss = target.loss(params, target.preprocess(images), labels)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        dot = sum((g * t).sum() for g, t in zip(grads, observed, strict=True))
+        norm = torch.sqrt(sum((g * g).sum() for g in grads))
+        return 1.0 - dot / (norm * observed_norm + 1e-12)
+
+    rng = torch.Generator(device=target.device).manual_seed(protocol.seed)
+    latents = prior.sample_latent(protocol.restarts * batch, generator=rng)  # the batched attack's draw
+    best_loss, best_images = math.inf, None
+    for restart in range(protocol.restarts):
+        h = latents[restart * batch : (restart + 1) * batch]
+        for stage in range(protocol.stages):
+            if stage > 0:
+                with torch.no_grad():
+                    h = prior.forward_blocks(h, stage - 1, stage)
+            start = h.detach().clone()
+            ball = protocol.l1_radius * start[0].numel()
+            h = start.clone().requires_grad_(True)
+            optimiser = torch.optim.Adam([h], lr=protocol.learning_rate)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(protocol.steps))
+            stage_loss, stage_h = math.inf, start
+            for _ in range(protocol.steps):
+                optimiser.zero_grad()
+                images = decode(stage, h)
+                match = matching_loss(images, create_graph=True)
+                regulariser = protocol.tv_weight * total_variation(images).sum()
+                total = match + regulariser + protocol.norm_weight * images.pow(2).sum()
+                total.backward(inputs=[h])
+                value = match.item()  # host sync, as the original code does every step
+                if value < stage_loss:
+                    stage_loss, stage_h = value, h.detach().clone()
+                optimiser.step()
+                schedule.step()
+                if stage > 0:
+                    with torch.no_grad():
+                        h.copy_(start + project_l1_ball(h - start, ball))
+            value = matching_loss(decode(stage, h.detach()), create_graph=False).item()
+            if value < stage_loss:
+                stage_loss, stage_h = value, h.detach().clone()
+            h = stage_h
+            if stage_loss < best_loss:
+                with torch.no_grad():
+                    best_loss, best_images = stage_loss, decode(stage, h).clamp(lo, hi)
+    assert best_images is not None
+    return best_images.cpu().numpy()
+
+
+def batched_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
+    """Our :class:`~art_gifd.GIFDAttack` on the same protocol: all restarts in one batched computation."""
+    attack = GIFDAttack(
+        case.classifier,
+        case.prior,
+        max_stage=protocol.stages,
+        steps_per_stage=protocol.steps,
+        num_restarts=protocol.restarts,
+        learning_rate=protocol.learning_rate,
+        l1_radius=protocol.l1_radius,
+        radius_scale="per_element",
+        tv_weight=protocol.tv_weight,
+        norm_weight=protocol.norm_weight,
+        batch_size=len(case.y),
+        device=device,
+        seed=protocol.seed,
+        verbose=False,
+    )
+    return attack.reconstruct(case.gradient, case.y).images
+
+
+METHODS: dict[str, Callable[[Case, Protocol, str], np.ndarray]] = {"reference": reference_gifd, "batched": batched_gifd}
+
+
+def load_prior(name: str, channels: int, image_size: int, seed: int) -> tuple[LayeredGenerator, str, str]:
+    """
+    The prior by name, ``"auto"`` resolved from the image size.
+
+    :return: (prior, resolved name, note on what it is).
+    """
+    if name == "auto":
+        name = "mnist32" if (channels, image_size) == (1, 32) else "faces"
+    if name == "mnist32":
+        from art_gifd.priors.embedded import load_default_prior
+
+        return load_default_prior(), name, "embedded MNIST DCGAN (32x32 grey)"
+    if name == "faces":
+        from art_gifd.priors.faces import load_face_dcgan
+
+        try:
+            return load_face_dcgan(), name, "face DCGAN of gan-face-generate (64x64 RGB, pretrained)"
+        except FileNotFoundError as err:
+            print(f"note: {err} Falling back to a randomly initialised DCGAN (fine for timing).", file=sys.stderr)
+            name = "random"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        prior = DCGANGenerator(nz=100, ngf=64, nc=channels, image_size=image_size, training_domain="none (random)")
+    return prior.freeze(), name, "randomly initialised DCGAN (untrained: timing is valid, images are not faces)"
+
+
+def build_case(args: argparse.Namespace) -> Case:
+    """Classifier, prior and private batch for the options; raises ``ValueError`` on combinations that do not fit."""
+    prior, prior_name, prior_note = load_prior(args.prior, args.channels, args.image_size, args.seed)
+    channels, size = prior.image_shape[0], prior.image_shape[1]
+    if size != args.image_size or (args.channels is not None and channels != args.channels):
+        raise ValueError(
+            f"The '{prior_name}' prior makes {channels}x{size}x{size} images, not {args.channels}x{args.image_size}x"
+            f"{args.image_size}: pick --prior random for other shapes, or matching --image-size/--channels."
+        )
+    model = build_model(args.model, in_channels=channels, image_size=size, seed=args.seed)
+    classifier = make_classifier(model, (channels, size, size), device=args.device)
+    if prior_name == "mnist32":
+        from art_gifd.data import load_mnist32
+
+        x, y = load_mnist32("heldout")
+        x, y = x[: args.batch_size], y[: args.batch_size]
+        targets_note = f"first {args.batch_size} held-out MNIST digits (never seen by the prior)"
+    else:
+        with torch.no_grad():
+            z = prior.sample_latent(args.batch_size, generator=torch.Generator().manual_seed(10_000 + args.seed))
+            lo, hi = prior.output_range
+            x = ((prior(z) - lo) / (hi - lo)).clamp(0.0, 1.0).numpy()
+        y = np.arange(args.batch_size) % 10
+        targets_note = (
+            f"batch of {args.batch_size} sample(s) of the prior (latent seed {10_000 + args.seed}), labels 0..9 cycled"
+        )
+    gradient = client_gradients(classifier, x, y)
+    return Case(classifier, prior, prior_note, targets_note, x, y, gradient)
+
+
+def matching_loss_of(case: Case, images: np.ndarray, device: str) -> float:
+    """Matching loss of one reconstruction, with one evaluator for both methods."""
+    target = TargetModel(case.classifier, device=device)
+    matcher = GradientMatcher(
+        target, target.as_gradient_list(case.gradient), target.labels_to_indices(case.y), "cosine"
+    )
+    return float(matcher.loss(torch.as_tensor(images, device=target.device)).item())
+
+
+def timed_run(method: str, case: Case, protocol: Protocol, device: str) -> tuple[float, int | None, np.ndarray]:
+    """Run one method; return (wall seconds, peak GPU bytes allocated or ``None`` on CPU, images)."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    images = METHODS[method](case, protocol, device)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return seconds, (int(torch.cuda.max_memory_allocated()) if cuda else None), images
+
+
+def device_name(device: str) -> str:
+    """Human-readable name of the device the search runs on."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+
+
+def git_commit() -> str | None:
+    """Short commit of the working tree (with ``-dirty`` when it has uncommitted changes), or ``None``."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def summary(record: dict[str, Any]) -> str:
+    """A few lines of text with the main numbers of a record."""
+    protocol, full = record["protocol"], record["full_protocol"]
+    median = {m: statistics.median(record["seconds"][m]) for m in METHODS}
+    lines = [
+        f"{record['device_name']} | {record['model']} {'x'.join(map(str, record['input_shape']))} | "
+        f"prior: {record['prior']['note']}",
+        f"R={protocol['restarts']} B={protocol['batch_size']} stages={protocol['stages']} "
+        f"steps/stage={protocol['steps']}: reference {median['reference']:.2f} s, batched {median['batched']:.2f} s, "
+        f"speed-up {record['speedup_median_paired']:.2f}x (paired: "
+        + ", ".join(f"{r:.2f}" for r in record["speedup_paired"])
+        + ")",
+        f"full protocol ({full['steps_per_stage']} steps/stage, {full['how']}): "
+        + ", ".join(f"{m} {full['seconds_per_image'][m]:.1f} s/image" for m in METHODS),
+        "quality: "
+        + ", ".join(
+            f"{m} matching loss {q['matching_loss']:.3e}, PSNR {np.mean(q['psnr_db']):.2f} dB"
+            for m, q in record["quality"].items()
+        ),
+        "load average (1 min) before each repeat: "
+        + ", ".join(f"{x['before'][0]:.2f}" for x in record["load_average_1min"]),
+    ]
+    if record["peak_gpu_memory_bytes"] is not None:
+        lines.append(
+            "peak GPU memory: "
+            + ", ".join(f"{m} {b / 2**20:.0f} MiB" for m, b in record["peak_gpu_memory_bytes"].items())
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line; defaults that depend on other options are resolved here."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--model", default="lenet", choices=MODELS)
+    parser.add_argument("--image-size", type=int, default=None, help="default: 64 for resnet18, else 32")
+    parser.add_argument("--channels", type=int, default=None, help="default: the prior's (random prior: 3)")
+    parser.add_argument("--prior", default="auto", choices=PRIORS, help="auto: mnist32 for 1x32x32, faces otherwise")
+    parser.add_argument("--restarts", type=int, default=4)
+    parser.add_argument("--stages", type=int, default=None, help="default: the prior's number of blocks")
+    parser.add_argument("--steps-per-stage", type=int, default=None, help="default: 1000, or 60 with --quick")
+    parser.add_argument("--full-steps", type=int, default=1000, help="steps per stage of the full protocol")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=None, help="default: 3, or 2 with --quick")
+    parser.add_argument("--learning-rate", type=float, default=0.1)
+    parser.add_argument("--l1-radius", type=float, default=0.2, help="per-element l1 radius of the feature stages")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="60 steps per stage, 2 repeats (full time extrapolated)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/speed_<device>_<model>_<size>[_<N>threads].json",
+    )
+    args = parser.parse_args(argv)
+    args.image_size = args.image_size or (64 if args.model == "resnet18" else 32)
+    if args.channels is None and args.prior == "random":
+        args.channels = 3
+    if args.channels is None and args.prior == "auto":
+        args.channels = 1 if args.image_size == 32 else 3
+    args.steps_per_stage = args.steps_per_stage or (60 if args.quick else 1000)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    for name in ("restarts", "steps_per_stage", "full_steps", "batch_size", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch sees no CUDA device: use --device cpu.")
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        parser.error(f"--device must be cpu or cuda[:N], got '{args.device}'.")
+    if args.out is None:
+        kind = "cuda" if args.device.startswith("cuda") else "cpu"
+        threads = f"_{args.threads}threads" if args.threads is not None else ""
+        args.out = RESULTS / f"speed_{kind}_{args.model}_{args.image_size}{threads}.json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the comparison, print a summary and write the JSON record; returns the record."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    case = build_case(args)
+    stages = args.stages or case.prior.default_max_stage or case.prior.num_blocks
+    if not 1 <= stages <= case.prior.num_blocks:
+        raise ValueError(f"--stages must lie in [1, {case.prior.num_blocks}] for this prior, got {stages}.")
+    protocol = Protocol(
+        stages, args.steps_per_stage, args.restarts, args.learning_rate, args.l1_radius, 1e-4, 1e-6, args.seed
+    )
+    warmup = Protocol(**{**vars(protocol), "steps": min(3, protocol.steps)})
+    for method in METHODS:  # allocator, kernels, lazy imports
+        timed_run(method, case, warmup, args.device)
+
+    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
+    peak: dict[str, int | None] = dict.fromkeys(METHODS)
+    images: dict[str, np.ndarray] = {}
+    loads: list[dict[str, list[float]]] = []
+    for repeat in range(args.repeats):
+        order = list(METHODS) if repeat % 2 == 0 else list(reversed(METHODS))
+        load = {"before": list(os.getloadavg())}
+        for method in order:
+            wall, memory, images[method] = timed_run(method, case, protocol, args.device)
+            seconds[method].append(wall)
+            peak[method] = memory if peak[method] is None else max(peak[method], memory)
+            print(f"repeat {repeat + 1}/{args.repeats} {method}: {wall:.2f} s", flush=True)
+        load["after"] = list(os.getloadavg())
+        loads.append(load)
+
+    paired = [r / b for r, b in zip(seconds["reference"], seconds["batched"], strict=True)]
+    steps_measured = protocol.stages * protocol.steps
+    extrapolated = protocol.steps != args.full_steps
+    per_image = {m: statistics.median(seconds[m]) * args.full_steps / protocol.steps / len(case.y) for m in METHODS}
+    quality = {
+        m: {
+            "matching_loss": matching_loss_of(case, images[m], args.device),
+            "psnr_db": [round(float(v), 3) for v in psnr(images[m], case.x)],
+        }
+        for m in METHODS
+    }
+    record = {
+        "benchmark": "speed",
+        "command": shlex.join(["python", Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)]),
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": args.device,
+        "device_name": device_name(args.device),
+        "environment": environment(args.seed, args.device),
+        "model": args.model,
+        "input_shape": list(case.prior.image_shape),
+        "prior": {**case.prior.describe(), "note": case.prior_note},
+        "targets": case.targets_note,
+        "protocol": {**vars(protocol), "distance": "cosine", "radius_scale": "per_element", "batch_size": len(case.y)},
+        "steps_per_restart_measured": steps_measured,
+        "seconds": seconds,
+        "speedup_median_paired": statistics.median(paired),
+        "speedup_paired": paired,
+        "speedup_of_medians": statistics.median(seconds["reference"]) / statistics.median(seconds["batched"]),
+        # wall time per step of the whole search (all restarts), fixed costs of the run included
+        "seconds_per_step": {m: statistics.median(seconds[m]) / steps_measured for m in METHODS},
+        "full_protocol": {
+            "steps_per_stage": args.full_steps,
+            "stages": protocol.stages,
+            "restarts": protocol.restarts,
+            "seconds_per_image": per_image,
+            "extrapolated": extrapolated,
+            "how": (
+                f"median wall time of {protocol.steps} steps/stage scaled linearly to {args.full_steps}, divided by "
+                f"the batch size {len(case.y)} (fixed costs scaled too: an over-estimate when few steps are measured)"
+                if extrapolated
+                else "measured"
+            ),
+        },
+        "peak_gpu_memory_bytes": peak if args.device.startswith("cuda") else None,
+        "quality": quality,
+        "load_average_1min": loads,
+        "cpu_count": os.cpu_count(),
+    }
+    write_json_atomic(args.out, record)
+    print(summary(record))
+    print(f"-> {args.out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The audit: config validation names the offending key (and line) before any work, a tiny audit writes a report whose
+HTML, JSON and Markdown agree, an existing report is never clobbered, and an interrupted audit resumes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from art_gifd.audit import AuditConfigError, load_audit_config, run_audit
+from art_gifd.audit import run as audit_run
+from art_gifd.cli import main
+from art_gifd.federated import client_gradients
+from art_gifd.models import lenet
+from art_gifd.report.audit import SCHEMA, format_number
+
+#: A tiny audit: one LeNet, one digit, batch size 1, the baseline and one defence, a few GIFD steps.
+TINY = """\
+title = "tiny audit"
+output = "out"
+images_per_setting = 1
+seeds = [0]
+
+[model]
+factory = "art_gifd.models:lenet"
+factory_kwargs = {{ seed = 0 }}
+{model_extra}input_shape = [1, 32, 32]
+num_classes = 10
+
+[data]
+{data}
+
+[federated]
+batch_sizes = [1]
+
+[[defenses]]
+name = "{defense}"
+params = {{ ratio = 0.5 }}
+adaptive = true
+
+[attacks]
+names = [{attacks}]
+steps_per_stage = 3
+stages = 2
+restarts = 1
+
+[utility]
+rounds = 2
+batch_size = 4
+probe_batches = 1
+"""
+
+
+def write_config(folder: Path, name: str = "audit.toml", **fields: str) -> Path:
+    values = {"model_extra": "", "data": 'embedded = "mnist32"', "defense": "prune", "attacks": '"gifd"', **fields}
+    path = folder / name
+    path.write_text(TINY.format(**values))
+    return path
+
+
+def line_of(path: Path, text: str, after: str | None = None) -> int:
+    lines = path.read_text().splitlines()
+    start = lines.index(after) if after else 0
+    return next(i for i, line in enumerate(lines[start:], start=start + 1) if line.startswith(text))
+
+
+def problems(err: pytest.ExceptionInfo[AuditConfigError]) -> dict[str, str]:
+    return {p.key: str(p) for p in err.value.problems}
+
+
+def save_png(path: Path, size: tuple[int, int], seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0]), dtype=np.uint8)
+    Image.fromarray(pixels, mode="L").save(path)
+
+
+def test_unknown_attack_and_defence_are_named_together_with_their_lines(tmp_path) -> None:
+    path = write_config(tmp_path, defense="shield", attacks='"gifd", "telepathy"')
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    found = problems(err)
+    assert set(found) == {"defenses[0].name", "attacks.names"}  # both reported by one validation pass
+    assert "shield" in found["defenses[0].name"] and "prune" in found["defenses[0].name"]  # the choices are listed
+    assert "telepathy" in found["attacks.names"] and "gifd" in found["attacks.names"]
+    lines = {p.key: p.line for p in err.value.problems}
+    assert lines["defenses[0].name"] == line_of(path, "name = ", after="[[defenses]]")
+    assert lines["attacks.names"] == line_of(path, "names = ")
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_defence_and_attack_parameters_are_checked_on_the_model(tmp_path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text().replace(
+        "[attacks]\n", '[[defenses]]\nname = "dp"\nparams = { epsilon = 8.0, delta = 1e-5 }\n\n[attacks]\n'
+    )
+    text = text.replace("params = { ratio = 0.5 }\nadaptive = true", 'params = { layer = "0", ratio = 0.5 }')
+    text = text.replace('name = "prune"', 'name = "soteria"')
+    attack_params = "params = { gifd = { l1_radius = 0.1, warp = 3 }, pixel = { learning_rate = 0.1 } }"
+    path.write_text(text.replace("restarts = 1\n", f"restarts = 1\n{attack_params}\n"))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    found = problems(err)
+    assert set(found) == {"defenses[0].params", "defenses[1].params", "attacks.params.gifd", "attacks.params.pixel"}
+    assert "'0'" in found["defenses[0].params"] and "'7'" in found["defenses[0].params"]  # names the linear layers
+    assert "max_grad_norm" in found["defenses[1].params"]  # DP-SGD needs its clipping norm
+    assert "warp" in found["attacks.params.gifd"]
+    assert "not in attacks.names" in found["attacks.params.pixel"]
+
+
+def test_missing_weights_and_data_paths(tmp_path) -> None:
+    path = write_config(tmp_path, model_extra='weights = "missing.pt"\n', data='image_folder = "no-such-folder"')
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    found = problems(err)
+    assert {"model.weights", "data.image_folder"} <= set(found)
+    assert "missing.pt" in found["model.weights"] and "not found" in found["model.weights"]
+    assert "no-such-folder" in found["data.image_folder"]
+
+
+def test_model_output_must_match_num_classes(tmp_path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("{ seed = 0 }", "{ seed = 0, num_classes = 12 }"))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert list(problems(err)) == ["model.num_classes"]
+    assert "(2, 12)" in problems(err)["model.num_classes"] and "num_classes = 10" in problems(err)["model.num_classes"]
+
+
+def test_mixed_image_sizes_are_refused_naming_both_files(tmp_path) -> None:
+    save_png(tmp_path / "images" / "a" / "one.png", (32, 32), 0)
+    save_png(tmp_path / "images" / "b" / "two.png", (28, 28), 1)
+    path = write_config(tmp_path, data='image_folder = "images"')
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    message = problems(err)["data.image_folder"]
+    assert "one.png" in message and "two.png" in message and "28x28" in message
+
+
+def test_image_folder_and_weights_file_load(tmp_path) -> None:
+    for i, cls in enumerate(["cat", "cat", "dog"]):
+        save_png(tmp_path / "images" / cls / f"{i}.png", (32, 32), i)
+    trained = lenet(seed=3)
+    torch.save(trained.state_dict(), tmp_path / "lenet.pt")
+    path = write_config(tmp_path, model_extra='weights = "lenet.pt"\n', data='image_folder = "images"')
+    path.write_text(path.read_text().replace("batch_size = 4", "batch_size = 1"))
+    cfg = load_audit_config(path)
+    assert cfg.data["classes"] == ["cat", "dog"]
+    assert cfg.y.tolist() == [0]  # the first image of the sorted class folders
+    original = np.asarray(Image.open(tmp_path / "images" / "cat" / "0.png"), dtype=np.float32) / 255.0
+    np.testing.assert_allclose(cfg.x[0, 0], original)
+    for mine, theirs in zip(cfg.estimator.model.parameters(), trained.parameters(), strict=True):
+        assert torch.equal(mine, theirs)  # the weights file, not the factory's seed-0 initialisation
+    assert cfg.model["sha256"] and cfg.model["weights"].endswith("lenet.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_model_gives_the_eager_gradients(tmp_path) -> None:
+    eager = lenet(seed=0)
+    torch.jit.save(torch.jit.script(eager), str(tmp_path / "lenet.ts"))
+    path = write_config(tmp_path)
+    text = path.read_text().replace('factory = "art_gifd.models:lenet"\nfactory_kwargs = { seed = 0 }\n', "")
+    path.write_text(text.replace("input_shape", 'torchscript = "lenet.ts"\ninput_shape'))
+    cfg = load_audit_config(path)
+    reference = load_audit_config(write_config(tmp_path, name="eager.toml"))
+    labels = np.array([3, 7])
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    for mine, theirs in zip(
+        client_gradients(cfg.estimator, x, labels), client_gradients(reference.estimator, x, labels), strict=True
+    ):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_yaml_config_errors_carry_lines(tmp_path) -> None:
+    path = tmp_path / "audit.yaml"
+    path.write_text(
+        "model:\n  factory: art_gifd.models:lenet\n  input_shape: [1, 32, 32]\n  num_classes: 10\n"
+        "data:\n  embedded: mnist32\n  split: nowhere\n"
+        "attacks:\n  steps_per_stage: 0\n"
+    )
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    lines = {p.key: p.line for p in err.value.problems}
+    assert lines == {"data.split": 7, "attacks.steps_per_stage": 9}
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audit")
+    return run_audit(write_config(folder), verbose=False), folder
+
+
+def test_tiny_audit_report_files_agree(tiny_report) -> None:
+    report, _ = tiny_report
+    document = json.loads(report.json.read_text())
+    assert document["schema"] == SCHEMA
+    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune(ratio=0.5)"]
+    html, summary = report.html.read_text(), report.summary.read_text()
+    rows = re.findall(r'<tr data-setting="([^"]+)">(.*?)</tr>', html, flags=re.S)
+    assert [row_id for row_id, _ in rows] == [s["id"] for s in document["settings"]]
+    md_rows = [line for line in summary.splitlines() if line.startswith("| 1 |")]
+    assert len(md_rows) == len(document["settings"])
+    for setting, (_, row), md_row in zip(document["settings"], rows, md_rows, strict=True):
+        assert setting["psnr"] == pytest.approx(np.mean(setting["per_image"]["psnr"]))
+        shown = [
+            format_number(setting["psnr"], "psnr"),
+            format_number(setting["ssim"], "ssim"),
+            format_number(setting["label_accuracy"], "label_accuracy"),
+            format_number(setting["recognisable_share"], "share"),
+            setting["risk"],
+        ]
+        for text in shown:
+            assert text in row and text in md_row
+        threshold = document["thresholds"]["recognisable_ssim"]
+        assert setting["recognisable"] == sum(v >= threshold for v in setting["per_image"]["ssim"])
+    for utility in document["utility"]:
+        assert format_number(utility["accuracy"], "accuracy") in html
+    # self-contained: every image is a data URI, no scripts, no external links
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert document["reproducibility"]["config_hash"] == document["config_hash"]
+    assert document["lpips"]["available"] or document["lpips"]["reason"] in html
+
+
+def test_existing_report_is_refused_unless_overwrite(tiny_report, capsys) -> None:
+    report, folder = tiny_report
+    before = report.json.read_bytes()
+    with pytest.raises(AuditConfigError) as err:
+        run_audit(folder / "audit.toml", verbose=False)
+    assert err.value.keys == ["output"] and "--overwrite" in str(err.value)
+    assert main(["audit", str(folder / "audit.toml"), "--no-progress"]) == 2
+    assert "already holds a report" in capsys.readouterr().err
+    assert report.json.read_bytes() == before  # untouched
+    again = run_audit(folder / "audit.toml", overwrite=True, verbose=False)
+    assert again.document["reproducibility"]["resumed"] == []  # overwrite discards the earlier results
+    old = json.loads(before)
+    assert [s["per_image"] for s in again.settings] == [s["per_image"] for s in old["settings"]]  # seeded: same numbers
+
+
+def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch) -> None:
+    path = write_config(tmp_path)
+    real = audit_run._run_setting
+    calls: list[str] = []
+
+    def interrupted(cfg, setting, lpips, verbose):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(setting.id)
+        return real(cfg, setting, lpips, verbose)
+
+    monkeypatch.setattr(audit_run, "_run_setting", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(path, verbose=False)
+    assert not (tmp_path / "out" / "report.json").exists()
+    saved = json.loads((tmp_path / "out" / "settings" / f"{calls[0]}.json").read_text())["run"]
+
+    # another configuration must not pick up these results
+    other = write_config(tmp_path, name="other.toml")
+    other.write_text(other.read_text().replace("seeds = [0]", "seeds = [1]"))
+    with pytest.raises(AuditConfigError) as err:
+        run_audit(other, verbose=False)
+    assert err.value.keys == ["output"] and "different configuration" in str(err.value)
+
+    rerun: list[str] = []
+
+    def counting(cfg, setting, lpips, verbose):
+        rerun.append(setting.id)
+        return real(cfg, setting, lpips, verbose)
+
+    monkeypatch.setattr(audit_run, "_run_setting", counting)
+    report = run_audit(path, verbose=False)
+    ids = [s["id"] for s in report.settings]
+    assert calls[0] not in rerun and sorted(rerun) == sorted(set(ids) - {calls[0]})
+    assert calls[0] in report.document["reproducibility"]["resumed"]
+    resumed = next(s for s in report.settings if s["id"] == calls[0])
+    assert resumed["per_image"] == saved["per_image"]
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning")
+def test_shipped_example_config_is_valid() -> None:
+    cfg = load_audit_config(Path(__file__).resolve().parents[1] / "examples" / "audit_mnist.toml")
+    assert [d.label for d in cfg.defenses] == ["none", "pruning 90% (adaptive)", "Gaussian noise 0.1", "DP-SGD ε=10"]
+    assert cfg.defenses[-1].describe()["epsilon"] == pytest.approx(10.0, rel=0.01)  # Opacus found the noise for ε
+    assert len(audit_run.plan_settings(cfg)) == 2 * 4  # batch sizes x defences x attacks

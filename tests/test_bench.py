@@ -1,0 +1,330 @@
+"""Benchmark runner: grid expansion and stable job ids, resume after a crash or a torn line, failures recorded while
+the grid goes on, located configuration errors, Ctrl-C, the Ray executor against the local one, and the report's
+numbers against the results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from art_gifd.bench import ConfigError, LocalExecutor, ResultsFile, expand_grid, load_config, run_benchmark
+from art_gifd.bench import runner as runner_module
+from art_gifd.bench.config import parse_document, validate_config
+from art_gifd.bench.report import write_report
+from art_gifd.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "benchmarks" / "profiles" / "smoke.toml"
+FULL = ROOT / "benchmarks" / "profiles" / "full.toml"
+
+#: A small configuration written inline; ``MARK:`` comments locate the lines the error tests refer to.
+BASE_TOML = """\
+name = "t"
+models = ["lenet"]
+seeds = [0, 1]
+batch_sizes = [1]
+
+[budget]
+steps_per_stage = 1
+stages = 2
+num_restarts = 1
+
+[utility]
+enabled = false
+
+[[datasets]]
+name = "mnist"
+source = "mnist32"
+num_images = 2   # MARK:num_images
+
+[priors.mnist]
+type = "embedded"
+
+[[attacks]]
+name = "gifd"
+prior = "mnist"
+params = { l1_radius = 0.1 }   # MARK:params
+
+[[attacks]]
+name = "pixel"
+defenses = ["none"]
+
+[[defenses]]
+name = "none"
+type = "none"
+
+[[defenses]]
+name = "prune"
+type = "prune"
+ratio = [0.5, 0.9]   # MARK:ratio
+adaptive = [false, true]
+"""
+
+
+def parse(text: str, fmt: str = "toml"):
+    return validate_config(parse_document(text, fmt, source=f"test.{fmt}"))
+
+
+def line_of(text: str, marker: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), start=1) if marker in line)
+
+
+def job_numbers(path: Path) -> dict[str, tuple]:
+    """Per job id: per-image PSNR and SSIM, label accuracy and utility accuracy of the ok lines."""
+    return {
+        r["job_id"]: (
+            tuple(r["result"]["per_image"]["psnr"]),
+            tuple(r["result"]["per_image"]["ssim"]),
+            r["result"]["label_accuracy"],
+            r["utility"]["accuracy"] if r["utility"] else None,
+        )
+        for r in ResultsFile(path).read()[1]
+        if r["status"] == "ok"
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The smoke profile run once, sequentially, through the command line."""
+    results = tmp_path_factory.mktemp("bench") / "smoke.jsonl"
+    assert main(["bench", str(SMOKE), "--results", str(results), "--no-progress"]) == 0
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- grid
+
+
+def test_grid_expansion_counts_restrictions_and_stable_ids():
+    config = parse(BASE_TOML)
+    jobs = expand_grid(config)
+    # gifd: 2 seeds x (none + prune 2 ratios x 2 adaptive) = 10; pixel restricted to "none": 2 seeds
+    assert len(jobs) == 2 * (1 + 4) + 2
+    assert len({j.job_id for j in jobs}) == len(jobs)
+    assert sum(j.config["attack"]["name"] == "pixel" for j in jobs) == 2
+    assert {j.config["seed"] for j in jobs} == {0, 1}
+    assert jobs[0].config["seed"] == 0 and jobs[-1].config["seed"] == 1  # seed by seed
+    # the same grid written in another order and in YAML has the same ids
+    reordered = BASE_TOML.replace('name = "prune"\ntype = "prune"', 'type = "prune"\nname = "prune"')
+    assert [j.job_id for j in expand_grid(parse(reordered))] == [j.job_id for j in jobs]
+    import yaml
+
+    as_yaml = yaml.safe_dump(parse_document(BASE_TOML, "toml").data)
+    assert sorted(j.job_id for j in expand_grid(parse(as_yaml, "yaml"))) == sorted(j.job_id for j in jobs)
+    # changing one attack parameter changes exactly that attack's ids
+    changed = {j.label: j.job_id for j in expand_grid(parse(BASE_TOML.replace("l1_radius = 0.1", "l1_radius = 0.2")))}
+    for job in jobs:
+        assert (changed[job.label] == job.job_id) == (job.config["attack"]["name"] == "pixel")
+
+
+# ------------------------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "marker", "words"),
+    [
+        ("ratio = [0.5, 0.9]", "ratoi = [0.5, 0.9]", "defenses[1].ratoi", "MARK:ratio", "did you mean 'ratio'"),
+        ("ratio = [0.5, 0.9]", "ratio = [0.5, 1.5]", "defenses[1].ratio[1]", "MARK:ratio", "ratio"),
+        ("num_images = 2", 'num_images = "two"', "datasets[0].num_images", "MARK:num_images", "integer"),
+        ("{ l1_radius = 0.1 }", "{ l1_radius = 0.1, steps = 3 }", "attacks[0].params.steps", "MARK:params", "allowed"),
+        ("stages = 2", "stages = = 2", None, "stages = = 2", "TOML syntax error"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_line(old, new, key, marker, words):
+    text = BASE_TOML.replace(old, new)
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    error = caught.value
+    assert error.key == key and error.line == line_of(text, marker) and words in error.message
+    assert f"test.toml, line {error.line}: {key + ': ' if key else ''}" in str(error)
+
+
+def test_yaml_errors_name_the_key_and_the_line():
+    text = textwrap.dedent(
+        """\
+        name: t
+        models: [lenet]
+        budget: {steps_per_stage: 1, stages: 1, num_restarts: 1}
+        datasets:
+          - {name: d, source: mnist32, num_images: 1}
+        attacks:
+          - name: pixle
+        """
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "yaml")
+    assert (
+        caught.value.key == "attacks[0].name" and caught.value.line == 7 and "did you mean 'pixel'" in str(caught.value)
+    )
+    duplicated = text + "models: [convnet]\n"
+    with pytest.raises(ConfigError, match="duplicated key") as caught:
+        parse(duplicated, "yaml")
+    assert caught.value.line == 8
+
+
+def test_full_profile_names_the_missing_data_folder():
+    with pytest.raises(ConfigError) as caught:
+        load_config(FULL)
+    text = FULL.read_text()
+    assert caught.value.key == "datasets[0].root" and "is empty" in caught.value.message
+    assert caught.value.line == line_of(text, "root = ")
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(BASE_TOML.replace("stages = 2", "stages = 0"))
+    assert main(["bench", str(config), "--results", str(tmp_path / "r.jsonl")]) == 2
+    assert f"{config}, line {line_of(config.read_text(), 'stages = 0')}: budget.stages" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ resume, errors
+
+
+def test_resume_after_a_crash_and_a_torn_line_loses_and_duplicates_nothing(tmp_path, monkeypatch, reference):
+    results = tmp_path / "smoke.jsonl"
+    append, written = ResultsFile.append, []
+
+    def dying_append(self, record):  # the process dies after the third job ran, before its line is written
+        if record["type"] == "job" and len(written) == 2:
+            raise SystemExit(9)
+        written.append(record["job_id"]) if record["type"] == "job" else None
+        append(self, record)
+
+    monkeypatch.setattr(ResultsFile, "append", dying_append)
+    with pytest.raises(SystemExit):
+        run_benchmark(load_config(SMOKE), results, progress=False)
+    monkeypatch.setattr(ResultsFile, "append", append)
+    assert list(job_numbers(results)) == written
+    with results.open("ab") as handle:  # and a later write torn half-way
+        handle.write(b'{"type": "job", "status": "ok", "job_id": "')
+    summary = run_benchmark(load_config(SMOKE), results, progress=False)
+    assert (summary.already_done, summary.ok, summary.errors) == (2, summary.total - 2, 0)
+    runs, jobs = ResultsFile(results).read()
+    assert len(runs) == 2 and results.read_bytes().endswith(b"\n")
+    assert len(jobs) == len({j["job_id"] for j in jobs}) == summary.total
+    assert job_numbers(results) == job_numbers(reference)  # the numbers of an uninterrupted run
+    assert run_benchmark(load_config(SMOKE), results, progress=False).ok == 0  # nothing left to do
+
+
+def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
+    config = parse(
+        textwrap.dedent(
+            """\
+            name = "failing"
+            models = ["lenet"]
+            budget = { steps_per_stage = 1, stages = 2, num_restarts = 1 }
+            utility = { enabled = false }
+            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
+            attacks = [{ name = "gi" }, { name = "pixel" }]
+
+            [[defenses]]
+            name = "none"
+            type = "none"
+
+            [[defenses]]
+            name = "dp"
+            type = "dp"
+            noise_multiplier = 1.0
+            max_grad_norm = 1.0
+            sample_rate = 0.01
+            steps = 10
+            delta = 1e-5
+            """
+        )
+    )
+    results = tmp_path / "r.jsonl"
+    summary = run_benchmark(config, results, progress=False)
+    latest = ResultsFile(results).latest()
+    # GradInversion matches BatchNorm statistics and LeNet has none: its jobs fail, the pixel ones after them run
+    assert [r["label"] for r in latest.values()] == [
+        "mnist/lenet/B1/none/gi/seed0",
+        "mnist/lenet/B1/none/pixel/seed0",
+        "mnist/lenet/B1/dp/gi/seed0",
+        "mnist/lenet/B1/dp/pixel/seed0",
+    ]
+    assert [r["status"] for r in latest.values()] == ["error", "ok", "error", "ok"]
+    failed = next(iter(latest.values()))
+    assert failed["error"]["type"] == "ValueError" and "BatchNorm" in failed["error"]["message"]
+    assert failed["error"]["traceback"] and failed["config"]["attack"]["name"] == "gi"
+    assert (summary.ok, summary.errors) == (2, 2)
+    dp = list(latest.values())[3]
+    assert dp["epsilon"] > 0 and dp["delta"] == 1e-5 and dp["defense"]["params"]["noise_multiplier"] == 1.0
+    assert run_benchmark(config, results, progress=False).ok == 0  # a rerun skips the recorded failures
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, monkeypatch, reference):
+    results = tmp_path / "r.jsonl"
+    calls = []
+    real = runner_module._execute
+
+    def interrupted(job, utility, start):
+        calls.append(job.job_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, utility, start)
+
+    monkeypatch.setattr(runner_module, "_execute", interrupted)
+    summary = run_benchmark(load_config(SMOKE), results, LocalExecutor(), progress=False)
+    assert summary.interrupted and (summary.ok, summary.remaining) == (1, summary.total - 1)
+    assert len(ResultsFile(results).read()[1]) == 1
+    monkeypatch.setattr(runner_module, "_execute", real)
+    assert run_benchmark(load_config(SMOKE), results, progress=False).ok == summary.total - 1
+    assert job_numbers(results) == job_numbers(reference)
+
+
+# ---------------------------------------------------------------------------------------------- executors
+
+
+def test_ray_executor_matches_the_local_one(tmp_path, reference):
+    pytest.importorskip("ray")
+    from art_gifd.bench import RayExecutor
+
+    results = tmp_path / "ray.jsonl"
+    summary = run_benchmark(load_config(SMOKE), results, RayExecutor(num_cpus=2), progress=False)
+    assert (summary.ok, summary.errors) == (summary.total, 0)
+    assert ResultsFile(results).read()[0][0]["executor"] == {
+        "name": "ray",
+        "address": None,
+        "num_cpus": 2,
+        "num_gpus": None,
+    }
+    assert job_numbers(results) == job_numbers(reference)
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+def test_report_tables_equal_the_results_file(reference, tmp_path):
+    written = write_report(reference, tmp_path / "report")
+    tables = json.loads((tmp_path / "report" / "tables.json").read_text())
+    markdown = (tmp_path / "report" / "tables.md").read_text()
+    records = ResultsFile(reference).read()[1]
+    assert len(tables["rows"]) == len(records) == len(expand_grid(load_config(SMOKE))) and not tables["errors"]
+    by_id = {r["job_id"]: r for r in records}
+    for row in tables["rows"]:
+        jobs = [by_id[i] for i in row["job_ids"]]
+        psnr = [v for j in jobs for v in j["result"]["per_image"]["psnr"]]
+        ssim = [v for j in jobs for v in j["result"]["per_image"]["ssim"]]
+        assert row["psnr"] == pytest.approx(np.mean(psnr), rel=1e-12)
+        assert row["psnr_std"] == pytest.approx(np.std(psnr), abs=1e-12)
+        assert row["ssim"] == pytest.approx(np.mean(ssim), rel=1e-12)
+        assert row["accuracy"] == pytest.approx(np.mean([j["utility"]["accuracy"] for j in jobs]), rel=1e-12)
+        assert f"{row['psnr']:.2f} ± {row['psnr_std']:.2f}" in markdown
+        assert f"{row['ssim']:.3f} ± {row['ssim_std']:.3f}" in markdown
+    assert tables["runs"][0]["command"] and tables["runs"][0]["config_hash"]
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert {p.name.split("_")[0] for p in pngs} >= {"leakage", "privacy", "reconstructions"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_results_header_records_provenance(reference):
+    run = ResultsFile(reference).read()[0][0]
+    assert run["device"] == "cpu" and run["date"]
+    assert run["command"] == f"art-gifd bench {SMOKE} --results {reference} --no-progress"
+    assert run["config_hash"] == load_config(SMOKE).config_hash
+    assert "git_commit" in run and run["environment"]["torch"]
+    assert os.path.basename(run["config_source"]) == "smoke.toml"
