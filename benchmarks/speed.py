@@ -111,9 +111,10 @@ def reference_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
     def matching_loss(images: torch.Tensor, create_graph: bool) -> torch.Tensor:
         loss = target.loss(params, target.preprocess(images), labels)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        dot = sum((g * t).sum() for g, t in zip(grads, observed, strict=True))
-        norm = torch.sqrt(sum((g * g).sum() for g in grads))
-        return 1.0 - dot / (norm * observed_norm + 1e-12)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads)) + 1e-12
+        # 1 − cos as ½‖g/|g| − t/|t|‖² (the library's form, free of cancellation), one parameter tensor at a time
+        pairs = zip(grads, observed, strict=True)
+        return 0.5 * sum((g / norm - t / (observed_norm + 1e-12)).pow(2).sum() for g, t in pairs)
 
     rng = torch.Generator(device=target.device).manual_seed(protocol.seed)
     latents = prior.sample_latent(protocol.restarts * batch, generator=rng)  # the batched attack's draw
@@ -211,9 +212,10 @@ def build_case(args: argparse.Namespace) -> Case:
     prior, prior_name, prior_note = load_prior(args.prior, args.channels, args.image_size, args.seed)
     channels, size = prior.image_shape[0], prior.image_shape[1]
     if size != args.image_size or (args.channels is not None and channels != args.channels):
+        wanted = f"{args.image_size}x{args.image_size}" + (f" with {args.channels} channels" if args.channels else "")
         raise ValueError(
-            f"The '{prior_name}' prior makes {channels}x{size}x{size} images, not {args.channels}x{args.image_size}x"
-            f"{args.image_size}: pick --prior random for other shapes, or matching --image-size/--channels."
+            f"The '{prior_name}' prior makes {channels}x{size}x{size} images, not {wanted}: pick --prior random for "
+            "other shapes, or a matching --image-size/--channels."
         )
     model = build_model(args.model, in_channels=channels, image_size=size, seed=args.seed)
     classifier = make_classifier(model, (channels, size, size), device=args.device)

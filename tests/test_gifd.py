@@ -66,6 +66,25 @@ def test_batched_restarts_equal_separate_computations(lenet_clf, heldout) -> Non
     assert matching_loss(lenet_clf, grads, x, y) < 1e-6
 
 
+def test_cosine_loss_is_exact_near_a_perfect_match(lenet_clf, heldout) -> None:
+    """The cosine loss agrees with float64 1 − cos and still orders candidates below float32's rounding floor."""
+    x, y = heldout[0][:1], heldout[1][:1]
+    grads = client_gradients(lenet_clf, x, y)
+    target = TargetModel(lenet_clf)
+    matcher = GradientMatcher(target, target.as_gradient_list(grads), torch.as_tensor(y), "cosine")
+    noise = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    candidates = torch.cat([torch.as_tensor(x) + eps * noise for eps in (1e-1, 1e-3, 1e-4, 1e-5)])
+    losses = torch.stack([matcher.loss(c[None]) for c in candidates]).squeeze(1).detach()
+    observed = matcher.observed_flat.double()
+    for candidate, loss in zip(candidates, losses, strict=True):
+        g = torch.cat([torch.as_tensor(v).flatten() for v in client_gradients(lenet_clf, candidate[None].numpy(), y)])
+        g = g.double()
+        exact = 1.0 - (g @ observed) / (g.norm() * observed.norm())
+        assert abs(float(loss) - float(exact)) <= 1e-6 * max(float(exact), 1e-3)
+    assert (losses >= 0).all()
+    assert bool((losses[1:] < losses[:-1]).all()), losses  # closer candidates score strictly lower, even below 1e-7
+
+
 def test_select_best_over_stages_and_restarts() -> None:
     images = [torch.full((2 * 3, 1, 2, 2), float(s)) for s in range(3)]
     for r in range(3):

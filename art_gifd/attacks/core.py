@@ -158,8 +158,11 @@ class GradientMatcher:
         flat = torch.cat([grads[n].flatten(1) for n in self.observed], dim=1)  # (R, P)
         if self.distance == "l2":
             return (flat - self.observed_flat).pow(2).sum(dim=1)
-        dot = (flat * self.observed_flat).sum(dim=1)  # a row-wise reduction: the same for any number of rows
-        return 1.0 - dot / (flat.norm(dim=1) * self.observed_norm + 1e-12)
+        # 1 − cos(a, b) = ½‖a/|a| − b/|b|‖², computed in the second form: the first loses everything below float32's
+        # rounding (about 1e-7) to cancellation, so near-exact reconstructions would all tie at a noisy floor and the
+        # best-iterate tracking would keep an early one. Row-wise reductions: the same for any number of rows.
+        unit = flat / (flat.norm(dim=1, keepdim=True) + 1e-12)
+        return 0.5 * (unit - self.observed_flat / (self.observed_norm + 1e-12)).pow(2).sum(dim=1)
 
 
 OPTIMISERS = ("adam", "lbfgs", "cma")
