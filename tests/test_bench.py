@@ -15,6 +15,7 @@ import pytest
 from art_gifd.bench import ConfigError, LocalExecutor, ResultsFile, expand_grid, load_config, run_benchmark
 from art_gifd.bench import runner as runner_module
 from art_gifd.bench.config import parse_document, validate_config
+from art_gifd.bench.grid import defense_label
 from art_gifd.bench.report import write_report
 from art_gifd.cli import main
 
@@ -319,6 +320,20 @@ def test_report_tables_equal_the_results_file(reference, tmp_path):
     pngs = [p for p in written if p.suffix == ".png"]
     assert {p.name.split("_")[0] for p in pngs} >= {"leakage", "privacy", "reconstructions"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_report_rows_follow_the_grid_whatever_order_jobs_finished_in(reference, tmp_path):
+    lines = Path(reference).read_text().splitlines()
+    headers = [line for line in lines if json.loads(line)["type"] == "run"]
+    jobs = [line for line in lines if json.loads(line)["type"] == "job"]
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join(headers + jobs[::-1]) + "\n")  # as if parallel workers finished back to front
+    write_report(shuffled, tmp_path / "report")
+    rows = json.loads((tmp_path / "report" / "tables.json").read_text())["rows"]
+    grid = [job.config for job in expand_grid(load_config(SMOKE)) if job.config["seed"] == 0]
+    assert [(r["defense_label"], r["attack"]) for r in rows] == [
+        (defense_label(c["defense"]), c["attack"]["label"]) for c in grid
+    ]
 
 
 def test_results_header_records_provenance(reference):

@@ -176,16 +176,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}.")
+        self._check_numbers(("learning_rate",), positive=True)
+        self._check_numbers(("tv_weight", "norm_weight"), positive=False)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule '{self.schedule}': use one of {sorted(SCHEDULES)}.")
         if self.distance not in DISTANCES:
             raise ValueError(f"Unknown distance '{self.distance}': use one of {DISTANCES}.")
-        for name in ("tv_weight", "norm_weight"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
         if self.defense is not None and not isinstance(self.defense, Defense):
             raise ValueError(
                 f"defense must be an art_gifd.defenses.Defense (the client's defence, known to the attacker) or None, "
@@ -203,6 +199,20 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             raise ValueError(
                 f"clip_values must be one (min, max) pair with min < max, got {self.estimator.clip_values!r}."
             )
+
+    def _check_numbers(self, names: tuple[str, ...], positive: bool) -> None:
+        """
+        Check that the named parameters are finite real numbers, ``> 0`` (``positive``) or ``>= 0``.
+
+        :raises ValueError: Naming the first parameter that is not.
+        """
+        for name in names:
+            value = getattr(self, name)
+            real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+            if not real or not np.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(
+                    f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}."
+                )
 
     def infer(self, x: GradientInput, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """
@@ -298,10 +308,21 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         assert ctx.labels is not None  # attacks that optimise labels override this method
         return ctx.labels
 
-    @abc.abstractmethod
     def _num_stages(self) -> int:
-        """Number of stages :meth:`_stages` yields."""
+        """Number of stages :meth:`_stages` yields (one, unless overridden)."""
+        return 1
 
     @abc.abstractmethod
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         """Yield the stages in order; each ``yield`` receives the previous stage's outcome."""
+
+
+class SingleStageSearch:
+    """Mix-in of the attacks whose search is a single stage: ``max_iter`` names its length."""
+
+    steps_per_stage: int
+
+    @property
+    def max_iter(self) -> int:
+        """Length of the search: Adam steps, L-BFGS objective evaluations or CMA-ES generations."""
+        return self.steps_per_stage

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext, StageGenerator
+from art_gifd.attacks.base import GradientInversionAttack, SearchContext, SingleStageSearch, StageGenerator
 from art_gifd.attacks.core import SearchStage, StageOutcome
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
 
-class DLGAttack(GradientInversionAttack):
+class DLGAttack(SingleStageSearch, GradientInversionAttack):
     """
     Deep Leakage from Gradients: optimise dummy images *and* dummy soft labels with L-BFGS so that their gradient
     matches the observed one in squared L2 distance. Images start from a standard normal draw, label logits too;
@@ -64,14 +64,6 @@ class DLGAttack(GradientInversionAttack):
             **kwargs,
         )
         self._check_params()
-
-    @property
-    def max_iter(self) -> int:
-        """Objective evaluations of L-BFGS."""
-        return self.steps_per_stage
-
-    def _num_stages(self) -> int:
-        return 1
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         import torch

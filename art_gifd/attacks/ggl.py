@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from art_gifd.attacks.base import SearchContext, StageGenerator
+from art_gifd.attacks.base import SearchContext, SingleStageSearch, StageGenerator
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.labels import LabelMapping
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from art_gifd.priors.base import LayeredGenerator
 
 
-class GGLAttack(GenerativePriorAttack):
+class GGLAttack(SingleStageSearch, GenerativePriorAttack):
     """
     Generative Gradient Leakage: treat the gradient-matching loss as a black box of the generator's latent code and
     minimise it with CMA-ES (the ``cma`` package). No gradient flows back to the latent code: the search works even
@@ -81,17 +81,13 @@ class GGLAttack(GenerativePriorAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not np.isfinite(self.sigma) or self.sigma <= 0:
-            raise ValueError(f"sigma must be a positive number, got {self.sigma!r}.")
+        self._check_numbers(("sigma",), positive=True)
         if self.population_size is not None and (
             isinstance(self.population_size, bool)
             or not isinstance(self.population_size, int | np.integer)
             or self.population_size < 2
         ):
             raise ValueError(f"population_size must be an integer >= 2 or None, got {self.population_size!r}.")
-
-    def _num_stages(self) -> int:
-        return 1
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         latent = self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
@@ -85,8 +83,7 @@ class GIASAttack(GenerativePriorAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not np.isfinite(self.weight_learning_rate) or self.weight_learning_rate <= 0:
-            raise ValueError(f"weight_learning_rate must be a positive number, got {self.weight_learning_rate!r}.")
+        self._check_numbers(("weight_learning_rate",), positive=True)
 
     def _num_stages(self) -> int:
         return 2

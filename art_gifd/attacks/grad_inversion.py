@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from torch import nn
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext, StageGenerator
+from art_gifd.attacks.base import GradientInversionAttack, SearchContext, SingleStageSearch, StageGenerator
 from art_gifd.federated import TargetModel
 
 if TYPE_CHECKING:
@@ -30,9 +29,8 @@ class BatchNormStatistics:
     def __init__(self, target: TargetModel, batch_size: int) -> None:
         """
         :param target: The FL model (its BatchNorm layers must track running statistics).
+        :param batch_size: Client batch size ``B``.
         :raises ValueError: If the model has no BatchNorm layer or its layers keep no running statistics.
-        :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
         """
         self.target = target
         self.batch_size = batch_size
@@ -77,7 +75,7 @@ def group_consistency(batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]
     return penalty
 
 
-class GradInversionAttack(GradientInversionAttack):
+class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
     """
     GradInversion: optimise pixels (Adam) to match the gradient, with BatchNorm-statistics matching (the model's
     running statistics as a prior on the batch), TV and norm priors, and optionally the group-consistency term
@@ -117,7 +115,8 @@ class GradInversionAttack(GradientInversionAttack):
         :param group_weight: Weight of the group-consistency term (0 disables it).
         :param tv_weight: Weight of the total-variation prior.
         :param norm_weight: Weight of the squared-norm prior.
-        :param batch_size: Client batch size behind the gradient.
+        :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
+                       ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
         """
         self.bn_weight = bn_weight
         self.group_weight = group_weight
@@ -135,10 +134,7 @@ class GradInversionAttack(GradientInversionAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        for name in ("bn_weight", "group_weight"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+        self._check_numbers(("bn_weight", "group_weight"), positive=False)
         BatchNormStatistics(TargetModel(self.estimator), self.batch_size)  # raises for a model without BatchNorm
 
     def _regularisers(self, ctx: SearchContext) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -148,9 +144,6 @@ class GradInversionAttack(GradientInversionAttack):
             group = group_consistency(ctx.batch_size)
             terms.append(lambda images: self.group_weight * group(images))
         return terms
-
-    def _num_stages(self) -> int:
-        return 1
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         yield ctx.pixel_stage()

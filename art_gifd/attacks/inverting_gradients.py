@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import PIXEL_INITS, GradientInversionAttack, SearchContext, StageGenerator
+from art_gifd.attacks.base import PIXEL_INITS, GradientInversionAttack, SearchContext, SingleStageSearch, StageGenerator
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
 
-class InvertingGradientsAttack(GradientInversionAttack):
+class InvertingGradientsAttack(SingleStageSearch, GradientInversionAttack):
     """
     Optimise the pixels of a dummy batch so that its gradient matches the observed one (cosine distance + TV), with
     Adam and random restarts; the best restart by matching loss is returned. Pixels start as standard normal noise in
@@ -77,14 +77,6 @@ class InvertingGradientsAttack(GradientInversionAttack):
         super()._check_params()
         if self.init not in PIXEL_INITS:
             raise ValueError(f"Unknown init '{self.init}': use one of {PIXEL_INITS}.")
-
-    @property
-    def max_iter(self) -> int:
-        """Adam steps of the pixel search."""
-        return self.steps_per_stage
-
-    def _num_stages(self) -> int:
-        return 1
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         yield ctx.pixel_stage(signed=self.signed_gradients, init=self.init)

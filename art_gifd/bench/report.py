@@ -39,13 +39,17 @@ def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | Non
     return float(np.mean(data)), float(np.std(data))
 
 
-def aggregate(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def aggregate(
+    records: list[dict[str, Any]], config: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """
     Group job records into settings (the job configuration without its seed) and summarise each.
 
     :param records: The latest record of every job (``status`` ``ok`` or ``error``), in file order.
-    :return: ``(rows, errors)``: one row per setting that has at least one successful job, in order of first
-             appearance, and one entry per failed job.
+    :param config: The benchmark configuration (a run header's ``config``): rows follow its grid order, whatever
+                   order parallel workers finished the jobs in. ``None``: order of first appearance.
+    :return: ``(rows, errors)``: one row per setting that has at least one successful job, and one entry per
+             failed job.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     errors = []
@@ -56,7 +60,29 @@ def aggregate(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
             continue
         setting = {k: v for k, v in record["config"].items() if k != "seed"}
         groups.setdefault(canonical_json(setting), []).append(record)
-    return [_row(jobs) for jobs in groups.values()], errors
+    rows = [_row(jobs) for jobs in groups.values()]
+    if config is not None:
+        rows.sort(key=lambda row: _grid_position(row, config))  # stable: settings the config lacks stay in order
+    return rows, errors
+
+
+def _grid_position(row: dict[str, Any], config: dict[str, Any]) -> tuple[int, ...]:
+    """Where a row's setting lies in the configuration's grid; names it does not hold sort last."""
+
+    def index(items: list[Any], value: Any) -> int:
+        return items.index(value) if value in items else len(items)
+
+    defenses = config["defenses"]
+    defense = index([d["name"] for d in defenses], row["defense"])
+    points = [(p["strength"], p["adaptive"]) for p in defenses[defense]["points"]] if defense < len(defenses) else []
+    return (
+        index([d["name"] for d in config["datasets"]], row["dataset"]),
+        index(config["models"], row["model"]),
+        index(config["batch_sizes"], row["batch_size"]),
+        defense,
+        index(points, (row["strength"], row["adaptive"])),
+        index([a["label"] for a in config["attacks"]], row["attack"]),
+    )
 
 
 def _row(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,7 +212,7 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
     records = list({r["job_id"]: r for r in jobs}.values())
     if not records:
         raise ValueError(f"'{store.path}' holds no finished job yet.")
-    rows, errors = aggregate(records)
+    rows, errors = aggregate(records, runs[-1]["config"] if runs else None)
     out = Path(out) if out is not None else store.path.with_name(store.path.stem + "-report")
     out.mkdir(parents=True, exist_ok=True)
     title = runs[-1]["config"]["name"] if runs else store.path.stem
