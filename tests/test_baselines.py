@@ -134,6 +134,21 @@ def test_ggl_never_backpropagates(lenet_clf, digit, default_prior, monkeypatch) 
     assert psnr(result.images, x)[0] > 15.0
 
 
+def test_ggl_scores_in_chunks_with_the_same_result(lenet_clf, digit, default_prior) -> None:
+    x, y = digit
+    grads = client_gradients(lenet_clf, x, y)
+    results = [
+        GGLAttack(
+            lenet_clf, default_prior, max_iter=8, num_restarts=2, eval_batch_size=chunk, seed=0, verbose=False
+        ).reconstruct(grads)
+        for chunk in (None, 3)  # all 2 x 16 candidates of a generation in one call, or 3 at a time
+    ]
+    assert results[1].best_loss == pytest.approx(results[0].best_loss, rel=1e-4)
+    np.testing.assert_allclose(results[1].images, results[0].images, atol=1e-4)
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive integer or None"):
+        GGLAttack(lenet_clf, default_prior, eval_batch_size=0)
+
+
 def test_gias_weight_stage_improves_on_latent(lenet_clf, digit, default_prior) -> None:
     x, y = digit
     grads = client_gradients(lenet_clf, x, y)

@@ -15,6 +15,7 @@ import pytest
 from art_gifd.bench import ConfigError, LocalExecutor, ResultsFile, expand_grid, load_config, run_benchmark
 from art_gifd.bench import runner as runner_module
 from art_gifd.bench.config import parse_document, validate_config
+from art_gifd.bench.executors import ExecutorFailure
 from art_gifd.bench.grid import defense_label
 from art_gifd.bench.report import write_report
 from art_gifd.cli import main
@@ -255,6 +256,66 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
     dp = list(latest.values())[3]
     assert dp["epsilon"] > 0 and dp["delta"] == 1e-5 and dp["defense"]["params"]["noise_multiplier"] == 1.0
     assert run_benchmark(config, results, progress=False).ok == 0  # a rerun skips the recorded failures
+
+
+class _Handle:
+    def __init__(self, job, utility):
+        self.job, self.utility = job, utility
+
+
+class DyingWorkers(LocalExecutor):
+    """Two slots, jobs run in this process; while the ``killer`` job is in flight, every job in flight is lost, as
+    when a pool worker is killed (out of memory) and the pool breaks."""
+
+    def __init__(self, killer: str) -> None:
+        super().__init__(workers=1)
+        self.slots, self.killer, self.in_flight, self.restarts = 2, killer, [], 0
+
+    def submit(self, job, utility):
+        handle = _Handle(job, utility)
+        self.in_flight.append(handle)
+        return handle
+
+    def wait(self, handles):
+        return handles[:1]
+
+    def result(self, handle):
+        if any(h.job.label == self.killer for h in self.in_flight):
+            raise ExecutorFailure("the worker process running this job died")
+        self.in_flight.remove(handle)
+        return runner_module.run_job(handle.job, handle.utility)
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.in_flight = []
+
+
+def test_a_job_that_kills_its_worker_is_found_and_recorded_while_the_others_finish(tmp_path):
+    config = parse(
+        textwrap.dedent(
+            """            name = "dying"
+            models = ["lenet"]
+            seeds = [0, 1]
+            budget = { steps_per_stage = 1, stages = 2, num_restarts = 1 }
+            utility = { enabled = false }
+            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
+            priors = { mnist = { type = "embedded" } }
+            attacks = [{ name = "latent-only", prior = "mnist" }, { name = "pixel" }]
+            defenses = [{ name = "none", type = "none" }]
+            """
+        )
+    )
+    killer = "mnist/lenet/B1/none/pixel/seed0"
+    executor = DyingWorkers(killer)
+    results = tmp_path / "r.jsonl"
+    summary = run_benchmark(config, results, executor, progress=False)
+    records = ResultsFile(results).read()[1]
+    # one line per job: the killer, which broke the pool beside another job and then again alone, is an error
+    assert sorted(r["label"] for r in records) == sorted(j.label for j in expand_grid(config))
+    assert {r["label"]: r["status"] for r in records if r["status"] == "error"} == {killer: "error"}
+    failed = next(r for r in records if r["status"] == "error")
+    assert failed["error"]["type"] == "ExecutorFailure" and "died" in failed["error"]["message"]
+    assert executor.restarts == 2 and (summary.ok, summary.errors, summary.remaining) == (3, 1, 0)
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, monkeypatch, reference):

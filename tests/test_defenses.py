@@ -19,6 +19,7 @@ from art_gifd.defenses import (
     Clip,
     Compose,
     Defense,
+    DefenseContext,
     FunctionDefense,
     GaussianNoise,
     LaplacianNoise,
@@ -162,6 +163,18 @@ def test_soteria_prunes_representation_columns(clf4, batch4, clean4) -> None:
     np.testing.assert_array_equal(np.delete(head, zero_columns, axis=1), np.delete(clean4[-2], zero_columns, axis=1))
     for a, b in zip(sot[:-2] + sot[-1:], clean4[:-2] + clean4[-1:], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_soteria_scores_do_not_depend_on_the_chunk_size(clf4, batch4) -> None:
+    target = TargetModel(clf4)
+    x, y = batch4
+    context = DefenseContext(target, torch.as_tensor(x), torch.as_tensor(y), torch.Generator().manual_seed(0))
+    whole = Soteria("7", 0.6, chunk_size=None).feature_scores(context)
+    chunked = Soteria("7", 0.6, chunk_size=7).feature_scores(context)  # 768 features: 110 chunks, the last of 5
+    assert torch.isfinite(whole).sum() > 0
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=0.0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer or None"):
+        Soteria("7", 0.6, chunk_size=0)
 
 
 def test_compose_applies_in_order(clf4, batch4, clean4) -> None:

@@ -172,10 +172,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.defense = defense
 
     def _check_params(self) -> None:
-        for name in ("steps_per_stage", "num_restarts", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        self._check_integers(("steps_per_stage", "num_restarts", "batch_size"))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
         if self.schedule not in SCHEDULES:
@@ -199,6 +196,20 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             raise ValueError(
                 f"clip_values must be one (min, max) pair with min < max, got {self.estimator.clip_values!r}."
             )
+
+    def _check_integers(self, names: tuple[str, ...], minimum: int = 1, optional: bool = False) -> None:
+        """
+        Check that the named parameters are integers ``>= minimum`` (or ``None``, if ``optional``).
+
+        :raises ValueError: Naming the first parameter that is not.
+        """
+        for name in names:
+            value = getattr(self, name)
+            if optional and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+                wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                raise ValueError(f"{name} must be {wanted}{' or None' if optional else ''}, got {value!r}.")
 
     def _check_numbers(self, names: tuple[str, ...], positive: bool) -> None:
         """

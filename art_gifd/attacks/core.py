@@ -193,6 +193,8 @@ class SearchStage:
     :param signed: Adam on the sign of the gradient (Inverting Gradients).
     :param cma_sigma: Initial step size of CMA-ES.
     :param cma_population: Population size of CMA-ES (``None``: the ``cma`` package's default).
+    :param cma_chunk: Candidates CMA-ES scores per batched call (``None``: every restart's whole population at
+                      once). Memory grows with it (one dummy gradient per candidate), the result does not change.
     """
 
     name: str
@@ -205,6 +207,7 @@ class SearchStage:
     signed: bool = False
     cma_sigma: float = 0.5
     cma_population: int | None = None
+    cma_chunk: int | None = None
 
 
 @dataclass
@@ -416,8 +419,8 @@ def _run_cma(
             asked = [np.asarray(es.ask()) for es in strategies]  # R × (P, D)
             candidates = torch.as_tensor(np.stack(asked), dtype=init.dtype, device=init.device)
             flat = candidates.reshape(restarts * population * rows, *init.shape[1:])
-            _, match = evaluate([flat])
-            losses = match.reshape(restarts, population)
+            chunk = (stage.cma_chunk or restarts * population) * rows
+            losses = torch.cat([evaluate([part])[1] for part in flat.split(chunk)]).reshape(restarts, population)
             host = losses.double().cpu().numpy()
             for es, solutions, values in zip(strategies, asked, host, strict=True):
                 es.tell(list(solutions), values.tolist())

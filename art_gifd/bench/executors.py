@@ -17,7 +17,10 @@ from art_gifd.bench.runner import JobOutcome, run_job
 
 
 class ExecutorFailure(RuntimeError):
-    """The executor itself broke (e.g. a pool worker was killed); the run stops and a rerun resumes it."""
+    """
+    The executor itself broke (e.g. a pool worker was killed, typically out of memory): the driver restarts it and
+    runs the jobs that were in flight again, each alone; one that breaks it again is recorded as an error.
+    """
 
 
 class Executor(abc.ABC):
@@ -49,6 +52,11 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def shutdown(self) -> None:
         """Release the workers."""
+
+    def restart(self) -> None:
+        """Replace broken workers (after :class:`ExecutorFailure`); the lost jobs are submitted again."""
+        self.shutdown()
+        self.start()
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -93,7 +101,8 @@ class LocalExecutor(Executor):
             return handle.result()
         except cf.process.BrokenProcessPool as exc:
             raise ExecutorFailure(
-                f"a worker process died ({exc}); possibly out of memory. Rerun to resume the unfinished jobs."
+                f"the worker process running this job died ({exc}), possibly out of memory: give it more memory or "
+                "a smaller setting, then rerun with --retry-errors"
             ) from exc
 
     def cancel(self, handles: list[cf.Future]) -> None:

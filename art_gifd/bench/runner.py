@@ -344,27 +344,45 @@ def run_benchmark(
     bar = tqdm(total=len(todo), desc=config.name, unit="job", disable=not progress)
     pending: dict[Any, Job] = {}
     queue = list(reversed(todo))
+    #: Jobs that were in flight when a worker process died: each runs again, alone, so that the one that kills its
+    #: worker (e.g. out of memory) is found and recorded as an error while the others finish.
+    suspects: set[str] = set()
+
+    def record(outcome: JobOutcome) -> None:
+        _store(store, outcome, summary, utilities)
+        bar.update(1)
+        bar.set_postfix(ok=summary.ok, errors=summary.errors)
+        if outcome.record["status"] == "error":
+            error = outcome.record["error"]
+            bar.write(f"error in {outcome.record['label']}: {error['type']}: {error['message']}")
+
     try:
         store.append(_run_header(config, executor, command, summary))
         while queue or pending:
-            while queue and len(pending) < executor.slots:
+            while queue and len(pending) < executor.slots and not suspects & {j.job_id for j in pending.values()}:
+                if queue[-1].job_id in suspects and pending:
+                    break  # a suspect waits until it can run alone
                 job = queue.pop()
                 pending[executor.submit(job, utilities.get(job.utility_key))] = job
             for handle in executor.wait(list(pending)):
                 job = pending.pop(handle)
                 try:
                     outcome = executor.result(handle)
-                except ExecutorFailure:
-                    raise
+                except ExecutorFailure as exc:
+                    lost = [job, *pending.values()]
+                    pending.clear()
+                    bar.write(f"a worker died with {len(lost)} job(s) in flight; restarting the workers")
+                    executor.restart()
+                    for lost_job in lost:
+                        if lost_job.job_id in suspects:  # it ran alone: it killed its worker
+                            record(JobOutcome(error_record(lost_job, exc)))
+                        else:
+                            suspects.add(lost_job.job_id)
+                            queue.append(lost_job)
+                    break  # the other handles of this wait belonged to the broken pool
                 except Exception as exc:  # the executor lost the job (e.g. a Ray worker died): record it
                     outcome = JobOutcome(error_record(job, exc))
-                _store(store, outcome, summary, utilities)
-                bar.update(1)
-                bar.set_postfix(ok=summary.ok, errors=summary.errors)
-                if outcome.record["status"] == "error":
-                    bar.write(
-                        f"error in {job.label}: {outcome.record['error']['type']}: {outcome.record['error']['message']}"
-                    )
+                record(outcome)
     except KeyboardInterrupt:
         summary.interrupted = True
         executor.cancel(list(pending))

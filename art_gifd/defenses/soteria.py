@@ -31,11 +31,14 @@ class Soteria(Defense):
     name = "soteria"
     replayable = True
 
-    def __init__(self, layer: str, ratio: float) -> None:
+    def __init__(self, layer: str, ratio: float, chunk_size: int | None = 64) -> None:
         """
         :param layer: Module name (as in ``model.named_modules()``) of the ``nn.Linear`` whose input is the
                       representation, e.g. ``"7"`` for the last layer of an ``nn.Sequential`` or ``"fc"``.
         :param ratio: Fraction of representation features whose weight-gradient columns are zeroed, in ``[0, 1)``.
+        :param chunk_size: Representation features whose input gradients are computed together, one sample at a time
+                           (``None``: all features at once). Memory grows with it: one backward pass through the
+                           model per feature in the chunk. The scores do not depend on it.
         """
         if not isinstance(layer, str) or not layer:
             raise ValueError(
@@ -44,6 +47,11 @@ class Soteria(Defense):
             )
         self.layer = layer
         self.ratio = check_number("ratio", ratio, 0.0, 1.0)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        self.chunk_size = chunk_size
 
     def linear(self, module: nn.Module) -> nn.Linear:
         """The representation layer of ``module``; ``ValueError`` naming the model's linear layers if unknown."""
@@ -72,7 +80,8 @@ class Soteria(Defense):
 
         x = target.preprocess(context.x).detach()
         rep = torch.func.vmap(representation)(x)
-        sensitivity = torch.func.vmap(torch.func.jacrev(representation))(x).flatten(2).norm(dim=2)
+        jacobian = torch.func.jacrev(representation, chunk_size=self.chunk_size)
+        sensitivity = torch.stack([jacobian(sample).flatten(1).norm(dim=1) for sample in x])  # (B, F)
         ratio = torch.where(rep != 0, sensitivity / rep.abs().clamp_min(torch.finfo(rep.dtype).tiny), math.inf)
         return ratio.sum(dim=0)
 
