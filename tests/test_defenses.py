@@ -173,7 +173,7 @@ def test_soteria_scores_do_not_depend_on_the_chunk_size(clf4, batch4) -> None:
     chunked = Soteria("7", 0.6, chunk_size=7).feature_scores(context)  # 768 features: 110 chunks, the last of 5
     assert torch.isfinite(whole).sum() > 0
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=0.0)
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer or None"):
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
         Soteria("7", 0.6, chunk_size=0)
 
 

@@ -61,8 +61,8 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
         :param label_mapping: Task label → generator class, for class-conditional priors.
         :param eval_batch_size: Candidates scored per batched call (``None``: all restarts' populations of a
                                 generation at once). Each candidate needs its own dummy gradient of the FL model, so
-                                memory grows with it; lower it when memory runs short (a ResNet-18 at 64×64 needs about
-                                20 GB on CPU for 4 restarts × 17 candidates at batch size 4). The result is the same.
+                                memory grows with it; lower it when memory runs short (a ResNet-18 at 64×64 went past
+                                20 GB on CPU with 4 restarts × 17 candidates at batch size 4). The result is the same.
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
                        ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
         """

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from art_gifd.defenses.base import Defense, DefenseContext, GradientBatch, check_number, zero_pattern_mask
+from art_gifd.defenses.base import (
+    Defense,
+    DefenseContext,
+    GradientBatch,
+    check_integer,
+    check_number,
+    zero_pattern_mask,
+)
 
 
 class Soteria(Defense):
@@ -47,11 +54,7 @@ class Soteria(Defense):
             )
         self.layer = layer
         self.ratio = check_number("ratio", ratio, 0.0, 1.0)
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
-        self.chunk_size = chunk_size
+        self.chunk_size = None if chunk_size is None else check_integer("chunk_size", chunk_size, 1)
 
     def linear(self, module: nn.Module) -> nn.Linear:
         """The representation layer of ``module``; ``ValueError`` naming the model's linear layers if unknown."""
