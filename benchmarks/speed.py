@@ -1,32 +1,40 @@
 """
-Speed of our batched GIFD search against a plain sequential implementation of the reference protocol, side by side
-in one process, at equal steps and from the same random starts.
+Speed of our GIFD search against a plain sequential implementation of the paper's protocol, side by side in one
+process. Three modes:
 
-*Batched* is :class:`art_gifd.GIFDAttack`: the R restarts are one tensor, their dummy gradients one vmapped
-computation, and the best iterate is tracked on the device without host synchronisation. *Reference* is written out
-below as the original implementation runs the protocol of DESIGN.md §2: a Python loop over restarts and stages, a
-fresh Adam optimiser (warm-up + cosine decay) per stage and restart, the dummy gradient from
-``torch.autograd.grad(..., create_graph=True)``, the l1-ball projection after every step and a host synchronisation
-(``loss.item()``) every step to keep the best iterate. Both use the same prior (``forward_from``), the same objective
-(1 − cosine + TV + squared norm) and the same initial latent codes, so their quality is comparable: the JSON reports
-the matching loss (one common evaluator) and the PSNR of both outputs.
+``--mode equal`` (default): one batch, equal steps, the same random starts. *Batched* is :class:`art_gifd.GIFDAttack`
+on the reference's protocol (every restart through every stage): the R restarts are one tensor, their dummy
+gradients one vmapped computation, the best iterate tracked on the device without host synchronisation.
+*Reference* (:func:`reference_gifd`) is written out from the paper: a Python loop over restarts and stages, a fresh
+Adam optimiser (warm-up + cosine decay) per stage and restart, the dummy gradient from
+``torch.autograd.grad(..., create_graph=True)``, the sphere projection of the latent and the l1-ball projection of the
+features after every step and a host synchronisation (``loss.item()``) every step to keep the best iterate. Both use
+the same prior, the same objective (1 − cosine + TV, per-image means averaged over the batch) and the same initial
+latent codes, so their quality is comparable: the JSON reports the matching loss (one common evaluator) and the PSNR
+of both. Times are wall-clock seconds of the whole reconstruction (after a warm-up run of each), repeated
+``--repeats`` times in alternating order; the speed-up is the median of the paired ratios reference / batched; the
+per-image time of the full protocol (``--full-steps`` per stage) is extrapolated linearly unless it was measured.
 
-Times are wall-clock seconds of the whole reconstruction (after a warm-up run of each), repeated ``--repeats`` times in
-alternating order; the speed-up is the median over repeats of the paired ratios reference / batched. The per-image time
-of the full protocol (``--full-steps`` per stage, default 1000) is extrapolated linearly from the steps measured unless
-they are the full protocol. The 1-minute load average is recorded around every repeat: on a shared machine, read the
-numbers with it. Examples::
+``--mode quality``: time-to-quality on the evaluation split of a case of ``benchmarks/cases.py`` (see
+:func:`quality_mode`): the reference at its full protocol against our attack at its defaults with fractions of the
+steps, CPU seconds each needs to reach the reference's PSNR.
+
+``--mode profile``: milliseconds per part of one search step (see :func:`profile_mode`).
+
+The 1-minute load average is recorded in the equal mode: on a shared machine, read the numbers with it. Examples::
 
     .venv/bin/python benchmarks/speed.py --device cpu --model lenet --steps-per-stage 50 --repeats 3
+    .venv/bin/python benchmarks/speed.py --mode quality --case lenet-mnist --batch-size 4 --threads 1
+    .venv/bin/python benchmarks/speed.py --mode profile --model convnet --threads 1
     python benchmarks/speed.py --device cuda --model resnet18 --image-size 64 --quick
 
-``--quick`` (60 steps per stage, 2 repeats) takes about two minutes for ResNet-18 at 64×64 on one H200 (100 steps per
-stage took 3 minutes, start-up included).
+``--quick`` (60 steps per stage, 2 repeats) takes about two minutes for ResNet-18 at 64×64 on one H200.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -35,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,13 +60,16 @@ from art_gifd.models import MODELS, build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 PRIORS = ("auto", "mnist32", "faces", "random")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
 class Protocol:
-    """The GIFD search both implementations run (DESIGN.md §2, cosine distance, per-element l1 radii)."""
+    """The GIFD search both implementations run (cosine distance, per-element l1 radii)."""
 
     stages: int
     steps: int
@@ -85,15 +96,21 @@ class Case:
 
 def reference_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
     """
-    The reference protocol, sequentially: a loop over restarts, stages and steps, one host sync per step.
+    GIFD as the paper describes it, written as a plain sequential loop: restarts, stages and steps one after the
+    other, one host sync per step.
 
-    The cosine distance is accumulated parameter tensor by parameter tensor and only the latent or feature receives
-    gradients (``backward(inputs=...)``), as a careful plain implementation would do it.
+    Objective: 1 − cosine of the gradients (accumulated parameter tensor by parameter tensor) plus TV and, when its
+    weight is not 0, the mean-square norm, both per-image means averaged over the batch; only the latent or feature
+    receives gradients (``backward(inputs=...)``), as a careful plain implementation would do it. The latent code
+    starts on, and after every step is projected back onto, the sphere of radius ``sqrt(d)`` (for priors with a
+    standard normal latent); each feature stage starts from the best iterate of the previous stage and projects its
+    deviation onto the l1 ball. Every restart runs every stage; the output is the best candidate over all stages
+    and restarts by matching loss.
 
     :param case: The attacked batch and its gradient.
     :param protocol: Stages, steps, restarts and objective weights.
     :param device: Device of the search.
-    :return: The best candidate over all stages and restarts by matching loss, ``(B, C, H, W)`` in ``[lo, hi]``.
+    :return: The best candidate, ``(B, C, H, W)`` in ``[lo, hi]``.
     """
     target = TargetModel(case.classifier, device=device)
     prior = case.prior.to(target.device).freeze()
@@ -104,23 +121,36 @@ def reference_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
     lo, hi = (float(v) for v in case.classifier.clip_values)
     out_lo, out_hi = prior.output_range
     batch = len(case.y)
+    sphere = prior.latent_constraint == "sphere"
 
     def decode(stage: int, h: torch.Tensor) -> torch.Tensor:
         return lo + (prior.forward_from(stage, h) - out_lo) * ((hi - lo) / (out_hi - out_lo))
+
+    def to_sphere(z: torch.Tensor) -> torch.Tensor:
+        flat = z.flatten(1)
+        return (flat * (flat.shape[1] ** 0.5 / flat.norm(dim=1, keepdim=True))).reshape(z.shape)
 
     def matching_loss(images: torch.Tensor, create_graph: bool) -> torch.Tensor:
         loss = target.loss(params, target.preprocess(images), labels)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
         norm = torch.sqrt(sum((g * g).sum() for g in grads)) + 1e-12
-        # 1 − cos as ½‖g/|g| − t/|t|‖² (the library's form, free of cancellation), one parameter tensor at a time
+        # 1 − cos as ½‖g/|g| − t/|t|‖² (free of cancellation), one parameter tensor at a time
         pairs = zip(grads, observed, strict=True)
         return 0.5 * sum((g / norm - t / (observed_norm + 1e-12)).pow(2).sum() for g, t in pairs)
+
+    def objective(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        match = matching_loss(images, create_graph=True)
+        total = match + protocol.tv_weight * total_variation(images).mean()
+        if protocol.norm_weight:
+            total = total + protocol.norm_weight * images.pow(2).flatten(1).mean(dim=1).mean()
+        return total, match
 
     rng = torch.Generator(device=target.device).manual_seed(protocol.seed)
     latents = prior.sample_latent(protocol.restarts * batch, generator=rng)  # the batched attack's draw
     best_loss, best_images = math.inf, None
     for restart in range(protocol.restarts):
         h = latents[restart * batch : (restart + 1) * batch]
+        h = to_sphere(h) if sphere else h
         for stage in range(protocol.stages):
             if stage > 0:
                 with torch.no_grad():
@@ -133,19 +163,18 @@ def reference_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
             stage_loss, stage_h = math.inf, start
             for _ in range(protocol.steps):
                 optimiser.zero_grad()
-                images = decode(stage, h)
-                match = matching_loss(images, create_graph=True)
-                regulariser = protocol.tv_weight * total_variation(images).sum()
-                total = match + regulariser + protocol.norm_weight * images.pow(2).sum()
+                total, match = objective(decode(stage, h))
                 total.backward(inputs=[h])
                 value = match.item()  # host sync, as the original code does every step
                 if value < stage_loss:
                     stage_loss, stage_h = value, h.detach().clone()
                 optimiser.step()
                 schedule.step()
-                if stage > 0:
-                    with torch.no_grad():
+                with torch.no_grad():
+                    if stage > 0:
                         h.copy_(start + project_l1_ball(h - start, ball))
+                    elif sphere:
+                        h.copy_(to_sphere(h))
             value = matching_loss(decode(stage, h.detach()), create_graph=False).item()
             if value < stage_loss:
                 stage_loss, stage_h = value, h.detach().clone()
@@ -158,24 +187,35 @@ def reference_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
 
 
 def batched_gifd(case: Case, protocol: Protocol, device: str) -> np.ndarray:
-    """Our :class:`~art_gifd.GIFDAttack` on the same protocol: all restarts in one batched computation."""
-    attack = GIFDAttack(
+    """
+    Our :class:`~art_gifd.GIFDAttack` on the reference's protocol: every restart through every stage, all restarts
+    in one batched computation.
+    """
+    return gifd_attack(case, protocol, device, feature_restarts=None).reconstruct(case.gradient, case.y).images
+
+
+def gifd_attack(case: Case, protocol: Protocol, device: str, **overrides: Any) -> GIFDAttack:
+    """:class:`~art_gifd.GIFDAttack` with the protocol's steps, stages, restarts and weights, and ``overrides``."""
+    settings = {
+        "max_stage": protocol.stages,
+        "steps_per_stage": protocol.steps,
+        "num_restarts": protocol.restarts,
+        "learning_rate": protocol.learning_rate,
+        "l1_radius": protocol.l1_radius,
+        "radius_scale": "per_element",
+        "tv_weight": protocol.tv_weight,
+        "norm_weight": protocol.norm_weight,
+        **overrides,
+    }
+    return GIFDAttack(
         case.classifier,
         case.prior,
-        max_stage=protocol.stages,
-        steps_per_stage=protocol.steps,
-        num_restarts=protocol.restarts,
-        learning_rate=protocol.learning_rate,
-        l1_radius=protocol.l1_radius,
-        radius_scale="per_element",
-        tv_weight=protocol.tv_weight,
-        norm_weight=protocol.norm_weight,
         batch_size=len(case.y),
         device=device,
         seed=protocol.seed,
         verbose=False,
+        **settings,
     )
-    return attack.reconstruct(case.gradient, case.y).images
 
 
 METHODS: dict[str, Callable[[Case, Protocol, str], np.ndarray]] = {"reference": reference_gifd, "batched": batched_gifd}
@@ -311,9 +351,277 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Step budgets of our attack in the quality mode, as fractions of the reference's steps per stage.
+QUALITY_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """Run ``fn``; return its images, process CPU seconds and wall seconds."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    images = fn()
+    return images, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def _mean_sem(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    sem = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else float("nan")
+    return {"mean": float(array.mean()), "sem": sem, "n": len(array)}
+
+
+def time_to_quality(points: list[tuple[float, float]], target: float) -> float | None:
+    """
+    CPU seconds at which a (seconds, PSNR) curve first reaches ``target`` PSNR, interpolated linearly between
+    measured budgets (the first budget counts as reached at its own cost); ``None`` if it never does.
+    """
+    previous = None
+    for seconds, quality in sorted(points):
+        if quality >= target:
+            if previous is None or previous[1] >= target:
+                return seconds
+            (s0, q0), (s1, q1) = previous, (seconds, quality)
+            return s0 + (target - q0) * (s1 - s0) / (q1 - q0)
+        previous = (seconds, quality)
+    return None
+
+
+def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    Time-to-quality of our attack at its defaults against the plain-loop reference, in one process, on the
+    evaluation split of a case of ``benchmarks/cases.py``.
+
+    For every batch and seed the reference runs its full protocol (``--restarts`` restarts, every restart through
+    every stage) and, for the same starting latents, our attack runs at its defaults (its own restart count and
+    successive halving) with :data:`QUALITY_FRACTIONS` of the steps per stage; the runs alternate order. Reported:
+    PSNR at equal steps (paired difference ± s.e.m.) and the CPU seconds each needs to reach the reference's mean
+    final PSNR; their ratio is the time-to-quality speed-up.
+    """
+    from art_gifd.metrics import evaluate_batch
+    from benchmarks.cases import CASES
+
+    spec = CASES[args.case]
+    classifier = spec.classifier()
+    prior = spec.load_prior()
+    x_all, y_all = spec.images("eval", args.images)
+    stages = args.stages or 4
+    runs: list[dict[str, Any]] = []
+    for first in range(0, len(x_all) - args.batch_size + 1, args.batch_size):
+        x, y = x_all[first : first + args.batch_size], y_all[first : first + args.batch_size]
+        case = Case(classifier, prior, spec.prior, spec.description, x, y, spec.gradient(classifier, x, y))
+        for seed in args.seeds:
+            protocol = Protocol(
+                stages, args.steps_per_stage, args.restarts, args.learning_rate, args.l1_radius, 1e-4, 0.0, seed
+            )
+            jobs: dict[str, Callable[[], np.ndarray]] = {
+                "reference": lambda c=case, p=protocol: reference_gifd(c, p, args.device),
+                "reference R=1": lambda c=case, p=protocol: reference_gifd(
+                    c, Protocol(**{**vars(p), "restarts": 1}), args.device
+                ),
+            }
+            for fraction in QUALITY_FRACTIONS:
+                steps = max(1, round(args.steps_per_stage * fraction))
+                jobs[f"ours x{fraction:g}"] = lambda c=case, p=protocol, n=steps: (
+                    GIFDAttack(
+                        c.classifier,
+                        c.prior,
+                        max_stage=p.stages,
+                        steps_per_stage=n,
+                        batch_size=len(c.y),
+                        device=args.device,
+                        seed=p.seed,
+                        verbose=False,
+                    )
+                    .reconstruct(c.gradient, c.y)
+                    .images
+                )
+            order = list(jobs) if (first + seed) % 2 == 0 else list(reversed(jobs))
+            for name in order:
+                images, cpu, wall = _timed(jobs[name])
+                score = evaluate_batch(images, x, y, y)["psnr"]
+                runs.append({"method": name, "first": first, "seed": seed, "psnr": score, "cpu": cpu, "wall": wall})
+                print(
+                    f"{spec.name} B={args.batch_size} first={first} seed={seed} {name}: {score:.2f} dB, "
+                    f"{cpu:.1f} cpu s",
+                    flush=True,
+                )
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    by = {m: {(r["first"], r["seed"]): r for r in runs if r["method"] == m} for m in methods}
+    table = {
+        m: {
+            "psnr": _mean_sem([r["psnr"] for r in by[m].values()]),
+            "cpu": _mean_sem([r["cpu"] for r in by[m].values()]),
+        }
+        for m in methods
+    }
+    for m in methods:
+        for ref in ("reference", "reference R=1"):
+            diffs = [by[m][k]["psnr"] - by[ref][k]["psnr"] for k in by[m]]
+            table[m][f"paired_diff_vs_{ref}"] = {**_mean_sem(diffs), "wins": int(sum(d > 0 for d in diffs))}
+    ours = [(table[f"ours x{f:g}"]["cpu"]["mean"], table[f"ours x{f:g}"]["psnr"]["mean"]) for f in QUALITY_FRACTIONS]
+    ttq = {}
+    for ref in ("reference", "reference R=1"):
+        target, ref_cpu = table[ref]["psnr"]["mean"], table[ref]["cpu"]["mean"]
+        reached = time_to_quality(ours, target)
+        ttq[ref] = {
+            "target_psnr": target,
+            "reference_cpu_seconds": ref_cpu,
+            "ours_cpu_seconds": reached,
+            "speedup": ref_cpu / reached if reached else None,
+        }
+    record = {
+        "benchmark": "speed-quality",
+        "command": shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv_given(args) else [])]),
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device_name": device_name(args.device),
+        "case": {"name": spec.name, "description": spec.description, "split": "eval", "images": args.images},
+        "protocol": {
+            "stages": stages,
+            "steps_per_stage": args.steps_per_stage,
+            "reference_restarts": args.restarts,
+            "learning_rate": args.learning_rate,
+            "l1_radius": args.l1_radius,
+            "tv_weight": 1e-4,
+            "batch_size": args.batch_size,
+            "seeds": args.seeds,
+            "labels": "given",
+        },
+        "ours": "GIFDAttack at its defaults (restarts, feature_restarts, objective) with the stages and steps shown",
+        "fractions": list(QUALITY_FRACTIONS),
+        "table": table,
+        "time_to_quality": ttq,
+        "runs": runs,
+    }
+    write_json_atomic(args.out, record)
+    for m in methods:
+        row = table[m]
+        diff = row["paired_diff_vs_reference"]
+        print(
+            f"{m:>16}: {row['psnr']['mean']:.2f} ± {row['psnr']['sem']:.2f} dB, {row['cpu']['mean']:.1f} cpu s, "
+            f"vs reference {diff['mean']:+.2f} ± {diff['sem']:.2f}"
+        )
+    for ref, item in ttq.items():
+        speedup = f"{item['speedup']:.2f}x" if item["speedup"] else "not reached"
+        print(f"time to {ref}'s {item['target_psnr']:.2f} dB: {speedup}")
+    print(f"-> {args.out}")
+    return record
+
+
+class _Clock:
+    """Context manager factory timing named parts into lists (synchronising CUDA around each part)."""
+
+    def __init__(self, timings: dict[str, list[float]], cuda: bool) -> None:
+        self.timings, self.cuda = timings, cuda
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.timings[name].append(time.perf_counter() - start)
+
+
+def profile_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    Where the milliseconds of one search step go, for one and for ``--restarts`` rows: decoding through the
+    generator, the dummy gradient (vmapped ``grad`` or plain autograd), the outer backward (double backward), the Adam
+    step, the l1-ball projection and the best-iterate tracking. Each part is timed separately over ``--repeats``
+    × 20 steps of a feature stage (stage 1), median milliseconds per step.
+    """
+    from art_gifd.attacks.core import GradientMatcher, Objective, _BestTracker
+
+    case = build_case(args)
+    target = TargetModel(case.classifier, device=args.device)
+    prior = case.prior.to(target.device).freeze()
+    observed = target.as_gradient_list(case.gradient)
+    labels = target.labels_to_indices(case.y)
+    matcher = GradientMatcher(target, observed, labels, "cosine")
+    objective = Objective(matcher)
+    lo, hi = (float(v) for v in case.classifier.clip_values)
+    out_lo, out_hi = prior.output_range
+    rows_of = {"one restart": 1, f"{args.restarts} restarts": args.restarts}
+    parts: dict[str, dict[str, float]] = {}
+    for label, restarts in rows_of.items():
+        rng = torch.Generator(device=target.device).manual_seed(args.seed)
+        with torch.no_grad():
+            start = prior.forward_blocks(prior.sample_latent(restarts * len(case.y), generator=rng), 0, 1)
+        h = start.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([h], lr=0.1)
+        tracker = _BestTracker([h], restarts)
+        ball = args.l1_radius * start[0].numel()
+        timings: dict[str, list[float]] = {
+            k: [] for k in ("decode", "gradient", "objective", "backward", "adam", "project", "track")
+        }
+        clock = _Clock(timings, args.device.startswith("cuda"))
+        for _ in range(args.repeats * 20 + 3):
+            optimiser.zero_grad(set_to_none=True)
+            with clock("decode"):
+                images = lo + (prior.forward_from(1, h) - out_lo) * ((hi - lo) / (out_hi - out_lo))
+            x = target.preprocess(images).reshape(restarts, len(case.y), *images.shape[1:])
+            with clock("gradient"):
+                matcher._gradients(x, labels, soft=False)
+            with clock("objective"):
+                total, match = objective(images)
+            with clock("backward"):
+                total.sum().backward()
+            with clock("adam"):
+                optimiser.step()
+            with torch.no_grad(), clock("project"):
+                h.copy_(start + project_l1_ball(h - start, ball))
+            with clock("track"):
+                tracker.update(match, [h])
+        # "objective" repeats the gradient inside the matching loss: its own share is objective minus gradient
+        medians = {k: statistics.median(v[3:]) * 1e3 for k, v in timings.items()}
+        medians["objective"] = max(0.0, medians["objective"] - medians["gradient"])
+        parts[label] = medians
+    record = {
+        "benchmark": "speed-profile",
+        "command": shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv_given(args) else [])]),
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device_name": device_name(args.device),
+        "model": args.model,
+        "input_shape": list(case.prior.image_shape),
+        "prior": case.prior_note,
+        "batch_size": len(case.y),
+        "milliseconds_per_step": parts,
+        "note": (
+            "decode: generator from stage 1; gradient: the dummy gradient alone (vmap(grad) for several rows, plain "
+            "autograd for one); objective: the rest of the matching loss and priors; backward: the double backward "
+            "into the feature; adam, project (l1 ball), track (best iterate): one call each"
+        ),
+    }
+    write_json_atomic(args.out, record)
+    for label, medians in parts.items():
+        print(
+            f"{label}: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in medians.items())
+            + f" (total {sum(medians.values()):.2f} ms)"
+        )
+    print(f"-> {args.out}")
+    return record
+
+
+def argv_given(args: argparse.Namespace) -> bool:
+    """Whether the arguments came from the command line (not from a test's argv list)."""
+    return getattr(args, "_from_command_line", False)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line; defaults that depend on other options are resolved here."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--mode",
+        choices=("equal", "quality", "profile"),
+        default="equal",
+        help="equal: reference vs batched at equal steps on one batch; quality: time-to-quality on a case's eval "
+        "split; profile: milliseconds per part of one step",
+    )
+    parser.add_argument("--case", default="lenet-mnist", help="quality mode: a case of benchmarks/cases.py")
+    parser.add_argument("--images", type=int, default=8, help="quality mode: images of the evaluation split")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="quality mode: seeds per batch")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--model", default="lenet", choices=MODELS)
     parser.add_argument("--image-size", type=int, default=None, help="default: 64 for resnet18, else 32")
@@ -337,6 +645,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: benchmarks/results/speed_<device>_<model>_<size>[_<N>threads].json",
     )
     args = parser.parse_args(argv)
+    args._from_command_line = argv is None
+    if args.mode == "quality":
+        from benchmarks.cases import CASES
+
+        if args.case not in CASES:
+            parser.error(f"--case must be one of {sorted(CASES)}, got '{args.case}'.")
+        if args.images < args.batch_size or args.images % args.batch_size:
+            parser.error(f"--images ({args.images}) must be a multiple of --batch-size ({args.batch_size}).")
     args.image_size = args.image_size or (64 if args.model == "resnet18" else 32)
     if args.channels is None and args.prior == "random":
         args.channels = 3
@@ -351,6 +667,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--device cuda was asked for but torch sees no CUDA device: use --device cpu.")
     if not (args.device == "cpu" or args.device.startswith("cuda")):
         parser.error(f"--device must be cpu or cuda[:N], got '{args.device}'.")
+    if args.out is None and args.mode == "quality":
+        kind = "cuda" if args.device.startswith("cuda") else "cpu"
+        args.out = RESULTS / f"quality_{kind}_{args.case}_b{args.batch_size}.json"
+    if args.out is None and args.mode == "profile":
+        kind = "cuda" if args.device.startswith("cuda") else "cpu"
+        args.out = RESULTS / f"profile_{kind}_{args.model}_{args.image_size}_b{args.batch_size}.json"
     if args.out is None:
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         threads = f"_{args.threads}threads" if args.threads is not None else ""
@@ -363,12 +685,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.mode == "quality":
+        return quality_mode(args)
+    if args.mode == "profile":
+        return profile_mode(args)
     case = build_case(args)
     stages = args.stages or case.prior.default_max_stage or case.prior.num_blocks
     if not 1 <= stages <= case.prior.num_blocks:
         raise ValueError(f"--stages must lie in [1, {case.prior.num_blocks}] for this prior, got {stages}.")
     protocol = Protocol(
-        stages, args.steps_per_stage, args.restarts, args.learning_rate, args.l1_radius, 1e-4, 1e-6, args.seed
+        stages, args.steps_per_stage, args.restarts, args.learning_rate, args.l1_radius, 1e-4, 0.0, args.seed
     )
     warmup = Protocol(**{**vars(protocol), "steps": min(3, protocol.steps)})
     for method in METHODS:  # allocator, kernels, lazy imports

@@ -90,11 +90,17 @@ def test_select_best_over_stages_and_restarts() -> None:
     for r in range(3):
         images[1][2 * r : 2 * r + 2] += 10 * r
     losses = [torch.tensor([0.5, 0.4, 0.6]), torch.tensor([0.3, 0.7, 0.05]), torch.tensor([0.2, 0.1, 0.9])]
-    outcomes = [StageOutcome(f"s{i}", images[i], images[i], losses[i]) for i in range(3)]
-    stage, restart, best, table = select_best(outcomes, batch_size=2)
+    outcomes = [StageOutcome(f"s{i}", [images[i]], images[i], losses[i], restart_ids=[0, 1, 2]) for i in range(3)]
+    stage, restart, best, table = select_best(outcomes, batch_size=2, num_restarts=3)
     assert (stage, restart) == (1, 2)
     torch.testing.assert_close(best, torch.full((2, 1, 2, 2), 21.0))
     np.testing.assert_allclose(table, torch.stack(losses).numpy())
+    # a stage that continued only restart 2 (successive halving): the others are inf in the table
+    kept = StageOutcome("s3", [images[1][4:6]], images[1][4:6] + 1, torch.tensor([0.01]), restart_ids=[2])
+    stage, restart, best, table = select_best([*outcomes, kept], batch_size=2, num_restarts=3)
+    assert (stage, restart) == (3, 2)
+    torch.testing.assert_close(best, torch.full((2, 1, 2, 2), 22.0))
+    assert np.isinf(table[3, :2]).all() and table[3, 2] == pytest.approx(0.01)
 
 
 def test_gifd_reconstructs_heldout_digit(lenet_clf, heldout, default_prior) -> None:
@@ -113,7 +119,8 @@ def test_gifd_reconstructs_heldout_digit(lenet_clf, heldout, default_prior) -> N
     # each stage starts from the previous stage's best candidate, so the best loss never gets worse
     assert np.all(np.diff(result.stage_losses.min(axis=1)) <= 1e-7)
     score = float(psnr(result.images, x)[0])
-    assert score > 25.0, f"PSNR {score:.1f} dB: the search is not reconstructing"
+    # 44.3 dB when measured (2 restarts, the best carried into the feature stages): a 3 dB regression fails
+    assert score > 41.5, f"PSNR {score:.1f} dB: the search is not reconstructing"
     # reproducible with the same seed
     again = GIFDAttack(lenet_clf, default_prior, steps_per_stage=100, num_restarts=2, seed=0, verbose=False)
     np.testing.assert_allclose(again.infer(grads, y=y), result.images, atol=1e-5)

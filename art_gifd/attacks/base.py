@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from art_gifd.attacks.core import (
     DISTANCES,
+    NORM_FORMS,
     SCHEDULES,
     GradientMatcher,
     Objective,
@@ -108,6 +109,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         "distance",
         "tv_weight",
         "norm_weight",
+        "norm_form",
         "schedule",
         "batch_size",
         "train_mode",
@@ -117,6 +119,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         "defense",
     ]
     _estimator_requirements = (PyTorchClassifier,)
+    #: What each stage hands on (:data:`~art_gifd.attacks.core.HAND_ON`) and which stages compete for the output
+    #: (``"all"`` or only the ``"last"``): fixed choices, kept as attributes so that ``benchmarks/ablation.py`` can
+    #: measure the alternatives.
+    _hand_on = "best"
+    _selection = "all"
     #: Whether missing labels are inferred from the gradient (``False``: the attack optimises them itself).
     _infers_labels = True
 
@@ -128,7 +135,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         learning_rate: float,
         distance: str = "cosine",
         tv_weight: float = 1e-4,
-        norm_weight: float = 1e-6,
+        norm_weight: float = 0.0,
+        norm_form: str = "mean_square",
         schedule: str = "cosine",
         batch_size: int = 1,
         train_mode: bool = False,
@@ -143,8 +151,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param num_restarts: Independent random restarts, run as one batched computation.
         :param learning_rate: Peak Adam learning rate (linear warm-up, then cosine decay).
         :param distance: Gradient distance, ``"cosine"`` (scale-invariant) or ``"l2"``.
-        :param tv_weight: Weight of the total-variation image prior.
-        :param norm_weight: Weight of the squared-norm image prior.
+        :param tv_weight: Weight of the total-variation image prior: ``tv_weight · mean_b TV(x_b)`` where ``TV`` is the
+                          mean absolute difference of neighbouring pixels of one image, averaged over the batch.
+        :param norm_weight: Weight of the norm image prior ``norm_weight · mean_b N(x_b)`` (0 disables it).
+        :param norm_form: ``N(x)``: ``"mean_square"`` (``mean(x²)`` over the image's elements) or ``"rms"`` (its
+                          square root). Both are per-image means, so weights carry over between image sizes.
         :param schedule: Adam learning-rate schedule: ``"cosine"`` (linear warm-up, then cosine decay) or ``"step"``
                          (×0.1 at 3/8, 5/8 and 7/8 of the steps, as in Inverting Gradients).
         :param batch_size: Number of private samples behind the gradient (the client batch size).
@@ -163,6 +174,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.distance = distance
         self.tv_weight = tv_weight
         self.norm_weight = norm_weight
+        self.norm_form = norm_form
         self.schedule = schedule
         self.batch_size = batch_size
         self.train_mode = train_mode
@@ -175,6 +187,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self._check_integers(("steps_per_stage", "num_restarts", "batch_size"))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
+        if self.norm_form not in NORM_FORMS:
+            raise ValueError(f"Unknown norm_form '{self.norm_form}': use one of {NORM_FORMS}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Unknown schedule '{self.schedule}': use one of {sorted(SCHEDULES)}.")
         if self.distance not in DISTANCES:
@@ -261,12 +275,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         matcher = GradientMatcher(target, observed, labels, self.distance, self.batch_size, defense=self.defense)
         ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi), matcher)
         self._prepare(ctx)
-        objective = Objective(matcher, self.tv_weight, self.norm_weight, self._regularisers(ctx))
+        objective = self._objective(matcher, self._regularisers(ctx))
         total = self.steps_per_stage * self._num_stages()
         outcomes: list[StageOutcome] = []
         with tqdm(total=total, desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
             settings = SearchSettings(
-                self.steps_per_stage, self.learning_rate, self.num_restarts, bar, seed, self.schedule
+                self.steps_per_stage, self.learning_rate, self.num_restarts, bar, seed, self.schedule, self._hand_on
             )
             stages = self._stages(ctx)
             stage = next(stages)
@@ -276,7 +290,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     stage = stages.send(outcomes[-1])
                 except StopIteration:
                     break
-        best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size)
+        competing = outcomes if self._selection == "all" else outcomes[-1:]
+        best_stage, best_restart, images, losses = select_best(competing, self.batch_size, self.num_restarts)
+        if self._selection != "all":
+            best_stage = len(outcomes) - 1
+            losses = select_best(outcomes, self.batch_size, self.num_restarts)[3]
         images = images.clamp(lo, hi).detach().cpu().numpy().astype(np.float32)
         final_labels = self._result_labels(ctx, outcomes[best_stage], best_restart)
         result = ReconstructionResult(
@@ -302,6 +320,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             result.seconds,
         )
         return result
+
+    def _objective(
+        self, matcher: GradientMatcher, extra: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
+    ) -> Objective:
+        """The search objective: ``matcher``'s loss plus this attack's image priors and ``extra`` terms."""
+        return Objective(matcher, self.tv_weight, self.norm_weight, self.norm_form, list(extra or []))
 
     def _prepare(self, ctx: SearchContext) -> None:
         """Check the context before the search (e.g. that a prior fits the estimator); raise ``ValueError``."""

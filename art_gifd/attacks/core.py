@@ -41,13 +41,15 @@ def project_l1_ball(v: torch.Tensor, radius: float | torch.Tensor) -> torch.Tens
     flat = v.reshape(v.shape[0], -1)
     radius_t = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).reshape(-1, 1).expand(flat.shape[0], 1)
     mags = flat.abs()
+    inside = mags.sum(dim=1, keepdim=True) <= radius_t
+    if flat.device.type == "cpu" and bool(inside.all()):  # nothing to project; the check is free off the GPU
+        return v
     sorted_mags = torch.sort(mags, dim=1, descending=True).values
     cumsum = sorted_mags.cumsum(dim=1)
     ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
     cond = sorted_mags - (cumsum - radius_t) / ks > 0
     rho = cond.to(flat.dtype).cumsum(dim=1).argmax(dim=1, keepdim=True)  # last index where cond holds
     theta = ((cumsum.gather(1, rho) - radius_t) / (rho + 1).to(flat.dtype)).clamp_min(0.0)
-    inside = mags.sum(dim=1, keepdim=True) <= radius_t
     projected = torch.where(inside, flat, torch.sign(flat) * (mags - theta).clamp_min(0.0))
     return projected.reshape(v.shape)
 
@@ -84,8 +86,21 @@ def step_decay(
     return factor
 
 
-#: Learning-rate schedules a stage can use, by name.
-SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {"cosine": warmup_cosine, "step": step_decay}
+def constant(steps: int) -> Callable[[int], float]:
+    """Learning-rate factor 1 throughout."""
+    return lambda step: 1.0
+
+
+#: Learning-rate schedules a stage can use, by name: ``"cosine"`` (5% linear warm-up, then cosine decay),
+#: ``"cosine-no-warmup"``, ``"step"`` (Inverting Gradients' ×0.1 at 3/8, 5/8, 7/8) and ``"constant"``.
+SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {
+    "cosine": warmup_cosine,
+    "cosine-no-warmup": lambda steps: warmup_cosine(steps, warmup_fraction=0.0),
+    "step": step_decay,
+    "constant": constant,
+}
+#: What a stage hands on: its ``"best"`` iterate by matching loss, or its ``"last"`` one.
+HAND_ON = ("best", "last")
 
 
 class GradientMatcher:
@@ -137,6 +152,24 @@ class GradientMatcher:
         self.adaptive = self.defense is not None
         self._grads_hard = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, None))
         self._grads_soft = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, 0))
+        #: Parameters as leaves that take part in autograd, for the one-candidate path of :meth:`_gradients`.
+        self._leaf_params = {n: p.detach().requires_grad_(True) for n, p in target.params.items()}
+
+    def _gradients(self, x: torch.Tensor, labels: torch.Tensor, soft: bool) -> dict[str, torch.Tensor]:
+        """
+        Dummy gradients of ``R`` candidate batches ``x`` ``(R, B, …)``, each ``(R, *shape)``, differentiable in ``x``.
+
+        One candidate batch (a single restart) takes plain ``torch.autograd.grad``: the same numbers as the vmapped
+        path without its batching overhead, which is what a search that carries one restart runs most steps on.
+        """
+        if x.shape[0] > 1:
+            return (self._grads_soft if soft else self._grads_hard)(self.target.params, x, labels)
+        params = self._leaf_params
+        differentiable = torch.is_grad_enabled()  # as torch.func.grad: no graph to the images under no_grad
+        with torch.enable_grad():
+            loss = self.target.loss(params, x[0], labels[0] if soft else labels)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
+        return {n: g.unsqueeze(0) for n, g in zip(params, grads, strict=True)}
 
     def loss(self, images: torch.Tensor, soft_labels: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -150,9 +183,9 @@ class GradientMatcher:
         if soft_labels is None:
             if self.labels is None:
                 raise ValueError("No labels: pass soft_labels or build the matcher with labels.")
-            grads = self._grads_hard(self.target.params, x, self.labels)
+            grads = self._gradients(x, self.labels, soft=False)
         else:
-            grads = self._grads_soft(self.target.params, x, soft_labels.reshape(x.shape[0], self.batch_size, -1))
+            grads = self._gradients(x, soft_labels.reshape(x.shape[0], self.batch_size, -1), soft=True)
         if self.defense is not None:
             grads = self.defense.replay(grads, self.observed)
         flat = torch.cat([grads[n].flatten(1) for n in self.observed], dim=1)  # (R, P)
@@ -195,6 +228,8 @@ class SearchStage:
     :param cma_population: Population size of CMA-ES (``None``: the ``cma`` package's default).
     :param cma_chunk: Candidates CMA-ES scores per batched call (``None``: every restart's whole population at
                       once). Memory grows with it (one dummy gradient per candidate), the result does not change.
+    :param restart_ids: The restarts of the search that this stage continues, in row order (``None``: all of them).
+                        A stage may carry only the best restarts of the previous one (successive halving).
     """
 
     name: str
@@ -208,30 +243,75 @@ class SearchStage:
     cma_sigma: float = 0.5
     cma_population: int | None = None
     cma_chunk: int | None = None
+    restart_ids: list[int] | None = None
 
 
 @dataclass
 class StageOutcome:
-    """Best candidate of one stage: per-restart representation, images, matching loss and steps run."""
+    """
+    Best candidate of one stage: per-restart representation, images, matching loss, steps run, and which restarts
+    of the search its rows are.
+    """
 
     name: str
     representation: Variables
     images: torch.Tensor
     loss: torch.Tensor
     steps: int = 0
+    restart_ids: list[int] = field(default_factory=list)
+
+    def best_restarts(self, k: int) -> list[int]:
+        """Positions (row groups) of the ``k`` restarts with the lowest matching loss, best first."""
+        return torch.argsort(self.loss)[:k].tolist()
+
+    def take(self, positions: list[int]) -> tuple[Variables, list[int]]:
+        """The representation of the restarts at ``positions`` (row groups, in that order) and their restart ids."""
+        restarts = self.loss.shape[0]
+        index = torch.as_tensor(positions, device=self.loss.device)
+        taken = []
+        for value in self.representation:
+            grouped = value.reshape(restarts, value.shape[0] // restarts, *value.shape[1:])
+            taken.append(grouped[index].reshape(-1, *value.shape[1:]))
+        return taken, [self.restart_ids[p] for p in positions]
+
+
+#: Forms of the norm prior ``N(x)`` of :class:`Objective`, each a per-image mean over the image's elements.
+NORM_FORMS = ("mean_square", "rms")
+
+
+def image_norm(images: torch.Tensor, form: str = "mean_square") -> torch.Tensor:
+    """
+    Norm prior of each image, shape ``(N,)``: ``mean(x²)`` (``"mean_square"``) or ``sqrt(mean(x²))`` (``"rms"``).
+
+    Both are means over the ``C·H·W`` elements of one image, so a weight means the same for any image size.
+    """
+    mean_square = images.pow(2).flatten(1).mean(dim=1)
+    if form == "mean_square":
+        return mean_square
+    if form == "rms":
+        return (mean_square + 1e-12).sqrt()
+    raise ValueError(f"Unknown norm form '{form}': use one of {NORM_FORMS}.")
 
 
 @dataclass
 class Objective:
     """
-    Matching loss plus image priors, per restart: ``match + tv_weight · TV + norm_weight · ||x||² + Σ extra``.
+    Matching loss plus image priors, per restart::
 
-    ``extra`` holds attack-specific regularisers, each mapping images ``(R * B, …)`` to a penalty per restart.
+        match + tv_weight · mean_b TV(x_b) + norm_weight · mean_b N(x_b) + Σ extra
+
+    ``TV(x)`` is the mean absolute difference of neighbouring pixels of one image (:func:`total_variation`) and
+    ``N(x)`` its mean square or root mean square (:func:`image_norm`); both are per-image means averaged over the
+    ``B`` images of a candidate batch, so a weight means the same for any image size, channel count and batch size.
+    Near a good reconstruction the matching loss is 1e-7 … 1e-5: a prior's weighted value at the true image must be
+    far smaller, or it pulls the search away from the truth. ``extra`` holds attack-specific regularisers, each
+    mapping images ``(R * B, …)`` to a penalty per restart.
     """
 
     matcher: GradientMatcher
     tv_weight: float = 1e-4
-    norm_weight: float = 1e-6
+    norm_weight: float = 0.0
+    norm_form: str = "mean_square"
     extra: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
 
     def __call__(
@@ -240,8 +320,10 @@ class Objective:
         """Return (total objective, matching loss), both per restart ``(R,)``."""
         match = self.matcher.loss(images, soft_labels)
         batch = self.matcher.batch_size
-        reg = self.tv_weight * total_variation(images) + self.norm_weight * images.pow(2).flatten(1).sum(dim=1)
-        total = match + reg.reshape(-1, batch).sum(dim=1)
+        reg = self.tv_weight * total_variation(images)
+        if self.norm_weight:
+            reg = reg + self.norm_weight * image_norm(images, self.norm_form)
+        total = match + reg.reshape(-1, batch).mean(dim=1)
         for term in self.extra:
             total = total + term(images)
         return total, match
@@ -252,8 +334,8 @@ class SearchSettings:
     """
     Optimiser settings shared by every stage.
 
-    ``schedule`` is the Adam learning-rate schedule: ``"cosine"`` (linear warm-up, then cosine decay) or ``"step"``
-    (×0.1 at 3/8, 5/8 and 7/8 of the steps, as in Inverting Gradients).
+    ``schedule`` is the Adam learning-rate schedule (see :data:`SCHEDULES`). ``hand_on`` is what each stage returns:
+    its ``"best"`` iterate by matching loss (every evaluated iterate competes) or its ``"last"`` one.
     """
 
     steps: int
@@ -262,6 +344,7 @@ class SearchSettings:
     progress: tqdm | None = field(default=None, repr=False)
     seed: int = 0
     schedule: str = "cosine"
+    hand_on: str = "best"
 
 
 class _BestTracker:
@@ -291,8 +374,11 @@ def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings
     if stage.optimiser not in OPTIMISERS:
         raise ValueError(f"Unknown optimiser '{stage.optimiser}': use one of {OPTIMISERS}.")
     gradient_free = stage.optimiser == "cma"
+    restart_ids = list(range(settings.num_restarts)) if stage.restart_ids is None else list(stage.restart_ids)
+    if not restart_ids or any(v.shape[0] % len(restart_ids) for v in stage.init):
+        raise ValueError(f"Stage '{stage.name}': its variables' rows do not split into {len(restart_ids)} restarts.")
     variables = [v.detach().clone().requires_grad_(not gradient_free) for v in stage.init]
-    tracker = _BestTracker(variables, settings.num_restarts)
+    tracker = _BestTracker(variables, len(restart_ids))
 
     def evaluate(values: Variables) -> tuple[torch.Tensor, torch.Tensor]:
         labels = stage.soft_labels(values) if stage.soft_labels is not None else None
@@ -311,10 +397,13 @@ def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings
     else:
         steps = _run_adam(stage, variables, evaluate, tracker, settings, report)
     with torch.no_grad():
+        if settings.hand_on == "last" and not gradient_free:
+            last = [v.detach().clone() for v in variables]
+            return StageOutcome(stage.name, last, stage.decode(last), evaluate(last)[1], steps, restart_ids)
         if not gradient_free:
             tracker.update(evaluate(variables)[1], variables)
         images = stage.decode(tracker.variables)
-    return StageOutcome(stage.name, tracker.variables, images.detach(), tracker.loss, steps)
+    return StageOutcome(stage.name, tracker.variables, images.detach(), tracker.loss, steps, restart_ids)
 
 
 def _param_groups(stage: SearchStage, variables: Variables, learning_rate: float) -> list[dict]:
@@ -403,7 +492,7 @@ def _run_cma(
     if len(stage.init) != 1:
         raise ValueError(f"Stage '{stage.name}': CMA-ES searches exactly one variable, got {len(stage.init)}.")
     init = stage.init[0].detach()
-    restarts = settings.num_restarts
+    restarts = tracker.restarts
     rows = init.shape[0] // restarts
     starts = init.reshape(restarts, -1).double().cpu().numpy()
     options = {"seed": settings.seed + 1, "verbose": -9, "maxiter": settings.steps}
@@ -465,13 +554,21 @@ class ReconstructionResult:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def select_best(outcomes: list[StageOutcome], batch_size: int) -> tuple[int, int, torch.Tensor, np.ndarray]:
+def select_best(
+    outcomes: list[StageOutcome], batch_size: int, num_restarts: int
+) -> tuple[int, int, torch.Tensor, np.ndarray]:
     """
     The best candidate over all stages and restarts by matching loss.
 
+    :param outcomes: Every stage's outcome, in order.
+    :param batch_size: Client batch size ``B``.
+    :param num_restarts: Restarts of the search; a stage that did not continue a restart has loss ``inf`` there.
     :return: (stage index, restart index, images of that candidate ``(B, …)``, losses ``(stages, restarts)``).
     """
-    losses = torch.stack([o.loss for o in outcomes]).cpu().numpy()
+    losses = np.full((len(outcomes), num_restarts), np.inf)
+    for i, outcome in enumerate(outcomes):
+        losses[i, outcome.restart_ids] = outcome.loss.detach().cpu().numpy()
     stage, restart = np.unravel_index(int(np.argmin(losses)), losses.shape)
-    images = outcomes[stage].images.reshape(-1, batch_size, *outcomes[stage].images.shape[1:])[restart]
+    chosen = outcomes[stage]
+    images = chosen.images.reshape(-1, batch_size, *chosen.images.shape[1:])[chosen.restart_ids.index(int(restart))]
     return int(stage), int(restart), images, losses

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext
-from art_gifd.attacks.core import Objective
 from art_gifd.labels import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
-from art_gifd.priors.base import LayeredGenerator
+from art_gifd.priors.base import LATENT_CONSTRAINTS, LayeredGenerator, project_latent
 
 if TYPE_CHECKING:
     import torch
@@ -25,15 +24,19 @@ class GenerativePriorAttack(GradientInversionAttack):
     ``prior=None`` loads the embedded default prior. For a class-conditional prior, each task label is mapped to a
     generator class with ``label_mapping`` (``None``: the same index; ``"auto"``: chosen per batch by scoring the
     candidate classes, scores in ``extra["label_mapping_scores"]``).
+
+    The searched latent code is kept on the prior's latent constraint (``latent_constraint="auto"``; see
+    :data:`~art_gifd.priors.base.LATENT_CONSTRAINTS`): after every gradient step, and for CMA-ES before decoding.
     """
 
-    attack_params = [*GradientInversionAttack.attack_params, "prior", "label_mapping"]
+    attack_params = [*GradientInversionAttack.attack_params, "prior", "label_mapping", "latent_constraint"]
 
     def __init__(
         self,
         estimator: PyTorchClassifier,
         prior: LayeredGenerator | None,
         label_mapping: LabelMapping,
+        latent_constraint: str = "auto",
         **kwargs: Any,
     ) -> None:
         """
@@ -42,6 +45,9 @@ class GenerativePriorAttack(GradientInversionAttack):
         :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
                               label → generator class, a callable doing the same, or ``"auto"`` /
                               :class:`~art_gifd.labels.AutoLabelMapping` (scored per batch).
+        :param latent_constraint: ``"auto"`` (the prior's :attr:`~art_gifd.priors.LayeredGenerator.latent_constraint`:
+                                  the sphere of radius ``sqrt(d)`` for a standard normal latent, a box for BigGAN's
+                                  truncated one, none for StyleGAN2), or ``"sphere"``, ``"box"``, ``"none"``.
         :param kwargs: Parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`.
         """
         if prior is None:
@@ -50,6 +56,7 @@ class GenerativePriorAttack(GradientInversionAttack):
             prior = load_default_prior()
         self.prior = prior
         self.label_mapping = label_mapping
+        self.latent_constraint = latent_constraint
         self._generator_labels: torch.Tensor | None = None
         self._mapping_scores: dict[str, object] | None = None
         super().__init__(estimator, **kwargs)
@@ -65,6 +72,15 @@ class GenerativePriorAttack(GradientInversionAttack):
             raise ValueError(
                 f"The prior generates images of shape {tuple(self.prior.image_shape)} but the estimator expects "
                 f"{expected}. Use a prior trained at the estimator's resolution and channel count."
+            )
+        if self.latent_constraint != "auto" and self.latent_constraint not in LATENT_CONSTRAINTS:
+            raise ValueError(
+                f"Unknown latent_constraint '{self.latent_constraint}': use 'auto' or one of {LATENT_CONSTRAINTS}."
+            )
+        if self.resolved_latent_constraint == "box" and not (self.prior.latent_bound or 0) > 0:
+            raise ValueError(
+                "latent_constraint='box' needs a prior with a latent_bound (a truncated latent); this prior has none: "
+                "use 'sphere', 'none' or 'auto'."
             )
         mapping = self.label_mapping
         if mapping is not None and self.prior.num_classes is None:
@@ -113,12 +129,25 @@ class GenerativePriorAttack(GradientInversionAttack):
             spec or AutoLabelMapping(),
             ctx.labels,
             int(self.prior.num_classes),
-            lambda n: self.prior.sample_latent(n, generator=ctx.rng),
+            lambda n: self.project_latent(self.prior.sample_latent(n, generator=ctx.rng)),
             decode,
-            Objective(ctx.matcher, self.tv_weight, self.norm_weight),
+            self._objective(ctx.matcher),
             classify,
         )
         return mapping
+
+    @property
+    def resolved_latent_constraint(self) -> str:
+        """The latent constraint the search applies (``"auto"`` resolved from the prior)."""
+        return self.prior.latent_constraint if self.latent_constraint == "auto" else self.latent_constraint
+
+    def project_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Project latent codes ``(N, …)`` onto the search's latent constraint."""
+        return project_latent(latent, self.resolved_latent_constraint, self.prior.latent_bound)
+
+    def initial_latent(self, ctx: SearchContext) -> torch.Tensor:
+        """One latent code per candidate row, ``(R * B, …)``, drawn from the prior and projected."""
+        return self.project_latent(self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng))
 
     def generator_labels(self, rows: int) -> torch.Tensor | None:
         """Generator classes for ``rows`` candidate rows (the batch's classes tiled), ``None`` if unconditional."""
@@ -127,7 +156,10 @@ class GenerativePriorAttack(GradientInversionAttack):
         return self._generator_labels.repeat(rows // self._generator_labels.shape[0])
 
     def _extra(self, ctx: SearchContext) -> dict[str, object]:
-        extra: dict[str, object] = {"prior": self.prior.describe()}
+        extra: dict[str, object] = {
+            "prior": self.prior.describe(),
+            "latent_constraint": self.resolved_latent_constraint,
+        }
         if self._generator_labels is not None:
             extra["generator_labels"] = self._generator_labels.cpu().tolist()
         if self._mapping_scores is not None:
@@ -140,11 +172,22 @@ class GenerativePriorAttack(GradientInversionAttack):
         lo, hi = ctx.clip_values
         return lo + (generated - out_lo) * ((hi - lo) / (out_hi - out_lo))
 
-    def _decoder(self, stage: int, ctx: SearchContext) -> Callable[[list[torch.Tensor]], torch.Tensor]:
-        """Decoder of a stage whose single variable is the input of generator stage ``stage``."""
+    def _decoder(
+        self, stage: int, ctx: SearchContext, project: bool = False
+    ) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+        """
+        Decoder of a stage whose single variable is the input of generator stage ``stage``; with ``project``, the
+        (latent) variable is projected onto the latent constraint first (for gradient-free searches).
+        """
 
         def decode(variables: list[torch.Tensor]) -> torch.Tensor:
-            h = variables[0]
+            h = self.project_latent(variables[0]) if project else variables[0]
             return self._to_clip(self.prior.forward_from(stage, h, self.generator_labels(h.shape[0])), ctx)
 
         return decode
+
+    def _latent_projection(self) -> Callable[[list[torch.Tensor]], list[torch.Tensor]] | None:
+        """Projection of a stage whose first variable is the latent code (``None`` when unconstrained)."""
+        if self.resolved_latent_constraint == "none":
+            return None
+        return lambda variables: [self.project_latent(variables[0]), *variables[1:]]

@@ -90,11 +90,10 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
         self._check_integers(("eval_batch_size",), optional=True)
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
-        latent = self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng)
         yield SearchStage(
             "latent-cma",
-            [latent],
-            self._decoder(0, ctx),
+            [self.initial_latent(ctx)],
+            self._decoder(0, ctx, project=True),
             optimiser="cma",
             cma_sigma=self.sigma,
             cma_population=self.population_size,

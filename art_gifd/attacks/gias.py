@@ -46,7 +46,7 @@ class GIASAttack(GenerativePriorAttack):
         weight_learning_rate: float = 1e-4,
         distance: str = "cosine",
         tv_weight: float = 1e-4,
-        norm_weight: float = 1e-6,
+        norm_weight: float = 0.0,
         label_mapping: LabelMapping = None,
         **kwargs: Any,
     ) -> None:
@@ -61,7 +61,7 @@ class GIASAttack(GenerativePriorAttack):
         :param weight_learning_rate: Peak learning rate of the generator weights.
         :param distance: Gradient distance, ``"cosine"`` or ``"l2"``.
         :param tv_weight: Weight of the total-variation prior.
-        :param norm_weight: Weight of the squared-norm prior.
+        :param norm_weight: Weight of the norm prior (a per-image mean, see ``norm_form``).
         :param label_mapping: Task label → generator class, for class-conditional priors.
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
                        ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
@@ -91,8 +91,8 @@ class GIASAttack(GenerativePriorAttack):
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         from torch.func import functional_call, vmap
 
-        latent = self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng)
-        outcome = yield SearchStage("latent", [latent], self._decoder(0, ctx))
+        project = self._latent_projection()
+        outcome = yield SearchStage("latent", [self.initial_latent(ctx)], self._decoder(0, ctx), project)
 
         prior = self.prior
         names = [name for name, _ in prior.named_parameters()]
@@ -111,4 +111,4 @@ class GIASAttack(GenerativePriorAttack):
             return self._to_clip(per_image(tuple(variables[1:]), variables[0], labels), ctx)
 
         rates = [self.learning_rate] + [self.weight_learning_rate] * len(weights)
-        yield SearchStage("generator", [outcome.representation[0], *weights], decode, learning_rates=rates)
+        yield SearchStage("generator", [outcome.representation[0], *weights], decode, project, learning_rates=rates)

@@ -39,10 +39,21 @@ class GIFDAttack(GenerativePriorAttack):
     staying close to its manifold. The output is the best candidate over all stages and restarts by gradient-matching
     loss. ``max_stage=1`` is the latent-only search of GGL/GIAS-style attacks.
 
+    Restarts: all ``num_restarts`` random latent codes run through the latent stage together; only the
+    ``feature_restarts`` best of them (by matching loss) go on into the feature stages, where most of the cost is
+    spent on candidates that already look promising (successive halving). The latent code stays on the prior's
+    latent constraint (``latent_constraint``), the sphere of radius ``sqrt(d)`` for a standard normal latent.
+
     | Paper link: https://arxiv.org/abs/2308.04699
     """
 
-    attack_params = [*GenerativePriorAttack.attack_params, "max_stage", "l1_radius", "radius_scale"]
+    attack_params = [
+        *GenerativePriorAttack.attack_params,
+        "max_stage",
+        "l1_radius",
+        "radius_scale",
+        "feature_restarts",
+    ]
 
     def __init__(
         self,
@@ -56,9 +67,13 @@ class GIFDAttack(GenerativePriorAttack):
         radius_scale: str = "per_element",
         distance: str = "cosine",
         tv_weight: float = 1e-4,
-        norm_weight: float = 1e-6,
+        norm_weight: float = 0.0,
         batch_size: int = 1,
         label_mapping: LabelMapping = None,
+        feature_restarts: int | None = 1,
+        latent_constraint: str = "auto",
+        norm_form: str = "mean_square",
+        schedule: str = "cosine",
         train_mode: bool = False,
         device: str | torch.device | None = None,
         seed: int | None = None,
@@ -73,7 +88,7 @@ class GIFDAttack(GenerativePriorAttack):
         :param max_stage: Number of stages searched, ``1 … prior.num_blocks``; ``None`` = the prior's default;
                           ``1`` = latent only.
         :param steps_per_stage: Adam steps per stage (the paper uses 1000 on GPU).
-        :param num_restarts: Random restarts, run as one batched computation (the paper uses 4).
+        :param num_restarts: Random restarts of the latent stage, run as one batched computation (the paper uses 4).
         :param learning_rate: Peak Adam learning rate.
         :param l1_radius: Radius of the l1 ball around each feature stage's starting point: one value for every
                           feature stage or one per feature stage (``max_stage - 1`` values).
@@ -81,13 +96,21 @@ class GIFDAttack(GenerativePriorAttack):
                              sample (a mean absolute deviation, one default for every generator); ``"absolute"``: the
                              radius is used as given (as in the reference implementation).
         :param distance: Gradient distance, ``"cosine"`` or ``"l2"``.
-        :param tv_weight: Weight of the total-variation prior.
-        :param norm_weight: Weight of the squared-norm prior.
+        :param tv_weight: Weight of the total-variation prior (per-image mean absolute neighbour difference,
+                          averaged over the batch).
+        :param norm_weight: Weight of the norm prior (a per-image mean, see ``norm_form``; 0 disables it).
         :param batch_size: Client batch size behind the gradient.
         :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
                               label → generator class, a callable doing the same, or ``"auto"`` /
                               :class:`~art_gifd.labels.AutoLabelMapping` (candidate classes scored per batch; scores
                               in ``extra["label_mapping_scores"]``).
+        :param feature_restarts: How many of the latent stage's restarts (the best by matching loss) the feature
+                                 stages continue; ``None``: all of them.
+        :param latent_constraint: ``"auto"`` (the prior's), ``"sphere"``, ``"box"`` or ``"none"``: the set the
+                                  latent code is projected onto after every step of the latent stage.
+        :param norm_form: Form of the norm prior: ``"mean_square"`` or ``"rms"``.
+        :param schedule: Adam learning-rate schedule of every stage: ``"cosine"`` (warm-up, then cosine decay) or
+                         ``"step"``.
         :param train_mode: Whether the client computed its gradient with the model in train mode.
         :param device: Device of the search (default: the estimator's device); the prior is moved there.
         :param seed: Seed of the random initialisations.
@@ -98,10 +121,14 @@ class GIFDAttack(GenerativePriorAttack):
         self.max_stage = max_stage
         self.l1_radius = l1_radius
         self.radius_scale = radius_scale
+        self.feature_restarts = feature_restarts
         super().__init__(
             estimator,
             prior,
             label_mapping,
+            latent_constraint=latent_constraint,
+            norm_form=norm_form,
+            schedule=schedule,
             steps_per_stage=steps_per_stage,
             num_restarts=num_restarts,
             learning_rate=learning_rate,
@@ -137,6 +164,7 @@ class GIFDAttack(GenerativePriorAttack):
             raise ValueError(f"max_stage must be an integer in [1, {n}] or None, got {self.max_stage!r}.")
         if not 1 <= self.stages <= n:
             raise ValueError(f"max_stage must lie in [1, {n}] for this prior ({n} blocks), got {self.stages}.")
+        self._check_integers(("feature_restarts",), optional=True)
         if self.radius_scale not in RADIUS_SCALES:
             raise ValueError(f"Unknown radius_scale '{self.radius_scale}': use one of {RADIUS_SCALES}.")
         radii = self.radii()
@@ -152,16 +180,24 @@ class GIFDAttack(GenerativePriorAttack):
         return self.stages
 
     def _extra(self, ctx: SearchContext) -> dict[str, object]:
-        return {**super()._extra(ctx), "radius_scale": self.radius_scale, "l1_radius": self.radii()}
+        return {
+            **super()._extra(ctx),
+            "radius_scale": self.radius_scale,
+            "l1_radius": self.radii(),
+            "feature_restarts": min(self.feature_restarts or self.num_restarts, self.num_restarts),
+        }
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         import torch
 
-        latent = self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng)
-        outcome = yield SearchStage("latent", [latent], self._decoder(0, ctx))
+        outcome = yield SearchStage(
+            "latent", [self.initial_latent(ctx)], self._decoder(0, ctx), self._latent_projection()
+        )
+        keep = min(self.feature_restarts or ctx.num_restarts, ctx.num_restarts)
+        carried, restart_ids = outcome.take(outcome.best_restarts(keep))
         for k, radius in enumerate(self.radii(), start=1):
             with torch.no_grad():
-                h = outcome.representation[0]
+                h = carried[0]
                 start = self.prior.forward_blocks(h, k - 1, k, self.generator_labels(h.shape[0]))
             per_sample = start[0].numel() if self.radius_scale == "per_element" else 1
             ball = radius * per_sample
@@ -169,4 +205,7 @@ class GIFDAttack(GenerativePriorAttack):
             def project(h: list[torch.Tensor], start: torch.Tensor = start, ball: float = ball) -> list[torch.Tensor]:
                 return [start + project_l1_ball(h[0] - start, ball)]
 
-            outcome = yield SearchStage(f"feature-{k}", [start], self._decoder(k, ctx), project)
+            outcome = yield SearchStage(
+                f"feature-{k}", [start], self._decoder(k, ctx), project, restart_ids=restart_ids
+            )
+            carried = outcome.representation

@@ -114,7 +114,7 @@ class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
         :param bn_weight: Weight of the BatchNorm-statistics term.
         :param group_weight: Weight of the group-consistency term (0 disables it).
         :param tv_weight: Weight of the total-variation prior.
-        :param norm_weight: Weight of the squared-norm prior.
+        :param norm_weight: Weight of the norm prior ``mean_b mean(x_b²)`` (per-image mean, see ``norm_form``).
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
                        ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
         """

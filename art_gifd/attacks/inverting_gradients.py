@@ -48,7 +48,7 @@ class InvertingGradientsAttack(SingleStageSearch, GradientInversionAttack):
         :param learning_rate: Peak Adam learning rate (the paper uses 0.1).
         :param distance: Gradient distance, ``"cosine"`` (paper) or ``"l2"``.
         :param tv_weight: Weight of the total-variation prior (paper: 1e-4 … 1e-2 depending on the data).
-        :param norm_weight: Weight of the squared-norm prior.
+        :param norm_weight: Weight of the norm prior (a per-image mean, see ``norm_form``; 0 disables it).
         :param signed_gradients: Step Adam on the sign of the gradient, as the paper does.
         :param schedule: Learning-rate schedule: ``"step"`` (paper: ×0.1 at 3/8, 5/8 and 7/8 of the steps) or
                          ``"cosine"`` (linear warm-up, then cosine decay).

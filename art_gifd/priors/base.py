@@ -12,6 +12,32 @@ import abc
 import torch
 from torch import nn
 
+#: Latent constraints a search can apply after every step. ``"sphere"``: each code rescaled to norm ``sqrt(d)``, where
+#: a ``d``-dimensional standard normal code concentrates; ``"box"``: clamped to ``±latent_bound``; ``"none"``.
+LATENT_CONSTRAINTS = ("sphere", "box", "none")
+
+
+def project_latent(h: torch.Tensor, constraint: str, bound: float | None = None) -> torch.Tensor:
+    """
+    Project each latent code (row of ``h``) onto a constraint set of :data:`LATENT_CONSTRAINTS`.
+
+    :param h: Latent codes ``(N, …)``.
+    :param constraint: ``"sphere"``, ``"box"`` or ``"none"``.
+    :param bound: Half-width of the box (needed for ``"box"``).
+    :return: The projected codes, same shape.
+    """
+    if constraint == "none":
+        return h
+    if constraint == "sphere":
+        flat = h.flatten(1)
+        scale = flat.shape[1] ** 0.5 / (flat.norm(dim=1, keepdim=True) + 1e-12)
+        return (flat * scale).reshape(h.shape)
+    if constraint == "box":
+        if bound is None or not bound > 0:
+            raise ValueError(f"The 'box' latent constraint needs a positive bound, got {bound!r}.")
+        return h.clamp(-bound, bound)
+    raise ValueError(f"Unknown latent constraint '{constraint}': use one of {LATENT_CONSTRAINTS}.")
+
 
 class LayeredGenerator(nn.Module, abc.ABC):
     """
@@ -33,6 +59,12 @@ class LayeredGenerator(nn.Module, abc.ABC):
     default_max_stage: int | None = None
     #: Free-text description of the data the generator was trained on (stated in reports).
     training_domain: str = "unknown"
+    #: Constraint that keeps a searched latent code where the prior's latent distribution puts its mass (see
+    #: :data:`LATENT_CONSTRAINTS`): ``"sphere"`` for a standard normal latent, ``"box"`` for a truncated one,
+    #: ``"none"`` where no simple set describes it (e.g. a StyleGAN2 ``w+`` code packed with noise maps).
+    latent_constraint: str = "sphere"
+    #: Half-width of the ``"box"`` constraint (the truncation bound of a truncated-normal latent).
+    latent_bound: float | None = None
 
     @abc.abstractmethod
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -91,4 +123,5 @@ class LayeredGenerator(nn.Module, abc.ABC):
             "num_blocks": self.num_blocks,
             "num_classes": self.num_classes,
             "training_domain": self.training_domain,
+            "latent_constraint": self.latent_constraint,
         }

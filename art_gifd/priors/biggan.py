@@ -74,6 +74,9 @@ class BigGANGenerator(LayeredGenerator):
         self.config = config
         self.truncation = float(truncation)
         self.training_domain = training_domain
+        # z is a truncated normal: keep a searched z inside the support it was drawn from.
+        self.latent_constraint = "box"
+        self.latent_bound = TRUNCATION_BOUND * self.truncation
         self.num_classes = int(config.num_classes)
         self.z_dim = int(config.z_dim)
         self.cond_dim = 2 * self.z_dim

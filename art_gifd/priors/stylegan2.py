@@ -224,7 +224,11 @@ class StyleGAN2Generator(LayeredGenerator):
 
     ``num_blocks = log2(size) - 1`` (one block per resolution 4, 8, …, size). See the module documentation for how
     the state of each stage (feature, skip image, remaining ``w`` codes and noise) is packed into one tensor.
+    The stage-0 tensor packs ``w+`` (the mapping network's output, not a normal code) with noise maps, so no sphere
+    or box describes it: ``latent_constraint`` is ``"none"``.
     """
+
+    latent_constraint = "none"
 
     def __init__(
         self,

@@ -1,0 +1,407 @@
+"""
+Ablation of GIFD's search choices, one factor at a time, from the new defaults and from the old ones.
+
+Every run attacks the FedSGD gradient of one private batch (labels given, so that only the search is compared)
+with :class:`art_gifd.GIFDAttack`; runs of one cell differ only in the factor named by their configuration, and are
+paired with the baseline configuration on the same batch and seed. Factors: norm prior (weight and form), TV
+(weight and per-batch reduction), latent constraint, learning-rate schedule and warm-up, hand-on of a stage's best or
+last iterate, the stage selection rule, learning rate, l1 radius and restarts (all through every stage, or the best
+carried into the feature stages).
+
+*Old* is the objective and search before the scale-consistent objective: ``1e-6 · Σ x²`` and TV summed over the
+batch (expressed exactly in today's per-image-mean units), no latent constraint, every restart through every stage.
+
+Runs are appended to one JSONL file per case (one line per run, flushed and fsynced) and skipped when the file
+already holds them, so an interrupted ablation resumes where it stopped. ``--report`` turns the file into
+``benchmarks/results/ablation.json`` and ``ablation.md``. Examples::
+
+    python benchmarks/ablation.py --case lenet-mnist --split tune --steps 100
+    python benchmarks/ablation.py --case convnet-rgb64 --split tune --steps 50 --configs new old
+    python benchmarks/ablation.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from art_gifd import GIFDAttack
+from art_gifd.experiment import environment, write_json_atomic
+from art_gifd.metrics import evaluate_batch
+from benchmarks.cases import CASES, SPLITS, AttackCase
+from benchmarks.speed import git_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = RESULTS / "ablation_runs"
+STAGES = 4
+
+#: Keyword arguments of a configuration for a case and batch size (private knobs start with ``_``).
+Config = Callable[[AttackCase, int], dict[str, Any]]
+
+NEW: dict[str, Any] = {
+    "norm_weight": 0.0,
+    "norm_form": "mean_square",
+    "tv_weight": 1e-4,
+    "latent_constraint": "auto",
+    "schedule": "cosine",
+    "learning_rate": 0.1,
+    "l1_radius": 0.2,
+    "num_restarts": 4,
+    "feature_restarts": 1,
+    "_hand_on": "best",
+    "_selection": "all",
+}
+
+
+def old(case: AttackCase, batch: int) -> dict[str, Any]:
+    """The old objective and search in today's units: ``Σ_b (1e-4 · TV_b + 1e-6 · Σ x_b²)``, no constraint."""
+    numel = int(np.prod(case.input_shape))
+    return {
+        **NEW,
+        "norm_weight": 1e-6 * numel * batch,
+        "tv_weight": 1e-4 * batch,
+        "latent_constraint": "none",
+        "feature_restarts": None,
+    }
+
+
+def _from_new(**changes: Any) -> Config:
+    return lambda case, batch: {**NEW, **changes}
+
+
+def _from_old(**changes: Any) -> Config:
+    return lambda case, batch: {**old(case, batch), **changes}
+
+
+#: name -> (baseline it is paired with, configuration).
+CONFIGS: dict[str, tuple[str, Config]] = {
+    "new": ("new", _from_new()),
+    "norm=old 1e-6*sum(x^2)": ("new", lambda case, batch: {**NEW, "norm_weight": old(case, batch)["norm_weight"]}),
+    "norm=1e-6 mean_square": ("new", _from_new(norm_weight=1e-6)),
+    "norm=1e-6 rms": ("new", _from_new(norm_weight=1e-6, norm_form="rms")),
+    "tv=0": ("new", _from_new(tv_weight=0.0)),
+    "tv=1e-5": ("new", _from_new(tv_weight=1e-5)),
+    "tv=1e-3": ("new", _from_new(tv_weight=1e-3)),
+    "tv summed over batch": ("new", lambda case, batch: {**NEW, "tv_weight": 1e-4 * batch}),
+    "latent constraint=none": ("new", _from_new(latent_constraint="none")),
+    "schedule=step": ("new", _from_new(schedule="step")),
+    "schedule=constant": ("new", _from_new(schedule="constant")),
+    "schedule=cosine, no warm-up": ("new", _from_new(schedule="cosine-no-warmup")),
+    "hand on last iterate": ("new", _from_new(_hand_on="last")),
+    "select last stage": ("new", _from_new(_selection="last")),
+    "lr=0.03": ("new", _from_new(learning_rate=0.03)),
+    "lr=0.3": ("new", _from_new(learning_rate=0.3)),
+    "radius=0.05": ("new", _from_new(l1_radius=0.05)),
+    "radius=0.5": ("new", _from_new(l1_radius=0.5)),
+    "R=1": ("new", _from_new(num_restarts=1)),
+    "R=2, best 1 on": ("new", _from_new(num_restarts=2)),
+    "R=8, best 1 on": ("new", _from_new(num_restarts=8)),
+    "R=4, all on": ("new", _from_new(feature_restarts=None)),
+    "R=8, best 2 on": ("new", _from_new(num_restarts=8, feature_restarts=2)),
+    "old": ("old", old),
+    "old + norm=0": ("old", _from_old(norm_weight=0.0)),
+    "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
+    "old + sphere": ("old", _from_old(latent_constraint="auto")),
+    "old + best 1 on": ("old", _from_old(feature_restarts=1)),
+}
+
+
+def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int, steps: int, seed: int) -> GIFDAttack:
+    """The attack of one configuration (private knobs set on the instance)."""
+    public = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    attack = GIFDAttack(
+        classifier,
+        case.load_prior(),
+        max_stage=STAGES,
+        steps_per_stage=steps,
+        batch_size=batch,
+        seed=seed,
+        verbose=False,
+        **public,
+    )
+    attack._hand_on = kwargs["_hand_on"]
+    attack._selection = kwargs["_selection"]
+    return attack
+
+
+def run_key(record: dict[str, Any]) -> tuple:
+    """What identifies a run (for resuming)."""
+    return (
+        record["case"],
+        record["split"],
+        record["config"],
+        record["batch_size"],
+        record["first"],
+        record["seed"],
+        record["steps_per_stage"],
+    )
+
+
+def load_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of a JSONL file; a torn last line (an interrupted write) is ignored."""
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text().splitlines():
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return runs
+
+
+def append_run(path: Path, record: dict[str, Any]) -> None:
+    """Append one run and make it durable before the next one starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every missing run of the selected case, split, configurations, batch sizes and seeds."""
+    case = CASES[args.case]
+    classifier = case.classifier()
+    path = args.runs / f"{case.name}.jsonl"
+    done = {run_key(r) for r in load_runs(path)}
+    commit = git_commit()
+    names = args.configs or list(CONFIGS)
+    for batch in args.batch_sizes:
+        x_all, y_all = case.images(args.split, args.images)
+        for name in names:
+            baseline, config = CONFIGS[name]
+            kwargs = config(case, batch)
+            if name != baseline and kwargs == CONFIGS[baseline][1](case, batch):
+                continue  # identical to its baseline at this batch size (e.g. TV summed over one image)
+            for first in range(0, len(x_all) - batch + 1, batch):
+                x, y = x_all[first : first + batch], y_all[first : first + batch]
+                gradient = None
+                for seed in args.seeds:
+                    record = {
+                        "case": case.name,
+                        "split": args.split,
+                        "config": name,
+                        "batch_size": batch,
+                        "first": first,
+                        "seed": seed,
+                        "steps_per_stage": args.steps,
+                    }
+                    if run_key(record) in done:
+                        continue
+                    if gradient is None:
+                        gradient = case.gradient(classifier, x, y)
+                    attack = build(case, classifier, kwargs, batch, args.steps, seed)
+                    cpu, wall = time.process_time(), time.perf_counter()
+                    result = attack.reconstruct(gradient, y)
+                    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                    scores = evaluate_batch(result.images, x, result.labels, y)
+                    record.update(
+                        baseline=baseline,
+                        psnr=scores["psnr"],
+                        ssim=scores["ssim"],
+                        per_image_psnr=scores["per_image"]["psnr"],
+                        matching_loss=result.best_loss,
+                        best_stage=result.stage_names[result.best_stage],
+                        cpu_seconds=cpu,
+                        wall_seconds=wall,
+                        threads=torch.get_num_threads(),
+                        commit=commit,
+                    )
+                    append_run(path, record)
+                    print(
+                        f"{case.name} {args.split} B={batch} {name!r} first={first} seed={seed}: "
+                        f"{scores['psnr']:.2f} dB, {cpu:.1f} cpu s",
+                        flush=True,
+                    )
+
+
+def _mean_sem(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    sem = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else float("nan")
+    return float(array.mean()), sem
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (case, split, B, steps, configuration): means, s.e.m. and paired differences to its baseline."""
+    cells: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
+    for r in runs:
+        cell = (r["case"], r["split"], r["batch_size"], r["steps_per_stage"])
+        cells.setdefault(cell, {}).setdefault(r["config"], {})[(r["first"], r["seed"])] = r
+    rows = []
+    for (case, split, batch, steps), configs in sorted(cells.items()):
+        for name in [n for n in CONFIGS if n in configs]:
+            baseline = CONFIGS[name][0]
+            own = configs[name]
+            base = configs.get(baseline, {})
+            psnr, psnr_sem = _mean_sem([r["psnr"] for r in own.values()])
+            paired = [own[k]["psnr"] - base[k]["psnr"] for k in own if k in base]
+            loss_lower = sum(own[k]["matching_loss"] < base[k]["matching_loss"] for k in own if k in base)
+            diff, diff_sem = _mean_sem(paired) if paired and name != baseline else (float("nan"), float("nan"))
+            rows.append(
+                {
+                    "case": case,
+                    "split": split,
+                    "batch_size": batch,
+                    "steps_per_stage": steps,
+                    "config": name,
+                    "baseline": baseline,
+                    "runs": len(own),
+                    "psnr": psnr,
+                    "psnr_sem": psnr_sem,
+                    "ssim": float(np.mean([r["ssim"] for r in own.values()])),
+                    "paired_diff": diff,
+                    "paired_diff_sem": diff_sem,
+                    "paired_runs": len(paired),
+                    "wins": sum(d > 0 for d in paired) if name != baseline else None,
+                    "loss_lower": loss_lower if name != baseline else None,
+                    "cpu_seconds": float(np.mean([r["cpu_seconds"] for r in own.values()])),
+                }
+            )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as Markdown tables, one per case, split and batch size."""
+    lines = [
+        "# GIFD ablation",
+        "",
+        "PSNR in dB (Hungarian-matched at B=4), mean ± s.e.m. over runs (batch × seed); Δ: paired difference to the "
+        "row's baseline (`new` or `old`) on the same batches and seeds, ± s.e.m.; wins: runs with higher PSNR than the "
+        "baseline; cpu s: process CPU seconds per run (one torch thread). Labels given. "
+        f"{STAGES} stages (latent + {STAGES - 1} feature) × the steps per stage stated.",
+        "",
+    ]
+    cell = None
+    for row in rows:
+        key = (row["case"], row["split"], row["batch_size"], row["steps_per_stage"])
+        if key != cell:
+            cell = key
+            lines += [
+                "",
+                f"## {row['case']}, {row['split']} split, B={row['batch_size']}, {row['steps_per_stage']} steps/stage",
+                "",
+                "| configuration | runs | PSNR | SSIM | Δ vs baseline | wins | loss lower | cpu s |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+        delta = "—" if row["wins"] is None else f"{row['paired_diff']:+.2f} ± {row['paired_diff_sem']:.2f}"
+        wins = "—" if row["wins"] is None else f"{row['wins']}/{row['paired_runs']}"
+        lower = "—" if row["loss_lower"] is None else f"{row['loss_lower']}/{row['paired_runs']}"
+        lines.append(
+            f"| {row['config']} | {row['runs']} | {row['psnr']:.2f} ± {row['psnr_sem']:.2f} | {row['ssim']:.3f} | "
+            f"{delta} | {wins} | {lower} | {row['cpu_seconds']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+#: The restart configurations of the PSNR-against-CPU figure, in the order they are drawn.
+RESTART_CONFIGS = ("R=1", "R=2, best 1 on", "new", "R=8, best 1 on", "R=4, all on", "R=8, best 2 on")
+
+
+def restarts_figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """PSNR against CPU seconds of the restart configurations, one panel per case and batch size (tuning split)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r["case"], r["batch_size"]) for r in rows if r["split"] == "tune"})
+    if not cells:
+        return
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.2), squeeze=False)
+    for ax, (case, batch) in zip(axes[0], cells, strict=True):
+        chosen = {r["config"]: r for r in rows if (r["case"], r["batch_size"], r["split"]) == (case, batch, "tune")}
+        for name in RESTART_CONFIGS:
+            if name in chosen:
+                r = chosen[name]
+                label = "R=4, best 1 on (new)" if name == "new" else name
+                ax.errorbar(r["cpu_seconds"], r["psnr"], yerr=r["psnr_sem"], fmt="o", capsize=2, label=label)
+        ax.set_title(f"{case}, B={batch}", fontsize=9)
+        ax.set_xlabel("CPU seconds per run")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Write ``ablation.json`` and ``ablation.md`` from the runs file."""
+    runs = [r for path in sorted(args.runs.glob("*.jsonl")) for r in load_runs(path)]
+    if not runs:
+        raise SystemExit(f"error: no runs in '{args.runs}': run the ablation first.")
+    rows = summarise(runs)
+    record = {
+        "benchmark": "ablation",
+        "command": shlex.join(["python", "benchmarks/ablation.py", *sys.argv[1:]]),
+        "runs": "one JSONL file per case in benchmarks/results/ablation_runs/",
+        "commits": sorted({str(r.get("commit")) for r in runs}),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment(0, "cpu"),
+        "cases": {name: case.description for name, case in CASES.items()},
+        "configs_new": NEW,
+        "rows": rows,
+    }
+    write_json_atomic(args.out.with_suffix(".json"), record)
+    args.out.with_suffix(".md").write_text(markdown(rows))
+    restarts_figure(rows, args.out.parent / f"{args.out.name}_restarts.png")
+    print(markdown(rows))
+    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES), help="the case to run (not needed with --report)")
+    parser.add_argument("--split", choices=SPLITS, default="tune")
+    parser.add_argument("--configs", nargs="+", default=None, help="configuration names (default: all)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--images", type=int, default=8, help="images per split and batch size")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--steps", type=int, default=100, help="Adam steps per stage")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--runs", type=Path, default=RUNS, help="folder of the runs files, one JSONL per case (appended, resumed)"
+    )
+    parser.add_argument("--report", action="store_true", help="summarise the runs file instead of running")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ablation", help="report path without suffix")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.configs or [] if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}: choose from {list(CONFIGS)}.")
+    if not args.report and args.case is None:
+        parser.error("--case is required (or --report).")
+    for name in ("images", "steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}.")
+    if any(b < 1 or args.images % b for b in args.batch_sizes):
+        parser.error(f"every --batch-sizes value must be positive and divide --images ({args.images}).")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ablation or write its report."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.report:
+        report(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""``benchmarks/ablation.py`` and the quality mode of ``benchmarks/speed.py`` end to end on tiny budgets: runs are
+durable and resumed, reports hold the paired numbers of the runs, and time-to-quality is read off the curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def benchmarks(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import ablation, speed
+
+    return ablation, speed
+
+
+def test_ablation_runs_resume_and_report_paired_differences(benchmarks, tmp_path: Path) -> None:
+    ablation, _ = benchmarks
+    runs = tmp_path / "runs"
+    argv = ["--case", "lenet-mnist", "--steps", "3", "--images", "2", "--seeds", "0", "1", "--batch-sizes", "1"]
+    argv += ["--configs", "new", "old", "R=1", "tv summed over batch", "--runs", str(runs)]
+    ablation.main(argv)
+    lines = (runs / "lenet-mnist.jsonl").read_text().splitlines()
+    # "tv summed over batch" is the new default itself at B=1, so it is skipped: 3 configurations × 2 images × 2 seeds
+    assert len(lines) == 12
+    ablation.main(argv)  # everything is there already: nothing runs again
+    assert (runs / "lenet-mnist.jsonl").read_text().splitlines() == lines
+    with open(runs / "lenet-mnist.jsonl", "a") as handle:  # a torn last line (interrupted write) is ignored
+        handle.write('{"case": "lenet-mn')
+    out = tmp_path / "report" / "ablation"
+    out.parent.mkdir()
+    ablation.main(["--report", "--runs", str(runs), "--out", str(out)])
+    record = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["config"]: r for r in record["rows"]}
+    assert set(rows) == {"new", "old", "R=1"}
+    runs_by = {}
+    for line in lines:
+        run = json.loads(line)
+        runs_by.setdefault(run["config"], {})[(run["first"], run["seed"])] = run["psnr"]
+    diffs = [runs_by["R=1"][k] - runs_by["new"][k] for k in runs_by["new"]]
+    assert rows["R=1"]["paired_diff"] == pytest.approx(np.mean(diffs))
+    assert rows["R=1"]["baseline"] == "new" and rows["R=1"]["paired_runs"] == 4
+    assert rows["new"]["psnr"] == pytest.approx(np.mean(list(runs_by["new"].values())))
+    assert "| R=1 | 4 |" in out.with_suffix(".md").read_text()
+    assert (out.parent / "ablation_restarts.png").stat().st_size > 0
+
+
+def test_old_configuration_is_the_old_objective_in_new_units(benchmarks) -> None:
+    ablation, _ = benchmarks
+    from benchmarks.cases import CASES
+
+    old = ablation.old(CASES["convnet-rgb64"], 4)
+    # Σ_b 1e-6 Σ x_b² = mean_b (1e-6 · 3·64·64 · 4) · mean(x_b²); TV summed over 4 images = 4 × the mean
+    assert old["norm_weight"] == pytest.approx(1e-6 * 3 * 64 * 64 * 4)
+    assert old["tv_weight"] == pytest.approx(4e-4)
+    assert old["latent_constraint"] == "none" and old["feature_restarts"] is None
+
+
+def test_bad_ablation_arguments_are_named(benchmarks, capsys: pytest.CaptureFixture) -> None:
+    ablation, _ = benchmarks
+    for argv, message in (
+        (["--case", "lenet-mnist", "--configs", "nope"], "unknown configuration"),
+        (["--case", "lenet-mnist", "--images", "6", "--batch-sizes", "4"], "divide --images"),
+        (["--split", "tune"], "--case is required"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            ablation.parse_args(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_time_to_quality_interpolates_between_budgets(benchmarks) -> None:
+    _, speed = benchmarks
+    curve = [(1.0, 20.0), (2.0, 30.0), (4.0, 35.0)]
+    assert speed.time_to_quality(curve, 25.0) == pytest.approx(1.5)
+    assert speed.time_to_quality(curve, 18.0) == pytest.approx(1.0)
+    assert speed.time_to_quality(curve, 35.0) == pytest.approx(4.0)
+    assert speed.time_to_quality(curve, 36.0) is None
+
+
+def test_quality_mode_records_every_run(benchmarks, tmp_path: Path) -> None:
+    _, speed = benchmarks
+    out = tmp_path / "quality.json"
+    argv = ["--mode", "quality", "--case", "lenet-mnist", "--images", "1", "--seeds", "0", "--steps-per-stage", "4"]
+    record = speed.main([*argv, "--out", str(out)])
+    saved = json.loads(out.read_text())
+    methods = {"reference", "reference R=1", "ours x0.25", "ours x0.5", "ours x1"}
+    assert {r["method"] for r in saved["runs"]} == methods and len(saved["runs"]) == 5
+    assert saved["table"]["ours x1"]["psnr"]["mean"] == pytest.approx(
+        next(r["psnr"] for r in saved["runs"] if r["method"] == "ours x1")
+    )
+    assert saved["case"]["split"] == "eval" and record["time_to_quality"].keys() == {"reference", "reference R=1"}

@@ -1,0 +1,184 @@
+"""The search choices of the core: scale-consistent priors, latent constraints, successive halving of restarts and
+the one-candidate gradient path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from art_gifd import GIFDAttack, client_gradients
+from art_gifd.attacks import GGLAttack, GIASAttack
+from art_gifd.attacks.core import GradientMatcher, Objective, image_norm, total_variation
+from art_gifd.federated import TargetModel
+from art_gifd.priors.base import project_latent
+from art_gifd.priors.dcgan import DCGANGenerator
+
+
+def _objective(clf, grads, labels, **weights) -> Objective:
+    target = TargetModel(clf)
+    matcher = GradientMatcher(target, target.as_gradient_list(grads), torch.as_tensor(labels), "cosine")
+    return Objective(matcher, **weights)
+
+
+def test_priors_are_per_image_means_averaged_over_the_batch(lenet_clf, heldout) -> None:
+    x = torch.as_tensor(heldout[0][:4])
+    one = _objective(lenet_clf, client_gradients(lenet_clf, x[:1].numpy(), heldout[1][:1]), heldout[1][:1])
+    four = _objective(lenet_clf, client_gradients(lenet_clf, x.numpy(), heldout[1][:4]), heldout[1][:4])
+    for weights in ({"tv_weight": 1e-2, "norm_weight": 0.0}, {"tv_weight": 0.0, "norm_weight": 1e-2}):
+        for objective in (one, four):
+            objective.tv_weight, objective.norm_weight = weights["tv_weight"], weights["norm_weight"]
+        # four copies of an image carry the same prior as the image alone: the batch is averaged, not summed
+        reg_one = one(x[:1])[0] - one(x[:1])[1]
+        reg_four = four(x[:1].repeat(4, 1, 1, 1))[0] - four(x[:1].repeat(4, 1, 1, 1))[1]
+        torch.testing.assert_close(reg_four, reg_one)
+    # the norm is a mean over elements: the same for an image and its 2x nearest-neighbour upsampling, and for
+    # every channel count
+    up = torch.nn.functional.interpolate(x[:1], scale_factor=2, mode="nearest")
+    for form in ("mean_square", "rms"):
+        torch.testing.assert_close(image_norm(up, form), image_norm(x[:1], form))
+        torch.testing.assert_close(image_norm(x[:1].repeat(1, 3, 1, 1), form), image_norm(x[:1], form))
+    torch.testing.assert_close(total_variation(x[:1].repeat(1, 3, 1, 1)), total_variation(x[:1]))
+    with pytest.raises(ValueError, match="Unknown norm form 'l1'"):
+        image_norm(x, "l1")
+
+
+def test_latent_projections() -> None:
+    z = torch.randn(5, 64, 1, 1, generator=torch.Generator().manual_seed(0)) * 3
+    sphere = project_latent(z, "sphere")
+    torch.testing.assert_close(sphere.flatten(1).norm(dim=1), torch.full((5,), 8.0))
+    torch.testing.assert_close(
+        sphere / sphere.flatten(1).norm(dim=1)[:, None, None, None], z / z.norm(dim=1, keepdim=True)
+    )
+    assert project_latent(z, "box", 0.8).abs().max() <= 0.8
+    assert project_latent(z, "none") is z
+    with pytest.raises(ValueError, match="needs a positive bound"):
+        project_latent(z, "box")
+    with pytest.raises(ValueError, match="Unknown latent constraint 'ball'"):
+        project_latent(z, "ball")
+
+
+def test_priors_declare_their_latent_constraint(default_prior) -> None:
+    assert default_prior.latent_constraint == "sphere"
+    from art_gifd.priors.stylegan2 import StyleGAN2Generator
+
+    assert StyleGAN2Generator.latent_constraint == "none"  # w+ packed with noise maps: no sphere applies
+    pytest.importorskip("pytorch_pretrained_biggan")
+    from pytorch_pretrained_biggan import BigGANConfig
+
+    from art_gifd.priors.biggan import BigGANGenerator
+
+    config = BigGANConfig(
+        output_dim=16,
+        z_dim=8,
+        class_embed_dim=8,
+        channel_width=4,
+        num_classes=10,
+        layers=[(True, 16, 8), (False, 8, 4), (True, 4, 2), (False, 2, 1)],
+        attention_layer_position=2,
+    )
+    biggan = BigGANGenerator(config.to_dict(), truncation=0.4)
+    assert biggan.latent_constraint == "box" and biggan.latent_bound == pytest.approx(0.8)
+    assert biggan.sample_latent(50).abs().max() <= 0.8
+
+
+class _Recording(DCGANGenerator):
+    """A DCGAN that records the latent codes it decodes."""
+
+    def __init__(self) -> None:
+        super().__init__(nz=16, ngf=8, nc=1, image_size=32)
+        self.latents: list[torch.Tensor] = []
+
+    def forward_blocks(self, h, start, stop, labels=None):
+        if start == 0 and stop == self.num_blocks:
+            # GIAS decodes per image under vmap: unwrap the batched tensor to record the codes it holds
+            codes = torch._C._functorch.get_unwrapped(h) if torch._C._functorch.is_batchedtensor(h) else h
+            self.latents.append(codes.detach().clone().reshape(-1, self.nz))
+        return super().forward_blocks(h, start, stop, labels)
+
+
+@pytest.mark.parametrize("attack_class", [GIFDAttack, GIASAttack, GGLAttack])
+def test_every_generative_search_keeps_the_latent_on_the_sphere(attack_class, lenet_clf, heldout) -> None:
+    prior = _Recording().freeze()
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    steps = {"max_iter": 3} if attack_class is GGLAttack else {"steps_per_stage": 3}
+    extra = {"max_stage": 1} if attack_class is GIFDAttack else {}
+    attack = attack_class(lenet_clf, prior, num_restarts=2, seed=0, verbose=False, **steps, **extra)
+    attack.infer(grads, y=heldout[1][:1])
+    norms = torch.cat([z.flatten(1).norm(dim=1) for z in prior.latents])
+    torch.testing.assert_close(norms, torch.full_like(norms, 4.0))  # sqrt(16)
+    prior.latents.clear()
+    attack.set_params(latent_constraint="none")
+    attack.infer(grads, y=heldout[1][:1])
+    norms = torch.cat([z.flatten(1).norm(dim=1) for z in prior.latents])
+    assert (norms - 4.0).abs().max() > 1e-2
+
+
+def test_feature_stages_continue_only_the_best_restarts(lenet_clf, heldout, default_prior) -> None:
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    kwargs = {"steps_per_stage": 10, "num_restarts": 4, "seed": 0, "verbose": False}
+    result = GIFDAttack(lenet_clf, default_prior, feature_restarts=1, **kwargs).reconstruct(grads, heldout[1][:1])
+    losses = result.stage_losses
+    assert losses.shape == (4, 4) and np.isfinite(losses[0]).all()
+    kept = int(np.argmin(losses[0]))
+    assert np.isfinite(losses[1:, kept]).all() and np.isinf(np.delete(losses[1:], kept, axis=1)).all()
+    assert result.best_restart == kept and result.extra["feature_restarts"] == 1
+    assert result.best_loss == pytest.approx(losses.min())
+    two = GIFDAttack(lenet_clf, default_prior, feature_restarts=2, **kwargs).reconstruct(grads, heldout[1][:1])
+    assert set(np.flatnonzero(np.isfinite(two.stage_losses[1]))) == set(np.argsort(losses[0])[:2])
+    every = GIFDAttack(lenet_clf, default_prior, feature_restarts=None, **kwargs).reconstruct(grads, heldout[1][:1])
+    assert np.isfinite(every.stage_losses).all()
+    # the latent stage is the same search whatever is carried on
+    np.testing.assert_allclose(every.stage_losses[0], losses[0], rtol=1e-5)
+
+
+def test_one_candidate_gradient_equals_the_vmapped_one(lenet_clf, heldout) -> None:
+    x, y = heldout[0][:2], heldout[1][:2]
+    grads = client_gradients(lenet_clf, x, y)
+    target = TargetModel(lenet_clf)
+    matcher = GradientMatcher(target, target.as_gradient_list(grads), torch.as_tensor(y), "cosine")
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    plain = matcher.loss(images)
+    (plain_grad,) = torch.autograd.grad(plain.sum(), images)
+    stacked = images.reshape(1, 2, 1, 32, 32)
+    vmapped = matcher._grads_hard(
+        target.params, target.preprocess(stacked.reshape(2, 1, 32, 32)).reshape(stacked.shape), matcher.labels
+    )
+    flat = torch.cat([vmapped[n].flatten(1) for n in matcher.observed], dim=1)
+    unit = flat / flat.norm(dim=1, keepdim=True)
+    reference = 0.5 * (unit - matcher.observed_flat / matcher.observed_norm).pow(2).sum(dim=1)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), images)
+    torch.testing.assert_close(plain, reference, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(plain_grad, reference_grad, rtol=1e-4, atol=1e-9)
+    with torch.no_grad():  # evaluation without a graph works on both paths
+        torch.testing.assert_close(matcher.loss(images), plain.detach())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"feature_restarts": 0}, "feature_restarts must be a positive integer or None"),
+        ({"latent_constraint": "ball"}, "Unknown latent_constraint 'ball'"),
+        ({"latent_constraint": "box"}, "needs a prior with a latent_bound"),
+        ({"norm_form": "l1"}, "Unknown norm_form 'l1'"),
+        ({"schedule": "linear"}, "Unknown schedule 'linear'"),
+    ],
+)
+def test_bad_search_parameters(lenet_clf, default_prior, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        GIFDAttack(lenet_clf, default_prior, **kwargs)
+    attack = GIFDAttack(lenet_clf, default_prior)
+    with pytest.raises(ValueError, match=message):
+        attack.set_params(**kwargs)
+
+
+def test_set_params_reaches_every_new_search_parameter(lenet_clf, default_prior) -> None:
+    attack = GIFDAttack(lenet_clf, default_prior)
+    attack.set_params(feature_restarts=None, latent_constraint="none", norm_form="rms", schedule="constant")
+    assert (attack.feature_restarts, attack.latent_constraint, attack.norm_form, attack.schedule) == (
+        None,
+        "none",
+        "rms",
+        "constant",
+    )
+    assert attack.resolved_latent_constraint == "none"
