@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import platform
@@ -384,6 +385,13 @@ def time_to_quality(points: list[tuple[float, float]], target: float) -> float |
     return None
 
 
+def _restart_option(text: str) -> int | str | None:
+    """``--feature-restarts`` as GIFDAttack's ``feature_restarts``: ``all`` → ``None``, a number, or ``halving``."""
+    if text == "all":
+        return None
+    return int(text) if text.isdigit() else text
+
+
 def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
     """
     Time-to-quality of our attack at its defaults against the plain-loop reference, in one process, on the
@@ -403,6 +411,7 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
     prior = spec.load_prior()
     x_all, y_all = spec.images("eval", args.images)
     stages = args.stages or 4
+    ours = {} if args.feature_restarts == "default" else {"feature_restarts": _restart_option(args.feature_restarts)}
     runs: list[dict[str, Any]] = []
     for first in range(0, len(x_all) - args.batch_size + 1, args.batch_size):
         x, y = x_all[first : first + args.batch_size], y_all[first : first + args.batch_size]
@@ -429,6 +438,7 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
                         device=args.device,
                         seed=p.seed,
                         verbose=False,
+                        **ours,
                     )
                     .reconstruct(c.gradient, c.y)
                     .images
@@ -468,11 +478,7 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
             "speedup": ref_cpu / reached if reached else None,
         }
     record = {
-        "benchmark": "speed-quality",
-        "command": shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv_given(args) else [])]),
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device_name": device_name(args.device),
+        **provenance(args, "speed-quality"),
         "case": {"name": spec.name, "description": spec.description, "split": "eval", "images": args.images},
         "protocol": {
             "stages": stages,
@@ -485,7 +491,8 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "labels": "given",
         },
-        "ours": "GIFDAttack at its defaults (restarts, feature_restarts, objective) with the stages and steps shown",
+        "ours": "GIFDAttack at its defaults (restarts, objective) with the stages and steps shown",
+        "ours_feature_restarts": args.feature_restarts,
         "fractions": list(QUALITY_FRACTIONS),
         "table": table,
         "time_to_quality": ttq,
@@ -577,11 +584,7 @@ def profile_mode(args: argparse.Namespace) -> dict[str, Any]:
         medians["objective"] = max(0.0, medians["objective"] - medians["gradient"])
         parts[label] = medians
     record = {
-        "benchmark": "speed-profile",
-        "command": shlex.join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv_given(args) else [])]),
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device_name": device_name(args.device),
+        **provenance(args, "speed-profile"),
         "model": args.model,
         "input_shape": list(case.prior.image_shape),
         "prior": case.prior_note,
@@ -604,9 +607,62 @@ def profile_mode(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def argv_given(args: argparse.Namespace) -> bool:
-    """Whether the arguments came from the command line (not from a test's argv list)."""
-    return getattr(args, "_from_command_line", False)
+def _cell(row: dict[str, Any]) -> str:
+    return f"{row['psnr']['mean']:.2f} ± {row['psnr']['sem']:.2f}"
+
+
+def _diff(d: dict[str, Any]) -> str:
+    return f"{d['mean']:+.2f} ± {d['sem']:.2f} ({d['wins']}/{d['n']})"
+
+
+def _speed(item: dict[str, Any]) -> str:
+    return f"{item['speedup']:.2f}×" if item["speedup"] else "not reached"
+
+
+def quality_report(args: argparse.Namespace) -> str:
+    """Summarise every ``quality_*.json`` record of the results folder into ``quality.md``; returns the Markdown."""
+    lines = [
+        "# Time-to-quality: our GIFD against the plain-loop reference (CPU, one thread)",
+        "",
+        "Evaluation split of each case (`benchmarks/cases.py`), 8 images, seeds 0 and 1, labels given, 4 stages. "
+        "*reference*: the paper's protocol as a plain sequential loop, 4 restarts each through every stage "
+        "(*reference R=1*: one restart). *ours*: `GIFDAttack` at its defaults with the `feature_restarts` shown. "
+        "PSNR in dB, mean ± s.e.m. over batch × seed; Δ: paired difference to the reference (wins); time-to-quality: "
+        "reference CPU seconds / the CPU seconds ours needs to reach the reference's mean PSNR (interpolated between "
+        "¼, ½ and all of the steps; 'not reached' if even all of them fall short).",
+        "",
+        "| case | B | steps/stage | ours: feature_restarts | reference | reference R=1 | ours | Δ ours − reference "
+        "| Δ ours − reference R=1 | CPU s ref / R=1 / ours | time-to-quality vs reference | vs reference R=1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(RESULTS.glob("quality_*.json")):
+        record = json.loads(path.read_text())
+        table, ttq = record["table"], record["time_to_quality"]
+        ref, one, ours = table["reference"], table["reference R=1"], table["ours x1"]
+
+        protocol = record["protocol"]
+        lines.append(
+            f"| {record['case']['name']} | {protocol['batch_size']} | {protocol['steps_per_stage']} "
+            f"| {record.get('ours_feature_restarts', 'default')} | {_cell(ref)} | {_cell(one)} | {_cell(ours)} "
+            f"| {_diff(ours['paired_diff_vs_reference'])} | {_diff(ours['paired_diff_vs_reference R=1'])} "
+            f"| {ref['cpu']['mean']:.1f} / {one['cpu']['mean']:.1f} / {ours['cpu']['mean']:.1f} "
+            f"| {_speed(ttq['reference'])} | {_speed(ttq['reference R=1'])} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "quality.md").write_text(text)
+    print(text)
+    return text
+
+
+def provenance(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
+    """What made a record: benchmark, command line, commit, date and device."""
+    return {
+        "benchmark": benchmark,
+        "command": shlex.join(["python", "benchmarks/speed.py", *args.argv]),
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device_name": device_name(args.device),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -614,14 +670,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--mode",
-        choices=("equal", "quality", "profile"),
+        choices=("equal", "quality", "quality-report", "profile"),
         default="equal",
         help="equal: reference vs batched at equal steps on one batch; quality: time-to-quality on a case's eval "
-        "split; profile: milliseconds per part of one step",
+        "split; quality-report: quality.md from every quality record; profile: milliseconds per part of one step",
     )
     parser.add_argument("--case", default="lenet-mnist", help="quality mode: a case of benchmarks/cases.py")
     parser.add_argument("--images", type=int, default=8, help="quality mode: images of the evaluation split")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="quality mode: seeds per batch")
+    parser.add_argument(
+        "--feature-restarts",
+        default="default",
+        help="quality mode: our attack's feature_restarts (default: its default; 'all', 'halving' or a count)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--model", default="lenet", choices=MODELS)
     parser.add_argument("--image-size", type=int, default=None, help="default: 64 for resnet18, else 32")
@@ -645,12 +706,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: benchmarks/results/speed_<device>_<model>_<size>[_<N>threads].json",
     )
     args = parser.parse_args(argv)
-    args._from_command_line = argv is None
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.mode == "quality":
         from benchmarks.cases import CASES
 
         if args.case not in CASES:
             parser.error(f"--case must be one of {sorted(CASES)}, got '{args.case}'.")
+        if args.feature_restarts not in ("default", "all", "halving") and not args.feature_restarts.isdigit():
+            parser.error(f"--feature-restarts must be default, all, halving or a count, got '{args.feature_restarts}'.")
         if args.images < args.batch_size or args.images % args.batch_size:
             parser.error(f"--images ({args.images}) must be a multiple of --batch-size ({args.batch_size}).")
     args.image_size = args.image_size or (64 if args.model == "resnet18" else 32)
@@ -669,7 +732,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device must be cpu or cuda[:N], got '{args.device}'.")
     if args.out is None and args.mode == "quality":
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
-        args.out = RESULTS / f"quality_{kind}_{args.case}_b{args.batch_size}.json"
+        suffix = "" if args.feature_restarts == "default" else f"_{args.feature_restarts}"
+        args.out = RESULTS / f"quality_{kind}_{args.case}_b{args.batch_size}{suffix}.json"
     if args.out is None and args.mode == "profile":
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         args.out = RESULTS / f"profile_{kind}_{args.model}_{args.image_size}_b{args.batch_size}.json"
@@ -687,6 +751,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     if args.mode == "quality":
         return quality_mode(args)
+    if args.mode == "quality-report":
+        return {"markdown": quality_report(args)}
     if args.mode == "profile":
         return profile_mode(args)
     case = build_case(args)

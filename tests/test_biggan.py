@@ -98,3 +98,9 @@ def test_gifd_searches_biggan_with_a_label_mapping(tmp_path) -> None:
     result = attack.reconstruct(grads, y=[1, 6])
     assert result.extra["generator_labels"] == [107, 607]
     assert result.stage_names == ["latent", "feature-1", "feature-2"] and result.images.shape == (2, 3, 16, 16)
+
+
+def test_latent_is_kept_in_the_truncated_normal_support() -> None:
+    biggan = BigGANGenerator(TINY.to_dict(), truncation=0.4)
+    assert biggan.latent_constraint == "box" and biggan.latent_bound == pytest.approx(0.8)
+    assert biggan.sample_latent(50).abs().max() <= 0.8

@@ -63,23 +63,6 @@ def test_priors_declare_their_latent_constraint(default_prior) -> None:
     from art_gifd.priors.stylegan2 import StyleGAN2Generator
 
     assert StyleGAN2Generator.latent_constraint == "none"  # w+ packed with noise maps: no sphere applies
-    pytest.importorskip("pytorch_pretrained_biggan")
-    from pytorch_pretrained_biggan import BigGANConfig
-
-    from art_gifd.priors.biggan import BigGANGenerator
-
-    config = BigGANConfig(
-        output_dim=16,
-        z_dim=8,
-        class_embed_dim=8,
-        channel_width=4,
-        num_classes=10,
-        layers=[(True, 16, 8), (False, 8, 4), (True, 4, 2), (False, 2, 1)],
-        attention_layer_position=2,
-    )
-    biggan = BigGANGenerator(config.to_dict(), truncation=0.4)
-    assert biggan.latent_constraint == "box" and biggan.latent_bound == pytest.approx(0.8)
-    assert biggan.sample_latent(50).abs().max() <= 0.8
 
 
 class _Recording(DCGANGenerator):
@@ -122,14 +105,27 @@ def test_feature_stages_continue_only_the_best_restarts(lenet_clf, heldout, defa
     assert losses.shape == (4, 4) and np.isfinite(losses[0]).all()
     kept = int(np.argmin(losses[0]))
     assert np.isfinite(losses[1:, kept]).all() and np.isinf(np.delete(losses[1:], kept, axis=1)).all()
-    assert result.best_restart == kept and result.extra["feature_restarts"] == 1
+    assert result.best_restart == kept and result.extra["feature_restarts"] == [1, 1, 1]
     assert result.best_loss == pytest.approx(losses.min())
     two = GIFDAttack(lenet_clf, default_prior, feature_restarts=2, **kwargs).reconstruct(grads, heldout[1][:1])
     assert set(np.flatnonzero(np.isfinite(two.stage_losses[1]))) == set(np.argsort(losses[0])[:2])
+    assert GIFDAttack(lenet_clf, default_prior, num_restarts=4).restart_schedule() == [4, 4, 4]  # the default
+    halved = GIFDAttack(lenet_clf, default_prior, num_restarts=3, feature_restarts="halving")
+    assert halved.restart_schedule() == [3, 2, 1]
     every = GIFDAttack(lenet_clf, default_prior, feature_restarts=None, **kwargs).reconstruct(grads, heldout[1][:1])
     assert np.isfinite(every.stage_losses).all()
     # the latent stage is the same search whatever is carried on
     np.testing.assert_allclose(every.stage_losses[0], losses[0], rtol=1e-5)
+    # halving after every stage: each stage continues the best of the stage before
+    halving = GIFDAttack(lenet_clf, default_prior, feature_restarts=(4, 2, 1), **kwargs).reconstruct(
+        grads, heldout[1][:1]
+    )
+    table = halving.stage_losses
+    assert [int(np.isfinite(row).sum()) for row in table] == [4, 4, 2, 1]
+    assert set(np.flatnonzero(np.isfinite(table[2]))) == set(np.argsort(table[1])[:2])
+    assert np.flatnonzero(np.isfinite(table[3])).tolist() == [
+        int(np.nanargmin(np.where(np.isfinite(table[2]), table[2], np.nan)))
+    ]
 
 
 def test_one_candidate_gradient_equals_the_vmapped_one(lenet_clf, heldout) -> None:
@@ -157,7 +153,10 @@ def test_one_candidate_gradient_equals_the_vmapped_one(lenet_clf, heldout) -> No
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"feature_restarts": 0}, "feature_restarts must be a positive integer or None"),
+        ({"feature_restarts": 0}, "feature_restarts must be 'halving', a positive integer, one per feature stage"),
+        ({"feature_restarts": "all"}, "feature_restarts must be 'halving'"),
+        ({"feature_restarts": (2, 1)}, "feature_restarts has 2 counts but the search has 3 feature stages"),
+        ({"feature_restarts": (1, 2, 2)}, "feature_restarts must not increase"),
         ({"latent_constraint": "ball"}, "Unknown latent_constraint 'ball'"),
         ({"latent_constraint": "box"}, "needs a prior with a latent_bound"),
         ({"norm_form": "l1"}, "Unknown norm_form 'l1'"),
