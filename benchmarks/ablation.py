@@ -352,17 +352,21 @@ def restarts_figure(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.2), squeeze=False)
     for ax, (case, batch) in zip(axes[0], cells, strict=True):
         chosen = {r["config"]: r for r in rows if (r["case"], r["batch_size"], r["split"]) == (case, batch, "tune")}
-        for name in RESTART_CONFIGS:
+        for index, name in enumerate(RESTART_CONFIGS):
             if name in chosen:
                 r = chosen[name]
                 label = "R=4, best 1 on (new)" if name == "new" else name
-                ax.errorbar(r["cpu_seconds"], r["psnr"], yerr=r["psnr_sem"], fmt="o", capsize=2, label=label)
+                color = f"C{index}"  # one colour per configuration in every panel
+                ax.errorbar(
+                    r["cpu_seconds"], r["psnr"], yerr=r["psnr_sem"], fmt="o", capsize=2, label=label, color=color
+                )
         ax.set_title(f"{case}, B={batch}", fontsize=9)
         ax.set_xlabel("CPU seconds per run")
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
