@@ -101,6 +101,9 @@ def test_select_best_over_stages_and_restarts() -> None:
     assert (stage, restart) == (3, 2)
     torch.testing.assert_close(best, torch.full((2, 1, 2, 2), 22.0))
     assert np.isinf(table[3, :2]).all() and table[3, 2] == pytest.approx(0.01)
+    # only the named stages compete; the table still holds every stage
+    stage, restart, best, table = select_best(outcomes, batch_size=2, num_restarts=3, competing=[0])
+    assert (stage, restart) == (0, 1) and table.shape == (3, 3)
 
 
 def test_gifd_reconstructs_heldout_digit(lenet_clf, heldout, default_prior) -> None:

@@ -290,11 +290,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     stage = stages.send(outcomes[-1])
                 except StopIteration:
                     break
-        competing = outcomes if self._selection == "all" else outcomes[-1:]
-        best_stage, best_restart, images, losses = select_best(competing, self.batch_size, self.num_restarts)
-        if self._selection != "all":
-            best_stage = len(outcomes) - 1
-            losses = select_best(outcomes, self.batch_size, self.num_restarts)[3]
+        competing = None if self._selection == "all" else [len(outcomes) - 1]
+        best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size, self.num_restarts, competing)
         images = images.clamp(lo, hi).detach().cpu().numpy().astype(np.float32)
         final_labels = self._result_labels(ctx, outcomes[best_stage], best_restart)
         result = ReconstructionResult(

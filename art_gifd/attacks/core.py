@@ -555,20 +555,25 @@ class ReconstructionResult:
 
 
 def select_best(
-    outcomes: list[StageOutcome], batch_size: int, num_restarts: int
+    outcomes: list[StageOutcome], batch_size: int, num_restarts: int, competing: list[int] | None = None
 ) -> tuple[int, int, torch.Tensor, np.ndarray]:
     """
-    The best candidate over all stages and restarts by matching loss.
+    The best candidate over the competing stages and all restarts by matching loss.
 
     :param outcomes: Every stage's outcome, in order.
     :param batch_size: Client batch size ``B``.
     :param num_restarts: Restarts of the search; a stage that did not continue a restart has loss ``inf`` there.
-    :return: (stage index, restart index, images of that candidate ``(B, …)``, losses ``(stages, restarts)``).
+    :param competing: Indices of the stages whose candidates compete (``None``: every stage).
+    :return: (stage index, restart index, images of that candidate ``(B, …)``, losses of every stage
+             ``(stages, restarts)``).
     """
     losses = np.full((len(outcomes), num_restarts), np.inf)
     for i, outcome in enumerate(outcomes):
         losses[i, outcome.restart_ids] = outcome.loss.detach().cpu().numpy()
-    stage, restart = np.unravel_index(int(np.argmin(losses)), losses.shape)
+    eligible = losses.copy()
+    if competing is not None:
+        eligible[[i for i in range(len(outcomes)) if i not in competing]] = np.inf
+    stage, restart = np.unravel_index(int(np.argmin(eligible)), losses.shape)
     chosen = outcomes[stage]
     images = chosen.images.reshape(-1, batch_size, *chosen.images.shape[1:])[chosen.restart_ids.index(int(restart))]
     return int(stage), int(restart), images, losses
