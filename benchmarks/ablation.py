@@ -24,8 +24,6 @@ already holds them, so an interrupted ablation resumes where it stopped. ``--rep
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import sys
 import time
@@ -40,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
+from art_gifd.bench.runner import ResultsFile
 from art_gifd.experiment import environment, write_json_atomic
 from art_gifd.metrics import evaluate_batch
 from benchmarks.cases import CASES, SPLITS, AttackCase
@@ -161,33 +160,16 @@ def run_key(record: dict[str, Any]) -> tuple:
 
 
 def load_runs(path: Path) -> list[dict[str, Any]]:
-    """The runs of a JSONL file; a torn last line (an interrupted write) is ignored."""
-    if not path.exists():
-        return []
-    runs = []
-    for line in path.read_text().splitlines():
-        try:
-            runs.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return runs
-
-
-def append_run(path: Path, record: dict[str, Any]) -> None:
-    """Append one run and make it durable before the next one starts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """The runs of a runs file (the benchmark runner's append-only JSONL store); a torn last line is skipped."""
+    return ResultsFile(path).read()[1]
 
 
 def run(args: argparse.Namespace) -> None:
     """Run every missing run of the selected case, split, configurations, batch sizes and seeds."""
     case = CASES[args.case]
     classifier = case.classifier()
-    path = args.runs / f"{case.name}.jsonl"
-    done = {run_key(r) for r in load_runs(path)}
+    store = ResultsFile(args.runs / f"{case.name}.jsonl")
+    done = {run_key(r) for r in store.read(repair=True)[1]}  # repair: appends start on a fresh line
     commit = git_commit()
     names = args.configs or list(CONFIGS)
     for batch in args.batch_sizes:
@@ -231,7 +213,7 @@ def run(args: argparse.Namespace) -> None:
                         threads=torch.get_num_threads(),
                         commit=commit,
                     )
-                    append_run(path, record)
+                    store.append(record)
                     print(
                         f"{case.name} {args.split} B={batch} {name!r} first={first} seed={seed}: "
                         f"{scores['psnr']:.2f} dB, {cpu:.1f} cpu s",

@@ -33,6 +33,10 @@ def test_ablation_runs_resume_and_report_paired_differences(benchmarks, tmp_path
     assert (runs / "lenet-mnist.jsonl").read_text().splitlines() == lines
     with open(runs / "lenet-mnist.jsonl", "a") as handle:  # a torn last line (interrupted write) is ignored
         handle.write('{"case": "lenet-mn')
+    ablation.main(argv)  # resuming after the torn line repairs it, so later appends start on a fresh line
+    assert (runs / "lenet-mnist.jsonl").read_text().splitlines() == lines
+    with open(runs / "lenet-mnist.jsonl", "a") as handle:
+        handle.write('{"case": "lenet-mn')
     out = tmp_path / "report" / "ablation"
     out.parent.mkdir()
     ablation.main(["--report", "--runs", str(runs), "--out", str(out)])

@@ -373,6 +373,8 @@ def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings
     """
     if stage.optimiser not in OPTIMISERS:
         raise ValueError(f"Unknown optimiser '{stage.optimiser}': use one of {OPTIMISERS}.")
+    if settings.hand_on not in HAND_ON:
+        raise ValueError(f"Unknown hand_on '{settings.hand_on}': use one of {HAND_ON}.")
     gradient_free = stage.optimiser == "cma"
     restart_ids = list(range(settings.num_restarts)) if stage.restart_ids is None else list(stage.restart_ids)
     if not restart_ids or any(v.shape[0] % len(restart_ids) for v in stage.init):
