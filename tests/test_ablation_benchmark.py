@@ -99,3 +99,15 @@ def test_quality_mode_records_every_run(benchmarks, tmp_path: Path) -> None:
         next(r["psnr"] for r in saved["runs"] if r["method"] == "ours x1")
     )
     assert saved["case"]["split"] == "eval" and record["time_to_quality"].keys() == {"reference", "reference R=1"}
+
+
+def test_bad_quality_arguments_are_named(benchmarks, capsys: pytest.CaptureFixture) -> None:
+    _, speed = benchmarks
+    for argv, message in (
+        (["--mode", "quality", "--case", "nope"], "--case must be one of"),
+        (["--mode", "quality", "--feature-restarts", "some"], "--feature-restarts must be default, all, halving"),
+        (["--mode", "quality", "--images", "6", "--batch-size", "4"], "must be a multiple of --batch-size"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            speed.parse_args(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
