@@ -5,21 +5,84 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def count(low: int) -> Callable[[str], int]:
+    """Argument type: an integer ``>= low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def existing_file(text: str) -> Path:
+    """Argument type: a file that exists."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a folder, a file is expected")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: '{path}'")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """Argument type: a folder to write into (it may not exist yet, but must not be a file)."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a file, not a folder: give a folder to write the outputs into")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """Argument type: a file to write or append to (it must not be a folder)."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{path}' is a folder: give the path of a file, e.g. '{path / 'run.jsonl'}'")
+    return path
+
+
+def device_name(text: str) -> str:
+    """Argument type: a torch device this machine has."""
+    from art_gifd.validation import check_device
+
+    try:
+        check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="art-gifd", description="Measure what federated-learning gradients leak.")
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING)")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="Python logging level (default: WARNING)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="GIFD vs latent-only vs pixel-space attacks on the embedded data and prior")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    demo.add_argument("--out", type=output_folder, default=Path("demo-out"), help="output folder (default: demo-out)")
     demo.add_argument("--quick", action="store_true", help="small grid, under 3 minutes on 2 CPU cores")
-    demo.add_argument("--seed", type=int, default=0, help="seed of models and attacks (default: 0)")
-    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    demo.add_argument("--seed", type=count(0), default=0, help="seed of models and attacks (default: 0)")
+    demo.add_argument("--device", type=device_name, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     audit = sub.add_parser("audit", help="audit your FL model: attacks under its defences, their cost, a report")
-    audit.add_argument("config", type=Path, help="audit config, .toml or .yaml (format: art_gifd.audit.config)")
+    audit.add_argument(
+        "config", type=existing_file, help="audit config, .toml or .yaml (format: art_gifd.audit.config)"
+    )
     audit.add_argument("--overwrite", action="store_true", help="replace a report already in the output folder")
     audit.add_argument("--no-resume", action="store_true", help="rerun the settings an interrupted run finished")
     audit.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -52,7 +115,7 @@ def _audit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``art-gifd`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     from art_gifd.bench.cli import BENCH_COMMANDS, run_bench_command
 
     if args.command in BENCH_COMMANDS:

@@ -98,12 +98,35 @@ def parse_document(text: str, fmt: str, source: str = "<config>") -> LocatedDocu
     raise ValueError(f"Unknown configuration format {fmt!r}: use 'yaml' or 'toml'.")
 
 
+#: Floats as YAML 1.2 spells them: PyYAML's YAML 1.1 resolver reads ``5e-2`` or ``1e3`` (no dot) as strings.
+_YAML12_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+def _yaml_loader() -> type:
+    """A safe YAML loader that also resolves YAML 1.2 floats."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    return Loader
+
+
 def _parse_yaml(text: str, source: str) -> LocatedDocument:
     import yaml
 
+    loader = _yaml_loader()
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=loader)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:  # marked errors carry the position; reader errors (bad characters) do not
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())

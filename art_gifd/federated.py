@@ -45,12 +45,26 @@ class TargetModel:
         :param device: Device for the computation (default: the estimator's device).
         :param train_mode: Compute gradients in train mode (as a client with BatchNorm in train mode would).
         """
-        import torch
+        from art.estimators.classification import PyTorchClassifier
         from torch.func import replace_all_batch_norm_modules_
 
+        from art_gifd.validation import check_device
+
+        if not isinstance(estimator, PyTorchClassifier):
+            raise ValueError(
+                f"Expected an ART PyTorchClassifier, got {type(estimator).__name__}: wrap the model with "
+                "art_gifd.models.make_classifier(model, input_shape) or ART's PyTorchClassifier."
+            )
         self.estimator = estimator
-        self.device = torch.device(device) if device is not None else torch.device(estimator.device)
+        self.device = check_device(device if device is not None else estimator.device)
         self.train_mode = train_mode
+        broken = [
+            n for n, t in estimator.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+        ]
+        if broken:
+            raise ValueError(
+                f"The FL model's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."
+            )
         module = copy.deepcopy(estimator.model).to(self.device)
         if train_mode:
             replace_all_batch_norm_modules_(module.train())
@@ -102,7 +116,20 @@ class TargetModel:
         import torch
 
         arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(
+                f"Labels must be numbers (class indices or one-hot rows), got an array of dtype {arr.dtype}: "
+                "convert class names to indices first."
+            )
         if arr.ndim == 2 and arr.shape[1] == self.nb_classes:
+            top = arr.max(axis=1)
+            valid = np.isfinite(arr).all(axis=1) & (top > 0) & ((arr == top[:, None]).sum(axis=1) == 1)
+            if not valid.all():
+                bad = int(np.flatnonzero(~valid)[0])
+                raise ValueError(
+                    f"One-hot label row {bad} has no single largest positive entry ({arr[bad].tolist()}): every row "
+                    "must name exactly one class."
+                )
             arr = arr.argmax(axis=1)
         if arr.ndim != 1:
             raise ValueError(
@@ -200,6 +227,22 @@ def client_gradients(
         raise ValueError(f"x must have shape (B, {', '.join(map(str, target.input_shape))}), got {x_arr.shape}.")
     if not np.all(np.isfinite(x_arr)):
         raise ValueError("x contains NaN or infinite values.")
+    if estimator.clip_values is not None and x_arr.size:
+        lo, hi = float(np.min(estimator.clip_values[0])), float(np.max(estimator.clip_values[1]))
+        below, above = lo - float(x_arr.min()), float(x_arr.max()) - hi
+        if max(below, above) > 0.5 * (hi - lo):  # a different scale (0-255, [-1, 1]), not a small overshoot
+            raise ValueError(
+                f"x spans [{x_arr.min():g}, {x_arr.max():g}] but the estimator's clip_values are [{lo:g}, {hi:g}]: "
+                "scale the images to the model's input range (e.g. x / 255 for 8-bit images)."
+            )
+        if max(below, above) > 1e-6:
+            logger.warning(
+                "x spans [%g, %g], beyond the estimator's clip_values [%g, %g]; attacks reconstruct within them.",
+                x_arr.min(),
+                x_arr.max(),
+                lo,
+                hi,
+            )
     labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
     grads = defended_gradients(target, torch.as_tensor(x_arr, device=target.device), labels, defense, seed)
     return [g.detach().cpu().numpy().astype(np.float32) for g in grads]

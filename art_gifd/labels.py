@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_gifd.validation import check_integer, check_number
+
 if TYPE_CHECKING:
     from art_gifd.attacks.core import Objective
 
@@ -79,11 +81,8 @@ class AutoLabelMapping:
         if self.scorer not in AUTO_SCORERS:
             raise ValueError(f"Unknown label-mapping scorer '{self.scorer}': use one of {AUTO_SCORERS}.")
         for name in ("steps", "restarts", "samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"AutoLabelMapping.{name} must be a positive integer, got {value!r}.")
-        if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise ValueError(f"AutoLabelMapping.learning_rate must be positive, got {self.learning_rate!r}.")
+            check_integer(f"AutoLabelMapping.{name}", getattr(self, name), 1)
+        check_number("AutoLabelMapping.learning_rate", self.learning_rate, 0.0, closed="neither")
         if self.candidates is not None:
             bad = [
                 c for c in self.candidates if not (isinstance(c, int | np.integer) and 0 <= c < num_generator_classes)
@@ -125,6 +124,30 @@ def label_signal(grads: Sequence[torch.Tensor], weight_index: int, bias_index: i
     if bias_index is not None:
         return grads[bias_index].detach().double()
     return grads[weight_index].detach().double().sum(dim=1)
+
+
+def classes_evidenced(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, loss: object) -> int | None:
+    """
+    Lower bound on the number of distinct labels behind a clean softmax cross-entropy gradient, or ``None``.
+
+    A class's bias gradient ``(1/B) Σ_i (p_ic − y_ic)`` can only be negative if some sample has that label, so the
+    number of negative entries bounds the labels present, and the batch size, from below. It is only read where it
+    is exact: a head with a bias, an ``nn.CrossEntropyLoss`` without label smoothing, and bias gradients that sum to
+    zero as such a gradient must (added noise, clipping scale aside, breaks that: then ``None``).
+    """
+    if not isinstance(loss, nn.CrossEntropyLoss) or loss.label_smoothing:
+        return None
+    try:
+        _, bias_index = find_classifier_head(module, nb_classes)
+    except ValueError:
+        return None
+    if bias_index is None:
+        return None
+    bias = grads[bias_index].detach().double()
+    scale = float(bias.abs().sum())
+    if scale == 0.0 or abs(float(bias.sum())) > 1e-4 * scale:
+        return None
+    return int((bias < -1e-6 * scale).sum())
 
 
 def infer_labels(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, batch_size: int) -> torch.Tensor:

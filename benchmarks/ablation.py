@@ -66,6 +66,8 @@ NEW: dict[str, Any] = {
     "feature_restarts": 1,
     "_hand_on": "best",
     "_selection": "all",
+    "_latent_pool": 1,
+    "_feature_lr_scale": 1.0,
 }
 
 
@@ -119,6 +121,16 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "R=4, 4-1-1 on": ("new", _from_new(feature_restarts=(4, 1, 1))),
     "R=4, 4-2-1 on": ("new", _from_new(feature_restarts=(4, 2, 1))),
     "R=2, all on": ("new", _from_new(num_restarts=2, feature_restarts=None)),
+    "pool=4, all on": ("R=4, all on", _from_new(feature_restarts=None, _latent_pool=4)),
+    "pool=16, all on": ("R=4, all on", _from_new(feature_restarts=None, _latent_pool=16)),
+    "feature lr x0.3, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_scale=0.3)),
+    "feature lr x3, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_scale=3.0)),
+    "feature lr x0.5, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_scale=0.5)),
+    "pool=16, feature lr x0.5, all on": (
+        "R=4, all on",
+        _from_new(feature_restarts=None, _latent_pool=16, _feature_lr_scale=0.5),
+    ),
+    "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
     "default": ("old", _from_new(feature_restarts=None)),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
@@ -143,6 +155,8 @@ def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int,
     )
     attack._hand_on = kwargs["_hand_on"]
     attack._selection = kwargs["_selection"]
+    attack._latent_pool = kwargs.get("_latent_pool", 1)
+    attack._feature_lr_scale = kwargs.get("_feature_lr_scale", 1.0)
     return attack
 
 

@@ -26,12 +26,12 @@ def matching_loss(clf, grads, images: np.ndarray, labels: np.ndarray, distance: 
         ({"distance": "l1"}, "Unknown distance 'l1'"),
         ({"steps_per_stage": 0}, "steps_per_stage must be a positive integer"),
         ({"num_restarts": 1.5}, "num_restarts must be a positive integer"),
-        ({"learning_rate": -1.0}, "learning_rate must be a positive number"),
+        ({"learning_rate": -1.0}, r"learning_rate must lie in \(0, inf\)"),
         ({"l1_radius": 0.0}, "l1_radius values must be positive"),
         ({"l1_radius": [0.1, 0.2]}, "l1_radius has 2 values but the search has 3 feature stages"),
         ({"max_stage": 5}, r"max_stage must lie in \[1, 4\]"),
         ({"radius_scale": "relative"}, "Unknown radius_scale"),
-        ({"tv_weight": -1e-4}, "tv_weight must be a non-negative number"),
+        ({"tv_weight": -1e-4}, r"tv_weight must lie in \[0, inf\)"),
         ({"label_mapping": {0: 1}}, "prior is not class-conditional"),
     ],
 )
@@ -154,4 +154,4 @@ def test_class_conditional_prior_uses_label_mapping(heldout) -> None:
     with pytest.raises(ValueError, match="unknown generator classes"):
         GIFDAttack(clf, prior, label_mapping={0: 9})
     with pytest.raises(ValueError, match="no entry for task label"):
-        GIFDAttack(clf, prior, label_mapping={99: 0}, steps_per_stage=1, verbose=False).infer(grads, y=y[:1])
+        GIFDAttack(clf, prior, batch_size=2, label_mapping={99: 0}, steps_per_stage=1, verbose=False).infer(grads, y=y)

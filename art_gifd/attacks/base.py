@@ -31,7 +31,8 @@ from art_gifd.attacks.core import (
 )
 from art_gifd.defenses.base import Defense
 from art_gifd.federated import GradientInput, TargetModel
-from art_gifd.labels import infer_labels
+from art_gifd.labels import classes_evidenced, infer_labels
+from art_gifd.validation import check_device, check_integer, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -198,6 +199,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"defense must be an art_gifd.defenses.Defense (the client's defence, known to the attacker) or None, "
                 f"got {type(self.defense).__name__}; wrap a plain function in FunctionDefense."
             )
+        if self.device is not None:
+            check_device(self.device)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer)):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
         if self.estimator.clip_values is None:
@@ -218,12 +221,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :raises ValueError: Naming the first parameter that is not.
         """
         for name in names:
-            value = getattr(self, name)
-            if optional and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-                wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-                raise ValueError(f"{name} must be {wanted}{' or None' if optional else ''}, got {value!r}.")
+            check_integer(name, getattr(self, name), minimum, optional=optional)
 
     def _check_numbers(self, names: tuple[str, ...], positive: bool) -> None:
         """
@@ -232,12 +230,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :raises ValueError: Naming the first parameter that is not.
         """
         for name in names:
-            value = getattr(self, name)
-            real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-            if not real or not np.isfinite(value) or value < 0 or (positive and value == 0):
-                raise ValueError(
-                    f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}."
-                )
+            check_number(name, getattr(self, name), 0.0, closed="neither" if positive else "left")
 
     def infer(self, x: GradientInput, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """
@@ -263,6 +256,13 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         start = time.perf_counter()
         target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
         observed = target.as_gradient_list(x)
+        evidenced = classes_evidenced(observed, target.module, target.nb_classes, target.loss_fn)
+        if evidenced is not None and evidenced > self.batch_size:
+            raise ValueError(
+                f"The gradient shows {evidenced} distinct labels (negative bias gradients of the classifier head), so "
+                f"it comes from at least {evidenced} images, but batch_size={self.batch_size}: set batch_size to the "
+                "client's batch size."
+            )
         if y is not None:
             labels = target.labels_to_indices(y, batch_size=self.batch_size)
         elif self._infers_labels:
@@ -292,6 +292,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     break
         competing = None if self._selection == "all" else [len(outcomes) - 1]
         best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size, self.num_restarts, competing)
+        if not np.isfinite(losses[best_stage, best_restart]) or not bool(images.isfinite().all()):
+            raise RuntimeError(
+                f"{type(self).__name__}: the search diverged (no candidate with a finite matching loss and finite "
+                "images). Lower learning_rate, or check that the model's and the prior's weights are valid."
+            )
         images = images.clamp(lo, hi).detach().cpu().numpy().astype(np.float32)
         final_labels = self._result_labels(ctx, outcomes[best_stage], best_restart)
         result = ReconstructionResult(

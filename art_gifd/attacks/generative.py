@@ -57,6 +57,7 @@ class GenerativePriorAttack(GradientInversionAttack):
         self.prior = prior
         self.label_mapping = label_mapping
         self.latent_constraint = latent_constraint
+        self._latent_pool = 1
         self._generator_labels: torch.Tensor | None = None
         self._mapping_scores: dict[str, object] | None = None
         super().__init__(estimator, **kwargs)
@@ -66,6 +67,11 @@ class GenerativePriorAttack(GradientInversionAttack):
         if not isinstance(self.prior, LayeredGenerator):
             raise ValueError(
                 f"prior must be a LayeredGenerator (see art_gifd.priors), got {type(self.prior).__name__}."
+            )
+        broken = [n for n, t in self.prior.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if broken:
+            raise ValueError(
+                f"The prior's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."
             )
         expected = tuple(self.estimator.input_shape)
         if tuple(self.prior.image_shape) != expected:
@@ -146,8 +152,25 @@ class GenerativePriorAttack(GradientInversionAttack):
         return project_latent(latent, self.resolved_latent_constraint, self.prior.latent_bound)
 
     def initial_latent(self, ctx: SearchContext) -> torch.Tensor:
-        """One latent code per candidate row, ``(R * B, …)``, drawn from the prior and projected."""
-        return self.project_latent(self.prior.sample_latent(ctx.num_candidates, generator=ctx.rng))
+        """
+        One latent code per candidate row, ``(R * B, …)``, drawn from the prior and projected.
+
+        With a latent pool of ``P > 1`` draws per restart, ``P · R`` candidate batches are drawn and the ``R`` whose
+        decoded images match the observed gradient best start the search (scored without a graph, in chunks of
+        ``R · B`` rows, the memory of one search step).
+        """
+        import torch
+
+        pool = int(self._latent_pool)
+        draws = self.project_latent(self.prior.sample_latent(ctx.num_candidates * pool, generator=ctx.rng))
+        if pool == 1:
+            return draws
+        decode = self._decoder(0, ctx)
+        with torch.no_grad():
+            losses = torch.cat([ctx.matcher.loss(decode([chunk])) for chunk in draws.split(ctx.num_candidates)])
+        best = torch.argsort(losses)[: ctx.num_restarts]
+        grouped = draws.reshape(pool * ctx.num_restarts, ctx.batch_size, *draws.shape[1:])
+        return grouped[best].reshape(ctx.num_candidates, *draws.shape[1:])
 
     def generator_labels(self, rows: int) -> torch.Tensor | None:
         """Generator classes for ``rows`` candidate rows (the batch's classes tiled), ``None`` if unconditional."""

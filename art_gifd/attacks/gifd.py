@@ -129,6 +129,7 @@ class GIFDAttack(GenerativePriorAttack):
         self.l1_radius = l1_radius
         self.radius_scale = radius_scale
         self.feature_restarts = feature_restarts
+        self._feature_lr_scale = 1.0
         super().__init__(
             estimator,
             prior,
@@ -242,5 +243,10 @@ class GIFDAttack(GenerativePriorAttack):
                 return [start + project_l1_ball(h[0] - start, ball)]
 
             outcome = yield SearchStage(
-                f"feature-{k}", [start], self._decoder(k, ctx), project, restart_ids=restart_ids
+                f"feature-{k}",
+                [start],
+                self._decoder(k, ctx),
+                project,
+                learning_rates=[self.learning_rate * self._feature_lr_scale],
+                restart_ids=restart_ids,
             )

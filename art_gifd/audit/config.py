@@ -146,6 +146,7 @@ from art_gifd.federated import client_gradients
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict, sha256_of
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
+from art_gifd.validation import check_integer, check_number
 
 #: Attack names an audit accepts (those of :func:`art_gifd.experiment.build_attack`).
 ATTACK_NAMES = (*ATTACKS, *BASELINES)
@@ -350,27 +351,14 @@ class _Checker:
 
 
 def _integer(low: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"must be an integer >= {low}, got {value!r}.")
-        return int(value)
-
-    return convert
+    return lambda value: check_integer("", value, low)
 
 
 def _number(
     low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False
 ) -> Callable[[Any], float]:
-    def convert(value: Any) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
-        if ok:
-            ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-        if not ok:
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            raise ValueError(f"must be a number in {interval}, got {value!r}.")
-        return float(value)
-
-    return convert
+    closed = {(False, False): "both", (False, True): "left", (True, False): "right", (True, True): "neither"}
+    return lambda value: check_number("", value, low, high, closed=closed[(low_open, high_open)])
 
 
 def _string(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:

@@ -12,6 +12,8 @@ BENCH_COMMANDS = ("bench", "bench-report")
 
 def add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` and ``bench-report`` subcommands to the ``art-gifd`` parser."""
+    from art_gifd.cli import count, existing_file, output_file, output_folder
+
     bench = sub.add_parser(
         "bench",
         help="run an attack x defence benchmark grid (resumable, local or Ray)",
@@ -21,13 +23,17 @@ def add_bench_parsers(sub: argparse._SubParsersAction) -> None:
         "config", help="YAML/TOML configuration, or a profile name of benchmarks/profiles (smoke, quick, full)"
     )
     bench.add_argument(
-        "--results", type=Path, help="JSON-lines results file, resumed if it exists (default: bench-out/<name>.jsonl)"
+        "--results",
+        type=output_file,
+        help="JSON-lines results file, resumed if it exists (default: bench-out/<name>.jsonl)",
     )
     bench.add_argument("--executor", choices=("local", "ray"), default="local", help="where jobs run (default: local)")
-    bench.add_argument("--workers", type=int, default=1, help="local executor: parallel worker processes (default: 1)")
+    bench.add_argument(
+        "--workers", type=count(1), default=1, help="local executor: parallel worker processes (default: 1)"
+    )
     bench.add_argument("--ray-address", help="address of an existing Ray cluster (implies --executor ray)")
-    bench.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray started on demand (default: all)")
-    bench.add_argument("--ray-gpus", type=int, help="GPUs of the local Ray started on demand (default: all)")
+    bench.add_argument("--ray-cpus", type=count(1), help="CPUs of the local Ray started on demand (default: all)")
+    bench.add_argument("--ray-gpus", type=count(0), help="GPUs of the local Ray started on demand (default: all)")
     bench.add_argument("--retry-errors", action="store_true", help="run again the jobs recorded as errors")
     bench.add_argument("--list", action="store_true", help="list the jobs and whether they are done; run nothing")
     bench.add_argument("--skip-checks", action="store_true", help="do not load the data and priors before the jobs")
@@ -37,8 +43,10 @@ def add_bench_parsers(sub: argparse._SubParsersAction) -> None:
         help="tables (mean ± std) and figures from a benchmark results file",
         description="Aggregate a benchmark results file into Markdown/JSON tables and matplotlib figures.",
     )
-    report.add_argument("results", type=Path, help="the JSON-lines results file of art-gifd bench")
-    report.add_argument("--out", type=Path, help="output folder (default: <results stem>-report beside the file)")
+    report.add_argument("results", type=existing_file, help="the JSON-lines results file of art-gifd bench")
+    report.add_argument(
+        "--out", type=output_folder, help="output folder (default: <results stem>-report beside the file)"
+    )
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
@@ -49,9 +57,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     """
     from art_gifd.bench.config import ConfigError
 
+    # bench-report's ValueErrors name a results file that cannot be reported (empty, or not one of bench's)
+    expected = (ConfigError, FileNotFoundError, ImportError, *((ValueError,) if args.command == "bench-report" else ()))
     try:
         return _bench(args) if args.command == "bench" else _report(args)
-    except (ConfigError, FileNotFoundError, ImportError) as exc:
+    except expected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

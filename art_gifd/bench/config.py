@@ -63,6 +63,7 @@ from typing import Any
 
 from art_gifd.configfile import ConfigError, KeyPath, LocatedDocument, format_key, read_document
 from art_gifd.configfile import parse_document as parse_document  # re-exported: parse a configuration string
+from art_gifd.validation import check_integer, check_number
 
 FOLDER_SPLITS = ("heldout", "train", "all")
 #: Attacks whose search runs through a generator: their ``prior`` key is required.
@@ -211,16 +212,16 @@ class _Validator:
         return value
 
     def integer(self, value: Any, path: KeyPath, low: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.fail(path, f"must be an integer >= {low}, got {value!r}")
-        return int(value)
+        try:
+            return check_integer("", value, low)
+        except ValueError as exc:
+            raise self.fail(path, str(exc).rstrip(".")) from None
 
     def number(self, value: Any, path: KeyPath, low: float = float("-inf")) -> float:
-        if isinstance(value, str) and _is_number(value):  # PyYAML (YAML 1.1) reads 1e-3 as a string
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value < low:
-            raise self.fail(path, f"must be a number >= {low:g}, got {value!r}")
-        return float(value)
+        try:
+            return check_number("", value, low)
+        except ValueError as exc:
+            raise self.fail(path, str(exc).rstrip(".")) from None
 
     def string(self, value: Any, path: KeyPath, choices: Sequence[str] | None = None) -> str:
         if not isinstance(value, str) or not value:
@@ -461,9 +462,7 @@ def _defense(v: _Validator) -> Callable[[Any, KeyPath], dict[str, Any]]:
             point = dict(params, **({grid[0]: strength} if grid else {}))
             for key, x in point.items():
                 key_path = (*path, key, index) if grid and key == grid[0] else (*path, key)
-                if isinstance(x, str) and _is_number(x):  # PyYAML (YAML 1.1) reads 1e-3 as a string
-                    point[key] = float(x)
-                elif isinstance(x, dict | list) and kind != "compose":
+                if isinstance(x, dict | list) and kind != "compose":
                     raise v.fail(key_path, f"must be a number or a string, got {_kind(x)}")
             try:
                 build_defense(kind, point)
@@ -475,14 +474,6 @@ def _defense(v: _Validator) -> Callable[[Any, KeyPath], dict[str, Any]]:
         return {"name": name, "type": kind, "grid": grid[0] if grid else None, "points": points}
 
     return check
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _attack(v: _Validator, config: BenchConfig) -> Callable[[Any, KeyPath], dict[str, Any]]:

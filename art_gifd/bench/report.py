@@ -203,15 +203,20 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
     :param out: Output folder (default: ``<results stem>-report`` beside the file).
     :return: The files written.
     :raises FileNotFoundError: If the results file does not exist.
-    :raises ValueError: If it holds no job.
+    :raises ValueError: If it is not a results file of ``art-gifd bench`` or holds no job yet.
     """
     store = ResultsFile(results)
     if not store.path.is_file():
         raise FileNotFoundError(f"Results file '{store.path}' not found.")
     runs, jobs = store.read()
-    records = list({r["job_id"]: r for r in jobs}.values())
+    records = list({r["job_id"]: r for r in jobs if "job_id" in r}.values())
+    if not runs and not records:
+        raise ValueError(
+            f"'{store.path}' is not a results file of art-gifd bench (no run header, no job record): give the "
+            "--results file that 'art-gifd bench' wrote."
+        )
     if not records:
-        raise ValueError(f"'{store.path}' holds no finished job yet.")
+        raise ValueError(f"'{store.path}' holds no finished job yet: run 'art-gifd bench' on it first.")
     rows, errors = aggregate(records, runs[-1]["config"] if runs else None)
     out = Path(out) if out is not None else store.path.with_name(store.path.stem + "-report")
     out.mkdir(parents=True, exist_ok=True)

@@ -233,6 +233,9 @@ class ResultsFile:
             except json.JSONDecodeError:
                 logger.warning("%s:%d: skipping a line that is not JSON", self.path, number)
                 continue
+            if not isinstance(record, dict):
+                logger.warning("%s:%d: skipping a line that is not a JSON object", self.path, number)
+                continue
             (runs if record.get("type") == "run" else jobs).append(record)
         return runs, jobs
 

@@ -208,40 +208,6 @@ def make_generator(seed: int | None, device: str | torch.device) -> torch.Genera
     return generator
 
 
-def check_number(name: str, value: Any, low: float, high: float = float("inf"), *, closed: str = "left") -> float:
-    """
-    Validate a real parameter against an interval and return it as a float.
-
-    :param name: Parameter name used in the message.
-    :param value: The value.
-    :param low: Lower bound.
-    :param high: Upper bound.
-    :param closed: Which bounds are included: ``"left"``, ``"right"``, ``"both"`` or ``"neither"``.
-    :raises ValueError: Naming the parameter, the interval and the value.
-    """
-    left, right = closed in ("left", "both"), closed in ("right", "both")
-    interval = f"{'[' if left else '('}{low:g}, {high:g}{']' if right else ')'}"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.") from None
-    if isinstance(value, bool) or number != number:
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
-    above = number >= low if left else number > low
-    below = number <= high if right else number < high
-    if not (above and below):
-        raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
-    return number
-
-
-def check_integer(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """Validate an integer parameter in ``[low, high]`` and return it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {'in ' if high is not None else ''}{bounds}, got {value!r}.")
-    return int(value)
-
-
 def flat_norm(grads: GradientBatch) -> torch.Tensor:
     """Euclidean norm of all parameters' gradients together, one per row: ``(N,)``."""
     return torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in grads.values()))

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from art_gifd.defenses.base import Defense, DefenseContext, check_integer, check_number
+from art_gifd.defenses.base import Defense, DefenseContext
+from art_gifd.validation import check_integer, check_number
 
 ACCOUNTANTS = ("rdp", "prv")
 

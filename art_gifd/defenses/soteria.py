@@ -16,10 +16,9 @@ from art_gifd.defenses.base import (
     Defense,
     DefenseContext,
     GradientBatch,
-    check_integer,
-    check_number,
     zero_pattern_mask,
 )
+from art_gifd.validation import check_integer, check_number
 
 
 class Soteria(Defense):

@@ -18,12 +18,11 @@ from art_gifd.defenses.base import (
     Defense,
     DefenseContext,
     GradientBatch,
-    check_integer,
-    check_number,
     flat_norm,
     straight_through,
     zero_pattern_mask,
 )
+from art_gifd.validation import check_integer, check_number
 
 PRUNE_SCOPES = ("layer", "global")
 NOISE_DISTRIBUTIONS = ("gaussian", "laplace")

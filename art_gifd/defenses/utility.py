@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from art_gifd.defenses.base import DefenseLike, check_integer, check_number, make_generator
+from art_gifd.defenses.base import DefenseLike, make_generator
 from art_gifd.federated import TargetModel, defended_gradients
+from art_gifd.validation import check_integer, check_number
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier

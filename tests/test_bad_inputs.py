@@ -1,0 +1,165 @@
+"""Bad input is refused before any work, with a message that names the problem and the way out."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from art_gifd import GIFDAttack
+from art_gifd.cli import main
+from art_gifd.configfile import parse_document
+from art_gifd.defenses import GaussianNoise, Prune
+from art_gifd.federated import client_gradients
+from art_gifd.models import make_classifier
+from art_gifd.validation import check_device, check_integer, check_number
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: check_integer("steps", "3", 1), "steps must be a positive integer, got '3'"),
+        (lambda: check_integer("steps", True, 1), "steps must be a positive integer, got True"),
+        (lambda: check_integer("steps", 2.0, 1), "steps must be a positive integer"),
+        (lambda: check_integer("bits", 17, 2, 16), r"bits must be an integer in \[2, 16\]"),
+        (lambda: check_number("lr", "0.1", 0.0), "lr must be a finite number"),
+        (lambda: check_number("lr", float("inf"), 0.0), "lr must be a finite number"),
+        (lambda: check_number("lr", 0.0, 0.0, closed="neither"), r"lr must lie in \(0, inf\), got 0.0"),
+        (lambda: check_number("", -1, 0.0), r"^must lie in \[0, inf\)"),
+    ],
+)
+def test_shared_validators_refuse(call, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_shared_validators_accept_numpy_scalars() -> None:
+    assert check_integer("steps", np.int64(3), 1) == 3
+    assert check_number("lr", np.float32(0.5), 0.0, closed="neither") == 0.5
+    assert check_integer("chunk", None, 1, optional=True) is None
+
+
+def test_numpy_integers_pass_the_attack_and_the_defences(lenet_clf, default_prior) -> None:
+    attack = GIFDAttack(lenet_clf, default_prior, steps_per_stage=np.int64(2), num_restarts=np.int32(1), verbose=False)
+    assert attack.steps_per_stage == 2
+    assert Prune(np.float64(0.5)).ratio == 0.5
+    with pytest.raises(ValueError, match="ratio must be a finite number"):
+        Prune("0.5")
+
+
+def test_yaml_reads_scientific_notation_as_numbers() -> None:
+    document = parse_document('lr: 5e-2\nsteps: 1e3\nplain: 0.1\nquoted: "5e-2"\nname: abc\n', "yaml")
+    assert document.data == {"lr": 0.05, "steps": 1000.0, "plain": 0.1, "quoted": "5e-2", "name": "abc"}
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu0", "is not a device name"),
+        ("cuda:99", "CUDA GPU"),
+        (3.5, "is not a device name"),
+    ],
+)
+def test_devices_are_checked_at_construction(lenet_clf, default_prior, device, message) -> None:
+    if device == "cuda:99" and torch.cuda.device_count() >= 100:
+        pytest.skip("this machine has 100 GPUs")
+    with pytest.raises(ValueError, match=message):
+        GIFDAttack(lenet_clf, default_prior, device=device)
+    with pytest.raises(ValueError, match=message):
+        check_device(device)
+
+
+def test_cuda_without_gpu_is_refused_by_name() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no usable CUDA GPU: use 'cpu'"):
+        check_device("cuda")
+
+
+def test_client_gradients_refuse_bad_models_labels_and_ranges(lenet_clf, heldout) -> None:
+    x, y = heldout[0][:2], heldout[1][:2]
+    with pytest.raises(ValueError, match="Expected an ART PyTorchClassifier, got Sequential"):
+        client_gradients(lenet_clf.model, x, y)
+    with pytest.raises(ValueError, match="Labels must be numbers"):
+        client_gradients(lenet_clf, x, np.array(["3", "1"]))
+    one_hot = np.eye(10)[y]
+    one_hot[1] = 0.0
+    with pytest.raises(ValueError, match="One-hot label row 1 has no single largest positive entry"):
+        client_gradients(lenet_clf, x, one_hot)
+    with pytest.raises(ValueError, match=r"clip_values are \[0, 1\]: scale the images"):
+        client_gradients(lenet_clf, x * 255, y)
+    broken = copy.deepcopy(lenet_clf.model)
+    with torch.no_grad():
+        next(broken.parameters())[0] = float("nan")
+    with pytest.raises(ValueError, match="FL model's weights hold NaN"):
+        client_gradients(make_classifier(broken, (1, 32, 32)), x, y)
+
+
+def test_prior_with_nan_weights_is_refused(lenet_clf, default_prior) -> None:
+    prior = copy.deepcopy(default_prior)
+    with torch.no_grad():
+        next(prior.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="prior's weights hold NaN"):
+        GIFDAttack(lenet_clf, prior)
+
+
+def test_gradient_of_a_larger_batch_than_batch_size_is_refused(lenet_clf, heldout, default_prior) -> None:
+    x, y = heldout[0][:4], heldout[1][:4]
+    assert len(set(y.tolist())) == 4
+    attack = GIFDAttack(lenet_clf, default_prior, steps_per_stage=1, num_restarts=1, verbose=False)
+    with pytest.raises(ValueError, match=r"shows 4 distinct labels .* batch_size=1: set batch_size"):
+        attack.infer(client_gradients(lenet_clf, x, y))
+    # noise breaks the exact sign evidence, so a noisy gradient is not refused on it
+    noisy = client_gradients(lenet_clf, x, y, defense=GaussianNoise(1e-3), seed=0)
+    assert attack.infer(noisy).shape == (1, 1, 32, 32)
+    assert attack.infer(client_gradients(lenet_clf, x[:1], y[:1])).shape == (1, 1, 32, 32)
+
+
+def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_prior, monkeypatch) -> None:
+    x, y = heldout[0][:1], heldout[1][:1]
+    gradient = client_gradients(lenet_clf, x, y)
+    attack = GIFDAttack(lenet_clf, default_prior, max_stage=1, steps_per_stage=2, num_restarts=1, verbose=False)
+    monkeypatch.setattr(type(default_prior), "forward_from", lambda self, *a, **k: torch.full((1, 1, 32, 32), np.nan))
+    with pytest.raises(RuntimeError, match="the search diverged"):
+        attack.infer(gradient, y)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--log-level", "LOUD", "demo"], "invalid choice: 'LOUD'"),
+        (["demo", "--out", "{file}"], "is a file, not a folder"),
+        (["demo", "--device", "gpu0"], "is not a device name"),
+        (["bench", "smoke", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
+        (["bench", "smoke", "--results", "{folder}"], "is a folder: give the path of a file"),
+        (["bench-report", "{folder}"], "is a folder, a file is expected"),
+        (["bench-report", "{missing}"], "file not found"),
+        (["audit", "{folder}"], "is a folder, a file is expected"),
+    ],
+)
+def test_cli_refuses_bad_arguments(tmp_path, capsys, argv, message) -> None:
+    (tmp_path / "a-file").write_text("x")
+    places = {"{file}": tmp_path / "a-file", "{folder}": tmp_path, "{missing}": tmp_path / "missing.jsonl"}
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(places.get(a, a)) for a in argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "is not a results file of art-gifd bench"),
+        ("hello\n", "is not a results file of art-gifd bench"),
+        ('[1, 2]\n{"a": 1}\n', "is not a results file of art-gifd bench"),
+        (json.dumps({"type": "run", "config": {}}) + "\n", "holds no finished job yet"),
+    ],
+)
+def test_bench_report_names_a_file_it_cannot_report(tmp_path, capsys, content, message) -> None:
+    results = tmp_path / "results.jsonl"
+    results.write_text(content)
+    assert main(["bench-report", str(results)]) == 2
+    assert message in capsys.readouterr().err
