@@ -127,6 +127,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
     _selection = "all"
     #: Whether missing labels are inferred from the gradient (``False``: the attack optimises them itself).
     _infers_labels = True
+    #: The constructor's name of the search length, used in messages.
+    _length_param = "steps_per_stage"
 
     def __init__(
         self,
@@ -185,7 +187,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.defense = defense
 
     def _check_params(self) -> None:
-        self._check_integers(("steps_per_stage", "num_restarts", "batch_size"))
+        check_integer(self._length_param, self.steps_per_stage, 1)
+        self._check_integers(("num_restarts", "batch_size"))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
         if self.norm_form not in NORM_FORMS:
@@ -354,12 +357,25 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         """Yield the stages in order; each ``yield`` receives the previous stage's outcome."""
 
 
+def single_stage_params(params: list[str], fixed: tuple[str, ...] = ()) -> list[str]:
+    """
+    ``attack_params`` of a single-stage attack: the search length is ``max_iter``, as its constructor names it, and
+    the ``fixed`` names, which its constructor sets itself (e.g. no image prior), are left out.
+    """
+    return ["max_iter" if p == "steps_per_stage" else p for p in params if p not in fixed]
+
+
 class SingleStageSearch:
     """Mix-in of the attacks whose search is a single stage: ``max_iter`` names its length."""
 
     steps_per_stage: int
+    _length_param = "max_iter"
 
     @property
     def max_iter(self) -> int:
         """Length of the search: Adam steps, L-BFGS objective evaluations or CMA-ES generations."""
         return self.steps_per_stage
+
+    @max_iter.setter
+    def max_iter(self, value: int) -> None:
+        self.steps_per_stage = value

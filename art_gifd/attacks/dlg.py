@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext, SingleStageSearch, StageGenerator
+from art_gifd.attacks.base import (
+    GradientInversionAttack,
+    SearchContext,
+    SingleStageSearch,
+    StageGenerator,
+    single_stage_params,
+)
 from art_gifd.attacks.core import SearchStage, StageOutcome
 
 if TYPE_CHECKING:
@@ -30,6 +36,9 @@ class DLGAttack(SingleStageSearch, GradientInversionAttack):
     | Paper link: https://arxiv.org/abs/1906.08935
     """
 
+    attack_params = single_stage_params(
+        GradientInversionAttack.attack_params, fixed=("tv_weight", "norm_weight", "norm_form", "schedule")
+    )
     _infers_labels = False
 
     def __init__(
@@ -51,7 +60,7 @@ class DLGAttack(SingleStageSearch, GradientInversionAttack):
         :param learning_rate: L-BFGS learning rate (paper: 1).
         :param distance: Gradient distance (paper: ``"l2"``).
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
+                       ``batch_size``, ``train_mode``, ``defense``, ``device``, ``seed``, ``verbose``.
         """
         super().__init__(
             estimator,

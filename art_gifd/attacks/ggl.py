@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import SearchContext, SingleStageSearch, StageGenerator
+from art_gifd.attacks.base import SearchContext, SingleStageSearch, StageGenerator, single_stage_params
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.labels import LabelMapping
@@ -33,7 +33,15 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
     | Paper link: https://arxiv.org/abs/2203.05471
     """
 
-    attack_params = [*GenerativePriorAttack.attack_params, "population_size", "sigma", "eval_batch_size"]
+    attack_params = [
+        *single_stage_params(
+            GenerativePriorAttack.attack_params,
+            fixed=("learning_rate", "tv_weight", "norm_weight", "norm_form", "schedule"),
+        ),
+        "population_size",
+        "sigma",
+        "eval_batch_size",
+    ]
 
     def __init__(
         self,
@@ -64,7 +72,7 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
                                 memory grows with it; lower it when memory runs short (a ResNet-18 at 64×64 went past
                                 20 GB on CPU with 4 restarts × 17 candidates at batch size 4). The result is the same.
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
+                       ``batch_size``, ``train_mode``, ``defense``, ``device``, ``seed``, ``verbose``.
         """
         self.population_size = population_size
         self.sigma = sigma

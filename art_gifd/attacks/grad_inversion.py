@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext, SingleStageSearch, StageGenerator
+from art_gifd.attacks.base import (
+    GradientInversionAttack,
+    SearchContext,
+    SingleStageSearch,
+    StageGenerator,
+    single_stage_params,
+)
 from art_gifd.federated import TargetModel
 
 if TYPE_CHECKING:
@@ -88,7 +94,7 @@ class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
     | Paper link: https://arxiv.org/abs/2104.07586
     """
 
-    attack_params = [*GradientInversionAttack.attack_params, "bn_weight", "group_weight"]
+    attack_params = [*single_stage_params(GradientInversionAttack.attack_params), "bn_weight", "group_weight"]
 
     def __init__(
         self,

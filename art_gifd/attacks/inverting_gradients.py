@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import PIXEL_INITS, GradientInversionAttack, SearchContext, SingleStageSearch, StageGenerator
+from art_gifd.attacks.base import (
+    PIXEL_INITS,
+    GradientInversionAttack,
+    SearchContext,
+    SingleStageSearch,
+    StageGenerator,
+    single_stage_params,
+)
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -23,7 +30,7 @@ class InvertingGradientsAttack(SingleStageSearch, GradientInversionAttack):
     | Paper link: https://arxiv.org/abs/2003.14053
     """
 
-    attack_params = [*GradientInversionAttack.attack_params, "signed_gradients", "init"]
+    attack_params = [*single_stage_params(GradientInversionAttack.attack_params), "signed_gradients", "init"]
 
     def __init__(
         self,
