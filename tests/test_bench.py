@@ -404,3 +404,70 @@ def test_results_header_records_provenance(reference):
     assert run["config_hash"] == load_config(SMOKE).config_hash
     assert "git_commit" in run and run["environment"]["torch"]
     assert os.path.basename(run["config_source"]) == "smoke.toml"
+
+
+def test_a_second_run_on_a_locked_results_file_is_refused(tmp_path, capsys) -> None:
+    results = tmp_path / "r.jsonl"
+    with ResultsFile(results).lock():
+        assert main(["bench", str(SMOKE), "--results", str(results), "--no-progress"]) == 2
+    assert "is being written by another art-gifd bench" in capsys.readouterr().err
+    assert not results.exists() or ResultsFile(results).read() == ([], [])
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_killing_the_driver_stops_its_workers(tmp_path, signal_name) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = SMOKE.read_text().replace("steps_per_stage = 2", "steps_per_stage = 5000")
+    (tmp_path / "slow.toml").write_text(config.replace('name = "smoke"', 'name = "slow"'))
+    results = tmp_path / "slow.jsonl"
+    command = [sys.executable, "-m", "art_gifd.cli", "bench", str(tmp_path / "slow.toml"), "--results", str(results)]
+    driver = subprocess.Popen(
+        [*command, "--workers", "2", "--no-progress", "--skip-checks"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(driver.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(8)  # the workers import torch and start their jobs
+        workers = _children(driver.pid)
+        assert len(workers) >= 2, "the pool did not start"
+        driver.send_signal(getattr(signal, signal_name))
+        driver.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(w) for w in workers), f"workers outlived the driver after {signal_name}"
+        if signal_name == "SIGTERM":
+            assert driver.returncode == 130
+            _, jobs = ResultsFile(results).read()
+            assert all(j["status"] == "ok" for j in jobs)  # nothing half-written or recorded as failed
+    finally:
+        driver.kill()

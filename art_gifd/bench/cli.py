@@ -56,9 +56,16 @@ def run_bench_command(args: argparse.Namespace) -> int:
     :return: Exit status: 0 done, 2 invalid configuration or input, 130 interrupted.
     """
     from art_gifd.bench.config import ConfigError
+    from art_gifd.bench.runner import ResultsBusy
 
     # bench-report's ValueErrors name a results file that cannot be reported (empty, or not one of bench's)
-    expected = (ConfigError, FileNotFoundError, ImportError, *((ValueError,) if args.command == "bench-report" else ()))
+    expected = (
+        ConfigError,
+        FileNotFoundError,
+        ImportError,
+        ResultsBusy,
+        *((ValueError,) if args.command == "bench-report" else ()),
+    )
     try:
         return _bench(args) if args.command == "bench" else _report(args)
     except expected as exc:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import multiprocessing
+import os
+import threading
+import time
 from typing import Any
 
 from art_gifd.bench.grid import Job
@@ -63,6 +66,20 @@ class Executor(abc.ABC):
         """What is recorded about the executor in the results file."""
 
 
+def watch_parent(parent: int, interval: float = 1.0) -> None:
+    """
+    In a pool worker: exit as soon as the driver process ``parent`` is gone, even killed without a chance to clean
+    up (SIGKILL), so that no orphaned worker keeps running a job nobody will record.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="art-gifd-parent-watch", daemon=True).start()
+
+
 class LocalExecutor(Executor):
     """
     Jobs on this machine: one after the other in this process (``workers=1``, the default), or in a pool of
@@ -83,7 +100,12 @@ class LocalExecutor(Executor):
     def start(self) -> None:
         if self.workers > 1:
             # spawn: fresh interpreters, no fork of a process that already runs torch threads
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = cf.ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=watch_parent,
+                initargs=(os.getpid(),),
+            )
 
     def submit(self, job: Job, utility: dict[str, Any] | None) -> cf.Future:
         if self._pool is not None:

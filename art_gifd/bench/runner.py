@@ -19,16 +19,19 @@ Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import platform
 import random
+import signal
 import subprocess
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -191,6 +194,10 @@ def _now() -> str:
 # ---------------------------------------------------------------------------------------------------- results file
 
 
+class ResultsBusy(RuntimeError):
+    """Another process is writing the results file."""
+
+
 class ResultsFile:
     """An append-only JSON-lines results file (see the module documentation)."""
 
@@ -238,6 +245,36 @@ class ResultsFile:
                 continue
             (runs if record.get("type") == "run" else jobs).append(record)
         return runs, jobs
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """
+        Hold the file's writer lock (an advisory ``flock`` on ``<file>.lock``) for the duration of the block.
+
+        :raises ResultsBusy: If another process holds it: a second run on the same file would run every job again.
+        """
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with lock_path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise ResultsBusy(
+                    f"'{self.path}' is being written by another art-gifd bench (pid {owner}): wait for it to finish, "
+                    "or give this run another --results file."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The last record of every job id (a job rerun with ``retry_errors`` supersedes its error line)."""
@@ -315,7 +352,8 @@ def run_benchmark(
     """
     Run the jobs of ``config`` that ``results`` does not hold yet and append their lines to it.
 
-    Ctrl-C (SIGINT) stops cleanly: no partial line is written, unfinished jobs are dropped, and a rerun resumes.
+    Ctrl-C (SIGINT) or ``kill`` (SIGTERM) stops cleanly: no partial line is written, unfinished jobs and their
+    worker processes are stopped, and a rerun resumes. One run at a time writes a results file (a lock).
 
     :param config: The validated configuration.
     :param results: The JSON-lines results file (created if missing, resumed if present).
@@ -327,11 +365,45 @@ def run_benchmark(
                          configuration line) on missing files and shape mismatches.
     :return: Counts of what was done.
     :raises ConfigError: If ``check_inputs`` finds a problem.
+    :raises ResultsBusy: If another run is writing ``results``.
     """
-    from art_gifd.bench.executors import ExecutorFailure, LocalExecutor
+    from art_gifd.bench.executors import LocalExecutor
 
     executor = executor if executor is not None else LocalExecutor()
     store = ResultsFile(results)
+    with store.lock(), _terminate_as_interrupt():
+        return _run_locked(config, store, executor, retry_errors, progress, command, check_inputs)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``) stops the driver like Ctrl-C: workers stopped, nothing torn, a rerun resumes."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_locked(
+    config: BenchConfig,
+    store: ResultsFile,
+    executor: Executor,
+    retry_errors: bool,
+    progress: bool,
+    command: str | None,
+    check_inputs: bool,
+) -> BenchSummary:
+    from art_gifd.bench.executors import ExecutorFailure
+
     _, previous = store.read(repair=True)
     latest = {record["job_id"]: record for record in previous}
     done = {k for k, r in latest.items() if r["status"] == "ok" or not retry_errors}
@@ -523,6 +595,7 @@ __all__ = [
     "SCHEMA",
     "BenchSummary",
     "JobOutcome",
+    "ResultsBusy",
     "ResultsFile",
     "check_job_inputs",
     "error_record",
