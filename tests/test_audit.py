@@ -287,3 +287,26 @@ def test_shipped_example_config_is_valid() -> None:
     assert [d.label for d in cfg.defenses] == ["none", "pruning 90% (adaptive)", "Gaussian noise 0.1", "DP-SGD ε=10"]
     assert cfg.defenses[-1].describe()["epsilon"] == pytest.approx(10.0, rel=0.01)  # Opacus found the noise for ε
     assert len(audit_run.plan_settings(cfg)) == 2 * 4  # batch sizes x defences x attacks
+
+
+def test_damaged_settings_and_an_interrupted_report_write_resume_without_overwrite(tmp_path, monkeypatch) -> None:
+    path = write_config(tmp_path)
+    first = run_audit(path, verbose=False)
+    state = tmp_path / "out" / "settings"
+    ids = [s["id"] for s in first.settings]
+    (state / f"{ids[0]}.json").write_text('{"config_hash": "')  # torn JSON
+    (state / f"{ids[1]}.npz").write_bytes(b"not a zip file")  # damaged images
+    first.json.unlink()  # interrupted while writing the report: html and summary there, report.json not yet
+    assert first.html.exists()
+    real = audit_run._run_setting
+    rerun: list[str] = []
+
+    def counting(cfg, setting, lpips, verbose):
+        rerun.append(setting.id)
+        return real(cfg, setting, lpips, verbose)
+
+    monkeypatch.setattr(audit_run, "_run_setting", counting)
+    report = run_audit(path, verbose=False)  # no overwrite needed, nothing intact is redone
+    assert sorted(rerun) == sorted(ids[:2])
+    assert [s["per_image"] for s in report.settings] == [s["per_image"] for s in first.settings]  # seeded
+    assert {"utility-d0"} <= set(report.document["reproducibility"]["resumed"])

@@ -24,6 +24,7 @@ import os
 import subprocess
 import tempfile
 import textwrap
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ def run_audit(
     for index, defense in enumerate(cfg.defenses):
         file = state / f"utility-d{index}.json"
         stored = _read_json(file) if resume else None
-        if stored is None or stored.get("config_hash") != cfg.config_hash:
+        if stored is None or stored.get("config_hash") != cfg.config_hash or "utility" not in stored:
             stored = {"config_hash": cfg.config_hash, "utility": _measure(cfg, index)}
             write_json_atomic(file, stored)
         else:
@@ -156,7 +157,8 @@ def run_audit(
 def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
     """Refuse a folder holding a report or another configuration's results; with ``overwrite``, clear ours."""
     out, state = cfg.output, cfg.output / STATE_DIR
-    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    # report.json is written last: without a readable one, the report files there are from an interrupted write
+    existing = [name for name in REPORT_FILES if (out / name).exists()] if _read_json(out / "report.json") else []
     if existing and not overwrite:
         raise AuditConfigError(
             [
@@ -169,7 +171,13 @@ def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
             cfg.source,
         )
     stored = sorted(state.glob("*.json")) if state.is_dir() else []
-    foreign = [p.name for p in stored if (_read_json(p) or {}).get("config_hash") != cfg.config_hash]
+    documents = {p: _read_json(p) for p in stored}
+    for path in [p for p, document in documents.items() if document is None]:
+        logger.warning("%s is damaged (interrupted or corrupted write): its setting runs again", path)
+        path.unlink()
+        path.with_suffix(".npz").unlink(missing_ok=True)
+        stored.remove(path)
+    foreign = [p.name for p in stored if documents[p].get("config_hash") != cfg.config_hash]
     if foreign and resume and not overwrite:
         raise AuditConfigError(
             [
@@ -190,20 +198,26 @@ def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` if it is missing, unreadable or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return document if isinstance(document, dict) else None
 
 
 def _load_setting(state: Path, setting: Setting, config_hash: str) -> tuple[dict, dict[str, np.ndarray]] | None:
     """A finished setting of this configuration, or ``None``."""
     stored = _read_json(state / f"{setting.id}.json")
     images = state / f"{setting.id}.npz"
-    if stored is None or stored.get("config_hash") != config_hash or not images.is_file():
+    if stored is None or stored.get("config_hash") != config_hash or "run" not in stored or not images.is_file():
         return None
-    with np.load(images) as arrays:
-        return stored["run"], {name: arrays[name] for name in arrays.files}
+    try:
+        with np.load(images) as arrays:
+            return stored["run"], {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        logger.warning("%s is damaged: setting %s runs again", images, setting.id)
+        return None
 
 
 def _save_setting(state: Path, setting: Setting, finished: tuple[dict, dict[str, np.ndarray]]) -> None:
