@@ -310,3 +310,13 @@ def test_damaged_settings_and_an_interrupted_report_write_resume_without_overwri
     assert sorted(rerun) == sorted(ids[:2])
     assert [s["per_image"] for s in report.settings] == [s["per_image"] for s in first.settings]  # seeded
     assert {"utility-d0"} <= set(report.document["reproducibility"]["resumed"])
+
+
+def test_attacked_images_are_never_in_the_utility_split(tmp_path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("images_per_setting = 1", "images_per_setting = 4"))
+    cfg = load_audit_config(path)
+    attacked = {image.tobytes() for image in cfg.x}
+    x_train, _, x_test, _ = cfg.utility_data
+    assert len(attacked) == 4
+    assert not attacked & {image.tobytes() for image in np.concatenate([x_train, x_test])}

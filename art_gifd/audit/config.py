@@ -89,7 +89,7 @@ Data
     ``embedded``: a data set name of :data:`art_gifd.data.DATASETS` and its ``split``. ``image_folder``: class
     sub-folders (sorted names are labels ``0, 1, …``) of images of one size equal to ``input_shape`` (grey or RGB
     after conversion to its channel count). The attacked images are ``images_per_setting`` images from ``offset``
-    on; the utility run trains on a seeded share ``1 - test_fraction`` of the whole data set (split or folder) and
+    on; the utility run trains on a seeded share ``1 - test_fraction`` of the other images (split or folder) and
     tests on the rest.
 
 Defences (``[[defenses]]`` ``name`` → class of :mod:`art_gifd.defenses`, ``params`` → its arguments)
@@ -888,9 +888,13 @@ def _hash_arrays(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _split_utility(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = max(1, round(test_fraction * len(x)))
+def _split_utility(
+    x: np.ndarray, y: np.ndarray, attacked: range, test_fraction: float, seed: int
+) -> tuple[np.ndarray, ...]:
+    """Seeded train/test split of the images the audit does not attack (the ``attacked`` indices are left out)."""
+    rest = np.setdiff1d(np.arange(len(x)), np.asarray(attacked))
+    order = rest[np.random.default_rng(seed).permutation(len(rest))]
+    n_test = max(1, round(test_fraction * len(rest)))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
 
@@ -1018,7 +1022,14 @@ def _check_counts(
     utility = settings["utility"]
     if None in utility.values() or settings["seeds"] is None:
         return x[offset : offset + n], y[offset : offset + n], None
-    split = _split_utility(x, y, utility["test_fraction"], settings["seeds"][0])
+    if len(x) - n < 2:
+        check.add(
+            ("images_per_setting",),
+            f"the data hold {len(x)} images and {n} are attacked: the utility run needs at least 2 others (its "
+            "training and test images never include the attacked ones).",
+        )
+        return x[offset : offset + n], y[offset : offset + n], None
+    split = _split_utility(x, y, range(offset, offset + n), utility["test_fraction"], settings["seeds"][0])
     if utility["batch_size"] > len(split[0]):
         check.add(
             ("utility", "batch_size"),
