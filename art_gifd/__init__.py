@@ -7,7 +7,7 @@ Measure how much of a federated-learning client's private data leaks from the gr
     x_rec = GIFDAttack(classifier).infer(grads)
 """
 
-from art_gifd.attacks import GIFDAttack, GIFDResult, InvertingGradientsAttack, ReconstructionResult
+from art_gifd.attacks import GIFDAttack, InvertingGradientsAttack, ReconstructionResult
 from art_gifd.defenses import DPSGD, Compose, Defense, measure_utility
 from art_gifd.federated import client_gradients
 from art_gifd.labels import infer_labels
@@ -21,7 +21,6 @@ __all__ = [
     "DCGANGenerator",
     "Defense",
     "GIFDAttack",
-    "GIFDResult",
     "InvertingGradientsAttack",
     "LayeredGenerator",
     "ReconstructionResult",

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from art_gifd.attacks.registry import ATTACKS, Budget
 from art_gifd.experiment import (
-    ATTACKS,
     SCHEMA,
-    Budget,
     Case,
     Experiment,
     environment,

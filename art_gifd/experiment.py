@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_gifd.attacks.base import GradientInversionAttack
-from art_gifd.attacks.gifd import GIFDAttack
-from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
+from art_gifd.attacks.registry import ATTACK_REGISTRY, Budget, build_attack
 from art_gifd.data import load_dataset
 from art_gifd.defenses.base import Defense, describe_defense
 from art_gifd.federated import client_gradients
@@ -35,71 +33,6 @@ from art_gifd.priors.base import LayeredGenerator
 logger = logging.getLogger(__name__)
 
 SCHEMA = "art-gifd/results/v1"
-ATTACKS = ("gifd", "latent-only", "pixel")
-#: Baselines of issue 5 that :func:`build_attack` also builds: DLG, iDLG, GradInversion, GGL, GIAS.
-BASELINES = ("dlg", "idlg", "gi", "ggl", "gias")
-
-
-@dataclass
-class Budget:
-    """Equal step budget for every attack: GIFD runs ``stages × steps_per_stage``, the others as many steps."""
-
-    steps_per_stage: int
-    stages: int
-    num_restarts: int
-
-    @property
-    def total_steps(self) -> int:
-        """Steps per restart of every attack."""
-        return self.steps_per_stage * self.stages
-
-
-def build_attack(
-    name: str,
-    estimator: Any,
-    prior: LayeredGenerator,
-    budget: Budget,
-    batch_size: int,
-    seed: int,
-    defense: Defense | None = None,
-    **common: Any,
-) -> GradientInversionAttack:
-    """
-    One of :data:`ATTACKS` at the given budget.
-
-    ``gifd`` searches ``budget.stages`` stages; ``latent-only`` is the same search restricted to the latent stage
-    (GGL/GIAS-style); ``pixel`` is Inverting-Gradients-style cosine matching in pixel space. ``defense`` is the client's
-    defence as the attacker knows it (an adaptive attacker replays it where it is deterministic); ``None``: the
-    attacker ignores any defence.
-    """
-    shared = {"num_restarts": budget.num_restarts, "batch_size": batch_size, "seed": seed, "defense": defense, **common}
-    if name == "gifd":
-        return GIFDAttack(estimator, prior, max_stage=budget.stages, steps_per_stage=budget.steps_per_stage, **shared)
-    if name == "latent-only":
-        return GIFDAttack(estimator, prior, max_stage=1, steps_per_stage=budget.total_steps, **shared)
-    if name == "pixel":
-        return InvertingGradientsAttack(estimator, max_iter=budget.total_steps, **shared)
-    if name in BASELINES:
-        return _build_baseline(name, estimator, prior, budget, shared)
-    raise ValueError(f"Unknown attack '{name}': choose one of {', '.join(ATTACKS + tuple(BASELINES))}.")
-
-
-def _build_baseline(
-    name: str, estimator: Any, prior: LayeredGenerator, budget: Budget, shared: dict[str, Any]
-) -> GradientInversionAttack:
-    """The baselines of :data:`BASELINES` at ``budget.total_steps`` steps per restart (GIAS: half per stage)."""
-    from art_gifd.attacks import DLGAttack, GGLAttack, GIASAttack, GradInversionAttack, IDLGAttack
-
-    steps = budget.total_steps
-    if name == "dlg":
-        return DLGAttack(estimator, max_iter=steps, **shared)
-    if name == "idlg":
-        return IDLGAttack(estimator, max_iter=steps, **shared)
-    if name == "gi":
-        return GradInversionAttack(estimator, max_iter=steps, **shared)
-    if name == "ggl":
-        return GGLAttack(estimator, prior, max_iter=steps, **shared)
-    return GIASAttack(estimator, prior, steps_per_stage=max(1, steps // 2), **shared)
 
 
 @dataclass
@@ -136,7 +69,6 @@ class Experiment:
     seed: int = 0
     device: str = "cpu"
     verbose: bool = True
-    records: list[dict[str, Any]] = field(default_factory=list)
     #: Extra constructor arguments of the attacks, by attack name, e.g. ``{"gifd": {"l1_radius": 0.1}}``.
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -225,7 +157,7 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
 
     :param case: The attacked case.
     :param attack: The attack name.
-    :param prior_name: The prior the attack searched (recorded as ``None`` for ``pixel``).
+    :param prior_name: The prior given to the experiment (recorded only for attacks that search a generator).
     :param per_batch: One ``(scores, result)`` pair per client batch: the scores of
                       :func:`~art_gifd.metrics.evaluate_batch` and the attack's reconstruction result.
     :param lpips_metric: The LPIPS metric that scored them (when unavailable, the record says why).
@@ -243,7 +175,7 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
         "defense": describe_defense(case.defense, adaptive=case.adaptive),
         "dataset": case.dataset,
         "model": case.model,
-        "prior": prior_name if attack != "pixel" else None,
+        "prior": prior_name if ATTACK_REGISTRY[attack].generative else None,
         "batch_size": case.batch_size,
         "num_images": case.num_images,
         "psnr": float(np.mean(per_image["psnr"])),

@@ -130,11 +130,6 @@ CONFIGS: dict[str, tuple[str, Config]] = {
         "R=4, all on",
         _from_new(feature_restarts=None, _latent_pool=16, _feature_lr_scale=0.5),
     ),
-    "feature lr rel 0.25, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_relative=0.25)),
-    "feature lr rel 0.25, radius rel 0.5, all on": (
-        "R=4, all on",
-        _from_new(feature_restarts=None, _feature_lr_relative=0.25, radius_scale="relative", l1_radius=0.5),
-    ),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
     "default": ("old", _from_new(feature_restarts=None)),
     "old": ("old", old),
@@ -162,7 +157,6 @@ def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int,
     attack._selection = kwargs["_selection"]
     attack._latent_pool = kwargs.get("_latent_pool", 1)
     attack._feature_lr_scale = kwargs.get("_feature_lr_scale", 1.0)
-    attack._feature_lr_relative = kwargs.get("_feature_lr_relative")
     return attack
 
 

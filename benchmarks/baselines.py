@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from art_gifd.experiment import ATTACKS, BASELINES, SCHEMA, Budget, Case, Experiment, environment, write_json_atomic
+from art_gifd.attacks.registry import ATTACKS, BASELINES, Budget
+from art_gifd.experiment import SCHEMA, Case, Experiment, environment, write_json_atomic
 from art_gifd.experiment import run_experiment as run_grid
 from art_gifd.models import MODELS
 from art_gifd.priors.embedded import DEFAULT_PRIOR, load_default_prior

@@ -1,5 +1,5 @@
 """
-Attacks against defences of growing strength, with the utility each defence costs (issue 6's closing table).
+Attacks against defences of growing strength, with the utility each defence costs.
 
 Embedded case: DLG's sigmoid LeNet, held-out 32×32 MNIST digits from index ``--offset`` (500: not the demo's digits),
 batch size 1, labels inferred from the gradient, the embedded MNIST DCGAN prior, and the quick demo's equal-step
@@ -31,9 +31,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_gifd import client_gradients, load_default_prior
+from art_gifd.attacks.registry import ATTACKS, Budget, build_attack
 from art_gifd.data import load_mnist32
 from art_gifd.defenses import DPSGD, Defense, GaussianNoise, Prune, describe_defense, measure_utility
-from art_gifd.experiment import ATTACKS, Budget, build_attack, environment, write_json_atomic
+from art_gifd.experiment import environment, write_json_atomic
 from art_gifd.metrics import evaluate_batch
 from art_gifd.models import lenet, make_classifier
 

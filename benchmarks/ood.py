@@ -1,5 +1,5 @@
 """
-Out-of-distribution priors and label-inconsistent class-conditional priors (issue 4, part 6).
+Out-of-distribution priors and label-inconsistent class-conditional priors.
 
 For each (prior domain → target domain) pair, GIFD, latent-only and pixel-space attacks reconstruct the same private
 images from their FL gradients at an equal step budget, at batch sizes 1 and 4, labels inferred from the gradient:
@@ -50,12 +50,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from art_gifd.attacks.registry import ATTACKS, Budget
 from art_gifd.bench.runner import ResultsFile
 from art_gifd.data import load_dataset
 from art_gifd.experiment import (
-    ATTACKS,
     SCHEMA,
-    Budget,
     Case,
     Experiment,
     environment,

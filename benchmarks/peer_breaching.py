@@ -1,5 +1,5 @@
 """
-Peer check (issue 5): our Inverting Gradients against breaching's, same model, same gradients, equal budget.
+Peer check: our Inverting Gradients against breaching's, same model, same gradients, equal budget.
 
 For each held-out MNIST digit (batch size 1) the client gradient of the seeded sigmoid LeNet is computed once with
 ``art_gifd.client_gradients``; then ``art_gifd.attacks.InvertingGradientsAttack`` and breaching's

@@ -57,3 +57,22 @@ def test_each_attack_checks_its_parameters_once(cls, lenet_clf, bn_clf, default_
     monkeypatch.setattr(cls, "_check_params", lambda self: (calls.append(1), original(self))[1])
     _build(cls, lenet_clf, bn_clf, default_prior)
     assert len(calls) == 1
+
+
+def test_registry_agrees_with_the_classes_and_maps_the_budget(lenet_clf, bn_clf, default_prior) -> None:
+    from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budget, build_attack
+
+    assert set(GENERATIVE_ATTACKS) == {
+        n for n, e in ATTACK_REGISTRY.items() if issubclass(e.cls, GenerativePriorAttack)
+    }
+    budget = Budget(steps_per_stage=5, stages=3, num_restarts=2)
+    for name, entry in ATTACK_REGISTRY.items():
+        clf = bn_clf if entry.cls is GradInversionAttack else lenet_clf
+        attack = build_attack(name, clf, default_prior if entry.generative else None, budget, 1, 0, verbose=False)
+        assert type(attack) is entry.cls and attack.num_restarts == 2
+        total = attack.steps_per_stage * (attack.stages if name == "gifd" else 2 if name == "gias" else 1)
+        assert total == (15 if name != "gias" else 14)  # every attack gets the same 15 steps (GIAS: 7 per stage)
+    with pytest.raises(ValueError, match="searches a generator: give it a prior"):
+        build_attack("gifd", lenet_clf, None, budget, 1, 0)
+    with pytest.raises(ValueError, match="Unknown attack 'gfd'"):
+        build_attack("gfd", lenet_clf, None, budget, 1, 0)

@@ -14,6 +14,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from art_gifd import InvertingGradientsAttack, client_gradients
 from art_gifd.attacks.core import GradientMatcher
+from art_gifd.attacks.registry import Budget, build_attack
 from art_gifd.defenses import (
     DPSGD,
     Clip,
@@ -30,7 +31,6 @@ from art_gifd.defenses import (
     describe_defense,
     measure_utility,
 )
-from art_gifd.experiment import Budget, build_attack
 from art_gifd.federated import TargetModel
 from art_gifd.models import lenet, make_classifier
 

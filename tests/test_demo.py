@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from art_gifd.attacks.registry import ATTACKS
 from art_gifd.cli import main
-from art_gifd.experiment import ATTACKS, SCHEMA
+from art_gifd.experiment import SCHEMA
 
 RUN_KEYS = {
     "attack",

@@ -9,15 +9,11 @@ from art_gifd.attacks.gifd import GIFDAttack
 from art_gifd.attacks.grad_inversion import GradInversionAttack
 from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
 
-#: The result type of :class:`GIFDAttack` (shared by every attack).
-GIFDResult = ReconstructionResult
-
 __all__ = [
     "DLGAttack",
     "GGLAttack",
     "GIASAttack",
     "GIFDAttack",
-    "GIFDResult",
     "GradInversionAttack",
     "GradientInversionAttack",
     "IDLGAttack",

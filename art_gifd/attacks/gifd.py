@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RADIUS_SCALES = ("per_element", "absolute", "relative")
+RADIUS_SCALES = ("per_element", "absolute")
 
 
 class GIFDAttack(GenerativePriorAttack):
@@ -130,7 +130,6 @@ class GIFDAttack(GenerativePriorAttack):
         self.radius_scale = radius_scale
         self.feature_restarts = feature_restarts
         self._feature_lr_scale = 1.0
-        self._feature_lr_relative: float | None = None
         super().__init__(
             estimator,
             prior,
@@ -239,13 +238,9 @@ class GIFDAttack(GenerativePriorAttack):
                 start = self.prior.forward_blocks(h, k - 1, k, self.generator_labels(h.shape[0]))
             per_sample = start[0].numel() if self.radius_scale == "per_element" else 1
             ball = radius * per_sample
-            if self.radius_scale == "relative":
-                ball = radius * start.abs().flatten(1).sum(dim=1)
             lr = self.learning_rate * self._feature_lr_scale
-            if self._feature_lr_relative is not None:
-                lr = self._feature_lr_relative * float(start.abs().mean())
 
-            def project(h: list[torch.Tensor], start: torch.Tensor = start, ball=ball) -> list[torch.Tensor]:
+            def project(h: list[torch.Tensor], start: torch.Tensor = start, ball: float = ball) -> list[torch.Tensor]:
                 return [start + project_l1_ball(h[0] - start, ball)]
 
             outcome = yield SearchStage(

@@ -105,16 +105,15 @@ Defences (``[[defenses]]`` ``name`` → class of :mod:`art_gifd.defenses`, ``par
     applied in order), and ``none`` (the baseline, added automatically; list it to give it a label).
 
 Attacks
-    ``names`` from :data:`ATTACK_NAMES` (as in :func:`art_gifd.experiment.build_attack`): ``gifd``, ``latent-only``
+    ``names`` from :data:`ATTACK_NAMES` (:data:`art_gifd.attacks.registry.ATTACK_REGISTRY`): ``gifd``, ``latent-only``
     and ``pixel`` (Inverting Gradients) and the baselines ``dlg``, ``idlg``, ``gi`` (needs BatchNorm), ``ggl``,
     ``gias``. All run at the same step budget; ``params`` adds constructor arguments per attack (e.g. GIFD's
-    ``l1_radius``, ``learning_rate``, ``distance``; see each class in :mod:`art_gifd.attacks`). ``prior`` is used
-    by the generative attacks (:data:`GENERATIVE`): an embedded prior name
+    ``l1_radius``, ``learning_rate``, ``distance``; see each class in :mod:`art_gifd.attacks`). ``prior`` is used by the
+    generative attacks (:data:`~art_gifd.attacks.registry.GENERATIVE_ATTACKS`): an embedded prior name
     (:data:`art_gifd.priors.embedded.EMBEDDED_PRIORS`), ``"face-dcgan"`` (the 64×64 face DCGAN of the
-    ``gan-face-generate`` package), or a DCGAN checkpoint given as a table
-    ``{ weights = "g.pt", nz = 64, ngf = 64, nc = 1, image_size = 32, key = "netG", training_domain = "…" }``. Its
-    image shape must equal the model's ``input_shape``. A class-conditional prior maps each task label to the
-    generator class of the same index.
+    ``gan-face-generate`` package), or a DCGAN checkpoint given as a table ``{ weights = "g.pt", nz = 64, ngf = 64, nc =
+    1, image_size = 32, key = "netG", training_domain = "…" }``. Its image shape must equal the model's ``input_shape``.
+    A class-conditional prior maps each task label to the generator class of the same index.
 
 Report
     Thresholds of the per-setting risk rating (see :mod:`art_gifd.report.audit`): the share of recognisable
@@ -138,20 +137,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budget, build_attack
 from art_gifd.configfile import ConfigError, LocatedDocument, format_key, read_document
 from art_gifd.data import DATASETS, load_dataset, load_image_folder
 from art_gifd.defenses import DEFENSES, Defense, build_defense, describe_defense
-from art_gifd.experiment import ATTACKS, BASELINES, Budget, build_attack
 from art_gifd.federated import client_gradients
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict, sha256_of
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.validation import check_integer, check_number
 
-#: Attack names an audit accepts (those of :func:`art_gifd.experiment.build_attack`).
-ATTACK_NAMES = (*ATTACKS, *BASELINES)
-#: Attacks that search a generative prior (they need ``attacks.prior``).
-GENERATIVE = ("gifd", "latent-only", "ggl", "gias")
+#: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
+ATTACK_NAMES = tuple(ATTACK_REGISTRY)
 #: The only federated algorithm audited: one gradient of one client batch (FedSGD).
 ALGORITHMS = ("fedsgd",)
 LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss}
@@ -864,7 +861,7 @@ def _read_attacks(
         elif not isinstance(params, Mapping):
             check.add((*path, "params", name), f"must be a table of {name}'s constructor arguments, got {params!r}.")
     prior, info = None, None
-    if names is not None and any(n in GENERATIVE for n in names):
+    if names is not None and any(n in GENERATIVE_ATTACKS for n in names):
         settings["prior"], prior, info = _read_prior(check, table.get("prior", "mnist32"), device)
     return settings, prior, info
 

@@ -3,11 +3,11 @@ Running an audit: every (batch size, defence, attack) setting of a validated :cl
 on the clients' images, the utility of every defence, and the report.
 
 A *setting* attacks ``images_per_setting`` private images in client batches of its batch size, once per seed: the
-client's update is computed by :func:`~art_gifd.federated.client_gradients` under the setting's defence, the attack
-is built by :func:`~art_gifd.experiment.build_attack` at the audit's step budget, and the reconstructions are scored
-by :func:`~art_gifd.metrics.evaluate_batch` (Hungarian matching, PSNR, SSIM, LPIPS when available, label accuracy).
-All attacks of a batch size and defence see the same shared updates (the defence's randomness is seeded by the seed
-and the batch).
+client's update is computed by :func:`~art_gifd.federated.client_gradients` under the setting's defence, the attack is
+built by :func:`~art_gifd.attacks.registry.build_attack` at the audit's step budget, and the reconstructions are scored
+by :func:`~art_gifd.metrics.evaluate_batch` (Hungarian matching, PSNR, SSIM, LPIPS when available, label accuracy). All
+attacks of a batch size and defence see the same shared updates (the defence's randomness is seeded by the seed and the
+batch).
 
 Every finished setting is saved at once (``<output>/settings/<id>.json`` with its images in ``<id>.npz``, written
 atomically), together with the configuration hash; an interrupted audit started again with the same configuration
@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_gifd.audit.config import GENERATIVE, AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
+from art_gifd.attacks.registry import GENERATIVE_ATTACKS, build_attack
+from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
 from art_gifd.defenses.utility import measure_utility
-from art_gifd.experiment import Case, aggregate_run, build_attack, environment, write_json_atomic
+from art_gifd.experiment import Case, aggregate_run, environment, write_json_atomic
 from art_gifd.federated import client_gradients
 from art_gifd.metrics import LPIPSMetric, evaluate_batch
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
@@ -291,7 +292,7 @@ def _run_setting(
         id=setting.id,
         config_hash=cfg.config_hash,
         defense_label=defense.label,
-        prior=prior_name if setting.attack in GENERATIVE else None,
+        prior=prior_name if setting.attack in GENERATIVE_ATTACKS else None,
         images=len(cfg.x),
         seeds=list(seeds),
         labels_known=known,

@@ -26,25 +26,6 @@ EMBEDDED_CLASSES = 10
 UTILITY_SOURCES = {"digits32": "mnist32"}
 
 
-def attack_class(name: str) -> type:
-    """The attack class that :func:`art_gifd.experiment.build_attack` builds for ``name``."""
-    from art_gifd import attacks
-
-    classes = {
-        "gifd": attacks.GIFDAttack,
-        "latent-only": attacks.GIFDAttack,
-        "pixel": attacks.InvertingGradientsAttack,
-        "dlg": attacks.DLGAttack,
-        "idlg": attacks.IDLGAttack,
-        "gi": attacks.GradInversionAttack,
-        "ggl": attacks.GGLAttack,
-        "gias": attacks.GIASAttack,
-    }
-    if name not in classes:
-        raise ValueError(f"Unknown attack '{name}': choose one of {', '.join(classes)}.")
-    return classes[name]
-
-
 def build_defense(kind: str, params: dict[str, Any]) -> Defense | None:
     """
     The client-side defence of a configuration grid point (``None`` for ``"none"``), built by

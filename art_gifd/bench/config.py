@@ -9,7 +9,7 @@ The schema (see ``benchmarks/profiles/*.toml`` for complete examples)::
     seeds = [0, 1]                    # each job runs once per seed (model weights, attack and defence randomness)
     batch_sizes = [1]                 # client batch sizes; every data set's num_images must be a multiple
 
-    [budget]                          # equal step budget (art_gifd.experiment.Budget), per attack overridable
+    [budget]                          # equal step budget (art_gifd.attacks.registry.Budget), per attack overridable
     steps_per_stage = 50
     stages = 4
     num_restarts = 2
@@ -31,7 +31,7 @@ The schema (see ``benchmarks/profiles/*.toml`` for complete examples)::
     [priors.mnist]                    # generators the generative attacks use, by name
     type = "embedded"
 
-    [[attacks]]                       # art_gifd.experiment.build_attack names; params go to the constructor
+    [[attacks]]                       # art_gifd.attacks.registry.build_attack names; params go to the constructor
     name = "gifd"
     prior = "mnist"
     params = { l1_radius = 0.2 }
@@ -66,8 +66,6 @@ from art_gifd.configfile import parse_document as parse_document  # re-exported:
 from art_gifd.validation import check_integer, check_number
 
 FOLDER_SPLITS = ("heldout", "train", "all")
-#: Attacks whose search runs through a generator: their ``prior`` key is required.
-GENERATIVE_ATTACKS = ("gifd", "latent-only", "ggl", "gias")
 #: Constructor arguments that the runner sets itself (from the budget, the batch size, the seed, the defence).
 RESERVED_ATTACK_PARAMS = (
     "steps_per_stage",
@@ -477,8 +475,7 @@ def _defense(v: _Validator) -> Callable[[Any, KeyPath], dict[str, Any]]:
 
 
 def _attack(v: _Validator, config: BenchConfig) -> Callable[[Any, KeyPath], dict[str, Any]]:
-    from art_gifd.bench.components import attack_class
-    from art_gifd.experiment import ATTACKS, BASELINES
+    from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS
 
     restrictions = {
         "datasets": [d["name"] for d in config.datasets],
@@ -489,7 +486,7 @@ def _attack(v: _Validator, config: BenchConfig) -> Callable[[Any, KeyPath], dict
     def check(value: Any, path: KeyPath) -> dict[str, Any]:
         keys = ("name", "label", "prior", "params", "budget", *restrictions)
         table = v.table(value, path, keys, required=("name",))
-        name = v.string(table["name"], (*path, "name"), [*ATTACKS, *BASELINES])
+        name = v.string(table["name"], (*path, "name"), list(ATTACK_REGISTRY))
         spec: dict[str, Any] = {"name": name, "label": v.string(table.get("label", name), (*path, "label"))}
         if name in GENERATIVE_ATTACKS:
             if not config.priors:
@@ -499,7 +496,7 @@ def _attack(v: _Validator, config: BenchConfig) -> Callable[[Any, KeyPath], dict
             spec["prior"] = v.string(table["prior"], (*path, "prior"), list(config.priors))
         elif "prior" in table:
             raise v.fail((*path, "prior"), f"{name} does not use a generator: remove prior")
-        allowed = [p for p in attack_class(name).attack_params if p not in RESERVED_ATTACK_PARAMS]
+        allowed = [p for p in ATTACK_REGISTRY[name].cls.attack_params if p not in RESERVED_ATTACK_PARAMS]
         params = v.table(table.get("params", {}), (*path, "params"), allowed)
         spec["params"] = copy.deepcopy(params)
         spec["budget"] = {**config.budget, **_budget(v, table.get("budget", {}), (*path, "budget"), required=())}

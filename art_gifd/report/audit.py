@@ -34,7 +34,6 @@ SCHEMA = "art-gifd/audit/v1"
 REPORT_FILES = ("report.json", "report.html", "summary.md")
 #: The privacy–utility figure written beside the report (and embedded in ``report.html``).
 UTILITY_FIGURE = "privacy_utility.png"
-RISK_LEVELS = ("low", "medium", "high")
 #: Decimals shown for each kind of number in ``report.html`` and ``summary.md``.
 PRECISION = {
     "psnr": 2,
