@@ -320,3 +320,15 @@ def test_attacked_images_are_never_in_the_utility_split(tmp_path) -> None:
     x_train, _, x_test, _ = cfg.utility_data
     assert len(attacked) == 4
     assert not attacked & {image.tobytes() for image in np.concatenate([x_train, x_test])}
+
+
+def test_report_states_the_restarts_and_steps_that_ran_when_params_override_the_budget(tmp_path) -> None:
+    path = write_config(tmp_path, attacks='"gifd", "pixel"')
+    text = path.read_text().replace("restarts = 1\n", "restarts = 1\nparams = { gifd = { num_restarts = 2 } }\n")
+    path.write_text(text)
+    report = run_audit(path, verbose=False)
+    ran = {s["attack"]: s["num_restarts"] for s in report.settings}
+    assert ran == {"gifd": 2, "pixel": 1}
+    assert report.document["attacks"]["restarts"] == "gifd: 2, pixel: 1"
+    assert "gifd: 2, pixel: 1 restart(s)" in report.summary.read_text()
+    assert any("gifd: 2, pixel: 1 restart(s)" in item for item in report.document["limitations"])

@@ -401,8 +401,8 @@ def _document(
             "names": list(cfg.attacks),
             "steps_per_stage": cfg.budget.steps_per_stage,
             "stages": cfg.budget.stages,
-            "total_steps": cfg.budget.total_steps,
-            "restarts": cfg.budget.num_restarts,
+            "total_steps": _as_run(runs, "steps"),
+            "restarts": _as_run(runs, "num_restarts"),
             "labels": s["attacks"]["labels"],
             "params": s["attacks"]["params"],
             "prior": cfg.prior_info,
@@ -415,7 +415,7 @@ def _document(
             "highest_risk": highest,
             "counts": {level: sum(r["risk"] == level for r in records) for level in order},
         },
-        "limitations": _limitations(cfg, lpips),
+        "limitations": _limitations(cfg, runs, lpips),
         "reproducibility": {
             "environment": environment(s["seeds"][0], cfg.device),
             "seeds": s["seeds"],
@@ -459,13 +459,22 @@ def _scope(cfg: AuditConfig) -> dict[str, Any]:
     }
 
 
-def _limitations(cfg: AuditConfig, lpips: LPIPSMetric) -> list[str]:
+def _as_run(runs: list[dict[str, Any]], key: str) -> int | str:
+    """What the attacks ran (``steps``, ``num_restarts``): one number if all agree, else ``"gifd: 3, pixel: 1"``."""
+    per_attack = {run["attack"]: run[key] for run in runs}
+    values = set(per_attack.values())
+    if len(values) == 1:
+        return values.pop()
+    return ", ".join(f"{attack}: {value}" for attack, value in per_attack.items())
+
+
+def _limitations(cfg: AuditConfig, runs: list[dict[str, Any]], lpips: LPIPSMetric) -> list[str]:
     s = cfg.settings
     n = len(cfg.x) * len(s["seeds"])
     items = [
-        f"Only the attacks {', '.join(cfg.attacks)} were run, at {cfg.budget.total_steps} optimisation steps and "
-        f"{cfg.budget.num_restarts} restart(s) per reconstruction. A stronger attacker (more steps, a GPU budget, "
-        "another prior, a new attack) may reconstruct more: a low rating is not a proof of privacy.",
+        f"Only the attacks {', '.join(cfg.attacks)} were run, at {_as_run(runs, 'steps')} optimisation steps and "
+        f"{_as_run(runs, 'num_restarts')} restart(s) per reconstruction. A stronger attacker (more steps, a GPU "
+        "budget, another prior, a new attack) may reconstruct more: a low rating is not a proof of privacy.",
         "One FedSGD step of one client batch is attacked. Several local steps (FedAvg), secure aggregation, and "
         "updates observed over many rounds are not covered.",
         "The server is honest-but-curious. A malicious server that modifies the model or its weights (for example to "
