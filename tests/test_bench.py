@@ -17,7 +17,7 @@ from art_gifd.bench import runner as runner_module
 from art_gifd.bench.config import parse_document, validate_config
 from art_gifd.bench.executors import ExecutorFailure
 from art_gifd.bench.grid import defense_label
-from art_gifd.bench.report import write_report
+from art_gifd.bench.report import aggregate, write_report
 from art_gifd.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -471,3 +471,20 @@ def test_killing_the_driver_stops_its_workers(tmp_path, signal_name) -> None:
             assert all(j["status"] == "ok" for j in jobs)  # nothing half-written or recorded as failed
     finally:
         driver.kill()
+
+
+def test_report_tells_apart_runs_of_different_configurations_in_one_file(tmp_path) -> None:
+    results = tmp_path / "mixed.jsonl"
+    config = load_config(SMOKE)
+    run_benchmark(config, results, progress=False, check_inputs=False)
+    other = tmp_path / "other.toml"
+    other.write_text(SMOKE.read_text().replace("steps_per_stage = 2", "steps_per_stage = 3"))
+    run_benchmark(load_config(other), results, progress=False, check_inputs=False)
+    _, jobs = ResultsFile(results).read()
+    rows, _ = aggregate(list({j["job_id"]: j for j in jobs}.values()))
+    shown = [(r["attack"], r["defense_label"]) for r in rows]
+    assert len(shown) == len(set(shown)) == 2 * len(expand_grid(config))  # no two rows print alike
+    assert {r["variant"] for r in rows} == {"attack.budget.steps_per_stage=2", "attack.budget.steps_per_stage=3"}
+    write_report(results, tmp_path / "report")
+    table = (tmp_path / "report" / "tables.md").read_text()
+    assert "[attack.budget.steps_per_stage=2]" in table and "[attack.budget.steps_per_stage=3]" in table

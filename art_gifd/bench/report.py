@@ -13,6 +13,7 @@ epsilon for DP-SGD), and reconstruction grids (original | each attack, one row p
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,9 +62,34 @@ def aggregate(
         setting = {k: v for k, v in record["config"].items() if k != "seed"}
         groups.setdefault(canonical_json(setting), []).append(record)
     rows = [_row(jobs) for jobs in groups.values()]
+    _name_variants(rows, [json.loads(key) for key in groups])
     if config is not None:
         rows.sort(key=lambda row: _grid_position(row, config))  # stable: settings the config lacks stay in order
     return rows, errors
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): json.dumps(value, sort_keys=True)}
+
+
+def _name_variants(rows: list[dict[str, Any]], settings: list[dict[str, Any]]) -> None:
+    """
+    Rows that would print alike (same data set, model, batch size, attack label and defence point) but come from
+    different configurations (e.g. two runs with other budgets in one file) get a ``variant`` naming what differs,
+    appended to their attack label.
+    """
+    alike: dict[tuple, list[int]] = {}
+    for index, row in enumerate(rows):
+        key = (row["dataset"], row["model"], row["batch_size"], row["attack"], row["defense_label"], row["adaptive"])
+        alike.setdefault(key, []).append(index)
+    for indices in (group for group in alike.values() if len(group) > 1):
+        flat = [_flatten(settings[i]) for i in indices]
+        differing = sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})
+        for i, f in zip(indices, flat, strict=True):
+            rows[i]["variant"] = ", ".join(f"{k}={f.get(k, 'none')}" for k in differing)
+            rows[i]["attack"] = f"{rows[i]['attack']} [{rows[i]['variant']}]"
 
 
 def _grid_position(row: dict[str, Any], config: dict[str, Any]) -> tuple[int, ...]:
