@@ -52,8 +52,10 @@ STAGES = 4
 Config = Callable[[AttackCase, int], dict[str, Any]]
 
 #: The candidate defaults the factors are varied from. The default chosen on the tuning split (``"default"``, paired
-#: with ``"old"``) differs from it only in the restarts: every restart through every stage (``feature_restarts=None``,
-#: the ``"R=4, all on"`` row); ``"R=4, 4-2-1 on"`` is ``feature_restarts="halving"``.
+#: with ``"old"``) differs from it in the restarts: every restart through every stage (``feature_restarts=None``,
+#: the ``"R=4, all on"`` row; ``"R=4, 4-2-1 on"`` is ``feature_restarts="halving"``), and in the feature stages'
+#: learning rate, which the default takes from the prior (0.03 for the face DCGAN: the ``"feature lr x0.3"`` row;
+#: the learning rate for the digit priors).
 NEW: dict[str, Any] = {
     "norm_weight": 0.0,
     "norm_form": "mean_square",
@@ -61,13 +63,13 @@ NEW: dict[str, Any] = {
     "latent_constraint": "auto",
     "schedule": "cosine",
     "learning_rate": 0.1,
+    "feature_learning_rate": 0.1,
     "l1_radius": 0.2,
     "num_restarts": 4,
     "feature_restarts": 1,
     "_hand_on": "best",
     "_selection": "all",
     "_latent_pool": 1,
-    "_feature_lr_scale": 1.0,
 }
 
 
@@ -107,9 +109,9 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "schedule=cosine, no warm-up": ("new", _from_new(schedule="cosine-no-warmup")),
     "hand on last iterate": ("new", _from_new(_hand_on="last")),
     "select last stage": ("new", _from_new(_selection="last")),
-    "lr=0.03": ("new", _from_new(learning_rate=0.03)),
-    "lr=0.05": ("new", _from_new(learning_rate=0.05)),
-    "lr=0.3": ("new", _from_new(learning_rate=0.3)),
+    "lr=0.03": ("new", _from_new(learning_rate=0.03, feature_learning_rate=0.03)),
+    "lr=0.05": ("new", _from_new(learning_rate=0.05, feature_learning_rate=0.05)),
+    "lr=0.3": ("new", _from_new(learning_rate=0.3, feature_learning_rate=0.3)),
     "radius=0.05": ("new", _from_new(l1_radius=0.05)),
     "radius=0.5": ("new", _from_new(l1_radius=0.5)),
     "R=1": ("new", _from_new(num_restarts=1)),
@@ -123,15 +125,19 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "R=2, all on": ("new", _from_new(num_restarts=2, feature_restarts=None)),
     "pool=4, all on": ("R=4, all on", _from_new(feature_restarts=None, _latent_pool=4)),
     "pool=16, all on": ("R=4, all on", _from_new(feature_restarts=None, _latent_pool=16)),
-    "feature lr x0.3, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_scale=0.3)),
-    "feature lr x3, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_scale=3.0)),
-    "feature lr x0.5, all on": ("R=4, all on", _from_new(feature_restarts=None, _feature_lr_scale=0.5)),
+    "feature lr x0.3, all on": ("R=4, all on", _from_new(feature_restarts=None, feature_learning_rate=0.03)),
+    "feature lr x3, all on": ("R=4, all on", _from_new(feature_restarts=None, feature_learning_rate=0.3)),
+    "feature lr x0.5, all on": ("R=4, all on", _from_new(feature_restarts=None, feature_learning_rate=0.05)),
     "pool=16, feature lr x0.5, all on": (
         "R=4, all on",
-        _from_new(feature_restarts=None, _latent_pool=16, _feature_lr_scale=0.5),
+        _from_new(feature_restarts=None, _latent_pool=16, feature_learning_rate=0.05),
+    ),
+    "lr=0.03, all on": (
+        "R=4, all on",
+        _from_new(feature_restarts=None, learning_rate=0.03, feature_learning_rate=0.03),
     ),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
-    "default": ("old", _from_new(feature_restarts=None)),
+    "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None)),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
     "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
@@ -156,7 +162,6 @@ def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int,
     attack._hand_on = kwargs["_hand_on"]
     attack._selection = kwargs["_selection"]
     attack._latent_pool = kwargs.get("_latent_pool", 1)
-    attack._feature_lr_scale = kwargs.get("_feature_lr_scale", 1.0)
     return attack
 
 
@@ -294,8 +299,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "batch), latent sphere, cosine schedule with warm-up, lr 0.1, l1 radius 0.2, R=4 with only the best restart "
         "of the latent stage carried on. `old` is the objective before (1e-6·Σx² and TV summed over the batch, no "
         "latent constraint, every restart through every stage). The chosen default, `default` (paired with `old`), "
-        "is `new` with every restart through every stage (the `R=4, all on` row). Tuning and evaluation splits are "
-        "disjoint image sets (`benchmarks/cases.py`).",
+        "is `new` with every restart through every stage (the `R=4, all on` row) and the prior's feature-stage "
+        "learning rate (0.03 for the face DCGAN, the `feature lr x0.3` row; 0.1 for the digit priors). Tuning and "
+        "evaluation splits are disjoint image sets (`benchmarks/cases.py`).",
         "",
     ]
     cell = None

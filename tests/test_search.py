@@ -181,3 +181,27 @@ def test_set_params_reaches_every_new_search_parameter(lenet_clf, default_prior)
         "constant",
     )
     assert attack.resolved_latent_constraint == "none"
+
+
+def test_feature_learning_rate_comes_from_the_attack_then_the_prior_then_learning_rate(lenet_clf, heldout) -> None:
+    import copy
+
+    from art_gifd.priors.embedded import load_default_prior
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    grads = client_gradients(lenet_clf, x, y)
+    prior = copy.deepcopy(load_default_prior())
+    quick = {"max_stage": 2, "steps_per_stage": 2, "num_restarts": 1, "verbose": False, "learning_rate": 0.07}
+    assert GIFDAttack(lenet_clf, prior, **quick).reconstruct(grads, y).extra["feature_learning_rate"] == 0.07
+    prior.feature_learning_rate = 0.02
+    assert GIFDAttack(lenet_clf, prior, **quick).reconstruct(grads, y).extra["feature_learning_rate"] == 0.02
+    attack = GIFDAttack(lenet_clf, prior, feature_learning_rate=0.05, **quick)
+    assert attack.reconstruct(grads, y).extra["feature_learning_rate"] == 0.05
+    with pytest.raises(ValueError, match=r"feature_learning_rate must lie in \(0, inf\)"):
+        attack.set_params(feature_learning_rate=-0.1)
+
+
+def test_face_prior_declares_its_feature_learning_rate() -> None:
+    from art_gifd.priors.faces import load_face_dcgan
+
+    assert load_face_dcgan().feature_learning_rate == 0.03

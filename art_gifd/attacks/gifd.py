@@ -17,6 +17,7 @@ from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage, project_l1_ball
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.labels import LabelMapping
+from art_gifd.validation import check_number
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,7 @@ class GIFDAttack(GenerativePriorAttack):
         "l1_radius",
         "radius_scale",
         "feature_restarts",
+        "feature_learning_rate",
     ]
 
     def __init__(
@@ -67,6 +69,7 @@ class GIFDAttack(GenerativePriorAttack):
         steps_per_stage: int = 500,
         num_restarts: int = 4,
         learning_rate: float = 0.1,
+        feature_learning_rate: float | None = None,
         l1_radius: float | Sequence[float] = 0.2,
         radius_scale: str = "per_element",
         distance: str = "cosine",
@@ -93,7 +96,10 @@ class GIFDAttack(GenerativePriorAttack):
                           ``1`` = latent only.
         :param steps_per_stage: Adam steps per stage (the paper uses 1000 on GPU).
         :param num_restarts: Random restarts of the latent stage, run as one batched computation (the paper uses 4).
-        :param learning_rate: Peak Adam learning rate.
+        :param learning_rate: Peak Adam learning rate (of every stage unless ``feature_learning_rate`` is set).
+        :param feature_learning_rate: Peak Adam learning rate of the feature stages; ``None``: the prior's
+                                      :attr:`~art_gifd.priors.LayeredGenerator.feature_learning_rate`, else
+                                      ``learning_rate``.
         :param l1_radius: Radius of the l1 ball around each feature stage's starting point: one value for every
                           feature stage or one per feature stage (``max_stage - 1`` values).
         :param radius_scale: ``"per_element"``: the radius is multiplied by the feature's number of elements per
@@ -129,7 +135,7 @@ class GIFDAttack(GenerativePriorAttack):
         self.l1_radius = l1_radius
         self.radius_scale = radius_scale
         self.feature_restarts = feature_restarts
-        self._feature_lr_scale = 1.0
+        self.feature_learning_rate = feature_learning_rate
         super().__init__(
             estimator,
             prior,
@@ -157,6 +163,14 @@ class GIFDAttack(GenerativePriorAttack):
         """Number of stages the search runs."""
         return self.max_stage if self.max_stage is not None else (self.prior.default_max_stage or self.prior.num_blocks)
 
+    @property
+    def resolved_feature_learning_rate(self) -> float:
+        """The feature stages' learning rate: ``feature_learning_rate``, else the prior's, else ``learning_rate``."""
+        for rate in (self.feature_learning_rate, self.prior.feature_learning_rate, self.learning_rate):
+            if rate is not None:
+                return float(rate)
+        raise AssertionError("learning_rate is always set")
+
     def radii(self) -> list[float]:
         """The l1 radius of each feature stage ``1 … stages - 1`` as configured (before per-element scaling)."""
         if isinstance(self.l1_radius, Sequence):
@@ -182,6 +196,8 @@ class GIFDAttack(GenerativePriorAttack):
             )
         if any(not np.isfinite(r) or r <= 0 for r in radii):
             raise ValueError(f"l1_radius values must be positive, got {radii}.")
+        if self.feature_learning_rate is not None:
+            check_number("feature_learning_rate", self.feature_learning_rate, 0.0, closed="neither")
         self._check_restart_schedule()
 
     def _check_restart_schedule(self) -> None:
@@ -223,6 +239,7 @@ class GIFDAttack(GenerativePriorAttack):
             "radius_scale": self.radius_scale,
             "l1_radius": self.radii(),
             "feature_restarts": self.restart_schedule(),
+            "feature_learning_rate": self.resolved_feature_learning_rate,
         }
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
@@ -238,7 +255,6 @@ class GIFDAttack(GenerativePriorAttack):
                 start = self.prior.forward_blocks(h, k - 1, k, self.generator_labels(h.shape[0]))
             per_sample = start[0].numel() if self.radius_scale == "per_element" else 1
             ball = radius * per_sample
-            lr = self.learning_rate * self._feature_lr_scale
 
             def project(h: list[torch.Tensor], start: torch.Tensor = start, ball: float = ball) -> list[torch.Tensor]:
                 return [start + project_l1_ball(h[0] - start, ball)]
@@ -248,6 +264,6 @@ class GIFDAttack(GenerativePriorAttack):
                 [start],
                 self._decoder(k, ctx),
                 project,
-                learning_rates=[lr],
+                learning_rates=[self.resolved_feature_learning_rate],
                 restart_ids=restart_ids,
             )

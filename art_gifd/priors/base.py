@@ -65,6 +65,10 @@ class LayeredGenerator(nn.Module, abc.ABC):
     latent_constraint: str = "sphere"
     #: Half-width of the ``"box"`` constraint (the truncation bound of a truncated-normal latent).
     latent_bound: float | None = None
+    #: Adam learning rate of GIFD's feature stages with this generator when the attack does not set one (``None``:
+    #: the attack's ``learning_rate``). Intermediate features differ in scale between generators, and so does the
+    #: step size that suits them.
+    feature_learning_rate: float | None = None
 
     @abc.abstractmethod
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
