@@ -289,7 +289,7 @@ def test_results_say_whether_the_attack_was_adaptive(lenet_clf, heldout, default
     record = describe_defense(DPSGD(1.0, **DP), adaptive=True)
     assert record["name"] == "dp-sgd" and record["adaptive"] is False and record["delta"] == DP["delta"]
     assert describe_defense(Prune(0.5), adaptive=True)["adaptive"] is True
-    assert describe_defense(None) == "none"
+    assert describe_defense(None) == {"name": "none", "params": {}, "epsilon": None, "delta": None, "adaptive": False}
 
 
 # --- utility --------------------------------------------------------------------------------------------------------

@@ -204,10 +204,7 @@ class DefenseSetting:
 
     def describe(self) -> dict[str, Any]:
         """Label, name, parameters, (epsilon, delta) and whether the attacker replays it, for the report."""
-        described = describe_defense(self.defense, self.adaptive)
-        if described == "none":
-            described = {"name": "none", "params": {}, "epsilon": None, "delta": None, "adaptive": False}
-        return {"label": self.label, "config_name": self.name, **described}
+        return {"label": self.label, "config_name": self.name, **describe_defense(self.defense, self.adaptive)}
 
 
 @dataclass

@@ -125,7 +125,7 @@ def _row(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "defense_label": defense_label(defense),
         "grid": defense["grid"],
         "strength": defense["strength"],
-        "adaptive": bool(jobs[0]["defense"].get("adaptive")) if isinstance(jobs[0]["defense"], dict) else False,
+        "adaptive": bool(jobs[0]["defense"]["adaptive"]),
         "epsilon": jobs[0].get("epsilon"),
         "delta": jobs[0].get("delta"),
         "seeds": sorted(j["config"]["seed"] for j in jobs),

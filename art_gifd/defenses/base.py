@@ -184,16 +184,16 @@ def as_defense(defense: DefenseLike) -> Defense:
     return defense if isinstance(defense, Defense) else FunctionDefense(defense)
 
 
-def describe_defense(defense: DefenseLike | None, adaptive: bool = False) -> dict[str, Any] | str:
+def describe_defense(defense: DefenseLike | None, adaptive: bool = False) -> dict[str, Any]:
     """
-    The ``"defense"`` field of a results record: ``"none"``, or name, parameters, (epsilon, delta) and whether the
-    attacker replayed the defence on its dummy gradients.
+    The ``"defense"`` field of every results record (demo, audit, bench): name (``"none"`` for no defence),
+    parameters, (epsilon, delta) and whether the attacker replayed the defence on its dummy gradients.
 
     :param defense: The client's defence.
     :param adaptive: Whether the attacker knew the defence (it replays it only if it is replayable).
     """
     if defense is None:
-        return "none"
+        return {"name": "none", "params": {}, "epsilon": None, "delta": None, "adaptive": False}
     described = as_defense(defense)
     return {**described.describe(), "adaptive": adaptive and described.replayable}
 
