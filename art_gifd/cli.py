@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="Python logging level (default: WARNING)",
     )
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let LPIPS download its AlexNet weights (torchvision's file, into the torch hub cache) when missing; "
+        "nothing is downloaded otherwise",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="GIFD vs latent-only vs pixel-space attacks on the embedded data and prior")
     demo.add_argument("--out", type=output_folder, default=Path("demo-out"), help="output folder (default: demo-out)")
@@ -115,6 +122,10 @@ def _audit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``art-gifd`` console script."""
     args = _parser().parse_args(argv)
+    if args.allow_download:  # read by LPIPSMetric here and in worker processes, which inherit the environment
+        from art_gifd.metrics import ALLOW_DOWNLOAD_ENV
+
+        os.environ[ALLOW_DOWNLOAD_ENV] = "1"
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     from art_gifd.bench.cli import BENCH_COMMANDS, run_bench_command
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -200,6 +201,41 @@ def default_weights_path(net: str = "alex") -> Path:
 
 _WARNED: set[str] = set()
 
+#: Environment variable that allows :class:`LPIPSMetric` to download missing backbone weights (``1``, ``true`` or
+#: ``yes``); ``art-gifd --allow-download`` sets it for the command and its workers.
+ALLOW_DOWNLOAD_ENV = "ART_GIFD_ALLOW_DOWNLOAD"
+#: Where torchvision publishes its ImageNet weights (the file name carries the first 8 hex digits of its SHA-256).
+TORCHVISION_WEIGHTS_URL = "https://download.pytorch.org/models/"
+
+
+def download_allowed(allow_download: bool | None = None) -> bool:
+    """``allow_download`` if given, else whether :data:`ALLOW_DOWNLOAD_ENV` is set to a true value."""
+    if allow_download is not None:
+        return bool(allow_download)
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def fetch_backbone_weights(net: str, destination: Path, url: str | None = None) -> None:
+    """
+    Download the backbone's torchvision weights to ``destination`` (atomically, with a progress bar).
+
+    :param net: ``"alex"`` or ``"vgg"``.
+    :param destination: The file to write (its folder is created).
+    :param url: Where to fetch it (default: torchvision's release, whose SHA-256 prefix in the file name is checked;
+                a URL given here, e.g. an internal mirror, is trusted as is).
+    :raises RuntimeError: If the download fails or the file does not match torchvision's hash.
+    """
+    file_name = _BACKBONES[net][1]
+    official = url is None
+    source = TORCHVISION_WEIGHTS_URL + file_name if official else url
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    hash_prefix = file_name.rsplit("-", 1)[1].split(".")[0] if official else None
+    logger.warning("LPIPS: downloading %s weights from %s to %s", _BACKBONES[net][2], source, destination)
+    try:
+        torch.hub.download_url_to_file(source, str(destination), hash_prefix=hash_prefix, progress=True)
+    except Exception as exc:  # urllib, socket and hash errors all end here
+        raise RuntimeError(f"could not download {source}: {exc}") from exc
+
 
 class LPIPSMetric:
     """
@@ -218,10 +254,21 @@ class LPIPSMetric:
     :param weights_path: torchvision state dict of the backbone (e.g. ``alexnet-owt-7be5be79.pth``); default: the
         torch hub cache.
     :param device: Torch device to run on.
+    :param allow_download: Download the weights into ``weights_path`` when they are missing (torchvision's file, or
+        ``download_url``); ``None``: only if :data:`ALLOW_DOWNLOAD_ENV` is set. Off by default: nothing is fetched
+        unless the user opts in.
+    :param download_url: Where to download from (default: torchvision's release, hash-checked).
     :raises ValueError: If ``net`` is not supported.
     """
 
-    def __init__(self, net: str = "alex", weights_path: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        net: str = "alex",
+        weights_path: str | Path | None = None,
+        device: str = "cpu",
+        allow_download: bool | None = None,
+        download_url: str | None = None,
+    ) -> None:
         self.net = net
         self.weights_path = Path(weights_path) if weights_path is not None else default_weights_path(net)
         self.device = torch.device(device)
@@ -229,11 +276,17 @@ class LPIPSMetric:
         self._model: lpips_lib.LPIPS | None = None
         self._logged_upsampling = False
         _, file_name, display = _BACKBONES[net]
-        if not self.weights_path.is_file():
+        if not self.weights_path.is_file() and download_allowed(allow_download):
+            try:
+                fetch_backbone_weights(net, self.weights_path, download_url)
+            except RuntimeError as exc:
+                self.reason = f"{display} weights not found at {self.weights_path} and {exc}"
+        if self.reason is None and not self.weights_path.is_file():
             self.reason = (
-                f"{display} weights not found at {self.weights_path}; copy {file_name} there or pass weights_path."
+                f"{display} weights not found at {self.weights_path}; copy {file_name} there, pass weights_path, or "
+                f"allow a download (art-gifd --allow-download, or {ALLOW_DOWNLOAD_ENV}=1)."
             )
-        else:
+        elif self.reason is None:
             try:
                 self._model = self._build()
             except Exception as exc:  # torch.load raises many exception types on a corrupt or foreign file.

@@ -193,3 +193,65 @@ def test_bad_data_range_and_labels_raise() -> None:
         label_accuracy(np.array([1]), np.array([], dtype=int))
     with pytest.raises(ValueError, match="Unsupported LPIPS backbone"):
         LPIPSMetric(net="squeeze")
+
+
+@pytest.fixture()
+def file_server(alexnet_weights: tuple[Path, dict[str, torch.Tensor]]):
+    """A local HTTP server over the folder of the saved weights (no internet involved)."""
+    import functools
+    import http.server
+    import threading
+
+    folder = alexnet_weights[0].parent
+    (folder / "alexnet-owt-7be5be79.pth").write_bytes(alexnet_weights[0].read_bytes())  # torchvision's name
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_lpips_downloads_the_backbone_only_when_the_user_opts_in(
+    tmp_path: Path,
+    file_server: str,
+    alexnet_weights: tuple[Path, dict[str, torch.Tensor]],
+    lpips_metric: LPIPSMetric,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from art_gifd.metrics import ALLOW_DOWNLOAD_ENV
+
+    monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "0")
+    cache = tmp_path / "hub" / "checkpoints" / "alexnet.pth"
+    offline = LPIPSMetric(weights_path=cache, download_url=file_server + "alexnet.pth")
+    assert not offline.available and not cache.exists() and "--allow-download" in offline.reason
+    monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "1")
+    fetched = LPIPSMetric(weights_path=cache, download_url=file_server + "alexnet.pth")
+    assert fetched.available and cache.read_bytes() == alexnet_weights[0].read_bytes()
+    images = np.random.default_rng(0).uniform(size=(2, 3, 32, 32))
+    np.testing.assert_allclose(fetched(images, images[::-1]), lpips_metric(images, images[::-1]), rtol=1e-6)
+    broken = LPIPSMetric(weights_path=tmp_path / "other.pth", download_url=file_server + "missing.pth")
+    assert not broken.available and "could not download" in broken.reason
+
+
+def test_lpips_checks_torchvision_hash_of_a_download(
+    tmp_path: Path, file_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from art_gifd import metrics
+
+    monkeypatch.setattr(metrics, "TORCHVISION_WEIGHTS_URL", file_server)  # serves a file under torchvision's name
+    metric = LPIPSMetric(weights_path=tmp_path / "alexnet.pth", allow_download=True)
+    assert not metric.available and "could not download" in metric.reason and "hash" in metric.reason.lower()
+    assert not (tmp_path / "alexnet.pth").exists()
+
+
+def test_cli_allow_download_flag_sets_the_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from art_gifd.cli import main
+    from art_gifd.metrics import ALLOW_DOWNLOAD_ENV, download_allowed
+
+    monkeypatch.setenv(ALLOW_DOWNLOAD_ENV, "0")  # recorded, so that the variable main() sets is undone afterwards
+    assert not download_allowed()
+    (tmp_path / "r.jsonl").write_text("")
+    main(["--allow-download", "bench-report", str(tmp_path / "r.jsonl")])
+    assert os.environ[ALLOW_DOWNLOAD_ENV] == "1" and download_allowed()
