@@ -136,6 +136,12 @@ CONFIGS: dict[str, tuple[str, Config]] = {
         "R=4, all on",
         _from_new(feature_restarts=None, learning_rate=0.03, feature_learning_rate=0.03),
     ),
+    "lr=0.05, all on": (
+        "R=4, all on",
+        _from_new(feature_restarts=None, learning_rate=0.05, feature_learning_rate=0.05),
+    ),
+    "3 stages, all on": ("R=4, all on", _from_new(feature_restarts=None, _stages=3)),
+    "radii 0.2-0.2-0.1, all on": ("R=4, all on", _from_new(feature_restarts=None, l1_radius=(0.2, 0.2, 0.1))),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
     "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None)),
     "old": ("old", old),
@@ -149,11 +155,12 @@ CONFIGS: dict[str, tuple[str, Config]] = {
 def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int, steps: int, seed: int) -> GIFDAttack:
     """The attack of one configuration (private knobs set on the instance)."""
     public = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    stages = kwargs.get("_stages", STAGES)  # fewer stages get the same total steps
     attack = GIFDAttack(
         classifier,
         case.load_prior(),
-        max_stage=STAGES,
-        steps_per_stage=steps,
+        max_stage=stages,
+        steps_per_stage=steps * STAGES // stages,
         batch_size=batch,
         seed=seed,
         verbose=False,

@@ -13,10 +13,17 @@ import multiprocessing
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from art_gifd.bench.grid import Job
-from art_gifd.bench.runner import JobOutcome, run_job
+
+if TYPE_CHECKING:
+    from art_gifd.bench.runner import JobOutcome
+
+#: What an executor runs for each job: ``work(job, utility)`` (the runner's ``run_job``; a module-level function, so
+#: that worker processes can import it).
+Work = Callable[[Job, "dict[str, Any] | None"], "JobOutcome"]
 
 
 class ExecutorFailure(RuntimeError):
@@ -31,14 +38,21 @@ class Executor(abc.ABC):
 
     #: How many jobs the driver keeps in flight.
     slots: int = 1
+    #: The function each job runs (set by :meth:`start`).
+    work: Work
+
+    def start(self, work: Work) -> None:
+        """Acquire the workers that will run ``work`` (called once, before the first :meth:`submit`)."""
+        self.work = work
+        self._acquire()
 
     @abc.abstractmethod
-    def start(self) -> None:
-        """Acquire the workers (called once, before the first :meth:`submit`)."""
+    def _acquire(self) -> None:
+        """Start the workers."""
 
     @abc.abstractmethod
     def submit(self, job: Job, utility: dict[str, Any] | None) -> Any:
-        """Start ``run_job(job, utility)`` and return a handle."""
+        """Start ``work(job, utility)`` and return a handle."""
 
     @abc.abstractmethod
     def wait(self, handles: list[Any]) -> list[Any]:
@@ -59,7 +73,7 @@ class Executor(abc.ABC):
     def restart(self) -> None:
         """Replace broken workers (after :class:`ExecutorFailure`); the lost jobs are submitted again."""
         self.shutdown()
-        self.start()
+        self._acquire()
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -97,7 +111,7 @@ class LocalExecutor(Executor):
         self.slots = workers
         self._pool: cf.ProcessPoolExecutor | None = None
 
-    def start(self) -> None:
+    def _acquire(self) -> None:
         if self.workers > 1:
             # spawn: fresh interpreters, no fork of a process that already runs torch threads
             self._pool = cf.ProcessPoolExecutor(
@@ -109,9 +123,9 @@ class LocalExecutor(Executor):
 
     def submit(self, job: Job, utility: dict[str, Any] | None) -> cf.Future:
         if self._pool is not None:
-            return self._pool.submit(run_job, job, utility)
+            return self._pool.submit(self.work, job, utility)
         future: cf.Future = cf.Future()
-        future.set_result(run_job(job, utility))
+        future.set_result(self.work(job, utility))
         return future
 
     def wait(self, handles: list[cf.Future]) -> list[cf.Future]:
@@ -180,7 +194,7 @@ class RayExecutor(Executor):
         self._remote: Any = None
         self._owns_ray = False
 
-    def start(self) -> None:
+    def _acquire(self) -> None:
         ray = self._ray = import_ray()
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False, "log_to_driver": False}
@@ -188,7 +202,7 @@ class RayExecutor(Executor):
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
             ray.init(**kwargs)
             self._owns_ray = True
-        self._remote = ray.remote(run_job)
+        self._remote = ray.remote(self.work)
         total = ray.cluster_resources()
         self.slots = max(1, int(total.get("CPU", 1)))
 

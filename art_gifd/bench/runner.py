@@ -35,16 +35,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from art_gifd.bench.config import BenchConfig
+from art_gifd.bench.executors import Executor, ExecutorFailure, LocalExecutor
 from art_gifd.bench.grid import Job, expand_grid
-
-if TYPE_CHECKING:
-    from art_gifd.bench.executors import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -367,8 +365,6 @@ def run_benchmark(
     :raises ConfigError: If ``check_inputs`` finds a problem.
     :raises ResultsBusy: If another run is writing ``results``.
     """
-    from art_gifd.bench.executors import LocalExecutor
-
     executor = executor if executor is not None else LocalExecutor()
     store = ResultsFile(results)
     with store.lock(), _terminate_as_interrupt():
@@ -402,8 +398,6 @@ def _run_locked(
     command: str | None,
     check_inputs: bool,
 ) -> BenchSummary:
-    from art_gifd.bench.executors import ExecutorFailure
-
     _, previous = store.read(repair=True)
     latest = {record["job_id"]: record for record in previous}
     done = {k for k, r in latest.items() if r["status"] == "ok" or not retry_errors}
@@ -415,7 +409,7 @@ def _run_locked(
         return summary
     if check_inputs:
         check_job_inputs(config, todo)
-    executor.start()
+    executor.start(run_job)
     bar = tqdm(total=len(todo), desc=config.name, unit="job", disable=not progress)
     pending: dict[Any, Job] = {}
     queue = list(reversed(todo))
