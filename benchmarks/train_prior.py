@@ -36,7 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from art_gifd.data import load_dataset
-from art_gifd.priors.dcgan import DCGANGenerator, sha256_of
+from art_gifd.priors.checkpoints import sha256_of
+from art_gifd.priors.dcgan import DCGANGenerator
 
 #: What each trainable data set is, for the generator's ``training_domain`` and the JSON record.
 DOMAINS = {

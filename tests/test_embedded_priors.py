@@ -10,7 +10,7 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.data import FASHION_MNIST_DIR, load_dataset, load_fashion32
-from art_gifd.priors.dcgan import sha256_of
+from art_gifd.priors.checkpoints import sha256_of
 from art_gifd.priors.embedded import (
     EMBEDDED_PRIORS,
     embedded_training_record,

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_gifd import GIFDAttack, client_gradients
+from art_gifd.attacks.label_mapping import AutoLabelMapping
 from art_gifd.data import load_mnist32
-from art_gifd.labels import AutoLabelMapping
 from art_gifd.models import convnet, make_classifier
-from art_gifd.priors.dcgan import DCGANGenerator, load_strict
+from art_gifd.priors.checkpoints import load_strict
+from art_gifd.priors.dcgan import DCGANGenerator
 
 PERM = [3, 7, 0, 9, 1, 5, 8, 2, 6, 4]  # generator class c draws digit PERM[c]
 INVERSE = {digit: c for c, digit in enumerate(PERM)}

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from art_gifd.attacks.label_mapping import map_labels
 from art_gifd.federated import TargetModel, client_gradients
-from art_gifd.labels import find_classifier_head, infer_labels, map_labels
+from art_gifd.labels import find_classifier_head, infer_labels
 from art_gifd.models import convnet, lenet, make_classifier
 
 

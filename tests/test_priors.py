@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.dcgan import DCGANGenerator
 from art_gifd.priors.embedded import EMBEDDED_PRIORS, embedded_weights_path, load_default_prior
 from art_gifd.priors.faces import load_face_dcgan
 
@@ -98,3 +99,17 @@ def test_installed_face_dcgan() -> None:
         pytest.skip("optional: pip install --no-deps gan-face-generate==1.1.1")
     gen = load_face_dcgan()
     assert gen(gen.sample_latent(1)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"main.0.weight": [1.0, 2.0]}, r"not a state dict of tensors: main.0.weight \(list\)"),
+        ({"main.0.weight": torch.tensor([float("nan")])}, "holds NaN or infinite weights"),
+    ],
+)
+def test_checkpoint_with_foreign_values_or_nan_is_refused(tmp_path, state, message) -> None:
+    path = tmp_path / "g.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=message):
+        load_state_dict_file(path)

@@ -13,6 +13,7 @@ candidate competes for the final output.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,6 +231,7 @@ class SearchStage:
                       once). Memory grows with it (one dummy gradient per candidate), the result does not change.
     :param restart_ids: The restarts of the search that this stage continues, in row order (``None``: all of them).
                         A stage may carry only the best restarts of the previous one (successive halving).
+    :param steps: Length of this stage (``None``: the search's steps per stage).
     """
 
     name: str
@@ -244,6 +246,7 @@ class SearchStage:
     cma_population: int | None = None
     cma_chunk: int | None = None
     restart_ids: list[int] | None = None
+    steps: int | None = None
 
 
 @dataclass
@@ -379,6 +382,8 @@ def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings
     restart_ids = list(range(settings.num_restarts)) if stage.restart_ids is None else list(stage.restart_ids)
     if not restart_ids or any(v.shape[0] % len(restart_ids) for v in stage.init):
         raise ValueError(f"Stage '{stage.name}': its variables' rows do not split into {len(restart_ids)} restarts.")
+    if stage.steps is not None:
+        settings = dataclasses.replace(settings, steps=int(stage.steps))
     variables = [v.detach().clone().requires_grad_(not gradient_free) for v in stage.init]
     tracker = _BestTracker(variables, len(restart_ids))
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext
-from art_gifd.labels import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
+from art_gifd.attacks.label_mapping import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
 from art_gifd.priors.base import LATENT_CONSTRAINTS, LayeredGenerator, project_latent
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class GenerativePriorAttack(GradientInversionAttack):
         :param prior: Layered generator; ``None`` loads the embedded default (a 32×32 grey MNIST DCGAN).
         :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
                               label → generator class, a callable doing the same, or ``"auto"`` /
-                              :class:`~art_gifd.labels.AutoLabelMapping` (scored per batch).
+                              :class:`~art_gifd.attacks.label_mapping.AutoLabelMapping` (scored per batch).
         :param latent_constraint: ``"auto"`` (the prior's :attr:`~art_gifd.priors.LayeredGenerator.latent_constraint`:
                                   the sphere of radius ``sqrt(d)`` for a standard normal latent, a box for BigGAN's
                                   truncated one, none for StyleGAN2), or ``"sphere"``, ``"box"``, ``"none"``.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from art_gifd.attacks.base import SearchContext, SingleStageSearch, StageGenerator, single_stage_params
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
-from art_gifd.labels import LabelMapping
+from art_gifd.attacks.label_mapping import LabelMapping
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
-from art_gifd.labels import LabelMapping
+from art_gifd.attacks.label_mapping import LabelMapping
 
 if TYPE_CHECKING:
     import torch

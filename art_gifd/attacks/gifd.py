@@ -16,7 +16,7 @@ import numpy as np
 from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage, project_l1_ball
 from art_gifd.attacks.generative import GenerativePriorAttack
-from art_gifd.labels import LabelMapping
+from art_gifd.attacks.label_mapping import LabelMapping
 from art_gifd.validation import check_number
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ class GIFDAttack(GenerativePriorAttack):
         :param batch_size: Client batch size behind the gradient.
         :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
                               label → generator class, a callable doing the same, or ``"auto"`` /
-                              :class:`~art_gifd.labels.AutoLabelMapping` (candidate classes scored per batch; scores
-                              in ``extra["label_mapping_scores"]``).
+                              :class:`~art_gifd.attacks.label_mapping.AutoLabelMapping` (candidate classes scored
+                              per batch; scores in ``extra["label_mapping_scores"]``).
         :param feature_restarts: How many restarts each feature stage continues, the best by matching loss of the
                                  stage before: ``"halving"`` (all into the first feature stage, then half as many,
                                  rounded up, into each next one: 4, 2, 1 for 4 restarts and 3 feature stages), one
@@ -136,6 +136,7 @@ class GIFDAttack(GenerativePriorAttack):
         self.radius_scale = radius_scale
         self.feature_restarts = feature_restarts
         self.feature_learning_rate = feature_learning_rate
+        self._step_split: tuple[float, ...] | None = None
         super().__init__(
             estimator,
             prior,
@@ -230,6 +231,13 @@ class GIFDAttack(GenerativePriorAttack):
             counts = [counts] * (self.stages - 1)
         return [min(int(c), int(self.num_restarts)) for c in counts]
 
+    def _stage_steps(self) -> list[int]:
+        """Steps of each stage: ``steps_per_stage`` each, or the total split by the ``_step_split`` fractions."""
+        if self._step_split is None:
+            return [int(self.steps_per_stage)] * self.stages
+        total = int(self.steps_per_stage) * self.stages
+        return [max(1, round(f * total)) for f in self._step_split]
+
     def _num_stages(self) -> int:
         return self.stages
 
@@ -245,8 +253,9 @@ class GIFDAttack(GenerativePriorAttack):
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         import torch
 
+        steps = self._stage_steps()
         outcome = yield SearchStage(
-            "latent", [self.initial_latent(ctx)], self._decoder(0, ctx), self._latent_projection()
+            "latent", [self.initial_latent(ctx)], self._decoder(0, ctx), self._latent_projection(), steps=steps[0]
         )
         for k, (radius, keep) in enumerate(zip(self.radii(), self.restart_schedule(), strict=True), start=1):
             carried, restart_ids = outcome.take(outcome.best_restarts(keep))
@@ -266,4 +275,5 @@ class GIFDAttack(GenerativePriorAttack):
                 project,
                 learning_rates=[self.resolved_feature_learning_rate],
                 restart_ids=restart_ids,
+                steps=steps[k],
             )

@@ -143,7 +143,8 @@ from art_gifd.data import DATASETS, load_dataset, load_image_folder
 from art_gifd.defenses import DEFENSES, Defense, build_defense, describe_defense
 from art_gifd.federated import client_gradients
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict, sha256_of
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, sha256_of
+from art_gifd.priors.dcgan import DCGANGenerator
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.validation import check_integer, check_number
 

@@ -61,7 +61,7 @@ def load_prior(spec: dict[str, Any], device: str) -> LayeredGenerator:
 @lru_cache(maxsize=4)
 def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
     from art_gifd import priors
-    from art_gifd.priors.dcgan import load_state_dict_file, load_strict
+    from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
 
     spec = json.loads(spec_json)
     kind = spec.pop("type")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.dcgan import load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
 
 if TYPE_CHECKING:
     from pytorch_pretrained_biggan import BigGANConfig

@@ -1,5 +1,5 @@
 """
-DCGAN generator (Radford et al. 2016) as a layered prior, and loaders for DCGAN checkpoints.
+DCGAN generator (Radford et al. 2016) as a layered prior.
 
 The module layout (``main`` = ConvTranspose/BatchNorm/ReLU groups ending in ConvTranspose/Tanh) is the standard
 PyTorch DCGAN layout, so checkpoints of that layout (e.g. the face DCGAN of ``gan-face-generate``) load strictly.
@@ -7,10 +7,8 @@ PyTorch DCGAN layout, so checkpoints of that layout (e.g. the face DCGAN of ``ga
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -98,81 +96,3 @@ class DCGANGenerator(LayeredGenerator):
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "nz": self.nz, "ngf": self.ngf}
-
-
-def sha256_of(path: str | Path) -> str:
-    """SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def load_state_dict_file(
-    path: str | Path, key: str | None = None, sha256: str | None = None, trust_checkpoint: bool = False
-) -> dict[str, torch.Tensor]:
-    """
-    Load a state dict from a checkpoint file, safely.
-
-    :param path: Checkpoint path.
-    :param key: Entry of the checkpoint that holds the state dict (``None`` = the file is the state dict).
-    :param sha256: Expected SHA-256 of the file; a mismatch raises ``ValueError``.
-    :param trust_checkpoint: Allow a full (unsafe) pickle load when ``weights_only`` loading fails. Only for files
-                             from a source you trust.
-    :raises FileNotFoundError: If the file is missing.
-    :raises ValueError: If the checksum does not match or the file is not a readable checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Generator weights not found at '{path}'. Pass the path of a local checkpoint file.")
-    if sha256 is not None:
-        actual = sha256_of(path)
-        if actual != sha256:
-            raise ValueError(
-                f"Checksum mismatch for '{path}': expected sha256 {sha256}, got {actual}. The file is corrupted or "
-                "was replaced; reinstall art-gifd (or retrain it with benchmarks/train_prior.py)."
-            )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
-        if not trust_checkpoint:
-            raise ValueError(
-                f"Could not load '{path}' as a weights-only checkpoint ({type(err).__name__}: {err}). If the file is "
-                "a full pickle from a source you trust, pass trust_checkpoint=True."
-            ) from err
-        logger.warning("Loading '%s' as a full pickle because trust_checkpoint=True.", path)
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    if key is not None:
-        if not isinstance(state, dict) or key not in state:
-            found = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"Checkpoint '{path}' has no entry '{key}' (found: {found}).")
-        state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"Checkpoint '{path}' does not hold a state dict (found {type(state).__name__}).")
-    return state
-
-
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """
-    Load ``state`` into ``module`` strictly, naming missing, unexpected and mis-shaped keys in the error.
-
-    :param module: Target module.
-    :param state: State dict.
-    :param source: Where the state came from (for the message).
-    """
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"Checkpoint {source} does not fit {type(module).__name__}: missing keys {missing[:10]}, unexpected keys "
-            f"{unexpected[:10]}, shape mismatches {shapes[:10]}. Check that the architecture arguments you passed "
-            f"to the loader match the checkpoint."
-        )
-    module.load_state_dict(state, strict=True)

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.dcgan import DCGANGenerator
 
 #: Name, files, architecture, SHA-256 and training domain of each embedded prior.
 EMBEDDED_PRIORS: dict[str, dict[str, object]] = {

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from art_gifd.priors.dcgan import DCGANGenerator, load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.dcgan import DCGANGenerator
 
 INSTALL_HINT = "pip install --no-deps gan-face-generate==1.1.1"
 

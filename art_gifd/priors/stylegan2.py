@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.dcgan import load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
 
 #: The FIR filter of StyleGAN2's up-sampling (outer product with itself, normalised).
 BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
