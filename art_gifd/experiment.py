@@ -14,7 +14,7 @@ import logging
 import os
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from art_gifd.attacks.core import ReconstructionResult
 from art_gifd.attacks.registry import ATTACK_REGISTRY, Budget, build_attack
 from art_gifd.data import load_dataset
 from art_gifd.defenses.base import Defense, describe_defense
@@ -93,6 +94,79 @@ def environment(seed: int, device: str) -> dict[str, Any]:
     }
 
 
+def batch_seed(seed: int, start: int) -> int:
+    """
+    Seed of the client's defence and of the attack for the client batch starting at image ``start`` under the run
+    seed ``seed``: the one definition every path uses (demo, audit, bench), so that a setting and a seed give the
+    same numbers through each.
+    """
+    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0] >> 1)
+
+
+def attack_batches(
+    estimator: Any,
+    x_all: np.ndarray,
+    y_all: np.ndarray,
+    attack_name: str,
+    prior: LayeredGenerator | None,
+    budget: Budget,
+    batch_size: int,
+    seed: int,
+    defense: Defense | None = None,
+    adaptive: bool = False,
+    labels_known: bool = False,
+    train_mode: bool = False,
+    device: str = "cpu",
+    verbose: bool = False,
+    attack_params: dict[str, Any] | None = None,
+    lpips: LPIPSMetric | None = None,
+) -> Iterator[tuple[np.ndarray, dict[str, Any], ReconstructionResult, np.ndarray]]:
+    """
+    The one experiment loop: split the private images into client batches, compute each client's update under its
+    defence, attack it and score the reconstruction.
+
+    :param estimator: The FL model (ART classifier).
+    :param x_all: Private images, a multiple of ``batch_size`` of them, in the estimator's ``clip_values``.
+    :param y_all: Their labels.
+    :param attack_name: A name of :data:`~art_gifd.attacks.registry.ATTACK_REGISTRY`.
+    :param prior: Generator of the generative attacks.
+    :param budget: Step budget.
+    :param batch_size: Client batch size.
+    :param seed: Run seed; batch ``start`` uses :func:`batch_seed` ``(seed, start)`` for its defence and attack.
+    :param defense: The client's defence; the attacker replays it if ``adaptive``.
+    :param adaptive: Whether the attacker knows the defence.
+    :param labels_known: Give the attack the true labels (else it infers them from the update).
+    :param train_mode: The client computes its update in train mode.
+    :param device: Device of the attack.
+    :param verbose: Progress bars of the attacks.
+    :param attack_params: Further constructor arguments of the attack.
+    :param lpips: LPIPS metric of the scores (``None``: no LPIPS).
+    :return: Per batch: the originals, the scores of :func:`~art_gifd.metrics.evaluate_batch`, the attack's result
+             and the reconstructions in the originals' order.
+    """
+    lo, hi = (float(v) for v in np.asarray(estimator.clip_values, dtype=np.float64).reshape(2, -1)[:, 0])
+    for start in range(0, len(x_all), batch_size):
+        x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
+        here = batch_seed(seed, start)
+        grads = client_gradients(estimator, x, y, defense=defense, train_mode=train_mode, seed=here)
+        attack = build_attack(
+            attack_name,
+            estimator,
+            prior,
+            budget,
+            batch_size,
+            here,
+            defense=defense if adaptive else None,
+            train_mode=train_mode,
+            device=device,
+            verbose=verbose,
+            **(attack_params or {}),
+        )
+        result = attack.reconstruct(grads, y if labels_known else None)
+        scores = evaluate_batch(result.images, x, result.labels, y, data_range=(lo, hi), lpips=lpips)
+        yield x, scores, result, result.images[np.asarray(scores["assignment"])]
+
+
 def run_experiment(
     experiment: Experiment,
     prior: LayeredGenerator,
@@ -123,27 +197,25 @@ def run_experiment(
         estimator = make_classifier(model, x_all.shape[1:], nb_classes=case.num_classes, device=experiment.device)
         for attack_name in experiment.attacks:
             per_batch = []
-            for start in range(0, case.num_images, case.batch_size):
-                x, y = x_all[start : start + case.batch_size], y_all[start : start + case.batch_size]
-                grads = client_gradients(estimator, x, y, defense=case.defense, seed=experiment.seed + start)
-                attack = build_attack(
-                    attack_name,
-                    estimator,
-                    prior,
-                    experiment.budget,
-                    case.batch_size,
-                    experiment.seed + start,
-                    defense=case.defense if case.adaptive else None,
-                    device=experiment.device,
-                    verbose=experiment.verbose,
-                    **experiment.attack_params.get(attack_name, {}),
-                )
-                result = attack.reconstruct(grads)
-                scores = evaluate_batch(result.images, x, result.labels, y, lpips=lpips_metric)
-                order = np.asarray(scores["assignment"])
+            for x, scores, result, matched in attack_batches(
+                estimator,
+                x_all,
+                y_all,
+                attack_name,
+                prior,
+                experiment.budget,
+                case.batch_size,
+                experiment.seed,
+                defense=case.defense,
+                adaptive=case.adaptive,
+                device=experiment.device,
+                verbose=experiment.verbose,
+                attack_params=experiment.attack_params.get(attack_name),
+                lpips=lpips_metric,
+            ):
                 per_batch.append((scores, result))
                 if on_batch is not None:
-                    on_batch(case, attack_name, x, result.images[order])
+                    on_batch(case, attack_name, x, matched)
                 progress.update(1)
             runs.append(aggregate_run(case, attack_name, prior_name, per_batch, lpips_metric))
             logger.info("%s", _describe(runs[-1]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -332,3 +333,38 @@ def test_report_states_the_restarts_and_steps_that_ran_when_params_override_the_
     assert report.document["attacks"]["restarts"] == "gifd: 2, pixel: 1"
     assert "gifd: 2, pixel: 1 restart(s)" in report.summary.read_text()
     assert any("gifd: 2, pixel: 1 restart(s)" in item for item in report.document["limitations"])
+
+
+def test_the_same_setting_and_seed_give_the_same_numbers_through_audit_and_bench(tmp_path) -> None:
+    from art_gifd.bench import load_config, run_benchmark
+    from art_gifd.bench.runner import ResultsFile
+
+    audit = run_audit(write_config(tmp_path), verbose=False)  # LeNet seed 0, first held-out digit, B=1, GIFD 2x3
+    (tmp_path / "same.toml").write_text(
+        textwrap.dedent(
+            """\
+            name = "same"
+            models = ["lenet"]
+            seeds = [0]
+            batch_sizes = [1]
+            budget = { steps_per_stage = 3, stages = 2, num_restarts = 1 }
+            utility = { enabled = false }
+            [[datasets]]
+            name = "mnist"
+            source = "mnist32"
+            split = "heldout"
+            num_images = 1
+            [priors.mnist]
+            type = "embedded"
+            name = "mnist32"
+            [[attacks]]
+            name = "gifd"
+            prior = "mnist"
+            """
+        )
+    )
+    run_benchmark(load_config(tmp_path / "same.toml"), tmp_path / "same.jsonl", progress=False)
+    (job,) = ResultsFile(tmp_path / "same.jsonl").read()[1]
+    undefended = next(s for s in audit.settings if s["defense_label"] == "none")
+    assert job["result"]["per_image"]["psnr"] == pytest.approx(undefended["per_image"]["psnr"], abs=1e-9)
+    assert job["result"]["final_losses"] == pytest.approx(undefended["final_losses"], rel=1e-9)

@@ -33,12 +33,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_gifd.attacks.registry import GENERATIVE_ATTACKS, build_attack
+from art_gifd.attacks.registry import GENERATIVE_ATTACKS
 from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
 from art_gifd.defenses.utility import measure_utility
-from art_gifd.experiment import Case, aggregate_run, environment, write_json_atomic
-from art_gifd.federated import client_gradients
-from art_gifd.metrics import LPIPSMetric, evaluate_batch
+from art_gifd.experiment import Case, aggregate_run, attack_batches, environment, write_json_atomic
+from art_gifd.metrics import LPIPSMetric
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
 from art_gifd.report.figures import reconstruction_grid
 
@@ -235,11 +234,6 @@ def _save_setting(state: Path, setting: Setting, finished: tuple[dict, dict[str,
     write_json_atomic(state / f"{setting.id}.json", {"config_hash": run["config_hash"], "run": run})
 
 
-def batch_seed(seed: int, start: int) -> int:
-    """Seed of the defence and the attack for the batch starting at image ``start`` under the audit seed ``seed``."""
-    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0] >> 1)
-
-
 def _run_setting(
     cfg: AuditConfig, setting: Setting, lpips: LPIPSMetric, verbose: bool
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -250,32 +244,27 @@ def _run_setting(
     seeds = cfg.settings["seeds"]
     per_batch, originals, reconstructions = [], [], []
     for seed in seeds:
-        for start in range(0, len(cfg.x), b):
-            x, y = cfg.x[start : start + b], cfg.y[start : start + b]
-            seed_here = batch_seed(seed, start)
-            grads = client_gradients(
-                cfg.estimator, x, y, defense=defense.defense, train_mode=model["train_mode"], seed=seed_here
-            )
-            attack = build_attack(
-                setting.attack,
-                cfg.estimator,
-                cfg.prior,  # type: ignore[arg-type]  # None only for attacks without a prior
-                cfg.budget,
-                b,
-                seed_here,
-                defense=defense.defense if defense.adaptive else None,
-                train_mode=model["train_mode"],
-                device=cfg.device,
-                verbose=verbose,
-                **cfg.settings["attacks"]["params"].get(setting.attack, {}),
-            )
-            result = attack.reconstruct(grads, y if known else None)
-            scores = evaluate_batch(
-                result.images, x, result.labels, y, data_range=tuple(model["clip_values"]), lpips=lpips
-            )
+        for x, scores, result, matched in attack_batches(
+            cfg.estimator,
+            cfg.x,
+            cfg.y,
+            setting.attack,
+            cfg.prior,
+            cfg.budget,
+            b,
+            seed,
+            defense=defense.defense,
+            adaptive=defense.adaptive,
+            labels_known=known,
+            train_mode=model["train_mode"],
+            device=cfg.device,
+            verbose=verbose,
+            attack_params=cfg.settings["attacks"]["params"].get(setting.attack),
+            lpips=lpips,
+        ):
             per_batch.append((scores, result))
             originals.append(x)
-            reconstructions.append(result.images[np.asarray(scores["assignment"])])
+            reconstructions.append(matched)
     case = Case(
         model=cfg.model.get("factory") or Path(cfg.model.get("torchscript", "model")).name,
         dataset=cfg.data.get("name") or Path(cfg.data.get("folder", "data")).name,
