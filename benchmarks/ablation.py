@@ -69,6 +69,7 @@ NEW: dict[str, Any] = {
     "feature_restarts": 1,
     "_hand_on": "best",
     "_selection": "all",
+    "step_split": "equal",
     "_latent_pool": 1,
 }
 
@@ -144,11 +145,23 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "radii 0.2-0.2-0.1, all on": ("R=4, all on", _from_new(feature_restarts=None, l1_radius=(0.2, 0.2, 0.1))),
     "steps 1/4-1/8-1/8-1/2, all on": (
         "R=4, all on",
-        _from_new(feature_restarts=None, _step_split=(0.25, 0.125, 0.125, 0.5)),
+        _from_new(feature_restarts=None, step_split=(0.25, 0.125, 0.125, 0.5)),
     ),
     "steps 1/8-1/8-1/4-1/2, all on": (
         "R=4, all on",
-        _from_new(feature_restarts=None, _step_split=(0.125, 0.125, 0.25, 0.5)),
+        _from_new(feature_restarts=None, step_split=(0.125, 0.125, 0.25, 0.5)),
+    ),
+    "steps 1/8-1/16-1/16-3/4, all on": (
+        "R=4, all on",
+        _from_new(feature_restarts=None, step_split=(0.125, 0.0625, 0.0625, 0.75)),
+    ),
+    "feature lr x0.3, steps 1/4-1/8-1/8-1/2, all on": (
+        "feature lr x0.3, all on",
+        _from_new(feature_restarts=None, feature_learning_rate=0.03, step_split=(0.25, 0.125, 0.125, 0.5)),
+    ),
+    "feature lr x0.3, steps 1/8-1/8-1/4-1/2, all on": (
+        "feature lr x0.3, all on",
+        _from_new(feature_restarts=None, feature_learning_rate=0.03, step_split=(0.125, 0.125, 0.25, 0.5)),
     ),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
     "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None)),
@@ -177,7 +190,6 @@ def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int,
     attack._hand_on = kwargs["_hand_on"]
     attack._selection = kwargs["_selection"]
     attack._latent_pool = kwargs.get("_latent_pool", 1)
-    attack._step_split = kwargs.get("_step_split")
     return attack
 
 

@@ -205,3 +205,20 @@ def test_face_prior_declares_its_feature_learning_rate() -> None:
     from art_gifd.priors.faces import load_face_dcgan
 
     assert load_face_dcgan().feature_learning_rate == 0.03
+
+
+def test_step_split_shares_the_budget_over_the_stages(lenet_clf, heldout) -> None:
+    from art_gifd.attacks.gifd import split_steps
+
+    assert split_steps(400, 4, "last-heavy") == [50, 50, 100, 200]
+    assert split_steps(300, 3, "last-heavy") == [75, 75, 150]
+    assert split_steps(400, 4, "equal") == [100] * 4
+    assert split_steps(10, 3, (1, 1, 1)) == [4, 3, 3]
+    x, y = heldout[0][:1], heldout[1][:1]
+    grads = client_gradients(lenet_clf, x, y)
+    attack = GIFDAttack(lenet_clf, steps_per_stage=4, num_restarts=1, step_split="last-heavy", verbose=False)
+    result = attack.reconstruct(grads, y)
+    assert result.extra["stage_steps"] == [2, 2, 4, 8] and result.steps == 16
+    for bad, message in [("front", "Unknown step_split 'front'"), ((1, 2), "4 weights"), ((1, 1, 1, 0), "must lie")]:
+        with pytest.raises(ValueError, match=message):
+            attack.set_params(step_split=bad)

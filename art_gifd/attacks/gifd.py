@@ -29,6 +29,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RADIUS_SCALES = ("per_element", "absolute")
+#: Named ways to split GIFD's step budget over its stages (see :func:`split_steps`).
+STEP_SPLITS = ("equal", "last-heavy")
+
+
+def split_steps(total: int, stages: int, split: str | Sequence[float]) -> list[int]:
+    """
+    Steps of each stage from a total budget.
+
+    ``"equal"``: the same for every stage (the paper's protocol). ``"last-heavy"``: half to the last stage, a quarter
+    to the one before, the last quarter evenly to the others (1/8, 1/8, 1/4, 1/2 for four stages; 1/4, 1/4, 1/2 for
+    three). A sequence: one weight per stage, normalised. Counts are rounded by largest remainder so that they sum to
+    ``total``, and every stage runs at least one step.
+    """
+    if isinstance(split, str):
+        if split == "equal" or stages <= 2:
+            weights = [1.0] * stages
+        else:
+            weights = [0.25 / (stages - 2)] * (stages - 2) + [0.25, 0.5]
+    else:
+        weights = [float(w) for w in split]
+    shares = np.asarray(weights) / np.sum(weights) * total
+    counts = np.floor(shares).astype(int)
+    for i in np.argsort(-(shares - counts), kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return [max(1, int(c)) for c in counts]
 
 
 class GIFDAttack(GenerativePriorAttack):
@@ -59,6 +84,7 @@ class GIFDAttack(GenerativePriorAttack):
         "radius_scale",
         "feature_restarts",
         "feature_learning_rate",
+        "step_split",
     ]
 
     def __init__(
@@ -78,6 +104,7 @@ class GIFDAttack(GenerativePriorAttack):
         batch_size: int = 1,
         label_mapping: LabelMapping = None,
         feature_restarts: int | Sequence[int] | str | None = None,
+        step_split: str | Sequence[float] = "equal",
         latent_constraint: str = "auto",
         norm_form: str = "mean_square",
         schedule: str = "cosine",
@@ -119,6 +146,8 @@ class GIFDAttack(GenerativePriorAttack):
                                  rounded up, into each next one: 4, 2, 1 for 4 restarts and 3 feature stages), one
                                  count for every feature stage, one per feature stage (``max_stage - 1``
                                  non-increasing counts), or ``None``: every restart through every stage.
+        :param step_split: How the budget of ``max_stage × steps_per_stage`` steps is split over the stages:
+                           ``"equal"``, ``"last-heavy"`` (see :func:`split_steps`) or one weight per stage.
         :param latent_constraint: ``"auto"`` (the prior's), ``"sphere"``, ``"box"`` or ``"none"``: the set the
                                   latent code is projected onto after every step of the latent stage.
         :param norm_form: Form of the norm prior: ``"mean_square"`` or ``"rms"``.
@@ -136,7 +165,7 @@ class GIFDAttack(GenerativePriorAttack):
         self.radius_scale = radius_scale
         self.feature_restarts = feature_restarts
         self.feature_learning_rate = feature_learning_rate
-        self._step_split: tuple[float, ...] | None = None
+        self.step_split = step_split
         super().__init__(
             estimator,
             prior,
@@ -197,6 +226,17 @@ class GIFDAttack(GenerativePriorAttack):
             )
         if any(not np.isfinite(r) or r <= 0 for r in radii):
             raise ValueError(f"l1_radius values must be positive, got {radii}.")
+        split = self.step_split
+        if isinstance(split, str):
+            if split not in STEP_SPLITS:
+                raise ValueError(f"Unknown step_split '{split}': use one of {STEP_SPLITS} or one weight per stage.")
+        elif not isinstance(split, Sequence) or len(split) != self.stages:
+            raise ValueError(
+                f"step_split must be one of {STEP_SPLITS} or {self.stages} weights (one per stage), got {split!r}."
+            )
+        else:
+            for weight in split:
+                check_number("step_split weights", weight, 0.0, closed="neither")
         if self.feature_learning_rate is not None:
             check_number("feature_learning_rate", self.feature_learning_rate, 0.0, closed="neither")
         self._check_restart_schedule()
@@ -231,12 +271,9 @@ class GIFDAttack(GenerativePriorAttack):
             counts = [counts] * (self.stages - 1)
         return [min(int(c), int(self.num_restarts)) for c in counts]
 
-    def _stage_steps(self) -> list[int]:
-        """Steps of each stage: ``steps_per_stage`` each, or the total split by the ``_step_split`` fractions."""
-        if self._step_split is None:
-            return [int(self.steps_per_stage)] * self.stages
-        total = int(self.steps_per_stage) * self.stages
-        return [max(1, round(f * total)) for f in self._step_split]
+    def stage_steps(self) -> list[int]:
+        """Steps of each stage: ``max_stage × steps_per_stage`` split by ``step_split``."""
+        return split_steps(int(self.steps_per_stage) * self.stages, self.stages, self.step_split)
 
     def _num_stages(self) -> int:
         return self.stages
@@ -248,12 +285,13 @@ class GIFDAttack(GenerativePriorAttack):
             "l1_radius": self.radii(),
             "feature_restarts": self.restart_schedule(),
             "feature_learning_rate": self.resolved_feature_learning_rate,
+            "stage_steps": self.stage_steps(),
         }
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         import torch
 
-        steps = self._stage_steps()
+        steps = self.stage_steps()
         outcome = yield SearchStage(
             "latent", [self.initial_latent(ctx)], self._decoder(0, ctx), self._latent_projection(), steps=steps[0]
         )
