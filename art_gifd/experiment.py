@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,31 @@ def environment(seed: int, device: str) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "seed": seed,
     }
+
+
+def source_commit() -> dict[str, Any] | None:
+    """
+    The commit of the art-gifd checkout this code runs from and whether tracked files differ from it; ``None`` for an
+    installed copy, also one that sits inside another git repository (a virtual environment in a user's project).
+    """
+    root = Path(__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        lines = top.stdout.split()
+        if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
+            return None
+        head = lines[1]
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head, "dirty": bool(status.stdout.strip())}
 
 
 def batch_seed(seed: int, start: int) -> int:

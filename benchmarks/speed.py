@@ -41,7 +41,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.attacks.core import GradientMatcher, project_l1_ball, total_variation, warmup_cosine
-from art_gifd.experiment import environment, write_json_atomic
+from art_gifd.experiment import environment, source_commit, write_json_atomic
 from art_gifd.federated import TargetModel
 from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
@@ -310,16 +309,9 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str | None:
-    """Short commit of the working tree (with ``-dirty`` when it has uncommitted changes), or ``None``."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
-    except OSError:
-        return None
-    if commit.returncode != 0:
-        return None
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    """Commit of the art-gifd checkout (with ``-dirty`` when tracked files changed), or ``None``."""
+    git = source_commit()
+    return None if git is None else git["commit"][:12] + ("-dirty" if git["dirty"] else "")
 
 
 def summary(record: dict[str, Any]) -> str:

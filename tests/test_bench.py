@@ -488,3 +488,30 @@ def test_report_tells_apart_runs_of_different_configurations_in_one_file(tmp_pat
     write_report(results, tmp_path / "report")
     table = (tmp_path / "report" / "tables.md").read_text()
     assert "[attack.budget.steps_per_stage=2]" in table and "[attack.budget.steps_per_stage=3]" in table
+
+
+def test_source_commit_is_the_packages_own_checkout_only(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from art_gifd import experiment
+
+    def repo(path: Path) -> str:
+        path.mkdir(parents=True)
+        run = {"cwd": path, "check": True, "capture_output": True}
+        subprocess.run(["git", "init", "-q"], **run)
+        (path / "f.txt").write_text("x")
+        subprocess.run(["git", "add", "f.txt"], **run)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], **run)
+        return subprocess.run(["git", "rev-parse", "HEAD"], text=True, **run).stdout.strip()
+
+    user_project = tmp_path / "project"
+    repo(user_project)  # a user's repository with a venv inside it
+    installed = user_project / ".venv" / "site-packages" / "art_gifd" / "experiment.py"
+    installed.parent.mkdir(parents=True)
+    monkeypatch.setattr(experiment, "__file__", str(installed))
+    assert experiment.source_commit() is None
+    checkout = tmp_path / "art-gifd"
+    head = repo(checkout)
+    (checkout / "art_gifd").mkdir()
+    monkeypatch.setattr(experiment, "__file__", str(checkout / "art_gifd" / "experiment.py"))
+    assert experiment.source_commit() == {"commit": head, "dirty": False}

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import textwrap
 import zipfile
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from art_gifd.attacks.registry import GENERATIVE_ATTACKS
 from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
 from art_gifd.defenses.utility import measure_utility
-from art_gifd.experiment import Case, aggregate_run, attack_batches, environment, write_json_atomic
+from art_gifd.experiment import Case, aggregate_run, attack_batches, environment, source_commit, write_json_atomic
 from art_gifd.metrics import LPIPSMetric
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
 from art_gifd.report.figures import reconstruction_grid
@@ -325,29 +324,6 @@ def _grid_rows(
     return rows
 
 
-def _git_commit() -> dict[str, Any] | None:
-    """The commit of the art-gifd checkout this code runs from (``None`` for an installed copy), and whether tracked
-    files differ from it."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        top = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        lines = top.stdout.split()
-        if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
-            return None
-        head = lines[1]
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return {"commit": head, "dirty": bool(status.stdout.strip())}
-
-
 def _document(
     cfg: AuditConfig,
     runs: list[dict[str, Any]],
@@ -408,7 +384,7 @@ def _document(
         "reproducibility": {
             "environment": environment(s["seeds"][0], cfg.device),
             "seeds": s["seeds"],
-            "git": _git_commit(),
+            "git": source_commit(),
             "config_hash": cfg.config_hash,
             "config_file": str(cfg.source.resolve()) if cfg.source else None,
             "resumed": resumed,

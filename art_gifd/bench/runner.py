@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import tempfile
 import time
 import traceback
@@ -481,15 +480,15 @@ def _store(store: ResultsFile, outcome: JobOutcome, summary: BenchSummary, utili
 
 
 def _run_header(config: BenchConfig, executor: Executor, command: str | None, summary: BenchSummary) -> dict:
-    from art_gifd.experiment import environment
+    from art_gifd.experiment import environment, source_commit
 
-    commit, dirty = git_state()
+    git = source_commit() or {}
     return {
         "type": "run",
         "schema": SCHEMA,
         "command": command,
-        "git_commit": commit,
-        "git_dirty": dirty,
+        "git_commit": git.get("commit"),
+        "git_dirty": git.get("dirty"),
         "date": _now(),
         "device": config.device,
         "config_source": config.source,
@@ -500,27 +499,6 @@ def _run_header(config: BenchConfig, executor: Executor, command: str | None, su
         "jobs_total": summary.total,
         "jobs_already_done": summary.already_done,
     }
-
-
-def git_state() -> tuple[str | None, bool | None]:
-    """The commit of the repository this package runs from and whether it has uncommitted changes (``None`` if not a
-    git checkout or git is missing)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return commit or None, bool(status.strip())
 
 
 def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
@@ -593,7 +571,6 @@ __all__ = [
     "ResultsFile",
     "check_job_inputs",
     "error_record",
-    "git_state",
     "run_benchmark",
     "run_job",
 ]
