@@ -164,7 +164,7 @@ CONFIGS: dict[str, tuple[str, Config]] = {
         _from_new(feature_restarts=None, feature_learning_rate=0.03, step_split=(0.125, 0.125, 0.25, 0.5)),
     ),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
-    "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None)),
+    "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None, step_split="last-heavy")),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
     "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
