@@ -40,7 +40,7 @@ num_classes = 10
 batch_sizes = [1]
 
 [[defenses]]
-name = "{defense}"
+type = "{defense}"
 params = {{ ratio = 0.5 }}
 adaptive = true
 
@@ -48,7 +48,7 @@ adaptive = true
 names = [{attacks}]
 steps_per_stage = 3
 stages = 2
-restarts = 1
+num_restarts = 1
 
 [utility]
 rounds = 2
@@ -85,11 +85,11 @@ def test_unknown_attack_and_defence_are_named_together_with_their_lines(tmp_path
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     found = problems(err)
-    assert set(found) == {"defenses[0].name", "attacks.names"}  # both reported by one validation pass
-    assert "shield" in found["defenses[0].name"] and "prune" in found["defenses[0].name"]  # the choices are listed
+    assert set(found) == {"defenses[0].type", "attacks.names"}  # both reported by one validation pass
+    assert "shield" in found["defenses[0].type"] and "prune" in found["defenses[0].type"]  # the choices are listed
     assert "telepathy" in found["attacks.names"] and "gifd" in found["attacks.names"]
     lines = {p.key: p.line for p in err.value.problems}
-    assert lines["defenses[0].name"] == line_of(path, "name = ", after="[[defenses]]")
+    assert lines["defenses[0].type"] == line_of(path, "type = ", after="[[defenses]]")
     assert lines["attacks.names"] == line_of(path, "names = ")
     assert not (tmp_path / "out").exists()  # nothing was written
 
@@ -97,12 +97,12 @@ def test_unknown_attack_and_defence_are_named_together_with_their_lines(tmp_path
 def test_defence_and_attack_parameters_are_checked_on_the_model(tmp_path) -> None:
     path = write_config(tmp_path)
     text = path.read_text().replace(
-        "[attacks]\n", '[[defenses]]\nname = "dp"\nparams = { epsilon = 8.0, delta = 1e-5 }\n\n[attacks]\n'
+        "[attacks]\n", '[[defenses]]\ntype = "dp"\nparams = { epsilon = 8.0, delta = 1e-5 }\n\n[attacks]\n'
     )
     text = text.replace("params = { ratio = 0.5 }\nadaptive = true", 'params = { layer = "0", ratio = 0.5 }')
-    text = text.replace('name = "prune"', 'name = "soteria"')
+    text = text.replace('type = "prune"', 'type = "soteria"')
     attack_params = "params = { gifd = { l1_radius = 0.1, warp = 3 }, pixel = { learning_rate = 0.1 } }"
-    path.write_text(text.replace("restarts = 1\n", f"restarts = 1\n{attack_params}\n"))
+    path.write_text(text.replace("num_restarts = 1\n", f"num_restarts = 1\n{attack_params}\n"))
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     found = problems(err)
@@ -325,7 +325,9 @@ def test_attacked_images_are_never_in_the_utility_split(tmp_path) -> None:
 
 def test_report_states_the_restarts_and_steps_that_ran_when_params_override_the_budget(tmp_path) -> None:
     path = write_config(tmp_path, attacks='"gifd", "pixel"')
-    text = path.read_text().replace("restarts = 1\n", "restarts = 1\nparams = { gifd = { num_restarts = 2 } }\n")
+    text = path.read_text().replace(
+        "num_restarts = 1\n", "num_restarts = 1\nparams = { gifd = { num_restarts = 2 } }\n"
+    )
     path.write_text(text)
     report = run_audit(path, verbose=False)
     ran = {s["attack"]: s["num_restarts"] for s in report.settings}

@@ -35,12 +35,12 @@ embedded = "mnist32"
 [federated]
 batch_sizes = [1, 2]
 [[defenses]]
-name = "gaussian"
+type = "gaussian"
 params = { sigma = 0.01 }
 [attacks]
 steps_per_stage = 3
 stages = 2
-restarts = 1
+num_restarts = 1
 [utility]
 rounds = 2
 batch_size = 4

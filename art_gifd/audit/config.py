@@ -44,13 +44,13 @@ directory).
     batch_sizes = [1, 4]                      # client batch sizes to audit
 
     [[defenses]]                              # zero or more; the undefended baseline "none" is always included
-    name = "prune"
+    type = "prune"
     params = { ratio = 0.9 }
     adaptive = true                           # the attacker knows the defence and replays it (default false)
-    label = "pruning 90%"                     # optional; unique name in the report (default: name and params)
+    label = "pruning 90%"                     # optional; unique name in the report (default: type and params)
 
     [[defenses]]
-    name = "dp"
+    type = "dp"
     params = { epsilon = 8.0, delta = 1e-5, max_grad_norm = 1.0, sample_rate = 0.01, steps = 1000 }
 
     [attacks]
@@ -58,7 +58,7 @@ directory).
     prior = "mnist32"                         # embedded prior name (default), "face-dcgan", or a table (below)
     steps_per_stage = 100                     # Adam steps per GIFD stage (default 100)
     stages = 4                                # GIFD stages; other attacks run stages * steps_per_stage steps
-    restarts = 2                              # random restarts per reconstruction (default 2)
+    num_restarts = 2                          # random restarts per reconstruction (default 2)
     labels = "inferred"                       # "inferred" from the gradient (default) or "known" to the attacker
     params = { gifd = { l1_radius = 0.1 } }   # optional extra constructor arguments, by attack name
 
@@ -92,7 +92,7 @@ Data
     on; the utility run trains on a seeded share ``1 - test_fraction`` of the other images (split or folder) and
     tests on the rest.
 
-Defences (``[[defenses]]`` ``name`` → class of :mod:`art_gifd.defenses`, ``params`` → its arguments)
+Defences (``[[defenses]]`` ``type`` → class of :mod:`art_gifd.defenses`, ``params`` → its arguments)
     ``prune`` (:class:`~art_gifd.defenses.Prune`: ``ratio``, ``scope``), ``clip`` (:class:`~art_gifd.defenses.Clip`:
     ``max_norm``), ``gaussian`` (:class:`~art_gifd.defenses.GaussianNoise`: ``sigma``), ``laplace``
     (:class:`~art_gifd.defenses.LaplacianNoise`: ``sigma``), ``quantize`` (:class:`~art_gifd.defenses.Quantize`:
@@ -101,7 +101,7 @@ Defences (``[[defenses]]`` ``name`` → class of :mod:`art_gifd.defenses`, ``par
     ``epsilon`` — the noise multiplier is then found by Opacus for that target — or ``noise_multiplier``, plus
     ``max_grad_norm``, ``sample_rate``, ``steps``, ``delta`` and optional ``accountant``; the report states the
     accountant's (epsilon, delta) for the declared ``sample_rate`` and ``steps`` of the client's whole training),
-    ``compose`` (:class:`~art_gifd.defenses.Compose`: ``params = { defenses = [{ name = "clip", params = {...} }, …] }``
+    ``compose`` (:class:`~art_gifd.defenses.Compose`: ``params = { defenses = [{ type = "clip", params = {...} }, …] }``
     applied in order), and ``none`` (the baseline, added automatically; list it to give it a label).
 
 Attacks
@@ -438,8 +438,8 @@ _MODEL = (
 )
 _DATA = ("embedded", "split", "image_folder", "offset")
 _FEDERATED = ("algorithm", "batch_sizes")
-_DEFENSE = ("name", "params", "adaptive", "label")
-_ATTACKS = ("names", "prior", "steps_per_stage", "stages", "restarts", "labels", "params")
+_DEFENSE = ("type", "params", "adaptive", "label")
+_ATTACKS = ("names", "prior", "steps_per_stage", "stages", "num_restarts", "labels", "params")
 _PRIOR_TABLE = ("weights", "nz", "ngf", "nc", "image_size", "key", "training_domain")
 _UTILITY = ("rounds", "batch_size", "learning_rate", "probe_batches", "test_fraction")
 _REPORT = ("recognisable_ssim", "high_share", "medium_share")
@@ -727,14 +727,14 @@ def _read_defenses(check: _Checker, raw: Any) -> list[DefenseSetting]:
     if raw is None:
         raw = []
     if not isinstance(raw, list):
-        check.add(path, "must be a list of tables ([[defenses]] in TOML), each with name and params.")
+        check.add(path, "must be a list of tables ([[defenses]] in TOML), each with type and params.")
         return []
     baseline = DefenseSetting("none", "none", {}, False, None)
     out: list[DefenseSetting] = []
     for i, item in enumerate(raw):
         here = (*path, i)
         table = check.table(item, here, _DEFENSE)
-        name = check.get(table, here, "name", _string(("none", *DEFENSES)))
+        name = check.get(table, here, "type", _string(("none", *DEFENSES)))
         params = check.get(table, here, "params", _mapping, {})
         adaptive = check.get(table, here, "adaptive", _boolean, False)
         label = check.get(table, here, "label", _string(), None)
@@ -849,7 +849,7 @@ def _read_attacks(
         "prior": None,
         "steps_per_stage": check.get(table, path, "steps_per_stage", _integer(1), 100),
         "stages": check.get(table, path, "stages", _integer(1), 4),
-        "restarts": check.get(table, path, "restarts", _integer(1), 2),
+        "num_restarts": check.get(table, path, "num_restarts", _integer(1), 2),
         "labels": check.get(table, path, "labels", _string(LABEL_MODES), "inferred"),
         "params": check.get(table, path, "params", _mapping, {}),
     }
@@ -934,7 +934,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     }
     defenses = _read_defenses(check, top.get("defenses"))
     settings["defenses"] = [
-        {"label": d.label, "name": d.name, "params": d.params, "adaptive": d.adaptive} for d in defenses
+        {"label": d.label, "type": d.name, "params": d.params, "adaptive": d.adaptive} for d in defenses
     ]
     settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
     utility = check.table(top.get("utility"), ("utility",), _UTILITY)
@@ -965,7 +965,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         raise AuditConfigError(check.problems, source)
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
     budget = Budget(
-        settings["attacks"]["steps_per_stage"], settings["attacks"]["stages"], settings["attacks"]["restarts"]
+        settings["attacks"]["steps_per_stage"], settings["attacks"]["stages"], settings["attacks"]["num_restarts"]
     )
     fingerprint = {
         "settings": {k: v for k, v in settings.items() if k not in ("output", "title")},
@@ -1051,7 +1051,13 @@ def _probe_defenses(
 def _probe_attacks(check: _Checker, estimator: Any, settings: dict[str, Any], prior: LayeredGenerator | None) -> None:
     """Build every attack for this model (their parameter checks run), without running them."""
     attacks, batch_sizes = settings["attacks"], settings["federated"]["batch_sizes"]
-    needed = (attacks["names"], attacks["steps_per_stage"], attacks["stages"], attacks["restarts"], attacks["params"])
+    needed = (
+        attacks["names"],
+        attacks["steps_per_stage"],
+        attacks["stages"],
+        attacks["num_restarts"],
+        attacks["params"],
+    )
     if None in needed or batch_sizes is None or check.failed_under(("attacks", "prior")):
         return
     if prior is not None and tuple(prior.image_shape) != tuple(settings["model"]["input_shape"]):
@@ -1061,7 +1067,7 @@ def _probe_attacks(check: _Checker, estimator: Any, settings: dict[str, Any], pr
             f"{tuple(settings['model']['input_shape'])}: use a prior trained at the model's resolution and channels.",
         )
         return
-    budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["restarts"])
+    budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])
     for i, name in enumerate(attacks["names"]):
         params = attacks["params"].get(name, {})
         if not isinstance(params, Mapping):

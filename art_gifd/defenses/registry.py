@@ -25,14 +25,14 @@ def _dp(**params: Any) -> DPSGD:
 
 
 def _compose(defenses: Any) -> Compose:
-    """:class:`Compose` of a list of ``{name, params}`` tables."""
+    """:class:`Compose` of a list of ``{type, params}`` tables."""
     if not isinstance(defenses, list) or not defenses:
-        raise ValueError("compose needs params.defenses = a non-empty list of { name = ..., params = {...} } tables.")
+        raise ValueError("compose needs params.defenses = a non-empty list of { type = ..., params = {...} } tables.")
     parts = []
     for i, item in enumerate(defenses):
-        if not isinstance(item, Mapping) or set(item) - {"name", "params"} or "name" not in item:
-            raise ValueError(f"defenses[{i}] of compose must be a table with keys name and params, got {item!r}.")
-        parts.append(build_defense(str(item["name"]), dict(item.get("params", {}))))
+        if not isinstance(item, Mapping) or set(item) - {"type", "params"} or "type" not in item:
+            raise ValueError(f"defenses[{i}] of compose must be a table with keys type and params, got {item!r}.")
+        parts.append(build_defense(str(item["type"]), dict(item.get("params", {}))))
     return Compose(parts)
 
 
