@@ -222,3 +222,29 @@ def test_step_split_shares_the_budget_over_the_stages(lenet_clf, heldout) -> Non
     for bad, message in [("front", "Unknown step_split 'front'"), ((1, 2), "4 weights"), ((1, 1, 1, 0), "must lie")]:
         with pytest.raises(ValueError, match=message):
             attack.set_params(step_split=bad)
+
+
+def test_latent_pool_starts_from_the_best_matching_draws(lenet_clf, heldout, default_prior) -> None:
+    import torch
+
+    from art_gifd.attacks.base import SearchContext
+    from art_gifd.attacks.core import GradientMatcher
+    from art_gifd.federated import TargetModel
+
+    x, y = heldout[0][:2], heldout[1][:2]
+    target = TargetModel(lenet_clf)
+    observed = target.as_gradient_list(client_gradients(lenet_clf, x, y))
+    matcher = GradientMatcher(target, observed, torch.as_tensor(y), "cosine")
+    attack = GIFDAttack(lenet_clf, default_prior, num_restarts=2, batch_size=2, verbose=False)
+
+    def context() -> SearchContext:
+        return SearchContext(target, torch.as_tensor(y), 2, 2, torch.Generator().manual_seed(0), (0.0, 1.0), matcher)
+
+    attack._latent_pool = 4
+    chosen = attack.initial_latent(context())
+    attack._latent_pool = 1
+    pool = attack.project_latent(default_prior.sample_latent(16, generator=context().rng))
+    with torch.no_grad():
+        losses = torch.cat([matcher.loss(attack._decoder(0, context())([part])) for part in pool.split(4)])
+    best = pool.reshape(8, 2, *pool.shape[1:])[torch.argsort(losses)[:2]].reshape(chosen.shape)
+    torch.testing.assert_close(chosen, best)

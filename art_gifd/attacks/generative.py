@@ -30,6 +30,9 @@ class GenerativePriorAttack(GradientInversionAttack):
     """
 
     attack_params = [*GradientInversionAttack.attack_params, "prior", "label_mapping", "latent_constraint"]
+    #: Latent draws screened per restart by their initial matching loss (1: none). An attribute so that
+    #: ``benchmarks/ablation.py`` can measure it: neutral at B=1 and not significant at B=4 on the tuning split.
+    _latent_pool = 1
 
     def __init__(
         self,
@@ -57,7 +60,6 @@ class GenerativePriorAttack(GradientInversionAttack):
         self.prior = prior
         self.label_mapping = label_mapping
         self.latent_constraint = latent_constraint
-        self._latent_pool = 1
         self._generator_labels: torch.Tensor | None = None
         self._mapping_scores: dict[str, object] | None = None
         super().__init__(estimator, **kwargs)
