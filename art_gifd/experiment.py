@@ -27,7 +27,7 @@ from art_gifd.attacks.core import ReconstructionResult
 from art_gifd.attacks.registry import ATTACK_REGISTRY, Budget, build_attack
 from art_gifd.data import load_dataset
 from art_gifd.defenses.base import Defense, describe_defense
-from art_gifd.federated import client_gradients
+from art_gifd.federated import client_gradients, clip_range
 from art_gifd.metrics import LPIPSMetric, evaluate_batch
 from art_gifd.models import build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
@@ -170,7 +170,7 @@ def attack_batches(
     :return: Per batch: the originals, the scores of :func:`~art_gifd.metrics.evaluate_batch`, the attack's result
              and the reconstructions in the originals' order.
     """
-    lo, hi = (float(v) for v in np.asarray(estimator.clip_values, dtype=np.float64).reshape(2, -1)[:, 0])
+    lo, hi = clip_range(estimator)
     for start in range(0, len(x_all), batch_size):
         x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
         here = batch_seed(seed, start)

@@ -48,7 +48,7 @@ class TargetModel:
         from art.estimators.classification import PyTorchClassifier
         from torch.func import replace_all_batch_norm_modules_
 
-        from art_gifd.validation import check_device
+        from art_gifd.validation import check_device, nonfinite_entries
 
         if not isinstance(estimator, PyTorchClassifier):
             raise ValueError(
@@ -58,9 +58,7 @@ class TargetModel:
         self.estimator = estimator
         self.device = check_device(device if device is not None else estimator.device)
         self.train_mode = train_mode
-        broken = [
-            n for n, t in estimator.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
-        ]
+        broken = nonfinite_entries(estimator.model.state_dict())
         if broken:
             raise ValueError(
                 f"The FL model's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."
@@ -196,6 +194,12 @@ class TargetModel:
         return out
 
 
+def clip_range(estimator: PyTorchClassifier) -> tuple[float, float]:
+    """The estimator's input range ``(min, max)`` from its ``clip_values`` (over channels, if given per channel)."""
+    clip = np.asarray(estimator.clip_values, dtype=np.float64).reshape(2, -1)
+    return float(clip[0].min()), float(clip[1].max())
+
+
 def client_gradients(
     estimator: PyTorchClassifier,
     x: np.ndarray,
@@ -228,7 +232,7 @@ def client_gradients(
     if not np.all(np.isfinite(x_arr)):
         raise ValueError("x contains NaN or infinite values.")
     if estimator.clip_values is not None and x_arr.size:
-        lo, hi = float(np.min(estimator.clip_values[0])), float(np.max(estimator.clip_values[1]))
+        lo, hi = clip_range(estimator)
         below, above = lo - float(x_arr.min()), float(x_arr.max()) - hi
         if max(below, above) > 0.5 * (hi - lo):  # a different scale (0-255, [-1, 1]), not a small overshoot
             raise ValueError(

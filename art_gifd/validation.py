@@ -9,6 +9,7 @@ configuration file or a flag passed by mistake is reported rather than silently 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,3 +103,8 @@ def check_device(device: Any) -> torch.device:
     elif resolved.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device {device!r} is not supported: use 'cpu', 'cuda', 'cuda:<index>' or 'mps'.")
     return resolved
+
+
+def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]

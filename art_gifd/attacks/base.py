@@ -30,7 +30,7 @@ from art_gifd.attacks.core import (
     select_best,
 )
 from art_gifd.defenses.base import Defense
-from art_gifd.federated import GradientInput, TargetModel
+from art_gifd.federated import GradientInput, TargetModel, clip_range
 from art_gifd.labels import classes_evidenced, infer_labels
 from art_gifd.validation import check_device, check_integer, check_number
 
@@ -274,7 +274,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             labels = None
         seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))
         rng = torch.Generator(device=target.device).manual_seed(seed)
-        lo, hi = (float(v) for v in np.asarray(self.estimator.clip_values, dtype=np.float64).reshape(2, -1)[:, 0])
+        lo, hi = clip_range(self.estimator)
         matcher = GradientMatcher(target, observed, labels, self.distance, self.batch_size, defense=self.defense)
         ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi), matcher)
         self._prepare(ctx)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext
 from art_gifd.attacks.label_mapping import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
 from art_gifd.priors.base import LATENT_CONSTRAINTS, LayeredGenerator, project_latent
+from art_gifd.validation import nonfinite_entries
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +71,7 @@ class GenerativePriorAttack(GradientInversionAttack):
             raise ValueError(
                 f"prior must be a LayeredGenerator (see art_gifd.priors), got {type(self.prior).__name__}."
             )
-        broken = [n for n, t in self.prior.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        broken = nonfinite_entries(self.prior.state_dict())
         if broken:
             raise ValueError(
                 f"The prior's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."

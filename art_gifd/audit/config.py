@@ -146,7 +146,7 @@ from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, sha256_of
 from art_gifd.priors.dcgan import DCGANGenerator
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
-from art_gifd.validation import check_integer, check_number
+from art_gifd.validation import check_device, check_integer, check_number
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
@@ -395,12 +395,7 @@ def _mapping(value: Any) -> dict[str, Any]:
 def _device(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a torch device string such as 'cpu' or 'cuda', got {value!r}.")
-    try:
-        device = torch.device(value)
-    except RuntimeError as err:
-        raise ValueError(f"not a torch device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"'{value}' requested but CUDA is not available here; use device = \"cpu\".")
+    device = check_device(value)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device type '{device.type}': use 'cpu' or 'cuda[:N]'.")
     return value

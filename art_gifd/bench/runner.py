@@ -509,21 +509,18 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
                          with too few images, a prior whose images do not have the data set's shape, or a model that
                          cannot be built.
     """
-    import torch
-
     from art_gifd.bench.components import load_images, load_prior
     from art_gifd.models import build_model
+    from art_gifd.validation import check_device
 
     try:
-        device = torch.device(config.device)
-    except RuntimeError as exc:
-        raise config.error(("device",), f"not a torch device: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+        check_device(config.device)
+    except ValueError as exc:
         raise config.error(
             ("device",),
-            'CUDA is not available here: set device = "cpu", run on a GPU machine, or skip these checks '
-            "(--skip-checks) when the jobs go to Ray workers that have GPUs",
-        )
+            f"{str(exc).rstrip('.')}, run on a GPU machine, or skip these checks (--skip-checks) when the jobs go to "
+            "Ray workers that have GPUs",
+        ) from None
     datasets = {d["name"]: i for i, d in enumerate(config.datasets)}
     attacks = {a["label"]: i for i, a in enumerate(config.attacks)}
     shapes: dict[str, tuple[tuple[int, ...], int]] = {}

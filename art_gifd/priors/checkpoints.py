@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from art_gifd.validation import nonfinite_entries
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,7 +73,7 @@ def load_state_dict_file(
             f"Checkpoint '{path}' is not a state dict of tensors: {', '.join(foreign[:5])}. Give the entry that holds "
             "the weights (key=...)."
         )
-    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    broken = nonfinite_entries(state)
     if broken:
         raise ValueError(f"Checkpoint '{path}' holds NaN or infinite weights (in {broken[:3]}): it is damaged.")
     return state
