@@ -203,10 +203,11 @@ class GIFDAttack(GenerativePriorAttack):
     @property
     def resolved_feature_learning_rate(self) -> float:
         """The feature stages' learning rate: ``feature_learning_rate``, else the prior's, else ``learning_rate``."""
-        for rate in (self.feature_learning_rate, self.prior.feature_learning_rate, self.learning_rate):
-            if rate is not None:
-                return float(rate)
-        raise AssertionError("learning_rate is always set")
+        if self.feature_learning_rate is not None:
+            return float(self.feature_learning_rate)
+        if self.prior.feature_learning_rate is not None:
+            return float(self.prior.feature_learning_rate)
+        return float(self.learning_rate)
 
     def radii(self) -> list[float]:
         """The l1 radius of each feature stage ``1 … stages - 1`` as configured (before per-element scaling)."""
