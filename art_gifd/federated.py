@@ -1,7 +1,9 @@
 """
 What a federated-learning client shares, and the attacker's differentiable view of the same model.
 
-:func:`client_gradients` computes the FedSGD update of one client batch exactly as the client would.
+:func:`client_gradients` computes the FedSGD update of one client batch exactly as the client would;
+:func:`client_update` runs a FedAvg client's local training (:class:`LocalTraining`) and returns its weight update.
+:func:`simulate_update` is the attacker's differentiable replay of that training on candidate images.
 :class:`TargetModel` is the shared, validated view of an ART ``PyTorchClassifier`` that both the client side and the
 attacks use: a private copy of the module in the right mode, the estimator's loss and differentiable preprocessing,
 and the parameter names and shapes that an observed gradient must match.
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +25,7 @@ if TYPE_CHECKING:
     import torch
     from art.estimators.classification import PyTorchClassifier
 
-    from art_gifd.defenses.base import DefenseLike
+    from art_gifd.defenses.base import Defense, DefenseLike
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +231,18 @@ def client_gradients(
     import torch
 
     target = TargetModel(estimator, train_mode=train_mode)
+    x_arr = _private_batch(estimator, target, x)
+    labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
+    grads = defended_gradients(target, torch.as_tensor(x_arr, device=target.device), labels, defense, seed)
+    return [g.detach().cpu().numpy().astype(np.float32) for g in grads]
+
+
+def _private_batch(estimator: PyTorchClassifier, target: TargetModel, x: Any) -> np.ndarray:
+    """
+    The client's private batch as float32, checked against the model's input shape and the estimator's input range.
+
+    :raises ValueError: On a wrong shape, non-finite values, or images on another scale than ``clip_values``.
+    """
     x_arr = np.asarray(x, dtype=np.float32)
     if x_arr.ndim != len(target.input_shape) + 1 or tuple(x_arr.shape[1:]) != target.input_shape:
         raise ValueError(f"x must have shape (B, {', '.join(map(str, target.input_shape))}), got {x_arr.shape}.")
@@ -247,9 +264,7 @@ def client_gradients(
                 lo,
                 hi,
             )
-    labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
-    grads = defended_gradients(target, torch.as_tensor(x_arr, device=target.device), labels, defense, seed)
-    return [g.detach().cpu().numpy().astype(np.float32) for g in grads]
+    return x_arr
 
 
 def defended_gradients(
@@ -278,3 +293,315 @@ def defended_gradients(
         return grads
     generator = seed if isinstance(seed, torch.Generator) else make_generator(seed, target.device)
     return as_defense(defense).apply(grads, DefenseContext(target, x, labels, generator))
+
+
+#: Local optimisers of :class:`LocalTraining`.
+LOCAL_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """
+    A FedAvg client's local training, as the server configured it: what :func:`client_update` runs and what an
+    attack given ``training=`` replays on its candidate images.
+
+    The client trains on its ``N`` private samples for ``epochs`` passes (or exactly ``steps`` mini-batch steps, which
+    may span several passes) in mini-batches of ``batch_size`` (``None``: the whole data, one step per epoch), with
+    PyTorch's SGD (optional momentum, no dampening, and L2 weight decay) or Adam, and shares ``w_before − w_after``.
+    Each pass visits the data in order (``shuffle=False``) or in a random permutation: drawn from ``shuffle_seed``
+    when the attacker knows it (the order is then *known*), else from the client's own randomness (*unknown*: the
+    attack then replays every step on the whole data, the expectation of a random mini-batch's gradient).
+    FedSGD is the special case ``LocalTraining(learning_rate, steps=1)``: its update is ``learning_rate ×`` the
+    gradient.
+    """
+
+    learning_rate: float
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    shuffle: bool = True
+    shuffle_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """
+        :raises ValueError: Naming the first field that is out of range.
+        """
+        from art_gifd.validation import check_integer, check_number
+
+        check_number("learning_rate", self.learning_rate, 0.0, closed="neither")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("LocalTraining takes epochs or steps, not both: set one of them.")
+        if self.epochs is None and self.steps is None:
+            object.__setattr__(self, "epochs", 1)
+        check_integer("epochs", self.epochs, 1, optional=True)
+        check_integer("steps", self.steps, 1, optional=True)
+        check_integer("batch_size", self.batch_size, 1, optional=True)
+        if self.optimizer not in LOCAL_OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}: use one of {LOCAL_OPTIMIZERS}.")
+        check_number("momentum", self.momentum, 0.0, 1.0)
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("momentum applies to optimizer='sgd' only (Adam has betas).")
+        check_number("weight_decay", self.weight_decay, 0.0)
+        if not isinstance(self.betas, Sequence) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}.")
+        object.__setattr__(self, "betas", tuple(check_number("betas", b, 0.0, 1.0) for b in self.betas))
+        check_number("eps", self.eps, 0.0, closed="neither")
+        if not isinstance(self.shuffle, bool):
+            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}.")
+        check_integer("shuffle_seed", self.shuffle_seed, 0, optional=True)
+
+    @property
+    def order_known(self) -> bool:
+        """Whether an attacker can reproduce the mini-batch order (no shuffling, or a known shuffle seed)."""
+        return not self.shuffle or self.shuffle_seed is not None
+
+    def _batch(self, n: int) -> int:
+        return n if self.batch_size is None else min(self.batch_size, n)
+
+    def check_data(self, n: int) -> None:
+        """
+        Check that this training can run on ``n`` private samples.
+
+        :raises ValueError: If a known-order training's batch size does not divide ``n``.
+        """
+        if self.batch_size is not None and self.order_known and n % self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} does not divide the client's {n} samples: with a known mini-batch "
+                "order the attack replays every mini-batch, so use a batch size that divides the data (or "
+                "shuffle_seed=None for an unknown order)."
+            )
+
+    def num_steps(self, n: int) -> int:
+        """Local optimisation steps on ``n`` samples."""
+        return self.steps if self.steps is not None else self.epochs * -(-n // self._batch(n))
+
+    def batches(self, n: int, seed: int | None = None) -> list[np.ndarray]:
+        """
+        The client's mini-batches (sample indices, one array per step) on ``n`` samples.
+
+        :param n: Number of private samples.
+        :param seed: The client's own shuffling seed, used when the order is unknown (``None``: fresh randomness).
+        """
+        rng = np.random.default_rng(self.shuffle_seed if self.shuffle_seed is not None else seed)
+        size, steps, out = self._batch(n), self.num_steps(n), []
+        while len(out) < steps:
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            out.extend(order[i : i + size] for i in range(0, n, size))
+        return out[:steps]
+
+    def simulation(self, n: int, max_steps: int | None = None) -> list[tuple[np.ndarray, float]]:
+        """
+        The steps an attacker replays: ``(sample indices, learning-rate factor)`` per simulated step.
+
+        A known order replays the client's mini-batches exactly; an unknown one replays each step on all ``n``
+        samples. With ``max_steps`` below the number of local steps, consecutive steps are merged into one step on
+        their mini-batches together with the learning rate times the number merged (exact for one step of plain SGD,
+        a first-order approximation otherwise): the cost of the simulation grows with its steps.
+        """
+        steps = self.num_steps(n)
+        plain = self.batches(n) if self.order_known else [np.arange(n)] * steps
+        if max_steps is None or max_steps >= steps:
+            return [(index, 1.0) for index in plain]
+        groups = np.array_split(np.arange(steps), max_steps)
+        return [(np.concatenate([plain[i] for i in group]), float(len(group))) for group in groups]
+
+    def step(
+        self,
+        params: dict[str, torch.Tensor],
+        grads: dict[str, torch.Tensor],
+        state: dict[str, dict[str, torch.Tensor]],
+        t: int,
+        scale: float = 1.0,
+    ) -> dict[str, torch.Tensor]:
+        """
+        One optimiser step as PyTorch's ``SGD`` / ``Adam`` take it, written functionally (differentiable, vmappable).
+
+        :param params: Current parameters.
+        :param grads: Their gradients.
+        :param state: Optimiser state (momentum buffer, Adam moments), updated in place; empty before the first step.
+        :param t: Step number, from 1.
+        :param scale: Factor on the learning rate (merged steps of :meth:`simulation`).
+        :return: The parameters after the step.
+        """
+        lr = self.learning_rate * scale
+        out = {}
+        for name, p in params.items():
+            d = grads[name] + self.weight_decay * p if self.weight_decay else grads[name]
+            slot = state.setdefault(name, {})
+            if self.optimizer == "sgd":
+                if self.momentum:
+                    d = d if t == 1 else self.momentum * slot["buf"] + d
+                    slot["buf"] = d
+                out[name] = p - lr * d
+                continue
+            beta1, beta2 = self.betas
+            slot["m"] = (1 - beta1) * d if t == 1 else beta1 * slot["m"] + (1 - beta1) * d
+            slot["v"] = (1 - beta2) * d * d if t == 1 else beta2 * slot["v"] + (1 - beta2) * d * d
+            # sqrt(v + 1e-30): the same number as sqrt(v) in float32, but a finite derivative where v is 0
+            denom = (slot["v"] + 1e-30).sqrt() / math.sqrt(1 - beta2**t) + self.eps
+            out[name] = p - lr / (1 - beta1**t) * slot["m"] / denom
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The training's fields and whether its order is known, JSON-serialisable (for results records)."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {**fields, "betas": list(self.betas), "order_known": self.order_known}
+
+
+def split_defense(defense: DefenseLike | None) -> tuple[Defense | None, Defense | None]:
+    """
+    A FedAvg client's defence as ``(per_step, on_update)``: DP-SGD (a defence that recomputes the update from the
+    private batch) runs on every local step, the others (clipping, noise, pruning, …) on the final update.
+    """
+    from art_gifd.defenses.base import Compose, as_defense
+
+    if defense is None:
+        return None, None
+    defense = as_defense(defense)
+    if not defense.recomputes:
+        return None, defense
+    if not isinstance(defense, Compose):
+        return defense, None
+    rest = defense.defenses[1:]
+    return defense.defenses[0], (Compose(rest) if len(rest) > 1 else rest[0] if rest else None)
+
+
+def client_update(
+    estimator: PyTorchClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    training: LocalTraining,
+    defense: DefenseLike | None = None,
+    train_mode: bool = False,
+    seed: int | None = None,
+) -> list[np.ndarray]:
+    """
+    The update one FedAvg client shares: ``w_before − w_after`` of its local training on its private data.
+
+    Runs PyTorch's own optimiser on a copy of the model (the estimator is left unchanged), with the estimator's loss
+    and preprocessing. A DP-SGD defence acts on every local step (its ``steps`` and ``sample_rate`` state what its
+    guarantee covers: local steps × rounds); the other defences act on the final update.
+
+    :param estimator: ART ``PyTorchClassifier`` wrapping the FL model at the weights the server sent.
+    :param x: The client's private data, ``(N, *input_shape)``, in the estimator's input range.
+    :param y: Labels as class indices ``(N,)`` or one-hot ``(N, nb_classes)``.
+    :param training: The local training the server configured.
+    :param defense: Client-side defence (see :func:`client_gradients`), or ``None``.
+    :param train_mode: Train with the model in train mode (default: eval mode, as :func:`client_gradients`).
+    :param seed: Seed of the client's randomness: the defence's noise and, if ``training.shuffle_seed`` is
+                 ``None``, the mini-batch order (``None``: fresh randomness).
+    :return: One float32 array per parameter, in ``model.parameters()`` order.
+    """
+    import torch
+
+    from art_gifd.defenses.base import DefenseContext, make_generator
+
+    if not isinstance(training, LocalTraining):
+        raise ValueError(f"training must be an art_gifd.LocalTraining, got {type(training).__name__}.")
+    target = TargetModel(estimator, train_mode=train_mode)
+    x_arr = _private_batch(estimator, target, x)
+    labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
+    training.check_data(x_arr.shape[0])
+    x_t = torch.as_tensor(x_arr, device=target.device)
+    per_step, on_update = split_defense(defense)
+    generator = make_generator(seed, target.device)
+    params = [target.params[n] for n in target.names]  # the copy's own weights: the optimiser moves them in place
+    before = [p.clone() for p in params]
+    if training.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+    else:
+        optimizer = torch.optim.Adam(
+            params,
+            lr=training.learning_rate,
+            betas=training.betas,
+            eps=training.eps,
+            weight_decay=training.weight_decay,
+        )
+    for index in training.batches(x_arr.shape[0], seed):
+        index_t = torch.as_tensor(index, device=target.device)
+        xb, yb = x_t.index_select(0, index_t), labels.index_select(0, index_t)
+        grads = target.gradients(xb, yb)
+        if per_step is not None:
+            grads = per_step.apply(grads, DefenseContext(target, xb, yb, generator))
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.detach().clone()
+        optimizer.step()
+    update = [b - p.detach() for b, p in zip(before, params, strict=True)]
+    if on_update is not None:
+        context = DefenseContext(TargetModel(estimator, train_mode=train_mode), x_t, labels, generator)
+        update = on_update.apply(update, context)
+    return [u.detach().cpu().numpy().astype(np.float32) for u in update]
+
+
+def simulate_update(
+    loss: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor],
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    training: LocalTraining,
+    plan: list[tuple[np.ndarray, float]],
+) -> dict[str, torch.Tensor]:
+    """
+    The update ``params − params_after`` of ``training`` on the batch ``x``, differentiable in ``x`` (and ``y``).
+
+    Written with ``torch.func`` so that it can be vmapped over candidate batches.
+
+    :param loss: ``loss(params, x, y)`` of the (preprocessed) batch.
+    :param params: The weights the server sent.
+    :param x: One candidate batch, ``(N, …)``, preprocessed.
+    :param y: Its labels: class indices ``(N,)`` or label distributions ``(N, K)``.
+    :param training: The client's local training.
+    :param plan: The steps to replay, from :meth:`LocalTraining.simulation`.
+    :return: The simulated update per parameter name.
+    """
+    import torch
+
+    current, state = dict(params), {}
+    for t, (index, scale) in enumerate(plan, start=1):
+        index_t = torch.as_tensor(index, device=x.device)
+        grads = torch.func.grad(loss)(current, x.index_select(0, index_t), y.index_select(0, index_t))
+        current = training.step(current, grads, state, t, scale)
+    return {name: params[name] - current[name] for name in params}
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes (``None`` where it cannot be read)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def simulation_memory(target: TargetModel, plan: list[tuple[np.ndarray, float]], restarts: int) -> int:
+    """
+    Estimated bytes of one differentiable replay of ``plan`` for ``restarts`` candidate batches: every step keeps its
+    activations (saved for the backward pass and again for the double backward) and a few copies of the weights
+    (gradient, optimiser state, new weights) until the matching loss is differentiated.
+    """
+    import torch
+
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    probe = torch.zeros(1, *target.input_shape, device=target.device, requires_grad=True)
+    label = torch.zeros(1, dtype=torch.long, device=target.device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        target.loss(target.params, target.preprocess(probe), label)
+    weights = sum(p.numel() * p.element_size() for p in target.params.values())
+    per_restart = sum(3 * saved * len(index) + 6 * weights for index, _ in plan)
+    return restarts * per_restart

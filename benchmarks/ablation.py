@@ -40,8 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from art_gifd import GIFDAttack
 from art_gifd.bench.runner import ResultsFile
 from art_gifd.experiment import environment, write_json_atomic
-from art_gifd.metrics import evaluate_batch
-from benchmarks.cases import CASES, SPLITS, AttackCase
+from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
 from benchmarks.speed import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -244,31 +243,22 @@ def run(args: argparse.Namespace) -> None:
                     if gradient is None:
                         gradient = case.gradient(classifier, x, y)
                     attack = build(case, classifier, kwargs, batch, args.steps, seed)
-                    cpu, wall = time.process_time(), time.perf_counter()
-                    result = attack.reconstruct(gradient, y)
-                    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-                    scores = evaluate_batch(result.images, x, result.labels, y)
+                    result, measured = measured_run(attack, gradient, x, y)
                     record.update(
                         baseline=baseline,
-                        psnr=scores["psnr"],
-                        ssim=scores["ssim"],
-                        per_image_psnr=scores["per_image"]["psnr"],
-                        matching_loss=result.best_loss,
+                        **measured,
                         best_stage=result.stage_names[result.best_stage],
-                        cpu_seconds=cpu,
-                        wall_seconds=wall,
-                        threads=torch.get_num_threads(),
                         commit=commit,
                     )
                     store.append(record)
                     print(
                         f"{case.name} {args.split} B={batch} {name!r} first={first} seed={seed}: "
-                        f"{scores['psnr']:.2f} dB, {cpu:.1f} cpu s",
+                        f"{measured['psnr']:.2f} dB, {measured['cpu_seconds']:.1f} cpu s",
                         flush=True,
                     )
 
 
-def _mean_sem(values: list[float]) -> tuple[float, float]:
+def mean_sem(values: list[float]) -> tuple[float, float]:
     array = np.asarray(values, dtype=np.float64)
     sem = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else float("nan")
     return float(array.mean()), sem
@@ -286,10 +276,10 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             baseline = CONFIGS[name][0]
             own = configs[name]
             base = configs.get(baseline, {})
-            psnr, psnr_sem = _mean_sem([r["psnr"] for r in own.values()])
+            psnr, psnr_sem = mean_sem([r["psnr"] for r in own.values()])
             paired = [own[k]["psnr"] - base[k]["psnr"] for k in own if k in base]
             loss_lower = sum(own[k]["matching_loss"] < base[k]["matching_loss"] for k in own if k in base)
-            diff, diff_sem = _mean_sem(paired) if paired and name != baseline else (float("nan"), float("nan"))
+            diff, diff_sem = mean_sem(paired) if paired and name != baseline else (float("nan"), float("nan"))
             rows.append(
                 {
                     "case": case,

@@ -18,10 +18,37 @@ from typing import Any
 import numpy as np
 
 from art_gifd.federated import client_gradients
+from art_gifd.metrics import evaluate_batch
 from art_gifd.models import build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 
 SPLITS = ("tune", "eval")
+
+
+def measured_run(attack: Any, observed: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """
+    Run ``attack`` on the observed update with the true labels ``y``, timed, and score it against ``x``.
+
+    :return: The result and the fields a runs record keeps: PSNR/SSIM (Hungarian-matched), per-image PSNR, matching
+             loss, CPU and wall seconds, torch threads.
+    """
+    import time
+
+    import torch
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = attack.reconstruct(observed, y)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    scores = evaluate_batch(result.images, x, result.labels, y)
+    return result, {
+        "psnr": scores["psnr"],
+        "ssim": scores["ssim"],
+        "per_image_psnr": scores["per_image"]["psnr"],
+        "matching_loss": result.best_loss,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "threads": torch.get_num_threads(),
+    }
 
 
 @dataclass(frozen=True)

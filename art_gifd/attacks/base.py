@@ -30,7 +30,14 @@ from art_gifd.attacks.core import (
     select_best,
 )
 from art_gifd.defenses.base import Defense
-from art_gifd.federated import GradientInput, TargetModel, clip_range
+from art_gifd.federated import (
+    GradientInput,
+    LocalTraining,
+    TargetModel,
+    available_memory,
+    clip_range,
+    simulation_memory,
+)
 from art_gifd.labels import classes_evidenced, infer_labels
 from art_gifd.validation import check_device, check_integer, check_number
 
@@ -118,6 +125,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         "seed",
         "verbose",
         "defense",
+        "training",
+        "simulation_steps",
     ]
     _estimator_requirements = (PyTorchClassifier,)
     #: What each stage hands on (:data:`~art_gifd.attacks.core.HAND_ON`) and which stages compete for the output
@@ -147,6 +156,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         seed: int | None = None,
         verbose: bool = True,
         defense: Defense | None = None,
+        training: LocalTraining | None = None,
+        simulation_steps: int | None = None,
     ) -> None:
         """
         :param estimator: ART ``PyTorchClassifier`` of the FL model (architecture and current weights).
@@ -169,6 +180,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param defense: The client's defence, if the attacker knows it: replayable defences (pruning, clipping,
                         quantisation, sign compression, Soteria) are applied to the dummy gradients too (the adaptive
                         attacker; results say ``extra["adaptive"]``); random ones (noise, DP-SGD) change nothing.
+        :param training: A FedAvg client's local training (:class:`~art_gifd.federated.LocalTraining`): the observation
+                         is then its weight update ``w_before − w_after`` over ``batch_size`` private samples, and every
+                         candidate batch is put through the same training to compare. ``None``: a FedSGD gradient.
+        :param simulation_steps: Replay at most this many local steps, merging consecutive ones (less memory and
+                                 time, an approximation beyond plain one-step SGD); ``None``: every step.
         """
         super().__init__(estimator=estimator)
         self.steps_per_stage = steps_per_stage
@@ -185,6 +201,21 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.seed = seed
         self.verbose = verbose
         self.defense = defense
+        self.training = training
+        self.simulation_steps = simulation_steps
+
+    def set_params(self, **kwargs: Any) -> None:
+        """
+        Set attack parameters (names from ``attack_params``) and validate them; if they are refused, the attack keeps
+        its previous values rather than the refused ones.
+        """
+        previous = {name: getattr(self, name) for name in kwargs if hasattr(self, name)}
+        try:
+            super().set_params(**kwargs)
+        except ValueError:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
 
     def _check_params(self) -> None:
         check_integer(self._length_param, self.steps_per_stage, 1)
@@ -202,6 +233,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"defense must be an art_gifd.defenses.Defense (the client's defence, known to the attacker) or None, "
                 f"got {type(self.defense).__name__}; wrap a plain function in FunctionDefense."
             )
+        if self.training is not None and not isinstance(self.training, LocalTraining):
+            raise ValueError(
+                f"training must be an art_gifd.LocalTraining (the client's local training) or None, got "
+                f"{type(self.training).__name__}."
+            )
+        check_integer("simulation_steps", self.simulation_steps, 1, optional=True)
         if self.device is not None:
             check_device(self.device)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer)):
@@ -258,6 +295,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
         start = time.perf_counter()
         target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
+        if self.training is not None:
+            self.training.check_data(self.batch_size)
         observed = target.as_gradient_list(x)
         evidenced = classes_evidenced(observed, target.module, target.nb_classes, target.loss_fn)
         if evidenced is not None and evidenced > self.batch_size:
@@ -275,7 +314,18 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))
         rng = torch.Generator(device=target.device).manual_seed(seed)
         lo, hi = clip_range(self.estimator)
-        matcher = GradientMatcher(target, observed, labels, self.distance, self.batch_size, defense=self.defense)
+        matcher = GradientMatcher(
+            target,
+            observed,
+            labels,
+            self.distance,
+            self.batch_size,
+            defense=self.defense,
+            training=self.training,
+            simulation_steps=self.simulation_steps,
+        )
+        if matcher.plan is not None:
+            self._check_memory(target, matcher.plan)
         ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi), matcher)
         self._prepare(ctx)
         objective = self._objective(matcher, self._regularisers(ctx))
@@ -314,7 +364,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             steps=sum(o.steps for o in outcomes),
             seconds=time.perf_counter() - start,
             seed=seed,
-            extra={**self._extra(ctx), "adaptive": matcher.adaptive},
+            extra={
+                **self._extra(ctx),
+                "adaptive": matcher.adaptive,
+                "training": self.training.describe() if self.training is not None else None,
+                "simulated_steps": len(matcher.plan) if matcher.plan is not None else None,
+            },
         )
         logger.info(
             "%s: best candidate from stage '%s', restart %d, matching loss %.5f, %.1f s.",
@@ -325,6 +380,21 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             result.seconds,
         )
         return result
+
+    def _check_memory(self, target: TargetModel, plan: list[tuple[np.ndarray, float]]) -> None:
+        """
+        Refuse, before any work, a FedAvg replay whose estimated memory exceeds what the device has free.
+
+        :raises ValueError: Naming the estimate, the free memory and the ways to lower it.
+        """
+        needed = simulation_memory(target, plan, self.num_restarts)
+        free = available_memory(target.device)
+        if free is not None and needed > free:
+            raise ValueError(
+                f"Replaying {len(plan)} local steps for {self.num_restarts} restarts needs about {needed / 2**30:.1f} "
+                f"GiB but {target.device} has {free / 2**30:.1f} GiB free: set simulation_steps (merges local steps), "
+                "fewer num_restarts, or a device with more memory."
+            )
 
     def _objective(
         self, matcher: GradientMatcher, extra: list[Callable[[torch.Tensor], torch.Tensor]] | None = None

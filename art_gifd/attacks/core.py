@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from art_gifd.federated import TargetModel
+from art_gifd.federated import LocalTraining, TargetModel, simulate_update
 
 if TYPE_CHECKING:
     from art_gifd.defenses.base import Defense
@@ -113,6 +113,10 @@ class GradientMatcher:
     differentiable with respect to the images (double backward). Labels are the fixed hard labels given at
     construction, or per-candidate soft labels (class probabilities) passed to :meth:`loss` when they are optimised
     too (DLG).
+
+    Against a FedAvg client (``training`` given) the observed tensors are its weight update, and each candidate's
+    "gradient" is the update of the same local training replayed on the candidate
+    (:func:`~art_gifd.federated.simulate_update`, every step differentiated through).
     """
 
     def __init__(
@@ -123,6 +127,8 @@ class GradientMatcher:
         distance: str,
         batch_size: int | None = None,
         defense: Defense | None = None,
+        training: LocalTraining | None = None,
+        simulation_steps: int | None = None,
     ):
         """
         :param target: The FL model.
@@ -134,6 +140,9 @@ class GradientMatcher:
                         quantisation, sign compression, Soteria), the dummy gradients pass through
                         :meth:`~art_gifd.defenses.base.Defense.replay` before matching (the adaptive attacker);
                         otherwise (noise, DP-SGD) it is ignored.
+        :param training: The FedAvg client's local training (``None``: the observation is a FedSGD gradient).
+        :param simulation_steps: Replay at most this many steps, merging consecutive ones
+                                 (:meth:`~art_gifd.federated.LocalTraining.simulation`; ``None``: every step).
         """
         if distance not in DISTANCES:
             raise ValueError(f"Unknown distance '{distance}': use one of {DISTANCES}.")
@@ -151,8 +160,18 @@ class GradientMatcher:
         self.defense = defense if defense is not None and defense.replayable else None
         #: Whether the dummy gradients are passed through the client's defence (the adaptive attacker).
         self.adaptive = self.defense is not None
-        self._grads_hard = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, None))
-        self._grads_soft = torch.func.vmap(torch.func.grad(target.loss), in_dims=(None, 0, 0))
+        self.training = training
+        #: The local steps replayed on every candidate, ``None`` for a FedSGD gradient.
+        self.plan = training.simulation(self.batch_size, simulation_steps) if training is not None else None
+        one = torch.func.grad(target.loss)
+        if training is not None:
+
+            def one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+                return simulate_update(target.loss, params, x, y, training, self.plan)
+
+        self._one = one
+        self._grads_hard = torch.func.vmap(one, in_dims=(None, 0, None))
+        self._grads_soft = torch.func.vmap(one, in_dims=(None, 0, 0))
         #: Parameters as leaves that take part in autograd, for the one-candidate path of :meth:`_gradients`.
         self._leaf_params = {n: p.detach().requires_grad_(True) for n, p in target.params.items()}
 
@@ -161,10 +180,14 @@ class GradientMatcher:
         Dummy gradients of ``R`` candidate batches ``x`` ``(R, B, …)``, each ``(R, *shape)``, differentiable in ``x``.
 
         One candidate batch (a single restart) takes plain ``torch.autograd.grad``: the same numbers as the vmapped
-        path without its batching overhead, which is what a search that carries one restart runs most steps on.
+        path without its batching overhead, which is what a search that carries one restart runs most steps on
+        (a replayed FedAvg training takes the same function as the vmapped path, unbatched).
         """
         if x.shape[0] > 1:
             return (self._grads_soft if soft else self._grads_hard)(self.target.params, x, labels)
+        if self.training is not None:
+            update = self._one(self.target.params, x[0], labels[0] if soft else labels)
+            return {n: u.unsqueeze(0) for n, u in update.items()}
         params = self._leaf_params
         differentiable = torch.is_grad_enabled()  # as torch.func.grad: no graph to the images under no_grad
         with torch.enable_grad():

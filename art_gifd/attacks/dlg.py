@@ -60,7 +60,8 @@ class DLGAttack(SingleStageSearch, GradientInversionAttack):
         :param learning_rate: L-BFGS learning rate (paper: 1).
         :param distance: Gradient distance (paper: ``"l2"``).
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``device``, ``seed``, ``verbose``.
+                       ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``device``,
+                       ``seed``, ``verbose``.
         """
         super().__init__(
             estimator,

@@ -64,7 +64,8 @@ class GIASAttack(GenerativePriorAttack):
         :param norm_weight: Weight of the norm prior (a per-image mean, see ``norm_form``).
         :param label_mapping: Task label → generator class, for class-conditional priors.
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
+                       ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``schedule``,
+                       ``device``, ``seed``, ``verbose``.
         """
         self.weight_learning_rate = weight_learning_rate
         super().__init__(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
     from art_gifd.defenses.base import Defense
+    from art_gifd.federated import LocalTraining
     from art_gifd.priors.base import LayeredGenerator
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class GIFDAttack(GenerativePriorAttack):
         seed: int | None = None,
         verbose: bool = True,
         defense: Defense | None = None,
+        training: LocalTraining | None = None,
+        simulation_steps: int | None = None,
     ) -> None:
         """
         Create a GIFD attack.
@@ -166,6 +169,9 @@ class GIFDAttack(GenerativePriorAttack):
         :param verbose: Show a progress bar.
         :param defense: The client's defence, known to the attacker (replayed on the dummy gradients where it is
                         deterministic: the adaptive attacker).
+        :param training: A FedAvg client's local training: the observation is its weight update over ``batch_size``
+                         samples, and candidates are put through the same training (``None``: a FedSGD gradient).
+        :param simulation_steps: Replay at most this many local steps, merging consecutive ones (``None``: all).
         """
         self.max_stage = max_stage
         self.l1_radius = l1_radius
@@ -192,6 +198,8 @@ class GIFDAttack(GenerativePriorAttack):
             seed=seed,
             verbose=verbose,
             defense=defense,
+            training=training,
+            simulation_steps=simulation_steps,
         )
         self._check_params()
 

@@ -122,7 +122,8 @@ class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
         :param tv_weight: Weight of the total-variation prior.
         :param norm_weight: Weight of the norm prior ``mean_b mean(x_b²)`` (per-image mean, see ``norm_form``).
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``schedule``, ``device``, ``seed``, ``verbose``.
+                       ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``schedule``,
+                       ``device``, ``seed``, ``verbose``.
         """
         self.bn_weight = bn_weight
         self.group_weight = group_weight

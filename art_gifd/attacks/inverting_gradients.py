@@ -63,7 +63,8 @@ class InvertingGradientsAttack(SingleStageSearch, GradientInversionAttack):
                      estimator's mean/std standardisation, clamped to ``clip_values``) or ``"uniform"`` in
                      ``clip_values``.
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``device``, ``seed``, ``verbose``.
+                       ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``device``,
+                       ``seed``, ``verbose``.
         """
         self.signed_gradients = signed_gradients
         self.init = init

@@ -1,0 +1,255 @@
+"""
+FedAvg: how much GIFD, latent-only and pixel-space (Inverting Gradients) attacks recover from a client's weight
+update after several local steps, replaying the local training against treating the update as one gradient.
+
+The FL model is a ReLU ConvNet *mid-training*: it is first trained for a few FedAvg rounds on the public split
+(``client_update`` on clients of the 4,000 training digits, the server averaging their updates), as an audit meets
+it. Each client then holds 4 or 8 held-out digits (images 200–215, used by no other benchmark, test or default) and
+runs one of the local trainings of :data:`SETTINGS`. Every attack gets the quick profile's budget (2 restarts ×
+200 steps; GIFD 4 stages × 50) and the true labels, so that the rows measure the inversion of the update; label
+inference from the update is scored on its own (``label_accuracy``, the labels that ``infer_labels`` recovers).
+
+Methods: *replay* (the attack is given the client's ``LocalTraining``; an unknown mini-batch order replays each step
+on all the client's data) and *naive* (the update treated as a FedSGD gradient, i.e. ``update / (lr · steps)``: the
+cosine matching loss is blind to the scale).
+
+Runs are appended to one JSONL file per client-data size (flushed and fsynced, skipped when already present), so an
+interrupted run resumes where it stopped::
+
+    python benchmarks/fedavg.py --sizes 4 &  python benchmarks/fedavg.py --sizes 8     # two processes, one per core
+    python benchmarks/fedavg.py --report      # -> benchmarks/results/fedavg.json and fedavg.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from art_gifd import LocalTraining, client_update
+from art_gifd.attacks.registry import Budget, build_attack
+from art_gifd.bench.runner import ResultsFile
+from art_gifd.data import load_mnist32
+from art_gifd.experiment import environment, write_json_atomic
+from art_gifd.federated import TargetModel
+from art_gifd.labels import infer_labels
+from art_gifd.metrics import label_accuracy
+from art_gifd.models import convnet, make_classifier
+from art_gifd.priors import load_default_prior
+from benchmarks.ablation import mean_sem
+from benchmarks.cases import measured_run
+from benchmarks.speed import git_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: The server's local learning rate.
+LEARNING_RATE = 0.05
+#: Held-out digits the clients hold (index range into the held-out split).
+PRIVATE = (200, 216)
+ATTACKS = ("gifd", "latent-only", "pixel")
+METHODS = ("replay", "naive")
+
+
+def settings(size: int, seed: int) -> dict[str, LocalTraining]:
+    """The local trainings of the table, for a client with ``size`` samples (``seed``: the client's own shuffle)."""
+    half = size // 2
+    return {
+        "1 step": LocalTraining(LEARNING_RATE, steps=1),
+        "2 steps": LocalTraining(LEARNING_RATE, steps=2),
+        "5 steps": LocalTraining(LEARNING_RATE, steps=5),
+        "10 steps": LocalTraining(LEARNING_RATE, steps=10),
+        "2 epochs x 2 batches, known order": LocalTraining(
+            LEARNING_RATE, epochs=2, batch_size=half, shuffle_seed=1000 + seed
+        ),
+        "2 epochs x 2 batches, unknown order": LocalTraining(LEARNING_RATE, epochs=2, batch_size=half),
+    }
+
+
+def trained_model(rounds: int, clients: int = 4, per_client: int = 64) -> tuple[Any, float]:
+    """
+    The ConvNet after ``rounds`` FedAvg rounds on the public training digits (4 clients of 64 digits, one epoch in
+    mini-batches of 16 at learning rate 0.1), and its accuracy on the held-out digits outside the private range.
+    """
+    x_pub, y_pub = load_mnist32("train")
+    classifier = make_classifier(convnet(seed=0), (1, 32, 32))
+    training = LocalTraining(0.1, epochs=1, batch_size=16)
+    rng = np.random.default_rng(0)
+    for round_ in range(rounds):
+        updates = []
+        for client in range(clients):
+            index = rng.choice(len(x_pub), per_client, replace=False)
+            updates.append(client_update(classifier, x_pub[index], y_pub[index], training, seed=round_ * 100 + client))
+        with torch.no_grad():
+            for p, *parts in zip(classifier.model.parameters(), *updates, strict=True):
+                p -= torch.as_tensor(np.mean(parts, axis=0))
+    x_test, y_test = load_mnist32("heldout")
+    keep = np.r_[0 : PRIVATE[0], PRIVATE[1] : len(x_test)]
+    accuracy = float((classifier.predict(x_test[keep]).argmax(axis=1) == y_test[keep]).mean())
+    return classifier, accuracy
+
+
+#: The fields that identify a run (for resuming).
+RUN_KEY = ("setting", "size", "attack", "method", "first", "seed", "steps_per_stage")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every missing run of the selected sizes, attacks and seeds."""
+    torch.set_num_threads(args.threads)
+    classifier, accuracy = trained_model(args.rounds)
+    print(f"FL model after {args.rounds} FedAvg rounds: held-out accuracy {accuracy:.3f}", flush=True)
+    prior = load_default_prior()
+    target = TargetModel(classifier)
+    x_all, y_all = load_mnist32("heldout")
+    x_all, y_all = x_all[PRIVATE[0] : PRIVATE[0] + args.images], y_all[PRIVATE[0] : PRIVATE[0] + args.images]
+    budget = Budget(steps_per_stage=args.steps_per_stage, stages=4, num_restarts=args.restarts)
+    commit = git_commit()
+    for size in args.sizes:
+        store = ResultsFile(args.runs / f"size{size}.jsonl")
+        done = {tuple(r[k] for k in RUN_KEY) for r in store.read(repair=True)[1]}
+        for first in range(0, len(x_all) - size + 1, size):
+            x, y = x_all[first : first + size], y_all[first : first + size]
+            for seed in args.seeds:
+                for setting, training in settings(size, seed).items():
+                    update = client_update(classifier, x, y, training, seed=seed)
+                    observed = target.as_gradient_list(update)
+                    inferred = infer_labels(observed, target.module, target.nb_classes, size).cpu().numpy()
+                    for attack_name in args.attacks:
+                        for method in METHODS:
+                            if method == "naive" and training.num_steps(size) == 1:
+                                continue  # one full-batch step: the update is lr × the gradient, both views agree
+                            key = (setting, size, attack_name, method, first, seed, args.steps_per_stage)
+                            if key in done:
+                                continue
+                            record = dict(zip(RUN_KEY, key, strict=True))
+                            extra = {"training": training} if method == "replay" else {}
+                            attack = build_attack(
+                                attack_name, classifier, prior, budget, size, seed, verbose=False, **extra
+                            )
+                            _, measured = measured_run(attack, update, x, y)
+                            record.update(
+                                local_steps=training.num_steps(size),
+                                order_known=training.order_known,
+                                **measured,
+                                label_accuracy=label_accuracy(inferred, y),
+                                model_accuracy=accuracy,
+                                commit=commit,
+                            )
+                            store.append(record)
+                            print(
+                                f"N={size} first={first} seed={seed} {setting!r} {attack_name} {method}: "
+                                f"{measured['psnr']:.2f} dB, {measured['cpu_seconds']:.1f} cpu s",
+                                flush=True,
+                            )
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (size, setting, attack): replay and naive PSNR, their paired difference, cost, label accuracy."""
+    groups: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
+    for r in runs:
+        key = (r["size"], r["setting"], r["attack"])
+        groups.setdefault(key, {}).setdefault(r["method"], {})[(r["first"], r["seed"])] = r
+    rows = []
+    for (size, setting, attack), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        replay, naive = by_method.get("replay", {}), by_method.get("naive", {})
+        row: dict[str, Any] = {"size": size, "setting": setting, "attack": attack, "runs": len(replay)}
+        if replay:
+            values = list(replay.values())
+            row["replay_psnr"] = mean_sem([v["psnr"] for v in values])
+            row["cpu_seconds"] = float(np.mean([v["cpu_seconds"] for v in values]))
+            row["local_steps"] = values[0]["local_steps"]
+            row["label_accuracy"] = float(np.mean([v["label_accuracy"] for v in values]))
+        if naive:
+            row["naive_psnr"] = mean_sem([v["psnr"] for v in naive.values()])
+            paired = [replay[k]["psnr"] - naive[k]["psnr"] for k in replay if k in naive]
+            if paired:
+                row["replay_minus_naive"] = (*mean_sem(paired), sum(d > 0 for d in paired), len(paired))
+        rows.append(row)
+    order = {name: i for i, name in enumerate(settings(4, 0))}
+    return sorted(rows, key=lambda r: (r["size"], order.get(r["setting"], 99), ATTACKS.index(r["attack"])))
+
+
+def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    """The table of :func:`summarise` as Markdown."""
+    lines = [
+        "# FedAvg: inverting a client's weight update after several local steps",
+        "",
+        f"Made by `{header['command']}` at commit `{header['git_commit']}` on {header['device']} ({header['date']}). "
+        f"FL model: ReLU ConvNet after {header['rounds']} FedAvg rounds on the public digits (held-out accuracy "
+        f"{header['model_accuracy']:.3f}). Private data: held-out digits {PRIVATE[0]}–"
+        f"{PRIVATE[0] + header['images'] - 1}; "
+        f"local learning rate {LEARNING_RATE}, SGD; labels given to the attacks. PSNR in dB (Hungarian-matched), "
+        "mean ± s.e.m. over batch × seed; Δ: paired replay − naive (wins); CPU s: one replay run, one torch thread; "
+        "labels: fraction of the labels `infer_labels` recovers from the update (multiset).",
+        "",
+        "| N | local training | steps | attack | replay | naive (update as a gradient) | Δ replay − naive | CPU s "
+        "(replay) | labels |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rep = "{:.2f} ± {:.2f}".format(*r["replay_psnr"]) if "replay_psnr" in r else "–"
+        nai = "{:.2f} ± {:.2f}".format(*r["naive_psnr"]) if "naive_psnr" in r else "= replay"
+        delta = "{:+.2f} ± {:.2f} ({}/{})".format(*r["replay_minus_naive"]) if "replay_minus_naive" in r else "–"
+        lines.append(
+            f"| {r['size']} | {r['setting']} | {r.get('local_steps', '–')} | {r['attack']} | {rep} | {nai} | {delta} "
+            f"| {r.get('cpu_seconds', float('nan')):.1f} | {r.get('label_accuracy', float('nan')):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> None:
+    """Summarise every runs file into ``fedavg.json`` and ``fedavg.md``."""
+    runs = [r for path in sorted(args.runs.glob("size*.jsonl")) for r in ResultsFile(path).read()[1]]
+    if not runs:
+        raise SystemExit(f"No runs in {args.runs}: run the benchmark first.")
+    rows = summarise(runs)
+    header = {
+        "benchmark": "fedavg",
+        "command": "python benchmarks/fedavg.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "git_commit": sorted({r["commit"] for r in runs if r.get("commit")}),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": "x86_64 CPU",
+        "rounds": args.rounds,
+        "images": args.images,
+        "model_accuracy": runs[0]["model_accuracy"],
+        "environment": environment(0, "cpu"),
+    }
+    write_json_atomic(RESULTS / "fedavg.json", {**header, "rows": rows})
+    (RESULTS / "fedavg.md").write_text(markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])}))
+    print(markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])}))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8], help="client data sizes (default: 4 8)")
+    parser.add_argument("--images", type=int, default=16, help="private images per size (default: 16)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--steps-per-stage", type=int, default=50, help="GIFD steps per stage (default: 50)")
+    parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=30, help="FedAvg rounds that train the FL model first")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--runs", type=Path, default=RESULTS / "fedavg_runs", help="folder of the runs files")
+    parser.add_argument("--report", action="store_true", help="summarise the runs files, run nothing")
+    args = parser.parse_args(argv)
+    if any(s < 2 or s % 2 for s in args.sizes):
+        parser.error("--sizes must be even numbers >= 2 (the mini-batch settings split the data in two)")
+    if args.images < max(args.sizes):
+        parser.error(f"--images must be at least the largest size ({max(args.sizes)})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report(args) if args.report else run(args)
+
+
+if __name__ == "__main__":
+    main()
