@@ -24,6 +24,7 @@ from art_gifd.experiment import (
     run_experiment,
     write_json_atomic,
 )
+from art_gifd.federated import LocalTraining
 from art_gifd.priors.embedded import DEFAULT_PRIOR, EMBEDDED_PRIORS, load_default_prior
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.report.html import write_results_html
@@ -34,8 +35,15 @@ THREAT_MODEL = (
     "An honest-but-curious server knows the FL model's architecture and current weights and observes the gradient "
     "of one FedSGD step of one client batch, and the batch size. Labels are inferred from the gradient. The "
     "generative attacks use a DCGAN prior trained on public MNIST digits that are disjoint from the private ones; "
-    "the scikit-learn digits are out of the prior's distribution. No defence is applied."
+    "the scikit-learn digits are out of the prior's distribution. In the FedAvg rows the client instead trains "
+    "locally for two epochs in mini-batches in a known order and shares its weight update; the server knows the "
+    "local training's hyper-parameters and replays it. No defence is applied."
 )
+
+
+def _demo_training(local_batch_size: int) -> LocalTraining:
+    """The demo's FedAvg client: two local epochs of SGD in mini-batches, in an order the server knows."""
+    return LocalTraining(learning_rate=0.05, epochs=2, batch_size=local_batch_size, shuffle_seed=0)
 
 
 def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Experiment:
@@ -47,6 +55,7 @@ def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Exper
             Case("lenet", "mnist32", 4, 4, offset=2),
             Case("lenet", "digits32", 1, 1),
             Case("convnet", "mnist32", 1, 1),
+            Case("convnet", "mnist32", 2, 2, offset=8, training=_demo_training(1)),
         ]
     else:
         budget = Budget(steps_per_stage=100, stages=4, num_restarts=2)
@@ -55,6 +64,7 @@ def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Exper
             for model in ("lenet", "convnet")
             for dataset, batch, n, offset in (("mnist32", 1, 4, 0), ("mnist32", 4, 4, 4), ("digits32", 1, 2, 0))
         ]
+        cases.append(Case("convnet", "mnist32", 4, 4, offset=8, training=_demo_training(2)))
     return Experiment(cases, ATTACKS, budget, seed=seed, device=device, verbose=verbose)
 
 
@@ -78,10 +88,11 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, device: str = 
 
     def collect(case: Case, attack: str, originals: np.ndarray, recs: np.ndarray) -> None:
         for original, rec in zip(originals, recs, strict=True):
-            key = (case.model, case.dataset, case.batch_size, original.tobytes())
+            key = (case.model, case.dataset, case.batch_size, case.training is not None, original.tobytes())
             if key not in index:
                 index[key] = len(rows)
-                rows.append((f"{case.model}\n{case.dataset} B={case.batch_size}", original, {}))
+                protocol = " FedAvg" if case.training is not None else ""
+                rows.append((f"{case.model}\n{case.dataset} B={case.batch_size}{protocol}", original, {}))
             rows[index[key]][2][attack] = rec
 
     runs = run_experiment(experiment, prior, DEFAULT_PRIOR, on_batch=collect)

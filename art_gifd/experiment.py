@@ -27,7 +27,14 @@ from art_gifd.attacks.core import ReconstructionResult
 from art_gifd.attacks.registry import ATTACK_REGISTRY, Budget, build_attack
 from art_gifd.data import load_dataset
 from art_gifd.defenses.base import Defense, describe_defense
-from art_gifd.federated import client_gradients, clip_range
+from art_gifd.federated import (
+    LocalTraining,
+    client_gradients,
+    client_update,
+    clip_range,
+    describe_protocol,
+    local_training,
+)
 from art_gifd.metrics import LPIPSMetric, evaluate_batch
 from art_gifd.models import build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
@@ -59,6 +66,8 @@ class Case:
     #: State dict loaded into the FL model after it is built (e.g. a model past the first FL rounds); ``None``: the
     #: freshly initialised model.
     weights: dict[str, Any] | None = field(default=None, repr=False)
+    #: The clients' local training (FedAvg; the attacker knows it); ``None``: each client shares one FedSGD gradient.
+    training: LocalTraining | None = None
 
 
 @dataclass
@@ -146,6 +155,7 @@ def attack_batches(
     verbose: bool = False,
     attack_params: dict[str, Any] | None = None,
     lpips: LPIPSMetric | None = None,
+    training: LocalTraining | None = None,
 ) -> Iterator[tuple[np.ndarray, dict[str, Any], ReconstructionResult, np.ndarray]]:
     """
     The one experiment loop: split the private images into client batches, compute each client's update under its
@@ -167,6 +177,8 @@ def attack_batches(
     :param verbose: Progress bars of the attacks.
     :param attack_params: Further constructor arguments of the attack.
     :param lpips: LPIPS metric of the scores (``None``: no LPIPS).
+    :param training: The clients' local training (FedAvg: each shares its weight update, and the attacker replays the
+                     training); ``None``: each client shares one FedSGD gradient.
     :return: Per batch: the originals, the scores of :func:`~art_gifd.metrics.evaluate_batch`, the attack's result
              and the reconstructions in the originals' order.
     """
@@ -174,7 +186,10 @@ def attack_batches(
     for start in range(0, len(x_all), batch_size):
         x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
         here = batch_seed(seed, start)
-        grads = client_gradients(estimator, x, y, defense=defense, train_mode=train_mode, seed=here)
+        if training is None:
+            grads = client_gradients(estimator, x, y, defense=defense, train_mode=train_mode, seed=here)
+        else:
+            grads = client_update(estimator, x, y, training, defense=defense, train_mode=train_mode, seed=here)
         attack = build_attack(
             attack_name,
             estimator,
@@ -186,6 +201,7 @@ def attack_batches(
             train_mode=train_mode,
             device=device,
             verbose=verbose,
+            training=training,
             **(attack_params or {}),
         )
         result = attack.reconstruct(grads, y if labels_known else None)
@@ -238,6 +254,7 @@ def run_experiment(
                 verbose=experiment.verbose,
                 attack_params=experiment.attack_params.get(attack_name),
                 lpips=lpips_metric,
+                training=case.training,
             ):
                 per_batch.append((scores, result))
                 if on_batch is not None:
@@ -276,6 +293,7 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
         "prior": prior_name if ATTACK_REGISTRY[attack].generative else None,
         "batch_size": case.batch_size,
         "num_images": case.num_images,
+        "federated": describe_protocol(case.training),
         "psnr": float(np.mean(per_image["psnr"])),
         "psnr_std": float(np.std(per_image["psnr"])),
         "ssim": float(np.mean(per_image["ssim"])),
@@ -296,9 +314,17 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
     return record
 
 
+def protocol_label(run: dict[str, Any]) -> str:
+    """``"fedsgd"`` or ``"fedavg×4"`` (the local steps) for a run record."""
+    federated = run.get("federated") or {"algorithm": "fedsgd"}
+    if federated["algorithm"] != "fedavg":
+        return "fedsgd"
+    return f"fedavg×{local_training(federated).num_steps(run['batch_size'])}"
+
+
 def _describe(run: dict[str, Any]) -> str:
     return (
-        f"{run['model']:8s} {run['dataset']:9s} B={run['batch_size']} {run['attack']:12s} "
+        f"{run['model']:8s} {run['dataset']:9s} B={run['batch_size']} {protocol_label(run):9s} {run['attack']:12s} "
         f"PSNR {run['psnr']:6.2f} ± {run['psnr_std']:5.2f} dB  SSIM {run['ssim']:.3f}  "
         f"labels {run['label_accuracy']:.2f}  {run['seconds']:6.1f} s"
     )
@@ -307,12 +333,13 @@ def _describe(run: dict[str, Any]) -> str:
 def results_table(runs: list[dict[str, Any]]) -> str:
     """A plain-text table of the runs, one line each."""
     header = (
-        f"{'model':8s} {'dataset':9s} {'B':>3s} {'attack':12s} {'PSNR (dB)':>16s} {'SSIM':>6s} {'labels':>6s} {'s':>7s}"
+        f"{'model':8s} {'dataset':9s} {'B':>3s} {'protocol':9s} {'attack':12s} {'PSNR (dB)':>16s} {'SSIM':>6s} "
+        f"{'labels':>6s} {'s':>7s}"
     )
     lines = [header, "-" * len(header)]
     for r in runs:
         lines.append(
-            f"{r['model']:8s} {r['dataset']:9s} {r['batch_size']:3d} {r['attack']:12s} "
+            f"{r['model']:8s} {r['dataset']:9s} {r['batch_size']:3d} {protocol_label(r):9s} {r['attack']:12s} "
             f"{r['psnr']:7.2f} ± {r['psnr_std']:5.2f} {r['ssim']:6.3f} {r['label_accuracy']:6.2f} {r['seconds']:7.1f}"
         )
     return "\n".join(lines)

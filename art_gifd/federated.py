@@ -342,7 +342,7 @@ class LocalTraining:
         check_integer("steps", self.steps, 1, optional=True)
         check_integer("batch_size", self.batch_size, 1, optional=True)
         if self.optimizer not in LOCAL_OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {self.optimizer!r}: use one of {LOCAL_OPTIMIZERS}.")
+            raise ValueError(f"optimizer must be one of {LOCAL_OPTIMIZERS}, got {self.optimizer!r}.")
         check_number("momentum", self.momentum, 0.0, 1.0)
         if self.momentum and self.optimizer != "sgd":
             raise ValueError("momentum applies to optimizer='sgd' only (Adam has betas).")
@@ -400,15 +400,21 @@ class LocalTraining:
 
         A known order replays the client's mini-batches exactly; an unknown one replays each step on all ``n``
         samples. With ``max_steps`` below the number of local steps, consecutive steps are merged into one step on
-        their mini-batches together with the learning rate times the number merged (exact for one step of plain SGD,
-        a first-order approximation otherwise): the cost of the simulation grows with its steps.
+        their mini-batches together (each sample once where they hold every sample equally often, e.g. whole epochs)
+        with the learning rate times the number merged: a first-order approximation that replays fewer samples and
+        keeps fewer copies of the weights, so it needs less memory and time.
         """
         steps = self.num_steps(n)
         plain = self.batches(n) if self.order_known else [np.arange(n)] * steps
         if max_steps is None or max_steps >= steps:
             return [(index, 1.0) for index in plain]
-        groups = np.array_split(np.arange(steps), max_steps)
-        return [(np.concatenate([plain[i] for i in group]), float(len(group))) for group in groups]
+        merged = []
+        for group in np.array_split(np.arange(steps), max_steps):
+            index = np.concatenate([plain[i] for i in group])
+            values, counts = np.unique(index, return_counts=True)
+            # every sample as often as the others (whole epochs, or full batches): each once, the same batch mean
+            merged.append((values if np.all(counts == counts[0]) else index, float(len(group))))
+        return merged
 
     def step(
         self,
@@ -586,8 +592,10 @@ def available_memory(device: torch.device) -> int | None:
 def simulation_memory(target: TargetModel, plan: list[tuple[np.ndarray, float]], restarts: int) -> int:
     """
     Estimated bytes of one differentiable replay of ``plan`` for ``restarts`` candidate batches: every step keeps its
-    activations (saved for the backward pass and again for the double backward) and a few copies of the weights
-    (gradient, optimiser state, new weights) until the matching loss is differentiated.
+    activations and a few copies of the weights (gradient, optimiser state, new weights) until the matching loss is
+    differentiated. Counted as 1.5 × the activations a forward pass saves per sample plus 6 × the weights, per step and
+    restart: 1.2–2.1 × what ``benchmarks/fedavg.py --memory`` measured on the CPU for 2–10 local steps of a ReLU
+    ConvNet (0.8 × for one step, where fixed costs dominate), so that a long replay it lets through fits.
     """
     import torch
 
@@ -603,5 +611,77 @@ def simulation_memory(target: TargetModel, plan: list[tuple[np.ndarray, float]],
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         target.loss(target.params, target.preprocess(probe), label)
     weights = sum(p.numel() * p.element_size() for p in target.params.values())
-    per_restart = sum(3 * saved * len(index) + 6 * weights for index, _ in plan)
-    return restarts * per_restart
+    per_restart = sum(1.5 * saved * len(index) + 6 * weights for index, _ in plan)
+    return int(restarts * per_restart)
+
+
+#: Federated algorithms an audit or benchmark configures: one FedSGD gradient, or a FedAvg client's weight update.
+ALGORITHMS = ("fedsgd", "fedavg")
+#: Keys of a ``[federated]`` configuration table (audit and bench) that describe FedAvg's local training, and the
+#: :class:`LocalTraining` field each sets.
+TRAINING_KEYS = {
+    "learning_rate": "learning_rate",
+    "epochs": "epochs",
+    "steps": "steps",
+    "local_batch_size": "batch_size",
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "shuffle": "shuffle",
+    "shuffle_seed": "shuffle_seed",
+}
+
+
+class TrainingConfigError(ValueError):
+    """A configured local training that :class:`LocalTraining` refuses; ``key`` is the configuration key at fault."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        #: The ``[federated]`` key the problem concerns (``None``: the combination of keys).
+        self.key = key
+
+
+def local_training_from_config(values: Mapping[str, Any]) -> LocalTraining:
+    """
+    The :class:`LocalTraining` of a ``[federated]`` configuration table with ``algorithm = "fedavg"``.
+
+    :param values: The table's keys of :data:`TRAINING_KEYS` (others are ignored).
+    :raises TrainingConfigError: Naming the key at fault (``learning_rate`` is required).
+    """
+    if "learning_rate" not in values:
+        raise TrainingConfigError("learning_rate", "missing (required with algorithm = 'fedavg').")
+    fields = {TRAINING_KEYS[key]: value for key, value in values.items() if key in TRAINING_KEYS}
+    try:
+        return LocalTraining(**fields)
+    except ValueError as err:
+        message = str(err)
+        key = next((k for k, f in TRAINING_KEYS.items() if message.startswith(f + " ")), None)
+        raise TrainingConfigError(key, message[len(TRAINING_KEYS[key]) + 1 :] if key else message) from None
+
+
+def describe_protocol(training: LocalTraining | None) -> dict[str, Any]:
+    """The ``"federated"`` field of a results record: the algorithm and, for FedAvg, the local training."""
+    if training is None:
+        return {"algorithm": "fedsgd"}
+    return {"algorithm": "fedavg", **training.describe()}
+
+
+def describe_training(training: LocalTraining) -> str:
+    """One line for reports, e.g. ``"SGD, 2 epochs in mini-batches of 4, learning rate 0.05, known order"``."""
+    length = f"{training.steps} steps" if training.steps is not None else f"{training.epochs} epoch(s)"
+    batches = f"mini-batches of {training.batch_size}" if training.batch_size is not None else "full batches"
+    extras = [f"momentum {training.momentum:g}"] if training.momentum else []
+    extras += [f"weight decay {training.weight_decay:g}"] if training.weight_decay else []
+    order = "known order" if training.order_known else "unknown order"
+    optimizer = "SGD" if training.optimizer == "sgd" else "Adam"
+    return ", ".join(
+        [f"{optimizer}, {length} in {batches}", f"learning rate {training.learning_rate:g}", *extras, order]
+    )
+
+
+def local_training(fields: Mapping[str, Any] | None) -> LocalTraining | None:
+    """The :class:`LocalTraining` of recorded fields (:meth:`LocalTraining.describe`), or ``None`` for FedSGD."""
+    if fields is None:
+        return None
+    known = {k: v for k, v in fields.items() if k in LocalTraining.__dataclass_fields__}
+    return LocalTraining(**{**known, "betas": tuple(known.get("betas", (0.9, 0.999)))})

@@ -1,7 +1,7 @@
 """
 Run a benchmark profile or configuration, or report on its results::
 
-    python -m benchmarks quick --workers 2          # = art-gifd bench benchmarks/profiles/quick.toml --workers 2
+    python -m benchmarks quick --workers 2          # = art-gifd bench quick --workers 2
     python -m benchmarks my-grid.yaml --ray-address auto
     python -m benchmarks report bench-out/quick.jsonl   # = art-gifd bench-report bench-out/quick.jsonl
 

@@ -23,6 +23,7 @@ interrupted run resumes where it stopped::
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -150,6 +151,108 @@ def run(args: argparse.Namespace) -> None:
                             )
 
 
+MEMORY_PROBE = """
+import json, resource, sys, time
+import torch
+from art_gifd.attacks.core import GradientMatcher
+from art_gifd.federated import LocalTraining, TargetModel, simulation_memory
+from art_gifd.models import convnet, make_classifier
+steps, size, restarts = (int(a) for a in sys.argv[1:4])
+torch.set_num_threads(1)
+target = TargetModel(make_classifier(convnet(seed=0), (1, 32, 32)))
+training = LocalTraining(0.05, steps=steps)
+observed = [torch.randn(s) for s in target.shapes]
+warm = GradientMatcher(target, observed, torch.zeros(1, dtype=torch.long), "cosine", training=LocalTraining(0.05))
+warm.loss(torch.rand(2, 1, 32, 32, requires_grad=True)).sum().backward()  # libraries and kernels loaded, small peak
+matcher = GradientMatcher(target, observed, torch.arange(size) % 10, "cosine", training=training)
+images = torch.rand(restarts * size, 1, 32, 32, requires_grad=True)
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+before = rss()
+start = time.process_time()
+matcher.loss(images).sum().backward()
+cpu = time.process_time() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"local_steps": steps, "size": size, "restarts": restarts, "cpu_seconds": cpu,
+                  "measured_bytes": max(peak - before, 0),
+                  "estimated_bytes": simulation_memory(target, matcher.plan, restarts)}))
+"""
+
+
+def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    Peak memory and CPU time of one matching-loss evaluation with its backward pass (one search step), against local
+    steps, each in a fresh process (ConvNet, full-batch SGD steps, 8 samples, 2 restarts), beside the estimate that
+    the attacks check before a search.
+    """
+    import subprocess
+
+    rows = []
+    for steps in (1, 2, 5, 10):
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(steps), "8", "2"], capture_output=True, text=True, check=True
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    write_json_atomic(args.runs / "memory.json", rows)
+    return rows
+
+
+#: Held-out digits from which the label-inference measurement draws its random client batches.
+LABEL_POOL = (300, 700)
+
+
+def labels(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """
+    How often ``infer_labels`` recovers a client's labels from its update, against local steps, on the trained
+    ConvNet of :func:`trained_model`, the untrained ConvNet and DLG's sigmoid LeNet: 30 random client batches of
+    held-out digits (``LABEL_POOL``) per row, the same batches in every row.
+    """
+    from art_gifd.federated import client_gradients
+    from art_gifd.models import lenet
+
+    torch.set_num_threads(args.threads)
+    trained, accuracy = trained_model(args.rounds)
+    models = {
+        f"ConvNet after {args.rounds} FedAvg rounds (accuracy {accuracy:.2f})": trained,
+        "ConvNet, untrained": make_classifier(convnet(seed=0), (1, 32, 32)),
+        "sigmoid LeNet (DLG init), untrained": make_classifier(lenet(seed=0), (1, 32, 32)),
+    }
+    x_pool, y_pool = load_mnist32("heldout")
+    x_pool, y_pool = x_pool[LABEL_POOL[0] : LABEL_POOL[1]], y_pool[LABEL_POOL[0] : LABEL_POOL[1]]
+    rows = []
+    for model_name, classifier in models.items():
+        target = TargetModel(classifier)
+        for size in args.sizes:
+            trainings = {"FedSGD gradient": None, **settings(size, 0)}
+            for setting, training in trainings.items():
+                if setting.endswith("unknown order"):
+                    continue  # the update does not depend on whether the attacker knows the order
+                scores = []
+                for trial in range(30):
+                    index = np.random.default_rng(trial).choice(len(x_pool), size, replace=False)
+                    x, y = x_pool[index], y_pool[index]
+                    if training is None:
+                        update = client_gradients(classifier, x, y)
+                    else:
+                        update = client_update(classifier, x, y, training, seed=trial)
+                    observed = target.as_gradient_list(update)
+                    scores.append(label_accuracy(infer_labels(observed, target.module, 10, size).numpy(), y))
+                rows.append(
+                    {
+                        "model": model_name,
+                        "size": size,
+                        "setting": setting.replace(", known order", ""),
+                        "label_accuracy": float(np.mean(scores)),
+                        "exact_share": float(np.mean(np.asarray(scores) == 1.0)),
+                    }
+                )
+                print(rows[-1], flush=True)
+    write_json_atomic(args.runs / "labels.json", rows)
+    return rows
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (size, setting, attack): replay and naive PSNR, their paired difference, cost, label accuracy."""
     groups: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
@@ -238,6 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--runs", type=Path, default=RESULTS / "fedavg_runs", help="folder of the runs files")
     parser.add_argument("--report", action="store_true", help="summarise the runs files, run nothing")
+    parser.add_argument("--memory", action="store_true", help="measure memory and time per search step, run nothing")
+    parser.add_argument("--labels", action="store_true", help="measure label inference from updates, run nothing")
     args = parser.parse_args(argv)
     if any(s < 2 or s % 2 for s in args.sizes):
         parser.error("--sizes must be even numbers >= 2 (the mini-batch settings split the data in two)")
@@ -248,7 +353,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report(args) if args.report else run(args)
+    if args.memory:
+        memory(args)
+    elif args.labels:
+        labels(args)
+    elif args.report:
+        report(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +54,39 @@ rounds = 2
 batch_size = 4
 probe_batches = 1
 """
+
+
+#: The bench configuration of the tiny audit's undefended GIFD setting (the LeNet, the first held-out digits).
+SAME_BENCH = """\
+name = "same"
+models = ["lenet"]
+seeds = [0]
+batch_sizes = [{batch}]
+budget = {{ steps_per_stage = 3, stages = 2, num_restarts = 1 }}
+utility = {{ enabled = false }}
+{federated}
+[[datasets]]
+name = "mnist"
+source = "mnist32"
+split = "heldout"
+num_images = {batch}
+[priors.mnist]
+type = "embedded"
+name = "mnist32"
+[[attacks]]
+name = "gifd"
+prior = "mnist"
+"""
+#: A FedAvg client of 2 digits: 2 local epochs of SGD in mini-batches of 1, in an order the attacker knows.
+FEDAVG = 'algorithm = "fedavg"\nlearning_rate = 0.1\nepochs = 2\nlocal_batch_size = 1\nshuffle_seed = 3'
+
+
+def fedavg_config(folder: Path, federated: str = FEDAVG) -> Path:
+    """The tiny audit of 2 digits per setting under ``[federated] federated`` (batch sizes [2])."""
+    path = write_config(folder)
+    text = path.read_text().replace("images_per_setting = 1", "images_per_setting = 2")
+    path.write_text(text.replace("[federated]\nbatch_sizes = [1]", f"[federated]\nbatch_sizes = [2]\n{federated}"))
+    return path
 
 
 def write_config(folder: Path, name: str = "audit.toml", **fields: str) -> Path:
@@ -342,31 +374,56 @@ def test_the_same_setting_and_seed_give_the_same_numbers_through_audit_and_bench
     from art_gifd.bench.runner import ResultsFile
 
     audit = run_audit(write_config(tmp_path), verbose=False)  # LeNet seed 0, first held-out digit, B=1, GIFD 2x3
-    (tmp_path / "same.toml").write_text(
-        textwrap.dedent(
-            """\
-            name = "same"
-            models = ["lenet"]
-            seeds = [0]
-            batch_sizes = [1]
-            budget = { steps_per_stage = 3, stages = 2, num_restarts = 1 }
-            utility = { enabled = false }
-            [[datasets]]
-            name = "mnist"
-            source = "mnist32"
-            split = "heldout"
-            num_images = 1
-            [priors.mnist]
-            type = "embedded"
-            name = "mnist32"
-            [[attacks]]
-            name = "gifd"
-            prior = "mnist"
-            """
-        )
-    )
+    (tmp_path / "same.toml").write_text(SAME_BENCH.format(batch=1, federated=""))
     run_benchmark(load_config(tmp_path / "same.toml"), tmp_path / "same.jsonl", progress=False)
     (job,) = ResultsFile(tmp_path / "same.jsonl").read()[1]
     undefended = next(s for s in audit.settings if s["defense_label"] == "none")
     assert job["result"]["per_image"]["psnr"] == pytest.approx(undefended["per_image"]["psnr"], abs=1e-9)
     assert job["result"]["final_losses"] == pytest.approx(undefended["final_losses"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("federated", "key", "message"),
+    [
+        ('algorithm = "fedsgd"\nlearning_rate = 0.1', "federated.learning_rate", "set algorithm = 'fedavg'"),
+        ('algorithm = "fedavg"\nepochs = 2', "federated.learning_rate", "missing"),
+        ('algorithm = "fedavg"\nlearning_rate = 0.1\noptimizer = "adamw"', "federated.optimizer", "must be one of"),
+        ('algorithm = "fedavg"\nlearning_rate = -1.0', "federated.learning_rate", "must lie in"),
+        (
+            'algorithm = "fedavg"\nlearning_rate = 0.1\nlocal_batch_size = 3\nshuffle_seed = 0',
+            "federated.local_batch_size",
+            "does not divide",
+        ),
+        ('algorithm = "fedavg"\nlearning_rate = 0.1\nepochs = 1\nsteps = 2', "federated", "epochs or steps"),
+    ],
+)
+def test_bad_fedavg_keys_are_named_in_audit_and_bench_configs(tmp_path, federated, key, message) -> None:
+    from art_gifd.bench import load_config
+    from art_gifd.configfile import ConfigError
+
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(fedavg_config(tmp_path, federated))
+    assert any(p.key == key and message in p.message for p in err.value.problems), err.value
+    (tmp_path / "bench.toml").write_text(SAME_BENCH.format(batch=2, federated=f"[federated]\n{federated}"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(tmp_path / "bench.toml")
+
+
+def test_fedavg_audit_reports_the_protocol_and_matches_the_bench(tmp_path) -> None:
+    from art_gifd.bench import load_config, run_benchmark
+    from art_gifd.bench.runner import ResultsFile
+
+    report = run_audit(fedavg_config(tmp_path), verbose=False)
+    setting = next(s for s in report.settings if s["defense_label"] == "none")
+    assert setting["federated"]["algorithm"] == "fedavg" and setting["federated"]["epochs"] == 2
+    knowledge = " ".join(report.document["scope"]["attacker_knowledge"])
+    assert (
+        "after its local training (SGD, 2 epoch(s) in mini-batches of 1, learning rate 0.1, known order)" in knowledge
+    )
+    assert any("One FedAvg update per client is attacked" in item for item in report.document["limitations"])
+    assert "local training: SGD, 2 epoch(s)" in " ".join((tmp_path / "out" / "report.html").read_text().split())
+    (tmp_path / "same.toml").write_text(SAME_BENCH.format(batch=2, federated=f"[federated]\n{FEDAVG}"))
+    run_benchmark(load_config(tmp_path / "same.toml"), tmp_path / "same.jsonl", progress=False)
+    (job,) = ResultsFile(tmp_path / "same.jsonl").read()[1]
+    assert job["result"]["federated"] == setting["federated"]
+    assert job["result"]["per_image"]["psnr"] == pytest.approx(setting["per_image"]["psnr"], abs=1e-9)

@@ -21,8 +21,8 @@ from art_gifd.bench.report import aggregate, write_report
 from art_gifd.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "benchmarks" / "profiles" / "smoke.toml"
-FULL = ROOT / "benchmarks" / "profiles" / "full.toml"
+SMOKE = ROOT / "art_gifd" / "bench" / "profiles" / "smoke.toml"
+FULL = ROOT / "art_gifd" / "bench" / "profiles" / "full.toml"
 
 #: A small configuration written inline; ``MARK:`` comments locate the lines the error tests refer to.
 BASE_TOML = """\

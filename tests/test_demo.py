@@ -38,7 +38,10 @@ def test_quick_demo(tmp_path, capsys) -> None:
     assert {"torch", "art", "device", "seed"} <= set(results["environment"])
     runs = results["runs"]
     assert {r["attack"] for r in runs} == set(ATTACKS)
-    assert {r["batch_size"] for r in runs} == {1, 4}
+    assert {r["batch_size"] for r in runs} == {1, 2, 4}
+    fedavg = [r for r in runs if r["federated"]["algorithm"] == "fedavg"]
+    assert {(r["model"], r["batch_size"], r["federated"]["epochs"]) for r in fedavg} == {("convnet", 2, 2)}
+    assert "fedavg×4" in printed
     assert {r["model"] for r in runs} == {"lenet", "convnet"}
     assert {r["dataset"] for r in runs} == {"mnist32", "digits32"}
     budget = results["budget"]["total_steps"]
@@ -47,7 +50,7 @@ def test_quick_demo(tmp_path, capsys) -> None:
         assert len(run["per_image"]["psnr"]) == run["num_images"] == len(run["per_image"]["ssim"])
         assert run["psnr"] == pytest.approx(np.mean(run["per_image"]["psnr"]))
         assert run["steps"] == budget  # equal step budget for every attack
-        assert run["label_accuracy"] == 1.0  # labels are exact for these batches
+        assert run["label_accuracy"] == 1.0  # labels are exact for these batches (FedAvg's included)
         assert (run["lpips"] is None) == (run["lpips_unavailable_reason"] is not None)
     # the attacks reconstruct: in-distribution digits on the sigmoid LeNet are recognisable for GIFD
     gifd = next(

@@ -147,8 +147,11 @@ def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -
     assert [sorted(np.concatenate(batches[:3]).tolist()), sorted(np.concatenate(batches[3:]).tolist())] == [
         list(range(6))
     ] * 2
-    merged = known.simulation(6, max_steps=2)
-    assert [scale for _, scale in merged] == [3.0, 3.0] and all(len(index) == 6 for index, _ in merged)
+    merged = known.simulation(6, max_steps=2)  # one epoch each: every sample once, three times the learning rate
+    assert [scale for _, scale in merged] == [3.0, 3.0] and all(sorted(index) == list(range(6)) for index, _ in merged)
+    assert [len(index) for index, _ in unknown.simulation(6, max_steps=4)] == [6] * 4
+    uneven = known.simulation(6, max_steps=4)  # groups of 2, 2, 1 and 1 steps of 2 samples
+    assert [scale for _, scale in uneven] == [2.0, 2.0, 1.0, 1.0] and sum(len(i) for i, _ in uneven) == 12
 
 
 @pytest.mark.parametrize(
@@ -158,7 +161,7 @@ def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -
         ({"learning_rate": 0.1, "steps": 0}, "steps must be a positive integer"),
         ({"learning_rate": 0.1, "batch_size": -2}, "batch_size must be a positive integer"),
         ({"learning_rate": 0.1, "epochs": 2, "steps": 3}, "epochs or steps, not both"),
-        ({"learning_rate": 0.1, "optimizer": "adamw"}, "Unknown optimizer 'adamw'"),
+        ({"learning_rate": 0.1, "optimizer": "adamw"}, r"optimizer must be one of \('sgd', 'adam'\), got 'adamw'"),
         ({"learning_rate": 0.1, "optimizer": "adam", "momentum": 0.9}, "momentum applies to optimizer='sgd'"),
         ({"learning_rate": "0.1"}, "learning_rate must be a finite number"),
     ],

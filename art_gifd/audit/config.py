@@ -40,8 +40,16 @@ directory).
     offset = 0                                # index of the first attacked image (default 0)
 
     [federated]
-    algorithm = "fedsgd"                      # one gradient of one client batch is shared (the only algorithm)
-    batch_sizes = [1, 4]                      # client batch sizes to audit
+    algorithm = "fedsgd"                      # "fedsgd": one gradient of one client batch is shared (default);
+                                              # "fedavg": the weight update of local training (keys below)
+    batch_sizes = [1, 4]                      # client batch sizes (FedAvg: private samples per client) to audit
+    # learning_rate = 0.05                    # fedavg: the server's local learning rate (required)
+    # epochs = 1                              # fedavg: local epochs (default 1) ... or:
+    # steps = 4                               # fedavg: local steps (instead of epochs)
+    # local_batch_size = 2                    # fedavg: local mini-batch size (default: all the client's samples)
+    # optimizer = "sgd"                       # fedavg: "sgd" (default) or "adam"; momentum, weight_decay too
+    # shuffle = true                          # fedavg: visit the samples in a random order each epoch (default)
+    # shuffle_seed = 0                        # fedavg: that order is known to the attacker (default: unknown)
 
     [[defenses]]                              # zero or more; the undefended baseline "none" is always included
     type = "prune"
@@ -141,7 +149,15 @@ from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budge
 from art_gifd.configfile import ConfigError, LocatedDocument, format_key, read_document
 from art_gifd.data import DATASETS, load_dataset, load_image_folder
 from art_gifd.defenses import DEFENSES, Defense, build_defense, describe_defense
-from art_gifd.federated import client_gradients
+from art_gifd.federated import (
+    ALGORITHMS,
+    TRAINING_KEYS,
+    LocalTraining,
+    TrainingConfigError,
+    client_gradients,
+    client_update,
+    local_training_from_config,
+)
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, sha256_of
 from art_gifd.priors.dcgan import DCGANGenerator
@@ -150,8 +166,6 @@ from art_gifd.validation import check_device, check_integer, check_number
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
-#: The only federated algorithm audited: one gradient of one client batch (FedSGD).
-ALGORITHMS = ("fedsgd",)
 LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss}
 LABEL_MODES = ("inferred", "known")
 FACE_PRIOR = "face-dcgan"
@@ -233,6 +247,8 @@ class AuditConfig:
     prior_info: dict[str, Any] | None
     budget: Budget
     config_hash: str
+    #: The clients' local training under ``algorithm = "fedavg"`` (``None``: FedSGD).
+    training: LocalTraining | None = None
 
     @property
     def output(self) -> Path:
@@ -432,7 +448,7 @@ _MODEL = (
     "train_mode",
 )
 _DATA = ("embedded", "split", "image_folder", "offset")
-_FEDERATED = ("algorithm", "batch_sizes")
+_FEDERATED = ("algorithm", "batch_sizes", *TRAINING_KEYS)
 _DEFENSE = ("type", "params", "adaptive", "label")
 _ATTACKS = ("names", "prior", "steps_per_stage", "stages", "num_restarts", "labels", "params")
 _PRIOR_TABLE = ("weights", "nz", "ngf", "nc", "image_size", "key", "training_domain")
@@ -922,11 +938,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         settings["output"] = str((base / Path(settings["output"]).expanduser()).resolve())
     settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
     settings["data"], data, data_facts = _read_data(check, top.get("data"), settings["model"])
-    federated = check.table(top.get("federated"), ("federated",), _FEDERATED)
-    settings["federated"] = {
-        "algorithm": check.get(federated, ("federated",), "algorithm", _string(ALGORITHMS), "fedsgd"),
-        "batch_sizes": check.get(federated, ("federated",), "batch_sizes", _int_list(1), [1]),
-    }
+    settings["federated"], training = _read_federated(check, top.get("federated"))
     defenses = _read_defenses(check, top.get("defenses"))
     settings["defenses"] = [
         {"label": d.label, "type": d.name, "params": d.params, "adaptive": d.adaptive} for d in defenses
@@ -954,8 +966,8 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     x_attack, y_attack, utility_data = _check_counts(check, settings, data)
     if estimator is not None:
         if x_attack is not None:
-            _probe_defenses(check, estimator, defenses, x_attack, y_attack, settings["model"]["train_mode"])
-        _probe_attacks(check, estimator, settings, prior)
+            _probe_defenses(check, estimator, defenses, x_attack, y_attack, settings["model"]["train_mode"], training)
+        _probe_attacks(check, estimator, settings, prior, training)
     if check.problems:
         raise AuditConfigError(check.problems, source)
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
@@ -986,7 +998,33 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         prior_info=prior_info,
         budget=budget,
         config_hash=config_hash,
+        training=training,
     )
+
+
+def _read_federated(check: _Checker, raw: Any) -> tuple[dict[str, Any], LocalTraining | None]:
+    """The ``[federated]`` table: algorithm, client batch sizes and, for FedAvg, the clients' local training."""
+    path = ("federated",)
+    federated = check.table(raw, path, _FEDERATED)
+    algorithm = check.get(federated, path, "algorithm", _string(ALGORITHMS), "fedsgd")
+    settings = {"algorithm": algorithm, "batch_sizes": check.get(federated, path, "batch_sizes", _int_list(1), [1])}
+    given = {key: federated[key] for key in TRAINING_KEYS if key in federated}
+    if algorithm != "fedavg":
+        for key in given:
+            check.add((*path, key), "describes FedAvg's local training: set algorithm = 'fedavg' to use it.")
+        return settings, None
+    try:
+        training = local_training_from_config(given)
+    except TrainingConfigError as err:
+        check.add((*path, err.key) if err.key else path, str(err))
+        return settings, None
+    for size in settings["batch_sizes"] or []:
+        try:
+            training.check_data(size)
+        except ValueError as err:
+            check.add((*path, "local_batch_size"), f"for batch_sizes entry {size}: {err}")
+    settings["training"] = training.describe()
+    return settings, training
 
 
 def _check_counts(
@@ -1029,21 +1067,37 @@ def _check_counts(
 
 
 def _probe_defenses(
-    check: _Checker, estimator: Any, defenses: list[DefenseSetting], x: np.ndarray, y: np.ndarray, train_mode: bool
+    check: _Checker,
+    estimator: Any,
+    defenses: list[DefenseSetting],
+    x: np.ndarray,
+    y: np.ndarray,
+    train_mode: bool,
+    training: LocalTraining | None,
 ) -> None:
     """Run every defence once on one private image, so that model-specific failures show before the audit."""
+    probe = LocalTraining(training.learning_rate, steps=1) if training is not None else None
     for setting in defenses:
         if setting.defense is None:
             continue
         try:
-            client_gradients(estimator, x[:1], y[:1], defense=setting.defense, train_mode=train_mode, seed=0)
+            if probe is None:
+                client_gradients(estimator, x[:1], y[:1], defense=setting.defense, train_mode=train_mode, seed=0)
+            else:  # a FedAvg client applies DP-SGD on each local step: probe one
+                client_update(estimator, x[:1], y[:1], probe, defense=setting.defense, train_mode=train_mode, seed=0)
         except (ValueError, RuntimeError) as err:
             check.add(
                 ("defenses", setting.index or 0, "params"), f"defence '{setting.label}' fails on this model: {err}"
             )
 
 
-def _probe_attacks(check: _Checker, estimator: Any, settings: dict[str, Any], prior: LayeredGenerator | None) -> None:
+def _probe_attacks(
+    check: _Checker,
+    estimator: Any,
+    settings: dict[str, Any],
+    prior: LayeredGenerator | None,
+    training: LocalTraining | None,
+) -> None:
     """Build every attack for this model (their parameter checks run), without running them."""
     attacks, batch_sizes = settings["attacks"], settings["federated"]["batch_sizes"]
     needed = (
@@ -1079,6 +1133,7 @@ def _probe_attacks(check: _Checker, estimator: Any, settings: dict[str, Any], pr
                 train_mode=settings["model"]["train_mode"],
                 device=settings["device"],
                 verbose=False,
+                training=training,
                 **params,
             )
         except TypeError as err:  # an argument the attack's constructor does not take

@@ -3,7 +3,8 @@ Running an audit: every (batch size, defence, attack) setting of a validated :cl
 on the clients' images, the utility of every defence, and the report.
 
 A *setting* attacks ``images_per_setting`` private images in client batches of its batch size, once per seed: the
-client's update is computed by :func:`~art_gifd.federated.client_gradients` under the setting's defence, the attack is
+client's update is computed by :func:`~art_gifd.federated.client_gradients` (FedAvg:
+:func:`~art_gifd.federated.client_update`) under the setting's defence, the attack is
 built by :func:`~art_gifd.attacks.registry.build_attack` at the audit's step budget, and the reconstructions are scored
 by :func:`~art_gifd.metrics.evaluate_batch` (Hungarian matching, PSNR, SSIM, LPIPS when available, label accuracy). All
 attacks of a batch size and defence see the same shared updates (the defence's randomness is seeded by the seed and the
@@ -36,6 +37,7 @@ from art_gifd.attacks.registry import GENERATIVE_ATTACKS
 from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
 from art_gifd.defenses.utility import measure_utility
 from art_gifd.experiment import Case, aggregate_run, attack_batches, environment, source_commit, write_json_atomic
+from art_gifd.federated import describe_training
 from art_gifd.metrics import LPIPSMetric
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
 from art_gifd.report.figures import reconstruction_grid
@@ -260,6 +262,7 @@ def _run_setting(
             verbose=verbose,
             attack_params=cfg.settings["attacks"]["params"].get(setting.attack),
             lpips=lpips,
+            training=cfg.training,
         ):
             per_batch.append((scores, result))
             originals.append(x)
@@ -271,6 +274,7 @@ def _run_setting(
         num_images=len(cfg.x) * len(seeds),
         defense=defense.defense,
         adaptive=defense.adaptive,
+        training=cfg.training,
     )
     prior_name = (cfg.prior_info or {}).get("name")
     run = aggregate_run(case, setting.attack, prior_name, per_batch, lpips)
@@ -358,7 +362,10 @@ def _document(
                 "train_mode": s["model"]["train_mode"],
             },
             "data": cfg.data,
-            "federated": s["federated"],
+            "federated": {
+                **s["federated"],
+                "description": describe_training(cfg.training) if cfg.training is not None else None,
+            },
             "defenses": [d.describe() for d in cfg.defenses],
             "dp": [d.label for d in defended if d.describe()["epsilon"] is not None],
         },
@@ -396,14 +403,25 @@ def _document(
 def _scope(cfg: AuditConfig) -> dict[str, Any]:
     """Threat model of the audit, in words."""
     labels = cfg.settings["attacks"]["labels"]
-    knowledge = [
-        "the FL model's architecture and current weights (the model under audit)",
-        "the update one client shares after one FedSGD step on one private batch, after the client's defence",
-        "the client batch size",
-        "the labels of the private batch"
-        if labels == "known"
-        else "not the labels: they are inferred from the gradient",
-    ]
+    knowledge = ["the FL model's architecture and current weights (the model under audit)"]
+    if cfg.training is None:
+        knowledge += [
+            "the update one client shares after one FedSGD step on one private batch, after the client's defence",
+            "the client batch size",
+        ]
+    else:
+        knowledge += [
+            f"the weight update one client shares after its local training ({describe_training(cfg.training)}), "
+            "after the client's defence",
+            "the number of private samples of the client and the local training's hyper-parameters (learning rate, "
+            "steps, mini-batch size, optimiser), which the server sets",
+            "the mini-batch order (the client's shuffle seed)"
+            if cfg.training.order_known
+            else "not the mini-batch order: each local step is replayed on all of the client's samples",
+        ]
+    knowledge.append(
+        "the labels of the private batch" if labels == "known" else "not the labels: they are inferred from the update"
+    )
     adaptive = [d.label for d in cfg.defenses if d.adaptive]
     if adaptive:
         knowledge.append(f"the defences {', '.join(adaptive)}, which it replays on its own dummy gradients (adaptive)")
@@ -440,8 +458,15 @@ def _limitations(cfg: AuditConfig, runs: list[dict[str, Any]], lpips: LPIPSMetri
         f"Only the attacks {', '.join(cfg.attacks)} were run, at {_as_run(runs, 'steps')} optimisation steps and "
         f"{_as_run(runs, 'num_restarts')} restart(s) per reconstruction. A stronger attacker (more steps, a GPU "
         "budget, another prior, a new attack) may reconstruct more: a low rating is not a proof of privacy.",
-        "One FedSGD step of one client batch is attacked. Several local steps (FedAvg), secure aggregation, and "
-        "updates observed over many rounds are not covered.",
+        (
+            "One FedSGD step of one client batch is attacked. Several local steps (FedAvg), secure aggregation, and "
+            "updates observed over many rounds are not covered."
+            if cfg.training is None
+            else f"One FedAvg update per client is attacked ({describe_training(cfg.training)}), with the local "
+            "training's hyper-parameters known to the attacker"
+            + ("" if cfg.training.order_known else " but not its mini-batch order (approximated by full-batch steps)")
+            + ". Secure aggregation and updates observed over many rounds are not covered."
+        ),
         "The server is honest-but-curious. A malicious server that modifies the model or its weights (for example to "
         "plant trap neurons) can extract far more and is not tested.",
         f"Each setting scores {n} reconstruction(s) ({len(cfg.x)} image(s) x {len(s['seeds'])} seed(s)): shares move "

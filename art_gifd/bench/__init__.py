@@ -4,7 +4,7 @@ or Ray executor, aggregated into tables and figures.
 
 ::
 
-    art-gifd bench benchmarks/profiles/quick.toml --workers 2     # or: python -m benchmarks quick
+    art-gifd bench quick --workers 2     # or: python -m benchmarks quick
     art-gifd bench-report bench-out/quick.jsonl
 """
 

@@ -20,7 +20,7 @@ def add_bench_parsers(sub: argparse._SubParsersAction) -> None:
         description="Run the jobs of a benchmark configuration that the results file does not hold yet.",
     )
     bench.add_argument(
-        "config", help="YAML/TOML configuration, or a profile name of benchmarks/profiles (smoke, quick, full)"
+        "config", help="YAML/TOML configuration, or a profile name (smoke, quick, full: art_gifd/bench/profiles)"
     )
     bench.add_argument(
         "--results",

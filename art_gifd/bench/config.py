@@ -2,12 +2,25 @@
 Benchmark configuration: parse a YAML or TOML file, validate it and normalise it into a :class:`BenchConfig`.
 
 Every error is a :class:`ConfigError` that names the file, the line and the key at fault and says how to fix it.
-The schema (see ``benchmarks/profiles/*.toml`` for complete examples)::
+The schema (see ``art_gifd/bench/profiles/*.toml`` for complete examples)::
 
     name = "quick"                    # profile name (default results file: bench-out/<name>.jsonl)
     device = "cpu"                    # torch device of every job
     seeds = [0, 1]                    # each job runs once per seed (model weights, attack and defence randomness)
-    batch_sizes = [1]                 # client batch sizes; every data set's num_images must be a multiple
+    batch_sizes = [1]                 # client batch sizes (FedAvg: private samples per client); every data set's
+                                      # num_images must be a multiple
+    models = ["lenet", "convnet"]     # art_gifd.models.build_model names
+
+    [federated]                       # optional, one setting for every job
+    algorithm = "fedsgd"              # "fedsgd" (default): each client shares one gradient of its batch; "fedavg":
+                                      # the weight update of its local training, set by the keys below, the same as
+                                      # an audit's [federated] table (art_gifd.federated.TRAINING_KEYS)
+    # learning_rate = 0.05            # fedavg: the local learning rate (required)
+    # epochs = 2                      # fedavg: local epochs (default 1) ... or:
+    # steps = 4                       # fedavg: local steps (instead of epochs)
+    # local_batch_size = 1            # fedavg: local mini-batch size (default: all the client's samples)
+    # optimizer = "sgd"               # fedavg: "sgd" (default) or "adam"; momentum, weight_decay too
+    # shuffle_seed = 0                # fedavg: the attacker knows the order (or shuffle = false; default: unknown)
 
     [budget]                          # equal step budget (art_gifd.attacks.registry.Budget), per attack overridable
     steps_per_stage = 50
@@ -25,8 +38,6 @@ The schema (see ``benchmarks/profiles/*.toml`` for complete examples)::
     name = "mnist"
     source = "mnist32"
     num_images = 2
-
-    models = ["lenet", "convnet"]     # art_gifd.models.build_model names
 
     [priors.mnist]                    # generators the generative attacks use, by name
     type = "embedded"
@@ -103,13 +114,18 @@ class BenchConfig:
     priors: dict[str, dict[str, Any]]
     attacks: list[dict[str, Any]]
     defenses: list[dict[str, Any]]
+    #: The clients' local training (``LocalTraining`` fields) under ``[federated] algorithm = "fedavg"``; ``None``:
+    #: FedSGD.
+    federated: dict[str, Any] | None = None
     source: str = "<config>"
     #: Lines of the keys in the source file, for errors found after validation (e.g. shape checks).
     document: LocatedDocument | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """The normalised configuration (what :attr:`config_hash` hashes)."""
+        """The normalised configuration (what :attr:`config_hash` hashes; FedSGD configurations omit ``federated``)."""
+        federated = {"federated": self.federated} if self.federated is not None else {}
         return {
+            **federated,
             "name": self.name,
             "description": self.description,
             "device": self.device,
@@ -147,8 +163,8 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
-#: Where the profiles live in a source checkout (``benchmarks/profiles/<name>.toml``).
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "profiles"
+#: Where the profiles ship: inside the package (``art_gifd/bench/profiles/<name>.toml``), installed with it.
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -276,6 +292,7 @@ TOP_LEVEL_KEYS = (
     "priors",
     "attacks",
     "defenses",
+    "federated",
 )
 
 
@@ -309,6 +326,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         source=document.source,
         document=document,
     )
+    config.federated = _federated(v, top.get("federated", {}), ("federated",), config.batch_sizes)
     for name in ("seeds", "batch_sizes", "models"):
         values = getattr(config, name)
         if len(set(values)) != len(values):
@@ -331,6 +349,34 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     config.attacks = v.list_of(top["attacks"], ("attacks",), _attack(v, config))
     v.unique_names(config.attacks, ("attacks",), key="label")
     return config
+
+
+def _federated(v: _Validator, value: Any, path: KeyPath, batch_sizes: list[int]) -> dict[str, Any] | None:
+    """
+    ``[federated]``: ``algorithm`` (``"fedsgd"``, the default, or ``"fedavg"``) and FedAvg's local-training keys, the
+    same as an audit's (:data:`art_gifd.federated.TRAINING_KEYS`). Returns the ``LocalTraining`` fields, or ``None``.
+    """
+    from art_gifd.federated import ALGORITHMS, TRAINING_KEYS, TrainingConfigError, local_training_from_config
+
+    table = v.table(value, path, ("algorithm", *TRAINING_KEYS))
+    algorithm = v.string(table.get("algorithm", "fedsgd"), (*path, "algorithm"), ALGORITHMS)
+    given = {key: table[key] for key in TRAINING_KEYS if key in table}
+    if algorithm != "fedavg":
+        if given:
+            raise v.fail((*path, next(iter(given))), "describes FedAvg's local training: set algorithm = 'fedavg'")
+        return None
+    try:
+        training = local_training_from_config(given)
+    except TrainingConfigError as err:
+        raise v.fail((*path, err.key) if err.key else path, str(err).rstrip(".")) from None
+    for size in batch_sizes:
+        try:
+            training.check_data(size)
+        except ValueError as err:
+            raise v.fail((*path, "local_batch_size"), f"for batch_sizes entry {size}: {err}".rstrip(".")) from None
+    fields = training.describe()
+    fields.pop("order_known")
+    return fields
 
 
 def _budget(v: _Validator, value: Any, path: KeyPath, required: Sequence[str] = BUDGET_KEYS) -> dict[str, int]:

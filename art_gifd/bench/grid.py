@@ -113,6 +113,8 @@ def _job(
         "device": config.device,
         "seed": seed,
     }
+    if config.federated is not None:  # FedSGD jobs keep the identifiers they had before FedAvg existed
+        job_config["federated"] = config.federated
     utility_key = None
     if config.utility is not None:
         utility_key = canonical_hash(

@@ -90,6 +90,7 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
     from art_gifd.bench.components import build_defense, load_images, load_prior, utility_data
     from art_gifd.defenses import measure_utility
     from art_gifd.experiment import Budget, Case, Experiment, run_experiment
+    from art_gifd.federated import local_training
     from art_gifd.models import build_model, make_classifier
 
     cfg = job.config
@@ -112,6 +113,7 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
         adaptive=defense_spec["adaptive"],
         data=(x, y),
         num_classes=num_classes,
+        training=local_training(cfg.get("federated")),
     )
     experiment = Experiment(
         [case],

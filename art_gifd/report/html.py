@@ -26,8 +26,12 @@ def render_results_html(results: dict[str, Any], figure: str | Path | None = Non
     :param results: The results document.
     :param figure: Optional PNG (e.g. the reconstruction grid) embedded in the page.
     """
+    from art_gifd.experiment import protocol_label
+
     template = template_environment().get_template("results.html")
-    return template.render(results=results, figure=png_data_uri(figure) if figure else None)
+    return template.render(
+        results=results, figure=png_data_uri(figure) if figure else None, protocol_label=protocol_label
+    )
 
 
 def write_results_html(results: dict[str, Any], path: str | Path, figure: str | Path | None = None) -> Path:
