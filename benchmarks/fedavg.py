@@ -284,7 +284,9 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines = [
         "# FedAvg: inverting a client's weight update after several local steps",
         "",
-        f"Made by `{header['command']}` at commit `{header['git_commit']}` on {header['device']} ({header['date']}). "
+        "Runs: `python benchmarks/fedavg.py --sizes 4` and `--sizes 8` (two processes), label and memory tables: "
+        f"`--labels`, `--memory`; this file: `{header['command']}`. Runs at commit `{header['git_commit']}` on "
+        f"{header['device']}, summarised {header['date']}. "
         f"FL model: ReLU ConvNet after {header['rounds']} FedAvg rounds on the public digits (held-out accuracy "
         f"{header['model_accuracy']:.3f}). Private data: held-out digits {PRIVATE[0]}–"
         f"{PRIVATE[0] + header['images'] - 1}; "
@@ -324,9 +326,63 @@ def report(args: argparse.Namespace) -> None:
         "model_accuracy": runs[0]["model_accuracy"],
         "environment": environment(0, "cpu"),
     }
-    write_json_atomic(RESULTS / "fedavg.json", {**header, "rows": rows})
-    (RESULTS / "fedavg.md").write_text(markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])}))
-    print(markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])}))
+    label_rows = _read_optional(args.runs / "labels.json")
+    memory_rows = _read_optional(args.runs / "memory.json")
+    write_json_atomic(RESULTS / "fedavg.json", {**header, "rows": rows, "labels": label_rows, "memory": memory_rows})
+    text = markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])})
+    text += _labels_markdown(label_rows) + _memory_markdown(memory_rows)
+    (RESULTS / "fedavg.md").write_text(text)
+    print(text)
+
+
+def _read_optional(path: Path) -> list[dict[str, Any]] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _labels_markdown(rows: list[dict[str, Any]] | None) -> str:
+    """The label-inference table of ``--labels``."""
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## Labels from the update (`python benchmarks/fedavg.py --labels`)",
+        "",
+        "`infer_labels` on 30 random client batches of held-out digits "
+        f"{LABEL_POOL[0]}–{LABEL_POOL[1] - 1} per row (the same batches in every row): mean fraction of the labels "
+        "recovered (multiset) and share of batches with every label right.",
+        "",
+        "| model | N | update | labels recovered | batches exact |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['size']} | {r['setting']} | {r['label_accuracy']:.3f} | {r['exact_share']:.2f} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _memory_markdown(rows: list[dict[str, Any]] | None) -> str:
+    """The memory table of ``--memory``."""
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## Memory and time per search step (`python benchmarks/fedavg.py --memory`)",
+        "",
+        "One matching-loss evaluation and its backward pass (one Adam step of the search) on the untrained ConvNet, "
+        f"{rows[0]['size']} samples, {rows[0]['restarts']} restarts, full-batch SGD steps, one torch thread, each in "
+        "a fresh process: peak resident memory above the process's before the call, CPU seconds, and the estimate "
+        "the attacks check against the free memory before a search.",
+        "",
+        "| local steps | measured MiB | estimated MiB | CPU s |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['local_steps']} | {r['measured_bytes'] / 2**20:.1f} | {r['estimated_bytes'] / 2**20:.1f} "
+        f"| {r['cpu_seconds']:.3f} |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
