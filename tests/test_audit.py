@@ -16,6 +16,7 @@ from art_gifd.audit import AuditConfigError, load_audit_config, run_audit
 from art_gifd.audit import run as audit_run
 from art_gifd.cli import main
 from art_gifd.federated import client_gradients
+from art_gifd.metrics import LPIPSMetric
 from art_gifd.models import lenet
 from art_gifd.report.audit import SCHEMA, format_number
 
@@ -427,3 +428,14 @@ def test_fedavg_audit_reports_the_protocol_and_matches_the_bench(tmp_path) -> No
     (job,) = ResultsFile(tmp_path / "same.jsonl").read()[1]
     assert job["result"]["federated"] == setting["federated"]
     assert job["result"]["per_image"]["psnr"] == pytest.approx(setting["per_image"]["psnr"], abs=1e-9)
+
+
+def test_limitations_name_wrong_inferred_labels_and_the_worst_case_setting(tiny_report) -> None:
+    report, folder = tiny_report
+    cfg = load_audit_config(folder / "audit.toml")
+    runs = [dict(s) for s in report.settings]
+    assert all(run["label_accuracy"] == 1.0 for run in runs)
+    assert not any("Labels were inferred" in item for item in audit_run._limitations(cfg, runs, LPIPSMetric()))
+    runs[-1]["label_accuracy"] = 0.5
+    (item,) = [i for i in audit_run._limitations(cfg, runs, LPIPSMetric()) if "Labels were inferred" in i]
+    assert f"lowest label accuracy 0.50, setting {runs[-1]['id']}" in item and 'labels = "known"' in item

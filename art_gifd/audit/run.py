@@ -479,6 +479,15 @@ def _limitations(cfg: AuditConfig, runs: list[dict[str, Any]], lpips: LPIPSMetri
         "production training.",
         "The model is audited at its current weights; leakage changes as training goes on.",
     ]
+    wrong = [run for run in runs if run["label_accuracy"] < 1.0]
+    if s["attacks"]["labels"] == "inferred" and wrong:
+        worst = min(wrong, key=lambda run: run["label_accuracy"])
+        items.append(
+            f"Labels were inferred from the updates and were partly wrong in {len(wrong)} of {len(runs)} setting(s) "
+            f"(lowest label accuracy {worst['label_accuracy']:.2f}, setting {worst['id']}); reconstructions with wrong "
+            "labels score lower. Label inference is least reliable on confident (trained) models. An attacker who "
+            'knows the labels may reconstruct more: set [attacks] labels = "known" for the worst case.'
+        )
     if not lpips.available:
         items.append(f"LPIPS was not computed: {lpips.reason}")
     return items
