@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="GIFD vs latent-only vs pixel-space attacks on the embedded data and prior")
     demo.add_argument("--out", type=output_folder, default=Path("demo-out"), help="output folder (default: demo-out)")
-    demo.add_argument("--quick", action="store_true", help="small grid, under 3 minutes on 2 CPU cores")
+    demo.add_argument("--quick", action="store_true", help="small grid, under 2 minutes on 2 idle CPU cores")
     demo.add_argument("--seed", type=count(0), default=0, help="seed of models and attacks (default: 0)")
     demo.add_argument("--device", type=device_name, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -47,7 +47,7 @@ def _demo_training(local_batch_size: int) -> LocalTraining:
 
 
 def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Experiment:
-    """The demo grid: the default one (under 10 minutes on 2 CPU cores) or the ``quick`` one (under 3)."""
+    """The demo grid: the default one (about 3.5 minutes on 2 idle CPU cores) or the ``quick`` one (under 2)."""
     if quick:
         budget = Budget(steps_per_stage=50, stages=4, num_restarts=2)
         cases = [
