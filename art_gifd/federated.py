@@ -357,8 +357,11 @@ class LocalTraining:
 
     @property
     def order_known(self) -> bool:
-        """Whether an attacker can reproduce the mini-batch order (no shuffling, or a known shuffle seed)."""
-        return not self.shuffle or self.shuffle_seed is not None
+        """
+        Whether an attacker can reproduce the mini-batch order: full-batch steps (no order to know), no shuffling, or a
+        known shuffle seed.
+        """
+        return self.batch_size is None or not self.shuffle or self.shuffle_seed is not None
 
     def _batch(self, n: int) -> int:
         return n if self.batch_size is None else min(self.batch_size, n)
@@ -390,7 +393,7 @@ class LocalTraining:
         rng = np.random.default_rng(self.shuffle_seed if self.shuffle_seed is not None else seed)
         size, steps, out = self._batch(n), self.num_steps(n), []
         while len(out) < steps:
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            order = rng.permutation(n) if self.shuffle and size < n else np.arange(n)  # a full batch has no order
             out.extend(order[i : i + size] for i in range(0, n, size))
         return out[:steps]
 

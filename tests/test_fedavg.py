@@ -141,6 +141,7 @@ def test_dp_sgd_acts_on_every_local_step_and_other_defences_on_the_update(lenet_
 def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -> None:
     unknown = LocalTraining(0.1, epochs=2, batch_size=2)
     assert not unknown.order_known and unknown.num_steps(6) == 6
+    assert LocalTraining(0.1, steps=3).order_known  # full-batch steps have no order to know
     assert all(len(index) == 6 and scale == 1.0 for index, scale in unknown.simulation(6))
     known = LocalTraining(0.1, epochs=2, batch_size=2, shuffle_seed=1)
     batches = known.batches(6)
