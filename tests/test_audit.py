@@ -439,3 +439,29 @@ def test_limitations_name_wrong_inferred_labels_and_the_worst_case_setting(tiny_
     runs[-1]["label_accuracy"] = 0.5
     (item,) = [i for i in audit_run._limitations(cfg, runs, LPIPSMetric()) if "Labels were inferred" in i]
     assert f"lowest label accuracy 0.50, setting {runs[-1]['id']}" in item and 'labels = "known"' in item
+
+
+def test_prior_tables_use_the_prior_registry_with_the_bench_vocabulary(tmp_path) -> None:
+    from art_gifd.priors import DCGANGenerator
+
+    generator = DCGANGenerator(nz=16, ngf=8, nc=1, image_size=32)
+    torch.save({"netG": generator.state_dict()}, tmp_path / "g.pt")
+    path = write_config(tmp_path)
+    table = 'prior = { type = "dcgan", weights = "g.pt", nz = 16, ngf = 8, nc = 1, image_size = 32, key = "netG" }\n'
+    text = path.read_text().replace("num_restarts = 1\n", "num_restarts = 1\n" + table)
+    path.write_text(text)
+    cfg = load_audit_config(path)
+    assert (
+        cfg.prior.nz == 16 and cfg.prior_info["name"] == str(tmp_path / "g.pt") and len(cfg.prior_info["sha256"]) == 64
+    )
+    for broken, key, message in [
+        (text.replace('type = "dcgan", ', ""), "attacks.prior", "a prior table needs a type"),
+        (text.replace('"dcgan"', '"dcgann"'), "attacks.prior.type", "unknown value 'dcgann'"),
+        (text.replace("nz = 16", "nz = 0"), "attacks.prior.nz", "must be a positive integer"),
+        (text.replace("nz = 16", "nz = 32"), "attacks.prior.weights", "does not fit DCGANGenerator"),
+        (text.replace('"g.pt"', '"missing.pt"'), "attacks.prior.weights", "file not found"),
+    ]:
+        path.write_text(broken)
+        with pytest.raises(AuditConfigError) as err:
+            load_audit_config(path)
+        assert message in problems(err)[key]

@@ -119,8 +119,11 @@ Attacks
     ``l1_radius``, ``learning_rate``, ``distance``; see each class in :mod:`art_gifd.attacks`). ``prior`` is used by the
     generative attacks (:data:`~art_gifd.attacks.registry.GENERATIVE_ATTACKS`): an embedded prior name
     (:data:`art_gifd.priors.embedded.EMBEDDED_PRIORS`), ``"face-dcgan"`` (the 64×64 face DCGAN of the
-    ``gan-face-generate`` package), or a DCGAN checkpoint given as a table ``{ weights = "g.pt", nz = 64, ngf = 64, nc =
-    1, image_size = 32, key = "netG", training_domain = "…" }``. Its image shape must equal the model's ``input_shape``.
+    ``gan-face-generate`` package), or a table of :data:`art_gifd.priors.registry.PRIOR_TYPES`, the same as the
+    benchmark runner's priors: e.g. a DCGAN checkpoint ``{ type = "dcgan", weights = "g.pt", nz = 64, ngf = 64, nc = 1,
+    image_size = 32, key = "netG", training_domain = "…" }``, a StyleGAN2 ``{ type = "stylegan2", weights = "sg2.pt",
+    size = 64 }`` or a BigGAN ``{ type = "biggan", weights = "biggan-deep-128/" }``. Its image shape must equal the
+    model's ``input_shape``.
     A class-conditional prior maps each task label to the generator class of the same index.
 
 Report
@@ -159,8 +162,7 @@ from art_gifd.federated import (
     local_training_from_config,
 )
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, sha256_of
-from art_gifd.priors.dcgan import DCGANGenerator
+from art_gifd.priors.checkpoints import load_strict, sha256_of
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.validation import check_device, check_integer, check_number
 
@@ -451,7 +453,6 @@ _DATA = ("embedded", "split", "image_folder", "offset")
 _FEDERATED = ("algorithm", "batch_sizes", *TRAINING_KEYS)
 _DEFENSE = ("type", "params", "adaptive", "label")
 _ATTACKS = ("names", "prior", "steps_per_stage", "stages", "num_restarts", "labels", "params")
-_PRIOR_TABLE = ("weights", "nz", "ngf", "nc", "image_size", "key", "training_domain")
 _UTILITY = ("rounds", "batch_size", "learning_rate", "probe_batches", "test_fraction")
 _REPORT = ("recognisable_ssim", "high_share", "medium_share")
 
@@ -790,63 +791,59 @@ def _compact(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _weights_path(check: _Checker, kind: str) -> Callable[[Any], str]:
+    """Converter of a prior's ``weights``: an existing file (or folder) resolved against the config's folder."""
+    return lambda value: str(check.path(value, kind))
+
+
 def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, LayeredGenerator | None, dict | None]:
-    """Prior setting, the loaded prior and its facts for the report."""
+    """
+    Prior setting, the loaded prior and its facts for the report: an embedded prior's name, ``"face-dcgan"``, or a
+    table of :data:`art_gifd.priors.registry.PRIOR_TYPES` (the benchmark runner's ``[priors.<name>]`` tables).
+    """
+    from art_gifd.priors.registry import INTEGER_KEYS, NUMBER_KEYS, PRIOR_TYPES, load_prior, prior_facts
+
     path = ("attacks", "prior")
     if isinstance(raw, str):
-        if raw == FACE_PRIOR:
-            from art_gifd.priors.faces import load_face_dcgan
-
-            try:
-                prior = load_face_dcgan(device=device or "cpu")
-            except (FileNotFoundError, ValueError) as err:
-                check.add(path, str(err))
-                return raw, None, None
-            return raw, prior, {"name": raw, **prior.describe()}
-        if raw not in EMBEDDED_PRIORS:
+        if raw != FACE_PRIOR and raw not in EMBEDDED_PRIORS:
             check.add(
                 path, f"unknown prior '{raw}': use one of {', '.join([*EMBEDDED_PRIORS, FACE_PRIOR])} or a table."
             )
             return raw, None, None
-        from art_gifd.priors.embedded import load_default_prior
-
-        try:
-            prior = load_default_prior(raw, device=device or "cpu")
-        except (FileNotFoundError, ValueError) as err:
-            check.add(path, str(err))
+        spec: dict[str, Any] = {"type": FACE_PRIOR} if raw == FACE_PRIOR else {"type": "embedded", "name": raw}
+    else:
+        if not isinstance(raw, Mapping) or "type" not in raw:
+            check.add(path, f"a prior table needs a type: one of {', '.join(PRIOR_TYPES)}.")
             return raw, None, None
-        info = {"name": raw, **prior.describe(), "sha256": EMBEDDED_PRIORS[raw]["sha256"]}
-        return raw, prior, info
-    table = check.table(raw, path, _PRIOR_TABLE)
-    if not isinstance(raw, Mapping):
-        return raw, None, None
-    settings = {
-        "weights": check.get(table, path, "weights", check.path, hint="a DCGAN generator state dict."),
-        "nz": check.get(table, path, "nz", _integer(1), 64),
-        "ngf": check.get(table, path, "ngf", _integer(1), 64),
-        "nc": check.get(table, path, "nc", _integer(1), 1),
-        "image_size": check.get(table, path, "image_size", _integer(8), 32),
-        "key": check.get(table, path, "key", _string(), None),
-        "training_domain": check.get(table, path, "training_domain", _string(), "unknown"),
-    }
-    if check.failed_under(path):
-        return settings, None, None
-    file = settings["weights"]
-    settings["weights"] = str(file)
+        kind = check.get(raw, path, "type", _string(tuple(PRIOR_TYPES)))
+        if kind is None:
+            return raw, None, None
+        required, optional = PRIOR_TYPES[kind]
+        table = check.table(raw, path, ("type", *required, *optional))
+        spec = {"type": kind}
+        for key in (*required, *optional):
+            convert: Callable[[Any], Any]
+            if key == "weights":
+                convert = _weights_path(check, "folder" if kind == "biggan" else "file")
+            elif key in INTEGER_KEYS:
+                convert = _integer(1)
+            elif key in NUMBER_KEYS:
+                convert = _number(0)
+            elif key == "noise":
+                convert = _boolean
+            else:
+                convert = _string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else _string()
+            value = check.get(table, path, key, convert, default=_REQUIRED if key in required else None)
+            if value is not None:
+                spec[key] = value
+        if check.failed_under(path):
+            return spec, None, None
     try:
-        generator = DCGANGenerator(
-            nz=settings["nz"],
-            ngf=settings["ngf"],
-            nc=settings["nc"],
-            image_size=settings["image_size"],
-            training_domain=settings["training_domain"],
-        )
-        load_strict(generator, load_state_dict_file(file, key=settings["key"]), f"'{file}'")
+        prior = load_prior(spec, device or "cpu")
     except (FileNotFoundError, ValueError) as err:
-        check.add((*path, "weights"), str(err))
-        return settings, None, None
-    prior = generator.to(device or "cpu").freeze()
-    return settings, prior, {"name": str(file), **prior.describe(), "sha256": sha256_of(file)}
+        check.add((*path, "weights") if "weights" in spec else path, str(err))
+        return spec, None, None
+    return (raw if isinstance(raw, str) else spec), prior, prior_facts(spec, prior)
 
 
 def _read_attacks(

@@ -16,7 +16,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from art_gifd.defenses.base import Defense
-    from art_gifd.priors.base import LayeredGenerator
 
 #: Share of a folder data set (after a shuffle seeded with 0) held out: the attacked images and the utility test set.
 HOLDOUT_FRACTION = 0.2
@@ -46,45 +45,6 @@ def _build_defense(kind: str, params_json: str) -> Defense:
     with warnings.catch_warnings():  # Opacus' search for a target epsilon warns about its range of RDP orders
         warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
         return build(kind, json.loads(params_json))
-
-
-def load_prior(spec: dict[str, Any], device: str) -> LayeredGenerator:
-    """
-    Load the generator of a ``[priors.<name>]`` spec on ``device`` (cached per process).
-
-    :raises FileNotFoundError: If its weights are missing (the message names the file).
-    :raises ValueError: If the weights do not fit the architecture.
-    """
-    return _load_prior(json.dumps(spec, sort_keys=True), device)
-
-
-@lru_cache(maxsize=4)
-def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
-    from art_gifd import priors
-    from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
-
-    spec = json.loads(spec_json)
-    kind = spec.pop("type")
-    if kind == "embedded":
-        return priors.load_default_prior(spec["name"], device=device)
-    if kind == "face-dcgan":
-        return priors.load_face_dcgan(spec.get("weights"), device=device)
-    if kind == "dcgan":
-        generator = priors.DCGANGenerator(
-            nz=spec["nz"],
-            ngf=spec["ngf"],
-            nc=spec["nc"],
-            image_size=spec["image_size"],
-            training_domain=spec.get("training_domain", "unknown"),
-        )
-        state = load_state_dict_file(spec["weights"], key=spec.get("key"), sha256=spec.get("sha256"))
-        load_strict(generator, state, f"'{spec['weights']}'")
-        return generator.to(device).freeze()
-    if kind == "stylegan2":
-        return priors.load_stylegan2(spec.pop("weights"), spec.pop("size"), device=device, **spec)
-    if kind == "biggan":
-        return priors.load_biggan(spec.pop("weights"), device=device, **spec)
-    raise ValueError(f"Unknown prior type '{kind}': choose one of embedded, face-dcgan, dcgan, stylegan2, biggan.")
 
 
 def load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:

@@ -57,8 +57,9 @@ Defence types are ``none`` and the names of :data:`art_gifd.defenses.registry.DE
 ``compose``) with their constructor parameters; ``adaptive = [false, true]`` also runs the attacker that replays the
 defence. A folder data set is ``source = "folder"``, ``root`` (class sub-folders of images of one size) and
 ``channels``; its seeded 20 % held-out part is attacked and the rest trains the utility run. Priors: ``embedded``,
-``face-dcgan``, ``dcgan``, ``stylegan2``, ``biggan`` (see :data:`PRIOR_TYPES`). Attacks may be restricted with
-``datasets``, ``models`` and ``defenses`` lists, and override the ``budget``.
+``face-dcgan``, ``dcgan``, ``stylegan2``, ``biggan`` (see :data:`art_gifd.priors.registry.PRIOR_TYPES`), the same
+tables as an audit's ``[attacks] prior``. Attacks may be restricted with ``datasets``, ``models`` and ``defenses``
+lists, and override the ``budget``.
 """
 
 from __future__ import annotations
@@ -440,20 +441,9 @@ def _dataset(v: _Validator) -> Callable[[Any, KeyPath], dict[str, Any]]:
     return check
 
 
-PRIOR_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # type: (required keys, optional keys) besides "type"
-    "embedded": ((), ("name",)),
-    "face-dcgan": ((), ("weights",)),
-    "dcgan": (("weights", "nz", "ngf", "nc", "image_size"), ("key", "sha256", "training_domain")),
-    "stylegan2": (
-        ("weights", "size"),
-        ("style_dim", "n_mlp", "channel_multiplier", "key", "truncation", "noise", "sha256", "training_domain"),
-    ),
-    "biggan": (("weights",), ("truncation", "sha256", "training_domain")),
-}
-
-
 def _prior(v: _Validator, value: Any, path: KeyPath) -> dict[str, Any]:
+    from art_gifd.priors.registry import INTEGER_KEYS, NUMBER_KEYS, PRIOR_TYPES
+
     if not isinstance(value, dict) or "type" not in value:
         raise v.fail(path, f"a prior needs a type: one of {', '.join(PRIOR_TYPES)}")
     kind = v.string(value["type"], (*path, "type"), list(PRIOR_TYPES))
@@ -466,9 +456,9 @@ def _prior(v: _Validator, value: Any, path: KeyPath) -> dict[str, Any]:
         if key == "weights":
             what = "the generator's weights directory" if kind == "biggan" else "the generator's weights file"
             spec[key] = v.existing_path(table[key], (*path, key), what, directory=kind == "biggan")
-        elif key in ("nz", "ngf", "nc", "image_size", "size", "style_dim", "n_mlp", "channel_multiplier"):
+        elif key in INTEGER_KEYS:
             spec[key] = v.integer(table[key], (*path, key), 1)
-        elif key == "truncation":
+        elif key in NUMBER_KEYS:
             spec[key] = v.number(table[key], (*path, key), 0.0)
         else:
             spec[key] = v.string(table[key], (*path, key))

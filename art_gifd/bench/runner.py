@@ -87,11 +87,12 @@ def run_job(job: Job, utility: dict[str, Any] | None = None) -> JobOutcome:
 def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutcome:
     import torch
 
-    from art_gifd.bench.components import build_defense, load_images, load_prior, utility_data
+    from art_gifd.bench.components import build_defense, load_images, utility_data
     from art_gifd.defenses import measure_utility
     from art_gifd.experiment import Budget, Case, Experiment, run_experiment
     from art_gifd.federated import local_training
     from art_gifd.models import build_model, make_classifier
+    from art_gifd.priors.registry import load_prior
 
     cfg = job.config
     seed, device = cfg["seed"], cfg["device"]
@@ -511,8 +512,9 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
                          with too few images, a prior whose images do not have the data set's shape, or a model that
                          cannot be built.
     """
-    from art_gifd.bench.components import load_images, load_prior
+    from art_gifd.bench.components import load_images
     from art_gifd.models import build_model
+    from art_gifd.priors.registry import load_prior
     from art_gifd.validation import check_device
 
     try:

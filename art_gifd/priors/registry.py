@@ -1,0 +1,89 @@
+"""
+Priors by type: one place that knows how to build every generator from a configuration spec, for the audit and the
+benchmark runner alike.
+
+A spec is a mapping with a ``type`` of :data:`PRIOR_TYPES` and that type's keys, e.g. ``{"type": "embedded", "name":
+"mnist32"}``, ``{"type": "face-dcgan"}``, ``{"type": "dcgan", "weights": "g.pt", "nz": 64, "ngf": 64, "nc": 1,
+"image_size": 32}``, ``{"type": "stylegan2", "weights": "sg2.pt", "size": 64}`` or ``{"type": "biggan", "weights":
+"biggan-deep-128/"}``. Paths are used as given (configuration readers resolve them first).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from art_gifd.priors.base import LayeredGenerator
+
+#: Prior types: (required keys, optional keys) besides ``type``.
+PRIOR_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "embedded": ((), ("name",)),
+    "face-dcgan": ((), ("weights",)),
+    "dcgan": (("weights", "nz", "ngf", "nc", "image_size"), ("key", "sha256", "training_domain")),
+    "stylegan2": (
+        ("weights", "size"),
+        ("style_dim", "n_mlp", "channel_multiplier", "key", "truncation", "noise", "sha256", "training_domain"),
+    ),
+    "biggan": (("weights",), ("truncation", "sha256", "training_domain")),
+}
+#: Keys of a spec that are positive integers, and the one that is a non-negative number.
+INTEGER_KEYS = ("nz", "ngf", "nc", "image_size", "size", "style_dim", "n_mlp", "channel_multiplier")
+NUMBER_KEYS = ("truncation",)
+
+
+def load_prior(spec: Mapping[str, Any], device: str) -> LayeredGenerator:
+    """
+    The frozen generator of a prior spec on ``device`` (cached per process: a worker loads a prior once).
+
+    :raises FileNotFoundError: If its weights are missing (the message names the file).
+    :raises ValueError: For an unknown type, or weights that do not fit the architecture.
+    """
+    return _load_prior(json.dumps(dict(spec), sort_keys=True), device)
+
+
+@lru_cache(maxsize=4)
+def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
+    from art_gifd import priors
+    from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+
+    spec = json.loads(spec_json)
+    kind = spec.pop("type", None)
+    if kind == "embedded":
+        return priors.load_default_prior(spec.get("name", "mnist32"), device=device)
+    if kind == "face-dcgan":
+        return priors.load_face_dcgan(spec.get("weights"), device=device)
+    if kind == "dcgan":
+        generator = priors.DCGANGenerator(
+            nz=spec["nz"],
+            ngf=spec["ngf"],
+            nc=spec["nc"],
+            image_size=spec["image_size"],
+            training_domain=spec.get("training_domain", "unknown"),
+        )
+        state = load_state_dict_file(spec["weights"], key=spec.get("key"), sha256=spec.get("sha256"))
+        load_strict(generator, state, f"'{spec['weights']}'")
+        return generator.to(device).freeze()
+    if kind == "stylegan2":
+        return priors.load_stylegan2(spec.pop("weights"), spec.pop("size"), device=device, **spec)
+    if kind == "biggan":
+        return priors.load_biggan(spec.pop("weights"), device=device, **spec)
+    raise ValueError(f"Unknown prior type {kind!r}: choose one of {', '.join(PRIOR_TYPES)}.")
+
+
+def prior_facts(spec: Mapping[str, Any], prior: LayeredGenerator) -> dict[str, Any]:
+    """What a report says about a loaded prior: its name (embedded name, type or weights file), architecture and the
+    SHA-256 of its weights where known."""
+    from art_gifd.priors.checkpoints import sha256_of
+    from art_gifd.priors.embedded import EMBEDDED_PRIORS
+
+    kind = spec["type"]
+    if kind == "embedded":
+        name = spec.get("name", "mnist32")
+        return {"name": name, **prior.describe(), "sha256": EMBEDDED_PRIORS[name]["sha256"]}
+    weights = spec.get("weights")
+    if weights is None:
+        return {"name": kind, **prior.describe()}
+    sha256 = spec.get("sha256") or (sha256_of(weights) if not str(weights).endswith("/") else None)
+    return {"name": str(weights), "type": kind, **prior.describe(), "sha256": sha256}
