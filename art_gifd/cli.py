@@ -65,22 +65,10 @@ def device_name(text: str) -> str:
 
 
 THREADS_HELP = (
-    "torch CPU threads (default: the cores that the 1-minute load average leaves free, at least 1): with every core "
-    "taken, torch's threads wait on each other and a run can take ten times longer"
+    "torch CPU threads (default: torch's, one per core); give 1 when other jobs keep the cores busy: with every core "
+    "taken, torch's threads wait on each other and a run can take ten times longer. The thread count changes the "
+    "order of float sums, so B > 1 reconstructions differ in their last digits and can then diverge"
 )
-
-
-def default_threads() -> int:
-    """
-    Torch threads for a demo or an audit: the cores this process may use minus the 1-minute load average (at least
-    one, at most torch's own default). On a 2-core machine with one core busy, two threads made the quick demo more
-    than ten times slower than one thread (over 19 minutes against 110 s).
-    """
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(torch.get_num_threads(), round(cores - busy)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads if args.threads is not None else default_threads())
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:  # the thread count is process-wide: restore it for callers of main() in their own process (tests, notebooks)
         return _audit(args) if args.command == "audit" else _demo(args)
     finally:

@@ -165,13 +165,3 @@ def test_bench_report_names_a_file_it_cannot_report(tmp_path, capsys, content, m
     results.write_text(content)
     assert main(["bench-report", str(results)]) == 2
     assert message in capsys.readouterr().err
-
-
-def test_demo_and_audit_default_to_the_cores_the_load_leaves_free(monkeypatch) -> None:
-    from art_gifd.cli import default_threads
-
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    for load, threads in ((0.1, 2), (1.2, 1), (6.0, 1)):
-        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
-        assert default_threads() == threads
