@@ -465,3 +465,18 @@ def test_prior_tables_use_the_prior_registry_with_the_bench_vocabulary(tmp_path)
         with pytest.raises(AuditConfigError) as err:
             load_audit_config(path)
         assert message in problems(err)[key]
+
+
+def test_stylegan2_and_biggan_prior_tables_read_as_the_bench_reads_them(tmp_path) -> None:
+    from art_gifd.priors import DCGANGenerator
+    from art_gifd.priors.registry import prior_facts
+
+    path = write_config(tmp_path)
+    table = 'prior = { type = "stylegan2", weights = "missing.pt", size = 32, noise = "random", truncation = 0.7 }\n'
+    path.write_text(path.read_text().replace("num_restarts = 1\n", "num_restarts = 1\n" + table))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert set(problems(err)) == {"attacks.prior.weights"}  # noise is the loader's string, as in a bench table
+    stand_in = DCGANGenerator(nz=16, ngf=8, nc=1, image_size=32)
+    facts = prior_facts({"type": "biggan", "weights": str(tmp_path)}, stand_in)  # a BigGAN checkpoint is a folder
+    assert facts["name"] == str(tmp_path) and facts["sha256"] is None

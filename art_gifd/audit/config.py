@@ -829,8 +829,6 @@ def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, Lay
                 convert = _integer(1)
             elif key in NUMBER_KEYS:
                 convert = _number(0)
-            elif key == "noise":
-                convert = _boolean
             else:
                 convert = _string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else _string()
             value = check.get(table, path, key, convert, default=_REQUIRED if key in required else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from art_gifd.priors.base import LayeredGenerator
@@ -85,5 +86,5 @@ def prior_facts(spec: Mapping[str, Any], prior: LayeredGenerator) -> dict[str, A
     weights = spec.get("weights")
     if weights is None:
         return {"name": kind, **prior.describe()}
-    sha256 = spec.get("sha256") or (sha256_of(weights) if not str(weights).endswith("/") else None)
+    sha256 = spec.get("sha256") or (sha256_of(weights) if Path(weights).is_file() else None)  # a BigGAN folder: none
     return {"name": str(weights), "type": kind, **prior.describe(), "sha256": sha256}
