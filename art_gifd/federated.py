@@ -635,31 +635,40 @@ TRAINING_KEYS = {
 }
 
 
-class TrainingConfigError(ValueError):
-    """A configured local training that :class:`LocalTraining` refuses; ``key`` is the configuration key at fault."""
-
-    def __init__(self, key: str | None, message: str) -> None:
-        super().__init__(message)
-        #: The ``[federated]`` key the problem concerns (``None``: the combination of keys).
-        self.key = key
+#: A problem of a configured local training: the ``[federated]`` key at fault (``None``: the combination) and why.
+TrainingProblem = tuple[str | None, str]
 
 
-def local_training_from_config(values: Mapping[str, Any]) -> LocalTraining:
+def local_training_from_config(
+    values: Mapping[str, Any], algorithm: str, client_sizes: Sequence[int]
+) -> tuple[LocalTraining | None, list[TrainingProblem]]:
     """
-    The :class:`LocalTraining` of a ``[federated]`` configuration table with ``algorithm = "fedavg"``.
+    The clients' local training of a ``[federated]`` configuration table, for the audit and the benchmark runner.
 
-    :param values: The table's keys of :data:`TRAINING_KEYS` (others are ignored).
-    :raises TrainingConfigError: Naming the key at fault (``learning_rate`` is required).
+    :param values: The table; keys other than those of :data:`TRAINING_KEYS` are ignored.
+    :param algorithm: The table's algorithm: ``"fedsgd"`` takes no training keys, ``"fedavg"`` needs
+                      ``learning_rate``.
+    :param client_sizes: Private samples per client (the configuration's batch sizes), checked against a known order.
+    :return: The training (``None`` for FedSGD or after a problem) and every problem found.
     """
-    if "learning_rate" not in values:
-        raise TrainingConfigError("learning_rate", "missing (required with algorithm = 'fedavg').")
-    fields = {TRAINING_KEYS[key]: value for key, value in values.items() if key in TRAINING_KEYS}
+    given = {key: values[key] for key in TRAINING_KEYS if key in values}
+    if algorithm != "fedavg":
+        return None, [(key, "describes FedAvg's local training: set algorithm = 'fedavg' to use it.") for key in given]
+    if "learning_rate" not in given:
+        return None, [("learning_rate", "missing (required with algorithm = 'fedavg').")]
     try:
-        return LocalTraining(**fields)
+        training = LocalTraining(**{TRAINING_KEYS[key]: value for key, value in given.items()})
     except ValueError as err:
         message = str(err)
         key = next((k for k, f in TRAINING_KEYS.items() if message.startswith(f + " ")), None)
-        raise TrainingConfigError(key, message[len(TRAINING_KEYS[key]) + 1 :] if key else message) from None
+        return None, [(key, message[len(TRAINING_KEYS[key]) + 1 :] if key else message)]
+    problems: list[TrainingProblem] = []
+    for size in client_sizes:
+        try:
+            training.check_data(size)
+        except ValueError as err:
+            problems.append(("local_batch_size", f"for batch_sizes entry {size}: {err}"))
+    return (None if problems else training), problems
 
 
 def describe_protocol(training: LocalTraining | None) -> dict[str, Any]:

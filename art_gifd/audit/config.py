@@ -156,7 +156,6 @@ from art_gifd.federated import (
     ALGORITHMS,
     TRAINING_KEYS,
     LocalTraining,
-    TrainingConfigError,
     client_gradients,
     client_update,
     local_training_from_config,
@@ -1003,21 +1002,11 @@ def _read_federated(check: _Checker, raw: Any) -> tuple[dict[str, Any], LocalTra
     federated = check.table(raw, path, _FEDERATED)
     algorithm = check.get(federated, path, "algorithm", _string(ALGORITHMS), "fedsgd")
     settings = {"algorithm": algorithm, "batch_sizes": check.get(federated, path, "batch_sizes", _int_list(1), [1])}
-    given = {key: federated[key] for key in TRAINING_KEYS if key in federated}
-    if algorithm != "fedavg":
-        for key in given:
-            check.add((*path, key), "describes FedAvg's local training: set algorithm = 'fedavg' to use it.")
+    training, problems = local_training_from_config(federated, algorithm, settings["batch_sizes"] or [])
+    for key, message in problems:
+        check.add((*path, key) if key else path, message)
+    if training is None:
         return settings, None
-    try:
-        training = local_training_from_config(given)
-    except TrainingConfigError as err:
-        check.add((*path, err.key) if err.key else path, str(err))
-        return settings, None
-    for size in settings["batch_sizes"] or []:
-        try:
-            training.check_data(size)
-        except ValueError as err:
-            check.add((*path, "local_batch_size"), f"for batch_sizes entry {size}: {err}")
     settings["training"] = training.describe()
     return settings, training
 

@@ -357,24 +357,16 @@ def _federated(v: _Validator, value: Any, path: KeyPath, batch_sizes: list[int])
     ``[federated]``: ``algorithm`` (``"fedsgd"``, the default, or ``"fedavg"``) and FedAvg's local-training keys, the
     same as an audit's (:data:`art_gifd.federated.TRAINING_KEYS`). Returns the ``LocalTraining`` fields, or ``None``.
     """
-    from art_gifd.federated import ALGORITHMS, TRAINING_KEYS, TrainingConfigError, local_training_from_config
+    from art_gifd.federated import ALGORITHMS, TRAINING_KEYS, local_training_from_config
 
     table = v.table(value, path, ("algorithm", *TRAINING_KEYS))
     algorithm = v.string(table.get("algorithm", "fedsgd"), (*path, "algorithm"), ALGORITHMS)
-    given = {key: table[key] for key in TRAINING_KEYS if key in table}
-    if algorithm != "fedavg":
-        if given:
-            raise v.fail((*path, next(iter(given))), "describes FedAvg's local training: set algorithm = 'fedavg'")
+    training, problems = local_training_from_config(table, algorithm, batch_sizes)
+    if problems:
+        key, message = problems[0]
+        raise v.fail((*path, key) if key else path, message.rstrip("."))
+    if training is None:
         return None
-    try:
-        training = local_training_from_config(given)
-    except TrainingConfigError as err:
-        raise v.fail((*path, err.key) if err.key else path, str(err).rstrip(".")) from None
-    for size in batch_sizes:
-        try:
-            training.check_data(size)
-        except ValueError as err:
-            raise v.fail((*path, "local_batch_size"), f"for batch_sizes entry {size}: {err}".rstrip(".")) from None
     fields = training.describe()
     fields.pop("order_known")
     return fields
