@@ -14,6 +14,7 @@ candidate competes for the final output.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,15 +164,13 @@ class GradientMatcher:
         self.training = training
         #: The local steps replayed on every candidate, ``None`` for a FedSGD gradient.
         self.plan = training.simulation(self.batch_size, simulation_steps) if training is not None else None
-        one = torch.func.grad(target.loss)
-        if training is not None:
-
-            def one(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-                return simulate_update(target.loss, params, x, y, training, self.plan)
-
-        self._one = one
-        self._grads_hard = torch.func.vmap(one, in_dims=(None, 0, None))
-        self._grads_soft = torch.func.vmap(one, in_dims=(None, 0, 0))
+        # one candidate's "gradient" (params, x, y) -> name → tensor: the loss gradient, or the replayed update
+        if training is None:
+            self._one = torch.func.grad(target.loss)
+        else:
+            self._one = functools.partial(simulate_update, target.loss, training=training, plan=self.plan)
+        self._grads_hard = torch.func.vmap(self._one, in_dims=(None, 0, None))
+        self._grads_soft = torch.func.vmap(self._one, in_dims=(None, 0, 0))
         #: Parameters as leaves that take part in autograd, for the one-candidate path of :meth:`_gradients`.
         self._leaf_params = {n: p.detach().requires_grad_(True) for n, p in target.params.items()}
 
