@@ -365,29 +365,29 @@ def _order_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _section(title: str, intro: str, columns: list[str], body: list[str]) -> str:
+    """A Markdown section of ``fedavg.md``: heading, one paragraph and a table of ``body`` rows."""
+    header = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(["", f"## {title}", "", intro, "", *header, *body]) + "\n"
+
+
 def _order_markdown(rows: list[dict[str, Any]]) -> str:
     """The table of :func:`_order_rows`."""
     if not rows:
         return ""
-    lines = [
-        "",
-        "## Unknown order: two approximations",
-        "",
+    body = []
+    for r in rows:
+        cells = ["{:+.2f} ± {:.2f} ({}/{})".format(*r[k]) if k in r else "–" for k in ("minus_replay", "minus_naive")]
+        psnr = "{:.2f} ± {:.2f}".format(*r["epoch_steps_psnr"])
+        body.append(f"| {r['size']} | {r['attack']} | {psnr} | " + " | ".join(cells) + " |")
+    return _section(
+        "Unknown order: two approximations",
         "2 epochs × 2 mini-batches in an order the attacker does not know. *per step*: each of the 4 local steps "
         "replayed on all the client's samples (the `replay` rows above); *per epoch*: one full-batch step per epoch "
         "at twice the learning rate (`simulation_steps=2`). PSNR in dB, paired differences with s.e.m. (wins).",
-        "",
-        "| N | attack | per epoch | per epoch − per step | per epoch − naive |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = ["{:+.2f} ± {:.2f} ({}/{})".format(*r[k]) if k in r else "–" for k in ("minus_replay", "minus_naive")]
-        lines.append(
-            f"| {r['size']} | {r['attack']} | {r['epoch_steps_psnr'][0]:.2f} ± {r['epoch_steps_psnr'][1]:.2f} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
+        ["N", "attack", "per epoch", "per epoch − per step", "per epoch − naive"],
+        body,
+    )
 
 
 def _read_optional(path: Path) -> list[dict[str, Any]] | None:
@@ -398,46 +398,36 @@ def _labels_markdown(rows: list[dict[str, Any]] | None) -> str:
     """The label-inference table of ``--labels``."""
     if not rows:
         return ""
-    lines = [
-        "",
-        "## Labels from the update (`python benchmarks/fedavg.py --labels`)",
-        "",
+    return _section(
+        "Labels from the update (`python benchmarks/fedavg.py --labels`)",
         "`infer_labels` on 30 random client batches of held-out digits "
         f"{LABEL_POOL[0]}–{LABEL_POOL[1] - 1} per row (the same batches in every row): mean fraction of the labels "
         "recovered (multiset) and share of batches with every label right.",
-        "",
-        "| model | N | update | labels recovered | batches exact |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['model']} | {r['size']} | {r['setting']} | {r['label_accuracy']:.3f} | {r['exact_share']:.2f} |"
-        for r in rows
-    ]
-    return "\n".join(lines) + "\n"
+        ["model", "N", "update", "labels recovered", "batches exact"],
+        [
+            f"| {r['model']} | {r['size']} | {r['setting']} | {r['label_accuracy']:.3f} | {r['exact_share']:.2f} |"
+            for r in rows
+        ],
+    )
 
 
 def _memory_markdown(rows: list[dict[str, Any]] | None) -> str:
     """The memory table of ``--memory``."""
     if not rows:
         return ""
-    lines = [
-        "",
-        "## Memory and time per search step (`python benchmarks/fedavg.py --memory`)",
-        "",
+    return _section(
+        "Memory and time per search step (`python benchmarks/fedavg.py --memory`)",
         "One matching-loss evaluation and its backward pass (one Adam step of the search) on the untrained ConvNet, "
         f"{rows[0]['size']} samples, {rows[0]['restarts']} restarts, full-batch SGD steps, one torch thread, each in "
         "a fresh process: peak resident memory above the process's before the call, CPU seconds, and the estimate "
         "the attacks check against the free memory before a search.",
-        "",
-        "| local steps | measured MiB | estimated MiB | CPU s |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['local_steps']} | {r['measured_bytes'] / 2**20:.1f} | {r['estimated_bytes'] / 2**20:.1f} "
-        f"| {r['cpu_seconds']:.3f} |"
-        for r in rows
-    ]
-    return "\n".join(lines) + "\n"
+        ["local steps", "measured MiB", "estimated MiB", "CPU s"],
+        [
+            f"| {r['local_steps']} | {r['measured_bytes'] / 2**20:.1f} | {r['estimated_bytes'] / 2**20:.1f} "
+            f"| {r['cpu_seconds']:.3f} |"
+            for r in rows
+        ],
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
