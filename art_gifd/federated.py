@@ -543,9 +543,11 @@ def client_update(
             p.grad = g.detach().clone()
         optimizer.step()
     update = [b - p.detach() for b, p in zip(before, params, strict=True)]
-    if on_update is not None:
-        context = DefenseContext(TargetModel(estimator, train_mode=train_mode), x_t, labels, generator)
-        update = on_update.apply(update, context)
+    if on_update is not None:  # it sees the model as the server sent it: the copy goes back to those weights
+        with torch.no_grad():
+            for p, b in zip(params, before, strict=True):
+                p.copy_(b)
+        update = on_update.apply(update, DefenseContext(target, x_t, labels, generator))
     return [u.detach().cpu().numpy().astype(np.float32) for u in update]
 
 
