@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	# torch first, from the pinned local wheels where they exist; fall back to the project's range elsewhere.
 	$(VPY) -m pip install -q $(TORCH_PINS) || echo "note: $(TORCH_PINS) not available here; using pyproject's torch range"
-	$(VPY) -m pip install -q -e '.[dev,biggan,distributed,docs,browser]'
+	$(VPY) -m pip install -q -e '.[dev,biggan,distributed,flower,docs,browser]'
 	# Optional face DCGAN prior: its declared dependencies are not needed and would downgrade pillow.
 	$(VPY) -m pip install -q --no-deps gan-face-generate==1.1.1
 	@touch $(STAMP)

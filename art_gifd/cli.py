@@ -110,12 +110,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _audit(args: argparse.Namespace) -> int:
     from art_gifd.audit import AuditConfigError, run_audit
+    from art_gifd.audit.captures import is_capture_audit, run_capture_audit
+    from art_gifd.configfile import ConfigError
 
     try:
+        if is_capture_audit(args.config):
+            paths = run_capture_audit(args.config, resume=not args.no_resume, verbose=not args.no_progress)
+            print(f"\nreport: {paths['html']}\nresults: {paths['json']}\nsummary: {paths['markdown']}")
+            return 0
         report = run_audit(
             args.config, overwrite=args.overwrite, resume=not args.no_resume, verbose=not args.no_progress
         )
-    except AuditConfigError as err:
+    except (AuditConfigError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

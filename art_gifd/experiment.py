@@ -9,6 +9,7 @@ images after Hungarian matching. Results follow the ``art-gifd/results/v1`` sche
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -345,16 +346,33 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """
+    Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed and fsynced, then renamed over
+    ``path``, so a reader sees the old file or the new one, never a torn one (readable by others, mode 0644).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 import textwrap
 import zipfile
 from collections.abc import Mapping
@@ -36,7 +34,15 @@ from tqdm.auto import tqdm
 from art_gifd.attacks.registry import GENERATIVE_ATTACKS
 from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
 from art_gifd.defenses.utility import measure_utility
-from art_gifd.experiment import Case, aggregate_run, attack_batches, environment, source_commit, write_json_atomic
+from art_gifd.experiment import (
+    Case,
+    aggregate_run,
+    attack_batches,
+    environment,
+    source_commit,
+    write_json_atomic,
+    write_npz_atomic,
+)
 from art_gifd.federated import describe_training
 from art_gifd.metrics import LPIPSMetric
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
@@ -224,14 +230,7 @@ def _load_setting(state: Path, setting: Setting, config_hash: str) -> tuple[dict
 def _save_setting(state: Path, setting: Setting, finished: tuple[dict, dict[str, np.ndarray]]) -> None:
     """Images first, then the JSON that marks the setting finished; both atomically."""
     run, images = finished
-    fd, tmp = tempfile.mkstemp(dir=state, prefix=f".{setting.id}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **images)
-        os.replace(tmp, state / f"{setting.id}.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz_atomic(state / f"{setting.id}.npz", images)
     write_json_atomic(state / f"{setting.id}.json", {"config_hash": run["config_hash"], "run": run})
 
 

@@ -20,14 +20,12 @@ Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
 import platform
 import random
 import signal
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -293,17 +291,9 @@ class ResultsFile:
         """Write a job's originals and reconstructions (8-bit) atomically; return the file."""
         self.recon_dir.mkdir(parents=True, exist_ok=True)
         path = self.recon_dir / f"{job_id}.npz"
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, originals=_to_uint8(originals), reconstructions=_to_uint8(reconstructions))
-        fd, tmp = tempfile.mkstemp(dir=self.recon_dir, prefix=f".{job_id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from art_gifd.experiment import write_npz_atomic
+
+        write_npz_atomic(path, {"originals": _to_uint8(originals), "reconstructions": _to_uint8(reconstructions)})
         return path
 
     def load_images(self, job_id: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from art_gifd.experiment import write_json_atomic
+from art_gifd.experiment import write_bytes_atomic, write_json_atomic
 from art_gifd.report.html import png_data_uri, template_environment
 
 SCHEMA = "art-gifd/audit/v1"
@@ -144,12 +144,6 @@ def privacy_utility_figure(document: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_audit_report(document: dict[str, Any], output: str | Path, reconstructions: str | Path) -> dict[str, Path]:
     """
     Write ``report.html``, ``summary.md``, the privacy–utility figure and, last, ``report.json``.
@@ -162,9 +156,10 @@ def write_audit_report(document: dict[str, Any], output: str | Path, reconstruct
     output = Path(output)
     figure = privacy_utility_figure(document, output / UTILITY_FIGURE)
     paths = {"html": output / "report.html", "summary": output / "summary.md", "json": output / "report.json"}
-    _write_text_atomic(
-        paths["html"], render_audit_html(document, {"reconstructions": reconstructions, "privacy_utility": figure})
+    write_bytes_atomic(
+        paths["html"],
+        render_audit_html(document, {"reconstructions": reconstructions, "privacy_utility": figure}).encode(),
     )
-    _write_text_atomic(paths["summary"], render_audit_summary(document))
+    write_bytes_atomic(paths["summary"], render_audit_summary(document).encode())
     write_json_atomic(paths["json"], document)
     return {**paths, "privacy_utility": figure}

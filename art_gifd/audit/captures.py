@@ -1,0 +1,476 @@
+"""
+Auditing a captured federated run: every captured client update of the chosen rounds, attacked with the client
+protocol that was really used, and the leakage reported round by round.
+
+An audit config whose ``[federated]`` table names a ``source`` (a capture folder written by
+:class:`art_gifd.integrations.flower.CaptureStrategy`) is a capture audit; ``art-gifd audit`` runs it with
+:func:`run_capture_audit`. The other tables are those of :mod:`art_gifd.audit.config` (``[model]``, ``[attacks]``,
+``[report]``, ``title``, ``output``, ``device``, ``seeds``); there is no ``[data]``, ``[[defenses]]`` or
+``[utility]``: the updates are what the deployment shared, its defences included::
+
+    [federated]
+    source = "captures/"                   # the capture folder
+    rounds = [1, 5]                        # rounds to attack (default: every captured round)
+    clients = [17, 23]                     # client node ids (default: every captured client)
+    client_data = "my_app.task:partition"  # optional ground truth: a callable(partition_id) -> (images, labels);
+                                           # modules beside the config file are importable
+    partition_key = "partition-id"         # the reply metric that names the client's partition (default)
+    learning_rate = 0.05                   # local-training keys override the captured train configuration
+
+**Client protocol.** Each update is attacked as a FedAvg update of :class:`~art_gifd.federated.LocalTraining` built
+from the train configuration the server sent (:data:`~art_gifd.integrations.captures.CONFIG_ALIASES`: ``lr``,
+``local-epochs``, ``batch-size``, …), with the ``[federated]`` keys winning, at the client's reported number of
+examples. A client that shuffles its data with its own generator has an order the attacker does not know: the default
+(``shuffle = true`` without ``shuffle_seed``) says so.
+
+**Labels** are inferred from each update (:func:`~art_gifd.labels.infer_labels`); with ``[attacks] labels = "known"``
+they come from ``client_data``.
+
+**Scores.** With ``client_data``, each reconstruction is matched to the client's images and scored (PSNR, SSIM, risk
+as in the audit report). Without it, there is no ground truth: the report shows the reconstructions and the
+ground-truth-free indicator *update explained*, ``1 − d`` for the attack's final matching distance ``d`` (cosine
+distance: 1 means the reconstruction reproduces the update's direction exactly); it says so.
+
+Results are kept in ``<output>/captures-state/``: one JSON-lines record per (client update, attack, seed), appended
+and fsynced when it finishes, and its images; an interrupted audit resumes with what finished.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from art_gifd.attacks.registry import GENERATIVE_ATTACKS, Budget, build_attack
+from art_gifd.audit.config import (
+    _TOP,
+    AuditConfigError,
+    _Checker,
+    _device,
+    _import_factory,
+    _int_list,
+    _read_attacks,
+    _read_model,
+    _string,
+    read_config_file,
+)
+from art_gifd.bench.runner import ResultsFile
+from art_gifd.configfile import LocatedDocument
+from art_gifd.experiment import environment, source_commit, write_bytes_atomic, write_json_atomic, write_npz_atomic
+from art_gifd.federated import TRAINING_KEYS, LocalTraining, describe_training, local_training_from_config
+from art_gifd.integrations.captures import (
+    CapturedUpdate,
+    CaptureError,
+    CaptureFolder,
+    estimator_at,
+    parameter_update,
+    training_values,
+)
+from art_gifd.metrics import evaluate_batch
+from art_gifd.report.audit import risk_rating
+from art_gifd.report.figures import reconstruction_grid
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "art-gifd/capture-audit/v1"
+STATE_DIR = "captures-state"
+FIGURE = "leakage_over_rounds.png"
+GRID = "reconstructions.png"
+_FEDERATED = ("source", "rounds", "clients", "client_data", "partition_key", *TRAINING_KEYS)
+_CAPTURE_TOP = tuple(k for k in _TOP if k not in ("data", "defenses", "utility", "images_per_setting"))
+
+
+def is_capture_audit(config: str | Path | Mapping[str, Any]) -> bool:
+    """Whether an audit config names a capture folder (``[federated] source``)."""
+    data = dict(config) if isinstance(config, Mapping) else read_config_file(config).data
+    federated = data.get("federated")
+    return isinstance(federated, Mapping) and "source" in federated
+
+
+@dataclass
+class CaptureAuditConfig:
+    """A validated capture audit: its normalised settings and what was built from them."""
+
+    source: Path | None
+    settings: dict[str, Any]
+    estimator: Any
+    model: dict[str, Any]
+    captures: CaptureFolder
+    updates: list[CapturedUpdate]
+    #: The local training of each update, by :attr:`CapturedUpdate.name`.
+    trainings: dict[str, LocalTraining]
+    client_data: Callable[..., Any] | None
+    attacks: tuple[str, ...]
+    prior: Any
+    prior_info: dict[str, Any] | None
+    budget: Budget
+    config_hash: str
+
+    @property
+    def output(self) -> Path:
+        return Path(self.settings["output"])
+
+
+def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditConfig:
+    """
+    Read and validate a capture audit (see the module documentation): the model is built, the capture folder checked
+    against it (names and shapes), every selected update's local training built and the attacks built.
+
+    :raises AuditConfigError: Listing every problem, with its key and line.
+    """
+    if isinstance(config, Mapping):
+        source, document, base = None, LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd()
+    else:
+        source = Path(config)
+        document, base = read_config_file(source), source.resolve().parent
+    check = _Checker(document, base)
+    top = check.table(document.data, (), _CAPTURE_TOP)
+    device = check.get(top, (), "device", _device, "cpu")
+    settings: dict[str, Any] = {
+        "title": check.get(top, (), "title", _string(), None),
+        "output": str((base / Path(check.get(top, (), "output", _string(), "audit-out") or "audit-out")).resolve()),
+        "device": device,
+        "seeds": check.get(top, (), "seeds", _int_list(0), [0]),
+    }
+    settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
+    path = ("federated",)
+    federated = check.table(top.get("federated"), path, _FEDERATED)
+    folder = check.get(federated, path, "source", lambda v: check.path(v, "dir"))
+    rounds = check.get(federated, path, "rounds", _int_list(1), None)
+    clients = check.get(federated, path, "clients", _int_list(0), None)
+    spec = check.get(federated, path, "client_data", _string(), None)
+    partition_key = check.get(federated, path, "partition_key", _string(), "partition-id")
+    client_data = None
+    if spec is not None:
+        sys.path.insert(0, str(base))  # a module beside the config (the FL app's own task module) is importable
+        try:
+            client_data = _import_factory(spec)
+        except ValueError as err:
+            check.add((*path, "client_data"), str(err))
+        finally:
+            sys.path.remove(str(base))
+    settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
+    if settings["attacks"]["labels"] == "known" and spec is None:
+        check.add(("attacks", "labels"), "'known' needs the clients' labels: set [federated] client_data.")
+    report = check.table(top.get("report"), ("report",), ("recognisable_ssim", "high_share", "medium_share"))
+    settings["report"] = {key: report.get(key, default) for key, default in _REPORT_DEFAULTS.items()}
+    captures, updates, trainings = None, [], {}
+    if folder is not None:
+        try:
+            captures = CaptureFolder(folder)
+            if estimator is not None:
+                captures.check_model(estimator.model)
+            updates = captures.select(rounds, clients)
+        except CaptureError as err:
+            check.add((*path, "source"), str(err))
+    overrides = {k: federated[k] for k in TRAINING_KEYS if k in federated}
+    for update in updates:
+        if update.num_examples is None:
+            check.add(
+                (*path, "source"),
+                f"{captures.folder / update.file}: the client did not report its number of "
+                "examples (metric 'num-examples'), which the attack needs as its batch size.",
+            )
+            continue
+        values = training_values(update, overrides)
+        training, problems = local_training_from_config(values, "fedavg", [update.num_examples])
+        for key, message in problems:
+            hint = "" if key is None or key in overrides else " (not in the captured train configuration: set it)"
+            check.add((*path, key) if key else path, f"update {update.name}: {message}{hint}")
+        if training is not None:
+            trainings[update.name] = training
+    settings["federated"] = {
+        "source": None if folder is None else str(folder),
+        "rounds": [u.server_round for u in updates],
+        "clients": sorted({u.node_id for u in updates}),
+        "client_data": spec,
+        "partition_key": partition_key,
+        "overrides": overrides,
+    }
+    if check.problems:
+        raise AuditConfigError(check.problems, source)
+    assert captures is not None and estimator is not None
+    attacks = settings["attacks"]
+    budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])
+    fingerprint = {
+        "settings": {k: v for k, v in settings.items() if k not in ("output", "title")},
+        "index": hashlib.sha256(json.dumps(captures.index, sort_keys=True).encode()).hexdigest(),
+        "model_sha256": model_facts.get("sha256"),
+        "prior_sha256": (prior_info or {}).get("sha256"),
+    }
+    return CaptureAuditConfig(
+        source=source,
+        settings=settings,
+        estimator=estimator,
+        model=model_facts,
+        captures=captures,
+        updates=updates,
+        trainings=trainings,
+        client_data=client_data,
+        attacks=tuple(attacks["names"]),
+        prior=prior,
+        prior_info=prior_info,
+        budget=budget,
+        config_hash=hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest(),
+    )
+
+
+_REPORT_DEFAULTS = {"recognisable_ssim": 0.5, "high_share": 0.5, "medium_share": 0.0}
+
+
+def _ground_truth(cfg: CaptureAuditConfig, update: CapturedUpdate) -> tuple[np.ndarray, np.ndarray] | None:
+    """The client's private images and labels from ``client_data``, checked against its reported size."""
+    if cfg.client_data is None:
+        return None
+    key = cfg.settings["federated"]["partition_key"]
+    if key not in update.metrics:
+        raise CaptureError(
+            f"update {update.name}: the client reported no metric {key!r} naming its partition, so "
+            "client_data cannot be asked for its images. Report it from the ClientApp, or set "
+            "[federated] partition_key."
+        )
+    x, y = cfg.client_data(update.metrics[key])
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y).astype(np.int64).reshape(-1)
+    if len(x) != update.num_examples or len(y) != len(x):
+        raise CaptureError(
+            f"update {update.name}: client_data returned {len(x)} images and {len(y)} labels for "
+            f"partition {update.metrics[key]}, the client reported {update.num_examples} examples."
+        )
+    return x, y
+
+
+def _attack_one(cfg: CaptureAuditConfig, update: CapturedUpdate, attack_name: str, seed: int) -> tuple[dict, dict]:
+    """Attack one captured update; the record and its images."""
+    import time
+
+    estimator = estimator_at(cfg.estimator, cfg.captures.global_arrays(update.server_round))
+    observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
+    training = cfg.trainings[update.name]
+    truth = _ground_truth(cfg, update)
+    known = cfg.settings["attacks"]["labels"] == "known"
+    params = (cfg.settings["attacks"]["params"] or {}).get(attack_name, {})
+    attack = build_attack(
+        attack_name,
+        estimator,
+        cfg.prior,
+        cfg.budget,
+        update.num_examples,
+        seed,
+        training=training,
+        device=cfg.settings["device"],
+        verbose=False,
+        **params,
+    )
+    start = time.perf_counter()
+    result = attack.reconstruct(observed, truth[1] if known and truth is not None else None)
+    record: dict[str, Any] = {
+        "id": update.name,
+        "round": update.server_round,
+        "node_id": update.node_id,
+        "num_examples": update.num_examples,
+        "attack": attack_name,
+        "seed": seed,
+        "prior": (cfg.prior_info or {}).get("name") if attack_name in GENERATIVE_ATTACKS else None,
+        "training": training.describe(),
+        "protocol": describe_training(training),
+        "labels_known": known,
+        "matching_loss": float(result.best_loss),
+        "update_explained": float(1.0 - result.best_loss),
+        "seconds": time.perf_counter() - start,
+        **{f"run_{k}": v for k, v in cfg.captures.round_metrics(update.server_round).items()},
+    }
+    images = {"reconstructions": result.images}
+    if truth is not None:
+        scores = evaluate_batch(result.images, truth[0], result.labels, truth[1])
+        threshold = cfg.settings["report"]["recognisable_ssim"]
+        recognisable = int(sum(s >= threshold for s in scores["per_image"]["ssim"]))
+        record.update(
+            psnr=scores["psnr"],
+            ssim=scores["ssim"],
+            label_accuracy=scores["label_accuracy"],
+            per_image=scores["per_image"],
+            recognisable_share=recognisable / len(truth[0]),
+        )
+        record["risk"] = risk_rating(
+            record["recognisable_share"], cfg.settings["report"]["high_share"], cfg.settings["report"]["medium_share"]
+        )
+        images = {"originals": truth[0], "reconstructions": result.images[np.asarray(scores["assignment"])]}
+    return record, images
+
+
+def run_capture_audit(
+    config: str | Path | Mapping[str, Any] | CaptureAuditConfig, resume: bool = True, verbose: bool = True
+) -> dict[str, Path]:
+    """
+    Attack every selected captured update with every attack and seed, then write the report (``report.json``,
+    ``report.md``, ``report.html``, the leakage-over-rounds figure and the reconstruction grid).
+
+    :param resume: Reuse the records a run of the same configuration finished (``False``: attack all again).
+    :return: The paths of the report's files.
+    :raises AuditConfigError: For an invalid configuration (before any attack runs).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config if isinstance(config, CaptureAuditConfig) else load_capture_audit(config)
+    state = cfg.output / STATE_DIR
+    store = ResultsFile(state / "records.jsonl")
+    done = {}
+    if resume and store.path.exists():
+        done = {
+            (r["id"], r["attack"], r["seed"]): r
+            for r in store.read(repair=True)[1]
+            if r.get("config_hash") == cfg.config_hash
+        }
+    elif store.path.exists():
+        store.path.unlink()
+    jobs = [(u, a, s) for u in cfg.updates for a in cfg.attacks for s in cfg.settings["seeds"]]
+    records = []
+    for update, attack_name, seed in tqdm(jobs, desc="captured updates", unit="attack", disable=not verbose):
+        key = (update.name, attack_name, seed)
+        images_file = state / f"{update.name}-{attack_name}-s{seed}.npz"
+        if key in done and images_file.is_file():
+            records.append(done[key])
+            continue
+        record, images = _attack_one(cfg, update, attack_name, seed)
+        write_npz_atomic(images_file, images)
+        record.update(config_hash=cfg.config_hash, images=images_file.name)
+        store.append(record)
+        records.append(record)
+        logger.info("%s %s seed %d: update explained %.3f", update.name, attack_name, seed, record["update_explained"])
+    return write_capture_report(cfg, records)
+
+
+def _summary_rows(records: list[dict[str, Any]], scored: bool) -> list[dict[str, Any]]:
+    """One row per (round, attack): the mean over clients and seeds, and the worst client."""
+    rows = []
+    for key in sorted({(r["round"], r["attack"]) for r in records}):
+        group = [r for r in records if (r["round"], r["attack"]) == key]
+        metric = "psnr" if scored else "update_explained"
+        worst = max(group, key=lambda r: r[metric])
+        row = {
+            "round": key[0],
+            "attack": key[1],
+            "clients": len({r["node_id"] for r in group}),
+            "update_explained": float(np.mean([r["update_explained"] for r in group])),
+            "most_exposed_client": worst["node_id"],
+            **{k: v for k, v in group[0].items() if k.startswith("run_")},
+        }
+        if scored:
+            row.update(
+                psnr=float(np.mean([r["psnr"] for r in group])),
+                ssim=float(np.mean([r["ssim"] for r in group])),
+                label_accuracy=float(np.mean([r["label_accuracy"] for r in group])),
+                worst_psnr=worst["psnr"],
+                recognisable_share=float(np.mean([r["recognisable_share"] for r in group])),
+            )
+        rows.append(row)
+    return rows
+
+
+def _figure(rows: list[dict[str, Any]], scored: bool, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, label = ("psnr", "PSNR (dB), mean over clients") if scored else ("update_explained", "update explained")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for attack in sorted({r["attack"] for r in rows}):
+        mine = [r for r in rows if r["attack"] == attack]
+        ax.plot([r["round"] for r in mine], [r[metric] for r in mine], marker="o", label=attack)
+    ax.set_xlabel("server round")
+    ax.set_ylabel(label)
+    accuracy = sorted({(r["round"], r["run_evaluate_accuracy"]) for r in rows if "run_evaluate_accuracy" in r})
+    if accuracy:
+        twin = ax.twinx()
+        twin.plot([a for a, _ in accuracy], [b for _, b in accuracy], "k--", label="accuracy (run's evaluation)")
+        twin.set_ylabel("model accuracy")
+        twin.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write the capture audit's report files from its records (see :func:`run_capture_audit`)."""
+    from art_gifd.report.html import png_data_uri, template_environment
+
+    out = cfg.output
+    out.mkdir(parents=True, exist_ok=True)
+    scored = cfg.client_data is not None
+    rows = _summary_rows(records, scored)
+    metric = "psnr" if scored else "update_explained"
+    worst = max(records, key=lambda r: r[metric])
+    document = {
+        "schema": SCHEMA,
+        "title": cfg.settings["title"] or f"Audit of the captured run in {cfg.captures.folder.name}",
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": cfg.settings,
+        "model": cfg.model,
+        "prior": cfg.prior_info,
+        "capture": {"folder": str(cfg.captures.folder), **cfg.captures.index["metadata"]},
+        "ground_truth": scored,
+        "threat_model": _threat_model(cfg),
+        "rows": rows,
+        "records": records,
+        "worst": {k: worst[k] for k in ("id", "round", "node_id", "attack", metric)},
+        "environment": environment(cfg.settings["seeds"][0], cfg.settings["device"]),
+        "commit": source_commit(),
+    }
+    figure = _figure(rows, scored, out / FIGURE)
+    grid_rows = []
+    for record in sorted(records, key=lambda r: -r[metric])[:8]:
+        with np.load(out / STATE_DIR / record["images"]) as data:
+            reconstruction = data["reconstructions"][0]
+            original = data["originals"][0] if "originals" in data.files else np.zeros_like(reconstruction)
+        label = textwrap.fill(f"{record['id']} {record['attack']}", 20) + f"\n{metric} {record[metric]:.2f}"
+        grid_rows.append((label, original, {"reconstruction": reconstruction}))
+    grid = reconstruction_grid(grid_rows, ["reconstruction"], out / GRID)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html"}
+    environment_ = template_environment()
+    markdown = environment_.get_template("captures.md").render(doc=document)
+    html = environment_.get_template("captures.html").render(
+        doc=document, markdown=markdown, figure=png_data_uri(figure), grid=png_data_uri(grid)
+    )
+    write_bytes_atomic(paths["markdown"], markdown.encode())
+    write_bytes_atomic(paths["html"], html.encode())
+    write_json_atomic(paths["json"], document)
+    return {**paths, "figure": figure, "grid": grid}
+
+
+def _threat_model(cfg: CaptureAuditConfig) -> list[str]:
+    """What the attacker (the server) saw and knew, one sentence each."""
+    protocols = sorted({describe_training(t) for t in cfg.trainings.values()})
+    lines = [
+        "The attacker is the server (or anyone who reads its traffic): it sees each captured client's update "
+        "(global − returned arrays) and the global model it sent, as captured from the run.",
+        f"Client protocol replayed: {'; '.join(protocols)} (from the captured train configuration"
+        + (
+            f", with the audit's overrides {cfg.settings['federated']['overrides']})"
+            if cfg.settings["federated"]["overrides"]
+            else ")"
+        ),
+        "Labels: "
+        + (
+            "given to the attacker from client_data."
+            if cfg.settings["attacks"]["labels"] == "known"
+            else "inferred from each update by the attacker."
+        ),
+    ]
+    if cfg.client_data is None:
+        lines.append(
+            "No ground truth: the clients' data were not given (client_data), so no PSNR/SSIM/risk is reported; the "
+            "reconstructions and 'update explained' (1 − final cosine matching distance) are shown instead."
+        )
+    return lines

@@ -1,0 +1,1 @@
+"""Integrations with federated-learning frameworks: capture what a real run shares, then audit it."""

@@ -1,0 +1,392 @@
+"""
+Capture folders: what the server of a real federated run sent each round and what every selected client sent back.
+
+A capture folder is written while the run trains (by :class:`art_gifd.integrations.flower.CaptureStrategy`, or by
+anything that uses :class:`CaptureWriter`) and read by the audit without the FL framework installed::
+
+    index.json               the run's metadata and one entry per captured client-round (rewritten atomically)
+    round-0003/global.npz    the global arrays the server sent in round 3, keyed by their state-dict names
+    round-0003/node-17.npz   the update of client node 17 in round 3: global − returned, for every float array
+
+Every file is written atomically (a temporary file, fsynced, then renamed), and a file enters the index only after
+it is complete, with its SHA-256: an interrupted capture leaves the files of the finished client-rounds and no torn
+file, and a file damaged later is refused by name. Updates follow :func:`~art_gifd.federated.client_update`'s sign
+(``w_before − w_after``), so an attack reads them like any other client update.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from art_gifd.experiment import write_json_atomic, write_npz_atomic
+from art_gifd.federated import TRAINING_KEYS
+
+#: Format tag of ``index.json``.
+CAPTURE_FORMAT = "art-gifd-capture/1"
+INDEX = "index.json"
+
+#: Train-configuration keys read from the captured configuration, for each ``[federated]`` training key: Flower apps
+#: name them freely, so the usual spellings are recognised (the first one present wins).
+CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("learning_rate", "learning-rate", "lr"),
+    "epochs": ("epochs", "local_epochs", "local-epochs"),
+    "steps": ("steps", "local_steps", "local-steps"),
+    "local_batch_size": ("local_batch_size", "local-batch-size", "batch_size", "batch-size"),
+    "optimizer": ("optimizer",),
+    "momentum": ("momentum",),
+    "weight_decay": ("weight_decay", "weight-decay"),
+}
+
+
+class CaptureError(ValueError):
+    """A capture folder that cannot be read as asked: the message names the file and the fix."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable copy of a configuration or metric value (numpy scalars and byte strings included)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _round_dir(server_round: int) -> str:
+    return f"round-{server_round:04d}"
+
+
+class CaptureWriter:
+    """
+    Writes a capture folder one file at a time; nothing is kept in memory between calls but the index.
+
+    :param out: The capture folder (created). An existing index is continued, so a resumed run appends to it.
+    :param metadata: Facts about the run stored in the index (strategy, framework version, …).
+    """
+
+    def __init__(self, out: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        index = self.out / INDEX
+        if index.exists():
+            self.index = read_index(self.out)
+        else:
+            self.index = {
+                "format": CAPTURE_FORMAT,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "metadata": _plain(dict(metadata or {})),
+                "rounds": {},
+                "updates": [],
+            }
+            self._save()
+
+    def _save(self) -> None:
+        write_json_atomic(self.out / INDEX, self.index)
+
+    def write_global(self, server_round: int, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
+        """
+        Record the global arrays and the train configuration the server sends in ``server_round``; updates recorded
+        for that round before (by an earlier, interrupted run) are dropped from the index.
+        """
+        file = Path(_round_dir(server_round)) / "global.npz"
+        write_npz_atomic(self.out / file, {name: np.asarray(a) for name, a in arrays.items()})
+        # A round captured again (a restarted run) starts afresh: earlier updates were relative to other arrays.
+        self.index["updates"] = [u for u in self.index["updates"] if u["round"] != server_round]
+        self.index["rounds"][str(server_round)] = {
+            "global": str(file),
+            "sha256": _sha256(self.out / file),
+            "config": _plain(dict(config)),
+            "shapes": {name: list(np.shape(a)) for name, a in arrays.items()},
+        }
+        self._save()
+
+    def write_update(
+        self,
+        server_round: int,
+        node_id: int,
+        returned: Mapping[str, np.ndarray],
+        num_examples: int | None,
+        metrics: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """
+        Record one client's reply in ``server_round`` as its update (global − returned, float arrays only).
+
+        :param returned: The arrays the client sent back, by name (those of the round's global arrays).
+        :param num_examples: The number of training examples the client reported (``None``: not reported).
+        :param config: The train configuration sent to this client, where it differs from the round's.
+        :raises CaptureError: If the round's global arrays were not recorded first, or the names or shapes differ.
+        """
+        entry = self.index["rounds"].get(str(server_round))
+        if entry is None:
+            raise CaptureError(f"round {server_round}: write_global must record the global arrays before any update.")
+        with np.load(self.out / entry["global"]) as sent:
+            if sorted(sent.files) != sorted(returned):
+                raise CaptureError(
+                    f"round {server_round}, node {node_id}: the reply's arrays {sorted(returned)} are not those sent "
+                    f"({sorted(sent.files)})."
+                )
+            update = {}
+            for name in sent.files:
+                before, after = sent[name], np.asarray(returned[name])
+                if before.shape != after.shape:
+                    raise CaptureError(
+                        f"round {server_round}, node {node_id}: array {name!r} came back with shape {after.shape}, "
+                        f"sent with {before.shape}."
+                    )
+                if np.issubdtype(before.dtype, np.floating):
+                    update[name] = (before.astype(np.float64) - after.astype(np.float64)).astype(before.dtype)
+        file = Path(_round_dir(server_round)) / f"node-{node_id}.npz"
+        write_npz_atomic(self.out / file, update)
+        self.index["updates"] = [
+            u for u in self.index["updates"] if (u["round"], u["node_id"]) != (server_round, int(node_id))
+        ]
+        self.index["updates"].append(
+            {
+                "round": server_round,
+                "node_id": int(node_id),
+                "file": str(file),
+                "sha256": _sha256(self.out / file),
+                "num_examples": None if num_examples is None else int(num_examples),
+                "metrics": _plain(dict(metrics or {})),
+                "config": _plain(dict(config)) if config is not None else None,
+            }
+        )
+        self._save()
+
+    def write_round_metrics(self, server_round: int, kind: str, metrics: Mapping[str, Any]) -> None:
+        """Record the aggregated ``kind`` (``"train"`` or ``"evaluate"``) metrics of a round, e.g. its accuracy."""
+        entry = self.index["rounds"].setdefault(str(server_round), {})
+        entry[f"{kind}_metrics"] = _plain(dict(metrics))
+        self._save()
+
+
+def read_index(folder: str | Path) -> dict[str, Any]:
+    """
+    The index of a capture folder.
+
+    :raises CaptureError: If the folder or its index is missing, unreadable or of another format.
+    """
+    folder = Path(folder)
+    index = folder / INDEX
+    if not folder.is_dir():
+        raise CaptureError(
+            f"{folder}: no such capture folder. Point [federated] source at the folder CaptureStrategy "
+            "wrote (its out= argument)."
+        )
+    if not index.is_file():
+        raise CaptureError(
+            f"{index}: missing. {folder} is not a capture folder, or its capture never finished a "
+            "round: capture the run again."
+        )
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CaptureError(f"{index}: unreadable ({err}). Capture the run again.") from err
+    if not isinstance(data, dict) or data.get("format") != CAPTURE_FORMAT:
+        raise CaptureError(f"{index}: not an art-gifd capture index (format {CAPTURE_FORMAT!r} expected).")
+    return data
+
+
+@dataclass(frozen=True)
+class CapturedUpdate:
+    """One client's update in one round of a captured run."""
+
+    folder: Path
+    server_round: int
+    node_id: int
+    #: Training examples the client reported (``None``: not reported).
+    num_examples: int | None
+    #: The train configuration the server sent it.
+    config: dict[str, Any]
+    #: The metrics the client reported with its update.
+    metrics: dict[str, Any]
+    file: str
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """Short name for tables and file names, e.g. ``"r3-n17"``."""
+        return f"r{self.server_round}-n{self.node_id}"
+
+
+class CaptureFolder:
+    """
+    A capture folder opened for reading (see the module documentation for its layout).
+
+    :param folder: The folder.
+    :raises CaptureError: If it is not a readable capture folder.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        self.rounds_info: dict[int, dict[str, Any]] = {int(r): e for r, e in self.index["rounds"].items()}
+        self.updates = [
+            CapturedUpdate(
+                folder=self.folder,
+                server_round=int(u["round"]),
+                node_id=int(u["node_id"]),
+                num_examples=u.get("num_examples"),
+                config=u.get("config") or self.rounds_info.get(int(u["round"]), {}).get("config", {}),
+                metrics=u.get("metrics", {}),
+                file=u["file"],
+                sha256=u["sha256"],
+            )
+            for u in self.index["updates"]
+        ]
+        if not self.updates:
+            raise CaptureError(
+                f"{self.folder / INDEX}: no client update was captured. Check the rounds= and clients= "
+                "of the CaptureStrategy, and that the run trained at least one round."
+            )
+
+    @property
+    def rounds(self) -> list[int]:
+        """The rounds with at least one captured update, ascending."""
+        return sorted({u.server_round for u in self.updates})
+
+    def select(self, rounds: Sequence[int] | None = None, nodes: Sequence[int] | None = None) -> list[CapturedUpdate]:
+        """
+        The captured updates of the given rounds and client nodes (``None``: all), by round then node.
+
+        :raises CaptureError: For a round or node that was not captured (the message lists those that were).
+        """
+        missing = sorted(set(rounds or []) - set(self.rounds))
+        if missing:
+            raise CaptureError(
+                f"{self.folder}: round(s) {missing} were not captured; captured rounds: {self.rounds}. "
+                "Choose among those, or capture the run again with those rounds in rounds=."
+            )
+        captured_nodes = sorted({u.node_id for u in self.updates})
+        missing = sorted(set(nodes or []) - set(captured_nodes))
+        if missing:
+            raise CaptureError(
+                f"{self.folder}: client node(s) {missing} were not captured; captured nodes: {captured_nodes}."
+            )
+        chosen = [
+            u
+            for u in self.updates
+            if (rounds is None or u.server_round in rounds) and (nodes is None or u.node_id in nodes)
+        ]
+        return sorted(chosen, key=lambda u: (u.server_round, u.node_id))
+
+    def _load(self, file: str, sha256: str, what: str) -> dict[str, np.ndarray]:
+        path = self.folder / file
+        if not path.is_file():
+            raise CaptureError(f"{path}: missing ({what}). Restore the file or capture the run again.")
+        if _sha256(path) != sha256:
+            raise CaptureError(
+                f"{path}: damaged or truncated ({what}: its SHA-256 differs from the index). Restore "
+                "the file or capture the run again."
+            )
+        try:
+            with np.load(path) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise CaptureError(f"{path}: unreadable ({what}: {err}). Capture the run again.") from err
+
+    def global_arrays(self, server_round: int) -> dict[str, np.ndarray]:
+        """The global arrays the server sent in ``server_round``, by state-dict name."""
+        entry = self.rounds_info.get(server_round)
+        if entry is None or "global" not in entry:
+            raise CaptureError(f"{self.folder}: the global arrays of round {server_round} were not captured.")
+        return self._load(entry["global"], entry["sha256"], f"global arrays of round {server_round}")
+
+    def update_arrays(self, update: CapturedUpdate) -> dict[str, np.ndarray]:
+        """The update (global − returned) of one client-round, by state-dict name."""
+        return self._load(update.file, update.sha256, f"update of node {update.node_id} in round {update.server_round}")
+
+    def round_metrics(self, server_round: int) -> dict[str, Any]:
+        """The aggregated metrics the run reported for a round (``evaluate_…`` and ``train_…`` keys)."""
+        entry = self.rounds_info.get(server_round, {})
+        return {
+            f"{kind}_{key}": value
+            for kind in ("evaluate", "train")
+            for key, value in entry.get(f"{kind}_metrics", {}).items()
+        }
+
+    def check_model(self, module: Any) -> None:
+        """
+        Check that the captured arrays are those of ``module``: the same state-dict names and shapes.
+
+        :raises CaptureError: Naming the index and the first names or shapes that differ.
+        """
+        expected = {name: list(t.shape) for name, t in module.state_dict().items()}
+        for server_round, entry in sorted(self.rounds_info.items()):
+            shapes = entry.get("shapes")
+            if shapes is None:
+                continue
+            if sorted(shapes) != sorted(expected):
+                extra, lacking = sorted(set(shapes) - set(expected)), sorted(set(expected) - set(shapes))
+                raise CaptureError(
+                    f"{self.folder / INDEX}: round {server_round} holds arrays of another model (captured but not in "
+                    f"the audited model: {extra[:5]}; in the model but not captured: {lacking[:5]}). Audit the "
+                    "captures with the model the run trained ([model] of the config)."
+                )
+            wrong = [n for n in expected if shapes[n] != expected[n]]
+            if wrong:
+                n = wrong[0]
+                raise CaptureError(
+                    f"{self.folder / INDEX}: round {server_round}: array {n!r} has shape {shapes[n]} in the capture "
+                    f"and {expected[n]} in the audited model. Audit the captures with the model the run trained."
+                )
+
+
+def training_values(update: CapturedUpdate, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The ``[federated]`` local-training keys of a captured client-round: those recognised in the captured train
+    configuration (:data:`CONFIG_ALIASES`), with ``overrides`` (the audit configuration's keys) winning.
+    """
+    values: dict[str, Any] = {}
+    for key, aliases in CONFIG_ALIASES.items():
+        found = next((update.config[a] for a in aliases if a in update.config), None)
+        if found is not None:
+            values[key] = found
+    values.update({k: v for k, v in overrides.items() if k in TRAINING_KEYS})
+    return values
+
+
+def estimator_at(estimator: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """A copy of an ART estimator whose model holds ``arrays`` (a state dict by name); ``estimator`` is untouched."""
+    import torch
+
+    copied = copy.deepcopy(estimator)
+    state = {name: torch.as_tensor(np.asarray(a)) for name, a in arrays.items()}
+    copied.model.load_state_dict(state, strict=True)
+    return copied
+
+
+def parameter_update(module: Any, update: Mapping[str, np.ndarray], where: str) -> list[np.ndarray]:
+    """
+    A captured update in ``module.parameters()`` order, as the attacks take it (buffers such as BatchNorm running
+    statistics are not parameters and are left out).
+
+    :raises CaptureError: If a parameter is missing from the update (``where`` names the file).
+    """
+    names = [name for name, _ in module.named_parameters()]
+    missing = [n for n in names if n not in update]
+    if missing:
+        raise CaptureError(f"{where}: the update lacks parameter(s) {missing[:5]}. Capture the run again.")
+    return [np.asarray(update[n], dtype=np.float32) for n in names]

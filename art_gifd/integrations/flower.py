@@ -1,0 +1,172 @@
+"""
+Flower: capture what the server of a real Flower run receives, for an audit (``pip install 'art-gifd[flower]'``).
+
+:class:`CaptureStrategy` wraps any strategy of Flower's Message API (``flwr.serverapp.strategy``: ``FedAvg``, the DP
+wrappers, a custom one). For the selected rounds it writes the global arrays sent, the train configuration sent and
+every selected client's reply (as an update, with its number of examples, node id and metrics) into a capture folder
+(:mod:`art_gifd.integrations.captures`), one file per client-round, written atomically as each reply is handed to the
+wrapped strategy, so no more than one reply is held by the capture at a time. It never changes what the wrapped
+strategy receives or returns. The per-round metrics of the evaluation rounds (e.g. the clients' accuracy) go into the
+index too, for the audit's leakage-over-training figure::
+
+    from flwr.serverapp.strategy import FedAvg
+    from art_gifd.integrations.flower import CaptureStrategy
+
+    strategy = CaptureStrategy(FedAvg(fraction_train=1.0), out="captures/", rounds=[1, 5, 10])
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10, train_config=ConfigRecord({"lr": 0.05}))
+
+then ``art-gifd audit audit.toml`` with ``[federated] source = "captures/"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    import flwr
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import Strategy
+except ImportError as err:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "art_gifd.integrations.flower needs Flower's Message API (flwr >= 1.21): pip install 'art-gifd[flower]'"
+    ) from err
+
+from art_gifd.integrations.captures import CaptureWriter
+from art_gifd.validation import check_integer
+
+
+def _selection(values: Sequence[int] | None, name: str) -> frozenset[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a list of integers or None (all), got {values!r}.")
+    return frozenset(int(check_integer(name, v, 0)) for v in values)
+
+
+def _arrays(record: ArrayRecord) -> dict[str, Any]:
+    """An ArrayRecord's arrays as numpy, by name."""
+    return dict(zip(record.keys(), record.to_numpy_ndarrays(), strict=True))
+
+
+class CaptureStrategy(Strategy):
+    """
+    A Flower strategy that records the selected rounds' global arrays and client replies, then defers to ``strategy``.
+
+    :param strategy: The strategy of the run (its aggregation, sampling and evaluation are used unchanged).
+    :param out: The capture folder (created; an existing capture there is continued).
+    :param rounds: Server rounds to capture (``None``: every round).
+    :param clients: Client node ids to capture (``None``: every client that replies).
+    :param num_examples_key: Metric of a reply that holds its number of training examples (default: the wrapped
+                             strategy's ``weighted_by_key``, else ``"num-examples"``).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        out: str | Path,
+        rounds: Sequence[int] | None = None,
+        clients: Sequence[int] | None = None,
+        num_examples_key: str | None = None,
+    ) -> None:
+        if not isinstance(strategy, Strategy):
+            raise ValueError(
+                f"strategy must be a Flower Message-API strategy (flwr.serverapp.strategy.Strategy), got "
+                f"{type(strategy).__name__}. Legacy flwr.server.strategy strategies are not supported."
+            )
+        self.strategy = strategy
+        self.rounds = _selection(rounds, "rounds")
+        self.clients = _selection(clients, "clients")
+        inner = self._innermost()
+        self.arrays_key = getattr(inner, "arrayrecord_key", "arrays")
+        self.config_key = getattr(inner, "configrecord_key", "config")
+        self.num_examples_key = num_examples_key or getattr(inner, "weighted_by_key", "num-examples")
+        self.writer = CaptureWriter(
+            out,
+            {"strategy": self._describe(), "flwr": flwr.__version__, "rounds": sorted(self.rounds or []) or "all"},
+        )
+
+    def _innermost(self) -> Strategy:
+        """The strategy under any wrappers (Flower's DP wrappers keep theirs in ``.strategy``)."""
+        inner = self.strategy
+        while isinstance(getattr(inner, "strategy", None), Strategy):
+            inner = inner.strategy
+        return inner
+
+    def _describe(self) -> str:
+        """The wrapped strategies by class, outermost first, e.g. ``"DPWrapper(FedAvg)"``."""
+        names, inner = [], self.strategy
+        while isinstance(inner, Strategy):
+            names.append(type(inner).__name__)
+            inner = getattr(inner, "strategy", None)
+        return "(".join(names) + ")" * (len(names) - 1)
+
+    def _captured(self, server_round: int) -> bool:
+        return self.rounds is None or server_round in self.rounds
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's messages; for a captured round, the global arrays and sent config are recorded."""
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if self._captured(server_round) and messages:
+            sent = messages[0].content
+            record = sent[self.arrays_key] if self.arrays_key in sent.array_records else arrays
+            config_sent = dict(sent[self.config_key]) if self.config_key in sent.config_records else dict(config)
+            self.writer.write_global(server_round, _arrays(record), config_sent)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The wrapped strategy's aggregate; each reply of a captured round is recorded as it is handed on."""
+        if not self._captured(server_round):
+            return self.strategy.aggregate_train(server_round, replies)
+        stream = self._record(server_round, replies)
+        result = self.strategy.aggregate_train(server_round, stream)
+        for _ in stream:  # replies the wrapped strategy did not look at are captured too
+            pass
+        return result
+
+    def _record(self, server_round: int, replies: Iterable[Message]) -> Iterator[Message]:
+        for message in replies:
+            node = int(message.metadata.src_node_id)
+            if not message.has_error() and (self.clients is None or node in self.clients):
+                content = message.content
+                if self.arrays_key in content.array_records:
+                    record = content[self.arrays_key]
+                    metrics = dict(content.metric_records.get("metrics", MetricRecord()))
+                    examples = metrics.get(self.num_examples_key)
+                    self.writer.write_update(
+                        server_round,
+                        node,
+                        _arrays(record),
+                        None if examples is None else int(examples),
+                        metrics,
+                    )
+            yield message
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's evaluation messages."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """The wrapped strategy's evaluation aggregate, also recorded in the capture index (every round)."""
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.writer.write_round_metrics(server_round, "evaluate", dict(metrics))
+        return metrics
+
+    def summary(self) -> None:
+        """The wrapped strategy's summary."""
+        self.strategy.summary()
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes the wrapped strategy offers (e.g. fraction_train) read through the wrapper.
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)

@@ -1,0 +1,203 @@
+"""Flower integration: a real Flower simulation (Ray backend) under CaptureStrategy, then an audit of its captures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr", reason="needs the flower extra: pip install 'art-gifd[flower]'")
+pytest.importorskip("ray", reason="Flower's simulation runtime needs Ray")
+
+from art_gifd.audit.captures import load_capture_audit, run_capture_audit  # noqa: E402
+from art_gifd.audit.config import AuditConfigError  # noqa: E402
+from art_gifd.integrations.captures import CaptureError, CaptureFolder  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower_audit"
+CLIENTS, ROUNDS = 3, 2
+
+
+def _simulate(captures: Path) -> list[bool]:
+    """
+    Run the example app for ROUNDS rounds with CLIENTS clients under CaptureStrategy; for every round, whether the
+    wrapper's aggregate equals (exactly) that of a bare FedAvg given the same replies.
+    """
+    from flower_audit.client_app import app as client_app
+    from flower_audit.task import RUN_CONFIG, build_model
+    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from art_gifd.integrations.flower import CaptureStrategy
+
+    same: list[bool] = []
+
+    class Compare(CaptureStrategy):
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            bare, _ = FedAvg(fraction_train=1.0).aggregate_train(server_round, replies)
+            same.append(
+                all(
+                    np.array_equal(a, b)
+                    for a, b in zip(arrays.to_numpy_ndarrays(), bare.to_numpy_ndarrays(), strict=True)
+                )
+            )
+            return arrays, metrics
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = Compare(FedAvg(fraction_train=1.0, fraction_evaluate=1.0), out=captures)
+        config = ConfigRecord({k: RUN_CONFIG[k] for k in ("lr", "local-epochs", "batch-size")})
+        strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(build_model().state_dict()), num_rounds=ROUNDS, train_config=config
+        )
+
+    run_simulation(
+        server_app=server,
+        client_app=client_app,
+        num_supernodes=CLIENTS,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+    )
+    return same
+
+
+@pytest.fixture(scope="module")
+def flower_run(tmp_path_factory):
+    """Captures of one simulated run, and per round whether the capture left the aggregate unchanged."""
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        folder = tmp_path_factory.mktemp("flower") / "captures"
+        yield folder, _simulate(folder)
+    finally:
+        sys.path.remove(str(EXAMPLE))
+
+
+def _config(folder: Path, **federated) -> dict:
+    return {
+        "output": str(folder.parent / "audit-out"),
+        "model": {"factory": "art_gifd.models:convnet", "input_shape": [1, 32, 32], "num_classes": 10},
+        "federated": {"source": str(folder), "shuffle": False, "rounds": [ROUNDS], **federated},
+        "attacks": {"names": ["gifd"], "steps_per_stage": 50, "stages": 4, "num_restarts": 2},
+    }
+
+
+def _best_psnr(config: dict) -> float:
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        cfg = load_capture_audit(
+            {**config, "federated": {**config["federated"], "client_data": "flower_audit.task:partition"}}
+        )
+        paths = run_capture_audit(cfg, resume=False, verbose=False)
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    records = json.loads(paths["json"].read_text())["records"]
+    return max(r["psnr"] for r in records)
+
+
+def test_capture_leaves_aggregation_unchanged_and_records_real_updates(flower_run):
+    folder, same = flower_run
+    assert same == [True] * ROUNDS
+    captures = CaptureFolder(folder)
+    assert captures.rounds == [1, 2] and len(captures.updates) == CLIENTS * ROUNDS
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from flower_audit.task import RUN_CONFIG, build_model, partition, train
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    update = captures.select([2])[0]
+    assert update.config["lr"] == RUN_CONFIG["lr"] and update.num_examples == len(partition(0)[0])
+    # Replaying the client's training from the captured global arrays gives the captured update.
+    model = build_model()
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in captures.global_arrays(2).items()})
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x, y = partition(update.metrics["partition-id"])
+    train(model, x, y, RUN_CONFIG["lr"], RUN_CONFIG["local-epochs"], RUN_CONFIG["batch-size"])
+    for name, delta in captures.update_arrays(update).items():
+        np.testing.assert_allclose(delta, (before[name] - model.state_dict()[name]).numpy(), atol=1e-6)
+
+
+def test_audit_of_captures_needs_the_right_protocol_and_weights(flower_run, tmp_path):
+    folder, _ = flower_run
+    right = _best_psnr(_config(folder))
+    # The wrong local training (ten times the learning rate, five epochs) and the wrong global model (round 1's).
+    wrong_protocol = _best_psnr(_config(folder, learning_rate=0.5, epochs=5))
+    stale = tmp_path / "captures"
+    shutil.copytree(folder, stale)
+    index = json.loads((stale / "index.json").read_text())
+    shutil.copy(stale / index["rounds"]["1"]["global"], stale / index["rounds"]["2"]["global"])
+    index["rounds"]["2"]["sha256"] = index["rounds"]["1"]["sha256"]
+    (stale / "index.json").write_text(json.dumps(index))
+    wrong_weights = _best_psnr(_config(stale))
+    print(
+        f"best client PSNR: right {right:.2f}, wrong protocol {wrong_protocol:.2f}, wrong weights {wrong_weights:.2f}"
+    )
+    assert right > 30.0
+    assert wrong_protocol < right - 5.0 and wrong_weights < right - 5.0
+
+
+def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
+    folder, _ = flower_run
+    config = _config(folder)
+    config["attacks"]["steps_per_stage"] = 10
+    paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
+    document = json.loads(paths["json"].read_text())
+    assert not document["ground_truth"] and all("psnr" not in r for r in document["records"])
+    assert all(0.0 < r["update_explained"] <= 1.0 for r in document["records"])
+    assert "No ground truth" in paths["markdown"].read_text() and paths["figure"].is_file()
+
+
+def test_bad_captures_are_named(flower_run, tmp_path):
+    folder, _ = flower_run
+    other_model = _config(folder)
+    other_model["model"] = {"factory": "art_gifd.models:lenet", "input_shape": [1, 32, 32], "num_classes": 10}
+    with pytest.raises(AuditConfigError, match=r"another model|shape"):
+        load_capture_audit(other_model)
+    with pytest.raises(AuditConfigError, match=r"round\(s\) \[7\] were not captured"):
+        load_capture_audit(_config(folder, rounds=[7]))
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    index = json.loads((bare / "index.json").read_text())
+    for entry in index["rounds"].values():
+        entry["config"] = {}
+    (bare / "index.json").write_text(json.dumps(index))
+    with pytest.raises(AuditConfigError, match=r"learning_rate.*not in the captured train configuration"):
+        load_capture_audit(_config(bare))
+    torn = tmp_path / "torn"
+    shutil.copytree(folder, torn)
+    victim = torn / CaptureFolder(torn).select([2])[0].file
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(CaptureError, match="damaged or truncated"):
+        run_capture_audit(load_capture_audit(_config(torn)), verbose=False)
+    (torn / "index.json").unlink()
+    with pytest.raises(AuditConfigError, match=r"index\.json: missing"):
+        load_capture_audit(_config(torn))
+
+
+def test_interrupted_write_leaves_no_torn_file(tmp_path, monkeypatch):
+    import os
+
+    from art_gifd.integrations.captures import CaptureWriter
+
+    writer = CaptureWriter(tmp_path / "cap")
+    writer.write_global(1, {"w": np.ones((2, 2), np.float32)}, {"lr": 0.1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_update(1, 5, {"w": np.zeros((2, 2), np.float32)}, 4)
+    monkeypatch.undo()
+    assert not list((tmp_path / "cap" / "round-0001").glob("node-*")) and not list((tmp_path / "cap").rglob("*.tmp"))
+    captures = CaptureFolder.__new__(CaptureFolder)  # the index still lists no update: opening it says so
+    with pytest.raises(CaptureError, match="no client update was captured"):
+        captures.__init__(tmp_path / "cap")
