@@ -371,8 +371,13 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
-def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as a compressed ``.npz`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of a compressed ``.npz`` file."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, npz_bytes(arrays))

@@ -163,6 +163,9 @@ def test_bad_captures_are_named(flower_run, tmp_path):
         load_capture_audit(other_model)
     with pytest.raises(AuditConfigError, match=r"round\(s\) \[7\] were not captured"):
         load_capture_audit(_config(folder, rounds=[7]))
+    bad_report = {**_config(folder), "report": {"high_share": 0.2, "medium_share": 0.3}}
+    with pytest.raises(AuditConfigError, match=r"report\.medium_share.*must be below report\.high_share"):
+        load_capture_audit(bad_report)
     bare = tmp_path / "bare"
     shutil.copytree(folder, bare)
     index = json.loads((bare / "index.json").read_text())
@@ -198,6 +201,5 @@ def test_interrupted_write_leaves_no_torn_file(tmp_path, monkeypatch):
         writer.write_update(1, 5, {"w": np.zeros((2, 2), np.float32)}, 4)
     monkeypatch.undo()
     assert not list((tmp_path / "cap" / "round-0001").glob("node-*")) and not list((tmp_path / "cap").rglob("*.tmp"))
-    captures = CaptureFolder.__new__(CaptureFolder)  # the index still lists no update: opening it says so
-    with pytest.raises(CaptureError, match="no client update was captured"):
-        captures.__init__(tmp_path / "cap")
+    with pytest.raises(CaptureError, match="no client update was captured"):  # the index still lists no update
+        CaptureFolder(tmp_path / "cap")

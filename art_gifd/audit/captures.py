@@ -43,6 +43,7 @@ import json
 import logging
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,17 +55,17 @@ from art_gifd.attacks.registry import GENERATIVE_ATTACKS, Budget, build_attack
 from art_gifd.audit.config import (
     _TOP,
     AuditConfigError,
-    _Checker,
-    _device,
     _import_factory,
     _int_list,
     _read_attacks,
     _read_model,
     _string,
+    open_config,
+    read_common,
     read_config_file,
+    read_report,
 )
 from art_gifd.bench.runner import ResultsFile
-from art_gifd.configfile import LocatedDocument
 from art_gifd.experiment import environment, source_commit, write_bytes_atomic, write_json_atomic, write_npz_atomic
 from art_gifd.federated import TRAINING_KEYS, LocalTraining, describe_training, local_training_from_config
 from art_gifd.integrations.captures import (
@@ -127,20 +128,11 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
 
     :raises AuditConfigError: Listing every problem, with its key and line.
     """
-    if isinstance(config, Mapping):
-        source, document, base = None, LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd()
-    else:
-        source = Path(config)
-        document, base = read_config_file(source), source.resolve().parent
-    check = _Checker(document, base)
-    top = check.table(document.data, (), _CAPTURE_TOP)
-    device = check.get(top, (), "device", _device, "cpu")
-    settings: dict[str, Any] = {
-        "title": check.get(top, (), "title", _string(), None),
-        "output": str((base / Path(check.get(top, (), "output", _string(), "audit-out") or "audit-out")).resolve()),
-        "device": device,
-        "seeds": check.get(top, (), "seeds", _int_list(0), [0]),
-    }
+    source, check = open_config(config)
+    base = check.base
+    top = check.table(check.document.data, (), _CAPTURE_TOP)
+    settings = read_common(check, top)
+    device = settings["device"]
     settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
     path = ("federated",)
     federated = check.table(top.get("federated"), path, _FEDERATED)
@@ -161,8 +153,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
     if settings["attacks"]["labels"] == "known" and spec is None:
         check.add(("attacks", "labels"), "'known' needs the clients' labels: set [federated] client_data.")
-    report = check.table(top.get("report"), ("report",), ("recognisable_ssim", "high_share", "medium_share"))
-    settings["report"] = {key: report.get(key, default) for key, default in _REPORT_DEFAULTS.items()}
+    settings["report"] = read_report(check, top.get("report"))
     captures, updates, trainings = None, [], {}
     if folder is not None:
         try:
@@ -224,9 +215,6 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     )
 
 
-_REPORT_DEFAULTS = {"recognisable_ssim": 0.5, "high_share": 0.5, "medium_share": 0.0}
-
-
 def _ground_truth(cfg: CaptureAuditConfig, update: CapturedUpdate) -> tuple[np.ndarray, np.ndarray] | None:
     """The client's private images and labels from ``client_data``, checked against its reported size."""
     if cfg.client_data is None:
@@ -248,14 +236,17 @@ def _ground_truth(cfg: CaptureAuditConfig, update: CapturedUpdate) -> tuple[np.n
     return x, y
 
 
-def _attack_one(cfg: CaptureAuditConfig, update: CapturedUpdate, attack_name: str, seed: int) -> tuple[dict, dict]:
-    """Attack one captured update; the record and its images."""
-    import time
-
-    estimator = estimator_at(cfg.estimator, cfg.captures.global_arrays(update.server_round))
-    observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
+def _attack_one(
+    cfg: CaptureAuditConfig,
+    update: CapturedUpdate,
+    estimator: Any,
+    observed: list[np.ndarray],
+    truth: tuple[np.ndarray, np.ndarray] | None,
+    attack_name: str,
+    seed: int,
+) -> tuple[dict, dict]:
+    """Attack one captured update (``observed``, at the round's ``estimator``); the record and its images."""
     training = cfg.trainings[update.name]
-    truth = _ground_truth(cfg, update)
     known = cfg.settings["attacks"]["labels"] == "known"
     params = (cfg.settings["attacks"]["params"] or {}).get(attack_name, {})
     attack = build_attack(
@@ -307,6 +298,10 @@ def _attack_one(cfg: CaptureAuditConfig, update: CapturedUpdate, attack_name: st
     return record, images
 
 
+def _images_name(update: CapturedUpdate, attack_name: str, seed: int) -> str:
+    return f"{update.name}-{attack_name}-s{seed}.npz"
+
+
 def run_capture_audit(
     config: str | Path | Mapping[str, Any] | CaptureAuditConfig, resume: bool = True, verbose: bool = True
 ) -> dict[str, Path]:
@@ -332,20 +327,43 @@ def run_capture_audit(
         }
     elif store.path.exists():
         store.path.unlink()
-    jobs = [(u, a, s) for u in cfg.updates for a in cfg.attacks for s in cfg.settings["seeds"]]
     records = []
-    for update, attack_name, seed in tqdm(jobs, desc="captured updates", unit="attack", disable=not verbose):
-        key = (update.name, attack_name, seed)
-        images_file = state / f"{update.name}-{attack_name}-s{seed}.npz"
-        if key in done and images_file.is_file():
-            records.append(done[key])
-            continue
-        record, images = _attack_one(cfg, update, attack_name, seed)
-        write_npz_atomic(images_file, images)
-        record.update(config_hash=cfg.config_hash, images=images_file.name)
-        store.append(record)
-        records.append(record)
-        logger.info("%s %s seed %d: update explained %.3f", update.name, attack_name, seed, record["update_explained"])
+    progress = tqdm(
+        total=len(cfg.updates) * len(cfg.attacks) * len(cfg.settings["seeds"]),
+        desc="captured updates",
+        unit="attack",
+        disable=not verbose,
+    )
+    estimator, estimator_round = None, None
+    for update in cfg.updates:
+        jobs = [(a, s) for a in cfg.attacks for s in cfg.settings["seeds"]]
+        finished = {
+            (a, s): done[(update.name, a, s)]
+            for a, s in jobs
+            if (update.name, a, s) in done and (state / _images_name(update, a, s)).is_file()
+        }
+        progress.update(len(finished))
+        if len(finished) < len(jobs):
+            if estimator_round != update.server_round:  # updates come by round: one copy of the model per round
+                estimator = estimator_at(cfg.estimator, cfg.captures.global_arrays(update.server_round))
+                estimator_round = update.server_round
+            observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
+            truth = _ground_truth(cfg, update)
+        for attack_name, seed in jobs:
+            if (attack_name, seed) in finished:
+                records.append(finished[(attack_name, seed)])
+                continue
+            record, images = _attack_one(cfg, update, estimator, observed, truth, attack_name, seed)
+            images_file = state / _images_name(update, attack_name, seed)
+            write_npz_atomic(images_file, images)
+            record.update(config_hash=cfg.config_hash, images=images_file.name)
+            store.append(record)
+            records.append(record)
+            progress.update()
+            logger.info(
+                "%s %s seed %d: update explained %.3f", update.name, attack_name, seed, record["update_explained"]
+            )
+    progress.close()
     return write_capture_report(cfg, records)
 
 

@@ -899,6 +899,43 @@ def _split_utility(
     return x[train], y[train], x[test], y[test]
 
 
+def open_config(config: str | Path | Mapping[str, Any]) -> tuple[Path | None, _Checker]:
+    """
+    The config file (``None`` for a mapping) and a checker over its document; relative paths resolve against the
+    file's folder (for a mapping: the current directory).
+    """
+    if isinstance(config, Mapping):
+        return None, _Checker(LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd())
+    source = Path(config)
+    return source, _Checker(read_config_file(source), source.resolve().parent)
+
+
+def read_common(check: _Checker, top: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level keys every audit has: ``title``, ``output`` (resolved), ``device`` and ``seeds``."""
+    settings: dict[str, Any] = {
+        "title": check.get(top, (), "title", _string(), None),
+        "output": check.get(top, (), "output", _string(), "audit-out"),
+        "device": check.get(top, (), "device", _device, "cpu"),
+        "seeds": check.get(top, (), "seeds", _int_list(0), [0]),
+    }
+    if settings["output"] is not None:
+        settings["output"] = str((check.base / Path(settings["output"]).expanduser()).resolve())
+    return settings
+
+
+def read_report(check: _Checker, raw: Any) -> dict[str, Any]:
+    """The ``[report]`` table: the recognisable-SSIM threshold and the risk rating's shares."""
+    report = check.table(raw, ("report",), _REPORT)
+    settings = {
+        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", _number(-1, 1), 0.5),
+        "high_share": check.get(report, ("report",), "high_share", _number(0, 1, low_open=True), 0.5),
+        "medium_share": check.get(report, ("report",), "medium_share", _number(0, 1, high_open=True), 0.0),
+    }
+    if None not in settings.values() and settings["medium_share"] >= settings["high_share"]:
+        check.add(("report", "medium_share"), "must be below report.high_share.")
+    return settings
+
+
 def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     """
     Read and validate an audit config (see the module documentation for the format).
@@ -912,24 +949,11 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     :return: The validated audit.
     :raises AuditConfigError: Listing every problem, each with its key and (for files) line.
     """
-    if isinstance(config, Mapping):
-        source, document, base = None, LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd()
-    else:
-        source = Path(config)
-        document = read_config_file(source)
-        base = source.resolve().parent
-    check = _Checker(document, base)
-    top = check.table(document.data, (), _TOP)
-    device = check.get(top, (), "device", _device, "cpu")
-    settings: dict[str, Any] = {
-        "title": check.get(top, (), "title", _string(), None),
-        "output": check.get(top, (), "output", _string(), "audit-out"),
-        "device": device,
-        "images_per_setting": check.get(top, (), "images_per_setting", _integer(1), 4),
-        "seeds": check.get(top, (), "seeds", _int_list(0), [0]),
-    }
-    if settings["output"] is not None:
-        settings["output"] = str((base / Path(settings["output"]).expanduser()).resolve())
+    source, check = open_config(config)
+    top = check.table(check.document.data, (), _TOP)
+    settings = read_common(check, top)
+    device = settings["device"]
+    settings["images_per_setting"] = check.get(top, (), "images_per_setting", _integer(1), 4)
     settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
     settings["data"], data, data_facts = _read_data(check, top.get("data"), settings["model"])
     settings["federated"], training = _read_federated(check, top.get("federated"))
@@ -946,17 +970,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         "probe_batches": check.get(utility, ("utility",), "probe_batches", _integer(1), 4),
         "test_fraction": check.get(utility, ("utility",), "test_fraction", _number(0, 1, True, True), 0.2),
     }
-    report = check.table(top.get("report"), ("report",), _REPORT)
-    settings["report"] = {
-        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", _number(-1, 1), 0.5),
-        "high_share": check.get(report, ("report",), "high_share", _number(0, 1, low_open=True), 0.5),
-        "medium_share": check.get(report, ("report",), "medium_share", _number(0, 1, high_open=True), 0.0),
-    }
-    if (
-        None not in settings["report"].values()
-        and settings["report"]["medium_share"] >= settings["report"]["high_share"]
-    ):
-        check.add(("report", "medium_share"), "must be below report.high_share.")
+    settings["report"] = read_report(check, top.get("report"))
     x_attack, y_attack, utility_data = _check_counts(check, settings, data)
     if estimator is not None:
         if x_attack is not None:

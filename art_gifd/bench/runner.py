@@ -289,9 +289,9 @@ class ResultsFile:
 
     def save_images(self, job_id: str, originals: np.ndarray, reconstructions: np.ndarray) -> Path:
         """Write a job's originals and reconstructions (8-bit) atomically; return the file."""
-        self.recon_dir.mkdir(parents=True, exist_ok=True)
-        path = self.recon_dir / f"{job_id}.npz"
         from art_gifd.experiment import write_npz_atomic
+
+        path = self.recon_dir / f"{job_id}.npz"
 
         write_npz_atomic(path, {"originals": _to_uint8(originals), "reconstructions": _to_uint8(reconstructions)})
         return path

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
+import io
 import json
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from art_gifd.experiment import write_json_atomic, write_npz_atomic
+from art_gifd.experiment import npz_bytes, write_bytes_atomic, write_json_atomic
 from art_gifd.federated import TRAINING_KEYS
 
 #: Format tag of ``index.json``.
@@ -52,12 +53,11 @@ class CaptureError(ValueError):
     """A capture folder that cannot be read as asked: the message names the file and the fix."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``arrays`` atomically as a compressed ``.npz``; its SHA-256."""
+    data = npz_bytes(arrays)
+    write_bytes_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -79,7 +79,8 @@ def _round_dir(server_round: int) -> str:
 
 class CaptureWriter:
     """
-    Writes a capture folder one file at a time; nothing is kept in memory between calls but the index.
+    Writes a capture folder one file at a time; kept in memory between calls: the index and the current round's global
+    arrays (each update subtracts them).
 
     :param out: The capture folder (created). An existing index is continued, so a resumed run appends to it.
     :param metadata: Facts about the run stored in the index (strategy, framework version, …).
@@ -88,6 +89,8 @@ class CaptureWriter:
     def __init__(self, out: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        #: The round and global arrays of the last :meth:`write_global`: the updates of that round subtract them.
+        self._sent: tuple[int, dict[str, np.ndarray]] | None = None
         index = self.out / INDEX
         if index.exists():
             self.index = read_index(self.out)
@@ -110,12 +113,14 @@ class CaptureWriter:
         for that round before (by an earlier, interrupted run) are dropped from the index.
         """
         file = Path(_round_dir(server_round)) / "global.npz"
-        write_npz_atomic(self.out / file, {name: np.asarray(a) for name, a in arrays.items()})
+        sent = {name: np.asarray(a) for name, a in arrays.items()}
+        digest = _write_npz(self.out / file, sent)
+        self._sent = (server_round, sent)
         # A round captured again (a restarted run) starts afresh: earlier updates were relative to other arrays.
         self.index["updates"] = [u for u in self.index["updates"] if u["round"] != server_round]
         self.index["rounds"][str(server_round)] = {
             "global": str(file),
-            "sha256": _sha256(self.out / file),
+            "sha256": digest,
             "config": _plain(dict(config)),
             "shapes": {name: list(np.shape(a)) for name, a in arrays.items()},
         }
@@ -138,27 +143,26 @@ class CaptureWriter:
         :param config: The train configuration sent to this client, where it differs from the round's.
         :raises CaptureError: If the round's global arrays were not recorded first, or the names or shapes differ.
         """
-        entry = self.index["rounds"].get(str(server_round))
-        if entry is None:
+        if self._sent is None or self._sent[0] != server_round:
             raise CaptureError(f"round {server_round}: write_global must record the global arrays before any update.")
-        with np.load(self.out / entry["global"]) as sent:
-            if sorted(sent.files) != sorted(returned):
+        sent = self._sent[1]
+        if sorted(sent) != sorted(returned):
+            raise CaptureError(
+                f"round {server_round}, node {node_id}: the reply's arrays {sorted(returned)} are not those sent "
+                f"({sorted(sent)})."
+            )
+        update = {}
+        for name, before in sent.items():
+            after = np.asarray(returned[name])
+            if before.shape != after.shape:
                 raise CaptureError(
-                    f"round {server_round}, node {node_id}: the reply's arrays {sorted(returned)} are not those sent "
-                    f"({sorted(sent.files)})."
+                    f"round {server_round}, node {node_id}: array {name!r} came back with shape {after.shape}, "
+                    f"sent with {before.shape}."
                 )
-            update = {}
-            for name in sent.files:
-                before, after = sent[name], np.asarray(returned[name])
-                if before.shape != after.shape:
-                    raise CaptureError(
-                        f"round {server_round}, node {node_id}: array {name!r} came back with shape {after.shape}, "
-                        f"sent with {before.shape}."
-                    )
-                if np.issubdtype(before.dtype, np.floating):
-                    update[name] = (before.astype(np.float64) - after.astype(np.float64)).astype(before.dtype)
+            if np.issubdtype(before.dtype, np.floating):
+                update[name] = (before.astype(np.float64) - after.astype(np.float64)).astype(before.dtype)
         file = Path(_round_dir(server_round)) / f"node-{node_id}.npz"
-        write_npz_atomic(self.out / file, update)
+        digest = _write_npz(self.out / file, update)
         self.index["updates"] = [
             u for u in self.index["updates"] if (u["round"], u["node_id"]) != (server_round, int(node_id))
         ]
@@ -167,7 +171,7 @@ class CaptureWriter:
                 "round": server_round,
                 "node_id": int(node_id),
                 "file": str(file),
-                "sha256": _sha256(self.out / file),
+                "sha256": digest,
                 "num_examples": None if num_examples is None else int(num_examples),
                 "metrics": _plain(dict(metrics or {})),
                 "config": _plain(dict(config)) if config is not None else None,
@@ -296,14 +300,15 @@ class CaptureFolder:
         path = self.folder / file
         if not path.is_file():
             raise CaptureError(f"{path}: missing ({what}). Restore the file or capture the run again.")
-        if _sha256(path) != sha256:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
             raise CaptureError(
                 f"{path}: damaged or truncated ({what}: its SHA-256 differs from the index). Restore "
                 "the file or capture the run again."
             )
         try:
-            with np.load(path) as data:
-                return {name: data[name] for name in data.files}
+            with np.load(io.BytesIO(data)) as arrays:
+                return {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise CaptureError(f"{path}: unreadable ({what}: {err}). Capture the run again.") from err
 

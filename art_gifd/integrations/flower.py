@@ -79,7 +79,8 @@ class CaptureStrategy(Strategy):
         self.strategy = strategy
         self.rounds = _selection(rounds, "rounds")
         self.clients = _selection(clients, "clients")
-        inner = self._innermost()
+        inner = self._chain()[-1]
+        self._node_configs: dict[int, dict[str, Any]] = {}
         self.arrays_key = getattr(inner, "arrayrecord_key", "arrays")
         self.config_key = getattr(inner, "configrecord_key", "config")
         self.num_examples_key = num_examples_key or getattr(inner, "weighted_by_key", "num-examples")
@@ -88,19 +89,17 @@ class CaptureStrategy(Strategy):
             {"strategy": self._describe(), "flwr": flwr.__version__, "rounds": sorted(self.rounds or []) or "all"},
         )
 
-    def _innermost(self) -> Strategy:
-        """The strategy under any wrappers (Flower's DP wrappers keep theirs in ``.strategy``)."""
-        inner = self.strategy
-        while isinstance(getattr(inner, "strategy", None), Strategy):
-            inner = inner.strategy
-        return inner
+    def _chain(self) -> list[Strategy]:
+        """The wrapped strategy and those under it, outermost first (Flower's DP wrappers hold theirs in .strategy)."""
+        chain, inner = [], self.strategy
+        while isinstance(inner, Strategy):
+            chain.append(inner)
+            inner = getattr(inner, "strategy", None)
+        return chain
 
     def _describe(self) -> str:
         """The wrapped strategies by class, outermost first, e.g. ``"DPWrapper(FedAvg)"``."""
-        names, inner = [], self.strategy
-        while isinstance(inner, Strategy):
-            names.append(type(inner).__name__)
-            inner = getattr(inner, "strategy", None)
+        names = [type(s).__name__ for s in self._chain()]
         return "(".join(names) + ")" * (len(names) - 1)
 
     def _captured(self, server_round: int) -> bool:
@@ -111,12 +110,21 @@ class CaptureStrategy(Strategy):
     ) -> Iterable[Message]:
         """The wrapped strategy's messages; for a captured round, the global arrays and sent config are recorded."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._node_configs = {}
         if self._captured(server_round) and messages:
+            configs = {int(m.metadata.dst_node_id): self._config_of(m, config) for m in messages}
             sent = messages[0].content
             record = sent[self.arrays_key] if self.arrays_key in sent.array_records else arrays
-            config_sent = dict(sent[self.config_key]) if self.config_key in sent.config_records else dict(config)
-            self.writer.write_global(server_round, _arrays(record), config_sent)
+            round_config = configs[int(messages[0].metadata.dst_node_id)]
+            self.writer.write_global(server_round, _arrays(record), round_config)
+            # A strategy may configure clients differently: their own config goes with their update.
+            self._node_configs = {node: c for node, c in configs.items() if c != round_config}
         return messages
+
+    def _config_of(self, message: Message, default: ConfigRecord) -> dict[str, Any]:
+        """The train configuration a message carries (the one given to the wrapped strategy if it carries none)."""
+        content = message.content
+        return dict(content[self.config_key]) if self.config_key in content.config_records else dict(default)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -145,6 +153,7 @@ class CaptureStrategy(Strategy):
                         _arrays(record),
                         None if examples is None else int(examples),
                         metrics,
+                        self._node_configs.get(node),
                     )
             yield message
 
