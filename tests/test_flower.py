@@ -113,6 +113,8 @@ def test_capture_leaves_aggregation_unchanged_and_records_real_updates(flower_ru
         from flower_audit.task import RUN_CONFIG, build_model, partition, train
     finally:
         sys.path.remove(str(EXAMPLE))
+    for entry in captures.rounds_info.values():  # what the capture cost the run, round by round
+        assert 0.0 < entry["capture_seconds"] < 30.0 and entry["sent_at"] > 0
     update = captures.select([2])[0]
     assert update.config["lr"] == RUN_CONFIG["lr"] and update.num_examples == len(partition(0)[0])
     # Replaying the client's training from the captured global arrays gives the captured update.
@@ -155,6 +157,31 @@ def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
     assert "No ground truth" in paths["markdown"].read_text() and paths["figure"].is_file()
 
 
+def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run, tmp_path):
+    folder, _ = flower_run
+    runs = {}
+    # one at a time; the clients of each round together; every client of both rounds in one search
+    for together in (1, CLIENTS, 2 * CLIENTS):
+        config = _config(folder, rounds=[1, 2], updates_per_search=together)
+        config["attacks"]["steps_per_stage"] = 5
+        config["output"] = str(tmp_path / f"together-{together}")
+        paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
+        records = json.loads(paths["json"].read_text())["records"]
+        assert {r["searched_together"] for r in records} == {together} and len(records) == 2 * CLIENTS
+        state = Path(config["output"]) / "captures-state"
+        runs[together] = [
+            (r["id"], r["matching_loss"], np.load(state / r["images"])["reconstructions"]) for r in records
+        ]
+    for alone, same_round, two_rounds in zip(*runs.values(), strict=True):
+        assert alone[0] == same_round[0] == two_rounds[0]
+        # the clients of one round share its weights: bit for bit the reconstructions of one at a time
+        assert same_round[1] == alone[1]
+        np.testing.assert_array_equal(same_round[2], alone[2])
+        # two rounds' weights batched round differently (tests/test_many.py: equal losses up to 1e-5 at the same
+        # images), and the search amplifies that until a stage may carry another restart: the matching loss agrees
+        assert two_rounds[1] == pytest.approx(alone[1], rel=0.1)
+
+
 def test_bad_captures_are_named(flower_run, tmp_path):
     folder, _ = flower_run
     other_model = _config(folder)
@@ -163,6 +190,8 @@ def test_bad_captures_are_named(flower_run, tmp_path):
         load_capture_audit(other_model)
     with pytest.raises(AuditConfigError, match=r"round\(s\) \[7\] were not captured"):
         load_capture_audit(_config(folder, rounds=[7]))
+    with pytest.raises(AuditConfigError, match=r"federated\.updates_per_search"):
+        load_capture_audit(_config(folder, updates_per_search=0))
     bad_report = {**_config(folder), "report": {"high_share": 0.2, "medium_share": 0.3}}
     with pytest.raises(AuditConfigError, match=r"report\.medium_share.*must be below report\.high_share"):
         load_capture_audit(bad_report)
@@ -203,3 +232,72 @@ def test_interrupted_write_leaves_no_torn_file(tmp_path, monkeypatch):
     assert not list((tmp_path / "cap" / "round-0001").glob("node-*")) and not list((tmp_path / "cap").rglob("*.tmp"))
     with pytest.raises(CaptureError, match="no client update was captured"):  # the index still lists no update
         CaptureFolder(tmp_path / "cap")
+
+
+def test_legacy_strategies_are_captured_the_same_way(tmp_path):
+    """A legacy-API run (configure_fit / aggregate_fit, NumPyClient) under LegacyCaptureStrategy."""
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    from art_gifd.integrations.flower import LegacyCaptureStrategy
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from flower_audit.task import RUN_CONFIG, build_model, partition, train
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    names = list(build_model().state_dict())
+    config = {k: RUN_CONFIG[k] for k in ("lr", "local-epochs", "batch-size")}
+
+    class Client(NumPyClient):
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def fit(self, parameters, config):
+            model = build_model()
+            model.load_state_dict({n: torch.as_tensor(a) for n, a in zip(names, parameters, strict=True)})
+            x, y = partition(self.pid)
+            train(model, x, y, float(config["lr"]), int(config["local-epochs"]), int(config["batch-size"]))
+            return [v.numpy() for v in model.state_dict().values()], len(x), {"partition-id": self.pid}
+
+    same: list[bool] = []
+
+    class Compare(LegacyCaptureStrategy):
+        def aggregate_fit(self, server_round, results, failures):
+            aggregate, metrics = super().aggregate_fit(server_round, results, failures)
+            bare, _ = FedAvg().aggregate_fit(server_round, results, failures)
+            pairs = zip(parameters_to_ndarrays(aggregate), parameters_to_ndarrays(bare), strict=True)
+            same.append(all(np.array_equal(a, b) for a, b in pairs))
+            return aggregate, metrics
+
+    inner = FedAvg(
+        fraction_evaluate=0.0,
+        min_fit_clients=CLIENTS,
+        min_available_clients=CLIENTS,
+        initial_parameters=ndarrays_to_parameters([v.numpy() for v in build_model().state_dict().values()]),
+        on_fit_config_fn=lambda _: dict(config),
+    )
+    folder = tmp_path / "legacy"
+    with pytest.raises(ValueError, match="names must be the model's array names"):
+        LegacyCaptureStrategy(inner, out=folder, names="weight")
+    run_simulation(
+        server_app=ServerApp(config=ServerConfig(num_rounds=ROUNDS), strategy=Compare(inner, out=folder, names=names)),
+        client_app=ClientApp(client_fn=lambda context: Client(int(context.node_config["partition-id"])).to_client()),
+        num_supernodes=CLIENTS,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
+    )
+    assert same == [True] * ROUNDS
+    captures = CaptureFolder(folder)
+    assert captures.rounds == [1, 2] and len(captures.updates) == CLIENTS * ROUNDS
+    update = captures.select([2])[0]
+    model = build_model()
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in captures.global_arrays(2).items()})
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x, y = partition(update.metrics["partition-id"])
+    train(model, x, y, RUN_CONFIG["lr"], RUN_CONFIG["local-epochs"], RUN_CONFIG["batch-size"])
+    for name, delta in captures.update_arrays(update).items():
+        np.testing.assert_allclose(delta, (before[name] - model.state_dict()[name]).numpy(), atol=1e-6)
+    assert load_capture_audit(_config(folder)).updates[0].config["lr"] == RUN_CONFIG["lr"]

@@ -5,10 +5,12 @@ Base class of every gradient-inversion attack: the ART contract, validation and 
 from __future__ import annotations
 
 import abc
+import copy
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,13 +23,17 @@ from art_gifd.attacks.core import (
     NORM_FORMS,
     SCHEDULES,
     GradientMatcher,
+    JointMatcher,
+    JointObjective,
     Objective,
     ReconstructionResult,
     SearchSettings,
     SearchStage,
     StageOutcome,
+    join_stages,
     run_stage,
     select_best,
+    split_outcome,
 )
 from art_gifd.defenses.base import Defense
 from art_gifd.federated import (
@@ -97,6 +103,20 @@ class SearchContext:
         else:
             raise ValueError(f"Unknown pixel initialisation '{init}': use one of {PIXEL_INITS}.")
         return SearchStage("pixel", [start], lambda v: v[0], lambda v: [v[0].clamp(lo, hi)], signed=signed)
+
+
+@dataclass
+class _Search:
+    """One observation's search in progress: its context, objective, stage generator and the outcomes so far."""
+
+    ctx: SearchContext
+    matcher: GradientMatcher
+    objective: Objective
+    stages: StageGenerator
+    seed: int
+    start: float
+    labels_inferred: bool
+    outcomes: list[StageOutcome] = field(default_factory=list)
 
 
 class GradientInversionAttack(InferenceAttack, abc.ABC):
@@ -291,6 +311,131 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param y: Known labels, or ``None`` to infer them.
         :return: The reconstruction and its details.
         """
+        search = self._begin(x, y)
+        with tqdm(total=self._total_steps(), desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
+            settings = self._settings(search.seed, bar)
+            stage = next(search.stages)
+            while True:
+                search.outcomes.append(run_stage(stage, search.objective, settings))
+                try:
+                    stage = search.stages.send(search.outcomes[-1])
+                except StopIteration:
+                    break
+        return self._finish(search)
+
+    def reconstruct_many(
+        self,
+        observations: Sequence[GradientInput],
+        labels: Sequence[np.ndarray | None] | None = None,
+        estimators: Sequence[PyTorchClassifier] | None = None,
+        seeds: Sequence[int] | None = None,
+        max_together: int | None = None,
+    ) -> list[ReconstructionResult]:
+        """
+        Reconstruct several observations (e.g. every captured client update of a round, or of several rounds) in one
+        batched search: observations × restarts are the rows of each stage's tensors, and one vectorised call
+        computes every candidate's gradient (or replayed update) at its own observation's model weights.
+
+        Each result equals (up to float rounding) what :meth:`reconstruct` returns for that observation with the same
+        seed: every random start comes from the observation's own seed, and Adam moves every element on its own.
+        Stages that cannot be stacked (L-BFGS, CMA-ES, optimised labels) run one observation after the other.
+
+        :param observations: Observed gradients or updates, one per client.
+        :param labels: Known labels per observation (``None`` entries, or ``None``: inferred).
+        :param estimators: The model each observation was computed at (one architecture; default: this attack's
+                           estimator for all), e.g. the global model of each observation's round.
+        :param seeds: Seed per observation (default: this attack's ``seed`` for every one).
+        :param max_together: At most this many observations per batched search (``None``: as many as the memory
+                             estimate of a FedAvg replay allows, else all).
+        :return: One result per observation, in order.
+        :raises ValueError: If the lists differ in length or an estimator's model differs from this attack's.
+        """
+        count = len(observations)
+        for name, values in (("labels", labels), ("estimators", estimators), ("seeds", seeds)):
+            if values is not None and len(values) != count:
+                raise ValueError(
+                    f"{name} has {len(values)} entries for {count} observations: give one per observation."
+                )
+        check_integer("max_together", max_together, 1, optional=True)
+        if count == 0:
+            return []
+        shapes = [tuple(p.shape) for p in self.estimator.model.parameters()]
+        attacks = []
+        for t in range(count):
+            attack = copy.copy(self)  # per-observation search state (e.g. generator labels) on its own copy
+            if estimators is not None:
+                other = [tuple(p.shape) for p in estimators[t].model.parameters()]
+                if other != shapes:
+                    raise ValueError(
+                        f"estimators[{t}] has parameter shapes unlike the attack's estimator: every observation must "
+                        "come from the same architecture."
+                    )
+                attack._estimator = estimators[t]
+            if seeds is not None:
+                attack.seed = seeds[t]
+            attacks.append(attack)
+        searches = [
+            a._begin(x, None if labels is None else labels[t])
+            for t, (a, x) in enumerate(zip(attacks, observations, strict=True))
+        ]
+        plan = searches[0].matcher.plan
+        together = count if max_together is None else int(max_together)
+        if plan is not None:
+            fits = self._memory_fit(searches[0].ctx.target, plan)
+            together = min(together, fits) if fits is not None else together
+        chunks = [list(range(i, min(i + together, count))) for i in range(0, count, together)]
+        with tqdm(
+            total=self._total_steps() * len(chunks), desc=type(self).__name__, disable=not self.verbose, leave=False
+        ) as bar:
+            for chunk in chunks:
+                self._search_together([attacks[t] for t in chunk], [searches[t] for t in chunk], bar)
+        return [a._finish(s) for a, s in zip(attacks, searches, strict=True)]
+
+    def _search_together(self, attacks: list[GradientInversionAttack], searches: list[_Search], bar: tqdm) -> None:
+        """Run the stages of several searches in lockstep, stacking the stages that can be stacked."""
+        joint = None
+        stages = [next(s.stages) for s in searches]
+        while True:
+            stacked = join_stages(stages, self.num_restarts)
+            if stacked is not None:
+                if joint is None:
+                    plan = searches[0].matcher.plan
+                    if plan is not None:
+                        self._check_memory(searches[0].ctx.target, plan, self.num_restarts * len(searches))
+                    matcher = JointMatcher([s.matcher for s in searches])
+                    joint = JointObjective(matcher, [s.objective for s in searches])
+                settings = dataclasses.replace(
+                    self._settings(searches[0].seed, bar), num_restarts=self.num_restarts * len(searches)
+                )
+                outcomes = split_outcome(run_stage(stacked, joint, settings), stages, self.num_restarts)
+            else:
+                outcomes = [
+                    run_stage(stage, s.objective, self._settings(s.seed, bar if t == 0 else None))
+                    for t, (stage, s) in enumerate(zip(stages, searches, strict=True))
+                ]
+            following = []
+            for search, outcome in zip(searches, outcomes, strict=True):
+                search.outcomes.append(outcome)
+                try:
+                    following.append(search.stages.send(outcome))
+                except StopIteration:
+                    following.append(None)
+            if all(f is None for f in following):
+                return
+            if any(f is None for f in following):
+                raise RuntimeError(f"{type(self).__name__}: searches of one attack ran different numbers of stages.")
+            stages = following
+
+    def _settings(self, seed: int, bar: tqdm | None) -> SearchSettings:
+        return SearchSettings(
+            self.steps_per_stage, self.learning_rate, self.num_restarts, bar, seed, self.schedule, self._hand_on
+        )
+
+    def _total_steps(self) -> int:
+        return self.steps_per_stage * self._num_stages()
+
+    def _begin(self, x: GradientInput, y: np.ndarray | None) -> _Search:
+        """Validate an observation, infer its labels and set up its search (everything before the first stage)."""
         import torch
 
         start = time.perf_counter()
@@ -325,24 +470,16 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             simulation_steps=self.simulation_steps,
         )
         if matcher.plan is not None:
-            self._check_memory(target, matcher.plan)
+            self._check_memory(target, matcher.plan, self.num_restarts)
         ctx = SearchContext(target, labels, self.batch_size, self.num_restarts, rng, (lo, hi), matcher)
         self._prepare(ctx)
         objective = self._objective(matcher, self._regularisers(ctx))
-        total = self.steps_per_stage * self._num_stages()
-        outcomes: list[StageOutcome] = []
-        with tqdm(total=total, desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
-            settings = SearchSettings(
-                self.steps_per_stage, self.learning_rate, self.num_restarts, bar, seed, self.schedule, self._hand_on
-            )
-            stages = self._stages(ctx)
-            stage = next(stages)
-            while True:
-                outcomes.append(run_stage(stage, objective, settings))
-                try:
-                    stage = stages.send(outcomes[-1])
-                except StopIteration:
-                    break
+        return _Search(ctx, matcher, objective, self._stages(ctx), seed, start, y is None)
+
+    def _finish(self, search: _Search) -> ReconstructionResult:
+        """Pick the best candidate of a finished search and describe it."""
+        ctx, outcomes = search.ctx, search.outcomes
+        lo, hi = ctx.clip_values
         competing = None if self._selection == "all" else [len(outcomes) - 1]
         best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size, self.num_restarts, competing)
         if not np.isfinite(losses[best_stage, best_restart]) or not bool(images.isfinite().all()):
@@ -355,20 +492,20 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         result = ReconstructionResult(
             images=images,
             labels=final_labels.cpu().numpy(),
-            labels_inferred=y is None,
+            labels_inferred=search.labels_inferred,
             stage_names=[o.name for o in outcomes],
             stage_losses=losses,
             best_stage=best_stage,
             best_restart=best_restart,
             best_loss=float(losses[best_stage, best_restart]),
             steps=sum(o.steps for o in outcomes),
-            seconds=time.perf_counter() - start,
-            seed=seed,
+            seconds=time.perf_counter() - search.start,
+            seed=search.seed,
             extra={
                 **self._extra(ctx),
-                "adaptive": matcher.adaptive,
+                "adaptive": search.matcher.adaptive,
                 "training": self.training.describe() if self.training is not None else None,
-                "simulated_steps": len(matcher.plan) if matcher.plan is not None else None,
+                "simulated_steps": len(search.matcher.plan) if search.matcher.plan is not None else None,
             },
         )
         logger.info(
@@ -381,17 +518,25 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         )
         return result
 
-    def _check_memory(self, target: TargetModel, plan: list[tuple[np.ndarray, float]]) -> None:
+    def _memory_fit(self, target: TargetModel, plan: list[tuple[np.ndarray, float]]) -> int | None:
+        """How many observations' FedAvg replays fit the device's free memory together (``None``: unknown)."""
+        free = available_memory(target.device)
+        if free is None:
+            return None
+        return max(1, free // max(1, simulation_memory(target, plan, self.num_restarts)))
+
+    def _check_memory(self, target: TargetModel, plan: list[tuple[np.ndarray, float]], restarts: int) -> None:
         """
-        Refuse, before any work, a FedAvg replay whose estimated memory exceeds what the device has free.
+        Refuse, before any work, a FedAvg replay of ``restarts`` candidate batches whose estimated memory exceeds what
+        the device has free.
 
         :raises ValueError: Naming the estimate, the free memory and the ways to lower it.
         """
-        needed = simulation_memory(target, plan, self.num_restarts)
+        needed = simulation_memory(target, plan, restarts)
         free = available_memory(target.device)
         if free is not None and needed > free:
             raise ValueError(
-                f"Replaying {len(plan)} local steps for {self.num_restarts} restarts needs about {needed / 2**30:.1f} "
+                f"Replaying {len(plan)} local steps for {restarts} candidate batches needs about {needed / 2**30:.1f} "
                 f"GiB but {target.device} has {free / 2**30:.1f} GiB free: set simulation_steps (merges local steps), "
                 "fewer num_restarts, or a device with more memory."
             )

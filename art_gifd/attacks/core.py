@@ -212,13 +212,122 @@ class GradientMatcher:
         if self.defense is not None:
             grads = self.defense.replay(grads, self.observed)
         flat = torch.cat([grads[n].flatten(1) for n in self.observed], dim=1)  # (R, P)
-        if self.distance == "l2":
-            return (flat - self.observed_flat).pow(2).sum(dim=1)
-        # 1 − cos(a, b) = ½‖a/|a| − b/|b|‖², computed in the second form: the first loses everything below float32's
-        # rounding (about 1e-7) to cancellation, so near-exact reconstructions would all tie at a noisy floor and the
-        # best-iterate tracking would keep an early one. Row-wise reductions: the same for any number of rows.
-        unit = flat / (flat.norm(dim=1, keepdim=True) + 1e-12)
-        return 0.5 * (unit - self.observed_flat / (self.observed_norm + 1e-12)).pow(2).sum(dim=1)
+        return match_distance(flat, self.observed_flat, self.observed_norm, self.distance)
+
+
+def match_distance(
+    flat: torch.Tensor, observed: torch.Tensor, observed_norm: torch.Tensor, distance: str
+) -> torch.Tensor:
+    """
+    Distance of each row of ``flat`` ``(N, P)`` to the observed gradient ``observed`` (``(P,)``, or ``(N, P)`` with
+    ``observed_norm`` ``(N, 1)``: one observation per row), shape ``(N,)``.
+    """
+    if distance == "l2":
+        return (flat - observed).pow(2).sum(dim=1)
+    # 1 − cos(a, b) = ½‖a/|a| − b/|b|‖², computed in the second form: the first loses everything below float32's
+    # rounding (about 1e-7) to cancellation, so near-exact reconstructions would all tie at a noisy floor and the
+    # best-iterate tracking would keep an early one. Row-wise reductions: the same for any number of rows.
+    unit = flat / (flat.norm(dim=1, keepdim=True) + 1e-12)
+    return 0.5 * (unit - observed / (observed_norm + 1e-12)).pow(2).sum(dim=1)
+
+
+class JointMatcher:
+    """
+    :class:`GradientMatcher` losses of ``T`` observations at once, as one vectorised computation.
+
+    The observations may come from different model weights (clients of different rounds) of one architecture; each
+    has its own labels. Candidate rows are grouped by observation: rows ``t·R·B … (t+1)·R·B − 1`` are the ``R``
+    restarts of observation ``t`` (``R`` may change from stage to stage). ``loss`` returns ``(T · R,)`` losses equal
+    (up to float rounding) to each matcher's own on its rows.
+    """
+
+    def __init__(self, matchers: list[GradientMatcher]):
+        """
+        :param matchers: One matcher per observation, all with labels and the same distance, batch size, local
+                         training and parameter shapes.
+        :raises ValueError: If the matchers cannot be searched together, naming the difference.
+        """
+        first = matchers[0]
+        for t, m in enumerate(matchers):
+            differences = [
+                name
+                for name, a, b in (
+                    ("distance", m.distance, first.distance),
+                    ("batch size", m.batch_size, first.batch_size),
+                    ("parameter shapes", m.target.shapes, first.target.shapes),
+                    ("parameter names", m.target.names, first.target.names),
+                    ("local training", _training_key(m.training), _training_key(first.training)),
+                    ("defence", type(m.defense), type(first.defense)),
+                )
+                if a != b
+            ]
+            if m.labels is None:
+                differences.append("labels (none)")
+            if differences:
+                raise ValueError(
+                    f"Observation {t} cannot be searched together with observation 0: its {', '.join(differences)} "
+                    "differ. Search observations with the same model, batch size, labels setting and local training "
+                    "together."
+                )
+        self.matchers = matchers
+        self.batch_size = first.batch_size
+        self.adaptive = first.adaptive
+        names = first.target.names
+        self.names = names
+        self.params = {n: torch.stack([m.target.params[n] for m in matchers]) for n in names}
+        self.buffers = {n: torch.stack([m.target.buffers[n] for m in matchers]) for n in first.target.buffers}
+        self.labels = torch.stack([m.labels for m in matchers])  # (T, B)
+        self.observed_flat = torch.stack([m.observed_flat for m in matchers])  # (T, P)
+        self.observed_norm = torch.stack([m.observed_norm for m in matchers]).reshape(-1, 1)
+        module, loss_fn, training, plan = first.target.module, first.target.loss_fn, first.training, first.plan
+
+        def one(params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            def loss(p: dict, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+                return loss_fn(torch.func.functional_call(module, (p, buffers), (xx,)), yy)
+
+            if training is None:
+                return torch.func.grad(loss)(params, x, y)
+            return simulate_update(loss, params, x, y, training=training, plan=plan)
+
+        #: Whether every observation was made at the same weights (the clients of one round): the candidates of all
+        #: observations are then rows of one batch at unbatched weights, the computation of one observation's restarts.
+        self.shared_weights = all(
+            torch.equal(m.target.params[n], first.target.params[n]) for m in matchers for n in names
+        ) and all(torch.equal(m.target.buffers[n], first.target.buffers[n]) for m in matchers for n in self.buffers)
+        if self.shared_weights:
+            self.params = {n: p[0] for n, p in self.params.items()}
+            self.buffers = {n: b[0] for n, b in self.buffers.items()}
+            self._grads = torch.func.vmap(one, in_dims=(None, None, 0, 0))
+        else:  # outer: observations (weights, buffers, candidates, labels); inner: the restarts of one observation
+            self._grads = torch.func.vmap(torch.func.vmap(one, in_dims=(None, None, 0, None)), in_dims=(0, 0, 0, 0))
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Matching loss per row group, ``(T · R,)``, of candidate images ``(T · R · B, *input_shape)``."""
+        count = len(self.matchers)
+        restarts = images.shape[0] // (count * self.batch_size)
+        x = torch.cat([m.target.preprocess(c) for m, c in zip(self.matchers, images.chunk(count), strict=True)])
+        if self.shared_weights:
+            x = x.reshape(count * restarts, self.batch_size, *x.shape[1:])
+            labels = self.labels.repeat_interleave(restarts, dim=0)  # (T · R, B)
+            grads = self._grads(self.params, self.buffers, x, labels)  # name -> (T · R, *shape)
+        else:
+            x = x.reshape(count, restarts, self.batch_size, *x.shape[1:])
+            grads = {n: g.flatten(0, 1) for n, g in self._grads(self.params, self.buffers, x, self.labels).items()}
+        if self.adaptive:
+            replayed = [
+                m.defense.replay({n: g[t * restarts : (t + 1) * restarts] for n, g in grads.items()}, m.observed)
+                for t, m in enumerate(self.matchers)
+            ]
+            flat = torch.cat([torch.cat([r[n].flatten(1) for n in self.names], dim=1) for r in replayed])
+        else:
+            flat = torch.cat([grads[n].flatten(1) for n in self.names], dim=1)  # (T · R, P)
+        observed = self.observed_flat.repeat_interleave(restarts, dim=0)
+        norms = self.observed_norm.repeat_interleave(restarts, dim=0)
+        return match_distance(flat, observed, norms, self.matchers[0].distance)
+
+
+def _training_key(training: LocalTraining | None) -> object:
+    return None if training is None else training.describe()
 
 
 OPTIMISERS = ("adam", "lbfgs", "cma")
@@ -300,6 +409,74 @@ class StageOutcome:
         return taken, [self.restart_ids[p] for p in positions]
 
 
+def stage_restarts(stage: SearchStage, num_restarts: int) -> list[int]:
+    """The restarts of the search a stage continues, in row order."""
+    return list(range(num_restarts)) if stage.restart_ids is None else list(stage.restart_ids)
+
+
+def join_stages(stages: list[SearchStage], num_restarts: int) -> SearchStage | None:
+    """
+    One stage searching the stages of ``T`` observations together, their rows stacked in order; ``None`` if they
+    cannot be (only Adam stages of the same shape, schedule and constraints can: Adam moves every element on its own,
+    so the joint stage takes the same steps as the stages one at a time).
+    """
+    first = stages[0]
+    restarts = len(stage_restarts(first, num_restarts))
+    same = all(
+        s.optimiser == "adam"
+        and s.soft_labels is None
+        and s.steps == first.steps
+        and s.signed == first.signed
+        and s.learning_rates == first.learning_rates
+        and (s.project is None) == (first.project is None)
+        and len(stage_restarts(s, num_restarts)) == restarts
+        and [v.shape for v in s.init] == [v.shape for v in first.init]
+        for s in stages
+    )
+    if not same:
+        return None
+    sizes = [v.shape[0] for v in first.init]
+
+    def parts(variables: Variables) -> list[Variables]:
+        split = [v.split(n) for v, n in zip(variables, sizes, strict=True)]
+        return [list(p) for p in zip(*split, strict=True)]
+
+    def decode(variables: Variables) -> torch.Tensor:
+        return torch.cat([s.decode(p) for s, p in zip(stages, parts(variables), strict=True)])
+
+    def project(variables: Variables) -> Variables:
+        projected = [s.project(p) for s, p in zip(stages, parts(variables), strict=True)]
+        return [torch.cat(v) for v in zip(*projected, strict=True)]
+
+    return SearchStage(
+        first.name,
+        [torch.cat(v) for v in zip(*(s.init for s in stages), strict=True)],
+        decode,
+        project if first.project is not None else None,
+        learning_rates=first.learning_rates,
+        signed=first.signed,
+        restart_ids=list(range(restarts * len(stages))),
+        steps=first.steps,
+    )
+
+
+def split_outcome(outcome: StageOutcome, stages: list[SearchStage], num_restarts: int) -> list[StageOutcome]:
+    """The outcome of a :func:`join_stages` stage, as each observation's own stage would have returned it."""
+    count = len(stages)
+    split = [v.chunk(count) for v in outcome.representation]
+    return [
+        StageOutcome(
+            outcome.name,
+            [v[t] for v in split],
+            outcome.images.chunk(count)[t],
+            outcome.loss.chunk(count)[t],
+            outcome.steps,
+            stage_restarts(stage, num_restarts),
+        )
+        for t, stage in enumerate(stages)
+    ]
+
+
 #: Forms of the norm prior ``N(x)`` of :class:`Objective`, each a per-image mean over the image's elements.
 NORM_FORMS = ("mean_square", "rms")
 
@@ -344,14 +521,38 @@ class Objective:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (total objective, matching loss), both per restart ``(R,)``."""
         match = self.matcher.loss(images, soft_labels)
-        batch = self.matcher.batch_size
+        return match + self.priors(images), match
+
+    def priors(self, images: torch.Tensor) -> torch.Tensor:
+        """The image priors and ``extra`` terms of the objective, per restart ``(R,)``."""
         reg = self.tv_weight * total_variation(images)
         if self.norm_weight:
             reg = reg + self.norm_weight * image_norm(images, self.norm_form)
-        total = match + reg.reshape(-1, batch).mean(dim=1)
+        total = reg.reshape(-1, self.matcher.batch_size).mean(dim=1)
         for term in self.extra:
             total = total + term(images)
-        return total, match
+        return total
+
+
+@dataclass
+class JointObjective:
+    """
+    The objectives of ``T`` observations searched together: the matching losses from one :class:`JointMatcher`
+    call, each observation's priors on its own rows (the ``T`` equal row blocks, in order).
+    """
+
+    matcher: JointMatcher
+    objectives: list[Objective]
+
+    def __call__(
+        self, images: torch.Tensor, soft_labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (total objective, matching loss), both per row group ``(T · R,)``."""
+        if soft_labels is not None:
+            raise ValueError("Observations searched together use fixed labels.")
+        match = self.matcher.loss(images)
+        priors = [o.priors(c) for o, c in zip(self.objectives, images.chunk(len(self.objectives)), strict=True)]
+        return match + torch.cat(priors), match
 
 
 @dataclass
@@ -389,7 +590,7 @@ class _BestTracker:
             self.variables[i] = torch.where(mask, value.detach(), self.variables[i])
 
 
-def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings) -> StageOutcome:
+def run_stage(stage: SearchStage, objective: Objective | JointObjective, settings: SearchSettings) -> StageOutcome:
     """
     Optimise one stage and return its best iterate per restart.
 
@@ -401,7 +602,7 @@ def run_stage(stage: SearchStage, objective: Objective, settings: SearchSettings
     if settings.hand_on not in HAND_ON:
         raise ValueError(f"Unknown hand_on '{settings.hand_on}': use one of {HAND_ON}.")
     gradient_free = stage.optimiser == "cma"
-    restart_ids = list(range(settings.num_restarts)) if stage.restart_ids is None else list(stage.restart_ids)
+    restart_ids = stage_restarts(stage, settings.num_restarts)
     if not restart_ids or any(v.shape[0] % len(restart_ids) for v in stage.init):
         raise ValueError(f"Stage '{stage.name}': its variables' rows do not split into {len(restart_ids)} restarts.")
     if stage.steps is not None:

@@ -11,6 +11,7 @@ An audit config whose ``[federated]`` table names a ``source`` (a capture folder
     [federated]
     source = "captures/"                   # the capture folder
     rounds = [1, 5]                        # rounds to attack (default: every captured round)
+    updates_per_search = 8                 # updates of one local training attacked in one batched search
     clients = [17, 23]                     # client node ids (default: every captured client)
     client_data = "my_app.task:partition"  # optional ground truth: a callable(partition_id) -> (images, labels);
                                            # modules beside the config file are importable
@@ -57,6 +58,7 @@ from art_gifd.audit.config import (
     AuditConfigError,
     _import_factory,
     _int_list,
+    _integer,
     _read_attacks,
     _read_model,
     _string,
@@ -86,7 +88,7 @@ SCHEMA = "art-gifd/capture-audit/v1"
 STATE_DIR = "captures-state"
 FIGURE = "leakage_over_rounds.png"
 GRID = "reconstructions.png"
-_FEDERATED = ("source", "rounds", "clients", "client_data", "partition_key", *TRAINING_KEYS)
+_FEDERATED = ("source", "rounds", "clients", "client_data", "partition_key", "updates_per_search", *TRAINING_KEYS)
 _CAPTURE_TOP = tuple(k for k in _TOP if k not in ("data", "defenses", "utility", "images_per_setting"))
 
 
@@ -141,6 +143,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     clients = check.get(federated, path, "clients", _int_list(0), None)
     spec = check.get(federated, path, "client_data", _string(), None)
     partition_key = check.get(federated, path, "partition_key", _string(), "partition-id")
+    together = check.get(federated, path, "updates_per_search", _integer(1), 8)
     client_data = None
     if spec is not None:
         sys.path.insert(0, str(base))  # a module beside the config (the FL app's own task module) is importable
@@ -185,6 +188,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         "clients": sorted({u.node_id for u in updates}),
         "client_data": spec,
         "partition_key": partition_key,
+        "updates_per_search": together,
         "overrides": overrides,
     }
     if check.problems:
@@ -192,8 +196,13 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     assert captures is not None and estimator is not None
     attacks = settings["attacks"]
     budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])
+    # how many updates share a search changes no result beyond float rounding: a resumed run may change it
+    searched = {k: v for k, v in settings["federated"].items() if k != "updates_per_search"}
     fingerprint = {
-        "settings": {k: v for k, v in settings.items() if k not in ("output", "title")},
+        "settings": {
+            **{k: v for k, v in settings.items() if k not in ("output", "title")},
+            "federated": searched,
+        },
         "index": hashlib.sha256(json.dumps(captures.index, sort_keys=True).encode()).hexdigest(),
         "model_sha256": model_facts.get("sha256"),
         "prior_sha256": (prior_info or {}).get("sha256"),
@@ -236,22 +245,23 @@ def _ground_truth(cfg: CaptureAuditConfig, update: CapturedUpdate) -> tuple[np.n
     return x, y
 
 
-def _attack_one(
+def _search_together(
     cfg: CaptureAuditConfig,
-    update: CapturedUpdate,
-    estimator: Any,
-    observed: list[np.ndarray],
-    truth: tuple[np.ndarray, np.ndarray] | None,
     attack_name: str,
     seed: int,
-) -> tuple[dict, dict]:
-    """Attack one captured update (``observed``, at the round's ``estimator``); the record and its images."""
+    jobs: list[tuple[CapturedUpdate, Any, list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]],
+) -> list[tuple[dict, dict]]:
+    """
+    Attack captured updates of one local training and size in one batched search (each ``(update, its round's
+    estimator, observed update, ground truth)``); the record and images of each, in order.
+    """
+    update = jobs[0][0]
     training = cfg.trainings[update.name]
     known = cfg.settings["attacks"]["labels"] == "known"
     params = (cfg.settings["attacks"]["params"] or {}).get(attack_name, {})
     attack = build_attack(
         attack_name,
-        estimator,
+        jobs[0][1],
         cfg.prior,
         cfg.budget,
         update.num_examples,
@@ -262,7 +272,31 @@ def _attack_one(
         **params,
     )
     start = time.perf_counter()
-    result = attack.reconstruct(observed, truth[1] if known and truth is not None else None)
+    results = attack.reconstruct_many(
+        [observed for _, _, observed, _ in jobs],
+        labels=[truth[1] if known and truth is not None else None for *_, truth in jobs],
+        estimators=[estimator for _, estimator, _, _ in jobs],
+        max_together=len(jobs),
+    )
+    seconds = (time.perf_counter() - start) / len(jobs)
+    return [
+        _record(cfg, job_update, result, truth, attack_name, seed, seconds, len(jobs))
+        for (job_update, _, _, truth), result in zip(jobs, results, strict=True)
+    ]
+
+
+def _record(
+    cfg: CaptureAuditConfig,
+    update: CapturedUpdate,
+    result: Any,
+    truth: tuple[np.ndarray, np.ndarray] | None,
+    attack_name: str,
+    seed: int,
+    seconds: float,
+    together: int,
+) -> tuple[dict, dict]:
+    """The record and images of one attacked update (``seconds``: its share of a search of ``together`` updates)."""
+    training = cfg.trainings[update.name]
     record: dict[str, Any] = {
         "id": update.name,
         "round": update.server_round,
@@ -273,10 +307,11 @@ def _attack_one(
         "prior": (cfg.prior_info or {}).get("name") if attack_name in GENERATIVE_ATTACKS else None,
         "training": training.describe(),
         "protocol": describe_training(training),
-        "labels_known": known,
+        "labels_known": cfg.settings["attacks"]["labels"] == "known",
         "matching_loss": float(result.best_loss),
         "update_explained": float(1.0 - result.best_loss),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
+        "searched_together": together,
         **{f"run_{k}": v for k, v in cfg.captures.round_metrics(update.server_round).items()},
     }
     images = {"reconstructions": result.images}
@@ -327,42 +362,52 @@ def run_capture_audit(
         }
     elif store.path.exists():
         store.path.unlink()
-    records = []
     progress = tqdm(
         total=len(cfg.updates) * len(cfg.attacks) * len(cfg.settings["seeds"]),
         desc="captured updates",
         unit="attack",
         disable=not verbose,
     )
-    estimator, estimator_round = None, None
+    finished: dict[tuple[str, str, int], dict] = {}
+    # updates of the same local training and size are searched together, per attack and seed, in batches of at most
+    # updates_per_search (what an interruption can lose)
+    groups: dict[tuple, list[CapturedUpdate]] = {}
     for update in cfg.updates:
-        jobs = [(a, s) for a in cfg.attacks for s in cfg.settings["seeds"]]
-        finished = {
-            (a, s): done[(update.name, a, s)]
-            for a, s in jobs
-            if (update.name, a, s) in done and (state / _images_name(update, a, s)).is_file()
-        }
-        progress.update(len(finished))
-        if len(finished) < len(jobs):
-            if estimator_round != update.server_round:  # updates come by round: one copy of the model per round
-                estimator = estimator_at(cfg.estimator, cfg.captures.global_arrays(update.server_round))
-                estimator_round = update.server_round
-            observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
-            truth = _ground_truth(cfg, update)
-        for attack_name, seed in jobs:
-            if (attack_name, seed) in finished:
-                records.append(finished[(attack_name, seed)])
-                continue
-            record, images = _attack_one(cfg, update, estimator, observed, truth, attack_name, seed)
-            images_file = state / _images_name(update, attack_name, seed)
-            write_npz_atomic(images_file, images)
-            record.update(config_hash=cfg.config_hash, images=images_file.name)
-            store.append(record)
-            records.append(record)
-            progress.update()
-            logger.info(
-                "%s %s seed %d: update explained %.3f", update.name, attack_name, seed, record["update_explained"]
-            )
+        for attack_name in cfg.attacks:
+            for seed in cfg.settings["seeds"]:
+                key = (update.name, attack_name, seed)
+                if key in done and (state / _images_name(update, attack_name, seed)).is_file():
+                    finished[key] = done[key]
+                    continue
+                training = json.dumps(cfg.trainings[update.name].describe(), sort_keys=True, default=str)
+                groups.setdefault((attack_name, seed, training, update.num_examples), []).append(update)
+    progress.update(len(finished))
+    together = cfg.settings["federated"]["updates_per_search"]
+    estimators: dict[int, Any] = {}
+    for (attack_name, seed, _, _), pending in groups.items():
+        for i in range(0, len(pending), together):
+            batch = pending[i : i + together]
+            rounds = {u.server_round for u in batch}
+            estimators = {  # one copy of the model per round, kept while the next batch needs it
+                r: estimators[r] if r in estimators else estimator_at(cfg.estimator, cfg.captures.global_arrays(r))
+                for r in rounds
+            }
+            jobs = []
+            for update in batch:
+                estimator = estimators[update.server_round]
+                observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
+                jobs.append((update, estimator, observed, _ground_truth(cfg, update)))
+            for update, (record, images) in zip(batch, _search_together(cfg, attack_name, seed, jobs), strict=True):
+                images_file = state / _images_name(update, attack_name, seed)
+                write_npz_atomic(images_file, images)
+                record.update(config_hash=cfg.config_hash, images=images_file.name)
+                store.append(record)
+                finished[(update.name, attack_name, seed)] = record
+                progress.update()
+                logger.info(
+                    "%s %s seed %d: update explained %.3f", update.name, attack_name, seed, record["update_explained"]
+                )
+    records = [finished[(u.name, a, s)] for u in cfg.updates for a in cfg.attacks for s in cfg.settings["seeds"]]
     progress.close()
     return write_capture_report(cfg, records)
 

@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ class CaptureWriter:
         self.out.mkdir(parents=True, exist_ok=True)
         #: The round and global arrays of the last :meth:`write_global`: the updates of that round subtract them.
         self._sent: tuple[int, dict[str, np.ndarray]] | None = None
+        #: Seconds of the last index rewrite, not yet counted in a round's ``capture_seconds``.
+        self._unsaved = 0.0
         index = self.out / INDEX
         if index.exists():
             self.index = read_index(self.out)
@@ -102,16 +105,25 @@ class CaptureWriter:
                 "rounds": {},
                 "updates": [],
             }
-            self._save()
+            write_json_atomic(index, self.index)
 
-    def _save(self) -> None:
+    def _save(self, server_round: int, start: float) -> None:
+        """
+        Rewrite the index, with the seconds the capture spent on ``server_round`` so far (``capture_seconds``: the
+        writes since ``start``, and those before; each index rewrite is counted at the next one).
+        """
+        entry = self.index["rounds"].setdefault(str(server_round), {})
+        entry["capture_seconds"] = entry.get("capture_seconds", 0.0) + self._unsaved + time.perf_counter() - start
+        began = time.perf_counter()
         write_json_atomic(self.out / INDEX, self.index)
+        self._unsaved = time.perf_counter() - began
 
     def write_global(self, server_round: int, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
         """
         Record the global arrays and the train configuration the server sends in ``server_round``; updates recorded
         for that round before (by an earlier, interrupted run) are dropped from the index.
         """
+        start = time.perf_counter()
         file = Path(_round_dir(server_round)) / "global.npz"
         sent = {name: np.asarray(a) for name, a in arrays.items()}
         digest = _write_npz(self.out / file, sent)
@@ -123,8 +135,9 @@ class CaptureWriter:
             "sha256": digest,
             "config": _plain(dict(config)),
             "shapes": {name: list(np.shape(a)) for name, a in arrays.items()},
+            "sent_at": time.time(),  # with the next round's: the round's wall-clock time, beside capture_seconds
         }
-        self._save()
+        self._save(server_round, start)
 
     def write_update(
         self,
@@ -143,6 +156,7 @@ class CaptureWriter:
         :param config: The train configuration sent to this client, where it differs from the round's.
         :raises CaptureError: If the round's global arrays were not recorded first, or the names or shapes differ.
         """
+        start = time.perf_counter()
         if self._sent is None or self._sent[0] != server_round:
             raise CaptureError(f"round {server_round}: write_global must record the global arrays before any update.")
         sent = self._sent[1]
@@ -177,13 +191,14 @@ class CaptureWriter:
                 "config": _plain(dict(config)) if config is not None else None,
             }
         )
-        self._save()
+        self._save(server_round, start)
 
     def write_round_metrics(self, server_round: int, kind: str, metrics: Mapping[str, Any]) -> None:
         """Record the aggregated ``kind`` (``"train"`` or ``"evaluate"``) metrics of a round, e.g. its accuracy."""
+        start = time.perf_counter()
         entry = self.index["rounds"].setdefault(str(server_round), {})
         entry[f"{kind}_metrics"] = _plain(dict(metrics))
-        self._save()
+        self._save(server_round, start)
 
 
 def read_index(folder: str | Path) -> dict[str, Any]:
