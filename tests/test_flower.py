@@ -103,21 +103,14 @@ def _best_psnr(config: dict) -> float:
     return max(r["psnr"] for r in records)
 
 
-def test_capture_leaves_aggregation_unchanged_and_records_real_updates(flower_run):
-    folder, same = flower_run
-    assert same == [True] * ROUNDS
-    captures = CaptureFolder(folder)
-    assert captures.rounds == [1, 2] and len(captures.updates) == CLIENTS * ROUNDS
+def _assert_replayed(captures: CaptureFolder) -> None:
+    """Replaying a round-2 client's training from the captured global arrays gives its captured update."""
     sys.path.insert(0, str(EXAMPLE))
     try:
         from flower_audit.task import RUN_CONFIG, build_model, partition, train
     finally:
         sys.path.remove(str(EXAMPLE))
-    for entry in captures.rounds_info.values():  # what the capture cost the run, round by round
-        assert 0.0 < entry["capture_seconds"] < 30.0 and entry["sent_at"] > 0
     update = captures.select([2])[0]
-    assert update.config["lr"] == RUN_CONFIG["lr"] and update.num_examples == len(partition(0)[0])
-    # Replaying the client's training from the captured global arrays gives the captured update.
     model = build_model()
     model.load_state_dict({k: torch.as_tensor(v) for k, v in captures.global_arrays(2).items()})
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -125,6 +118,23 @@ def test_capture_leaves_aggregation_unchanged_and_records_real_updates(flower_ru
     train(model, x, y, RUN_CONFIG["lr"], RUN_CONFIG["local-epochs"], RUN_CONFIG["batch-size"])
     for name, delta in captures.update_arrays(update).items():
         np.testing.assert_allclose(delta, (before[name] - model.state_dict()[name]).numpy(), atol=1e-6)
+
+
+def test_capture_leaves_aggregation_unchanged_and_records_real_updates(flower_run):
+    folder, same = flower_run
+    assert same == [True] * ROUNDS
+    captures = CaptureFolder(folder)
+    assert captures.rounds == [1, 2] and len(captures.updates) == CLIENTS * ROUNDS
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from flower_audit.task import RUN_CONFIG, partition
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    for entry in captures.rounds_info.values():  # what the capture cost the run, round by round
+        assert 0.0 < entry["capture_seconds"] < 30.0 and entry["sent_at"] > 0
+    update = captures.select([2])[0]
+    assert update.config["lr"] == RUN_CONFIG["lr"] and update.num_examples == len(partition(0)[0])
+    _assert_replayed(captures)
 
 
 def test_audit_of_captures_needs_the_right_protocol_and_weights(flower_run, tmp_path):
@@ -292,12 +302,5 @@ def test_legacy_strategies_are_captured_the_same_way(tmp_path):
     assert same == [True] * ROUNDS
     captures = CaptureFolder(folder)
     assert captures.rounds == [1, 2] and len(captures.updates) == CLIENTS * ROUNDS
-    update = captures.select([2])[0]
-    model = build_model()
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in captures.global_arrays(2).items()})
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    x, y = partition(update.metrics["partition-id"])
-    train(model, x, y, RUN_CONFIG["lr"], RUN_CONFIG["local-epochs"], RUN_CONFIG["batch-size"])
-    for name, delta in captures.update_arrays(update).items():
-        np.testing.assert_allclose(delta, (before[name] - model.state_dict()[name]).numpy(), atol=1e-6)
+    _assert_replayed(captures)
     assert load_capture_audit(_config(folder)).updates[0].config["lr"] == RUN_CONFIG["lr"]
