@@ -165,6 +165,11 @@ def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
     assert not document["ground_truth"] and all("psnr" not in r for r in document["records"])
     assert all(0.0 < r["update_explained"] <= 1.0 for r in document["records"])
     assert "No ground truth" in paths["markdown"].read_text() and paths["figure"].is_file()
+    html = paths["html"].read_text()
+    worst = document["worst"]
+    # the most exposed update's row is highlighted, among real tables, with what capturing each round cost
+    assert html.count('class="worst"') == 2 and f'<td class="text">{worst["id"]}</td>' in html
+    assert "No ground truth" in html and "capture s" in html and "n/a</td></tr>" not in html
 
 
 def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run, tmp_path):

@@ -473,6 +473,8 @@ def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]])
     out.mkdir(parents=True, exist_ok=True)
     scored = cfg.client_data is not None
     rows = _summary_rows(records, scored)
+    for row in rows:  # what capturing the round cost the run (in the capture's own accounting)
+        row["capture_seconds"] = cfg.captures.rounds_info.get(row["round"], {}).get("capture_seconds")
     metric = "psnr" if scored else "update_explained"
     worst = max(records, key=lambda r: r[metric])
     document = {
@@ -504,7 +506,7 @@ def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]])
     environment_ = template_environment()
     markdown = environment_.get_template("captures.md").render(doc=document)
     html = environment_.get_template("captures.html").render(
-        doc=document, markdown=markdown, figure=png_data_uri(figure), grid=png_data_uri(grid)
+        doc=document, figure=png_data_uri(figure), grid=png_data_uri(grid)
     )
     write_bytes_atomic(paths["markdown"], markdown.encode())
     write_bytes_atomic(paths["html"], html.encode())
