@@ -177,7 +177,7 @@ def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run
     runs = {}
     # one at a time; the clients of each round together; every client of both rounds in one search
     for together in (1, CLIENTS, 2 * CLIENTS):
-        config = _config(folder, rounds=[1, 2], updates_per_search=together)
+        config = _config(folder, rounds=[1, 2], updates_per_search=together, mix_rounds=together > CLIENTS)
         config["attacks"]["steps_per_stage"] = 5
         config["output"] = str(tmp_path / f"together-{together}")
         paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
@@ -207,6 +207,8 @@ def test_bad_captures_are_named(flower_run, tmp_path):
         load_capture_audit(_config(folder, rounds=[7]))
     with pytest.raises(AuditConfigError, match=r"federated\.updates_per_search"):
         load_capture_audit(_config(folder, updates_per_search=0))
+    with pytest.raises(AuditConfigError, match=r"federated\.mix_rounds"):
+        load_capture_audit(_config(folder, mix_rounds="yes"))
     bad_report = {**_config(folder), "report": {"high_share": 0.2, "medium_share": 0.3}}
     with pytest.raises(AuditConfigError, match=r"report\.medium_share.*must be below report\.high_share"):
         load_capture_audit(bad_report)

@@ -12,6 +12,7 @@ An audit config whose ``[federated]`` table names a ``source`` (a capture folder
     source = "captures/"                   # the capture folder
     rounds = [1, 5]                        # rounds to attack (default: every captured round)
     updates_per_search = 8                 # updates of one local training attacked in one batched search
+    mix_rounds = false                     # true: batches may mix rounds (faster; equal only up to float rounding)
     clients = [17, 23]                     # client node ids (default: every captured client)
     client_data = "my_app.task:partition"  # optional ground truth: a callable(partition_id) -> (images, labels);
                                            # modules beside the config file are importable
@@ -56,6 +57,7 @@ from art_gifd.attacks.registry import GENERATIVE_ATTACKS, Budget, build_attack
 from art_gifd.audit.config import (
     _TOP,
     AuditConfigError,
+    _boolean,
     _import_factory,
     _int_list,
     _integer,
@@ -88,7 +90,16 @@ SCHEMA = "art-gifd/capture-audit/v1"
 STATE_DIR = "captures-state"
 FIGURE = "leakage_over_rounds.png"
 GRID = "reconstructions.png"
-_FEDERATED = ("source", "rounds", "clients", "client_data", "partition_key", "updates_per_search", *TRAINING_KEYS)
+_FEDERATED = (
+    "source",
+    "rounds",
+    "clients",
+    "client_data",
+    "partition_key",
+    "updates_per_search",
+    "mix_rounds",
+    *TRAINING_KEYS,
+)
 _CAPTURE_TOP = tuple(k for k in _TOP if k not in ("data", "defenses", "utility", "images_per_setting"))
 
 
@@ -144,6 +155,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     spec = check.get(federated, path, "client_data", _string(), None)
     partition_key = check.get(federated, path, "partition_key", _string(), "partition-id")
     together = check.get(federated, path, "updates_per_search", _integer(1), 8)
+    mix_rounds = check.get(federated, path, "mix_rounds", _boolean, False)
     client_data = None
     if spec is not None:
         sys.path.insert(0, str(base))  # a module beside the config (the FL app's own task module) is importable
@@ -189,6 +201,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         "client_data": spec,
         "partition_key": partition_key,
         "updates_per_search": together,
+        "mix_rounds": mix_rounds,
         "overrides": overrides,
     }
     if check.problems:
@@ -197,7 +210,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     attacks = settings["attacks"]
     budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])
     # how many updates share a search changes no result beyond float rounding: a resumed run may change it
-    searched = {k: v for k, v in settings["federated"].items() if k != "updates_per_search"}
+    searched = {k: v for k, v in settings["federated"].items() if k not in ("updates_per_search", "mix_rounds")}
     fingerprint = {
         "settings": {
             **{k: v for k, v in settings.items() if k not in ("output", "title")},
@@ -369,8 +382,9 @@ def run_capture_audit(
         disable=not verbose,
     )
     finished: dict[tuple[str, str, int], dict] = {}
-    # updates of the same local training and size are searched together, per attack and seed, in batches of at most
-    # updates_per_search (what an interruption can lose)
+    # updates of the same local training and size are searched together, per attack and seed (and round, unless
+    # mix_rounds: one round's updates share its weights, and their results are then bit for bit those of one at a
+    # time), in batches of at most updates_per_search (what an interruption can lose)
     groups: dict[tuple, list[CapturedUpdate]] = {}
     for update in cfg.updates:
         for attack_name in cfg.attacks:
@@ -380,11 +394,12 @@ def run_capture_audit(
                     finished[key] = done[key]
                     continue
                 training = json.dumps(cfg.trainings[update.name].describe(), sort_keys=True, default=str)
-                groups.setdefault((attack_name, seed, training, update.num_examples), []).append(update)
+                batch_round = None if cfg.settings["federated"]["mix_rounds"] else update.server_round
+                groups.setdefault((attack_name, seed, training, update.num_examples, batch_round), []).append(update)
     progress.update(len(finished))
     together = cfg.settings["federated"]["updates_per_search"]
     estimators: dict[int, Any] = {}
-    for (attack_name, seed, _, _), pending in groups.items():
+    for (attack_name, seed, *_), pending in groups.items():
         for i in range(0, len(pending), together):
             batch = pending[i : i + together]
             rounds = {u.server_round for u in batch}

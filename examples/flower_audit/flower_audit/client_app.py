@@ -34,7 +34,8 @@ app = ClientApp()
 app.train()(_train)
 app.evaluate()(_evaluate)
 
-#: The same client behind Flower's client-side fixed clipping (for the DP run: the server adds the noise).
-dp_app = ClientApp(mods=[fixedclipping_mod])
-dp_app.train()(_train)
+#: The same client behind Flower's client-side fixed clipping (for the DP run: the server adds the noise). The mod
+#: wraps training only: on evaluation messages, which carry no clipping norm, it would answer with an error.
+dp_app = ClientApp()
+dp_app.train(mods=[fixedclipping_mod])(_train)
 dp_app.evaluate()(_evaluate)
