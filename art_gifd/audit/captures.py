@@ -459,6 +459,7 @@ def _figure(rows: list[dict[str, Any]], scored: bool, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     metric, label = ("psnr", "PSNR (dB), mean over clients") if scored else ("update_explained", "update explained")
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -466,6 +467,7 @@ def _figure(rows: list[dict[str, Any]], scored: bool, path: Path) -> Path:
         mine = [r for r in rows if r["attack"] == attack]
         ax.plot([r["round"] for r in mine], [r[metric] for r in mine], marker="o", label=attack)
     ax.set_xlabel("server round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(label)
     accuracy = sorted({(r["round"], r["run_evaluate_accuracy"]) for r in rows if "run_evaluate_accuracy" in r})
     if accuracy:
