@@ -150,10 +150,11 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[str])
         )
     lines += [
         "",
-        "*identical*: every reconstruction bit-for-bit the one attacked alone. Clients of one round share the weights, "
-        "so their candidates are rows of one batch; clients of different rounds take batched weights, whose kernels "
-        "round differently, and Adam amplifies that over the search: the reconstructions then differ, their quality "
-        "does not (paired Δ).",
+        "*identical*: every reconstruction bit-for-bit the one attacked alone. Clients of one round share the "
+        "weights, so their candidates are rows of one batch (a FedAvg replay's later steps run at per-candidate "
+        "weights: bit for bit here, for this ConvNet, not guaranteed for every model); clients of different rounds "
+        "take batched weights, whose kernels round differently, and Adam amplifies that over the search: the "
+        "reconstructions then differ, their quality does not (paired Δ).",
     ]
     write_bytes_atomic(args.out / "many_clients.md", ("\n".join(lines) + "\n").encode())
 

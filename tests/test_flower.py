@@ -189,7 +189,8 @@ def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run
         ]
     for alone, same_round, two_rounds in zip(*runs.values(), strict=True):
         assert alone[0] == same_round[0] == two_rounds[0]
-        # the clients of one round share its weights: bit for bit the reconstructions of one at a time
+        # the clients of one round share its weights: for this ConvNet's FedAvg replay (on this torch build), bit for
+        # bit the reconstructions of one at a time
         assert same_round[1] == alone[1]
         np.testing.assert_array_equal(same_round[2], alone[2])
         # two rounds' weights batched round differently (tests/test_many.py: equal losses up to 1e-5 at the same

@@ -383,8 +383,9 @@ def run_capture_audit(
     )
     finished: dict[tuple[str, str, int], dict] = {}
     # updates of the same local training and size are searched together, per attack and seed (and round, unless
-    # mix_rounds: one round's updates share its weights, and their results are then bit for bit those of one at a
-    # time), in batches of at most updates_per_search (what an interruption can lose)
+    # mix_rounds: one round's updates share its weights, so their search is the computation of one at a time, bit
+    # for bit for FedSGD and for the replays measured), in batches of at most updates_per_search (what an
+    # interruption can lose)
     groups: dict[tuple, list[CapturedUpdate]] = {}
     for update in cfg.updates:
         for attack_name in cfg.attacks:
