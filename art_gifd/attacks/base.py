@@ -313,14 +313,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         """
         search = self._begin(x, y)
         with tqdm(total=self._total_steps(), desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
-            settings = self._settings(search.seed, bar)
-            stage = next(search.stages)
-            while True:
-                search.outcomes.append(run_stage(stage, search.objective, settings))
-                try:
-                    stage = search.stages.send(search.outcomes[-1])
-                except StopIteration:
-                    break
+            self._search_together([search], bar)
         return self._finish(search)
 
     def reconstruct_many(
@@ -338,7 +331,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
         Each result equals (up to float rounding) what :meth:`reconstruct` returns for that observation with the same
         seed: every random start comes from the observation's own seed, and Adam moves every element on its own.
-        Stages that cannot be stacked (L-BFGS, CMA-ES, optimised labels) run one observation after the other.
+        Stages that cannot be stacked (L-BFGS, CMA-ES, optimised labels) run one observation after the other, as does
+        a chunk of a single observation.
 
         :param observations: Observed gradients or updates, one per client.
         :param labels: Known labels per observation (``None`` entries, or ``None``: inferred).
@@ -388,15 +382,18 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             total=self._total_steps() * len(chunks), desc=type(self).__name__, disable=not self.verbose, leave=False
         ) as bar:
             for chunk in chunks:
-                self._search_together([attacks[t] for t in chunk], [searches[t] for t in chunk], bar)
+                self._search_together([searches[t] for t in chunk], bar)
         return [a._finish(s) for a, s in zip(attacks, searches, strict=True)]
 
-    def _search_together(self, attacks: list[GradientInversionAttack], searches: list[_Search], bar: tqdm) -> None:
-        """Run the stages of several searches in lockstep, stacking the stages that can be stacked."""
+    def _search_together(self, searches: list[_Search], bar: tqdm) -> None:
+        """
+        Run the stages of one or several searches in lockstep, stacking the stages of several that can be stacked
+        (a single search runs its stages as they are).
+        """
         joint = None
         stages = [next(s.stages) for s in searches]
         while True:
-            stacked = join_stages(stages, self.num_restarts)
+            stacked = join_stages(stages, self.num_restarts) if len(searches) > 1 else None
             if stacked is not None:
                 if joint is None:
                     plan = searches[0].matcher.plan

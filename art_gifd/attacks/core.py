@@ -274,8 +274,7 @@ class JointMatcher:
         self.adaptive = first.adaptive
         names = first.target.names
         self.names = names
-        self.params = {n: torch.stack([m.target.params[n] for m in matchers]) for n in names}
-        self.buffers = {n: torch.stack([m.target.buffers[n] for m in matchers]) for n in first.target.buffers}
+        buffer_names = list(first.target.buffers)
         self.labels = torch.stack([m.labels for m in matchers])  # (T, B)
         self.observed_flat = torch.stack([m.observed_flat for m in matchers])  # (T, P)
         self.observed_norm = torch.stack([m.observed_norm for m in matchers]).reshape(-1, 1)
@@ -293,12 +292,13 @@ class JointMatcher:
         #: observations are then rows of one batch at unbatched weights, the computation of one observation's restarts.
         self.shared_weights = all(
             torch.equal(m.target.params[n], first.target.params[n]) for m in matchers for n in names
-        ) and all(torch.equal(m.target.buffers[n], first.target.buffers[n]) for m in matchers for n in self.buffers)
+        ) and all(torch.equal(m.target.buffers[n], first.target.buffers[n]) for m in matchers for n in buffer_names)
         if self.shared_weights:
-            self.params = {n: p[0] for n, p in self.params.items()}
-            self.buffers = {n: b[0] for n, b in self.buffers.items()}
+            self.params, self.buffers = first.target.params, first.target.buffers
             self._grads = torch.func.vmap(one, in_dims=(None, None, 0, 0))
         else:  # outer: observations (weights, buffers, candidates, labels); inner: the restarts of one observation
+            self.params = {n: torch.stack([m.target.params[n] for m in matchers]) for n in names}
+            self.buffers = {n: torch.stack([m.target.buffers[n] for m in matchers]) for n in buffer_names}
             self._grads = torch.func.vmap(torch.func.vmap(one, in_dims=(None, None, 0, None)), in_dims=(0, 0, 0, 0))
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:

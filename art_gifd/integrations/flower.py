@@ -81,10 +81,9 @@ class _Capture:
         return self.rounds is None or server_round in self.rounds
 
     def sent(self, server_round: int, arrays: dict[str, Any], configs: dict[int, dict[str, Any]], first: int) -> None:
-        """Record a round's global arrays and the train config sent to each node (``first``'s is the round's)."""
-        self._node_configs = {}
-        if not self.captured(server_round) or not configs:
-            return
+        """
+        Record a captured round's global arrays and the train config sent to each node (``first``'s is the round's).
+        """
         round_config = configs[first]
         self.writer.write_global(server_round, arrays, round_config)
         # A strategy may configure clients differently: their own config goes with their update.
