@@ -14,10 +14,11 @@ or from the weight update of a FedAvg client's local training::
 """
 
 from art_gifd.attacks import GIFDAttack, InvertingGradientsAttack, ReconstructionResult
-from art_gifd.defenses import DPSGD, Compose, Defense, measure_utility
+from art_gifd.defenses import DPSGD, Compose, Defense
 from art_gifd.federated import LocalTraining, client_gradients, client_update
 from art_gifd.labels import infer_labels
 from art_gifd.priors import DCGANGenerator, LayeredGenerator, load_default_prior
+from art_gifd.utility import measure_utility
 
 __version__ = "0.1.0"
 

@@ -15,19 +15,12 @@ from typing import Any
 import numpy as np
 
 from art_gifd.attacks.registry import ATTACKS, Budget
-from art_gifd.experiment import (
-    SCHEMA,
-    Case,
-    Experiment,
-    environment,
-    results_table,
-    run_experiment,
-    write_json_atomic,
-)
+from art_gifd.experiment import SCHEMA, Case, Experiment, results_table, run_experiment
 from art_gifd.federated import LocalTraining
 from art_gifd.priors.embedded import DEFAULT_PRIOR, EMBEDDED_PRIORS, load_default_prior
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.report.html import write_results_html
+from art_gifd.store import environment, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -9,16 +9,9 @@ images after Hungarian matching. Results follow the ``art-gifd/results/v1`` sche
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import os
-import platform
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,51 +76,6 @@ class Experiment:
     verbose: bool = True
     #: Extra constructor arguments of the attacks, by attack name, e.g. ``{"gifd": {"l1_radius": 0.1}}``.
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def environment(seed: int, device: str) -> dict[str, Any]:
-    """Versions, device and seed, for reproducibility sections."""
-    import art
-    import torch
-
-    from art_gifd import __version__
-
-    return {
-        "art_gifd": __version__,
-        "torch": torch.__version__,
-        "art": art.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "cpu_threads": torch.get_num_threads(),
-        "seed": seed,
-    }
-
-
-def source_commit() -> dict[str, Any] | None:
-    """
-    The commit of the art-gifd checkout this code runs from and whether tracked files differ from it; ``None`` for an
-    installed copy, also one that sits inside another git repository (a virtual environment in a user's project).
-    """
-    root = Path(__file__).resolve().parents[1]
-    try:
-        top = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        lines = top.stdout.split()
-        if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
-            return None
-        head = lines[1]
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return {"commit": head, "dirty": bool(status.stdout.strip())}
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -344,40 +292,3 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             f"{r['psnr']:7.2f} ± {r['psnr_std']:5.2f} {r['ssim']:6.3f} {r['label_accuracy']:6.2f} {r['seconds']:7.1f}"
         )
     return "\n".join(lines)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """
-    Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed and fsynced, then renamed over
-    ``path``, so a reader sees the old file or the new one, never a torn one (readable by others, mode 0644).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """``arrays`` as the bytes of a compressed ``.npz`` file."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as a compressed ``.npz`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, npz_bytes(arrays))

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from art_gifd.defenses.base import Compose, Defense, DefenseContext, DefenseLike, as_defense, make_generator
+from art_gifd.validation import check_device, check_integer, check_number, nonfinite_entries
 
 if TYPE_CHECKING:
-    import torch
     from art.estimators.classification import PyTorchClassifier
-
-    from art_gifd.defenses.base import Defense, DefenseLike
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ class TargetModel:
         """
         from art.estimators.classification import PyTorchClassifier
         from torch.func import replace_all_batch_norm_modules_
-
-        from art_gifd.validation import check_device, nonfinite_entries
 
         if not isinstance(estimator, PyTorchClassifier):
             raise ValueError(
@@ -116,7 +115,6 @@ class TargetModel:
         :param y: Labels, shape ``(B,)`` or one-hot ``(B, nb_classes)``.
         :param batch_size: Expected number of labels, if known.
         """
-        import torch
 
         arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
         if arr.dtype.kind not in "iuf":
@@ -158,7 +156,6 @@ class TargetModel:
         :raises ValueError: On a wrong count, name, shape or dtype, or non-finite values; the message names the first
                             offending parameter.
         """
-        import torch
 
         if isinstance(grads, Mapping):
             missing = [n for n in self.names if n not in grads]
@@ -228,7 +225,6 @@ def client_gradients(
     :param seed: Seed of the defence's randomness (``None``: a fresh, non-deterministic seed).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
     """
-    import torch
 
     target = TargetModel(estimator, train_mode=train_mode)
     x_arr = _private_batch(estimator, target, x)
@@ -284,9 +280,6 @@ def defended_gradients(
     :param seed: Seed or ``torch.Generator`` (on the target's device) of the defence's randomness.
     :return: Defended per-parameter gradients, in parameter order.
     """
-    import torch
-
-    from art_gifd.defenses.base import DefenseContext, as_defense, make_generator
 
     grads = target.gradients(x, labels)
     if defense is None:
@@ -331,7 +324,6 @@ class LocalTraining:
         """
         :raises ValueError: Naming the first field that is out of range.
         """
-        from art_gifd.validation import check_integer, check_number
 
         check_number("learning_rate", self.learning_rate, 0.0, closed="neither")
         if self.epochs is not None and self.steps is not None:
@@ -467,7 +459,6 @@ def split_defense(defense: DefenseLike | None) -> tuple[Defense | None, Defense 
     A FedAvg client's defence as ``(per_step, on_update)``: DP-SGD (a defence that recomputes the update from the
     private batch) runs on every local step, the others (clipping, noise, pruning, …) on the final update.
     """
-    from art_gifd.defenses.base import Compose, as_defense
 
     if defense is None:
         return None, None
@@ -506,9 +497,6 @@ def client_update(
                  ``None``, the mini-batch order (``None``: fresh randomness).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
     """
-    import torch
-
-    from art_gifd.defenses.base import DefenseContext, make_generator
 
     if not isinstance(training, LocalTraining):
         raise ValueError(f"training must be an art_gifd.LocalTraining, got {type(training).__name__}.")
@@ -572,7 +560,6 @@ def simulate_update(
     :param plan: The steps to replay, from :meth:`LocalTraining.simulation`.
     :return: The simulated update per parameter name.
     """
-    import torch
 
     current, state = dict(params), {}
     for t, (index, scale) in enumerate(plan, start=1):
@@ -584,7 +571,6 @@ def simulate_update(
 
 def available_memory(device: torch.device) -> int | None:
     """Free memory of ``device`` in bytes (``None`` where it cannot be read)."""
-    import torch
 
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
@@ -602,7 +588,6 @@ def simulation_memory(target: TargetModel, plan: list[tuple[np.ndarray, float]],
     restart: 1.2–2.1 × what ``benchmarks/fedavg.py --memory`` measured on the CPU for 2–10 local steps of a ReLU
     ConvNet (0.8 × for one step, where fixed costs dominate), so that a long replay it lets through fits.
     """
-    import torch
 
     saved = 0
 

@@ -38,8 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
-from art_gifd.bench.runner import ResultsFile
-from art_gifd.experiment import environment, write_json_atomic
+from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
 from benchmarks.speed import git_commit
 

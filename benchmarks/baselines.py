@@ -9,10 +9,10 @@ process CPU time of the row (single-threaded: wall-clock time on an idle machine
 model, gradients and scoring), which stays comparable when other jobs share the cores; rows measured before CPU time
 was recorded are rescaled by their wall-clock seconds.
 
-Resumable: each finished (model, mode, batch size, attack) row is appended to ``--jsonl`` atomically, with the
-command, commit and load average that produced it, and skipped on rerun; ``--out`` gets the results document
-(``art-gifd/results/v1``) of every row in ``--jsonl``, all models together. GradInversion needs BatchNorm, so it runs
-on ``convnet-bn`` beside a few other attacks::
+Resumable: each finished (model, mode, batch size, attack) row is a record of the results file ``--jsonl``
+(:class:`art_gifd.store.ResultsFile`) with the command, commit and load average that produced it, and skipped on
+rerun; ``--out`` gets the results document (``art-gifd/results/v1``) of every row in ``--jsonl``, all models
+together. GradInversion needs BatchNorm, so it runs on ``convnet-bn`` beside a few other attacks::
 
     .venv/bin/python benchmarks/baselines.py --steps 200 --images 16
     .venv/bin/python benchmarks/baselines.py --steps 200 --images 16 --model convnet-bn \
@@ -25,45 +25,27 @@ the wall-clock rows are indicative only.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import subprocess
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from art_gifd.attacks.registry import ATTACKS, BASELINES, Budget
-from art_gifd.experiment import SCHEMA, Case, Experiment, environment, write_json_atomic
+from art_gifd.experiment import SCHEMA, Case, Experiment
 from art_gifd.experiment import run_experiment as run_grid
 from art_gifd.models import MODELS
 from art_gifd.priors.embedded import DEFAULT_PRIOR, load_default_prior
+from art_gifd.store import ResultsFile, environment, source_commit, write_json_atomic
 
 ALL_ATTACKS = (*ATTACKS, *BASELINES)
 
 
-def append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and make it durable before returning."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def finished(path: Path) -> dict[tuple[str, str, int, str], dict[str, Any]]:
-    """Rows already in the JSONL file, keyed by (model, mode, batch size, attack); a torn last line is ignored."""
-    rows: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[(row["model"], row["mode"], row["batch_size"], row["attack"])] = row
-    return rows
+def job_id(model: str, mode: str, batch_size: int, attack: str) -> str:
+    """The results-file key of one row."""
+    return f"{model}-{mode}-b{batch_size}-{attack}"
 
 
 def main() -> None:
@@ -87,12 +69,13 @@ def main() -> None:
         for k, v in vars(args).items()
         if k not in ("jsonl", "out")
     )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = (source_commit() or {}).get("commit")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)
     prior = load_default_prior(device=args.device)
-    done = finished(args.jsonl)
+    store = ResultsFile(args.jsonl)
+    done = {(r["model"], r["mode"], r["batch_size"], r["attack"]): r for r in store.latest(repair=True).values()}
 
     def run(mode: str, batch_size: int, attack: str, steps: int, basis: str | None = None) -> None:
         key = (args.model, mode, batch_size, attack)
@@ -112,7 +95,7 @@ def main() -> None:
         row.update(mode=mode, wall_seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
         row.update(command=command, git_commit=commit or None, time_basis=basis)
         row.update(date=time.strftime("%Y-%m-%d"), load_average={"start": load_start, "end": os.getloadavg()})
-        append_line(args.jsonl, row)
+        store.append({"job_id": job_id(*key), **row})
         done[key] = row
         summary = f"PSNR {row['psnr']:.2f} ± {row['psnr_std']:.2f}" if "psnr" in row else f"n/a: {row['error']}"
         print(f"{mode:10s} B={batch_size} {attack:12s} steps {steps:5d} {summary} ({row['wall_seconds']:.0f} s)")
@@ -145,7 +128,7 @@ def main() -> None:
         "timing_note": "2 CPU cores shared with other jobs (load averages recorded per row): the wall-clock rows "
         "rescale steps by the process CPU seconds of the equal-steps rows (wall-clock seconds for rows without "
         "cpu_seconds), so they are indicative only; each row records its own command, commit and date",
-        "runs": [{k: v for k, v in row.items() if k != "traceback"} for row in rows],
+        "runs": [{k: v for k, v in row.items() if k not in ("traceback", "job_id")} for row in rows],
     }
     write_json_atomic(args.out, document)
     print(f"wrote {args.out}")

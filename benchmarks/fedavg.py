@@ -39,14 +39,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from art_gifd import LocalTraining, client_update
 from art_gifd.attacks.registry import Budget, build_attack
-from art_gifd.bench.runner import ResultsFile
 from art_gifd.data import load_mnist32
-from art_gifd.experiment import environment, write_json_atomic
 from art_gifd.federated import TargetModel
 from art_gifd.labels import infer_labels
 from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
+from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.ablation import mean_sem
 from benchmarks.cases import measured_run
 from benchmarks.speed import git_commit

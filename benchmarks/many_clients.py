@@ -29,9 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from art_gifd import GIFDAttack, LocalTraining, client_update
 from art_gifd.data import load_mnist32
-from art_gifd.experiment import environment, write_bytes_atomic, write_json_atomic
 from art_gifd.metrics import evaluate_batch
 from art_gifd.priors import load_default_prior
+from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
 from benchmarks.ablation import mean_sem
 from benchmarks.fedavg import trained_model
 from benchmarks.speed import git_commit

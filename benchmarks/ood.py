@@ -39,7 +39,6 @@ import argparse
 import hashlib
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -51,19 +50,12 @@ import torch
 import torch.nn.functional as F
 
 from art_gifd.attacks.registry import ATTACKS, Budget
-from art_gifd.bench.runner import ResultsFile
 from art_gifd.data import load_dataset
-from art_gifd.experiment import (
-    SCHEMA,
-    Case,
-    Experiment,
-    environment,
-    run_experiment,
-    write_json_atomic,
-)
+from art_gifd.experiment import SCHEMA, Case, Experiment, run_experiment
 from art_gifd.models import build_model
 from art_gifd.priors import LayeredGenerator, load_default_prior, load_face_dcgan
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
+from art_gifd.store import ResultsFile, environment, source_commit, write_json_atomic
 
 #: Task label of each digit in the label-permuted pair: a fixed derangement (no digit keeps its label).
 TASK_LABEL_OF_DIGIT = (7, 4, 9, 0, 2, 8, 1, 5, 3, 6)
@@ -350,7 +342,7 @@ def main() -> None:
     runs = [done["|".join(map(str, job))]["run"] for job in jobs if "|".join(map(str, job)) in done]
     for name in {PAIRS[p].prior for p in args.pairs} - set(priors):
         priors[name] = load_prior(name, "cpu")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = (source_commit() or {}).get("commit")
     lpips_reasons = {r["lpips_unavailable_reason"] for r in runs if r["lpips"] is None}
     document = {
         "schema": SCHEMA,

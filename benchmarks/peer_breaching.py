@@ -29,7 +29,6 @@ import contextlib
 import io
 import os
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -41,9 +40,9 @@ import torch
 
 from art_gifd import InvertingGradientsAttack, client_gradients
 from art_gifd.data import load_mnist32
-from art_gifd.experiment import environment, write_json_atomic
 from art_gifd.metrics import psnr
 from art_gifd.models import lenet, make_classifier
+from art_gifd.store import environment, source_commit, write_json_atomic
 
 INSTALL = {
     "target": "/tmp/breaching-pkgs (outside the project venv, on PYTHONPATH)",
@@ -252,7 +251,7 @@ def main() -> None:
         summary = summarise(per_image, args.methods, args.seeds)
         runs.append({"steps": steps, "restarts": args.restarts, "summary": summary, "per_image": per_image})
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = (source_commit() or {}).get("commit")
     record = {
         "benchmark": "peer_breaching",
         "command": (

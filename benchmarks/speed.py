@@ -53,12 +53,12 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.attacks.core import GradientMatcher, project_l1_ball, total_variation, warmup_cosine
-from art_gifd.experiment import environment, source_commit, write_json_atomic
 from art_gifd.federated import TargetModel
 from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator
+from art_gifd.store import environment, source_commit, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -291,7 +291,7 @@ def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_audit(path, verbose=False)
     assert not (tmp_path / "out" / "report.json").exists()
-    saved = json.loads((tmp_path / "out" / "settings" / f"{calls[0]}.json").read_text())["run"]
+    (saved,) = [json.loads(line)["run"] for line in (tmp_path / "out" / "settings" / "records.jsonl").open()]
 
     # another configuration must not pick up these results
     other = write_config(tmp_path, name="other.toml")
@@ -328,7 +328,11 @@ def test_damaged_settings_and_an_interrupted_report_write_resume_without_overwri
     first = run_audit(path, verbose=False)
     state = tmp_path / "out" / "settings"
     ids = [s["id"] for s in first.settings]
-    (state / f"{ids[0]}.json").write_text('{"config_hash": "')  # torn JSON
+    records = (state / "records.jsonl").read_text().splitlines(keepends=True)
+    assert [json.loads(line)["job_id"] for line in records] == [*ids, "utility-d0", "utility-d1"]
+    records[0] = records[0][:40] + "\n"  # a damaged record in the middle of the file
+    records[-1] = records[-1][:40]  # and a torn last line (a write interrupted by a crash)
+    (state / "records.jsonl").write_text("".join(records))
     (state / f"{ids[1]}.npz").write_bytes(b"not a zip file")  # damaged images
     first.json.unlink()  # interrupted while writing the report: html and summary there, report.json not yet
     assert first.html.exists()
@@ -343,7 +347,19 @@ def test_damaged_settings_and_an_interrupted_report_write_resume_without_overwri
     report = run_audit(path, verbose=False)  # no overwrite needed, nothing intact is redone
     assert sorted(rerun) == sorted(ids[:2])
     assert [s["per_image"] for s in report.settings] == [s["per_image"] for s in first.settings]  # seeded
-    assert {"utility-d0"} <= set(report.document["reproducibility"]["resumed"])
+    assert set(report.document["reproducibility"]["resumed"]) == {*ids[2:], "utility-d0"}  # utility-d1 measured again
+
+
+def test_a_second_audit_on_the_same_output_folder_is_refused_while_the_first_runs(tmp_path) -> None:
+    from art_gifd.store import ResultsFile
+
+    path = write_config(tmp_path)
+    state = tmp_path / "out" / "settings"
+    lock = ResultsFile(state / "records.jsonl").lock()  # what another process writing the folder holds
+    with lock, pytest.raises(AuditConfigError, match="another art-gifd audit") as err:
+        run_audit(path, verbose=False)
+    assert err.value.keys == ["output"]
+    assert not (state / "records.jsonl").exists()  # nothing was written
 
 
 def test_attacked_images_are_never_in_the_utility_split(tmp_path) -> None:
@@ -372,7 +388,7 @@ def test_report_states_the_restarts_and_steps_that_ran_when_params_override_the_
 
 def test_the_same_setting_and_seed_give_the_same_numbers_through_audit_and_bench(tmp_path) -> None:
     from art_gifd.bench import load_config, run_benchmark
-    from art_gifd.bench.runner import ResultsFile
+    from art_gifd.store import ResultsFile
 
     audit = run_audit(write_config(tmp_path), verbose=False)  # LeNet seed 0, first held-out digit, B=1, GIFD 2x3
     (tmp_path / "same.toml").write_text(SAME_BENCH.format(batch=1, federated=""))
@@ -412,7 +428,7 @@ def test_bad_fedavg_keys_are_named_in_audit_and_bench_configs(tmp_path, federate
 
 def test_fedavg_audit_reports_the_protocol_and_matches_the_bench(tmp_path) -> None:
     from art_gifd.bench import load_config, run_benchmark
-    from art_gifd.bench.runner import ResultsFile
+    from art_gifd.store import ResultsFile
 
     report = run_audit(fedavg_config(tmp_path), verbose=False)
     setting = next(s for s in report.settings if s["defense_label"] == "none")

@@ -493,7 +493,7 @@ def test_report_tells_apart_runs_of_different_configurations_in_one_file(tmp_pat
 def test_source_commit_is_the_packages_own_checkout_only(tmp_path, monkeypatch) -> None:
     import subprocess
 
-    from art_gifd import experiment
+    from art_gifd import store
 
     def repo(path: Path) -> str:
         path.mkdir(parents=True)
@@ -506,12 +506,12 @@ def test_source_commit_is_the_packages_own_checkout_only(tmp_path, monkeypatch) 
 
     user_project = tmp_path / "project"
     repo(user_project)  # a user's repository with a venv inside it
-    installed = user_project / ".venv" / "site-packages" / "art_gifd" / "experiment.py"
+    installed = user_project / ".venv" / "site-packages" / "art_gifd" / "store.py"
     installed.parent.mkdir(parents=True)
-    monkeypatch.setattr(experiment, "__file__", str(installed))
-    assert experiment.source_commit() is None
+    monkeypatch.setattr(store, "__file__", str(installed))
+    assert store.source_commit() is None
     checkout = tmp_path / "art-gifd"
     head = repo(checkout)
     (checkout / "art_gifd").mkdir()
-    monkeypatch.setattr(experiment, "__file__", str(checkout / "art_gifd" / "experiment.py"))
-    assert experiment.source_commit() == {"commit": head, "dirty": False}
+    monkeypatch.setattr(store, "__file__", str(checkout / "art_gifd" / "store.py"))
+    assert store.source_commit() == {"commit": head, "dirty": False}

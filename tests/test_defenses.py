@@ -29,10 +29,10 @@ from art_gifd.defenses import (
     SignCompression,
     Soteria,
     describe_defense,
-    measure_utility,
 )
 from art_gifd.federated import TargetModel
 from art_gifd.models import lenet, make_classifier
+from art_gifd.utility import measure_utility
 
 DP = {"max_grad_norm": 1.0, "sample_rate": 0.01, "steps": 500, "delta": 1e-5}
 

@@ -64,13 +64,12 @@ from art_gifd.audit.config import (
     _read_attacks,
     _read_model,
     _string,
+    locked_output,
     open_config,
     read_common,
     read_config_file,
     read_report,
 )
-from art_gifd.bench.runner import ResultsFile
-from art_gifd.experiment import environment, source_commit, write_bytes_atomic, write_json_atomic, write_npz_atomic
 from art_gifd.federated import TRAINING_KEYS, LocalTraining, describe_training, local_training_from_config
 from art_gifd.integrations.captures import (
     CapturedUpdate,
@@ -83,6 +82,13 @@ from art_gifd.integrations.captures import (
 from art_gifd.metrics import evaluate_batch
 from art_gifd.report.audit import risk_rating
 from art_gifd.report.figures import reconstruction_grid
+from art_gifd.store import (
+    ResultsFile,
+    environment,
+    source_commit,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -346,8 +352,8 @@ def _record(
     return record, images
 
 
-def _images_name(update: CapturedUpdate, attack_name: str, seed: int) -> str:
-    return f"{update.name}-{attack_name}-s{seed}.npz"
+def _job_id(update: CapturedUpdate, attack_name: str, seed: int) -> str:
+    return f"{update.name}-{attack_name}-s{seed}"
 
 
 def run_capture_audit(
@@ -361,20 +367,19 @@ def run_capture_audit(
     :return: The paths of the report's files.
     :raises AuditConfigError: For an invalid configuration (before any attack runs).
     """
-    from tqdm.auto import tqdm
-
     cfg = config if isinstance(config, CaptureAuditConfig) else load_capture_audit(config)
     state = cfg.output / STATE_DIR
-    store = ResultsFile(state / "records.jsonl")
-    done = {}
-    if resume and store.path.exists():
-        done = {
-            (r["id"], r["attack"], r["seed"]): r
-            for r in store.read(repair=True)[1]
-            if r.get("config_hash") == cfg.config_hash
-        }
-    elif store.path.exists():
-        store.path.unlink()
+    store = ResultsFile(state / "records.jsonl", arrays_dir=state)
+    with locked_output(store, cfg.source):
+        return _attack_captures(cfg, store, resume, verbose)
+
+
+def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, verbose: bool) -> dict[str, Path]:
+    from tqdm.auto import tqdm
+
+    done = store.latest(cfg.config_hash, repair=True) if resume else {}
+    if not resume:
+        store.clear()
     progress = tqdm(
         total=len(cfg.updates) * len(cfg.attacks) * len(cfg.settings["seeds"]),
         desc="captured updates",
@@ -391,8 +396,9 @@ def run_capture_audit(
         for attack_name in cfg.attacks:
             for seed in cfg.settings["seeds"]:
                 key = (update.name, attack_name, seed)
-                if key in done and (state / _images_name(update, attack_name, seed)).is_file():
-                    finished[key] = done[key]
+                job_id = _job_id(update, attack_name, seed)
+                if job_id in done and store.arrays_path(job_id).is_file():
+                    finished[key] = done[job_id]
                     continue
                 training = json.dumps(cfg.trainings[update.name].describe(), sort_keys=True, default=str)
                 batch_round = None if cfg.settings["federated"]["mix_rounds"] else update.server_round
@@ -414,9 +420,9 @@ def run_capture_audit(
                 observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
                 jobs.append((update, estimator, observed, _ground_truth(cfg, update)))
             for update, (record, images) in zip(batch, _search_together(cfg, attack_name, seed, jobs), strict=True):
-                images_file = state / _images_name(update, attack_name, seed)
-                write_npz_atomic(images_file, images)
-                record.update(config_hash=cfg.config_hash, images=images_file.name)
+                job_id = _job_id(update, attack_name, seed)
+                images_file = store.save_arrays(job_id, images)
+                record.update(job_id=job_id, config_hash=cfg.config_hash, images=images_file.name)
                 store.append(record)
                 finished[(update.name, attack_name, seed)] = record
                 progress.update()

@@ -134,12 +134,13 @@ Report
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,7 @@ from art_gifd.federated import (
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_strict, sha256_of
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
+from art_gifd.store import ResultsBusy, ResultsFile
 from art_gifd.validation import check_device, check_integer, check_number
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
@@ -908,6 +910,16 @@ def open_config(config: str | Path | Mapping[str, Any]) -> tuple[Path | None, _C
         return None, _Checker(LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd())
     source = Path(config)
     return source, _Checker(read_config_file(source), source.resolve().parent)
+
+
+@contextlib.contextmanager
+def locked_output(store: ResultsFile, source: Path | None) -> Iterator[None]:
+    """Hold the lock of an audit's results file; another audit writing the same output folder is a problem of it."""
+    try:
+        with store.lock("art-gifd audit", "another output folder"):
+            yield
+    except ResultsBusy as busy:
+        raise AuditConfigError([ConfigProblem("output", str(busy))], source) from None
 
 
 def read_common(check: _Checker, top: Mapping[str, Any]) -> dict[str, Any]:

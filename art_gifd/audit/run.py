@@ -10,19 +10,19 @@ by :func:`~art_gifd.metrics.evaluate_batch` (Hungarian matching, PSNR, SSIM, LPI
 attacks of a batch size and defence see the same shared updates (the defence's randomness is seeded by the seed and the
 batch).
 
-Every finished setting is saved at once (``<output>/settings/<id>.json`` with its images in ``<id>.npz``, written
-atomically), together with the configuration hash; an interrupted audit started again with the same configuration
-skips the settings already finished. The report (``report.html``, ``report.json``, ``summary.md``) is written last;
-an output folder that already holds one is refused unless ``overwrite`` is set.
+Every finished setting is saved at once, with the configuration hash, as a record of the results file
+``<output>/settings/records.jsonl`` (:class:`~art_gifd.store.ResultsFile`, the benchmark runner's store) after its
+images (``<id>.npz``, written atomically); an interrupted audit started again with the same configuration skips the
+settings already finished, and a damaged record or image file costs only its own setting. The output folder is locked
+while an audit writes it. The report (``report.html``, ``report.json``, ``summary.md``) is written last; an output
+folder that already holds one is refused unless ``overwrite`` is set.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import textwrap
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +32,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_gifd.attacks.registry import GENERATIVE_ATTACKS
-from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
-from art_gifd.defenses.utility import measure_utility
-from art_gifd.experiment import (
-    Case,
-    aggregate_run,
-    attack_batches,
-    environment,
-    source_commit,
-    write_json_atomic,
-    write_npz_atomic,
-)
+from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config, locked_output
+from art_gifd.experiment import Case, aggregate_run, attack_batches
 from art_gifd.federated import describe_training
 from art_gifd.metrics import LPIPSMetric
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
 from art_gifd.report.figures import reconstruction_grid
+from art_gifd.store import ResultsFile, environment, read_json, source_commit
+from art_gifd.utility import measure_utility
 
 logger = logging.getLogger(__name__)
 
 #: Sub-folder of the output folder holding the finished settings and utility measurements.
 STATE_DIR = "settings"
+#: The results file in it: one record per finished setting (its images beside it) or utility measurement.
+RECORDS = "records.jsonl"
 #: The reconstruction grid written beside the report (and embedded in ``report.html``).
 GRID_FILE = "reconstructions.png"
 
@@ -131,41 +126,51 @@ def run_audit(
                               of another configuration) while ``overwrite`` is false; raised before any attack runs.
     """
     cfg = config if isinstance(config, AuditConfig) else load_audit_config(config)
-    _prepare_output(cfg, overwrite, resume)
-    state = cfg.output / STATE_DIR
+    store = ResultsFile(cfg.output / STATE_DIR / RECORDS, arrays_dir=cfg.output / STATE_DIR)
+    with locked_output(store, cfg.source):
+        return _run_locked(cfg, store, overwrite, resume, verbose)
+
+
+def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: bool, verbose: bool) -> AuditReport:
+    done = _prepare_output(cfg, store, overwrite, resume)
     lpips = LPIPSMetric(device=cfg.device)
     results, resumed = [], []
     settings = plan_settings(cfg)
     for setting in tqdm(settings, desc="audit settings", unit="setting", disable=not verbose):
-        finished = _load_setting(state, setting, cfg.config_hash) if resume else None
-        if finished is None:
+        images = store.load_arrays(setting.id) if setting.id in done else None
+        if images is None:
             finished = _run_setting(cfg, setting, lpips, verbose)
-            _save_setting(state, setting, finished)
+            store.save_arrays(setting.id, finished[1])
+            store.append({"job_id": setting.id, "config_hash": cfg.config_hash, "run": finished[0]})
         else:
+            finished = (done[setting.id]["run"], images)
             resumed.append(setting.id)
         results.append(finished)
         logger.info("setting %s: SSIM %.3f, PSNR %.2f dB", setting.id, finished[0]["ssim"], finished[0]["psnr"])
     utility = []
     for index, defense in enumerate(cfg.defenses):
-        file = state / f"utility-d{index}.json"
-        stored = _read_json(file) if resume else None
-        if stored is None or stored.get("config_hash") != cfg.config_hash or "utility" not in stored:
-            stored = {"config_hash": cfg.config_hash, "utility": _measure(cfg, index)}
-            write_json_atomic(file, stored)
+        key = f"utility-d{index}"
+        if key in done:
+            measured = done[key]["utility"]
+            resumed.append(key)
         else:
-            resumed.append(file.stem)
-        utility.append({"defense": defense.label, **stored["utility"]})
+            measured = _measure(cfg, index)
+            store.append({"job_id": key, "config_hash": cfg.config_hash, "utility": measured})
+        utility.append({"defense": defense.label, **measured})
     document = _document(cfg, [r for r, _ in results], utility, resumed, lpips)
     grid = reconstruction_grid(_grid_rows(settings, results, cfg), ["reconstruction"], cfg.output / GRID_FILE)
     write_audit_report(document, cfg.output, grid)
     return AuditReport(cfg.output, document)
 
 
-def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
-    """Refuse a folder holding a report or another configuration's results; with ``overwrite``, clear ours."""
-    out, state = cfg.output, cfg.output / STATE_DIR
+def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: bool) -> dict[str, dict[str, Any]]:
+    """
+    Refuse a folder holding a report or another configuration's results; with ``overwrite``, clear ours. Returns the
+    records of this configuration that a resumed run keeps (none without ``resume``).
+    """
+    out = cfg.output
     # report.json is written last: without a readable one, the report files there are from an interrupted write
-    existing = [name for name in REPORT_FILES if (out / name).exists()] if _read_json(out / "report.json") else []
+    existing = [name for name in REPORT_FILES if (out / name).exists()] if read_json(out / "report.json") else []
     if existing and not overwrite:
         raise AuditConfigError(
             [
@@ -177,20 +182,14 @@ def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
             ],
             cfg.source,
         )
-    stored = sorted(state.glob("*.json")) if state.is_dir() else []
-    documents = {p: _read_json(p) for p in stored}
-    for path in [p for p, document in documents.items() if document is None]:
-        logger.warning("%s is damaged (interrupted or corrupted write): its setting runs again", path)
-        path.unlink()
-        path.with_suffix(".npz").unlink(missing_ok=True)
-        stored.remove(path)
-    foreign = [p.name for p in stored if documents[p].get("config_hash") != cfg.config_hash]
+    records = store.latest(repair=True)
+    foreign = sorted(key for key, record in records.items() if record.get("config_hash") != cfg.config_hash)
     if foreign and resume and not overwrite:
         raise AuditConfigError(
             [
                 ConfigProblem(
                     "output",
-                    f"'{state}' holds results of a different configuration ({', '.join(foreign[:3])}): pass "
+                    f"'{store.path}' holds results of a different configuration ({', '.join(foreign[:3])}): pass "
                     "overwrite=True (--overwrite) to discard them, or choose another output folder.",
                 )
             ],
@@ -199,39 +198,10 @@ def _prepare_output(cfg: AuditConfig, overwrite: bool, resume: bool) -> None:
     if overwrite:
         for name in (*REPORT_FILES, GRID_FILE, UTILITY_FIGURE):
             (out / name).unlink(missing_ok=True)
-        for path in stored + (sorted(state.glob("*.npz")) if state.is_dir() else []):
-            path.unlink()
-    state.mkdir(parents=True, exist_ok=True)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` if it is missing, unreadable or not an object."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _load_setting(state: Path, setting: Setting, config_hash: str) -> tuple[dict, dict[str, np.ndarray]] | None:
-    """A finished setting of this configuration, or ``None``."""
-    stored = _read_json(state / f"{setting.id}.json")
-    images = state / f"{setting.id}.npz"
-    if stored is None or stored.get("config_hash") != config_hash or "run" not in stored or not images.is_file():
-        return None
-    try:
-        with np.load(images) as arrays:
-            return stored["run"], {name: arrays[name] for name in arrays.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        logger.warning("%s is damaged: setting %s runs again", images, setting.id)
-        return None
-
-
-def _save_setting(state: Path, setting: Setting, finished: tuple[dict, dict[str, np.ndarray]]) -> None:
-    """Images first, then the JSON that marks the setting finished; both atomically."""
-    run, images = finished
-    write_npz_atomic(state / f"{setting.id}.npz", images)
-    write_json_atomic(state / f"{setting.id}.json", {"config_hash": run["config_hash"], "run": run})
+    if overwrite or not resume:
+        store.clear()
+        return {}
+    return records
 
 
 def _run_setting(
@@ -295,7 +265,7 @@ def _run_setting(
 
 
 def _measure(cfg: AuditConfig, index: int) -> dict[str, Any]:
-    """Utility of one defence (:func:`~art_gifd.defenses.utility.measure_utility`) on the audit's utility split."""
+    """Utility of one defence (:func:`~art_gifd.utility.measure_utility`) on the audit's utility split."""
     utility = cfg.settings["utility"]
     return measure_utility(
         cfg.defenses[index].defense,

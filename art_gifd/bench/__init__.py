@@ -11,7 +11,8 @@ or Ray executor, aggregated into tables and figures.
 from art_gifd.bench.config import BenchConfig, ConfigError, load_config
 from art_gifd.bench.executors import Executor, LocalExecutor, RayExecutor
 from art_gifd.bench.grid import Job, expand_grid
-from art_gifd.bench.runner import ResultsFile, run_benchmark, run_job
+from art_gifd.bench.runner import run_benchmark, run_job
+from art_gifd.store import ResultsFile
 
 __all__ = [
     "BenchConfig",

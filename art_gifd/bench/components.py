@@ -67,7 +67,7 @@ def load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
 
 def utility_data(spec: dict[str, Any]) -> tuple[tuple[np.ndarray, ...], str]:
     """
-    The ``data`` argument of :func:`~art_gifd.defenses.measure_utility` for a data set, and its description: the
+    The ``data`` argument of :func:`~art_gifd.utility.measure_utility` for a data set, and its description: the
     FedSGD run trains on the data set's ``train`` split and tests on its ``heldout`` one (a folder: its train and
     held-out parts; ``digits32``, which has no split: the ``mnist32`` ones, the same digit task).
     """

@@ -31,7 +31,7 @@ The schema (see ``art_gifd/bench/profiles/*.toml`` for complete examples)::
     cpus = 1
     gpus = 0
 
-    [utility]                         # art_gifd.defenses.measure_utility settings; enabled = false skips it
+    [utility]                         # art_gifd.utility.measure_utility settings; enabled = false skips it
     rounds = 300
 
     [[datasets]]                      # embedded (mnist32, digits32) or a local image folder (source = "folder")

@@ -14,16 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from art_gifd.bench.grid import Job
-
-if TYPE_CHECKING:
-    from art_gifd.bench.runner import JobOutcome
+from art_gifd.bench.grid import Job, JobOutcome
 
 #: What an executor runs for each job: ``work(job, utility)`` (the runner's ``run_job``; a module-level function, so
 #: that worker processes can import it).
-Work = Callable[[Job, "dict[str, Any] | None"], "JobOutcome"]
+Work = Callable[[Job, "dict[str, Any] | None"], JobOutcome]
 
 
 class ExecutorFailure(RuntimeError):

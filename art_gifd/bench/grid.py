@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from art_gifd.bench.components import utility_source
 from art_gifd.bench.config import BenchConfig, canonical_hash
 
@@ -36,6 +38,15 @@ class Job:
     config: dict[str, Any]
     resources: dict[str, float]
     utility_key: str | None
+
+
+@dataclass
+class JobOutcome:
+    """What running a job returns: its results line and, when it succeeded, the images for figures."""
+
+    record: dict[str, Any]
+    originals: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
 
 
 def job_id(config: dict[str, Any]) -> str:

@@ -23,8 +23,7 @@ import numpy as np
 
 from art_gifd.bench.config import canonical_json
 from art_gifd.bench.grid import defense_label
-from art_gifd.bench.runner import ResultsFile
-from art_gifd.experiment import write_json_atomic
+from art_gifd.store import ResultsFile, write_json_atomic
 
 REPORT_SCHEMA = "art-gifd/bench-report/v1"
 METRICS = ("psnr", "ssim", "lpips")
@@ -417,10 +416,10 @@ def reconstruction_figure(rows: list[dict[str, Any]], store: ResultsFile, path: 
 
     grid_rows: dict[str, tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
     for row in rows:
-        images = store.load_images(row["job_ids"][0])
+        images = store.load_arrays(row["job_ids"][0])
         if images is None:
             continue
-        originals, reconstructions = images
+        originals, reconstructions = (images[k] / np.float32(255) for k in ("originals", "reconstructions"))
         label = row["defense_label"]
         if label not in grid_rows:
             if len(grid_rows) == MAX_GRID_ROWS:

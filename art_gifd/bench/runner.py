@@ -11,7 +11,7 @@ Line types (``schema`` ``art-gifd/bench/v1``):
 - ``{"type": "run", ...}``: one per invocation: command, git commit, date, device, configuration and its hash.
 - ``{"type": "job", "status": "ok", ...}``: the job's configuration, the attack's scores (``result``: PSNR, SSIM,
   LPIPS means and per-image values, label accuracy, steps, chosen stages), the defence with its (epsilon, delta),
-  the utility (:func:`~art_gifd.defenses.measure_utility`), seconds, device and threads.
+  the utility (:func:`~art_gifd.utility.measure_utility`), seconds, device and threads.
 - ``{"type": "job", "status": "error", ...}``: the job's configuration and the error.
 
 Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.npz`` before the job's line.
@@ -20,9 +20,7 @@ Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import platform
 import random
 import signal
@@ -39,22 +37,14 @@ from tqdm.auto import tqdm
 
 from art_gifd.bench.config import BenchConfig
 from art_gifd.bench.executors import Executor, ExecutorFailure, LocalExecutor
-from art_gifd.bench.grid import Job, expand_grid
+from art_gifd.bench.grid import Job, JobOutcome, expand_grid
+from art_gifd.store import ResultsFile, environment, source_commit
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "art-gifd/bench/v1"
 #: Frames kept in the traceback summary of a failed job.
 TRACEBACK_FRAMES = 8
-
-
-@dataclass
-class JobOutcome:
-    """What running a job returns: its results line and, when it succeeded, the images for figures."""
-
-    record: dict[str, Any]
-    originals: np.ndarray | None = None
-    reconstructions: np.ndarray | None = None
 
 
 def run_job(job: Job, utility: dict[str, Any] | None = None) -> JobOutcome:
@@ -86,11 +76,11 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
     import torch
 
     from art_gifd.bench.components import build_defense, load_images, utility_data
-    from art_gifd.defenses import measure_utility
     from art_gifd.experiment import Budget, Case, Experiment, run_experiment
     from art_gifd.federated import local_training
     from art_gifd.models import build_model, make_classifier
     from art_gifd.priors.registry import load_prior
+    from art_gifd.utility import measure_utility
 
     cfg = job.config
     seed, device = cfg["seed"], cfg["device"]
@@ -187,126 +177,6 @@ def error_record(job: Job, exc: BaseException, seconds: float | None = None) -> 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---------------------------------------------------------------------------------------------------- results file
-
-
-class ResultsBusy(RuntimeError):
-    """Another process is writing the results file."""
-
-
-class ResultsFile:
-    """An append-only JSON-lines results file (see the module documentation)."""
-
-    def __init__(self, path: str | Path) -> None:
-        """
-        :param path: The ``.jsonl`` file (created with its folder on the first append).
-        """
-        self.path = Path(path)
-        self.recon_dir = self.path.with_name(self.path.stem + ".recon")
-
-    def read(self, repair: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """
-        Read the run headers and job records, in file order.
-
-        :param repair: Truncate a torn last line (an interrupted write) from the file, so that appends start on a
-                       fresh line; otherwise it is only skipped.
-        :return: ``(runs, jobs)``.
-        """
-        if not self.path.exists():
-            return [], []
-        data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):
-            logger.warning(
-                "%s: discarding a torn last line (%d bytes) left by an interrupted write",
-                self.path,
-                len(data) - len(complete),
-            )
-            if repair:
-                with self.path.open("r+b") as handle:
-                    handle.truncate(len(complete))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        runs, jobs = [], []
-        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: skipping a line that is not JSON", self.path, number)
-                continue
-            if not isinstance(record, dict):
-                logger.warning("%s:%d: skipping a line that is not a JSON object", self.path, number)
-                continue
-            (runs if record.get("type") == "run" else jobs).append(record)
-        return runs, jobs
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """
-        Hold the file's writer lock (an advisory ``flock`` on ``<file>.lock``) for the duration of the block.
-
-        :raises ResultsBusy: If another process holds it: a second run on the same file would run every job again.
-        """
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        with lock_path.open("a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                raise ResultsBusy(
-                    f"'{self.path}' is being written by another art-gifd bench (pid {owner}): wait for it to finish, "
-                    "or give this run another --results file."
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(str(os.getpid()))
-            handle.flush()
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def latest(self) -> dict[str, dict[str, Any]]:
-        """The last record of every job id (a job rerun with ``retry_errors`` supersedes its error line)."""
-        return {record["job_id"]: record for record in self.read()[1]}
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record as a single line, flushed and fsynced before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
-        with self.path.open("ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def save_images(self, job_id: str, originals: np.ndarray, reconstructions: np.ndarray) -> Path:
-        """Write a job's originals and reconstructions (8-bit) atomically; return the file."""
-        from art_gifd.experiment import write_npz_atomic
-
-        path = self.recon_dir / f"{job_id}.npz"
-
-        write_npz_atomic(path, {"originals": _to_uint8(originals), "reconstructions": _to_uint8(reconstructions)})
-        return path
-
-    def load_images(self, job_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """A job's ``(originals, reconstructions)`` as float arrays in ``[0, 1]``, or ``None`` if not saved."""
-        path = self.recon_dir / f"{job_id}.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as data:
-            return data["originals"] / np.float32(255), data["reconstructions"] / np.float32(255)
-
-
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------- driver
@@ -461,7 +331,8 @@ def _store(store: ResultsFile, outcome: JobOutcome, summary: BenchSummary, utili
     record = outcome.record
     if record["status"] == "ok":
         if outcome.originals is not None:
-            path = store.save_images(record["job_id"], outcome.originals, outcome.reconstructions)
+            images = {"originals": outcome.originals, "reconstructions": outcome.reconstructions}
+            path = store.save_arrays(record["job_id"], {k: _to_uint8(v) for k, v in images.items()})
             record["reconstructions"] = f"{path.parent.name}/{path.name}"
         if record.get("utility"):
             utilities[record["utility_key"]] = record["utility"]
@@ -472,9 +343,12 @@ def _store(store: ResultsFile, outcome: JobOutcome, summary: BenchSummary, utili
     store.append(record)
 
 
-def _run_header(config: BenchConfig, executor: Executor, command: str | None, summary: BenchSummary) -> dict:
-    from art_gifd.experiment import environment, source_commit
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """Images in ``[0, 1]`` as 8 bits: the saved reconstructions serve figures only."""
+    return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
 
+
+def _run_header(config: BenchConfig, executor: Executor, command: str | None, summary: BenchSummary) -> dict:
     git = source_commit() or {}
     return {
         "type": "run",
@@ -558,8 +432,6 @@ __all__ = [
     "SCHEMA",
     "BenchSummary",
     "JobOutcome",
-    "ResultsBusy",
-    "ResultsFile",
     "check_job_inputs",
     "error_record",
     "run_benchmark",

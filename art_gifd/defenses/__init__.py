@@ -5,7 +5,7 @@ Every defence is a :class:`Defense` (``apply(grads, context)``), composable with
 
     defense = Compose([Clip(1.0), GaussianNoise(1e-3)])
     grads = client_gradients(classifier, x_private, y_private, defense=defense, seed=0)
-    utility = measure_utility(defense, classifier)
+    utility = measure_utility(defense, classifier)  # art_gifd.utility: what the defence costs the training
     x_rec = GIFDAttack(classifier, defense=defense).infer(grads)  # adaptive attacker: replays what it can
 
 :func:`build_defense` builds one from a configuration name and parameters (``build_defense("clip", {"max_norm": 1})``).
@@ -33,7 +33,6 @@ from art_gifd.defenses.transforms import (
     Quantize,
     SignCompression,
 )
-from art_gifd.defenses.utility import UtilityResult, measure_utility
 
 __all__ = [
     "DEFENSES",
@@ -52,12 +51,10 @@ __all__ = [
     "Quantize",
     "SignCompression",
     "Soteria",
-    "UtilityResult",
     "as_defense",
     "build_defense",
     "check_opacus_compatible",
     "defense_parameters",
     "describe_defense",
-    "measure_utility",
     "privacy_epsilon",
 ]

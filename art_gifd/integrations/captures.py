@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from art_gifd.experiment import npz_bytes, write_bytes_atomic, write_json_atomic
 from art_gifd.federated import TRAINING_KEYS
+from art_gifd.store import npz_bytes, write_bytes_atomic, write_json_atomic
 
 #: Format tag of ``index.json``.
 CAPTURE_FORMAT = "art-gifd-capture/1"

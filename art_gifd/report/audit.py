@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from art_gifd.experiment import write_bytes_atomic, write_json_atomic
 from art_gifd.report.html import png_data_uri, template_environment
+from art_gifd.store import write_bytes_atomic, write_json_atomic
 
 SCHEMA = "art-gifd/audit/v1"
 #: The report's files; any of them in an output folder means it already holds a report.

@@ -1,0 +1,273 @@
+"""
+Where results are kept: the append-only JSON-lines results file that the benchmark runner, the audit and the capture
+audit share, atomic file writes, and the provenance (environment, source commit) every results document records.
+
+A :class:`ResultsFile` holds one JSON object per line, each written in one call, flushed and fsynced, so a record is
+either entirely in the file or not at all; a line torn by a crash during the write is discarded (and, when reading
+to append, cut off) the next time the file is read. A rerun skips the records already there, so killing a run at any
+moment and starting it again loses and duplicates nothing. Arrays that belong to a record (reconstructions) are
+written atomically to their own ``.npz`` before the record's line, so a record never points at a missing file; one
+that was damaged anyway (a disk fault, a hand edit) reads as missing, and only its record is done again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------ atomic files
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """
+    Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed and fsynced, then renamed over
+    ``path``, so a reader sees the old file or the new one, never a torn one (readable by others, mode 0644).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of a compressed ``.npz`` file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, npz_bytes(arrays))
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` if it is missing, unreadable or not an object."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an ``.npz`` file, or ``None`` if it is missing or damaged (a warning names a damaged one)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        logger.warning("%s is damaged: its record is done again", path)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------- provenance
+
+
+def environment(seed: int | list[int], device: str) -> dict[str, Any]:
+    """Versions, device and seed, for reproducibility sections."""
+    import art
+    import torch
+
+    from art_gifd import __version__
+
+    return {
+        "art_gifd": __version__,
+        "torch": torch.__version__,
+        "art": art.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "seed": seed,
+    }
+
+
+def source_commit() -> dict[str, Any] | None:
+    """
+    The commit of the art-gifd checkout this code runs from and whether tracked files differ from it; ``None`` for an
+    installed copy, also one that sits inside another git repository (a virtual environment in a user's project).
+    """
+    root = Path(__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        lines = top.stdout.split()
+        if top.returncode or len(lines) != 2 or Path(lines[0]).resolve() != root:
+            return None
+        head = lines[1]
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head, "dirty": bool(status.stdout.strip())}
+
+
+# ------------------------------------------------------------------------------------------------------- results file
+
+
+class ResultsBusy(RuntimeError):
+    """Another process is writing the results file."""
+
+
+class ResultsFile:
+    """
+    An append-only JSON-lines results file (see the module documentation).
+
+    Records of ``"type": "run"`` are run headers; every other record is keyed by its ``job_id``.
+    """
+
+    def __init__(self, path: str | Path, arrays_dir: str | Path | None = None) -> None:
+        """
+        :param path: The ``.jsonl`` file (created with its folder on the first append).
+        :param arrays_dir: Folder of the records' ``.npz`` files (default: ``<file stem>.recon`` beside the file).
+        """
+        self.path = Path(path)
+        self.arrays_dir = Path(arrays_dir) if arrays_dir is not None else self.path.with_name(self.path.stem + ".recon")
+
+    def read(self, repair: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """
+        Read the run headers and job records, in file order.
+
+        :param repair: Truncate a torn last line (an interrupted write) from the file, so that appends start on a
+                       fresh line; otherwise it is only skipped.
+        :return: ``(runs, jobs)``.
+        """
+        if not self.path.exists():
+            return [], []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            logger.warning(
+                "%s: discarding a torn last line (%d bytes) left by an interrupted write",
+                self.path,
+                len(data) - len(complete),
+            )
+            if repair:
+                with self.path.open("r+b") as handle:
+                    handle.truncate(len(complete))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        runs, jobs = [], []
+        for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s:%d: skipping a line that is not JSON", self.path, number)
+                continue
+            if not isinstance(record, dict):
+                logger.warning("%s:%d: skipping a line that is not a JSON object", self.path, number)
+                continue
+            (runs if record.get("type") == "run" else jobs).append(record)
+        return runs, jobs
+
+    @contextlib.contextmanager
+    def lock(self, what: str = "art-gifd bench", other: str = "another --results file") -> Iterator[None]:
+        """
+        Hold the file's writer lock (an advisory ``flock`` on ``<file>.lock``) for the duration of the block.
+
+        :param what: The kind of run that writes the file, for the error message.
+        :param other: How to give a second run its own file, for the error message.
+        :raises ResultsBusy: If another process holds it: a second run on the same file would run every job again.
+        """
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with lock_path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise ResultsBusy(
+                    f"'{self.path}' is being written by another {what} (pid {owner}): wait for it to finish, "
+                    f"or give this run {other}."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def latest(self, config_hash: str | None = None, repair: bool = False) -> dict[str, dict[str, Any]]:
+        """
+        The last record of every job id (a job rerun supersedes its earlier line).
+
+        :param config_hash: Keep only records of this configuration (their ``config_hash``).
+        :param repair: As in :meth:`read`.
+        """
+        jobs = self.read(repair=repair)[1]
+        return {r["job_id"]: r for r in jobs if "job_id" in r and config_hash in (None, r.get("config_hash"))}
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record as a single line, flushed and fsynced before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
+        with self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def arrays_path(self, job_id: str) -> Path:
+        """Where the arrays of ``job_id`` are kept."""
+        return self.arrays_dir / f"{job_id}.npz"
+
+    def save_arrays(self, job_id: str, arrays: dict[str, np.ndarray]) -> Path:
+        """Write a record's arrays atomically (before its line is appended); return the file."""
+        path = self.arrays_path(job_id)
+        write_npz_atomic(path, arrays)
+        return path
+
+    def load_arrays(self, job_id: str) -> dict[str, np.ndarray] | None:
+        """A record's arrays, or ``None`` if they were never saved or are damaged."""
+        return read_npz(self.arrays_path(job_id))
+
+    def clear(self) -> None:
+        """Delete the file and the arrays of its records (the lock file stays: a run may hold it)."""
+        self.path.unlink(missing_ok=True)
+        if self.arrays_dir.is_dir():
+            for path in self.arrays_dir.glob("*.npz"):
+                path.unlink()
