@@ -3,16 +3,23 @@ Configuration files in TOML or YAML, parsed together with the line where every k
 name the file, line and key of each problem (``budget.stages``, ``defenses[2].sigma``).
 
 :func:`read_document` reads a ``.toml`` / ``.yaml`` / ``.yml`` file, :func:`parse_document` a string; both return a
-:class:`LocatedDocument`. Syntax errors and duplicated YAML keys raise :class:`ConfigError` with their line. The audit
-(:mod:`art_gifd.audit.config`) and the benchmark runner (:mod:`art_gifd.bench.config`) read their files with it.
+:class:`LocatedDocument`. Syntax errors and duplicated YAML keys raise :class:`ConfigError` with their line.
+:class:`Checker` then reads the document and collects every problem with its key and line, to raise them together.
+The audit (:mod:`art_gifd.audit.config`) and the benchmark runner (:mod:`art_gifd.bench.config`) read their files
+with both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from art_gifd.validation import check_integer, check_number
 
 #: A key path inside a configuration, e.g. ``("defenses", 2, "sigma")``.
 KeyPath = tuple[str | int, ...]
@@ -20,20 +27,66 @@ KeyPath = tuple[str | int, ...]
 FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
 
 
-class ConfigError(ValueError):
-    """A configuration problem, located by file, line and key path."""
+@dataclass
+class ConfigProblem:
+    """One problem of a configuration: the key it concerns, what is wrong (and how to fix it), the line where known."""
 
-    def __init__(self, message: str, key: str | None = None, line: int | None = None, source: str | None = None):
+    key: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.key}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """
+    An invalid configuration: :attr:`problems` lists every problem found, each with its key and line.
+
+    The message names the file and lists the problems, one per line (``file, line 7: defenses[1].sigma: ...``).
+    """
+
+    #: What the configuration is, in the message (``"benchmark configuration"``, ``"audit config"``).
+    what = "configuration"
+
+    def __init__(self, problems: list[ConfigProblem], source: str | Path | None = None) -> None:
         """
-        :param message: What is wrong and how to fix it.
-        :param key: The key path at fault, e.g. ``defenses[2].sigma``.
-        :param line: 1-based line of the key in the file.
-        :param source: The file name.
+        :param problems: The problems, each naming its key (at least one).
+        :param source: The file, if any.
         """
-        self.message, self.key, self.line, self.source = message, key, line, source
-        where = ", ".join(p for p in (source, f"line {line}" if line else None) if p)
-        prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}{key + ': ' if key else ''}{message}")
+        self.problems = problems
+        self.source = source
+        origin = f" '{source}'" if source is not None else ""
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        prefix = f"{source}, " if source is not None else ""
+        listed = "\n".join(f"  - {prefix}{p}" for p in problems)
+        super().__init__(f"Invalid {self.what}{origin} ({count}):\n{listed}")
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys named by the problems."""
+        return [p.key for p in self.problems]
+
+    @property
+    def key(self) -> str:
+        """The key of the first problem."""
+        return self.problems[0].key
+
+    @property
+    def line(self) -> int | None:
+        """The line of the first problem."""
+        return self.problems[0].line
+
+    @property
+    def message(self) -> str:
+        """What is wrong, for the first problem."""
+        return self.problems[0].message
+
+
+def file_error(message: str, source: str | Path | None, line: int | None = None) -> ConfigError:
+    """A :class:`ConfigError` of the file as a whole (key ``(file)``): missing, unreadable, of another format."""
+    return ConfigError([ConfigProblem("(file)", message, line)], source)
 
 
 def format_key(path: KeyPath) -> str:
@@ -59,9 +112,13 @@ class LocatedDocument:
                 return self.lines[path[:end]]
         return None
 
+    def problem(self, path: KeyPath, message: str) -> ConfigProblem:
+        """A :class:`ConfigProblem` of ``path``, located."""
+        return ConfigProblem(format_key(path) or "(top level)", message, self.line_of(path))
+
     def error(self, path: KeyPath, message: str) -> ConfigError:
-        """A :class:`ConfigError` for ``path``."""
-        return ConfigError(message, format_key(path) or None, self.line_of(path), self.source)
+        """A :class:`ConfigError` of one problem of ``path``."""
+        return ConfigError([self.problem(path, message)], self.source)
 
 
 def read_document(path: str | Path) -> LocatedDocument:
@@ -76,7 +133,7 @@ def read_document(path: str | Path) -> LocatedDocument:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ConfigError(f"unknown configuration format '{suffix}': use a .toml, .yaml or .yml file", source=str(path))
+        raise file_error(f"unknown configuration format '{suffix}': use a .toml, .yaml or .yml file", str(path))
     return parse_document(path.read_text(encoding="utf-8"), FORMATS[suffix], source=str(path))
 
 
@@ -130,9 +187,7 @@ def _parse_yaml(text: str, source: str) -> LocatedDocument:
     except yaml.YAMLError as exc:  # marked errors carry the position; reader errors (bad characters) do not
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise ConfigError(
-            f"YAML syntax error: {problem}", line=mark.line + 1 if mark else None, source=source
-        ) from None
+        raise file_error(f"YAML syntax error: {problem}", source, mark.line + 1 if mark else None) from None
     lines: dict[KeyPath, int] = {}
 
     def walk(node: Any, path: KeyPath) -> None:
@@ -141,9 +196,10 @@ def _parse_yaml(text: str, source: str) -> LocatedDocument:
             for key_node, value_node in node.value:
                 key = str(key_node.value)
                 if key in seen:
-                    raise ConfigError(
-                        "duplicated key: keep one", format_key((*path, key)), key_node.start_mark.line + 1, source
+                    problem = ConfigProblem(
+                        format_key((*path, key)), "duplicated key: keep one", key_node.start_mark.line + 1
                     )
+                    raise ConfigError([problem], source)
                 seen.add(key)
                 lines[(*path, key)] = key_node.start_mark.line + 1
                 walk(value_node, (*path, key))
@@ -167,9 +223,7 @@ def _parse_toml(text: str, source: str) -> LocatedDocument:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"at line (\d+)", str(exc))
-        raise ConfigError(
-            f"TOML syntax error: {exc}", line=int(match.group(1)) if match else None, source=source
-        ) from None
+        raise file_error(f"TOML syntax error: {exc}", source, int(match.group(1)) if match else None) from None
     return LocatedDocument(data, _toml_lines(text), source)
 
 
@@ -260,3 +314,261 @@ def _toml_lines(text: str) -> dict[KeyPath, int]:
             depth = _bracket_balance(value)
             open_array, open_items = (path, 0) if depth > 0 and value.strip().startswith("[") else (None, 0)
     return lines
+
+
+# --------------------------------------------------------------------------------------------------------- checking
+
+
+def open_config(
+    config: str | Path | Mapping[str, Any], error: type[ConfigError] = ConfigError
+) -> tuple[Path | None, Checker]:
+    """
+    Read a configuration file that must hold a table of keys, or take the same content as a mapping, and return the
+    file (``None`` for a mapping) and a :class:`Checker` over it. Relative paths resolve against the file's folder
+    (for a mapping: the current directory).
+
+    :param config: A ``.toml`` / ``.yaml`` / ``.yml`` file, or a mapping.
+    :param error: The :class:`ConfigError` class to raise, here and by the checker.
+    :raises ConfigError: (of class ``error``) If the file is missing, of another format, not valid TOML/YAML (with
+                         the line), repeats a YAML key, or holds no table.
+    """
+    if isinstance(config, Mapping):
+        return None, Checker(LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd(), error)
+    source = Path(config)
+    if not source.is_file():
+        what = "a folder, not a file" if source.is_dir() else "not found"
+        raise error([ConfigProblem("(file)", f"config file '{source}': {what}.")], source)
+    try:
+        document = read_document(source)
+    except ConfigError as err:
+        raise error(err.problems, source) from None
+    if not isinstance(document.data, dict):
+        problem = f"the file must hold a table of keys, got {type(document.data).__name__}."
+        raise error([ConfigProblem("(file)", problem)], source)
+    return source, Checker(document, source.resolve().parent, error)
+
+
+class Stop(Exception):
+    """Ends the check of one entry or section at its first problem (:meth:`Checker.section` records it)."""
+
+    def __init__(self, path: KeyPath, message: str) -> None:
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+#: The default of :meth:`Checker.get` for a key that must be given.
+REQUIRED = object()
+
+
+class Checker:
+    """
+    Reads a :class:`LocatedDocument` and collects every problem, each with its key and line, so that one pass over a
+    file reports all of them (the audit and the benchmark configurations are both read with it).
+
+    Two styles, both collecting: :meth:`get` and :meth:`table` record a problem and go on (returning ``None`` or the
+    default), for keys that nothing else depends on; the raising readers (:meth:`integer`, :meth:`string`, …) end the
+    check of one entry at its first problem, inside :meth:`section`, which records it and goes on with the next entry.
+    :meth:`raise_problems` raises them all as one :class:`ConfigError`.
+    """
+
+    def __init__(self, document: LocatedDocument, base: Path, error: type[ConfigError] = ConfigError) -> None:
+        """
+        :param document: The parsed configuration.
+        :param base: Folder against which relative paths resolve (the file's folder).
+        :param error: The :class:`ConfigError` class to raise.
+        """
+        self.document = document
+        self.base = base
+        self.error = error
+        self.problems: list[ConfigProblem] = []
+
+    # collecting readers
+
+    def add(self, path: KeyPath, message: str) -> None:
+        """Record a problem of ``path``."""
+        self.problems.append(self.document.problem(path, message))
+
+    def failed_under(self, prefix: KeyPath) -> bool:
+        """Whether a problem was recorded for ``prefix`` or a key below it."""
+        key = format_key(prefix) or "(top level)"
+        return any(p.key == key or p.key.startswith((key + ".", key + "[")) for p in self.problems)
+
+    def table(self, data: Any, path: KeyPath, known: Sequence[str], required: Sequence[str] = ()) -> dict[str, Any]:
+        """
+        ``data`` as a table whose keys must be among ``known`` (an unknown key is a problem, with the closest known
+        one suggested) and include ``required``; ``None`` is an empty table, anything else a problem and ``{}``.
+        """
+        if data is None:
+            data = {}
+        what = format_key(path) or "the configuration"
+        if not isinstance(data, Mapping):
+            self.add(path, f"must be a table of keys ({', '.join(known)}), got {kind_of(data)}.")
+            return {}
+        for name in data:
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                self.add((*path, name), f"unknown key in {what}: {hint}known keys here: {', '.join(known)}.")
+        for name in required:
+            if name not in data:
+                self.add((*path, name), f"missing (required): {what} needs the key '{name}'.")
+        return dict(data)
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        path: KeyPath,
+        name: str,
+        convert: Callable[[Any], Any],
+        default: Any = REQUIRED,
+        hint: str = "",
+    ) -> Any:
+        """
+        Read and convert a value; a missing required key or a value ``convert`` rejects (``ValueError``) is a problem.
+
+        :return: The converted value, the default, or ``None`` after a problem.
+        """
+        if name not in data:
+            if default is REQUIRED:
+                self.add((*path, name), "missing (required)." + (f" {hint}" if hint else ""))
+                return None
+            return default
+        try:
+            return convert(data[name])
+        except ValueError as err:
+            self.add((*path, name), str(err))
+            return None
+
+    def path(self, value: Any, kind: str = "file", what: str = "") -> Path:
+        """A path string resolved against the config's folder; it must exist as a ``kind`` (file or folder)."""
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"must be a path (a string), got {value!r}." + (f" Set it to {what}." if what else ""))
+        resolved = (self.base / Path(value).expanduser()).resolve()
+        if not (resolved.is_file() if kind == "file" else resolved.is_dir()):
+            raise ValueError(f"{kind} not found: '{resolved}'." + (f" Set it to {what}." if what else ""))
+        return resolved
+
+    def raise_problems(self) -> None:
+        """Raise every recorded problem as one error (nothing if there is none)."""
+        if self.problems:
+            raise self.error(self.problems, self.document.source)
+
+    # raising readers, for the entries checked inside section()
+
+    @contextlib.contextmanager
+    def section(self) -> Iterator[None]:
+        """Record the :class:`Stop` that ends the block's checks, and go on after it."""
+        try:
+            yield
+        except Stop as stop:
+            self.add(stop.path, stop.message)
+
+    def need(self, value: Any, path: KeyPath, convert: Callable[[Any], Any]) -> Any:
+        """``convert(value)``, or :class:`Stop` with the converter's message."""
+        try:
+            return convert(value)
+        except ValueError as err:
+            raise Stop(path, str(err)) from None
+
+    def existing(self, value: Any, path: KeyPath, kind: str, what: str) -> str:
+        """:meth:`path` as a string, or :class:`Stop` naming ``what`` the key must be set to."""
+        try:
+            return str(self.path(value, kind, what))
+        except ValueError as err:
+            raise Stop(path, str(err)) from None
+
+    def strict_table(self, value: Any, path: KeyPath, known: Sequence[str], required: Sequence[str] = ()) -> dict:
+        """:meth:`table`, but :class:`Stop` at its first problem."""
+        before = len(self.problems)
+        table = self.table(value, path, known, required)
+        if len(self.problems) > before:
+            first = self.problems[before]
+            del self.problems[before:]
+            raise Stop(_path_of(first.key, path), first.message)
+        return table
+
+    def each(self, value: Any, path: KeyPath, check: Callable[[Any, KeyPath], Any], non_empty: bool = True) -> list:
+        """
+        Check every entry of a list, each in its own :meth:`section` (one bad entry does not hide the next one's
+        problems); the entries that passed, in order. A value that is not a (non-empty) list is :class:`Stop`.
+        """
+        if not isinstance(value, list) or (non_empty and not value):
+            raise Stop(path, f"must be a{' non-empty' if non_empty else ''} list, got {kind_of(value)}.")
+        checked = []
+        for index, item in enumerate(value):
+            with self.section():
+                checked.append(check(item, (*path, index)))
+        return checked
+
+
+def _path_of(key: str, fallback: KeyPath) -> KeyPath:
+    """The key path whose :func:`format_key` is ``key`` (``fallback`` for one that is not under it)."""
+    parts: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
+        parts.append(int(index) if index else name)
+    return tuple(parts) if format_key(tuple(parts)) == key else fallback
+
+
+def kind_of(value: Any) -> str:
+    """A value in an error message: tables and lists by type, everything else by type and value."""
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, dict | list) else type(value).__name__
+
+
+# converters for Checker.get and Checker.need: a ValueError names what is wrong
+
+
+def integer(low: int) -> Callable[[Any], int]:
+    """An integer ``>= low`` (numpy integers too; no strings, booleans or floats)."""
+    return lambda value: check_integer("", value, low)
+
+
+def number(
+    low: float = float("-inf"), high: float = float("inf"), low_open: bool = False, high_open: bool = False
+) -> Callable[[Any], float]:
+    """A finite number in the range (open or closed at each end)."""
+    closed = {(False, False): "both", (False, True): "left", (True, False): "right", (True, True): "neither"}
+    return lambda value: check_number("", value, low, high, closed=closed[(low_open, high_open)])
+
+
+def string(choices: Sequence[str] | None = None) -> Callable[[Any], str]:
+    """A non-empty string, one of ``choices`` when given (the closest one is suggested)."""
+
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be a non-empty string, got {value!r}.")
+        if choices is not None and value not in choices:
+            close = difflib.get_close_matches(value, list(choices), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown value '{value}'{hint}: choose one of {', '.join(choices)}.")
+        return value
+
+    return convert
+
+
+def boolean(value: Any) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}.")
+    return value
+
+
+def int_list(low: int, length: int | None = None, unique: bool = True) -> Callable[[Any], list[int]]:
+    """A non-empty list of integers ``>= low`` (of ``length`` entries when given; no repeats when ``unique``)."""
+
+    def convert(value: Any) -> list[int]:
+        ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok or any(v < low for v in value) or (length is not None and len(value) != length):
+            size = f"{length} " if length is not None else "a non-empty list of "
+            raise ValueError(f"must be {size}integers >= {low}, got {value!r}.")
+        if unique and len(set(value)) != len(value):
+            raise ValueError(f"has repeated values: {value!r}.")
+        return [int(v) for v in value]
+
+    return convert
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """A table of keyword arguments."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a table of keyword arguments, got {value!r}.")
+    return dict(value)

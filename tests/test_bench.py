@@ -57,14 +57,15 @@ name = "pixel"
 defenses = ["none"]
 
 [[defenses]]
-name = "none"
+label = "none"
 type = "none"
 
 [[defenses]]
-name = "prune"
+label = "prune"
 type = "prune"
-ratio = [0.5, 0.9]   # MARK:ratio
 adaptive = [false, true]
+[defenses.params]
+ratio = [0.5, 0.9]   # MARK:ratio
 """
 
 
@@ -129,11 +130,17 @@ def test_grid_expansion_counts_restrictions_and_stable_ids():
 @pytest.mark.parametrize(
     ("old", "new", "key", "marker", "words"),
     [
-        ("ratio = [0.5, 0.9]", "ratoi = [0.5, 0.9]", "defenses[1].ratoi", "MARK:ratio", "did you mean 'ratio'"),
-        ("ratio = [0.5, 0.9]", "ratio = [0.5, 1.5]", "defenses[1].ratio[1]", "MARK:ratio", "ratio"),
+        ("ratio = [0.5, 0.9]", "ratoi = [0.5, 0.9]", "defenses[1].params.ratoi", "MARK:ratio", "did you mean 'ratio'"),
+        ("ratio = [0.5, 0.9]", "ratio = [0.5, 1.5]", "defenses[1].params.ratio[1]", "MARK:ratio", "ratio"),
         ("num_images = 2", 'num_images = "two"', "datasets[0].num_images", "MARK:num_images", "integer"),
-        ("{ l1_radius = 0.1 }", "{ l1_radius = 0.1, steps = 3 }", "attacks[0].params.steps", "MARK:params", "allowed"),
-        ("stages = 2", "stages = = 2", None, "stages = = 2", "TOML syntax error"),
+        (
+            "{ l1_radius = 0.1 }",
+            "{ l1_radius = 0.1, steps = 3 }",
+            "attacks[0].params.steps",
+            "MARK:params",
+            "known keys",
+        ),
+        ("stages = 2", "stages = = 2", "(file)", "stages = = 2", "TOML syntax error"),
     ],
 )
 def test_config_errors_name_the_key_and_the_line(old, new, key, marker, words):
@@ -141,8 +148,34 @@ def test_config_errors_name_the_key_and_the_line(old, new, key, marker, words):
     with pytest.raises(ConfigError) as caught:
         parse(text)
     error = caught.value
-    assert error.key == key and error.line == line_of(text, marker) and words in error.message
-    assert f"test.toml, line {error.line}: {key + ': ' if key else ''}" in str(error)
+    assert error.keys == [key] and error.line == line_of(text, marker) and words in error.message
+    assert f"test.toml, line {error.line}: {key}: " in str(error)
+
+
+def test_every_problem_of_a_bench_config_is_named_in_one_pass():
+    text = BASE_TOML.replace("num_images = 2", 'num_images = "two"').replace("ratio = [0.5, 0.9]", "ratoi = [0.5, 0.9]")
+    text = text.replace('name = "pixel"', 'name = "pixle"').replace("stages = 2", "stages = 0")
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert caught.value.keys == [
+        "budget.stages",
+        "datasets[0].num_images",
+        "defenses[1].params.ratoi",
+        "attacks[1].name",
+    ]
+    assert all(p.line for p in caught.value.problems)  # each one located in the file
+    assert "did you mean 'pixel'" in str(caught.value) and "did you mean 'ratio'" in str(caught.value)
+
+
+def test_bench_and_audit_defences_share_their_keys(tmp_path):
+    """The keys of a [[defenses]] table mean the same in both configurations: type, params, adaptive, label."""
+    from art_gifd.audit.config import _DEFENSE
+    from art_gifd.bench.config import DEFENSE_KEYS
+
+    assert set(DEFENSE_KEYS) == set(_DEFENSE)
+    old_style = BASE_TOML.replace('label = "prune"', 'name = "prune"')
+    with pytest.raises(ConfigError, match=r"defenses\[1\]\.name: unknown key in defenses\[1\]"):
+        parse(old_style)
 
 
 def test_yaml_errors_name_the_key_and_the_line():
@@ -172,7 +205,7 @@ def test_full_profile_names_the_missing_data_folder():
     with pytest.raises(ConfigError) as caught:
         load_config(FULL)
     text = FULL.read_text()
-    assert caught.value.key == "datasets[0].root" and "is empty" in caught.value.message
+    assert caught.value.key == "datasets[0].root" and "must be a path" in caught.value.message
     assert caught.value.line == line_of(text, "root = ")
 
 
@@ -224,12 +257,13 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
             attacks = [{ name = "gi" }, { name = "pixel" }]
 
             [[defenses]]
-            name = "none"
+            label = "none"
             type = "none"
 
             [[defenses]]
-            name = "dp"
+            label = "dp"
             type = "dp"
+            [defenses.params]
             noise_multiplier = 1.0
             max_grad_norm = 1.0
             sample_rate = 0.01
@@ -301,7 +335,7 @@ def test_a_job_that_kills_its_worker_is_found_and_recorded_while_the_others_fini
             datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
             priors = { mnist = { type = "embedded" } }
             attacks = [{ name = "latent-only", prior = "mnist" }, { name = "pixel" }]
-            defenses = [{ name = "none", type = "none" }]
+            defenses = [{ type = "none" }]
             """
         )
     )

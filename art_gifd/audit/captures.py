@@ -56,19 +56,17 @@ import numpy as np
 from art_gifd.attacks.registry import GENERATIVE_ATTACKS, Budget, build_attack
 from art_gifd.audit.config import (
     _TOP,
-    AuditConfigError,
-    _boolean,
     _import_factory,
-    _int_list,
-    _integer,
     _read_attacks,
     _read_model,
-    _string,
+    boolean,
+    int_list,
+    integer,
     locked_output,
     open_config,
     read_common,
-    read_config_file,
     read_report,
+    string,
 )
 from art_gifd.federated import TRAINING_KEYS, LocalTraining, describe_training, local_training_from_config
 from art_gifd.integrations.captures import (
@@ -111,8 +109,7 @@ _CAPTURE_TOP = tuple(k for k in _TOP if k not in ("data", "defenses", "utility",
 
 def is_capture_audit(config: str | Path | Mapping[str, Any]) -> bool:
     """Whether an audit config names a capture folder (``[federated] source``)."""
-    data = dict(config) if isinstance(config, Mapping) else read_config_file(config).data
-    federated = data.get("federated")
+    federated = open_config(config)[1].document.data.get("federated")
     return isinstance(federated, Mapping) and "source" in federated
 
 
@@ -156,12 +153,12 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     path = ("federated",)
     federated = check.table(top.get("federated"), path, _FEDERATED)
     folder = check.get(federated, path, "source", lambda v: check.path(v, "dir"))
-    rounds = check.get(federated, path, "rounds", _int_list(1), None)
-    clients = check.get(federated, path, "clients", _int_list(0), None)
-    spec = check.get(federated, path, "client_data", _string(), None)
-    partition_key = check.get(federated, path, "partition_key", _string(), "partition-id")
-    together = check.get(federated, path, "updates_per_search", _integer(1), 8)
-    mix_rounds = check.get(federated, path, "mix_rounds", _boolean, False)
+    rounds = check.get(federated, path, "rounds", int_list(1), None)
+    clients = check.get(federated, path, "clients", int_list(0), None)
+    spec = check.get(federated, path, "client_data", string(), None)
+    partition_key = check.get(federated, path, "partition_key", string(), "partition-id")
+    together = check.get(federated, path, "updates_per_search", integer(1), 8)
+    mix_rounds = check.get(federated, path, "mix_rounds", boolean, False)
     client_data = None
     if spec is not None:
         sys.path.insert(0, str(base))  # a module beside the config (the FL app's own task module) is importable
@@ -210,8 +207,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         "mix_rounds": mix_rounds,
         "overrides": overrides,
     }
-    if check.problems:
-        raise AuditConfigError(check.problems, source)
+    check.raise_problems()
     assert captures is not None and estimator is not None
     attacks = settings["attacks"]
     budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])

@@ -150,7 +150,19 @@ import torch
 from torch import nn
 
 from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budget, build_attack
-from art_gifd.configfile import ConfigError, LocatedDocument, format_key, read_document
+from art_gifd.configfile import (
+    REQUIRED,
+    Checker,
+    ConfigError,
+    ConfigProblem,
+    boolean,
+    int_list,
+    integer,
+    mapping,
+    number,
+    string,
+)
+from art_gifd.configfile import open_config as open_config_file
 from art_gifd.data import DATASETS, load_dataset, load_image_folder
 from art_gifd.defenses import DEFENSES, Defense, build_defense, describe_defense
 from art_gifd.federated import (
@@ -165,7 +177,7 @@ from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_strict, sha256_of
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import ResultsBusy, ResultsFile
-from art_gifd.validation import check_device, check_integer, check_number
+from art_gifd.validation import check_device
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
@@ -174,37 +186,10 @@ LABEL_MODES = ("inferred", "known")
 FACE_PRIOR = "face-dcgan"
 
 
-@dataclass
-class ConfigProblem:
-    """One problem of an audit config: the key it concerns, what is wrong, and the line where known."""
-
-    key: str
-    message: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f" (line {self.line})" if self.line else ""
-        return f"{self.key}{where}: {self.message}"
-
-
-class AuditConfigError(ValueError):
+class AuditConfigError(ConfigError):
     """An audit config (or its output folder) is invalid; :attr:`problems` lists every problem found."""
 
-    def __init__(self, problems: list[ConfigProblem], source: str | Path | None = None) -> None:
-        """
-        :param problems: The problems, each naming its key.
-        :param source: The config file, if any.
-        """
-        self.problems = problems
-        self.source = source
-        origin = f" '{source}'" if source is not None else ""
-        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
-        super().__init__(f"Invalid audit config{origin} ({count}):\n" + "\n".join(f"  - {p}" for p in problems))
-
-    @property
-    def keys(self) -> list[str]:
-        """The keys named by the problems."""
-        return [p.key for p in self.problems]
+    what = "audit config"
 
 
 @dataclass
@@ -268,149 +253,6 @@ class AuditConfig:
 # Reading the file and locating keys
 
 
-def _key(path: tuple[Any, ...]) -> str:
-    return format_key(path) or "(top level)"
-
-
-def read_config_file(path: str | Path) -> LocatedDocument:
-    """
-    Parse a TOML or YAML audit config (with :func:`art_gifd.configfile.read_document`).
-
-    :param path: ``.toml``, ``.yaml`` or ``.yml`` file.
-    :return: The parsed document: a mapping and the line of each key path found.
-    :raises AuditConfigError: If the file is missing, of another type, not valid TOML/YAML (with the line), repeats a
-                              YAML key, or holds no mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AuditConfigError([ConfigProblem("(file)", f"config file '{path}' not found.")], path)
-    try:
-        document = read_document(path)
-    except ConfigError as err:
-        raise AuditConfigError([ConfigProblem(err.key or "(file)", err.message, err.line)], path) from None
-    if not isinstance(document.data, dict):
-        problem = f"the file must hold a mapping of keys, got {type(document.data).__name__}."
-        raise AuditConfigError([ConfigProblem("(file)", problem)], path)
-    return document
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Field checks
-
-_REQUIRED = object()
-
-
-class _Checker:
-    """Collects problems while reading the config's sections."""
-
-    def __init__(self, document: LocatedDocument, base: Path) -> None:
-        self.document = document
-        self.base = base
-        self.problems: list[ConfigProblem] = []
-
-    def add(self, path: tuple[Any, ...], message: str) -> None:
-        self.problems.append(ConfigProblem(_key(path), message, self.document.line_of(path)))
-
-    def failed_under(self, prefix: tuple[Any, ...]) -> bool:
-        """Whether a problem was recorded for ``prefix`` or a key below it."""
-        key = _key(prefix)
-        return any(p.key == key or p.key.startswith((key + ".", key + "[")) for p in self.problems)
-
-    def table(self, data: Any, path: tuple[Any, ...], known: tuple[str, ...]) -> dict[str, Any]:
-        """``data`` as a table whose keys must be among ``known`` (unknown keys are problems)."""
-        if data is None:
-            return {}
-        if not isinstance(data, Mapping):
-            self.add(path, f"must be a table of keys ({', '.join(known)}), got {type(data).__name__}.")
-            return {}
-        for name in data:
-            if name not in known:
-                self.add((*path, name), f"unknown key; known keys here: {', '.join(known)}.")
-        return dict(data)
-
-    def get(
-        self,
-        data: Mapping[str, Any],
-        path: tuple[Any, ...],
-        name: str,
-        convert: Callable[[Any], Any],
-        default: Any = _REQUIRED,
-        hint: str = "",
-    ) -> Any:
-        """
-        Read and convert a value; a missing required key or a value ``convert`` rejects (``ValueError``) is a problem.
-
-        :return: The converted value, the default, or ``None`` after a problem.
-        """
-        if name not in data:
-            if default is _REQUIRED:
-                self.add((*path, name), "missing (required)." + (f" {hint}" if hint else ""))
-                return None
-            return default
-        try:
-            return convert(data[name])
-        except ValueError as err:
-            self.add((*path, name), str(err))
-            return None
-
-    def path(self, value: Any, kind: str = "file") -> Path:
-        """A path string resolved against the config's folder; it must exist as a ``kind`` (file or folder)."""
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"must be a path (a string), got {value!r}.")
-        resolved = (self.base / Path(value).expanduser()).resolve()
-        exists = resolved.is_file() if kind == "file" else resolved.is_dir()
-        if not exists:
-            raise ValueError(f"{kind} not found: '{resolved}'.")
-        return resolved
-
-
-def _integer(low: int) -> Callable[[Any], int]:
-    return lambda value: check_integer("", value, low)
-
-
-def _number(
-    low: float, high: float = float("inf"), low_open: bool = False, high_open: bool = False
-) -> Callable[[Any], float]:
-    closed = {(False, False): "both", (False, True): "left", (True, False): "right", (True, True): "neither"}
-    return lambda value: check_number("", value, low, high, closed=closed[(low_open, high_open)])
-
-
-def _string(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"must be a non-empty string, got {value!r}.")
-        if choices is not None and value not in choices:
-            raise ValueError(f"unknown value '{value}': choose one of {', '.join(choices)}.")
-        return value
-
-    return convert
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}.")
-    return value
-
-
-def _int_list(low: int, length: int | None = None, unique: bool = True) -> Callable[[Any], list[int]]:
-    def convert(value: Any) -> list[int]:
-        ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        if not ok or any(v < low for v in value) or (length is not None and len(value) != length):
-            size = f"{length} " if length is not None else "a non-empty list of "
-            raise ValueError(f"must be {size}integers >= {low}, got {value!r}.")
-        if unique and len(set(value)) != len(value):
-            raise ValueError(f"has repeated values: {value!r}.")
-        return [int(v) for v in value]
-
-    return convert
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"must be a table of keyword arguments, got {value!r}.")
-    return dict(value)
-
-
 def _device(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a torch device string such as 'cpu' or 'cuda', got {value!r}.")
@@ -458,14 +300,14 @@ _UTILITY = ("rounds", "batch_size", "learning_rate", "probe_batches", "test_frac
 _REPORT = ("recognisable_ssim", "high_share", "medium_share")
 
 
-def _read_model(check: _Checker, raw: Any, device: str | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def _read_model(check: Checker, raw: Any, device: str | None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Model settings, the built estimator (``None`` after a problem) and the model facts for the report."""
     path = ("model",)
     if raw is None:
         check.add(path, "missing (required): the [model] table names the model under audit.")
         return {}, None, {}
     table = check.table(raw, path, _MODEL)
-    factory = check.get(table, path, "factory", _string(), None)
+    factory = check.get(table, path, "factory", string(), None)
     torchscript = check.get(table, path, "torchscript", check.path, None)
     if factory is None and torchscript is None and not check.failed_under(path):
         check.add(path, 'give factory = "module:callable" (plus optional weights) or torchscript = "file".')
@@ -473,18 +315,18 @@ def _read_model(check: _Checker, raw: Any, device: str | None) -> tuple[dict[str
         check.add((*path, "torchscript"), "give either factory (with weights) or torchscript, not both.")
     settings = {
         "factory": factory,
-        "factory_kwargs": check.get(table, path, "factory_kwargs", _mapping, {}),
+        "factory_kwargs": check.get(table, path, "factory_kwargs", mapping, {}),
         "weights": check.get(table, path, "weights", check.path, None),
-        "weights_key": check.get(table, path, "weights_key", _string(), None),
+        "weights_key": check.get(table, path, "weights_key", string(), None),
         "torchscript": torchscript,
         "input_shape": check.get(
-            table, path, "input_shape", _int_list(1, 3, unique=False), hint="e.g. [1, 32, 32] (C, H, W)."
+            table, path, "input_shape", int_list(1, 3, unique=False), hint="e.g. [1, 32, 32] (C, H, W)."
         ),
-        "num_classes": check.get(table, path, "num_classes", _integer(2)),
-        "loss": check.get(table, path, "loss", _string(tuple(LOSSES)), "cross_entropy"),
+        "num_classes": check.get(table, path, "num_classes", integer(2)),
+        "loss": check.get(table, path, "loss", string(tuple(LOSSES)), "cross_entropy"),
         "clip_values": check.get(table, path, "clip_values", _clip_values, [0.0, 1.0]),
-        "preprocessing": check.get(table, path, "preprocessing", _mapping, None),
-        "train_mode": check.get(table, path, "train_mode", _boolean, False),
+        "preprocessing": check.get(table, path, "preprocessing", mapping, None),
+        "train_mode": check.get(table, path, "train_mode", boolean, False),
     }
     if "weights" in table and "torchscript" in table:
         check.add((*path, "weights"), "weights belong to a factory model; a TorchScript file carries its own.")
@@ -525,7 +367,7 @@ def _clip_values(value: Any) -> list[float]:
     return [float(value[0]), float(value[1])]
 
 
-def _read_preprocessing(check: _Checker, raw: dict[str, Any] | None, shape: list[int] | None) -> dict | None:
+def _read_preprocessing(check: Checker, raw: dict[str, Any] | None, shape: list[int] | None) -> dict | None:
     if raw is None:
         return None
     path = ("model", "preprocessing")
@@ -562,7 +404,7 @@ def _import_factory(spec: str) -> Callable[..., Any]:
     return target
 
 
-def _build_module(check: _Checker, settings: dict[str, Any]) -> tuple[nn.Module | None, dict[str, Any]]:
+def _build_module(check: Checker, settings: dict[str, Any]) -> tuple[nn.Module | None, dict[str, Any]]:
     """The user's module from a factory (+ weights) or a TorchScript file; problems name the key."""
     path = ("model",)
     if settings["torchscript"] is not None:
@@ -660,7 +502,7 @@ def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module
     return module
 
 
-def _check_output(check: _Checker, module: nn.Module, settings: dict[str, Any]) -> bool:
+def _check_output(check: Checker, module: nn.Module, settings: dict[str, Any]) -> bool:
     """Run a copy of the model on a zero batch of two: the output must be ``(2, num_classes)``."""
     shape = tuple(settings["input_shape"])
     probe = copy.deepcopy(module).eval()
@@ -682,7 +524,7 @@ def _check_output(check: _Checker, module: nn.Module, settings: dict[str, Any]) 
 
 
 def _read_data(
-    check: _Checker, raw: Any, model: dict[str, Any]
+    check: Checker, raw: Any, model: dict[str, Any]
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None, dict[str, Any]]:
     """Data settings, all images and labels of the chosen source (``None`` after a problem) and the data facts."""
     path = ("data",)
@@ -691,10 +533,10 @@ def _read_data(
         return {}, None, {}
     table = check.table(raw, path, _DATA)
     settings = {
-        "embedded": check.get(table, path, "embedded", _string(DATASETS), None),
-        "split": check.get(table, path, "split", _string(), None),
+        "embedded": check.get(table, path, "embedded", string(DATASETS), None),
+        "split": check.get(table, path, "split", string(), None),
         "image_folder": check.get(table, path, "image_folder", lambda v: str(check.path(v, "folder")), None),
-        "offset": check.get(table, path, "offset", _integer(0), 0),
+        "offset": check.get(table, path, "offset", integer(0), 0),
     }
     given = [name for name in ("embedded", "image_folder") if name in table]
     if len(given) != 1:
@@ -735,7 +577,7 @@ def _read_data(
     return settings, (x, y), facts
 
 
-def _read_defenses(check: _Checker, raw: Any) -> list[DefenseSetting]:
+def _read_defenses(check: Checker, raw: Any) -> list[DefenseSetting]:
     path: tuple[Any, ...] = ("defenses",)
     if raw is None:
         raw = []
@@ -747,10 +589,10 @@ def _read_defenses(check: _Checker, raw: Any) -> list[DefenseSetting]:
     for i, item in enumerate(raw):
         here = (*path, i)
         table = check.table(item, here, _DEFENSE)
-        name = check.get(table, here, "type", _string(("none", *DEFENSES)))
-        params = check.get(table, here, "params", _mapping, {})
-        adaptive = check.get(table, here, "adaptive", _boolean, False)
-        label = check.get(table, here, "label", _string(), None)
+        name = check.get(table, here, "type", string(("none", *DEFENSES)))
+        params = check.get(table, here, "params", mapping, {})
+        adaptive = check.get(table, here, "adaptive", boolean, False)
+        label = check.get(table, here, "label", string(), None)
         if name is None or params is None:
             continue
         if name == "none":
@@ -792,12 +634,12 @@ def _compact(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _weights_path(check: _Checker, kind: str) -> Callable[[Any], str]:
+def _weights_path(check: Checker, kind: str) -> Callable[[Any], str]:
     """Converter of a prior's ``weights``: an existing file (or folder) resolved against the config's folder."""
     return lambda value: str(check.path(value, kind))
 
 
-def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, LayeredGenerator | None, dict | None]:
+def _read_prior(check: Checker, raw: Any, device: str | None) -> tuple[Any, LayeredGenerator | None, dict | None]:
     """
     Prior setting, the loaded prior and its facts for the report: an embedded prior's name, ``"face-dcgan"``, or a
     table of :data:`art_gifd.priors.registry.PRIOR_TYPES` (the benchmark runner's ``[priors.<name>]`` tables).
@@ -816,7 +658,7 @@ def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, Lay
         if not isinstance(raw, Mapping) or "type" not in raw:
             check.add(path, f"a prior table needs a type: one of {', '.join(PRIOR_TYPES)}.")
             return raw, None, None
-        kind = check.get(raw, path, "type", _string(tuple(PRIOR_TYPES)))
+        kind = check.get(raw, path, "type", string(tuple(PRIOR_TYPES)))
         if kind is None:
             return raw, None, None
         required, optional = PRIOR_TYPES[kind]
@@ -827,12 +669,12 @@ def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, Lay
             if key == "weights":
                 convert = _weights_path(check, "folder" if kind == "biggan" else "file")
             elif key in INTEGER_KEYS:
-                convert = _integer(1)
+                convert = integer(1)
             elif key in NUMBER_KEYS:
-                convert = _number(0)
+                convert = number(0)
             else:
-                convert = _string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else _string()
-            value = check.get(table, path, key, convert, default=_REQUIRED if key in required else None)
+                convert = string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else string()
+            value = check.get(table, path, key, convert, default=REQUIRED if key in required else None)
             if value is not None:
                 spec[key] = value
         if check.failed_under(path):
@@ -846,7 +688,7 @@ def _read_prior(check: _Checker, raw: Any, device: str | None) -> tuple[Any, Lay
 
 
 def _read_attacks(
-    check: _Checker, raw: Any, device: str | None
+    check: Checker, raw: Any, device: str | None
 ) -> tuple[dict[str, Any], LayeredGenerator | None, dict | None]:
     path = ("attacks",)
     table = check.table(raw, path, _ATTACKS)
@@ -854,11 +696,11 @@ def _read_attacks(
     settings: dict[str, Any] = {
         "names": names,
         "prior": None,
-        "steps_per_stage": check.get(table, path, "steps_per_stage", _integer(1), 100),
-        "stages": check.get(table, path, "stages", _integer(1), 4),
-        "num_restarts": check.get(table, path, "num_restarts", _integer(1), 2),
-        "labels": check.get(table, path, "labels", _string(LABEL_MODES), "inferred"),
-        "params": check.get(table, path, "params", _mapping, {}),
+        "steps_per_stage": check.get(table, path, "steps_per_stage", integer(1), 100),
+        "stages": check.get(table, path, "stages", integer(1), 4),
+        "num_restarts": check.get(table, path, "num_restarts", integer(1), 2),
+        "labels": check.get(table, path, "labels", string(LABEL_MODES), "inferred"),
+        "params": check.get(table, path, "params", mapping, {}),
     }
     for name, params in (settings["params"] or {}).items():
         if names is not None and name not in names:
@@ -901,15 +743,9 @@ def _split_utility(
     return x[train], y[train], x[test], y[test]
 
 
-def open_config(config: str | Path | Mapping[str, Any]) -> tuple[Path | None, _Checker]:
-    """
-    The config file (``None`` for a mapping) and a checker over its document; relative paths resolve against the
-    file's folder (for a mapping: the current directory).
-    """
-    if isinstance(config, Mapping):
-        return None, _Checker(LocatedDocument(dict(config), {}, "<mapping>"), Path.cwd())
-    source = Path(config)
-    return source, _Checker(read_config_file(source), source.resolve().parent)
+def open_config(config: str | Path | Mapping[str, Any]) -> tuple[Path | None, Checker]:
+    """The audit config file (``None`` for a mapping) and a checker (:func:`art_gifd.configfile.open_config`)."""
+    return open_config_file(config, AuditConfigError)
 
 
 @contextlib.contextmanager
@@ -922,26 +758,26 @@ def locked_output(store: ResultsFile, source: Path | None) -> Iterator[None]:
         raise AuditConfigError([ConfigProblem("output", str(busy))], source) from None
 
 
-def read_common(check: _Checker, top: Mapping[str, Any]) -> dict[str, Any]:
+def read_common(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
     """The top-level keys every audit has: ``title``, ``output`` (resolved), ``device`` and ``seeds``."""
     settings: dict[str, Any] = {
-        "title": check.get(top, (), "title", _string(), None),
-        "output": check.get(top, (), "output", _string(), "audit-out"),
+        "title": check.get(top, (), "title", string(), None),
+        "output": check.get(top, (), "output", string(), "audit-out"),
         "device": check.get(top, (), "device", _device, "cpu"),
-        "seeds": check.get(top, (), "seeds", _int_list(0), [0]),
+        "seeds": check.get(top, (), "seeds", int_list(0), [0]),
     }
     if settings["output"] is not None:
         settings["output"] = str((check.base / Path(settings["output"]).expanduser()).resolve())
     return settings
 
 
-def read_report(check: _Checker, raw: Any) -> dict[str, Any]:
+def read_report(check: Checker, raw: Any) -> dict[str, Any]:
     """The ``[report]`` table: the recognisable-SSIM threshold and the risk rating's shares."""
     report = check.table(raw, ("report",), _REPORT)
     settings = {
-        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", _number(-1, 1), 0.5),
-        "high_share": check.get(report, ("report",), "high_share", _number(0, 1, low_open=True), 0.5),
-        "medium_share": check.get(report, ("report",), "medium_share", _number(0, 1, high_open=True), 0.0),
+        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", number(-1, 1), 0.5),
+        "high_share": check.get(report, ("report",), "high_share", number(0, 1, low_open=True), 0.5),
+        "medium_share": check.get(report, ("report",), "medium_share", number(0, 1, high_open=True), 0.0),
     }
     if None not in settings.values() and settings["medium_share"] >= settings["high_share"]:
         check.add(("report", "medium_share"), "must be below report.high_share.")
@@ -965,7 +801,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     top = check.table(check.document.data, (), _TOP)
     settings = read_common(check, top)
     device = settings["device"]
-    settings["images_per_setting"] = check.get(top, (), "images_per_setting", _integer(1), 4)
+    settings["images_per_setting"] = check.get(top, (), "images_per_setting", integer(1), 4)
     settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
     settings["data"], data, data_facts = _read_data(check, top.get("data"), settings["model"])
     settings["federated"], training = _read_federated(check, top.get("federated"))
@@ -976,11 +812,11 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
     utility = check.table(top.get("utility"), ("utility",), _UTILITY)
     settings["utility"] = {
-        "rounds": check.get(utility, ("utility",), "rounds", _integer(0), 100),
-        "batch_size": check.get(utility, ("utility",), "batch_size", _integer(1), 32),
-        "learning_rate": check.get(utility, ("utility",), "learning_rate", _number(0, low_open=True), 0.05),
-        "probe_batches": check.get(utility, ("utility",), "probe_batches", _integer(1), 4),
-        "test_fraction": check.get(utility, ("utility",), "test_fraction", _number(0, 1, True, True), 0.2),
+        "rounds": check.get(utility, ("utility",), "rounds", integer(0), 100),
+        "batch_size": check.get(utility, ("utility",), "batch_size", integer(1), 32),
+        "learning_rate": check.get(utility, ("utility",), "learning_rate", number(0, low_open=True), 0.05),
+        "probe_batches": check.get(utility, ("utility",), "probe_batches", integer(1), 4),
+        "test_fraction": check.get(utility, ("utility",), "test_fraction", number(0, 1, True, True), 0.2),
     }
     settings["report"] = read_report(check, top.get("report"))
     x_attack, y_attack, utility_data = _check_counts(check, settings, data)
@@ -988,8 +824,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         if x_attack is not None:
             _probe_defenses(check, estimator, defenses, x_attack, y_attack, settings["model"]["train_mode"], training)
         _probe_attacks(check, estimator, settings, prior, training)
-    if check.problems:
-        raise AuditConfigError(check.problems, source)
+    check.raise_problems()
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
     budget = Budget(
         settings["attacks"]["steps_per_stage"], settings["attacks"]["stages"], settings["attacks"]["num_restarts"]
@@ -1022,12 +857,12 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     )
 
 
-def _read_federated(check: _Checker, raw: Any) -> tuple[dict[str, Any], LocalTraining | None]:
+def _read_federated(check: Checker, raw: Any) -> tuple[dict[str, Any], LocalTraining | None]:
     """The ``[federated]`` table: algorithm, client batch sizes and, for FedAvg, the clients' local training."""
     path = ("federated",)
     federated = check.table(raw, path, _FEDERATED)
-    algorithm = check.get(federated, path, "algorithm", _string(ALGORITHMS), "fedsgd")
-    settings = {"algorithm": algorithm, "batch_sizes": check.get(federated, path, "batch_sizes", _int_list(1), [1])}
+    algorithm = check.get(federated, path, "algorithm", string(ALGORITHMS), "fedsgd")
+    settings = {"algorithm": algorithm, "batch_sizes": check.get(federated, path, "batch_sizes", int_list(1), [1])}
     training, problems = local_training_from_config(federated, algorithm, settings["batch_sizes"] or [])
     for key, message in problems:
         check.add((*path, key) if key else path, message)
@@ -1038,7 +873,7 @@ def _read_federated(check: _Checker, raw: Any) -> tuple[dict[str, Any], LocalTra
 
 
 def _check_counts(
-    check: _Checker, settings: dict[str, Any], data: tuple[np.ndarray, np.ndarray] | None
+    check: Checker, settings: dict[str, Any], data: tuple[np.ndarray, np.ndarray] | None
 ) -> tuple[np.ndarray | None, np.ndarray | None, tuple[np.ndarray, ...] | None]:
     """Images per setting against the batch sizes and the data; the attacked images and the utility split."""
     n, batch_sizes = settings["images_per_setting"], settings["federated"]["batch_sizes"]
@@ -1077,7 +912,7 @@ def _check_counts(
 
 
 def _probe_defenses(
-    check: _Checker,
+    check: Checker,
     estimator: Any,
     defenses: list[DefenseSetting],
     x: np.ndarray,
@@ -1102,7 +937,7 @@ def _probe_defenses(
 
 
 def _probe_attacks(
-    check: _Checker,
+    check: Checker,
     estimator: Any,
     settings: dict[str, Any],
     prior: LayeredGenerator | None,

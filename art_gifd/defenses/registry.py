@@ -1,10 +1,10 @@
 """
 Defences by name: build a :class:`~art_gifd.defenses.Defense` from a configuration name and its parameters.
 
-The audit (``[[defenses]]`` ``name`` + ``params``) and the benchmark runner (``[[defenses]]`` ``type`` + parameters)
-share these names: ``prune``, ``clip``, ``gaussian``, ``laplace``, ``quantize``, ``sign``, ``soteria``, ``dp`` (from a
-target ``epsilon``, Opacus then finds the noise, or from an explicit ``noise_multiplier``) and ``compose`` (a list of
-``{name, params}`` tables applied in order).
+The audit and the benchmark runner (``[[defenses]]`` ``type`` + ``params`` in both) share these names: ``prune``,
+``clip``, ``gaussian``, ``laplace``, ``quantize``, ``sign``, ``soteria``, ``dp`` (from a target ``epsilon``, Opacus then
+finds the noise, or from an explicit ``noise_multiplier``) and ``compose`` (a list of ``{type, params}`` tables applied
+in order).
 """
 
 from __future__ import annotations
