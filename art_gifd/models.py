@@ -8,9 +8,18 @@ Small federated-learning models used by the demo, the tests and the CPU benchmar
   the 4,000 prior-training digits (a model that has seen data, for BatchNorm-statistics attacks such as GI).
 - :func:`resnet18`: a ResNet-18 (torchvision's BasicBlock layout) with a small-input stem, freshly initialised; the FL
   model of the GPU benchmark profile (64×64 RGB images).
+
+:func:`build_model` builds them by name (:data:`MODELS`); :func:`load_user_model` loads a user's model from a factory
+and its weights or from a TorchScript file, as an audit does.
 """
 
 from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,3 +137,147 @@ def make_classifier(model: nn.Module, input_shape: tuple[int, ...], nb_classes: 
         clip_values=(0.0, 1.0),
         device_type="gpu" if str(device).startswith("cuda") else "cpu",
     )
+
+
+# ------------------------------------------------------------------------------------------------ a user's model
+
+
+class ModelLoadError(ValueError):
+    """A user's model cannot be loaded; :attr:`key` names the setting at fault (``factory``, ``weights``, …)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def import_callable(spec: str) -> Callable[..., Any]:
+    """
+    The callable named by ``"module:attribute"`` (``attribute`` may be dotted).
+
+    :raises ValueError: If the spec is malformed, the module cannot be imported or the attribute is missing or not
+                        callable.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"must be 'module:callable' (e.g. 'my_package.models:build_net'), got '{spec}'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"cannot import module '{module_name}': {err}.") from None
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"module '{module_name}' has no attribute '{attribute}'.")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"'{spec}' is not callable.")
+    return target
+
+
+def load_user_model(
+    factory: str | None = None,
+    factory_kwargs: Mapping[str, Any] | None = None,
+    weights: str | Path | None = None,
+    weights_key: str | None = None,
+    torchscript: str | Path | None = None,
+    input_shape: tuple[int, ...] = (1, 32, 32),
+) -> tuple[nn.Module, dict[str, Any]]:
+    """
+    A user's model: built by a factory (``"module:callable"`` called with ``factory_kwargs``) with an optional state
+    dict (loaded strictly with ``torch.load(weights_only=True)``; ``weights_key`` picks it out of a checkpoint), or
+    converted from a TorchScript file (:func:`torchscript_to_module`).
+
+    :return: The module and its facts for a report (source, files and their SHA-256, class, parameter count).
+    :raises ModelLoadError: Naming the setting at fault and what is wrong.
+    """
+    from art_gifd.priors.checkpoints import load_strict, sha256_of
+
+    if torchscript is not None:
+        file = Path(torchscript)
+        try:
+            module = torchscript_to_module(file, tuple(input_shape))
+        except ValueError as err:
+            raise ModelLoadError("torchscript", str(err)) from None
+        facts = {"source": "torchscript", "torchscript": str(file), "sha256": sha256_of(file)}
+        return module, {**facts, **_module_facts(module)}
+    if factory is None:
+        raise ModelLoadError("factory", 'give factory = "module:callable" (plus optional weights) or torchscript.')
+    try:
+        build = import_callable(factory)
+    except ValueError as err:
+        raise ModelLoadError("factory", str(err)) from None
+    try:
+        module = build(**dict(factory_kwargs or {}))
+    except TypeError as err:
+        raise ModelLoadError("factory_kwargs", f"calling {factory} failed: {err}.") from None
+    except Exception as err:  # the user's factory may raise anything
+        raise ModelLoadError("factory", f"calling {factory} failed: {type(err).__name__}: {err}.") from None
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError("factory", f"must return a torch.nn.Module, returned {type(module).__name__}.")
+    facts: dict[str, Any] = {"source": "factory", "factory": factory, "weights": None, "sha256": None}
+    if weights is not None:
+        file = Path(weights)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            if weights_key is not None:
+                if not isinstance(state, Mapping) or weights_key not in state:
+                    found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+                    raise ValueError(f"the checkpoint has no entry '{weights_key}' (found: {found}).")
+                state = state[weights_key]
+            if not isinstance(state, Mapping):
+                raise ValueError(f"the file does not hold a state dict (found {type(state).__name__}).")
+            load_strict(module, dict(state), f"'{file}'")
+        except Exception as err:  # torch.load raises UnpicklingError, RuntimeError, EOFError for foreign files
+            raise ModelLoadError("weights", f"cannot load '{file}' as a weights-only state dict: {err}") from None
+        facts.update(weights=str(file), sha256=sha256_of(file))
+    return module, {**facts, **_module_facts(module)}
+
+
+def _module_facts(module: nn.Module) -> dict[str, Any]:
+    return {"class": type(module).__name__, "parameters": int(sum(p.numel() for p in module.parameters()))}
+
+
+def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module:
+    """
+    Load a TorchScript file and convert it to an eager ``torch.fx`` module that the attacks can differentiate through
+    with ``torch.func`` (TorchScript modules refuse ``functional_call``).
+
+    The conversion uses PyTorch's TorchScript → ``torch.export`` converter, re-exports with a dynamic batch dimension,
+    turns the TorchScript parameters back into parameters, and checks the result against the TorchScript module on a
+    random batch of two.
+
+    :param path: A file written by ``torch.jit.save``.
+    :param input_shape: ``(C, H, W)`` of one input.
+    :raises ValueError: If the file cannot be loaded or converted, or the converted module disagrees with it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+            scripted = torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as err:  # torch.jit.load raises RuntimeError or ValueError for foreign files
+        raise ValueError(f"cannot load '{path}' with torch.jit.load: {err}") from None
+    probe = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        from torch._export.converter import TS2EPConverter
+
+        exported = TS2EPConverter(scripted, (probe,)).convert()
+        batch = torch.export.Dim("batch", min=1)
+        module = torch.export.export(exported.module(), (probe,), dynamic_shapes=({0: batch},)).module()
+        for name, _ in scripted.named_parameters():
+            owner_name, _, attribute = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            tensor = owner._buffers.pop(attribute)
+            owner.register_parameter(attribute, nn.Parameter(tensor.detach().clone()))
+        with torch.no_grad():
+            agrees = torch.allclose(module(probe), scripted(probe), rtol=1e-4, atol=1e-5)
+    except Exception as err:  # the converter is experimental: any failure means this model cannot be audited so
+        raise ValueError(
+            f"could not convert the TorchScript model to a module the attacks can differentiate ({type(err).__name__}: "
+            f"{err}). Give model.factory (module:callable) and model.weights (its state dict) instead."
+        ) from None
+    if not agrees:
+        raise ValueError(
+            "the converted TorchScript model disagrees with the original on a probe batch; give model.factory and "
+            "model.weights instead."
+        )
+    return module

@@ -56,7 +56,6 @@ import numpy as np
 from art_gifd.attacks.registry import GENERATIVE_ATTACKS, Budget, build_attack
 from art_gifd.audit.config import (
     _TOP,
-    _import_factory,
     _read_attacks,
     _read_model,
     boolean,
@@ -78,6 +77,7 @@ from art_gifd.integrations.captures import (
     training_values,
 )
 from art_gifd.metrics import evaluate_batch
+from art_gifd.models import import_callable
 from art_gifd.report.audit import risk_rating
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import (
@@ -163,7 +163,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     if spec is not None:
         sys.path.insert(0, str(base))  # a module beside the config (the FL app's own task module) is importable
         try:
-            client_data = _import_factory(spec)
+            client_data = import_callable(spec)
         except ValueError as err:
             check.add((*path, "client_data"), str(err))
         finally:

@@ -137,9 +137,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib
 import json
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +171,8 @@ from art_gifd.federated import (
     client_update,
     local_training_from_config,
 )
+from art_gifd.models import ModelLoadError, load_user_model
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.checkpoints import load_strict, sha256_of
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import ResultsBusy, ResultsFile
 from art_gifd.validation import check_device
@@ -386,120 +384,20 @@ def _read_preprocessing(check: Checker, raw: dict[str, Any] | None, shape: list[
     return values if len(values) == 2 else None
 
 
-def _import_factory(spec: str) -> Callable[..., Any]:
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"must be 'module:callable' (e.g. 'my_package.models:build_net'), got '{spec}'.")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import module '{module_name}': {err}.") from None
-    target: Any = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ValueError(f"module '{module_name}' has no attribute '{attribute}'.")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ValueError(f"'{spec}' is not callable.")
-    return target
-
-
 def _build_module(check: Checker, settings: dict[str, Any]) -> tuple[nn.Module | None, dict[str, Any]]:
-    """The user's module from a factory (+ weights) or a TorchScript file; problems name the key."""
-    path = ("model",)
-    if settings["torchscript"] is not None:
-        file = Path(settings["torchscript"])
-        try:
-            module = torchscript_to_module(file, tuple(settings["input_shape"]))
-        except ValueError as err:
-            check.add((*path, "torchscript"), str(err))
-            return None, {}
-        facts = {"source": "torchscript", "torchscript": str(file), "sha256": sha256_of(file)}
-        return module, {**facts, **_module_facts(module)}
+    """The user's module (:func:`art_gifd.models.load_user_model`); a problem names the key at fault."""
     try:
-        factory = _import_factory(settings["factory"])
-    except ValueError as err:
-        check.add((*path, "factory"), str(err))
-        return None, {}
-    try:
-        module = factory(**settings["factory_kwargs"])
-    except TypeError as err:
-        check.add((*path, "factory_kwargs"), f"calling {settings['factory']} failed: {err}.")
-        return None, {}
-    except Exception as err:  # the user's factory may raise anything
-        check.add((*path, "factory"), f"calling {settings['factory']} failed: {type(err).__name__}: {err}.")
-        return None, {}
-    if not isinstance(module, nn.Module):
-        check.add((*path, "factory"), f"must return a torch.nn.Module, returned {type(module).__name__}.")
-        return None, {}
-    facts: dict[str, Any] = {"source": "factory", "factory": settings["factory"], "weights": None, "sha256": None}
-    if settings["weights"] is not None:
-        file = Path(settings["weights"])
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            if settings["weights_key"] is not None:
-                if not isinstance(state, Mapping) or settings["weights_key"] not in state:
-                    found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-                    raise ValueError(f"the checkpoint has no entry '{settings['weights_key']}' (found: {found}).")
-                state = state[settings["weights_key"]]
-            if not isinstance(state, Mapping):
-                raise ValueError(f"the file does not hold a state dict (found {type(state).__name__}).")
-            load_strict(module, dict(state), f"'{file}'")
-        except Exception as err:  # torch.load raises UnpicklingError, RuntimeError, EOFError for foreign files
-            check.add((*path, "weights"), f"cannot load '{file}' as a weights-only state dict: {err}")
-            return None, {}
-        facts.update(weights=str(file), sha256=sha256_of(file))
-    return module, {**facts, **_module_facts(module)}
-
-
-def _module_facts(module: nn.Module) -> dict[str, Any]:
-    return {"class": type(module).__name__, "parameters": int(sum(p.numel() for p in module.parameters()))}
-
-
-def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module:
-    """
-    Load a TorchScript file and convert it to an eager ``torch.fx`` module that the attacks can differentiate through
-    with ``torch.func`` (TorchScript modules refuse ``functional_call``).
-
-    The conversion uses PyTorch's TorchScript → ``torch.export`` converter, re-exports with a dynamic batch dimension,
-    turns the TorchScript parameters back into parameters, and checks the result against the TorchScript module on a
-    random batch of two.
-
-    :param path: A file written by ``torch.jit.save``.
-    :param input_shape: ``(C, H, W)`` of one input.
-    :raises ValueError: If the file cannot be loaded or converted, or the converted module disagrees with it.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
-            scripted = torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as err:  # torch.jit.load raises RuntimeError or ValueError for foreign files
-        raise ValueError(f"cannot load '{path}' with torch.jit.load: {err}") from None
-    probe = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    try:
-        from torch._export.converter import TS2EPConverter
-
-        exported = TS2EPConverter(scripted, (probe,)).convert()
-        batch = torch.export.Dim("batch", min=1)
-        module = torch.export.export(exported.module(), (probe,), dynamic_shapes=({0: batch},)).module()
-        for name, _ in scripted.named_parameters():
-            owner_name, _, attribute = name.rpartition(".")
-            owner = module.get_submodule(owner_name)
-            tensor = owner._buffers.pop(attribute)
-            owner.register_parameter(attribute, nn.Parameter(tensor.detach().clone()))
-        with torch.no_grad():
-            agrees = torch.allclose(module(probe), scripted(probe), rtol=1e-4, atol=1e-5)
-    except Exception as err:  # the converter is experimental: any failure means this model cannot be audited so
-        raise ValueError(
-            f"could not convert the TorchScript model to a module the attacks can differentiate ({type(err).__name__}: "
-            f"{err}). Give model.factory (module:callable) and model.weights (its state dict) instead."
-        ) from None
-    if not agrees:
-        raise ValueError(
-            "the converted TorchScript model disagrees with the original on a probe batch; give model.factory and "
-            "model.weights instead."
+        return load_user_model(
+            factory=settings["factory"],
+            factory_kwargs=settings["factory_kwargs"],
+            weights=settings["weights"],
+            weights_key=settings["weights_key"],
+            torchscript=settings["torchscript"],
+            input_shape=tuple(settings["input_shape"]),
         )
-    return module
+    except ModelLoadError as err:
+        check.add(("model", err.key), str(err))
+        return None, {}
 
 
 def _check_output(check: Checker, module: nn.Module, settings: dict[str, Any]) -> bool:
