@@ -190,7 +190,7 @@ def load_user_model(
     :return: The module and its facts for a report (source, files and their SHA-256, class, parameter count).
     :raises ModelLoadError: Naming the setting at fault and what is wrong.
     """
-    from art_gifd.priors.checkpoints import load_strict, sha256_of
+    from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, sha256_of
 
     if torchscript is not None:
         file = Path(torchscript)
@@ -218,17 +218,9 @@ def load_user_model(
     if weights is not None:
         file = Path(weights)
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            if weights_key is not None:
-                if not isinstance(state, Mapping) or weights_key not in state:
-                    found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-                    raise ValueError(f"the checkpoint has no entry '{weights_key}' (found: {found}).")
-                state = state[weights_key]
-            if not isinstance(state, Mapping):
-                raise ValueError(f"the file does not hold a state dict (found {type(state).__name__}).")
-            load_strict(module, dict(state), f"'{file}'")
-        except Exception as err:  # torch.load raises UnpicklingError, RuntimeError, EOFError for foreign files
-            raise ModelLoadError("weights", f"cannot load '{file}' as a weights-only state dict: {err}") from None
+            load_strict(module, load_state_dict_file(file, weights_key), f"'{file}'")
+        except (FileNotFoundError, ValueError) as err:
+            raise ModelLoadError("weights", str(err)) from None
         facts.update(weights=str(file), sha256=sha256_of(file))
     return module, {**facts, **_module_facts(module)}
 

@@ -149,7 +149,6 @@ from torch import nn
 
 from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budget, build_attack
 from art_gifd.configfile import (
-    REQUIRED,
     Checker,
     ConfigError,
     ConfigProblem,
@@ -532,17 +531,12 @@ def _compact(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _weights_path(check: Checker, kind: str) -> Callable[[Any], str]:
-    """Converter of a prior's ``weights``: an existing file (or folder) resolved against the config's folder."""
-    return lambda value: str(check.path(value, kind))
-
-
 def _read_prior(check: Checker, raw: Any, device: str | None) -> tuple[Any, LayeredGenerator | None, dict | None]:
     """
     Prior setting, the loaded prior and its facts for the report: an embedded prior's name, ``"face-dcgan"``, or a
     table of :data:`art_gifd.priors.registry.PRIOR_TYPES` (the benchmark runner's ``[priors.<name>]`` tables).
     """
-    from art_gifd.priors.registry import INTEGER_KEYS, NUMBER_KEYS, PRIOR_TYPES, load_prior, prior_facts
+    from art_gifd.priors.registry import load_prior, prior_facts, read_prior_spec
 
     path = ("attacks", "prior")
     if isinstance(raw, str):
@@ -553,30 +547,9 @@ def _read_prior(check: Checker, raw: Any, device: str | None) -> tuple[Any, Laye
             return raw, None, None
         spec: dict[str, Any] = {"type": FACE_PRIOR} if raw == FACE_PRIOR else {"type": "embedded", "name": raw}
     else:
-        if not isinstance(raw, Mapping) or "type" not in raw:
-            check.add(path, f"a prior table needs a type: one of {', '.join(PRIOR_TYPES)}.")
+        spec = read_prior_spec(check, raw, path)
+        if spec is None:
             return raw, None, None
-        kind = check.get(raw, path, "type", string(tuple(PRIOR_TYPES)))
-        if kind is None:
-            return raw, None, None
-        required, optional = PRIOR_TYPES[kind]
-        table = check.table(raw, path, ("type", *required, *optional))
-        spec = {"type": kind}
-        for key in (*required, *optional):
-            convert: Callable[[Any], Any]
-            if key == "weights":
-                convert = _weights_path(check, "folder" if kind == "biggan" else "file")
-            elif key in INTEGER_KEYS:
-                convert = integer(1)
-            elif key in NUMBER_KEYS:
-                convert = number(0)
-            else:
-                convert = string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else string()
-            value = check.get(table, path, key, convert, default=REQUIRED if key in required else None)
-            if value is not None:
-                spec[key] = value
-        if check.failed_under(path):
-            return spec, None, None
     try:
         prior = load_prior(spec, device or "cpu")
     except (FileNotFoundError, ValueError) as err:

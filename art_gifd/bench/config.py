@@ -239,6 +239,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     :raises ConfigError: Listing every problem found, each with its key and line.
     """
     from art_gifd.models import MODELS
+    from art_gifd.priors.registry import read_prior_spec
 
     v = Checker(document, Path(base_dir))
     top = v.table(document.data, (), TOP_LEVEL_KEYS, required=("name", "budget", "datasets", "models", "attacks"))
@@ -282,9 +283,10 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     if not isinstance(priors, dict):
         v.add(("priors",), 'must be a table of named priors, e.g. [priors.mnist] type = "embedded".')
         priors = {}
-    for name, spec in priors.items():
-        with v.section():
-            config.priors[str(name)] = _prior(v, spec, ("priors", name))
+    for name, raw in priors.items():
+        spec = read_prior_spec(v, raw, ("priors", name))
+        if spec is not None:
+            config.priors[str(name)] = spec
     with v.section():
         config.defenses = v.each(top.get("defenses", [{"type": "none"}]), ("defenses",), _defense(v))
     _unique(v, config.defenses, ("defenses",), "name", "label")
@@ -396,34 +398,6 @@ def _dataset(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
         return spec
 
     return check
-
-
-def _prior(v: Checker, value: Any, path: KeyPath) -> dict[str, Any]:
-    from art_gifd.priors.registry import INTEGER_KEYS, NUMBER_KEYS, PRIOR_TYPES
-
-    if not isinstance(value, dict) or "type" not in value:
-        raise Stop(path, f"a prior needs a type: one of {', '.join(PRIOR_TYPES)}.")
-    kind = v.need(value["type"], (*path, "type"), string(list(PRIOR_TYPES)))
-    required, optional = PRIOR_TYPES[kind]
-    table = v.strict_table(value, path, ("type", *required, *optional), required=required)
-    spec: dict[str, Any] = {"type": kind}
-    for key in (*required, *optional):
-        if key not in table:
-            continue
-        if key == "weights":
-            what = "the generator's weights directory" if kind == "biggan" else "the generator's weights file"
-            spec[key] = v.existing(table[key], (*path, key), "folder" if kind == "biggan" else "file", what)
-        elif key in INTEGER_KEYS:
-            spec[key] = v.need(table[key], (*path, key), integer(1))
-        elif key in NUMBER_KEYS:
-            spec[key] = v.need(table[key], (*path, key), number(0.0))
-        else:
-            spec[key] = v.need(table[key], (*path, key), string())
-    if kind == "embedded":
-        from art_gifd.priors.embedded import EMBEDDED_PRIORS
-
-        spec["name"] = v.need(table.get("name", "mnist32"), (*path, "name"), string(list(EMBEDDED_PRIORS)))
-    return spec
 
 
 def _defense(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:

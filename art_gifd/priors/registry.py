@@ -14,9 +14,12 @@ import json
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from art_gifd.priors.base import LayeredGenerator
+
+if TYPE_CHECKING:
+    from art_gifd.configfile import Checker, KeyPath
 
 #: Prior types: (required keys, optional keys) besides ``type``.
 PRIOR_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -32,6 +35,48 @@ PRIOR_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 #: Keys of a spec that are positive integers, and the one that is a non-negative number.
 INTEGER_KEYS = ("nz", "ngf", "nc", "image_size", "size", "style_dim", "n_mlp", "channel_multiplier")
 NUMBER_KEYS = ("truncation",)
+
+
+def read_prior_spec(check: Checker, raw: Any, path: KeyPath) -> dict[str, Any] | None:
+    """
+    A prior table of a configuration file, checked: its ``type`` and that type's keys (numbers in range, the weights
+    path resolved and existing). Problems are recorded on ``check``, each with its key.
+
+    :return: The spec for :func:`load_prior`, or ``None`` after a problem.
+    """
+    from art_gifd.configfile import REQUIRED, integer, number, string
+    from art_gifd.priors.embedded import EMBEDDED_PRIORS
+
+    if not isinstance(raw, Mapping) or "type" not in raw:
+        check.add(path, f"a prior table needs a type: one of {', '.join(PRIOR_TYPES)}.")
+        return None
+    kind = check.get(raw, path, "type", string(tuple(PRIOR_TYPES)))
+    if kind is None:
+        return None
+    required, optional = PRIOR_TYPES[kind]
+    table = check.table(raw, path, ("type", *required, *optional))
+    spec: dict[str, Any] = {"type": kind}
+    where = "folder" if kind == "biggan" else "file"
+
+    def weights(value: Any) -> str:
+        return str(check.path(value, where, f"the generator's weights {where}"))
+
+    for key in (*required, *optional):
+        convert: Any
+        if key == "weights":
+            convert = weights
+        elif key in INTEGER_KEYS:
+            convert = integer(1)
+        elif key in NUMBER_KEYS:
+            convert = number(0)
+        else:
+            convert = string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else string()
+        value = check.get(table, path, key, convert, default=REQUIRED if key in required else None)
+        if value is not None:
+            spec[key] = value
+    if kind == "embedded":
+        spec.setdefault("name", "mnist32")
+    return None if check.failed_under(path) else spec
 
 
 def load_prior(spec: Mapping[str, Any], device: str) -> LayeredGenerator:
