@@ -260,14 +260,16 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         source=document.source,
         document=document,
     )
-    with v.section():
-        config.budget = _budget(v, top.get("budget"), ("budget",))
+    if "budget" in top:  # a missing required section is a problem of the top level already
+        with v.section():
+            config.budget = _budget(v, top["budget"], ("budget",))
     with v.section():
         config.resources = _resources(v, top.get("resources"), ("resources",))
     with v.section():
         config.utility = _utility(v, top.get("utility"), ("utility",))
-    with v.section():
-        config.datasets = v.each(top.get("datasets"), ("datasets",), _dataset(v))
+    if "datasets" in top:
+        with v.section():
+            config.datasets = v.each(top["datasets"], ("datasets",), _dataset(v))
     with v.section():
         config.federated = _federated(v, top.get("federated"), ("federated",), config.batch_sizes or [1])
     _unique(v, config.datasets, ("datasets",), "name")
@@ -298,13 +300,14 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     return config
 
 
-def string_list(choices: Sequence[str]) -> Callable[[Any], list[str]]:
-    """A non-empty list of distinct names among ``choices``."""
+def string_list(choices: Sequence[str] | None) -> Callable[[Any], list[str]]:
+    """A non-empty list of distinct names (among ``choices`` when given)."""
     name = string(choices)
 
     def convert(value: Any) -> list[str]:
         if not isinstance(value, list) or not value:
-            raise ValueError(f"must be a non-empty list of names ({', '.join(choices)}), got {kind_of(value)}.")
+            among = f" ({', '.join(choices)})" if choices else ""
+            raise ValueError(f"must be a non-empty list of names{among}, got {kind_of(value)}.")
         names = [name(item) for item in value]
         if len(set(names)) != len(names):
             raise ValueError(f"has repeated values: {names}.")
@@ -456,6 +459,8 @@ def _attack(v: Checker, config: BenchConfig, prior_names: set[str]) -> Callable[
         "models": config.models,
         "defenses": [d["name"] for d in config.defenses],
     }
+    # a list whose own entries have problems is not checked against: those problems are reported already
+    unchecked = {key for key in restrictions if v.failed_under((key,))}
 
     def check(value: Any, path: KeyPath) -> dict[str, Any]:
         keys = ("name", "label", "prior", "params", "budget", *restrictions)
@@ -478,7 +483,7 @@ def _attack(v: Checker, config: BenchConfig, prior_names: set[str]) -> Callable[
         spec["budget"] = {**config.budget, **_budget(v, table.get("budget", {}), (*path, "budget"), required=())}
         for key, names in restrictions.items():
             if key in table:
-                spec[key] = v.need(table[key], (*path, key), string_list(names))
+                spec[key] = v.need(table[key], (*path, key), string_list(None if key in unchecked else names))
         return spec
 
     return check
