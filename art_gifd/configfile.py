@@ -134,7 +134,13 @@ def read_document(path: str | Path) -> LocatedDocument:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise file_error(f"unknown configuration format '{suffix}': use a .toml, .yaml or .yml file", str(path))
-    return parse_document(path.read_text(encoding="utf-8"), FORMATS[suffix], source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise file_error(
+            f"not a UTF-8 text file ({err.reason} at byte {err.start}): give a TOML or YAML file", str(path)
+        )
+    return parse_document(text, FORMATS[suffix], source=str(path))
 
 
 def parse_document(text: str, fmt: str, source: str = "<config>") -> LocatedDocument:

@@ -191,6 +191,7 @@ def load_user_model(
     :raises ModelLoadError: Naming the setting at fault and what is wrong.
     """
     from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, sha256_of
+    from art_gifd.validation import nonfinite_entries
 
     if torchscript is not None:
         file = Path(torchscript)
@@ -210,7 +211,7 @@ def load_user_model(
         module = build(**dict(factory_kwargs or {}))
     except TypeError as err:
         raise ModelLoadError("factory_kwargs", f"calling {factory} failed: {err}.") from None
-    except Exception as err:  # the user's factory may raise anything
+    except (Exception, SystemExit) as err:  # the user's factory may raise anything, or even exit
         raise ModelLoadError("factory", f"calling {factory} failed: {type(err).__name__}: {err}.") from None
     if not isinstance(module, nn.Module):
         raise ModelLoadError("factory", f"must return a torch.nn.Module, returned {type(module).__name__}.")
@@ -222,6 +223,10 @@ def load_user_model(
         except (FileNotFoundError, ValueError) as err:
             raise ModelLoadError("weights", str(err)) from None
         facts.update(weights=str(file), sha256=sha256_of(file))
+    broken = nonfinite_entries(module.state_dict())
+    if broken:
+        key = "weights" if weights is not None else "factory"
+        raise ModelLoadError(key, f"the model's weights hold NaN or infinite values (in {broken[:3]}): it is damaged.")
     return module, {**facts, **_module_facts(module)}
 
 

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+#: Most optimisation steps per stage (or per search) an attack accepts: far beyond any search that could finish.
+MAX_STEPS = 10_000_000
 
 StageGenerator = Generator[SearchStage, StageOutcome, None]
 #: Start images of :meth:`SearchContext.pixel_stage`.
@@ -238,7 +240,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             raise
 
     def _check_params(self) -> None:
-        check_integer(self._length_param, self.steps_per_stage, 1)
+        check_integer(self._length_param, self.steps_per_stage, 1, MAX_STEPS)
         self._check_integers(("num_restarts", "batch_size"))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)

@@ -638,7 +638,10 @@ def read_common(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
         "seeds": check.get(top, (), "seeds", int_list(0), [0]),
     }
     if settings["output"] is not None:
-        settings["output"] = str((check.base / Path(settings["output"]).expanduser()).resolve())
+        output = (check.base / Path(settings["output"]).expanduser()).resolve()
+        if output.exists() and not output.is_dir():
+            check.add(("output",), f"'{output}' is a file: give a folder to write the report into.")
+        settings["output"] = str(output)
     return settings
 
 

@@ -14,6 +14,9 @@ from torch import nn
 from art_gifd.defenses.base import Defense, DefenseContext
 from art_gifd.validation import check_integer, check_number
 
+#: Largest target epsilon: beyond it the guarantee bounds nothing, and Opacus' noise search no longer converges.
+MAX_EPSILON = 1e6
+
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -85,7 +88,7 @@ class DPSGD(Defense):
         """
         from opacus.accountants.utils import get_noise_multiplier
 
-        check_number("epsilon", epsilon, 0.0, closed="neither")
+        check_number("epsilon", epsilon, 0.0, MAX_EPSILON, closed="right")
         check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
         check_integer("steps", steps, 1)
         check_number("delta", delta, 0.0, 1.0, closed="neither")
