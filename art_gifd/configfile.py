@@ -137,9 +137,8 @@ def read_document(path: str | Path) -> LocatedDocument:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise file_error(
-            f"not a UTF-8 text file ({err.reason} at byte {err.start}): give a TOML or YAML file", str(path)
-        )
+        message = f"not a UTF-8 text file ({err.reason} at byte {err.start}): give a TOML or YAML file"
+        raise file_error(message, str(path)) from None
     return parse_document(text, FORMATS[suffix], source=str(path))
 
 
