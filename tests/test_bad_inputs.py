@@ -165,3 +165,47 @@ def test_bench_report_names_a_file_it_cannot_report(tmp_path, capsys, content, m
     results.write_text(content)
     assert main(["bench-report", str(results)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_limits_that_would_hang_or_overflow_are_refused(lenet_clf, default_prior) -> None:
+    from art_gifd.defenses import DPSGD
+
+    with pytest.raises(ValueError, match=r"steps_per_stage must be an integer in \[1, 10000000\]"):
+        GIFDAttack(lenet_clf, default_prior, steps_per_stage=2**63 - 1)  # split into stages by float shares: overflow
+    with pytest.raises(ValueError, match=r"epsilon must lie in \(0, 1e\+06\]"):  # Opacus' noise search never ends
+        DPSGD.for_epsilon(1e308, max_grad_norm=1.0, sample_rate=0.01, steps=10, delta=1e-5)
+
+
+def test_user_models_that_are_damaged_or_exit_are_named(tmp_path, monkeypatch) -> None:
+    from art_gifd.models import ModelLoadError, load_user_model
+
+    (tmp_path / "user_models.py").write_text(
+        "import sys, torch\n"
+        "def nan_net():\n"
+        "    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))\n"
+        "    torch.nn.init.constant_(net[1].weight, float('nan'))\n"
+        "    return net\n"
+        "def exits():\n"
+        "    sys.exit(3)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="weights hold NaN or infinite values") as err:
+        load_user_model(factory="user_models:nan_net")
+    assert err.value.key == "factory"
+    with pytest.raises(ModelLoadError, match="SystemExit") as err:
+        load_user_model(factory="user_models:exits")
+    assert err.value.key == "factory"
+
+
+def test_config_files_that_are_binary_or_outputs_that_are_files_are_refused(tmp_path) -> None:
+    from art_gifd.audit.config import AuditConfigError, load_audit_config
+    from art_gifd.configfile import ConfigError, read_document
+
+    binary = tmp_path / "audit.toml"
+    binary.write_bytes(b"title = 'x'\n\x80\x81\xfe")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        read_document(binary)
+    (tmp_path / "report.txt").write_text("not a folder")
+    with pytest.raises(AuditConfigError, match="is a file: give a folder") as err:
+        load_audit_config({"output": str(tmp_path / "report.txt"), "model": {}, "data": {}})
+    assert "output" in err.value.keys
