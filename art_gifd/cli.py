@@ -47,10 +47,13 @@ def output_folder(text: str) -> Path:
 
 
 def output_file(text: str) -> Path:
-    """Argument type: a file to write or append to (it must not be a folder)."""
+    """Argument type: a file to write or append to (it must not be a folder, nor lie under a file)."""
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"'{path}' is a folder: give the path of a file, e.g. '{path / 'run.jsonl'}'")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"'{blocking}' is a file, so '{path}' cannot be created under it")
     return path
 
 

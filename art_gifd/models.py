@@ -15,6 +15,7 @@ and its weights or from a TorchScript file, as an audit does.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import warnings
 from collections.abc import Callable, Mapping
@@ -118,7 +119,17 @@ def resnet18(in_channels: int = 3, image_size: int = 64, num_classes: int = 10, 
 def build_model(
     name: str, in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0
 ) -> nn.Module:
-    """Build one of :data:`MODELS` by name."""
+    """
+    Build one of :data:`MODELS` by name.
+
+    :raises ValueError: For another name, or channels, image size (at least 8: the models halve it thrice) or class
+                        count (at least 2) out of range.
+    """
+    from art_gifd.validation import check_integer
+
+    check_integer("in_channels", in_channels, 1)
+    check_integer("image_size", image_size, 8)
+    check_integer("num_classes", num_classes, 2)
     factories = {"lenet": lenet, "convnet": convnet, "convnet-bn": convnet_bn, "resnet18": resnet18}
     if name not in factories:
         raise ValueError(f"Unknown model '{name}': choose one of {', '.join(MODELS)}.")
@@ -126,8 +137,14 @@ def build_model(
 
 
 def make_classifier(model: nn.Module, input_shape: tuple[int, ...], nb_classes: int = 10, device: str = "cpu"):
-    """Wrap ``model`` in an ART ``PyTorchClassifier`` with cross-entropy loss and inputs in ``[0, 1]``."""
+    """
+    Wrap ``model`` in an ART ``PyTorchClassifier`` with cross-entropy loss and inputs in ``[0, 1]``.
+
+    :raises ValueError: If the model does not run on ``input_shape`` or does not give ``nb_classes`` outputs.
+    """
     from art.estimators.classification import PyTorchClassifier
+
+    check_model(model, tuple(input_shape), nb_classes)
 
     return PyTorchClassifier(
         model=model,
@@ -228,6 +245,30 @@ def load_user_model(
         key = "weights" if weights is not None else "factory"
         raise ModelLoadError(key, f"the model's weights hold NaN or infinite values (in {broken[:3]}): it is damaged.")
     return module, {**facts, **_module_facts(module)}
+
+
+def check_model(module: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """
+    Run a copy of ``module`` (in eval mode) on a zero batch of two images of ``input_shape``: the output must be
+    ``(2, num_classes)``.
+
+    :raises ModelLoadError: With key ``input_shape`` if the forward pass fails, ``num_classes`` if the output's shape
+                            differs.
+    """
+    shape = tuple(input_shape)
+    probe = copy.deepcopy(module).eval()
+    try:
+        with torch.no_grad():
+            out = probe(torch.zeros(2, *shape))
+    except Exception as err:  # any failure of the user's forward pass
+        raise ModelLoadError("input_shape", f"the model fails on a batch of shape {(2, *shape)}: {err}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelLoadError(
+            "num_classes",
+            f"the model's output for a batch of 2 has shape {found}, but num_classes = {num_classes} needs "
+            f"(2, {num_classes}).",
+        )
 
 
 def _module_facts(module: nn.Module) -> dict[str, Any]:

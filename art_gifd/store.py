@@ -194,8 +194,8 @@ class ResultsFile:
             except json.JSONDecodeError:
                 logger.warning("%s:%d: skipping a line that is not JSON", self.path, number)
                 continue
-            if not isinstance(record, dict):
-                logger.warning("%s:%d: skipping a line that is not a JSON object", self.path, number)
+            if not isinstance(record, dict) or not isinstance(record.get("job_id", ""), str):
+                logger.warning("%s:%d: skipping a line that is not a results record", self.path, number)
                 continue
             (runs if record.get("type") == "run" else jobs).append(record)
         return runs, jobs

@@ -68,7 +68,7 @@ def check_integer(name: str, value: Any, low: int, high: int | None = None, *, o
     integral = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
     if not integral or value < low or (high is not None and value > high):
         if high is not None:
-            wanted = f"an integer in [{low}, {high}]"
+            wanted = f"a positive integer (at most {high})" if low == 1 else f"an integer in [{low}, {high}]"
         else:
             wanted = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(_say(name, f"must be {wanted}{' or None' if optional else ''}, got {value!r}."))

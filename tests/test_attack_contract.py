@@ -46,7 +46,7 @@ def test_search_length_set_through_set_params_is_used_and_checked(cls, lenet_clf
     attack = _build(cls, lenet_clf, bn_clf, default_prior)
     attack.set_params(**{name: 7})
     assert attack.steps_per_stage == 7 and getattr(attack, name) == 7
-    with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=rf"{name} must be a positive integer \(at most 10000000\), got 0"):
         attack.set_params(**{name: 0})
 
 

@@ -170,7 +170,7 @@ def test_bench_report_names_a_file_it_cannot_report(tmp_path, capsys, content, m
 def test_limits_that_would_hang_or_overflow_are_refused(lenet_clf, default_prior) -> None:
     from art_gifd.defenses import DPSGD
 
-    with pytest.raises(ValueError, match=r"steps_per_stage must be an integer in \[1, 10000000\]"):
+    with pytest.raises(ValueError, match=r"steps_per_stage must be a positive integer \(at most 10000000\)"):
         GIFDAttack(lenet_clf, default_prior, steps_per_stage=2**63 - 1)  # split into stages by float shares: overflow
     with pytest.raises(ValueError, match=r"epsilon must lie in \(0, 1e\+06\]"):  # Opacus' noise search never ends
         DPSGD.for_epsilon(1e308, max_grad_norm=1.0, sample_rate=0.01, steps=10, delta=1e-5)
@@ -209,3 +209,38 @@ def test_config_files_that_are_binary_or_outputs_that_are_files_are_refused(tmp_
     with pytest.raises(AuditConfigError, match="is a file: give a folder") as err:
         load_audit_config({"output": str(tmp_path / "report.txt"), "model": {}, "data": {}})
     assert "output" in err.value.keys
+
+
+def test_models_and_classifiers_of_the_wrong_shape_are_refused() -> None:
+    from art_gifd.models import build_model, lenet
+
+    with pytest.raises(ValueError, match="in_channels must be a positive integer, got 0"):
+        build_model("lenet", in_channels=0)
+    with pytest.raises(ValueError, match="image_size must be an integer >= 8, got 4"):
+        build_model("convnet", image_size=4)
+    with pytest.raises(ValueError, match=r"the model fails on a batch of shape \(2, 3, 32, 32\)"):
+        make_classifier(lenet(), (3, 32, 32))  # a grey-image model given RGB inputs
+    with pytest.raises(ValueError, match=r"has shape \(2, 10\), but num_classes = 4"):
+        make_classifier(lenet(), (1, 32, 32), nb_classes=4)
+
+
+def test_restart_counts_that_cannot_be_allocated_are_refused(lenet_clf, default_prior) -> None:
+    with pytest.raises(ValueError, match=r"num_restarts must be a positive integer \(at most 10000\)"):
+        GIFDAttack(lenet_clf, default_prior, num_restarts=10**6)
+
+
+def test_results_files_with_foreign_records_and_paths_under_files(tmp_path, capsys) -> None:
+    from art_gifd.bench.config import parse_document, validate_config
+    from art_gifd.configfile import ConfigError
+    from art_gifd.store import ResultsFile
+
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"type": "job", "job_id": ["a", "list"]}\n{"type": "job", "job_id": "x", "status": "ok"}\n')
+    assert list(ResultsFile(results).latest()) == ["x"]  # the foreign record is skipped with a warning
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "smoke", "--results", str(tmp_path / "file.txt" / "r.jsonl"), "--list"])
+    assert exit_.value.code == 2 and "is a file, so" in capsys.readouterr().err
+    text = 'name = "../../etc/x"\nmodels = ["lenet"]\n[budget]\nsteps_per_stage = 1\nstages = 1\nnum_restarts = 1\n'
+    with pytest.raises(ConfigError, match="name: must be a plain name"):
+        validate_config(parse_document(text, "toml"))

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 #: Most optimisation steps per stage (or per search) an attack accepts: far beyond any search that could finish.
 MAX_STEPS = 10_000_000
+#: Most random restarts a search accepts (each is a row of every batched step).
+MAX_RESTARTS = 10_000
 
 StageGenerator = Generator[SearchStage, StageOutcome, None]
 #: Start images of :meth:`SearchContext.pixel_stage`.
@@ -241,7 +243,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
     def _check_params(self) -> None:
         check_integer(self._length_param, self.steps_per_stage, 1, MAX_STEPS)
-        self._check_integers(("num_restarts", "batch_size"))
+        check_integer("num_restarts", self.num_restarts, 1, MAX_RESTARTS)
+        self._check_integers(("batch_size",))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
         if self.norm_form not in NORM_FORMS:

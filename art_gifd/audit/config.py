@@ -135,7 +135,6 @@ Report
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
@@ -144,7 +143,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budget, build_attack
@@ -170,7 +168,7 @@ from art_gifd.federated import (
     client_update,
     local_training_from_config,
 )
-from art_gifd.models import ModelLoadError, load_user_model
+from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import ResultsBusy, ResultsFile
@@ -400,22 +398,11 @@ def _build_module(check: Checker, settings: dict[str, Any]) -> tuple[nn.Module |
 
 
 def _check_output(check: Checker, module: nn.Module, settings: dict[str, Any]) -> bool:
-    """Run a copy of the model on a zero batch of two: the output must be ``(2, num_classes)``."""
-    shape = tuple(settings["input_shape"])
-    probe = copy.deepcopy(module).eval()
+    """The model runs on ``input_shape`` and gives ``num_classes`` outputs (:func:`art_gifd.models.check_model`)."""
     try:
-        with torch.no_grad():
-            out = probe(torch.zeros(2, *shape))
-    except Exception as err:  # any failure of the user's forward pass
-        check.add(("model", "input_shape"), f"the model fails on a batch of shape {(2, *shape)}: {err}")
-        return False
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, settings["num_classes"]):
-        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        check.add(
-            ("model", "num_classes"),
-            f"the model's output for a batch of 2 has shape {found}, but num_classes = {settings['num_classes']} "
-            f"needs (2, {settings['num_classes']}).",
-        )
+        check_model(module, tuple(settings["input_shape"]), settings["num_classes"])
+    except ModelLoadError as err:
+        check.add(("model", err.key), str(err))
         return False
     return True
 

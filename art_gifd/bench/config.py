@@ -244,7 +244,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     v = Checker(document, Path(base_dir))
     top = v.table(document.data, (), TOP_LEVEL_KEYS, required=("name", "budget", "datasets", "models", "attacks"))
     config = BenchConfig(
-        name=v.get(top, (), "name", string(), "unnamed"),
+        name=v.get(top, (), "name", file_name, "unnamed"),
         description=str(top.get("description", "")),
         device=v.get(top, (), "device", string(), "cpu"),
         seeds=v.get(top, (), "seeds", int_list(0), [0]),
@@ -298,6 +298,14 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     _unique(v, config.attacks, ("attacks",), "label")
     v.raise_problems()
     return config
+
+
+def file_name(value: Any) -> str:
+    """A name that is also a file name (the default results file is ``bench-out/<name>.jsonl``)."""
+    name = string()(value)
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"must be a plain name (it names the results file), without / or \\, got {name!r}.")
+    return name
 
 
 def string_list(choices: Sequence[str] | None) -> Callable[[Any], list[str]]:
