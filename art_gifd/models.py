@@ -259,7 +259,7 @@ def check_model(module: nn.Module, input_shape: tuple[int, ...], num_classes: in
     probe = copy.deepcopy(module).eval()
     try:
         with torch.no_grad():
-            out = probe(torch.zeros(2, *shape))
+            out = probe(torch.zeros(2, *shape, device=next(probe.parameters(), torch.empty(0)).device))
     except Exception as err:  # any failure of the user's forward pass
         raise ModelLoadError("input_shape", f"the model fails on a batch of shape {(2, *shape)}: {err}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
