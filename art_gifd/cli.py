@@ -127,7 +127,7 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished settings are saved: run the same command again to resume", file=sys.stderr)
+        print("interrupted: run the same command again to resume (the settings it finished are kept)", file=sys.stderr)
         return 130
     print(f"\nhighest risk: {report.highest_risk}")
     print(f"report: {report.html}")

@@ -135,7 +135,7 @@ def read_document(path: str | Path) -> LocatedDocument:
     if suffix not in FORMATS:
         raise file_error(f"unknown configuration format '{suffix}': use a .toml, .yaml or .yml file", str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not content
     except UnicodeDecodeError as err:
         message = f"not a UTF-8 text file ({err.reason} at byte {err.start}): give a TOML or YAML file"
         raise file_error(message, str(path)) from None
@@ -450,7 +450,11 @@ class Checker:
             raise ValueError(f"must be a path (a string), got {value!r}." + (f" Set it to {what}." if what else ""))
         resolved = (self.base / Path(value).expanduser()).resolve()
         if not (resolved.is_file() if kind == "file" else resolved.is_dir()):
-            raise ValueError(f"{kind} not found: '{resolved}'." + (f" Set it to {what}." if what else ""))
+            other = "folder" if kind == "file" else "file"
+            found = (
+                f"'{resolved}' is a {other}, not a {kind}" if resolved.exists() else f"{kind} not found: '{resolved}'"
+            )
+            raise ValueError(f"{found}." + (f" Set it to {what}." if what else ""))
         return resolved
 
     def raise_problems(self) -> None:
@@ -522,9 +526,9 @@ def kind_of(value: Any) -> str:
 # converters for Checker.get and Checker.need: a ValueError names what is wrong
 
 
-def integer(low: int) -> Callable[[Any], int]:
-    """An integer ``>= low`` (numpy integers too; no strings, booleans or floats)."""
-    return lambda value: check_integer("", value, low)
+def integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    """An integer in ``[low, high]`` (numpy integers too; no strings, booleans or floats)."""
+    return lambda value: check_integer("", value, low, high)
 
 
 def number(
@@ -557,14 +561,21 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def int_list(low: int, length: int | None = None, unique: bool = True) -> Callable[[Any], list[int]]:
-    """A non-empty list of integers ``>= low`` (of ``length`` entries when given; no repeats when ``unique``)."""
+def int_list(
+    low: int, length: int | None = None, unique: bool = True, high: int | None = None
+) -> Callable[[Any], list[int]]:
+    """
+    A non-empty list of integers in ``[low, high]`` (of ``length`` entries when given; no repeats when ``unique``).
+    """
 
     def convert(value: Any) -> list[int]:
         ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        if not ok or any(v < low for v in value) or (length is not None and len(value) != length):
+        if not ok or any(v < low or (high is not None and v > high) for v in value):
+            ok = False
+        if not ok or (length is not None and len(value) != length):
             size = f"{length} " if length is not None else "a non-empty list of "
-            raise ValueError(f"must be {size}integers >= {low}, got {value!r}.")
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"must be {size}integers {bound}, got {value!r}.")
         if unique and len(set(value)) != len(value):
             raise ValueError(f"has repeated values: {value!r}.")
         return [int(v) for v in value]

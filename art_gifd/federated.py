@@ -325,27 +325,28 @@ class LocalTraining:
         :raises ValueError: Naming the first field that is out of range.
         """
 
-        check_number("learning_rate", self.learning_rate, 0.0, closed="neither")
+        object.__setattr__(
+            self, "learning_rate", check_number("learning_rate", self.learning_rate, 0.0, closed="neither")
+        )
         if self.epochs is not None and self.steps is not None:
             raise ValueError("LocalTraining takes epochs or steps, not both: set one of them.")
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 1)
-        check_integer("epochs", self.epochs, 1, optional=True)
-        check_integer("steps", self.steps, 1, optional=True)
-        check_integer("batch_size", self.batch_size, 1, optional=True)
+        for name in ("epochs", "steps", "batch_size"):  # plain ints (numpy scalars pass), so describe() is JSON
+            object.__setattr__(self, name, check_integer(name, getattr(self, name), 1, optional=True))
         if self.optimizer not in LOCAL_OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {LOCAL_OPTIMIZERS}, got {self.optimizer!r}.")
-        check_number("momentum", self.momentum, 0.0, 1.0)
+        object.__setattr__(self, "momentum", check_number("momentum", self.momentum, 0.0, 1.0))
         if self.momentum and self.optimizer != "sgd":
             raise ValueError("momentum applies to optimizer='sgd' only (Adam has betas).")
-        check_number("weight_decay", self.weight_decay, 0.0)
+        object.__setattr__(self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0))
         if not isinstance(self.betas, Sequence) or len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}.")
         object.__setattr__(self, "betas", tuple(check_number("betas", b, 0.0, 1.0) for b in self.betas))
-        check_number("eps", self.eps, 0.0, closed="neither")
+        object.__setattr__(self, "eps", check_number("eps", self.eps, 0.0, closed="neither"))
         if not isinstance(self.shuffle, bool):
             raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}.")
-        check_integer("shuffle_seed", self.shuffle_seed, 0, optional=True)
+        object.__setattr__(self, "shuffle_seed", check_integer("shuffle_seed", self.shuffle_seed, 0, optional=True))
 
     @property
     def order_known(self) -> bool:

@@ -220,6 +220,8 @@ def load_user_model(
         return module, {**facts, **_module_facts(module)}
     if factory is None:
         raise ModelLoadError("factory", 'give factory = "module:callable" (plus optional weights) or torchscript.')
+    if not isinstance(factory_kwargs, Mapping | None):
+        raise ModelLoadError("factory_kwargs", f"must be a table of keyword arguments, got {factory_kwargs!r}.")
     try:
         build = import_callable(factory)
     except ValueError as err:
@@ -232,6 +234,8 @@ def load_user_model(
         raise ModelLoadError("factory", f"calling {factory} failed: {type(err).__name__}: {err}.") from None
     if not isinstance(module, nn.Module):
         raise ModelLoadError("factory", f"must return a torch.nn.Module, returned {type(module).__name__}.")
+    if weights_key is not None and weights is None:
+        raise ModelLoadError("weights_key", "picks the state dict out of a weights file, and no weights are given.")
     facts: dict[str, Any] = {"source": "factory", "factory": factory, "weights": None, "sha256": None}
     if weights is not None:
         file = Path(weights)
@@ -268,6 +272,10 @@ def check_model(module: nn.Module, input_shape: tuple[int, ...], num_classes: in
             "num_classes",
             f"the model's output for a batch of 2 has shape {found}, but num_classes = {num_classes} needs "
             f"(2, {num_classes}).",
+        )
+    if not torch.isfinite(out).all():
+        raise ModelLoadError(
+            "factory", "the model's output for a zero batch holds NaN or infinite values: it is damaged."
         )
 
 

@@ -232,15 +232,27 @@ class ResultsFile:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def latest(self, config_hash: str | None = None, repair: bool = False) -> dict[str, dict[str, Any]]:
+    def latest(
+        self, config_hash: str | None = None, repair: bool = False, fields: tuple[str, ...] = ()
+    ) -> dict[str, dict[str, Any]]:
         """
         The last record of every job id (a job rerun supersedes its earlier line).
 
         :param config_hash: Keep only records of this configuration (their ``config_hash``).
         :param repair: As in :meth:`read`.
+        :param fields: Keep only records holding these fields (a record without them, written by hand or by another
+                       program, is skipped with a warning and its job done again).
         """
-        jobs = self.read(repair=repair)[1]
-        return {r["job_id"]: r for r in jobs if "job_id" in r and config_hash in (None, r.get("config_hash"))}
+        latest = {}
+        for record in self.read(repair=repair)[1]:
+            if "job_id" not in record or config_hash not in (None, record.get("config_hash")):
+                continue
+            missing = [name for name in fields if name not in record]
+            if missing:
+                logger.warning("%s: record %s lacks %s: it is done again", self.path, record["job_id"], missing)
+                continue
+            latest[record["job_id"]] = record
+        return latest
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record as a single line, flushed and fsynced before returning."""

@@ -57,6 +57,10 @@ def check_number(
     return number
 
 
+#: Largest seed: torch generators take a 64-bit signed integer.
+MAX_SEED = 2**63 - 1
+
+
 def check_integer(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> int | None:
     """
     Validate an integer parameter in ``[low, high]`` and return it as an ``int`` (``None`` passes if ``optional``).

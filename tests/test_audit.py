@@ -496,3 +496,59 @@ def test_stylegan2_and_biggan_prior_tables_read_as_the_bench_reads_them(tmp_path
     stand_in = DCGANGenerator(nz=16, ngf=8, nc=1, image_size=32)
     facts = prior_facts({"type": "biggan", "weights": str(tmp_path)}, stand_in)  # a BigGAN checkpoint is a folder
     assert facts["name"] == str(tmp_path) and facts["sha256"] is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        ("seeds = [0]", "seeds = [99999999999999999999]", "seeds", "integers in [0, 9223372036854775807]"),
+        (
+            "num_restarts = 1\n",
+            "num_restarts = 1\nparams = { gifd = { batch_size = 2 } }\n",
+            "attacks.params.gifd.batch_size",
+            "set federated.batch_sizes",
+        ),
+        ("input_shape", 'weights_key = "model"\ninput_shape', "model.weights_key", "no weights are given"),
+        (
+            "num_classes = 10",
+            "num_classes = 10\nclip_values = [0.0, 255.0]",
+            "model.clip_values",
+            "a tenth or less of model.clip_values [0.0, 255.0]",
+        ),
+        ("steps_per_stage = 3", "steps_per_stage = 10000001", "attacks.steps_per_stage", "at most 10000000"),
+        (
+            'type = "prune"\nparams = { ratio = 0.5 }\nadaptive = true',
+            'type = "dp"\nparams = { epsilon = 8.0, delta = 1e-5, max_grad_norm = 1.0, sample_rate = 0.01, '
+            "steps = 9223372036854775807 }",
+            "defenses[0].params",
+            "steps must be a positive integer (at most 1000000000)",  # Opacus' noise search would not end
+        ),
+    ],
+)
+def test_values_that_would_crash_hang_or_mislead_later_are_named(tmp_path, old, new, key, message) -> None:
+    path = write_config(tmp_path)
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert key in problems(err) and message in problems(err)[key], err.value
+
+
+def test_records_of_the_wrong_shape_or_a_records_folder_are_handled(tmp_path) -> None:
+    path = write_config(tmp_path)
+    first = run_audit(path, verbose=False)
+    records = tmp_path / "out" / "settings" / "records.jsonl"
+    lines = records.read_text().splitlines()
+    lines[0] = json.dumps({"job_id": first.settings[0]["id"], "config_hash": first.document["config_hash"]})
+    lines[1] = json.dumps({**json.loads(lines[1]), "run": "oops"})  # valid JSON, not a record this audit writes
+    records.write_text("\n".join(lines) + "\n")
+    first.json.unlink()
+    again = run_audit(path, verbose=False)
+    assert [s["per_image"] for s in again.settings] == [s["per_image"] for s in first.settings]
+    assert not {s["id"] for s in first.settings} & set(again.document["reproducibility"]["resumed"])
+    other = write_config(tmp_path, name="other.toml")
+    other.write_text(other.read_text().replace('output = "out"', 'output = "out2"'))
+    (tmp_path / "out2" / "settings" / "records.jsonl").mkdir(parents=True)
+    with pytest.raises(AuditConfigError, match="is a folder where the audit keeps its results file") as err:
+        run_audit(other, verbose=False)
+    assert err.value.keys == ["output"]

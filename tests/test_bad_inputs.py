@@ -94,8 +94,13 @@ def test_client_gradients_refuse_bad_models_labels_and_ranges(lenet_clf, heldout
     broken = copy.deepcopy(lenet_clf.model)
     with torch.no_grad():
         next(broken.parameters())[0] = float("nan")
+    with pytest.raises(ValueError, match="output for a zero batch holds NaN"):  # refused when wrapped
+        make_classifier(broken, (1, 32, 32))
+    damaged = make_classifier(copy.deepcopy(lenet_clf.model), (1, 32, 32))
+    with torch.no_grad():  # and when the weights are damaged after wrapping
+        next(damaged.model.parameters())[0] = float("nan")
     with pytest.raises(ValueError, match="FL model's weights hold NaN"):
-        client_gradients(make_classifier(broken, (1, 32, 32)), x, y)
+        client_gradients(damaged, x, y)
 
 
 def test_prior_with_nan_weights_is_refused(lenet_clf, default_prior) -> None:
@@ -244,3 +249,20 @@ def test_results_files_with_foreign_records_and_paths_under_files(tmp_path, caps
     text = 'name = "../../etc/x"\nmodels = ["lenet"]\n[budget]\nsteps_per_stage = 1\nstages = 1\nnum_restarts = 1\n'
     with pytest.raises(ConfigError, match="name: must be a plain name"):
         validate_config(parse_document(text, "toml"))
+
+
+def test_api_values_are_named_or_made_plain(lenet_clf, default_prior, tmp_path) -> None:
+    from art_gifd import LocalTraining
+    from art_gifd.configfile import read_document
+    from art_gifd.models import ModelLoadError, load_user_model
+
+    training = LocalTraining(learning_rate=np.float32(0.1), epochs=np.int64(2), batch_size=np.int64(1))
+    assert json.loads(json.dumps(training.describe()))["epochs"] == 2  # numpy scalars stored as plain numbers
+    with pytest.raises(ValueError, match="l1_radius must be a positive number or one per feature stage, got 'big'"):
+        GIFDAttack(lenet_clf, default_prior, max_stage=2, l1_radius="big")
+    with pytest.raises(ModelLoadError, match="must be a table of keyword arguments, got 'abc'") as err:
+        load_user_model(factory="art_gifd.models:lenet", factory_kwargs="abc")
+    assert err.value.key == "factory_kwargs"
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufefftitle = 'x'\n".encode())  # the byte-order mark some editors write
+    assert read_document(bom).data == {"title": "x"}

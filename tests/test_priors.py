@@ -56,7 +56,7 @@ def test_corrupted_weights_file_is_refused(tmp_path) -> None:
     bad.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"Checksum mismatch .* corrupted"):
         load_default_prior(weights_path=bad)
-    with pytest.raises(FileNotFoundError, match="Generator weights not found"):
+    with pytest.raises(FileNotFoundError, match="Weights file not found"):
         load_default_prior(weights_path=tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="Unknown embedded prior 'cifar'"):
         load_default_prior("cifar")

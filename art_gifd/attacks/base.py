@@ -45,7 +45,7 @@ from art_gifd.federated import (
     simulation_memory,
 )
 from art_gifd.labels import classes_evidenced, infer_labels
-from art_gifd.validation import check_device, check_integer, check_number
+from art_gifd.validation import MAX_SEED, check_device, check_integer, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -266,8 +266,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         check_integer("simulation_steps", self.simulation_steps, 1, optional=True)
         if self.device is not None:
             check_device(self.device)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
+        check_integer("seed", self.seed, 0, MAX_SEED, optional=True)
         if self.estimator.clip_values is None:
             raise ValueError(
                 "The estimator has no clip_values: set clip_values=(min, max) on the PyTorchClassifier so that "

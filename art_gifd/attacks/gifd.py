@@ -219,9 +219,12 @@ class GIFDAttack(GenerativePriorAttack):
 
     def radii(self) -> list[float]:
         """The l1 radius of each feature stage ``1 … stages - 1`` as configured (before per-element scaling)."""
-        if isinstance(self.l1_radius, Sequence):
-            return [float(r) for r in self.l1_radius]
-        return [float(self.l1_radius)] * (self.stages - 1)
+        values = list(self.l1_radius) if isinstance(self.l1_radius, Sequence) else [self.l1_radius] * (self.stages - 1)
+        if isinstance(self.l1_radius, str) or not all(
+            isinstance(r, int | float | np.number) and not isinstance(r, bool) for r in values
+        ):
+            raise ValueError(f"l1_radius must be a positive number or one per feature stage, got {self.l1_radius!r}.")
+        return [float(r) for r in values]
 
     def _check_params(self) -> None:
         super()._check_params()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import GradientInversionAttack
+from art_gifd.attacks.base import MAX_RESTARTS, MAX_STEPS, GradientInversionAttack
 from art_gifd.attacks.dlg import DLGAttack, IDLGAttack
 from art_gifd.attacks.ggl import GGLAttack
 from art_gifd.attacks.gias import GIASAttack
@@ -21,6 +21,18 @@ from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
 if TYPE_CHECKING:
     from art_gifd.defenses.base import Defense
     from art_gifd.priors.base import LayeredGenerator
+
+#: Constructor arguments the experiment loop sets itself for every attack (client batch, seed, device, defence,
+#: prior, the client's training): a configuration cannot give them per attack.
+LOOP_PARAMS = ("batch_size", "device", "seed", "verbose", "defense", "prior", "training", "train_mode")
+#: Constructor arguments a :class:`Budget` sets (an audit's per-attack ``params`` may override them; a benchmark's
+#: attack takes its own ``budget`` instead).
+BUDGET_PARAMS = ("steps_per_stage", "num_restarts", "max_stage", "max_iter")
+
+
+#: Largest value of each budget field: steps per stage and restarts as the attacks accept them, stages beyond any
+#: prior's block count.
+BUDGET_LIMITS = {"steps_per_stage": MAX_STEPS, "stages": 64, "num_restarts": MAX_RESTARTS}
 
 
 @dataclass

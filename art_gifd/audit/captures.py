@@ -373,7 +373,8 @@ def run_capture_audit(
 def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, verbose: bool) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
-    done = store.latest(cfg.config_hash, repair=True) if resume else {}
+    fields = ("id", "round", "node_id", "attack", "seed", "update_explained", "images")  # what the report reads
+    done = store.latest(cfg.config_hash, repair=True, fields=fields) if resume else {}
     if not resume:
         store.clear()
     progress = tqdm(

@@ -145,7 +145,14 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS, Budget, build_attack
+from art_gifd.attacks.registry import (
+    ATTACK_REGISTRY,
+    BUDGET_LIMITS,
+    GENERATIVE_ATTACKS,
+    LOOP_PARAMS,
+    Budget,
+    build_attack,
+)
 from art_gifd.configfile import (
     Checker,
     ConfigError,
@@ -172,12 +179,23 @@ from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import ResultsBusy, ResultsFile
-from art_gifd.validation import check_device
+from art_gifd.validation import MAX_SEED, check_device
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
 LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss}
 LABEL_MODES = ("inferred", "known")
+#: Where an audit sets what the experiment loop gives every attack.
+_LOOP_KEYS = {
+    "batch_size": "set federated.batch_sizes",
+    "device": "set device at the top level",
+    "seed": "set seeds at the top level",
+    "verbose": "use art-gifd audit --no-progress",
+    "defense": "list it under [[defenses]] (adaptive = true lets the attacker replay it)",
+    "prior": "set attacks.prior",
+    "training": "set the local training under [federated]",
+    "train_mode": "set model.train_mode",
+}
 FACE_PRIOR = "face-dcgan"
 
 
@@ -454,6 +472,18 @@ def _read_data(
             "or fix model.input_shape.",
         )
         return settings, None, facts
+    clip = model.get("clip_values")
+    if clip and len(x):
+        lo, hi = float(x.min()), float(x.max())
+        inside = lo >= clip[0] - 1e-6 and hi <= clip[1] + 1e-6
+        if not inside or (hi - lo) < 0.1 * (clip[1] - clip[0]):
+            check.add(
+                ("model", "clip_values"),
+                f"the images span [{lo:.4g}, {hi:.4g}], {'outside' if not inside else 'a tenth or less of'} "
+                f"model.clip_values {clip}: set clip_values to the images' range (e.g. [0, 1] for images scaled "
+                "to [0, 1]) or scale the images.",
+            )
+            return settings, None, facts
     classes = model.get("num_classes")
     if classes and len(y) and int(y.max()) >= classes:
         check.add((*path, given[0]), f"labels go up to {int(y.max())} but model.num_classes is {classes}.")
@@ -554,9 +584,10 @@ def _read_attacks(
     settings: dict[str, Any] = {
         "names": names,
         "prior": None,
-        "steps_per_stage": check.get(table, path, "steps_per_stage", integer(1), 100),
-        "stages": check.get(table, path, "stages", integer(1), 4),
-        "num_restarts": check.get(table, path, "num_restarts", integer(1), 2),
+        **{
+            key: check.get(table, path, key, integer(1, BUDGET_LIMITS[key]), default)
+            for key, default in (("steps_per_stage", 100), ("stages", 4), ("num_restarts", 2))
+        },
         "labels": check.get(table, path, "labels", string(LABEL_MODES), "inferred"),
         "params": check.get(table, path, "params", mapping, {}),
     }
@@ -565,6 +596,9 @@ def _read_attacks(
             check.add((*path, "params", name), f"'{name}' is not in attacks.names ({', '.join(names)}).")
         elif not isinstance(params, Mapping):
             check.add((*path, "params", name), f"must be a table of {name}'s constructor arguments, got {params!r}.")
+        else:
+            for key in set(params) & set(LOOP_PARAMS):
+                check.add((*path, "params", name, key), f"is set by the audit for every attack: {_LOOP_KEYS[key]}.")
     prior, info = None, None
     if names is not None and any(n in GENERATIVE_ATTACKS for n in names):
         settings["prior"], prior, info = _read_prior(check, table.get("prior", "mnist32"), device)
@@ -609,6 +643,9 @@ def open_config(config: str | Path | Mapping[str, Any]) -> tuple[Path | None, Ch
 @contextlib.contextmanager
 def locked_output(store: ResultsFile, source: Path | None) -> Iterator[None]:
     """Hold the lock of an audit's results file; another audit writing the same output folder is a problem of it."""
+    if store.path.is_dir():
+        problem = f"'{store.path}' is a folder where the audit keeps its results file: remove it, or choose another."
+        raise AuditConfigError([ConfigProblem("output", problem)], source)
     try:
         with store.lock("art-gifd audit", "another output folder"):
             yield
@@ -622,7 +659,7 @@ def read_common(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
         "title": check.get(top, (), "title", string(), None),
         "output": check.get(top, (), "output", string(), "audit-out"),
         "device": check.get(top, (), "device", _device, "cpu"),
-        "seeds": check.get(top, (), "seeds", int_list(0), [0]),
+        "seeds": check.get(top, (), "seeds", int_list(0, high=MAX_SEED), [0]),
     }
     if settings["output"] is not None:
         output = (check.base / Path(settings["output"]).expanduser()).resolve()

@@ -182,7 +182,7 @@ def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resum
             ],
             cfg.source,
         )
-    records = store.latest(repair=True)
+    records = {key: r for key, r in store.latest(repair=True).items() if _intact(r)}
     foreign = sorted(key for key, record in records.items() if record.get("config_hash") != cfg.config_hash)
     if foreign and resume and not overwrite:
         raise AuditConfigError(
@@ -202,6 +202,21 @@ def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resum
         store.clear()
         return {}
     return records
+
+
+#: What a resumed setting's record must hold: the report reads these.
+_RUN_FIELDS = ("ssim", "psnr", "per_image", "num_images", "recognisable_share", "steps", "num_restarts")
+
+
+def _intact(record: dict[str, Any]) -> bool:
+    """Whether a record is one this audit writes (a damaged or hand-edited one is logged, and its setting redone)."""
+    run, utility = record.get("run"), record.get("utility")
+    if isinstance(run, dict) and all(k in run for k in _RUN_FIELDS) and isinstance(run["per_image"], dict):
+        return True
+    if isinstance(utility, dict) and "run" not in record:
+        return True
+    logger.warning("%s: record %s is damaged: it is done again", STATE_DIR, record.get("job_id"))
+    return False
 
 
 def _run_setting(

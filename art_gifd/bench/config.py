@@ -89,21 +89,9 @@ from art_gifd.configfile import (
     string,
 )
 from art_gifd.configfile import parse_document as parse_document  # re-exported: parse a configuration string
+from art_gifd.validation import MAX_SEED
 
 FOLDER_SPLITS = ("heldout", "train", "all")
-#: Constructor arguments that the runner sets itself (from the budget, the batch size, the seed, the defence).
-RESERVED_ATTACK_PARAMS = (
-    "steps_per_stage",
-    "num_restarts",
-    "batch_size",
-    "device",
-    "seed",
-    "verbose",
-    "defense",
-    "prior",
-    "max_stage",
-    "max_iter",
-)
 BUDGET_KEYS = ("steps_per_stage", "stages", "num_restarts")
 UTILITY_DEFAULTS: dict[str, Any] = {"rounds": 300, "batch_size": 32, "learning_rate": 0.05, "probe_batches": 8}
 
@@ -247,7 +235,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         name=v.get(top, (), "name", file_name, "unnamed"),
         description=str(top.get("description", "")),
         device=v.get(top, (), "device", string(), "cpu"),
-        seeds=v.get(top, (), "seeds", int_list(0), [0]),
+        seeds=v.get(top, (), "seeds", int_list(0, high=MAX_SEED), [0]),
         batch_sizes=v.get(top, (), "batch_sizes", int_list(1), [1]),
         budget={},
         resources={},
@@ -355,8 +343,10 @@ def _federated(v: Checker, value: Any, path: KeyPath, batch_sizes: list[int]) ->
 
 
 def _budget(v: Checker, value: Any, path: KeyPath, required: Sequence[str] = BUDGET_KEYS) -> dict[str, int]:
+    from art_gifd.attacks.registry import BUDGET_LIMITS
+
     table = v.strict_table(value, path, BUDGET_KEYS, required=required)
-    return {key: v.need(table[key], (*path, key), integer(1)) for key in BUDGET_KEYS if key in table}
+    return {k: v.need(table[k], (*path, k), integer(1, BUDGET_LIMITS[k])) for k in BUDGET_KEYS if k in table}
 
 
 def _resources(v: Checker, value: Any, path: KeyPath) -> dict[str, float]:
@@ -460,7 +450,7 @@ def _defense(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
 
 
 def _attack(v: Checker, config: BenchConfig, prior_names: set[str]) -> Callable[[Any, KeyPath], dict[str, Any]]:
-    from art_gifd.attacks.registry import ATTACK_REGISTRY, GENERATIVE_ATTACKS
+    from art_gifd.attacks.registry import ATTACK_REGISTRY, BUDGET_PARAMS, GENERATIVE_ATTACKS, LOOP_PARAMS
 
     restrictions = {
         "datasets": [d["name"] for d in config.datasets],
@@ -485,7 +475,8 @@ def _attack(v: Checker, config: BenchConfig, prior_names: set[str]) -> Callable[
                 raise Stop((*path, "prior"), f"prior '{spec['prior']}' is not valid: see the problem of its table.")
         elif "prior" in table:
             raise Stop((*path, "prior"), f"{name} does not use a generator: remove prior.")
-        allowed = [p for p in ATTACK_REGISTRY[name].cls.attack_params if p not in RESERVED_ATTACK_PARAMS]
+        reserved = (*LOOP_PARAMS, *BUDGET_PARAMS)  # set by the runner, or by the attack's budget
+        allowed = [p for p in ATTACK_REGISTRY[name].cls.attack_params if p not in reserved]
         params = v.strict_table(table.get("params", {}), (*path, "params"), allowed)
         spec["params"] = copy.deepcopy(params)
         spec["budget"] = {**config.budget, **_budget(v, table.get("budget", {}), (*path, "budget"), required=())}

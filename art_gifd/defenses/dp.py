@@ -16,6 +16,8 @@ from art_gifd.validation import check_integer, check_number
 
 #: Largest target epsilon: beyond it the guarantee bounds nothing, and Opacus' noise search no longer converges.
 MAX_EPSILON = 1e6
+#: Most DP-SGD steps an accounting covers (10^9 takes Opacus seconds; beyond, its noise search does not end).
+MAX_DP_STEPS = 10**9
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -57,7 +59,7 @@ class DPSGD(Defense):
         self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
         self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, 0.0, closed="neither")
         self.sample_rate = check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
-        self.steps = check_integer("steps", steps, 1)
+        self.steps = check_integer("steps", steps, 1, MAX_DP_STEPS)
         self.delta = check_number("delta", delta, 0.0, 1.0, closed="neither")
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
@@ -90,7 +92,7 @@ class DPSGD(Defense):
 
         check_number("epsilon", epsilon, 0.0, MAX_EPSILON, closed="right")
         check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
-        check_integer("steps", steps, 1)
+        check_integer("steps", steps, 1, MAX_DP_STEPS)
         check_number("delta", delta, 0.0, 1.0, closed="neither")
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")

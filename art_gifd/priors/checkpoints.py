@@ -42,7 +42,8 @@ def load_state_dict_file(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Generator weights not found at '{path}'. Pass the path of a local checkpoint file.")
+        what = "is a folder" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"Weights file {what}: '{path}'. Pass the path of a local checkpoint file.")
     if sha256 is not None:
         actual = sha256_of(path)
         if actual != sha256:
