@@ -166,6 +166,11 @@ class TargetModel:
                     f"{unknown[:5]}. Keys must be names from model.named_parameters()."
                 )
             items = [grads[n] for n in self.names]
+        elif isinstance(grads, np.ndarray | torch.Tensor) and grads.dtype != object:
+            raise ValueError(
+                f"The observed gradient is one array of shape {tuple(grads.shape)}: pass a list of "
+                f"{len(self.names)} arrays (one per parameter, in model.parameters() order) or a mapping name -> array."
+            )
         elif isinstance(grads, Sequence | np.ndarray) and not isinstance(grads, str | bytes):
             items = list(grads)
             if len(items) != len(self.names):

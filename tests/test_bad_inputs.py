@@ -266,3 +266,9 @@ def test_api_values_are_named_or_made_plain(lenet_clf, default_prior, tmp_path) 
     bom = tmp_path / "bom.toml"
     bom.write_bytes("\ufefftitle = 'x'\n".encode())  # the byte-order mark some editors write
     assert read_document(bom).data == {"title": "x"}
+
+
+def test_one_array_given_as_the_whole_gradient_is_named(lenet_clf, heldout, default_prior) -> None:
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    with pytest.raises(ValueError, match=r"one array of shape \(12, 1, 5, 5\): pass a list of 8 arrays"):
+        GIFDAttack(lenet_clf, default_prior, steps_per_stage=1).infer(grads[0])
