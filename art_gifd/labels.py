@@ -6,12 +6,25 @@ bias gradient of class ``c`` is ``g_c = (1/B) Σ_i (p_ic − y_ic)``: negative f
 (iDLG, Zhao et al. 2020). Without a bias the row sums of the weight gradient play the same role when the features
 entering the head are non-negative (ReLU/sigmoid), which is the usual case.
 
-Counts of repeated labels (batch size ``B`` larger than the number of negative entries) are estimated as follows.
+Which classes are present is read from the span of the head's gradient first. Each sample ``i`` adds ``(p_i − e_{y_i})
+h_iᵀ`` to the weight gradient (``h_i`` its features), so the column space of ``[∇W, ∇b]`` is spanned by the ``B``
+vectors ``v_i = p_i − e_{y_i}``, each negative at its label only and positive elsewhere. A class ``c`` is present when
+that ``B``-dimensional span (the top ``B`` left singular vectors) holds a vector negative at ``c`` and positive
+elsewhere: a small linear programme per class, whose margin is positive for the classes present. No absent class has a
+negative bias gradient, so the classes the sign rule finds are kept, and the span adds those it missed whose margin is
+above half the smallest margin of the sign's classes (an absent class's margin is small or negative). Unlike the sign of
+the bias alone, this does not fail on a confident model, whose correct samples leave residuals ``1 − p`` too small to
+outweigh the probability an unconfident sample spreads over absent classes (on a trained ConvNet at B=4, label accuracy
+0.77–0.84 → 0.86–0.93 from FedSGD to 10 local steps; tuning pool of held-out digits 700–899). After several local steps
+(FedAvg) the span is approximate; it is used the same way. When ``B > nb_classes / 2`` the span holds vectors of that
+shape for absent classes too (on an untrained ConvNet at B=8 it cost 0.15–0.20 of label accuracy), and without a weight
+gradient of two dimensions, the sign rule alone decides.
+
+Counts of repeated labels (batch size ``B`` larger than the number of present classes) are estimated as follows.
 A class absent from the batch has ``g_c = p̄_c``, its mean predicted probability; the mean of ``g`` over absent
 classes estimates ``p̄`` of the present ones too (near-uniform predictions, as early in training), so a present
 class has ``n_c ≈ B (p̄ − g_c)``. The estimates are rescaled to sum to ``B`` and rounded by largest remainder with
-every present class kept at least once. This is exact for distinct labels and a heuristic for repeats: confident
-models (peaked predictions) make it less reliable.
+every present class kept at least once. This is exact for distinct labels and a heuristic for repeats.
 """
 
 from __future__ import annotations
@@ -87,14 +100,54 @@ def infer_labels(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: i
     weight_index, bias_index = find_classifier_head(module, nb_classes)
     signal = label_signal(grads, weight_index, bias_index).cpu().numpy()
     order = np.argsort(signal, kind="stable")
-    present = [int(c) for c in order if signal[c] < 0]
+    present = [int(c) for c in order if signal[c] < 0]  # no absent class has a negative signal
+    margins = span_margins(grads, weight_index, bias_index, batch_size)
+    if margins is not None:  # add the present classes the sign missed (confident samples), most certain first
+        floor = max(0.0, 0.5 * min((margins[c] for c in present), default=0.0))
+        missed = [int(c) for c in np.argsort(-margins, kind="stable") if c not in present and margins[c] > floor]
+        present += missed[: max(batch_size - len(present), 0)]
     if not present:  # degenerate (e.g. fully confident model): fall back to the most negative entries
-        present = [int(c) for c in order[:1]]
+        present = [int(np.argmin(signal))]
     if len(present) >= batch_size:
         labels = sorted(present[:batch_size])
     else:
         labels = sorted(_estimate_counts(signal, present, batch_size))
     return torch.as_tensor(labels, dtype=torch.long, device=grads[0].device)
+
+
+def span_margins(
+    grads: Sequence[torch.Tensor], weight_index: int, bias_index: int | None, batch_size: int
+) -> np.ndarray | None:
+    """
+    Per class, how far the span of the head's gradient holds a vector negative at that class only (see the module
+    documentation): positive for the classes present, negative (or ``-inf``) for most absent ones. ``None`` where the
+    test cannot decide: ``batch_size > nb_classes / 2``, a head without a 2-D weight gradient, a zero gradient.
+    """
+    from scipy.optimize import linprog
+
+    weight = grads[weight_index].detach().double().cpu()
+    classes = weight.shape[0]
+    if weight.dim() != 2 or 2 * batch_size > classes:  # a span of half the classes or more holds too much
+        return None
+    columns = [weight] + ([grads[bias_index].detach().double().cpu().reshape(-1, 1)] if bias_index is not None else [])
+    u, s, _ = np.linalg.svd(torch.cat(columns, dim=1).numpy(), full_matrices=False)
+    if s[0] == 0:
+        return None
+    u = u[:, : int(min(batch_size, (s > s[0] * 1e-6).sum()))]
+    rank = u.shape[1]
+    margins = np.full(classes, -np.inf)
+    for c in range(classes):
+        # maximise t such that the span holds v with v_c = -1 and v_k >= t for every other class k
+        others = np.delete(np.arange(classes), c)
+        bounds = [(-1e3, 1e3)] * rank + [(None, 1.0)]
+        a_ub = np.concatenate([-u[others], np.ones((classes - 1, 1))], axis=1)
+        a_eq = np.concatenate([u[c], [0.0]])[None]
+        found = linprog(
+            np.r_[np.zeros(rank), -1.0], A_ub=a_ub, b_ub=np.zeros(classes - 1), A_eq=a_eq, b_eq=[-1.0], bounds=bounds
+        )
+        if found.status == 0:
+            margins[c] = -found.fun
+    return margins
 
 
 def _estimate_counts(signal: np.ndarray, present: list[int], batch_size: int) -> list[int]:
