@@ -218,6 +218,7 @@ def labels(args: argparse.Namespace) -> list[dict[str, Any]]:
     from art_gifd.models import lenet
 
     torch.set_num_threads(args.threads)
+    commit = git_commit()
     trained, accuracy = trained_model(args.rounds)
     models = {
         f"ConvNet after {args.rounds} FedAvg rounds (accuracy {accuracy:.2f})": trained,
@@ -251,6 +252,7 @@ def labels(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "setting": setting.replace(", known order", ""),
                         "label_accuracy": float(np.mean(scores)),
                         "exact_share": float(np.mean(np.asarray(scores) == 1.0)),
+                        "commit": commit,
                     }
                 )
                 print(rows[-1], flush=True)
@@ -401,7 +403,9 @@ def _labels_markdown(rows: list[dict[str, Any]] | None) -> str:
         "Labels from the update (`python benchmarks/fedavg.py --labels`)",
         "`infer_labels` on 30 random client batches of held-out digits "
         f"{LABEL_POOL[0]}–{LABEL_POOL[1] - 1} per row (the same batches in every row): mean fraction of the labels "
-        "recovered (multiset) and share of batches with every label right.",
+        "recovered (multiset) and share of batches with every label right. Measured at commit "
+        f"`{', '.join(sorted({str(r.get('commit')) for r in rows}))}`: the labels column of the first table is the "
+        "runs' own (their commit's `infer_labels`).",
         ["model", "N", "update", "labels recovered", "batches exact"],
         [
             f"| {r['model']} | {r['size']} | {r['setting']} | {r['label_accuracy']:.3f} | {r['exact_share']:.2f} |"
