@@ -403,21 +403,10 @@ class Checker:
         ``data`` as a table whose keys must be among ``known`` (an unknown key is a problem, with the closest known
         one suggested) and include ``required``; ``None`` is an empty table, anything else a problem and ``{}``.
         """
-        if data is None:
-            data = {}
-        what = format_key(path) or "the configuration"
-        if not isinstance(data, Mapping):
-            self.add(path, f"must be a table of keys ({', '.join(known)}), got {kind_of(data)}.")
-            return {}
-        for name in data:
-            if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                self.add((*path, name), f"unknown key in {what}: {hint}known keys here: {', '.join(known)}.")
-        for name in required:
-            if name not in data:
-                self.add((*path, name), f"missing (required): {what} needs the key '{name}'.")
-        return dict(data)
+        table, problems = _table_problems(data, path, known, required)
+        for where, message in problems:
+            self.add(where, message)
+        return table
 
     def get(
         self,
@@ -488,12 +477,9 @@ class Checker:
 
     def strict_table(self, value: Any, path: KeyPath, known: Sequence[str], required: Sequence[str] = ()) -> dict:
         """:meth:`table`, but :class:`Stop` at its first problem."""
-        before = len(self.problems)
-        table = self.table(value, path, known, required)
-        if len(self.problems) > before:
-            first = self.problems[before]
-            del self.problems[before:]
-            raise Stop(_path_of(first.key, path), first.message)
+        table, problems = _table_problems(value, path, known, required)
+        if problems:
+            raise Stop(*problems[0])
         return table
 
     def each(self, value: Any, path: KeyPath, check: Callable[[Any, KeyPath], Any], non_empty: bool = True) -> list:
@@ -510,12 +496,25 @@ class Checker:
         return checked
 
 
-def _path_of(key: str, fallback: KeyPath) -> KeyPath:
-    """The key path whose :func:`format_key` is ``key`` (``fallback`` for one that is not under it)."""
-    parts: list[str | int] = []
-    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
-        parts.append(int(index) if index else name)
-    return tuple(parts) if format_key(tuple(parts)) == key else fallback
+def _table_problems(
+    data: Any, path: KeyPath, known: Sequence[str], required: Sequence[str]
+) -> tuple[dict[str, Any], list[tuple[KeyPath, str]]]:
+    """The table of :meth:`Checker.table` and its problems, each ``(key path, message)``."""
+    if data is None:
+        data = {}
+    what = format_key(path) or "the configuration"
+    if not isinstance(data, Mapping):
+        return {}, [(path, f"must be a table of keys ({', '.join(known)}), got {kind_of(data)}.")]
+    problems = []
+    for name in data:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(((*path, name), f"unknown key in {what}: {hint}known keys here: {', '.join(known)}."))
+    for name in required:
+        if name not in data:
+            problems.append(((*path, name), f"missing (required): {what} needs the key '{name}'."))
+    return dict(data), problems
 
 
 def kind_of(value: Any) -> str:
