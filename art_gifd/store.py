@@ -21,7 +21,7 @@ import platform
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,23 +233,25 @@ class ResultsFile:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def latest(
-        self, config_hash: str | None = None, repair: bool = False, fields: tuple[str, ...] = ()
+        self,
+        config_hash: str | None = None,
+        repair: bool = False,
+        valid: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """
         The last record of every job id (a job rerun supersedes its earlier line).
 
         :param config_hash: Keep only records of this configuration (their ``config_hash``).
         :param repair: As in :meth:`read`.
-        :param fields: Keep only records holding these fields (a record without them, written by hand or by another
-                       program, is skipped with a warning and its job done again).
+        :param valid: Keep only records it accepts (one of the wrong shape, written by hand or by another program, is
+                      skipped with a warning and its job done again).
         """
         latest = {}
         for record in self.read(repair=repair)[1]:
             if "job_id" not in record or config_hash not in (None, record.get("config_hash")):
                 continue
-            missing = [name for name in fields if name not in record]
-            if missing:
-                logger.warning("%s: record %s lacks %s: it is done again", self.path, record["job_id"], missing)
+            if valid is not None and not valid(record):
+                logger.warning("%s: record %s is damaged: it is done again", self.path, record["job_id"])
                 continue
             latest[record["job_id"]] = record
         return latest

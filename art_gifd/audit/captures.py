@@ -348,6 +348,15 @@ def _record(
     return record, images
 
 
+#: What a resumed record must hold: the report reads these.
+_RECORD_FIELDS = ("id", "round", "node_id", "attack", "seed", "update_explained", "images")
+
+
+def _intact(record: dict[str, Any]) -> bool:
+    """Whether a record is one this audit writes."""
+    return all(name in record for name in _RECORD_FIELDS)
+
+
 def _job_id(update: CapturedUpdate, attack_name: str, seed: int) -> str:
     return f"{update.name}-{attack_name}-s{seed}"
 
@@ -373,8 +382,7 @@ def run_capture_audit(
 def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, verbose: bool) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
-    fields = ("id", "round", "node_id", "attack", "seed", "update_explained", "images")  # what the report reads
-    done = store.latest(cfg.config_hash, repair=True, fields=fields) if resume else {}
+    done = store.latest(cfg.config_hash, repair=True, valid=_intact) if resume else {}
     if not resume:
         store.clear()
     progress = tqdm(

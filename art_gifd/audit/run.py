@@ -182,7 +182,7 @@ def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resum
             ],
             cfg.source,
         )
-    records = {key: r for key, r in store.latest(repair=True).items() if _intact(r)}
+    records = store.latest(repair=True, valid=_intact)
     foreign = sorted(key for key, record in records.items() if record.get("config_hash") != cfg.config_hash)
     if foreign and resume and not overwrite:
         raise AuditConfigError(
@@ -209,14 +209,11 @@ _RUN_FIELDS = ("ssim", "psnr", "per_image", "num_images", "recognisable_share", 
 
 
 def _intact(record: dict[str, Any]) -> bool:
-    """Whether a record is one this audit writes (a damaged or hand-edited one is logged, and its setting redone)."""
+    """Whether a record is one this audit writes: a setting's scores, or a defence's utility."""
     run, utility = record.get("run"), record.get("utility")
     if isinstance(run, dict) and all(k in run for k in _RUN_FIELDS) and isinstance(run["per_image"], dict):
         return True
-    if isinstance(utility, dict) and "run" not in record:
-        return True
-    logger.warning("%s: record %s is damaged: it is done again", STATE_DIR, record.get("job_id"))
-    return False
+    return isinstance(utility, dict) and "run" not in record
 
 
 def _run_setting(
