@@ -552,3 +552,23 @@ def test_records_of_the_wrong_shape_or_a_records_folder_are_handled(tmp_path) ->
     with pytest.raises(AuditConfigError, match="is a folder where the audit keeps its results file") as err:
         run_audit(other, verbose=False)
     assert err.value.keys == ["output"]
+
+
+def test_no_resume_runs_every_setting_again_and_deletes_nothing(tmp_path, monkeypatch) -> None:
+    path = write_config(tmp_path)
+    first = run_audit(path, verbose=False)
+    first.json.unlink()  # as if interrupted while writing the report
+    records = tmp_path / "out" / "settings" / "records.jsonl"
+    before = records.read_text()
+    real, rerun = audit_run._run_setting, []
+
+    def counting(cfg, setting, lpips, verbose):
+        rerun.append(setting.id)
+        return real(cfg, setting, lpips, verbose)
+
+    monkeypatch.setattr(audit_run, "_run_setting", counting)
+    again = run_audit(path, resume=False, verbose=False)
+    assert sorted(rerun) == sorted(s["id"] for s in first.settings)
+    assert again.document["reproducibility"]["resumed"] == []
+    assert records.read_text().startswith(before)  # the earlier records stay; the new ones supersede them
+    assert [s["per_image"] for s in again.settings] == [s["per_image"] for s in first.settings]  # seeded

@@ -382,9 +382,8 @@ def run_capture_audit(
 def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, verbose: bool) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
+    # without resume every update is attacked again, and its new record supersedes the old one
     done = store.latest(cfg.config_hash, repair=True, valid=_intact) if resume else {}
-    if not resume:
-        store.clear()
     progress = tqdm(
         total=len(cfg.updates) * len(cfg.attacks) * len(cfg.settings["seeds"]),
         desc="captured updates",

@@ -198,10 +198,10 @@ def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resum
     if overwrite:
         for name in (*REPORT_FILES, GRID_FILE, UTILITY_FIGURE):
             (out / name).unlink(missing_ok=True)
-    if overwrite or not resume:
+    if overwrite:
         store.clear()
         return {}
-    return records
+    return records if resume else {}  # without resume, new records supersede the old ones of the same settings
 
 
 #: What a resumed setting's record must hold: the report reads these.
