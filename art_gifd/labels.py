@@ -15,10 +15,10 @@ negative bias gradient, so the classes the sign rule finds are kept, and the spa
 above half the smallest margin of the sign's classes (an absent class's margin is small or negative). Unlike the sign of
 the bias alone, this does not fail on a confident model, whose correct samples leave residuals ``1 − p`` too small to
 outweigh the probability an unconfident sample spreads over absent classes (on a trained ConvNet at B=4, label accuracy
-0.77–0.84 → 0.86–0.93 from FedSGD to 10 local steps; tuning pool of held-out digits 700–899). After several local steps
-(FedAvg) the span is approximate; it is used the same way. When ``B > nb_classes / 2`` the span holds vectors of that
-shape for absent classes too (on an untrained ConvNet at B=8 it cost 0.15–0.20 of label accuracy), and without a weight
-gradient of two dimensions, the sign rule alone decides.
+0.63–0.72 → 0.82–0.89 from FedSGD to 10 local steps, on held-out digits 900–999; the rule was chosen on 700–899;
+benchmarks/results/labels.md). After several local steps (FedAvg) the span is approximate; it is used the same way. When
+``B > nb_classes / 2`` the span holds vectors of that shape for absent classes too (on an untrained ConvNet at B=8 it
+cost 0.15–0.20 of label accuracy), and without a weight gradient of two dimensions, the sign rule alone decides.
 
 Counts of repeated labels (batch size ``B`` larger than the number of present classes) are estimated as follows.
 A class absent from the batch has ``g_c = p̄_c``, its mean predicted probability; the mean of ``g`` over absent
