@@ -572,3 +572,10 @@ def test_no_resume_runs_every_setting_again_and_deletes_nothing(tmp_path, monkey
     assert again.document["reproducibility"]["resumed"] == []
     assert records.read_text().startswith(before)  # the earlier records stay; the new ones supersede them
     assert [s["per_image"] for s in again.settings] == [s["per_image"] for s in first.settings]  # seeded
+
+
+def test_every_parameter_the_loop_sets_has_a_hint_where_to_set_it() -> None:
+    from art_gifd.attacks.registry import LOOP_PARAMS
+    from art_gifd.audit.config import _LOOP_KEYS
+
+    assert set(_LOOP_KEYS) == set(LOOP_PARAMS)
