@@ -163,6 +163,22 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     ),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
     "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None, step_split="last-heavy")),
+    "default, pool=16": (
+        "default",
+        _from_new(feature_restarts=None, feature_learning_rate=None, step_split="last-heavy", _latent_pool=16),
+    ),
+    "default, steps 1/4-1/8-1/8-1/2": (
+        "default",
+        _from_new(feature_restarts=None, feature_learning_rate=None, step_split=(0.25, 0.125, 0.125, 0.5)),
+    ),
+    "default, latent lr 0.2": (
+        "default",
+        _from_new(feature_restarts=None, learning_rate=0.2, feature_learning_rate=0.1, step_split="last-heavy"),
+    ),
+    "default, latent lr 0.3": (
+        "default",
+        _from_new(feature_restarts=None, learning_rate=0.3, feature_learning_rate=0.1, step_split="last-heavy"),
+    ),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
     "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
