@@ -616,16 +616,17 @@ def quality_report(args: argparse.Namespace) -> str:
     lines = [
         "# Time-to-quality: our GIFD against the plain-loop reference (CPU, one thread)",
         "",
-        "Evaluation split of each case (`benchmarks/cases.py`), 8 images, seeds 0 and 1, labels given, 4 stages. "
+        "Evaluation split of each case (`benchmarks/cases.py`), the images and seeds shown, labels given, 4 stages. "
         "*reference*: the paper's protocol as a plain sequential loop, 4 restarts each through every stage "
         "(*reference R=1*: one restart). *ours*: `GIFDAttack` at its defaults with the `feature_restarts` shown. "
         "PSNR in dB, mean ± s.e.m. over batch × seed; Δ: paired difference to the reference (wins); time-to-quality: "
         "reference CPU seconds / the CPU seconds ours needs to reach the reference's mean PSNR (interpolated between "
         "¼, ½ and all of the steps; 'not reached' if even all of them fall short).",
         "",
-        "| case | B | steps/stage | ours: feature_restarts | reference | reference R=1 | ours | Δ ours − reference "
-        "| Δ ours − reference R=1 | CPU s ref / R=1 / ours | time-to-quality vs reference | vs reference R=1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| case | B | images | seeds | steps/stage | ours: feature_restarts | reference | reference R=1 | ours "
+        "| Δ ours − reference | Δ ours − reference R=1 | CPU s ref / R=1 / ours | time-to-quality vs reference "
+        "| vs reference R=1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(RESULTS.glob("quality_*.json")):
         record = json.loads(path.read_text())
@@ -634,7 +635,8 @@ def quality_report(args: argparse.Namespace) -> str:
 
         protocol = record["protocol"]
         lines.append(
-            f"| {record['case']['name']} | {protocol['batch_size']} | {protocol['steps_per_stage']} "
+            f"| {record['case']['name']} | {protocol['batch_size']} | {record['case']['images']} "
+            f"| {' '.join(map(str, protocol['seeds']))} | {protocol['steps_per_stage']} "
             f"| {record.get('ours_feature_restarts', 'default')} | {_cell(ref)} | {_cell(one)} | {_cell(ours)} "
             f"| {_diff(ours['paired_diff_vs_reference'])} | {_diff(ours['paired_diff_vs_reference R=1'])} "
             f"| {ref['cpu']['mean']:.1f} / {one['cpu']['mean']:.1f} / {ours['cpu']['mean']:.1f} "
