@@ -27,8 +27,8 @@ same settings skips it. The summary goes to ``--out`` (``art-gifd/results/v1`` w
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ood.py --steps-per-stage 50 --restarts 2 --images 16
 
-On 2 shared CPU cores one (pair, attack, batch size) of 16 images takes tens of minutes; with ``--device cuda`` the
-whole grid takes about 4.5 minutes on one H200 when split into one process per pair and batch size (``--pairs P
+On the CPU with one torch thread the whole grid (38 jobs) took 31 minutes on 2026-12-02; with ``--device cuda`` it
+takes about 4.5 minutes on one H200 when split into one process per pair and batch size (``--pairs P
 --batch-sizes B --jobs J_P_B.jsonl``), whose job files, concatenated into ``--jobs``, a last call turns into the
 summary (it skips every finished job). Each run records the device it ran on.
 """
