@@ -92,6 +92,15 @@ def _from_old(**changes: Any) -> Config:
     return lambda case, batch: {**old(case, batch), **changes}
 
 
+#: The default chosen on the tuning split: ``NEW`` with every restart through every stage, the prior's feature-stage
+#: learning rate and the last-heavy step split.
+DEFAULT: dict[str, Any] = {**NEW, "feature_restarts": None, "feature_learning_rate": None, "step_split": "last-heavy"}
+
+
+def _from_default(**changes: Any) -> Config:
+    return lambda case, batch: {**DEFAULT, **changes}
+
+
 #: name -> (baseline it is paired with, configuration).
 CONFIGS: dict[str, tuple[str, Config]] = {
     "new": ("new", _from_new()),
@@ -162,23 +171,11 @@ CONFIGS: dict[str, tuple[str, Config]] = {
         _from_new(feature_restarts=None, feature_learning_rate=0.03, step_split=(0.125, 0.125, 0.25, 0.5)),
     ),
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
-    "default": ("old", _from_new(feature_restarts=None, feature_learning_rate=None, step_split="last-heavy")),
-    "default, pool=16": (
-        "default",
-        _from_new(feature_restarts=None, feature_learning_rate=None, step_split="last-heavy", _latent_pool=16),
-    ),
-    "default, steps 1/4-1/8-1/8-1/2": (
-        "default",
-        _from_new(feature_restarts=None, feature_learning_rate=None, step_split=(0.25, 0.125, 0.125, 0.5)),
-    ),
-    "default, latent lr 0.2": (
-        "default",
-        _from_new(feature_restarts=None, learning_rate=0.2, feature_learning_rate=0.1, step_split="last-heavy"),
-    ),
-    "default, latent lr 0.3": (
-        "default",
-        _from_new(feature_restarts=None, learning_rate=0.3, feature_learning_rate=0.1, step_split="last-heavy"),
-    ),
+    "default": ("old", _from_default()),
+    "default, pool=16": ("default", _from_default(_latent_pool=16)),
+    "default, steps 1/4-1/8-1/8-1/2": ("default", _from_default(step_split=(0.25, 0.125, 0.125, 0.5))),
+    "default, latent lr 0.2": ("default", _from_default(learning_rate=0.2, feature_learning_rate=0.1)),
+    "default, latent lr 0.3": ("default", _from_default(learning_rate=0.3, feature_learning_rate=0.1)),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
     "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
