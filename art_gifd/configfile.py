@@ -447,9 +447,10 @@ class Checker:
         return resolved
 
     def raise_problems(self) -> None:
-        """Raise every recorded problem as one error (nothing if there is none)."""
+        """Raise every recorded problem as one error, in the order of the file (nothing if there is none)."""
         if self.problems:
-            raise self.error(self.problems, self.document.source)
+            in_file_order = sorted(self.problems, key=lambda p: (p.line is None, p.line or 0))
+            raise self.error(in_file_order, self.document.source)
 
     # raising readers, for the entries checked inside section()
 
@@ -587,3 +588,34 @@ def mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"must be a table of keyword arguments, got {value!r}.")
     return dict(value)
+
+
+# ------------------------------------------------------------------------------------------- shared validators
+
+
+def check_unique(check: Checker, entries: list[dict], path: KeyPath, key: str, config_key: str | None = None) -> None:
+    """Every entry's ``key`` is its own (a repeat is a problem of the entry's ``config_key``)."""
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if entry[key] in seen:
+            check.add(
+                (*path, index, config_key or key),
+                f"duplicated {config_key or key} {entry[key]!r}: give each its own.",
+            )
+        seen.add(entry[key])
+
+
+def string_list(choices: Sequence[str] | None) -> Callable[[Any], list[str]]:
+    """A non-empty list of distinct names (among ``choices`` when given)."""
+    name = string(choices)
+
+    def convert(value: Any) -> list[str]:
+        if not isinstance(value, list) or not value:
+            among = f" ({', '.join(choices)})" if choices else ""
+            raise ValueError(f"must be a non-empty list of names{among}, got {kind_of(value)}.")
+        names = [name(item) for item in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"has repeated values: {names}.")
+        return names
+
+    return convert

@@ -76,6 +76,8 @@ class Experiment:
     verbose: bool = True
     #: Extra constructor arguments of the attacks, by attack name, e.g. ``{"gifd": {"l1_radius": 0.1}}``.
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Give the attacks the true labels (else they infer them from each update).
+    labels_known: bool = False
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -199,6 +201,7 @@ def run_experiment(
                 experiment.seed,
                 defense=case.defense,
                 adaptive=case.adaptive,
+                labels_known=experiment.labels_known,
                 device=experiment.device,
                 verbose=experiment.verbose,
                 attack_params=experiment.attack_params.get(attack_name),

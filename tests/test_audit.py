@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from art_gifd.attacks.registry import GENERATIVE_ATTACKS
 from art_gifd.audit import AuditConfigError, load_audit_config, run_audit
 from art_gifd.audit import run as audit_run
 from art_gifd.cli import main
@@ -20,8 +21,20 @@ from art_gifd.metrics import LPIPSMetric
 from art_gifd.models import lenet
 from art_gifd.report.audit import SCHEMA, format_number
 
+#: The tiny audit's step budget and prior (an audit and a benchmark profile both take these tables).
+ATTACK_HEAD = """\
+[budget]
+steps_per_stage = 3
+stages = 2
+num_restarts = 1
+
+[priors.mnist]
+type = "embedded"
+name = "mnist32"
+"""
 #: A tiny audit: one LeNet, one digit, batch size 1, the baseline and one defence, a few GIFD steps.
-TINY = """\
+TINY = (
+    """\
 title = "tiny audit"
 output = "out"
 images_per_setting = 1
@@ -44,17 +57,16 @@ type = "{defense}"
 params = {{ ratio = 0.5 }}
 adaptive = true
 
-[attacks]
-names = [{attacks}]
-steps_per_stage = 3
-stages = 2
-num_restarts = 1
-
+"""
+    + ATTACK_HEAD
+    + """
+{attacks}
 [utility]
 rounds = 2
 batch_size = 4
 probe_batches = 1
 """
+)
 
 
 #: The bench configuration of the tiny audit's undefended GIFD setting (the LeNet, the first held-out digits).
@@ -90,8 +102,16 @@ def fedavg_config(folder: Path, federated: str = FEDAVG) -> Path:
     return path
 
 
-def write_config(folder: Path, name: str = "audit.toml", **fields: str) -> Path:
-    values = {"model_extra": "", "data": 'embedded = "mnist32"', "defense": "prune", "attacks": '"gifd"', **fields}
+def attack_tables(*names: str) -> str:
+    """One ``[[attacks]]`` table per attack name, the generative ones on the tiny audit's prior."""
+    return "".join(
+        f'[[attacks]]\nname = "{n}"\n' + ('prior = "mnist"\n' if n in GENERATIVE_ATTACKS else "") + "\n" for n in names
+    )
+
+
+def write_config(folder: Path, name: str = "audit.toml", attacks: tuple[str, ...] = ("gifd",), **fields: str) -> Path:
+    values = {"model_extra": "", "data": 'embedded = "mnist32"', "defense": "prune", **fields}
+    values["attacks"] = attack_tables(*attacks)
     path = folder / name
     path.write_text(TINY.format(**values))
     return path
@@ -114,36 +134,38 @@ def save_png(path: Path, size: tuple[int, int], seed: int) -> None:
 
 
 def test_unknown_attack_and_defence_are_named_together_with_their_lines(tmp_path) -> None:
-    path = write_config(tmp_path, defense="shield", attacks='"gifd", "telepathy"')
+    path = write_config(tmp_path, defense="shield", attacks=("gifd", "telepathy"))
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     found = problems(err)
-    assert set(found) == {"defenses[0].type", "attacks.names"}  # both reported by one validation pass
+    assert set(found) == {"defenses[0].type", "attacks[1].name"}  # both reported by one validation pass
     assert "shield" in found["defenses[0].type"] and "prune" in found["defenses[0].type"]  # the choices are listed
-    assert "telepathy" in found["attacks.names"] and "gifd" in found["attacks.names"]
+    assert "telepathy" in found["attacks[1].name"] and "gifd" in found["attacks[1].name"]
     lines = {p.key: p.line for p in err.value.problems}
     assert lines["defenses[0].type"] == line_of(path, "type = ", after="[[defenses]]")
-    assert lines["attacks.names"] == line_of(path, "names = ")
+    assert lines["attacks[1].name"] == line_of(path, 'name = "telepathy"')
     assert not (tmp_path / "out").exists()  # nothing was written
 
 
 def test_defence_and_attack_parameters_are_checked_on_the_model(tmp_path) -> None:
     path = write_config(tmp_path)
     text = path.read_text().replace(
-        "[attacks]\n", '[[defenses]]\ntype = "dp"\nparams = { epsilon = 8.0, delta = 1e-5 }\n\n[attacks]\n'
+        "[budget]\n", '[[defenses]]\ntype = "dp"\nparams = { epsilon = 8.0, delta = 1e-5 }\n\n[budget]\n'
     )
     text = text.replace("params = { ratio = 0.5 }\nadaptive = true", 'params = { layer = "0", ratio = 0.5 }')
     text = text.replace('type = "prune"', 'type = "soteria"')
-    attack_params = "params = { gifd = { l1_radius = 0.1, warp = 3 }, pixel = { learning_rate = 0.1 } }"
-    path.write_text(text.replace("num_restarts = 1\n", f"num_restarts = 1\n{attack_params}\n"))
+    attacks = attack_tables("gifd", "pixel")
+    attacks = attacks.replace('prior = "mnist"\n', 'prior = "mnist"\nparams = { l1_radius = 0.1, warp = 3 }\n')
+    attacks = attacks.replace('"pixel"\n', '"pixel"\nparams = { learning_rate = -1.0 }\n')
+    path.write_text(text.replace(attack_tables("gifd"), attacks))
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     found = problems(err)
-    assert set(found) == {"defenses[0].params", "defenses[1].params", "attacks.params.gifd", "attacks.params.pixel"}
+    assert set(found) == {"defenses[0].params", "defenses[1].params", "attacks[0].params.warp", "attacks[1].params"}
     assert "'0'" in found["defenses[0].params"] and "'7'" in found["defenses[0].params"]  # names the linear layers
     assert "max_grad_norm" in found["defenses[1].params"]  # DP-SGD needs its clipping norm
-    assert "warp" in found["attacks.params.gifd"]
-    assert "not in attacks.names" in found["attacks.params.pixel"]
+    assert "l1_radius" in found["attacks[0].params.warp"]  # the accepted parameters are named
+    assert "learning_rate" in found["attacks[1].params"]  # checked by building the attack for this model
 
 
 def test_missing_weights_and_data_paths(tmp_path) -> None:
@@ -214,12 +236,12 @@ def test_yaml_config_errors_carry_lines(tmp_path) -> None:
     path.write_text(
         "model:\n  factory: art_gifd.models:lenet\n  input_shape: [1, 32, 32]\n  num_classes: 10\n"
         "data:\n  embedded: mnist32\n  split: nowhere\n"
-        "attacks:\n  steps_per_stage: 0\n"
+        "budget:\n  steps_per_stage: 0\nattacks:\n  - name: pixel\n"
     )
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     lines = {p.key: p.line for p in err.value.problems}
-    assert lines == {"data.split": 7, "attacks.steps_per_stage": 9}
+    assert lines == {"data.split": 7, "budget.steps_per_stage": 9}
 
 
 @pytest.fixture(scope="module")
@@ -372,11 +394,9 @@ def test_attacked_images_are_never_in_the_utility_split(tmp_path) -> None:
     assert not attacked & {image.tobytes() for image in np.concatenate([x_train, x_test])}
 
 
-def test_report_states_the_restarts_and_steps_that_ran_when_params_override_the_budget(tmp_path) -> None:
-    path = write_config(tmp_path, attacks='"gifd", "pixel"')
-    text = path.read_text().replace(
-        "num_restarts = 1\n", "num_restarts = 1\nparams = { gifd = { num_restarts = 2 } }\n"
-    )
+def test_report_states_the_restarts_and_steps_that_ran_when_an_attack_has_its_own_budget(tmp_path) -> None:
+    path = write_config(tmp_path, attacks=("gifd", "pixel"))
+    text = path.read_text().replace('prior = "mnist"\n\n', 'prior = "mnist"\nbudget = { num_restarts = 2 }\n\n')
     path.write_text(text)
     report = run_audit(path, verbose=False)
     ran = {s["attack"]: s["num_restarts"] for s in report.settings}
@@ -384,6 +404,89 @@ def test_report_states_the_restarts_and_steps_that_ran_when_params_override_the_
     assert report.document["attacks"]["restarts"] == "gifd: 2, pixel: 1"
     assert "gifd: 2, pixel: 1 restart(s)" in report.summary.read_text()
     assert any("gifd: 2, pixel: 1 restart(s)" in item for item in report.document["limitations"])
+
+
+#: Attack tables that an audit and a benchmark profile both take: a restricted baseline, a labelled second GIFD.
+SHARED_ATTACKS = (
+    ATTACK_HEAD
+    + """
+[[attacks]]
+name = "gifd"
+prior = "mnist"
+
+[[attacks]]
+name = "gifd"
+label = "gifd known"
+prior = "mnist"
+labels = "known"
+budget = { num_restarts = 2 }
+
+[[attacks]]
+name = "idlg"
+defenses = ["none"]
+"""
+)
+
+
+def test_audit_and_bench_read_the_attack_tables_with_one_meaning(tmp_path) -> None:
+    from art_gifd.bench.config import parse_document, validate_config
+
+    path = write_config(tmp_path)
+    text = path.read_text()
+    start, end = text.index("[budget]"), text.index("[utility]")
+    path.write_text(text[:start] + SHARED_ATTACKS + "\n" + text[end:])
+    cfg = load_audit_config(path)
+    bench = validate_config(
+        parse_document(
+            'name = "same"\nmodels = ["lenet"]\n[[datasets]]\nname = "mnist"\nsource = "mnist32"\nnum_images = 1\n'
+            '[[defenses]]\ntype = "none"\n' + SHARED_ATTACKS,
+            "toml",
+        )
+    )
+    assert cfg.settings["attacks"] == bench.attacks and cfg.settings["budget"] == bench.budget
+    known = cfg.attacks[1]
+    assert (known.label, known.labels_known, known.budget.num_restarts, known.budget.steps_per_stage) == (
+        "gifd known",
+        True,
+        2,
+        3,
+    )
+    # the baseline attack runs under the undefended setting only: 2 GIFDs x 2 defences + 1 iDLG
+    planned = [(s.defense, s.attack.label) for s in audit_run.plan_settings(cfg)]
+    assert len(planned) == 5 and (1, "idlg") not in planned and (0, "idlg") in planned
+    assert len({s.id for s in audit_run.plan_settings(cfg)}) == 5  # one file name each
+
+
+def test_attack_tables_of_the_old_form_repeated_labels_and_unknown_defences_are_named(tmp_path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text()
+    old = text.replace(attack_tables("gifd"), '[attacks]\nnames = ["gifd"]\n\n')
+    path.write_text(old)
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "[[attacks]] table per attack" in problems(err)["attacks"]
+    tables = attack_tables("pixel", "pixel", "idlg") + 'defenses = ["shield"]\n'
+    path.write_text(text.replace(attack_tables("gifd"), tables))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    found = problems(err)
+    assert "duplicated label 'pixel'" in found["attacks[1].label"] and "shield" in found["attacks[2].defenses"]
+    slugs = attack_tables("pixel", "pixel").replace('"pixel"\n\n', '"pixel"\nlabel = "pixel/1"\n\n', 1)
+    path.write_text(text.replace(attack_tables("gifd"), slugs.replace('"pixel"\n\n', '"pixel"\nlabel = "pixel 1"\n\n')))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "the same file name (pixel-1)" in problems(err)["attacks[1].label"]
+
+
+def test_known_labels_reach_the_attack_through_the_bench_runner(tmp_path) -> None:
+    from art_gifd.bench import load_config, run_benchmark
+    from art_gifd.store import ResultsFile
+
+    text = SAME_BENCH.format(batch=1, federated="") + 'labels = "known"\n'
+    (tmp_path / "known.toml").write_text(text)
+    run_benchmark(load_config(tmp_path / "known.toml"), tmp_path / "known.jsonl", progress=False)
+    (job,) = ResultsFile(tmp_path / "known.jsonl").read()[1]
+    assert job["config"]["attack"]["labels"] == "known" and job["result"]["label_accuracy"] == 1.0
 
 
 def test_the_same_setting_and_seed_give_the_same_numbers_through_audit_and_bench(tmp_path) -> None:
@@ -463,19 +566,18 @@ def test_prior_tables_use_the_prior_registry_with_the_bench_vocabulary(tmp_path)
     generator = DCGANGenerator(nz=16, ngf=8, nc=1, image_size=32)
     torch.save({"netG": generator.state_dict()}, tmp_path / "g.pt")
     path = write_config(tmp_path)
-    table = 'prior = { type = "dcgan", weights = "g.pt", nz = 16, ngf = 8, nc = 1, image_size = 32, key = "netG" }\n'
-    text = path.read_text().replace("num_restarts = 1\n", "num_restarts = 1\n" + table)
+    table = 'type = "dcgan"\nweights = "g.pt"\nnz = 16\nngf = 8\nnc = 1\nimage_size = 32\nkey = "netG"\n'
+    text = path.read_text().replace('type = "embedded"\nname = "mnist32"\n', table)
     path.write_text(text)
     cfg = load_audit_config(path)
-    assert (
-        cfg.prior.nz == 16 and cfg.prior_info["name"] == str(tmp_path / "g.pt") and len(cfg.prior_info["sha256"]) == 64
-    )
+    facts = cfg.prior_info["mnist"]
+    assert cfg.priors["mnist"].nz == 16 and facts["name"] == str(tmp_path / "g.pt") and len(facts["sha256"]) == 64
     for broken, key, message in [
-        (text.replace('type = "dcgan", ', ""), "attacks.prior", "a prior table needs a type"),
-        (text.replace('"dcgan"', '"dcgann"'), "attacks.prior.type", "unknown value 'dcgann'"),
-        (text.replace("nz = 16", "nz = 0"), "attacks.prior.nz", "must be a positive integer"),
-        (text.replace("nz = 16", "nz = 32"), "attacks.prior.weights", "does not fit DCGANGenerator"),
-        (text.replace('"g.pt"', '"missing.pt"'), "attacks.prior.weights", "file not found"),
+        (text.replace('type = "dcgan"\n', ""), "priors.mnist", "a prior table needs a type"),
+        (text.replace('"dcgan"', '"dcgann"'), "priors.mnist.type", "unknown value 'dcgann'"),
+        (text.replace("nz = 16", "nz = 0"), "priors.mnist.nz", "must be a positive integer"),
+        (text.replace("nz = 16", "nz = 32"), "priors.mnist.weights", "does not fit DCGANGenerator"),
+        (text.replace('"g.pt"', '"missing.pt"'), "priors.mnist.weights", "file not found"),
     ]:
         path.write_text(broken)
         with pytest.raises(AuditConfigError) as err:
@@ -488,11 +590,11 @@ def test_stylegan2_and_biggan_prior_tables_read_as_the_bench_reads_them(tmp_path
     from art_gifd.priors.registry import prior_facts
 
     path = write_config(tmp_path)
-    table = 'prior = { type = "stylegan2", weights = "missing.pt", size = 32, noise = "random", truncation = 0.7 }\n'
-    path.write_text(path.read_text().replace("num_restarts = 1\n", "num_restarts = 1\n" + table))
+    table = 'type = "stylegan2"\nweights = "missing.pt"\nsize = 32\nnoise = "random"\ntruncation = 0.7\n'
+    path.write_text(path.read_text().replace('type = "embedded"\nname = "mnist32"\n', table))
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
-    assert set(problems(err)) == {"attacks.prior.weights"}  # noise is the loader's string, as in a bench table
+    assert set(problems(err)) == {"priors.mnist.weights"}  # noise is the loader's string, as in a bench table
     stand_in = DCGANGenerator(nz=16, ngf=8, nc=1, image_size=32)
     facts = prior_facts({"type": "biggan", "weights": str(tmp_path)}, stand_in)  # a BigGAN checkpoint is a folder
     assert facts["name"] == str(tmp_path) and facts["sha256"] is None
@@ -503,10 +605,16 @@ def test_stylegan2_and_biggan_prior_tables_read_as_the_bench_reads_them(tmp_path
     [
         ("seeds = [0]", "seeds = [99999999999999999999]", "seeds", "integers in [0, 9223372036854775807]"),
         (
-            "num_restarts = 1\n",
-            "num_restarts = 1\nparams = { gifd = { batch_size = 2 } }\n",
-            "attacks.params.gifd.batch_size",
-            "set federated.batch_sizes",
+            'prior = "mnist"\n',
+            'prior = "mnist"\nparams = { batch_size = 2 }\n',
+            "attacks[0].params.batch_size",
+            "the file's client batch sizes set it",
+        ),
+        (
+            'prior = "mnist"\n',
+            'prior = "mnist"\nparams = { num_restarts = 2 }\n',
+            "attacks[0].params.num_restarts",
+            "set it in [budget], or in the attack's budget table",
         ),
         ("input_shape", 'weights_key = "model"\ninput_shape', "model.weights_key", "no weights are given"),
         (
@@ -515,7 +623,7 @@ def test_stylegan2_and_biggan_prior_tables_read_as_the_bench_reads_them(tmp_path
             "model.clip_values",
             "a tenth or less of model.clip_values [0.0, 255.0]",
         ),
-        ("steps_per_stage = 3", "steps_per_stage = 10000001", "attacks.steps_per_stage", "at most 10000000"),
+        ("steps_per_stage = 3", "steps_per_stage = 10000001", "budget.steps_per_stage", "at most 10000000"),
         (
             'type = "prune"\nparams = { ratio = 0.5 }\nadaptive = true',
             'type = "dp"\nparams = { epsilon = 8.0, delta = 1e-5, max_grad_norm = 1.0, sample_rate = 0.01, '
@@ -575,7 +683,6 @@ def test_no_resume_runs_every_setting_again_and_deletes_nothing(tmp_path, monkey
 
 
 def test_every_parameter_the_loop_sets_has_a_hint_where_to_set_it() -> None:
-    from art_gifd.attacks.registry import LOOP_PARAMS
-    from art_gifd.audit.config import _LOOP_KEYS
+    from art_gifd.attacks.registry import BUDGET_PARAMS, LOOP_PARAMS, PARAM_HINTS
 
-    assert set(_LOOP_KEYS) == set(LOOP_PARAMS)
+    assert set(PARAM_HINTS) == {*LOOP_PARAMS, *BUDGET_PARAMS}

@@ -157,13 +157,14 @@ def test_every_problem_of_a_bench_config_is_named_in_one_pass():
     text = text.replace('name = "pixel"', 'name = "pixle"').replace("stages = 2", "stages = 0")
     with pytest.raises(ConfigError) as caught:
         parse(text)
-    assert caught.value.keys == [
+    assert sorted(caught.value.keys) == [
+        "attacks[1].name",
         "budget.stages",
         "datasets[0].num_images",
         "defenses[1].params.ratoi",
-        "attacks[1].name",
     ]
-    assert all(p.line for p in caught.value.problems)  # each one located in the file
+    lines = [p.line for p in caught.value.problems]
+    assert all(lines) and lines == sorted(lines)  # each one located in the file, listed in the file's order
     assert "did you mean 'pixel'" in str(caught.value) and "did you mean 'ratio'" in str(caught.value)
 
 

@@ -86,7 +86,9 @@ def _config(folder: Path, **federated) -> dict:
         "output": str(folder.parent / "audit-out"),
         "model": {"factory": "art_gifd.models:convnet", "input_shape": [1, 32, 32], "num_classes": 10},
         "federated": {"source": str(folder), "shuffle": False, "rounds": [ROUNDS], **federated},
-        "attacks": {"names": ["gifd"], "steps_per_stage": 50, "stages": 4, "num_restarts": 2},
+        "budget": {"steps_per_stage": 50, "stages": 4, "num_restarts": 2},
+        "priors": {"mnist": {"type": "embedded", "name": "mnist32"}},
+        "attacks": [{"name": "gifd", "prior": "mnist"}],
     }
 
 
@@ -159,7 +161,7 @@ def test_audit_of_captures_needs_the_right_protocol_and_weights(flower_run, tmp_
 def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
     folder, _ = flower_run
     config = _config(folder)
-    config["attacks"]["steps_per_stage"] = 10
+    config["budget"]["steps_per_stage"] = 10
     paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
     document = json.loads(paths["json"].read_text())
     assert not document["ground_truth"] and all("psnr" not in r for r in document["records"])
@@ -178,7 +180,7 @@ def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run
     # one at a time; the clients of each round together; every client of both rounds in one search
     for together in (1, CLIENTS, 2 * CLIENTS):
         config = _config(folder, rounds=[1, 2], updates_per_search=together, mix_rounds=together > CLIENTS)
-        config["attacks"]["steps_per_stage"] = 5
+        config["budget"]["steps_per_stage"] = 5
         config["output"] = str(tmp_path / f"together-{together}")
         paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
         records = json.loads(paths["json"].read_text())["records"]

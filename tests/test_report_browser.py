@@ -26,6 +26,8 @@ CONFIG = """\
 title = "browser check"
 output = "out"
 images_per_setting = 2
+budget = { steps_per_stage = 3, stages = 2, num_restarts = 1 }
+priors = { mnist = { type = "embedded" } }
 [model]
 factory = "art_gifd.models:lenet"
 input_shape = [1, 32, 32]
@@ -37,10 +39,9 @@ batch_sizes = [1, 2]
 [[defenses]]
 type = "gaussian"
 params = { sigma = 0.01 }
-[attacks]
-steps_per_stage = 3
-stages = 2
-num_restarts = 1
+[[attacks]]
+name = "gifd"
+prior = "mnist"
 [utility]
 rounds = 2
 batch_size = 4

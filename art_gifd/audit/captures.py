@@ -4,9 +4,9 @@ protocol that was really used, and the leakage reported round by round.
 
 An audit config whose ``[federated]`` table names a ``source`` (a capture folder written by
 :class:`art_gifd.integrations.flower.CaptureStrategy`) is a capture audit; ``art-gifd audit`` runs it with
-:func:`run_capture_audit`. The other tables are those of :mod:`art_gifd.audit.config` (``[model]``, ``[attacks]``,
-``[report]``, ``title``, ``output``, ``device``, ``seeds``); there is no ``[data]``, ``[[defenses]]`` or
-``[utility]``: the updates are what the deployment shared, its defences included::
+:func:`run_capture_audit`. The other tables are those of :mod:`art_gifd.audit.config` (``[model]``,
+``[budget]``, ``[priors.<name>]``, ``[[attacks]]``, ``[report]``, ``title``, ``output``, ``device``, ``seeds``); there
+is no ``[data]``, ``[[defenses]]`` or ``[utility]``: the updates are what the deployment shared, its defences included::
 
     [federated]
     source = "captures/"                   # the capture folder
@@ -25,8 +25,8 @@ from the train configuration the server sent (:data:`~art_gifd.integrations.capt
 examples. A client that shuffles its data with its own generator has an order the attacker does not know: the default
 (``shuffle = true`` without ``shuffle_seed``) says so.
 
-**Labels** are inferred from each update (:func:`~art_gifd.labels.infer_labels`); with ``[attacks] labels = "known"``
-they come from ``client_data``.
+**Labels** are inferred from each update (:func:`~art_gifd.labels.infer_labels`); with ``labels = "known"`` in an
+``[[attacks]]`` table they come from ``client_data``.
 
 **Scores.** With ``client_data``, each reconstruction is matched to the client's images and scored (PSNR, SSIM, risk
 as in the audit report). Without it, there is no ground truth: the report shows the reconstructions and the
@@ -53,9 +53,10 @@ from typing import Any
 
 import numpy as np
 
-from art_gifd.attacks.registry import GENERATIVE_ATTACKS, Budget, build_attack
+from art_gifd.attacks.registry import build_attack
 from art_gifd.audit.config import (
     _TOP,
+    AttackSetting,
     _read_attacks,
     _read_model,
     boolean,
@@ -126,10 +127,10 @@ class CaptureAuditConfig:
     #: The local training of each update, by :attr:`CapturedUpdate.name`.
     trainings: dict[str, LocalTraining]
     client_data: Callable[..., Any] | None
-    attacks: tuple[str, ...]
-    prior: Any
-    prior_info: dict[str, Any] | None
-    budget: Budget
+    attacks: tuple[AttackSetting, ...]
+    #: The loaded generators of the generative attacks and their facts, by ``[priors]`` name.
+    priors: dict[str, Any]
+    prior_info: dict[str, dict[str, Any]]
     config_hash: str
 
     @property
@@ -168,9 +169,13 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
             check.add((*path, "client_data"), str(err))
         finally:
             sys.path.remove(str(base))
-    settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
-    if settings["attacks"]["labels"] == "known" and spec is None:
-        check.add(("attacks", "labels"), "'known' needs the clients' labels: set [federated] client_data.")
+    attack_settings, attacks, priors, prior_info = _read_attacks(check, top, device, None)
+    settings.update(attack_settings)
+    for attack in attacks:
+        if attack.labels_known and spec is None:
+            check.add(
+                ("attacks", attack.index, "labels"), "'known' needs the clients' labels: set [federated] client_data."
+            )
     settings["report"] = read_report(check, top.get("report"))
     captures, updates, trainings = None, [], {}
     if folder is not None:
@@ -209,8 +214,6 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     }
     check.raise_problems()
     assert captures is not None and estimator is not None
-    attacks = settings["attacks"]
-    budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])
     # how many updates share a search changes no result beyond float rounding: a resumed run may change it
     searched = {k: v for k, v in settings["federated"].items() if k not in ("updates_per_search", "mix_rounds")}
     fingerprint = {
@@ -220,7 +223,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         },
         "index": hashlib.sha256(json.dumps(captures.index, sort_keys=True).encode()).hexdigest(),
         "model_sha256": model_facts.get("sha256"),
-        "prior_sha256": (prior_info or {}).get("sha256"),
+        "prior_sha256": {name: facts.get("sha256") for name, facts in prior_info.items()},
     }
     return CaptureAuditConfig(
         source=source,
@@ -231,10 +234,9 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         updates=updates,
         trainings=trainings,
         client_data=client_data,
-        attacks=tuple(attacks["names"]),
-        prior=prior,
+        attacks=tuple(attacks),
+        priors=priors,
         prior_info=prior_info,
-        budget=budget,
         config_hash=hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest(),
     )
 
@@ -262,7 +264,7 @@ def _ground_truth(cfg: CaptureAuditConfig, update: CapturedUpdate) -> tuple[np.n
 
 def _search_together(
     cfg: CaptureAuditConfig,
-    attack_name: str,
+    attack: AttackSetting,
     seed: int,
     jobs: list[tuple[CapturedUpdate, Any, list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]],
 ) -> list[tuple[dict, dict]]:
@@ -272,30 +274,28 @@ def _search_together(
     """
     update = jobs[0][0]
     training = cfg.trainings[update.name]
-    known = cfg.settings["attacks"]["labels"] == "known"
-    params = (cfg.settings["attacks"]["params"] or {}).get(attack_name, {})
-    attack = build_attack(
-        attack_name,
+    search = build_attack(
+        attack.name,
         jobs[0][1],
-        cfg.prior,
-        cfg.budget,
+        cfg.priors.get(attack.prior),
+        attack.budget,
         update.num_examples,
         seed,
         training=training,
         device=cfg.settings["device"],
         verbose=False,
-        **params,
+        **attack.params,
     )
     start = time.perf_counter()
-    results = attack.reconstruct_many(
+    results = search.reconstruct_many(
         [observed for _, _, observed, _ in jobs],
-        labels=[truth[1] if known and truth is not None else None for *_, truth in jobs],
+        labels=[truth[1] if attack.labels_known and truth is not None else None for *_, truth in jobs],
         estimators=[estimator for _, estimator, _, _ in jobs],
         max_together=len(jobs),
     )
     seconds = (time.perf_counter() - start) / len(jobs)
     return [
-        _record(cfg, job_update, result, truth, attack_name, seed, seconds, len(jobs))
+        _record(cfg, job_update, result, truth, attack, seed, seconds, len(jobs))
         for (job_update, _, _, truth), result in zip(jobs, results, strict=True)
     ]
 
@@ -305,7 +305,7 @@ def _record(
     update: CapturedUpdate,
     result: Any,
     truth: tuple[np.ndarray, np.ndarray] | None,
-    attack_name: str,
+    attack: AttackSetting,
     seed: int,
     seconds: float,
     together: int,
@@ -317,12 +317,13 @@ def _record(
         "round": update.server_round,
         "node_id": update.node_id,
         "num_examples": update.num_examples,
-        "attack": attack_name,
+        "attack": attack.label,
+        "attack_name": attack.name,
         "seed": seed,
-        "prior": (cfg.prior_info or {}).get("name") if attack_name in GENERATIVE_ATTACKS else None,
+        "prior": cfg.prior_info[attack.prior]["name"] if attack.prior is not None else None,
         "training": training.describe(),
         "protocol": describe_training(training),
-        "labels_known": cfg.settings["attacks"]["labels"] == "known",
+        "labels_known": attack.labels_known,
         "matching_loss": float(result.best_loss),
         "update_explained": float(1.0 - result.best_loss),
         "seconds": seconds,
@@ -357,8 +358,8 @@ def _intact(record: dict[str, Any]) -> bool:
     return all(name in record for name in _RECORD_FIELDS)
 
 
-def _job_id(update: CapturedUpdate, attack_name: str, seed: int) -> str:
-    return f"{update.name}-{attack_name}-s{seed}"
+def _job_id(update: CapturedUpdate, attack: AttackSetting, seed: int) -> str:
+    return f"{update.name}-{attack.slug}-s{seed}"
 
 
 def run_capture_audit(
@@ -397,20 +398,22 @@ def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, 
     # interruption can lose)
     groups: dict[tuple, list[CapturedUpdate]] = {}
     for update in cfg.updates:
-        for attack_name in cfg.attacks:
+        for attack in cfg.attacks:
             for seed in cfg.settings["seeds"]:
-                key = (update.name, attack_name, seed)
-                job_id = _job_id(update, attack_name, seed)
+                key = (update.name, attack.label, seed)
+                job_id = _job_id(update, attack, seed)
                 if job_id in done and store.arrays_path(job_id).is_file():
                     finished[key] = done[job_id]
                     continue
                 training = json.dumps(cfg.trainings[update.name].describe(), sort_keys=True, default=str)
                 batch_round = None if cfg.settings["federated"]["mix_rounds"] else update.server_round
-                groups.setdefault((attack_name, seed, training, update.num_examples, batch_round), []).append(update)
+                groups.setdefault((attack.label, seed, training, update.num_examples, batch_round), []).append(update)
     progress.update(len(finished))
     together = cfg.settings["federated"]["updates_per_search"]
     estimators: dict[int, Any] = {}
-    for (attack_name, seed, *_), pending in groups.items():
+    by_label = {attack.label: attack for attack in cfg.attacks}
+    for (label, seed, *_), pending in groups.items():
+        attack = by_label[label]
         for i in range(0, len(pending), together):
             batch = pending[i : i + together]
             rounds = {u.server_round for u in batch}
@@ -423,17 +426,17 @@ def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, 
                 estimator = estimators[update.server_round]
                 observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
                 jobs.append((update, estimator, observed, _ground_truth(cfg, update)))
-            for update, (record, images) in zip(batch, _search_together(cfg, attack_name, seed, jobs), strict=True):
-                job_id = _job_id(update, attack_name, seed)
+            for update, (record, images) in zip(batch, _search_together(cfg, attack, seed, jobs), strict=True):
+                job_id = _job_id(update, attack, seed)
                 images_file = store.save_arrays(job_id, images)
                 record.update(job_id=job_id, config_hash=cfg.config_hash, images=images_file.name)
                 store.append(record)
-                finished[(update.name, attack_name, seed)] = record
+                finished[(update.name, attack.label, seed)] = record
                 progress.update()
                 logger.info(
-                    "%s %s seed %d: update explained %.3f", update.name, attack_name, seed, record["update_explained"]
+                    "%s %s seed %d: update explained %.3f", update.name, attack.label, seed, record["update_explained"]
                 )
-    records = [finished[(u.name, a, s)] for u in cfg.updates for a in cfg.attacks for s in cfg.settings["seeds"]]
+    records = [finished[(u.name, a.label, s)] for u in cfg.updates for a in cfg.attacks for s in cfg.settings["seeds"]]
     progress.close()
     return write_capture_report(cfg, records)
 
@@ -557,8 +560,12 @@ def _threat_model(cfg: CaptureAuditConfig) -> list[str]:
         "Labels: "
         + (
             "given to the attacker from client_data."
-            if cfg.settings["attacks"]["labels"] == "known"
+            if all(a.labels_known for a in cfg.attacks)
             else "inferred from each update by the attacker."
+            if not any(a.labels_known for a in cfg.attacks)
+            else "given from client_data to "
+            + ", ".join(a.label for a in cfg.attacks if a.labels_known)
+            + "; inferred from each update by the others."
         ),
     ]
     if cfg.client_data is None:

@@ -61,14 +61,23 @@ directory).
     type = "dp"
     params = { epsilon = 8.0, delta = 1e-5, max_grad_norm = 1.0, sample_rate = 0.01, steps = 1000 }
 
-    [attacks]
-    names = ["gifd"]                          # default ["gifd"]; any of ATTACK_NAMES
-    prior = "mnist32"                         # embedded prior name (default), "face-dcgan", or a table (below)
-    steps_per_stage = 100                     # Adam steps per GIFD stage (default 100)
+    [budget]                                  # the step budget of every attack (default 100, 4, 2)
+    steps_per_stage = 100                     # Adam steps per GIFD stage
     stages = 4                                # GIFD stages; other attacks run stages * steps_per_stage steps
-    num_restarts = 2                          # random restarts per reconstruction (default 2)
-    labels = "inferred"                       # "inferred" from the gradient (default) or "known" to the attacker
-    params = { gifd = { l1_radius = 0.1 } }   # optional extra constructor arguments, by attack name
+    num_restarts = 2                          # random restarts per reconstruction
+
+    [priors.mnist]                            # the generators of the generative attacks, by name
+    type = "embedded"                         # art_gifd.priors.registry.PRIOR_TYPES (embedded, face-dcgan, dcgan, …)
+    name = "mnist32"
+
+    [[attacks]]                               # one or more; the benchmark runner's [[attacks]] tables
+    name = "gifd"                             # any of ATTACK_NAMES
+    prior = "mnist"                           # generative attacks: a name under [priors]
+    params = { l1_radius = 0.1 }              # optional extra constructor arguments
+    labels = "inferred"                       # "inferred" from the update (default) or "known" to the attacker
+    # label = "gifd r=0.1"                    # optional: its unique name in the report (default: the name)
+    # budget = { num_restarts = 4 }           # optional: this attack's own budget fields
+    # defenses = ["none"]                     # optional: run it under these defence labels only
 
     [utility]                                 # what each defence costs the training (measure_utility)
     rounds = 100                              # FedSGD rounds of the short training run (0: gradient cosine only)
@@ -112,19 +121,20 @@ Defences (``[[defenses]]`` ``type`` → class of :mod:`art_gifd.defenses`, ``par
     ``compose`` (:class:`~art_gifd.defenses.Compose`: ``params = { defenses = [{ type = "clip", params = {...} }, …] }``
     applied in order), and ``none`` (the baseline, added automatically; list it to give it a label).
 
-Attacks
-    ``names`` from :data:`ATTACK_NAMES` (:data:`art_gifd.attacks.registry.ATTACK_REGISTRY`): ``gifd``, ``latent-only``
-    and ``pixel`` (Inverting Gradients) and the baselines ``dlg``, ``idlg``, ``gi`` (needs BatchNorm), ``ggl``,
-    ``gias``. All run at the same step budget; ``params`` adds constructor arguments per attack (e.g. GIFD's
-    ``l1_radius``, ``learning_rate``, ``distance``; see each class in :mod:`art_gifd.attacks`). ``prior`` is used by the
-    generative attacks (:data:`~art_gifd.attacks.registry.GENERATIVE_ATTACKS`): an embedded prior name
-    (:data:`art_gifd.priors.embedded.EMBEDDED_PRIORS`), ``"face-dcgan"`` (the 64×64 face DCGAN of the
-    ``gan-face-generate`` package), or a table of :data:`art_gifd.priors.registry.PRIOR_TYPES`, the same as the
-    benchmark runner's priors: e.g. a DCGAN checkpoint ``{ type = "dcgan", weights = "g.pt", nz = 64, ngf = 64, nc = 1,
-    image_size = 32, key = "netG", training_domain = "…" }``, a StyleGAN2 ``{ type = "stylegan2", weights = "sg2.pt",
-    size = 64 }`` or a BigGAN ``{ type = "biggan", weights = "biggan-deep-128/" }``. Its image shape must equal the
-    model's ``input_shape``.
-    A class-conditional prior maps each task label to the generator class of the same index.
+Attacks (:func:`art_gifd.attacks.registry.read_attack_section`, the same tables as a benchmark's)
+    Each ``[[attacks]]`` ``name`` is one of :data:`ATTACK_NAMES` (:data:`art_gifd.attacks.registry.ATTACK_REGISTRY`):
+    ``gifd``, ``latent-only`` and ``pixel`` (Inverting Gradients) and the baselines ``dlg``, ``idlg``, ``gi`` (needs
+    BatchNorm), ``ggl``, ``gias``. All run at the ``[budget]`` unless their own ``budget`` table changes a field;
+    ``params`` adds constructor arguments (e.g. GIFD's ``l1_radius``, ``learning_rate``, ``distance``; see each class
+    in :mod:`art_gifd.attacks`). ``prior`` names the ``[priors.<name>]`` table a generative attack
+    (:data:`~art_gifd.attacks.registry.GENERATIVE_ATTACKS`) searches: ``type = "embedded"`` with a ``name`` of
+    :data:`art_gifd.priors.embedded.EMBEDDED_PRIORS`, ``type = "face-dcgan"`` (the 64×64 face DCGAN of the
+    ``gan-face-generate`` package), or a checkpoint of :data:`art_gifd.priors.registry.PRIOR_TYPES`: e.g. a DCGAN
+    ``{ type = "dcgan", weights = "g.pt", nz = 64, ngf = 64, nc = 1, image_size = 32, key = "netG", training_domain =
+    "…" }``, a StyleGAN2 ``{ type = "stylegan2", weights = "sg2.pt", size = 64 }`` or a BigGAN ``{ type = "biggan",
+    weights = "biggan-deep-128/" }``. Its image shape must equal the model's ``input_shape``. A class-conditional
+    prior maps each task label to the generator class of the same index. ``labels = "known"`` gives that attack the
+    true labels (the worst case); by default it infers them from each update.
 
 Report
     Thresholds of the per-setting risk rating (see :mod:`art_gifd.report.audit`): the share of recognisable
@@ -137,6 +147,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,14 +156,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from art_gifd.attacks.registry import (
-    ATTACK_REGISTRY,
-    BUDGET_LIMITS,
-    GENERATIVE_ATTACKS,
-    LOOP_PARAMS,
-    Budget,
-    build_attack,
-)
+from art_gifd.attacks.registry import ATTACK_REGISTRY, Budget, build_attack, read_attack_section
 from art_gifd.configfile import (
     Checker,
     ConfigError,
@@ -177,26 +181,12 @@ from art_gifd.federated import (
 )
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import ResultsBusy, ResultsFile
 from art_gifd.validation import MAX_SEED, check_device
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
 LOSSES: dict[str, Callable[[], nn.Module]] = {"cross_entropy": nn.CrossEntropyLoss}
-LABEL_MODES = ("inferred", "known")
-#: Where an audit sets what the experiment loop gives every attack.
-_LOOP_KEYS = {
-    "batch_size": "set federated.batch_sizes",
-    "device": "set device at the top level",
-    "seed": "set seeds at the top level",
-    "verbose": "use art-gifd audit --no-progress",
-    "defense": "list it under [[defenses]] (adaptive = true lets the attacker replay it)",
-    "prior": "set attacks.prior",
-    "training": "set the local training under [federated]",
-    "train_mode": "set model.train_mode",
-}
-FACE_PRIOR = "face-dcgan"
 
 
 class AuditConfigError(ConfigError):
@@ -242,11 +232,11 @@ class AuditConfig:
     #: Data facts for the report (source, split, sizes, classes).
     data: dict[str, Any]
     defenses: list[DefenseSetting]
-    attacks: tuple[str, ...]
-    prior: LayeredGenerator | None
-    #: Prior facts for the report (name, architecture, training domain, SHA-256), ``None`` without generative attacks.
-    prior_info: dict[str, Any] | None
-    budget: Budget
+    attacks: tuple[AttackSetting, ...]
+    #: The loaded generators of the generative attacks, by ``[priors]`` name.
+    priors: dict[str, LayeredGenerator]
+    #: Their facts for the report (name, architecture, training domain, SHA-256), by ``[priors]`` name.
+    prior_info: dict[str, dict[str, Any]]
     config_hash: str
     #: The clients' local training under ``algorithm = "fedavg"`` (``None``: FedSGD).
     training: LocalTraining | None = None
@@ -288,6 +278,8 @@ _TOP = (
     "data",
     "federated",
     "defenses",
+    "budget",
+    "priors",
     "attacks",
     "utility",
     "report",
@@ -308,7 +300,6 @@ _MODEL = (
 _DATA = ("embedded", "split", "image_folder", "offset")
 _FEDERATED = ("algorithm", "batch_sizes", *TRAINING_KEYS)
 _DEFENSE = ("type", "params", "adaptive", "label")
-_ATTACKS = ("names", "prior", "steps_per_stage", "stages", "num_restarts", "labels", "params")
 _UTILITY = ("rounds", "batch_size", "learning_rate", "probe_batches", "test_fraction")
 _REPORT = ("recognisable_ssim", "high_share", "medium_share")
 
@@ -548,72 +539,75 @@ def _compact(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _read_prior(check: Checker, raw: Any, device: str | None) -> tuple[Any, LayeredGenerator | None, dict | None]:
-    """
-    Prior setting, the loaded prior and its facts for the report: an embedded prior's name, ``"face-dcgan"``, or a
-    table of :data:`art_gifd.priors.registry.PRIOR_TYPES` (the benchmark runner's ``[priors.<name>]`` tables).
-    """
-    from art_gifd.priors.registry import load_prior, prior_facts, read_prior_spec
+@dataclass(frozen=True)
+class AttackSetting:
+    """One ``[[attacks]]`` entry of an audit: the attack, its name in the report and what it runs with."""
 
-    path = ("attacks", "prior")
-    if isinstance(raw, str):
-        if raw != FACE_PRIOR and raw not in EMBEDDED_PRIORS:
-            check.add(
-                path, f"unknown prior '{raw}': use one of {', '.join([*EMBEDDED_PRIORS, FACE_PRIOR])} or a table."
-            )
-            return raw, None, None
-        spec: dict[str, Any] = {"type": FACE_PRIOR} if raw == FACE_PRIOR else {"type": "embedded", "name": raw}
-    else:
-        spec = read_prior_spec(check, raw, path)
-        if spec is None:
-            return raw, None, None
-    try:
-        prior = load_prior(spec, device or "cpu")
-    except (FileNotFoundError, ValueError) as err:
-        check.add((*path, "weights") if "weights" in spec else path, str(err))
-        return spec, None, None
-    return (raw if isinstance(raw, str) else spec), prior, prior_facts(spec, prior)
+    label: str
+    name: str
+    budget: Budget
+    params: dict[str, Any]
+    #: Its position in the file's ``[[attacks]]`` list (problems found later name it).
+    index: int = 0
+    labels_known: bool = False
+    #: The ``[priors]`` name of its generator (generative attacks), else ``None``.
+    prior: str | None = None
+    #: The labels of the defences it runs under (``None``: every defence).
+    defenses: tuple[str, ...] | None = None
+
+    @property
+    def slug(self) -> str:
+        """The label as a file-name part (setting identifiers and image files use it)."""
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", self.label)
 
 
 def _read_attacks(
-    check: Checker, raw: Any, device: str | None
-) -> tuple[dict[str, Any], LayeredGenerator | None, dict | None]:
-    path = ("attacks",)
-    table = check.table(raw, path, _ATTACKS)
-    names = check.get(table, path, "names", _names, ["gifd"])
-    settings: dict[str, Any] = {
-        "names": names,
-        "prior": None,
-        **{
-            key: check.get(table, path, key, integer(1, BUDGET_LIMITS[key]), default)
-            for key, default in (("steps_per_stage", 100), ("stages", 4), ("num_restarts", 2))
-        },
-        "labels": check.get(table, path, "labels", string(LABEL_MODES), "inferred"),
-        "params": check.get(table, path, "params", mapping, {}),
-    }
-    for name, params in (settings["params"] or {}).items():
-        if names is not None and name not in names:
-            check.add((*path, "params", name), f"'{name}' is not in attacks.names ({', '.join(names)}).")
-        elif not isinstance(params, Mapping):
-            check.add((*path, "params", name), f"must be a table of {name}'s constructor arguments, got {params!r}.")
-        else:
-            for key in set(params) & set(LOOP_PARAMS):
-                check.add((*path, "params", name, key), f"is set by the audit for every attack: {_LOOP_KEYS[key]}.")
-    prior, info = None, None
-    if names is not None and any(n in GENERATIVE_ATTACKS for n in names):
-        settings["prior"], prior, info = _read_prior(check, table.get("prior", "mnist32"), device)
-    return settings, prior, info
+    check: Checker, top: Mapping[str, Any], device: str | None, defenses: list[DefenseSetting] | None
+) -> tuple[dict[str, Any], list[AttackSetting], dict[str, LayeredGenerator], dict[str, dict]]:
+    """
+    The ``[budget]``, ``[priors.<name>]`` and ``[[attacks]]`` tables
+    (:func:`art_gifd.attacks.registry.read_attack_section`), the attacks, the priors they use (loaded) and the prior
+    facts for the report, by prior name.
+    """
+    from art_gifd.priors.registry import load_prior, prior_facts
 
-
-def _names(value: Any) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"must be a non-empty list of attack names ({', '.join(ATTACK_NAMES)}), got {value!r}.")
-    unknown = [v for v in value if v not in ATTACK_NAMES]
-    if unknown:
-        raise ValueError(f"unknown attack {', '.join(map(repr, unknown))}: choose from {', '.join(ATTACK_NAMES)}.")
-    if len(set(value)) != len(value):
-        raise ValueError(f"has repeated attacks: {value!r}.")
-    return list(value)
+    restrictions: dict[str, list[str] | None] = {}
+    if defenses is not None:  # a capture audit has none: its updates carry the deployment's own
+        restrictions["defenses"] = None if check.failed_under(("defenses",)) else [d.label for d in defenses]
+    section = read_attack_section(check, top, restrictions)
+    priors: dict[str, LayeredGenerator] = {}
+    facts: dict[str, dict] = {}
+    for name in sorted({a["prior"] for a in section.attacks if a.get("prior") in section.priors}):
+        spec = section.priors[name]
+        try:
+            priors[name] = load_prior(spec, device or "cpu")
+        except (FileNotFoundError, ValueError) as err:
+            check.add(("priors", name, "weights") if "weights" in spec else ("priors", name), str(err))
+            continue
+        facts[name] = prior_facts(spec, priors[name])
+    attacks = [
+        AttackSetting(
+            label=a["label"],
+            name=a["name"],
+            budget=Budget(**a["budget"]),
+            params=a["params"],
+            index=index,
+            labels_known=a.get("labels") == "known",
+            prior=a.get("prior"),
+            defenses=tuple(a["defenses"]) if "defenses" in a else None,
+        )
+        for index, a in zip(section.positions, section.attacks, strict=True)
+    ]
+    slugs: dict[str, str] = {}
+    for attack in attacks:
+        if slugs.get(attack.slug, attack.label) != attack.label:  # a repeated label is a problem of its own
+            check.add(
+                ("attacks", attack.index, "label"),
+                f"'{attack.label}' and '{slugs[attack.slug]}' give the same file name ({attack.slug}): rename one.",
+            )
+        slugs[attack.slug] = attack.label
+    settings = {"budget": section.budget, "priors": section.priors, "attacks": section.attacks}
+    return settings, attacks, priors, facts
 
 
 def _hash_arrays(*arrays: np.ndarray) -> str:
@@ -707,7 +701,8 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     settings["defenses"] = [
         {"label": d.label, "type": d.name, "params": d.params, "adaptive": d.adaptive} for d in defenses
     ]
-    settings["attacks"], prior, prior_info = _read_attacks(check, top.get("attacks"), device)
+    attack_settings, attacks, priors, prior_info = _read_attacks(check, top, device, defenses)
+    settings.update(attack_settings)
     utility = check.table(top.get("utility"), ("utility",), _UTILITY)
     settings["utility"] = {
         "rounds": check.get(utility, ("utility",), "rounds", integer(0), 100),
@@ -721,16 +716,13 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     if estimator is not None:
         if x_attack is not None:
             _probe_defenses(check, estimator, defenses, x_attack, y_attack, settings["model"]["train_mode"], training)
-        _probe_attacks(check, estimator, settings, prior, training)
+        _probe_attacks(check, estimator, settings, attacks, priors, training)
     check.raise_problems()
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
-    budget = Budget(
-        settings["attacks"]["steps_per_stage"], settings["attacks"]["stages"], settings["attacks"]["num_restarts"]
-    )
     fingerprint = {
         "settings": {k: v for k, v in settings.items() if k not in ("output", "title")},
         "model_sha256": model_facts.get("sha256"),
-        "prior_sha256": (prior_info or {}).get("sha256"),
+        "prior_sha256": {name: facts.get("sha256") for name, facts in prior_info.items()},
         "data_sha256": _hash_arrays(x_attack, y_attack, *utility_data),
     }
     config_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
@@ -746,10 +738,9 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         utility_data=utility_data,
         data=data_facts,
         defenses=defenses,
-        attacks=tuple(settings["attacks"]["names"]),
-        prior=prior,
+        attacks=tuple(attacks),
+        priors=priors,
         prior_info=prior_info,
-        budget=budget,
         config_hash=config_hash,
         training=training,
     )
@@ -838,48 +829,39 @@ def _probe_attacks(
     check: Checker,
     estimator: Any,
     settings: dict[str, Any],
-    prior: LayeredGenerator | None,
+    attacks: list[AttackSetting],
+    priors: dict[str, LayeredGenerator],
     training: LocalTraining | None,
 ) -> None:
     """Build every attack for this model (their parameter checks run), without running them."""
-    attacks, batch_sizes = settings["attacks"], settings["federated"]["batch_sizes"]
-    needed = (
-        attacks["names"],
-        attacks["steps_per_stage"],
-        attacks["stages"],
-        attacks["num_restarts"],
-        attacks["params"],
-    )
-    if None in needed or batch_sizes is None or check.failed_under(("attacks", "prior")):
+    batch_sizes = settings["federated"]["batch_sizes"]
+    if batch_sizes is None or check.failed_under(("priors",)):
         return
-    if prior is not None and tuple(prior.image_shape) != tuple(settings["model"]["input_shape"]):
-        check.add(
-            ("attacks", "prior"),
-            f"the prior generates images of shape {tuple(prior.image_shape)} but model.input_shape is "
-            f"{tuple(settings['model']['input_shape'])}: use a prior trained at the model's resolution and channels.",
-        )
+    shape = tuple(settings["model"]["input_shape"])
+    for name, prior in priors.items():
+        if tuple(prior.image_shape) != shape:
+            check.add(
+                ("priors", name),
+                f"the prior generates images of shape {tuple(prior.image_shape)} but model.input_shape is {shape}: "
+                "use a prior trained at the model's resolution and channels.",
+            )
+    if check.failed_under(("priors",)):
         return
-    budget = Budget(attacks["steps_per_stage"], attacks["stages"], attacks["num_restarts"])
-    for i, name in enumerate(attacks["names"]):
-        params = attacks["params"].get(name, {})
-        if not isinstance(params, Mapping):
-            continue
-        key = ("attacks", "params", name) if name in attacks["params"] else ("attacks", "names", i)
+    for attack in attacks:
         try:
             build_attack(
-                name,
+                attack.name,
                 estimator,
-                prior,  # type: ignore[arg-type]  # None only when no generative attack is listed
-                budget,
+                priors.get(attack.prior),  # type: ignore[arg-type]  # None only for the non-generative attacks
+                attack.budget,
                 batch_sizes[0],
                 0,
                 train_mode=settings["model"]["train_mode"],
                 device=settings["device"],
                 verbose=False,
                 training=training,
-                **params,
+                **attack.params,
             )
-        except TypeError as err:  # an argument the attack's constructor does not take
-            check.add(key, f"attack '{name}': {err}.")
         except ValueError as err:
-            check.add(key, f"attack '{name}' cannot run on this model with these parameters: {err}")
+            key = ("attacks", attack.index, "params" if attack.params else "name")
+            check.add(key, f"attack '{attack.label}' cannot run on this model with these parameters: {err}")

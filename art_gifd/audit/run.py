@@ -31,8 +31,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from art_gifd.attacks.registry import GENERATIVE_ATTACKS
-from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config, locked_output
+from art_gifd.audit.config import (
+    AttackSetting,
+    AuditConfig,
+    AuditConfigError,
+    ConfigProblem,
+    load_audit_config,
+    locked_output,
+)
 from art_gifd.experiment import Case, aggregate_run, attack_batches
 from art_gifd.federated import describe_training
 from art_gifd.metrics import LPIPSMetric
@@ -57,12 +63,12 @@ class Setting:
 
     batch_size: int
     defense: int
-    attack: str
+    attack: AttackSetting
 
     @property
     def id(self) -> str:
         """File-name-safe identifier, stable for a given configuration."""
-        return f"b{self.batch_size}-d{self.defense}-{self.attack}"
+        return f"b{self.batch_size}-d{self.defense}-{self.attack.slug}"
 
 
 @dataclass
@@ -99,12 +105,16 @@ class AuditReport:
 
 
 def plan_settings(config: AuditConfig) -> list[Setting]:
-    """The settings of an audit, batch size by batch size, defence by defence (the baseline first)."""
+    """
+    The settings of an audit, batch size by batch size, defence by defence (the baseline first), each attack under
+    the defences it is not restricted from.
+    """
     return [
         Setting(batch_size, d, attack)
         for batch_size in config.settings["federated"]["batch_sizes"]
-        for d in range(len(config.defenses))
+        for d, defense in enumerate(config.defenses)
         for attack in config.attacks
+        if attack.defenses is None or defense.label in attack.defenses
     ]
 
 
@@ -221,8 +231,7 @@ def _run_setting(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Attack every batch of the setting under every seed; the aggregated record and the matched images."""
     defense = cfg.defenses[setting.defense]
-    model, b = cfg.settings["model"], setting.batch_size
-    known = cfg.settings["attacks"]["labels"] == "known"
+    model, b, attack = cfg.settings["model"], setting.batch_size, setting.attack
     seeds = cfg.settings["seeds"]
     per_batch, originals, reconstructions = [], [], []
     for seed in seeds:
@@ -230,18 +239,18 @@ def _run_setting(
             cfg.estimator,
             cfg.x,
             cfg.y,
-            setting.attack,
-            cfg.prior,
-            cfg.budget,
+            attack.name,
+            cfg.priors.get(attack.prior),  # type: ignore[arg-type]  # None only for the non-generative attacks
+            attack.budget,
             b,
             seed,
             defense=defense.defense,
             adaptive=defense.adaptive,
-            labels_known=known,
+            labels_known=attack.labels_known,
             train_mode=model["train_mode"],
             device=cfg.device,
             verbose=verbose,
-            attack_params=cfg.settings["attacks"]["params"].get(setting.attack),
+            attack_params=attack.params,
             lpips=lpips,
             training=cfg.training,
         ):
@@ -257,18 +266,18 @@ def _run_setting(
         adaptive=defense.adaptive,
         training=cfg.training,
     )
-    prior_name = (cfg.prior_info or {}).get("name")
-    run = aggregate_run(case, setting.attack, prior_name, per_batch, lpips)
+    prior_name = cfg.prior_info[attack.prior]["name"] if attack.prior is not None else None
+    run = aggregate_run(case, attack.name, prior_name, per_batch, lpips)
     threshold = cfg.settings["report"]["recognisable_ssim"]
     recognisable = int(sum(v >= threshold for v in run["per_image"]["ssim"]))
     run.update(
         id=setting.id,
         config_hash=cfg.config_hash,
         defense_label=defense.label,
-        prior=prior_name if setting.attack in GENERATIVE_ATTACKS else None,
+        attack_label=attack.label,
         images=len(cfg.x),
         seeds=list(seeds),
-        labels_known=known,
+        labels_known=attack.labels_known,
         recognisable=recognisable,
         recognisable_share=recognisable / run["num_images"],
         measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -300,7 +309,8 @@ def _grid_rows(
     for setting, (run, images) in zip(settings, results, strict=True):
         ssim = np.asarray(run["per_image"]["ssim"])
         name = (
-            textwrap.fill(f"B={setting.batch_size} {cfg.defenses[setting.defense].label}", 24) + f"\n{setting.attack}"
+            textwrap.fill(f"B={setting.batch_size} {cfg.defenses[setting.defense].label}", 24)
+            + f"\n{setting.attack.label}"
         )
         picks = [("best", int(np.argmax(ssim))), ("worst", int(np.argmin(ssim)))] if len(ssim) > 1 else [("", 0)]
         for which, i in picks:
@@ -351,14 +361,24 @@ def _document(
             "dp": [d.label for d in defended if d.describe()["epsilon"] is not None],
         },
         "attacks": {
-            "names": list(cfg.attacks),
-            "steps_per_stage": cfg.budget.steps_per_stage,
-            "stages": cfg.budget.stages,
+            "names": [a.label for a in cfg.attacks],
+            "list": [
+                {
+                    "label": a.label,
+                    "name": a.name,
+                    "prior": a.prior,
+                    **a.budget.__dict__,
+                    "total_steps": a.budget.total_steps,
+                    "labels": "known" if a.labels_known else "inferred",
+                    "params": a.params,
+                    "defenses": list(a.defenses) if a.defenses is not None else None,
+                }
+                for a in cfg.attacks
+            ],
             "total_steps": _as_run(runs, "steps"),
             "restarts": _as_run(runs, "num_restarts"),
-            "labels": s["attacks"]["labels"],
-            "params": s["attacks"]["params"],
-            "prior": cfg.prior_info,
+            "labels": _label_mode(cfg),
+            "priors": cfg.prior_info,
         },
         "thresholds": thresholds,
         "lpips": {"available": lpips.available, "reason": lpips.reason},
@@ -383,7 +403,7 @@ def _document(
 
 def _scope(cfg: AuditConfig) -> dict[str, Any]:
     """Threat model of the audit, in words."""
-    labels = cfg.settings["attacks"]["labels"]
+    labels = _label_mode(cfg)
     knowledge = ["the FL model's architecture and current weights (the model under audit)"]
     if cfg.training is None:
         knowledge += [
@@ -400,16 +420,21 @@ def _scope(cfg: AuditConfig) -> dict[str, Any]:
             if cfg.training.order_known
             else "not the mini-batch order: each local step is replayed on all of the client's samples",
         ]
+    known = [a.label for a in cfg.attacks if a.labels_known]
     knowledge.append(
-        "the labels of the private batch" if labels == "known" else "not the labels: they are inferred from the update"
+        {
+            "known": "the labels of the private batch",
+            "inferred": "not the labels: they are inferred from the update",
+            "mixed": f"the labels of the private batch, for the attacks {', '.join(known)}; the others infer them "
+            "from the update",
+        }[labels]
     )
     adaptive = [d.label for d in cfg.defenses if d.adaptive]
     if adaptive:
         knowledge.append(f"the defences {', '.join(adaptive)}, which it replays on its own dummy gradients (adaptive)")
-    if cfg.prior_info is not None:
+    for facts in cfg.prior_info.values():
         knowledge.append(
-            f"a generative prior ('{cfg.prior_info['name']}') trained on public data: "
-            f"{cfg.prior_info.get('training_domain', 'unknown')}"
+            f"a generative prior ('{facts['name']}') trained on public data: {facts.get('training_domain', 'unknown')}"
         )
     return {
         "threat_model": (
@@ -418,14 +443,20 @@ def _scope(cfg: AuditConfig) -> dict[str, Any]:
         ),
         "attacker_knowledge": knowledge,
         "labels": labels,
-        "prior": cfg.prior_info,
+        "priors": list(cfg.prior_info.values()),
         "data_domain": cfg.data,
     }
 
 
+def _label_mode(cfg: AuditConfig) -> str:
+    """What the attacks know of the labels: ``known`` (all), ``inferred`` (none) or ``mixed``."""
+    known = {a.labels_known for a in cfg.attacks}
+    return "mixed" if len(known) > 1 else ("known" if known.pop() else "inferred")
+
+
 def _as_run(runs: list[dict[str, Any]], key: str) -> int | str:
     """What the attacks ran (``steps``, ``num_restarts``): one number if all agree, else ``"gifd: 3, pixel: 1"``."""
-    per_attack = {run["attack"]: run[key] for run in runs}
+    per_attack = {run["attack_label"]: run[key] for run in runs}
     values = set(per_attack.values())
     if len(values) == 1:
         return values.pop()
@@ -436,9 +467,10 @@ def _limitations(cfg: AuditConfig, runs: list[dict[str, Any]], lpips: LPIPSMetri
     s = cfg.settings
     n = len(cfg.x) * len(s["seeds"])
     items = [
-        f"Only the attacks {', '.join(cfg.attacks)} were run, at {_as_run(runs, 'steps')} optimisation steps and "
-        f"{_as_run(runs, 'num_restarts')} restart(s) per reconstruction. A stronger attacker (more steps, a GPU "
-        "budget, another prior, a new attack) may reconstruct more: a low rating is not a proof of privacy.",
+        f"Only the attacks {', '.join(a.label for a in cfg.attacks)} were run, at {_as_run(runs, 'steps')} "
+        f"optimisation steps and {_as_run(runs, 'num_restarts')} restart(s) per reconstruction. A stronger attacker "
+        "(more steps, a GPU budget, another prior, a new attack) may reconstruct more: a low rating is not a proof of "
+        "privacy.",
         (
             "One FedSGD step of one client batch is attacked. Several local steps (FedAvg), secure aggregation, and "
             "updates observed over many rounds are not covered."
@@ -460,14 +492,14 @@ def _limitations(cfg: AuditConfig, runs: list[dict[str, Any]], lpips: LPIPSMetri
         "production training.",
         "The model is audited at its current weights; leakage changes as training goes on.",
     ]
-    wrong = [run for run in runs if run["label_accuracy"] < 1.0]
-    if s["attacks"]["labels"] == "inferred" and wrong:
+    wrong = [run for run in runs if run["label_accuracy"] < 1.0 and not run["labels_known"]]
+    if wrong:
         worst = min(wrong, key=lambda run: run["label_accuracy"])
         items.append(
             f"Labels were inferred from the updates and were partly wrong in {len(wrong)} of {len(runs)} setting(s) "
             f"(lowest label accuracy {worst['label_accuracy']:.2f}, setting {worst['id']}); reconstructions with wrong "
             "labels score lower. Label inference is least reliable on confident (trained) models. An attacker who "
-            'knows the labels may reconstruct more: set [attacks] labels = "known" for the worst case.'
+            'knows the labels may reconstruct more: set labels = "known" in an [[attacks]] table for the worst case.'
         )
     if not lpips.available:
         items.append(f"LPIPS was not computed: {lpips.reason}")

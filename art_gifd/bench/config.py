@@ -24,7 +24,7 @@ The schema (see ``art_gifd/bench/profiles/*.toml`` for complete examples)::
     # optimizer = "sgd"               # fedavg: "sgd" (default) or "adam"; momentum, weight_decay too
     # shuffle_seed = 0                # fedavg: the attacker knows the order (or shuffle = false; default: unknown)
 
-    [budget]                          # equal step budget (art_gifd.attacks.registry.Budget), per attack overridable
+    [budget]                          # equal step budget, per attack overridable (default 100, 4, 2)
     steps_per_stage = 50
     stages = 4
     num_restarts = 2
@@ -48,6 +48,7 @@ The schema (see ``art_gifd/bench/profiles/*.toml`` for complete examples)::
     name = "gifd"
     prior = "mnist"
     params = { l1_radius = 0.2 }
+    # labels = "known"                # the attacker is given the true labels (default "inferred")
 
     [[defenses]]                      # the keys of an audit's [[defenses]]; one parameter may be a list: the grid
     type = "gaussian"
@@ -60,16 +61,16 @@ Defence types are ``none`` and the names of :data:`art_gifd.defenses.registry.DE
 replays the defence. A folder data set is ``source = "folder"``, ``root`` (class sub-folders of images of one size) and
 ``channels``; its seeded 20 % held-out part is attacked and the rest trains the utility run. Priors: ``embedded``,
 ``face-dcgan``, ``dcgan``, ``stylegan2``, ``biggan`` (see :data:`art_gifd.priors.registry.PRIOR_TYPES`), the same
-tables as an audit's ``[attacks] prior``. Attacks may be restricted with ``datasets``, ``models`` and ``defenses``
-lists, and override the ``budget``.
+tables as an audit's. ``[budget]``, ``[priors.<name>]`` and ``[[attacks]]`` are read by
+:func:`art_gifd.attacks.registry.read_attack_section`, as an audit's are; attacks may be restricted with ``datasets``,
+``models`` and ``defenses`` lists, and override the ``budget``.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,18 +82,19 @@ from art_gifd.configfile import (
     LocatedDocument,
     Stop,
     boolean,
+    check_unique,
     int_list,
     integer,
     kind_of,
     number,
     open_config,
     string,
+    string_list,
 )
 from art_gifd.configfile import parse_document as parse_document  # re-exported: parse a configuration string
 from art_gifd.validation import MAX_SEED
 
 FOLDER_SPLITS = ("heldout", "train", "all")
-BUDGET_KEYS = ("steps_per_stage", "stages", "num_restarts")
 UTILITY_DEFAULTS: dict[str, Any] = {"rounds": 300, "batch_size": 32, "learning_rate": 0.05, "probe_batches": 8}
 
 
@@ -226,11 +228,11 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     :param base_dir: Folder against which relative data and weights paths are resolved.
     :raises ConfigError: Listing every problem found, each with its key and line.
     """
+    from art_gifd.attacks.registry import read_attack_section
     from art_gifd.models import MODELS
-    from art_gifd.priors.registry import read_prior_spec
 
     v = Checker(document, Path(base_dir))
-    top = v.table(document.data, (), TOP_LEVEL_KEYS, required=("name", "budget", "datasets", "models", "attacks"))
+    top = v.table(document.data, (), TOP_LEVEL_KEYS, required=("name", "datasets", "models"))
     config = BenchConfig(
         name=v.get(top, (), "name", file_name, "unnamed"),
         description=str(top.get("description", "")),
@@ -248,9 +250,6 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         source=document.source,
         document=document,
     )
-    if "budget" in top:  # a missing required section is a problem of the top level already
-        with v.section():
-            config.budget = _budget(v, top["budget"], ("budget",))
     with v.section():
         config.resources = _resources(v, top.get("resources"), ("resources",))
     with v.section():
@@ -260,7 +259,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
             config.datasets = v.each(top["datasets"], ("datasets",), _dataset(v))
     with v.section():
         config.federated = _federated(v, top.get("federated"), ("federated",), config.batch_sizes or [1])
-    _unique(v, config.datasets, ("datasets",), "name")
+    check_unique(v, config.datasets, ("datasets",), "name")
     for index, dataset in enumerate(config.datasets):
         for batch in config.batch_sizes or []:
             if dataset["num_images"] % batch:
@@ -269,21 +268,19 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
                     f"{dataset['num_images']} images cannot be split into client batches of {batch} "
                     "(batch_sizes): use a multiple of every batch size.",
                 )
-    priors = top.get("priors", {})
-    if not isinstance(priors, dict):
-        v.add(("priors",), 'must be a table of named priors, e.g. [priors.mnist] type = "embedded".')
-        priors = {}
-    for name, raw in priors.items():
-        spec = read_prior_spec(v, raw, ("priors", name))
-        if spec is not None:
-            config.priors[str(name)] = spec
     with v.section():
         config.defenses = v.each(top.get("defenses", [{"type": "none"}]), ("defenses",), _defense(v))
-    _unique(v, config.defenses, ("defenses",), "name", "label")
-    if "attacks" in top:
-        with v.section():
-            config.attacks = v.each(top["attacks"], ("attacks",), _attack(v, config, set(priors)))
-    _unique(v, config.attacks, ("attacks",), "label")
+    check_unique(v, config.defenses, ("defenses",), "name", "label")
+    restrictions = {
+        "datasets": [d["name"] for d in config.datasets],
+        "models": config.models,
+        "defenses": [d["name"] for d in config.defenses],
+    }
+    # a list whose own entries have problems is not checked against: those problems are reported already
+    section = read_attack_section(
+        v, top, {key: None if v.failed_under((key,)) else names for key, names in restrictions.items()}
+    )
+    config.budget, config.priors, config.attacks = section.budget, section.priors, section.attacks
     v.raise_problems()
     return config
 
@@ -294,33 +291,6 @@ def file_name(value: Any) -> str:
     if name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ValueError(f"must be a plain name (it names the results file), without / or \\, got {name!r}.")
     return name
-
-
-def string_list(choices: Sequence[str] | None) -> Callable[[Any], list[str]]:
-    """A non-empty list of distinct names (among ``choices`` when given)."""
-    name = string(choices)
-
-    def convert(value: Any) -> list[str]:
-        if not isinstance(value, list) or not value:
-            among = f" ({', '.join(choices)})" if choices else ""
-            raise ValueError(f"must be a non-empty list of names{among}, got {kind_of(value)}.")
-        names = [name(item) for item in value]
-        if len(set(names)) != len(names):
-            raise ValueError(f"has repeated values: {names}.")
-        return names
-
-    return convert
-
-
-def _unique(v: Checker, entries: list[dict], path: KeyPath, key: str, config_key: str | None = None) -> None:
-    """Every entry's ``key`` is its own (a repeat is a problem of the entry's ``config_key``)."""
-    seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        if entry[key] in seen:
-            v.add(
-                (*path, index, config_key or key), f"duplicated {config_key or key} {entry[key]!r}: give each its own."
-            )
-        seen.add(entry[key])
 
 
 def _federated(v: Checker, value: Any, path: KeyPath, batch_sizes: list[int]) -> dict[str, Any] | None:
@@ -340,13 +310,6 @@ def _federated(v: Checker, value: Any, path: KeyPath, batch_sizes: list[int]) ->
     fields = training.describe()
     fields.pop("order_known")
     return fields
-
-
-def _budget(v: Checker, value: Any, path: KeyPath, required: Sequence[str] = BUDGET_KEYS) -> dict[str, int]:
-    from art_gifd.attacks.registry import BUDGET_LIMITS
-
-    table = v.strict_table(value, path, BUDGET_KEYS, required=required)
-    return {k: v.need(table[k], (*path, k), integer(1, BUDGET_LIMITS[k])) for k in BUDGET_KEYS if k in table}
 
 
 def _resources(v: Checker, value: Any, path: KeyPath) -> dict[str, float]:
@@ -445,44 +408,5 @@ def _defense(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
                 points.append({"params": point, "strength": point[grid[0]] if grid else None, "adaptive": flag})
         label = v.need(table.get("label", kind), (*path, "label"), string())
         return {"name": label, "type": kind, "grid": grid[0] if grid else None, "points": points}
-
-    return check
-
-
-def _attack(v: Checker, config: BenchConfig, prior_names: set[str]) -> Callable[[Any, KeyPath], dict[str, Any]]:
-    from art_gifd.attacks.registry import ATTACK_REGISTRY, BUDGET_PARAMS, GENERATIVE_ATTACKS, LOOP_PARAMS
-
-    restrictions = {
-        "datasets": [d["name"] for d in config.datasets],
-        "models": config.models,
-        "defenses": [d["name"] for d in config.defenses],
-    }
-    # a list whose own entries have problems is not checked against: those problems are reported already
-    unchecked = {key for key in restrictions if v.failed_under((key,))}
-
-    def check(value: Any, path: KeyPath) -> dict[str, Any]:
-        keys = ("name", "label", "prior", "params", "budget", *restrictions)
-        table = v.strict_table(value, path, keys, required=("name",))
-        name = v.need(table["name"], (*path, "name"), string(list(ATTACK_REGISTRY)))
-        spec: dict[str, Any] = {"name": name, "label": v.need(table.get("label", name), (*path, "label"), string())}
-        if name in GENERATIVE_ATTACKS:
-            if not prior_names:
-                raise Stop(path, f"{name} needs a generator, and none is defined: add [priors.<name>] with a type.")
-            if "prior" not in table:
-                raise Stop(path, f"{name} searches a generator's latent space: set prior = <a name under [priors]>.")
-            spec["prior"] = v.need(table["prior"], (*path, "prior"), string(sorted(prior_names)))
-            if spec["prior"] not in config.priors:  # its own table has a problem, reported there
-                raise Stop((*path, "prior"), f"prior '{spec['prior']}' is not valid: see the problem of its table.")
-        elif "prior" in table:
-            raise Stop((*path, "prior"), f"{name} does not use a generator: remove prior.")
-        reserved = (*LOOP_PARAMS, *BUDGET_PARAMS)  # set by the runner, or by the attack's budget
-        allowed = [p for p in ATTACK_REGISTRY[name].cls.attack_params if p not in reserved]
-        params = v.strict_table(table.get("params", {}), (*path, "params"), allowed)
-        spec["params"] = copy.deepcopy(params)
-        spec["budget"] = {**config.budget, **_budget(v, table.get("budget", {}), (*path, "budget"), required=())}
-        for key, names in restrictions.items():
-            if key in table:
-                spec[key] = v.need(table[key], (*path, key), string_list(None if key in unchecked else names))
-        return spec
 
     return check

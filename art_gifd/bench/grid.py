@@ -117,7 +117,7 @@ def _job(
         "dataset": dataset,
         "model": model,
         "batch_size": batch_size,
-        "attack": {k: attack[k] for k in ("name", "label", "params", "budget")},
+        "attack": {k: attack[k] for k in ("name", "label", "params", "budget", "labels") if k in attack},
         "prior": {"name": prior_name, "spec": config.priors[prior_name]} if prior_name else None,
         "defense": defense_spec,
         "utility": config.utility,

@@ -112,6 +112,7 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
         device=device,
         verbose=False,
         attack_params={attack["name"]: attack["params"]},
+        labels_known=attack.get("labels") == "known",
     )
     batches: list[tuple[np.ndarray, np.ndarray]] = []
     prior = load_prior(cfg["prior"]["spec"], device) if cfg["prior"] else None

@@ -121,7 +121,7 @@ def privacy_utility_figure(document: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in document["settings"]:
-        groups.setdefault((run["attack"], run["batch_size"]), []).append(run)
+        groups.setdefault((run["attack_label"], run["batch_size"]), []).append(run)
     for (attack, batch_size), runs in groups.items():
         xs = [utility[r["defense_label"]][key] for r in runs]
         ys = [r["ssim"] for r in runs]
