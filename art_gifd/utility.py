@@ -4,7 +4,9 @@ What a defence costs the federated training: gradient fidelity and accuracy afte
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,8 @@ from art_gifd.validation import check_integer, check_number
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
+
+    from art_gifd.configfile import Checker, KeyPath
 
 #: Training and test data: ``(x_train, y_train, x_test, y_test)``, images in the estimator's input range.
 UtilityData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -155,3 +159,25 @@ def _accuracy(target: TargetModel, x: np.ndarray, y: np.ndarray, chunk: int = 50
             batch = torch.as_tensor(x[i : i + chunk], dtype=torch.float32, device=target.device)
             correct += int((target.module(target.preprocess(batch)).argmax(dim=1) == labels[i : i + chunk]).sum())
     return correct / len(x)
+
+
+#: The keys of a configuration's ``[utility]`` table (audit and benchmark) that are :func:`measure_utility`'s
+#: arguments, with its defaults.
+UTILITY_KEYS = ("rounds", "batch_size", "learning_rate", "probe_batches")
+
+
+def read_utility_table(check: Checker, table: Mapping[str, Any], path: KeyPath) -> dict[str, Any]:
+    """
+    The :data:`UTILITY_KEYS` of a ``[utility]`` table whose keys the caller has checked, with
+    :func:`measure_utility`'s defaults; a bad value is a problem recorded on ``check`` (its value then ``None``).
+    """
+    from art_gifd.configfile import integer, number
+
+    defaults = inspect.signature(measure_utility).parameters
+    convert = {
+        "rounds": integer(0),
+        "batch_size": integer(1),
+        "learning_rate": number(0, low_open=True),
+        "probe_batches": integer(1),
+    }
+    return {key: check.get(table, path, key, convert[key], defaults[key].default) for key in UTILITY_KEYS}

@@ -444,6 +444,14 @@ def test_audit_and_bench_read_the_attack_tables_with_one_meaning(tmp_path) -> No
         )
     )
     assert cfg.settings["attacks"] == bench.attacks and cfg.settings["budget"] == bench.budget
+    path.write_text(path.read_text().split("[utility]")[0])  # no [utility]: both take measure_utility's defaults
+    defaults = load_audit_config(path).settings["utility"]
+    assert defaults.pop("test_fraction") == 0.2 and defaults == bench.utility == {
+        "rounds": 300,
+        "batch_size": 32,
+        "learning_rate": 0.05,
+        "probe_batches": 8,
+    }
     known = cfg.attacks[1]
     assert (known.label, known.labels_known, known.budget.num_restarts, known.budget.steps_per_stage) == (
         "gifd known",
@@ -476,6 +484,28 @@ def test_attack_tables_of_the_old_form_repeated_labels_and_unknown_defences_are_
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     assert "the same file name (pixel-1)" in problems(err)["attacks[1].label"]
+
+
+def test_an_audit_expands_a_defence_grid_as_the_bench_does(tmp_path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text().replace("params = { ratio = 0.5 }\nadaptive = true", "params = { ratio = [0.5, 0.9] }")
+    path.write_text(text.replace('type = "prune"', 'type = "prune"\nlabel = "pruning"\nadaptive = [false, true]'))
+    cfg = load_audit_config(path)
+    assert [(d.label, d.params, d.adaptive) for d in cfg.defenses] == [
+        ("none", {}, False),
+        ("pruning ratio=0.5", {"ratio": 0.5}, False),
+        ("pruning ratio=0.5 (adaptive)", {"ratio": 0.5}, True),
+        ("pruning ratio=0.9", {"ratio": 0.9}, False),
+        ("pruning ratio=0.9 (adaptive)", {"ratio": 0.9}, True),
+    ]
+    path.write_text(text.replace('type = "prune"', 'type = "none"'))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "unknown key" in problems(err)["defenses[0].params.ratio"]  # the baseline takes no parameters
+    path.write_text(text.replace('type = "prune"\nparams = { ratio = [0.5, 0.9] }', 'type = "none"\nadaptive = true'))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "nothing to replay" in problems(err)["defenses[0].adaptive"]
 
 
 def test_known_labels_reach_the_attack_through_the_bench_runner(tmp_path) -> None:

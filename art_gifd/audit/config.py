@@ -54,8 +54,13 @@ directory).
     [[defenses]]                              # zero or more; the undefended baseline "none" is always included
     type = "prune"
     params = { ratio = 0.9 }
-    adaptive = true                           # the attacker knows the defence and replays it (default false)
+    adaptive = true                           # the attacker knows the defence and replays it (default false;
+                                              # [false, true]: both attackers)
     label = "pruning 90%"                     # optional; unique name in the report (default: type and params)
+
+    [[defenses]]
+    type = "gaussian"
+    params = { sigma = [1e-3, 1e-2] }         # one parameter may be a list: the strength grid, one setting each
 
     [[defenses]]
     type = "dp"
@@ -79,11 +84,11 @@ directory).
     # budget = { num_restarts = 4 }           # optional: this attack's own budget fields
     # defenses = ["none"]                     # optional: run it under these defence labels only
 
-    [utility]                                 # what each defence costs the training (measure_utility)
-    rounds = 100                              # FedSGD rounds of the short training run (0: gradient cosine only)
+    [utility]                                 # what each defence costs the training (measure_utility's defaults)
+    rounds = 300                              # FedSGD rounds of the short training run (0: gradient cosine only)
     batch_size = 32                           # client batch size of that run
     learning_rate = 0.05                      # server learning rate
-    probe_batches = 4                         # batches over which the defended/clean gradient cosine is averaged
+    probe_batches = 8                         # batches over which the defended/clean gradient cosine is averaged
     test_fraction = 0.2                       # share of the data set held out to measure accuracy
 
     [report]
@@ -170,7 +175,7 @@ from art_gifd.configfile import (
 )
 from art_gifd.configfile import open_config as open_config_file
 from art_gifd.data import DATASETS, load_dataset, load_image_folder
-from art_gifd.defenses import DEFENSES, Defense, build_defense, describe_defense
+from art_gifd.defenses import Defense, describe_defense
 from art_gifd.federated import (
     ALGORITHMS,
     TRAINING_KEYS,
@@ -182,6 +187,7 @@ from art_gifd.federated import (
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.store import ResultsBusy, ResultsFile
+from art_gifd.utility import UTILITY_KEYS, read_utility_table
 from art_gifd.validation import MAX_SEED, check_device
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
@@ -299,8 +305,7 @@ _MODEL = (
 )
 _DATA = ("embedded", "split", "image_folder", "offset")
 _FEDERATED = ("algorithm", "batch_sizes", *TRAINING_KEYS)
-_DEFENSE = ("type", "params", "adaptive", "label")
-_UTILITY = ("rounds", "batch_size", "learning_rate", "probe_batches", "test_fraction")
+_UTILITY = (*UTILITY_KEYS, "test_fraction")
 _REPORT = ("recognisable_ssim", "high_share", "medium_share")
 
 
@@ -483,34 +488,33 @@ def _read_data(
 
 
 def _read_defenses(check: Checker, raw: Any) -> list[DefenseSetting]:
+    """
+    The undefended baseline first (``none``, or the label of a listed ``none`` table), then every point of every
+    ``[[defenses]]`` table (:func:`art_gifd.defenses.registry.read_defense_table`: each value of its strength grid,
+    under each attacker), each under its own label.
+    """
+    from art_gifd.defenses.registry import cached_defense, read_defense_table
+
     path: tuple[Any, ...] = ("defenses",)
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        check.add(path, "must be a list of tables ([[defenses]] in TOML), each with type and params.")
-        return []
+    entries: list[tuple[int, dict[str, Any]]] = []
+    if raw is not None:
+        with check.section():
+            entries = check.each(raw, path, lambda value, at: (at[-1], read_defense_table(check, value, at)), False)
     baseline = DefenseSetting("none", "none", {}, False, None)
     out: list[DefenseSetting] = []
-    for i, item in enumerate(raw):
-        here = (*path, i)
-        table = check.table(item, here, _DEFENSE)
-        name = check.get(table, here, "type", string(("none", *DEFENSES)))
-        params = check.get(table, here, "params", mapping, {})
-        adaptive = check.get(table, here, "adaptive", boolean, False)
-        label = check.get(table, here, "label", string(), None)
-        if name is None or params is None:
+    for index, entry in entries:
+        if entry["type"] == "none":
+            baseline = DefenseSetting(entry["label"] or "none", "none", {}, False, None, index)
             continue
-        if name == "none":
-            if params or adaptive:
-                check.add(here, "the baseline 'none' takes no params and cannot be adaptive.")
-            baseline = DefenseSetting(label or "none", "none", {}, False, None, i)
-            continue
-        try:
-            defense = build_defense(name, params)
-        except ValueError as err:
-            check.add((*here, "params"), str(err))
-            continue
-        out.append(DefenseSetting(label or _default_label(name, params), name, params, bool(adaptive), defense, i))
+        both = len({point["adaptive"] for point in entry["points"]}) > 1
+        for point in entry["points"]:
+            label = entry["label"] or _default_label(entry["type"], point["params"])
+            if entry["label"] and entry["grid"]:
+                label += f" {entry['grid']}={_compact(point['strength'])}"
+            if both and point["adaptive"]:
+                label += " (adaptive)"
+            defense = cached_defense(entry["type"], point["params"])
+            out.append(DefenseSetting(label, entry["type"], point["params"], point["adaptive"], defense, index))
     settings = [baseline, *out]
     labels = [s.label for s in settings]
     for i, setting in enumerate(settings):
@@ -705,10 +709,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     settings.update(attack_settings)
     utility = check.table(top.get("utility"), ("utility",), _UTILITY)
     settings["utility"] = {
-        "rounds": check.get(utility, ("utility",), "rounds", integer(0), 100),
-        "batch_size": check.get(utility, ("utility",), "batch_size", integer(1), 32),
-        "learning_rate": check.get(utility, ("utility",), "learning_rate", number(0, low_open=True), 0.05),
-        "probe_batches": check.get(utility, ("utility",), "probe_batches", integer(1), 4),
+        **read_utility_table(check, utility, ("utility",)),
         "test_fraction": check.get(utility, ("utility",), "test_fraction", number(0, 1, True, True), 0.2),
     }
     settings["report"] = read_report(check, top.get("report"))

@@ -7,15 +7,13 @@ deterministic, so a job stays a pure function of its configuration and seed.
 
 from __future__ import annotations
 
-import json
-import warnings
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from art_gifd.defenses.base import Defense
+    pass
 
 #: Share of a folder data set (after a shuffle seeded with 0) held out: the attacked images and the utility test set.
 HOLDOUT_FRACTION = 0.2
@@ -23,28 +21,6 @@ HOLDOUT_FRACTION = 0.2
 EMBEDDED_CLASSES = 10
 #: Embedded data sets without a train / held-out split measure utility on another one of the same task.
 UTILITY_SOURCES = {"digits32": "mnist32"}
-
-
-def build_defense(kind: str, params: dict[str, Any]) -> Defense | None:
-    """
-    The client-side defence of a configuration grid point (``None`` for ``"none"``), built by
-    :func:`art_gifd.defenses.build_defense` (the audit's names and parameters) and cached per process (DP-SGD from a
-    target epsilon runs Opacus' noise search once).
-
-    :param kind: ``"none"`` or a name of :data:`art_gifd.defenses.registry.DEFENSES`.
-    :param params: Its constructor parameters.
-    :raises ValueError: For unknown or missing parameters and values the defence rejects, naming them.
-    """
-    return None if kind == "none" else _build_defense(kind, json.dumps(params, sort_keys=True))
-
-
-@lru_cache(maxsize=256)
-def _build_defense(kind: str, params_json: str) -> Defense:
-    from art_gifd.defenses import build_defense as build
-
-    with warnings.catch_warnings():  # Opacus' search for a target epsilon warns about its range of RDP orders
-        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
-        return build(kind, json.loads(params_json))
 
 
 def load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:

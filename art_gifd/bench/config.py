@@ -85,7 +85,6 @@ from art_gifd.configfile import (
     check_unique,
     int_list,
     integer,
-    kind_of,
     number,
     open_config,
     string,
@@ -95,7 +94,6 @@ from art_gifd.configfile import parse_document as parse_document  # re-exported:
 from art_gifd.validation import MAX_SEED
 
 FOLDER_SPLITS = ("heldout", "train", "all")
-UTILITY_DEFAULTS: dict[str, Any] = {"rounds": 300, "batch_size": 32, "learning_rate": 0.05, "probe_batches": 8}
 
 
 # ------------------------------------------------------------------------------------------------------ validation
@@ -217,7 +215,6 @@ TOP_LEVEL_KEYS = (
     "defenses",
     "federated",
 )
-DEFENSE_KEYS = ("type", "params", "adaptive", "label")
 
 
 def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> BenchConfig:
@@ -321,16 +318,12 @@ def _resources(v: Checker, value: Any, path: KeyPath) -> dict[str, float]:
 
 
 def _utility(v: Checker, value: Any, path: KeyPath) -> dict[str, Any] | None:
-    table = v.strict_table(value, path, ("enabled", *UTILITY_DEFAULTS))
+    from art_gifd.utility import UTILITY_KEYS, read_utility_table
+
+    table = v.strict_table(value, path, ("enabled", *UTILITY_KEYS))
     if not v.need(table.get("enabled", True), (*path, "enabled"), boolean):
         return None
-    settings = dict(UTILITY_DEFAULTS)
-    for key in ("rounds", "batch_size", "probe_batches"):
-        if key in table:
-            settings[key] = v.need(table[key], (*path, key), integer(0 if key == "rounds" else 1))
-    if "learning_rate" in table:
-        settings["learning_rate"] = v.need(table["learning_rate"], (*path, "learning_rate"), number(0.0))
-    return settings
+    return read_utility_table(v, table, path)
 
 
 def _dataset(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
@@ -365,48 +358,12 @@ def _dataset(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
 
 
 def _defense(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
-    """
-    Validator of one ``[[defenses]]`` entry: ``type``, ``params`` (one of them may be a list: the strength grid),
-    ``adaptive`` (or a list of both) and the row ``label`` (default: the type), as in an audit config.
-    """
-    from art_gifd.bench.components import build_defense
-    from art_gifd.defenses import DEFENSES, defense_parameters
-
-    types = ["none", *DEFENSES]
+    """Validator of one ``[[defenses]]`` entry (:func:`art_gifd.defenses.registry.read_defense_table`); the row
+    name is its ``label``, by default its type."""
+    from art_gifd.defenses.registry import read_defense_table
 
     def check(value: Any, path: KeyPath) -> dict[str, Any]:
-        table = v.strict_table(value, path, DEFENSE_KEYS, required=("type",))
-        kind = v.need(table["type"], (*path, "type"), string(types))
-        accepted = defense_parameters(kind) if kind != "none" else []
-        params = v.strict_table(table.get("params"), (*path, "params"), accepted)
-        # compose takes a list of defences: it is one setting, never a grid
-        grid = [k for k, x in params.items() if isinstance(x, list) and kind != "compose"]
-        if len(grid) > 1:
-            raise Stop(
-                (*path, "params", grid[1]), f"only one parameter may be a list (the strength grid); {grid[0]} is one."
-            )
-        adaptive = table.get("adaptive", False)
-        adaptive_values = [
-            v.need(flag, (*path, "adaptive"), boolean)
-            for flag in (adaptive if isinstance(adaptive, list) else [adaptive])
-        ]
-        strengths = params[grid[0]] if grid else [None]
-        if not strengths:
-            raise Stop((*path, "params", grid[0]), "is an empty list: give at least one strength.")
-        points = []
-        for index, strength in enumerate(strengths):
-            point = dict(params, **({grid[0]: strength} if grid else {}))
-            for key, x in point.items():
-                key_path = (*path, "params", key, index) if grid and key == grid[0] else (*path, "params", key)
-                if isinstance(x, dict | list) and kind != "compose":
-                    raise Stop(key_path, f"must be a number or a string, got {kind_of(x)}.")
-            try:
-                build_defense(kind, point)
-            except ValueError as exc:
-                raise Stop((*path, "params", grid[0], index) if grid else (*path, "params"), str(exc)) from None
-            for flag in adaptive_values:
-                points.append({"params": point, "strength": point[grid[0]] if grid else None, "adaptive": flag})
-        label = v.need(table.get("label", kind), (*path, "label"), string())
-        return {"name": label, "type": kind, "grid": grid[0] if grid else None, "points": points}
+        entry = read_defense_table(v, value, path)
+        return {"name": entry.pop("label") or entry["type"], **entry}
 
     return check

@@ -75,7 +75,8 @@ def run_job(job: Job, utility: dict[str, Any] | None = None) -> JobOutcome:
 def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutcome:
     import torch
 
-    from art_gifd.bench.components import build_defense, load_images, utility_data
+    from art_gifd.bench.components import load_images, utility_data
+    from art_gifd.defenses.registry import cached_defense
     from art_gifd.experiment import Budget, Case, Experiment, run_experiment
     from art_gifd.federated import local_training
     from art_gifd.models import build_model, make_classifier
@@ -89,7 +90,7 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
     np.random.seed(seed)
     torch.manual_seed(seed)
     x, y, num_classes = load_images(dataset)
-    defense = build_defense(defense_spec["type"], defense_spec["params"])
+    defense = cached_defense(defense_spec["type"], defense_spec["params"])
     prior_name = cfg["prior"]["name"] if cfg["prior"] else None
     case = Case(
         cfg["model"],

@@ -10,13 +10,19 @@ in order).
 from __future__ import annotations
 
 import inspect
+import json
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from art_gifd.defenses.base import Compose, Defense
 from art_gifd.defenses.dp import DPSGD
 from art_gifd.defenses.soteria import Soteria
 from art_gifd.defenses.transforms import Clip, GaussianNoise, LaplacianNoise, Prune, Quantize, SignCompression
+
+if TYPE_CHECKING:
+    from art_gifd.configfile import Checker, KeyPath
 
 
 def _dp(**params: Any) -> DPSGD:
@@ -82,3 +88,73 @@ def build_defense(name: str, params: Mapping[str, Any]) -> Defense:
         return DEFENSES[name](**params)
     except TypeError as err:  # a missing required argument
         raise ValueError(f"defence '{name}': {err}; it accepts {', '.join(accepted)}.") from None
+
+
+def cached_defense(kind: str, params: Mapping[str, Any]) -> Defense | None:
+    """
+    :func:`build_defense`, cached per process (DP-SGD from a target epsilon runs Opacus' noise search once for a
+    configuration's validation and its runs), and ``None`` for ``"none"``.
+
+    :raises ValueError: As :func:`build_defense`.
+    """
+    return None if kind == "none" else _cached(kind, json.dumps(params, sort_keys=True))
+
+
+@lru_cache(maxsize=256)
+def _cached(kind: str, params_json: str) -> Defense:
+    with warnings.catch_warnings():  # Opacus' search for a target epsilon warns about its range of RDP orders
+        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
+        return build_defense(kind, json.loads(params_json))
+
+
+#: Keys of a ``[[defenses]]`` table, in an audit and in a benchmark profile.
+DEFENSE_KEYS = ("type", "params", "adaptive", "label")
+
+
+def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, Any]:
+    """
+    One ``[[defenses]]`` table of a configuration file (audit or benchmark), checked and expanded, with
+    :class:`~art_gifd.configfile.Stop` at its first problem: ``type`` (``none`` or a name of :data:`DEFENSES`),
+    ``params`` (one of them may be a list: the strength grid; each point is built once, so a value the defence
+    rejects is named here), ``adaptive`` (or ``[false, true]``: both attackers) and an optional ``label``.
+
+    :return: ``label`` (``None`` when not given), ``type``, ``grid`` (the listed parameter or ``None``) and
+             ``points``: one ``{"params", "strength", "adaptive"}`` per grid value and attacker.
+    """
+    from art_gifd.configfile import Stop, boolean, kind_of, string
+
+    table = check.strict_table(value, path, DEFENSE_KEYS, required=("type",))
+    kind = check.need(table["type"], (*path, "type"), string(["none", *DEFENSES]))
+    accepted = defense_parameters(kind) if kind != "none" else []
+    params = check.strict_table(table.get("params"), (*path, "params"), accepted)
+    # compose takes a list of defences: it is one setting, never a grid
+    grid = [k for k, x in params.items() if isinstance(x, list) and kind != "compose"]
+    if len(grid) > 1:
+        raise Stop(
+            (*path, "params", grid[1]), f"only one parameter may be a list (the strength grid); {grid[0]} is one."
+        )
+    adaptive = table.get("adaptive", False)
+    flags = [
+        check.need(flag, (*path, "adaptive"), boolean)
+        for flag in (adaptive if isinstance(adaptive, list) else [adaptive])
+    ]
+    if kind == "none" and any(flags):
+        raise Stop((*path, "adaptive"), "the baseline 'none' has nothing to replay: remove adaptive.")
+    strengths = params[grid[0]] if grid else [None]
+    if not strengths:
+        raise Stop((*path, "params", grid[0]), "is an empty list: give at least one strength.")
+    points = []
+    for index, strength in enumerate(strengths):
+        point = dict(params, **({grid[0]: strength} if grid else {}))
+        for key, x in point.items():
+            key_path = (*path, "params", key, index) if grid and key == grid[0] else (*path, "params", key)
+            if isinstance(x, dict | list) and kind != "compose":
+                raise Stop(key_path, f"must be a number or a string, got {kind_of(x)}.")
+        try:
+            cached_defense(kind, point)
+        except ValueError as exc:
+            raise Stop((*path, "params", grid[0], index) if grid else (*path, "params"), str(exc)) from None
+        for flag in flags:
+            points.append({"params": point, "strength": point[grid[0]] if grid else None, "adaptive": flag})
+    label = check.need(table["label"], (*path, "label"), string()) if "label" in table else None
+    return {"label": label, "type": kind, "grid": grid[0] if grid else None, "points": points}
