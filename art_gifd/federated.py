@@ -28,6 +28,8 @@ from art_gifd.validation import check_device, check_integer, check_number, nonfi
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
+    from art_gifd.configfile import Checker, KeyPath
+
 logger = logging.getLogger(__name__)
 
 #: What an observed gradient may be: arrays/tensors in ``model.parameters()`` order, or a name → array mapping.
@@ -690,3 +692,27 @@ def local_training(fields: Mapping[str, Any] | None) -> LocalTraining | None:
         return None
     known = {k: v for k, v in fields.items() if k in LocalTraining.__dataclass_fields__}
     return LocalTraining(**{**known, "betas": tuple(known.get("betas", (0.9, 0.999)))})
+
+
+def read_federated_table(
+    check: Checker, value: Any, path: KeyPath = ("federated",)
+) -> tuple[dict[str, Any], LocalTraining | None]:
+    """
+    The ``[federated]`` table of an audit or a benchmark profile: ``algorithm`` (:data:`ALGORITHMS`, default
+    ``"fedsgd"``), the client ``batch_sizes`` (default ``[1]``; FedAvg: the private samples per client) and FedAvg's
+    local-training keys (:data:`TRAINING_KEYS`). Problems are recorded on ``check``.
+
+    :return: The settings (``algorithm``, ``batch_sizes`` and, for FedAvg, ``training``: the local training's fields)
+             and the local training (``None``: FedSGD, or after a problem).
+    """
+    from art_gifd.configfile import int_list, string
+
+    table = check.table(value, path, ("algorithm", "batch_sizes", *TRAINING_KEYS))
+    algorithm = check.get(table, path, "algorithm", string(ALGORITHMS), "fedsgd")
+    settings = {"algorithm": algorithm, "batch_sizes": check.get(table, path, "batch_sizes", int_list(1), [1])}
+    training, problems = local_training_from_config(table, algorithm, settings["batch_sizes"] or [])
+    for key, message in problems:
+        check.add((*path, key) if key else path, message)
+    if training is not None:
+        settings["training"] = training.describe()
+    return settings, training

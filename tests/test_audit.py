@@ -74,7 +74,6 @@ SAME_BENCH = """\
 name = "same"
 models = ["lenet"]
 seeds = [0]
-batch_sizes = [{batch}]
 budget = {{ steps_per_stage = 3, stages = 2, num_restarts = 1 }}
 utility = {{ enabled = false }}
 {federated}
@@ -512,7 +511,7 @@ def test_known_labels_reach_the_attack_through_the_bench_runner(tmp_path) -> Non
     from art_gifd.bench import load_config, run_benchmark
     from art_gifd.store import ResultsFile
 
-    text = SAME_BENCH.format(batch=1, federated="") + 'labels = "known"\n'
+    text = SAME_BENCH.format(batch=1, federated="[federated]\nbatch_sizes = [1]\n") + 'labels = "known"\n'
     (tmp_path / "known.toml").write_text(text)
     run_benchmark(load_config(tmp_path / "known.toml"), tmp_path / "known.jsonl", progress=False)
     (job,) = ResultsFile(tmp_path / "known.jsonl").read()[1]
@@ -524,7 +523,7 @@ def test_the_same_setting_and_seed_give_the_same_numbers_through_audit_and_bench
     from art_gifd.store import ResultsFile
 
     audit = run_audit(write_config(tmp_path), verbose=False)  # LeNet seed 0, first held-out digit, B=1, GIFD 2x3
-    (tmp_path / "same.toml").write_text(SAME_BENCH.format(batch=1, federated=""))
+    (tmp_path / "same.toml").write_text(SAME_BENCH.format(batch=1, federated="[federated]\nbatch_sizes = [1]\n"))
     run_benchmark(load_config(tmp_path / "same.toml"), tmp_path / "same.jsonl", progress=False)
     (job,) = ResultsFile(tmp_path / "same.jsonl").read()[1]
     undefended = next(s for s in audit.settings if s["defense_label"] == "none")
@@ -554,7 +553,9 @@ def test_bad_fedavg_keys_are_named_in_audit_and_bench_configs(tmp_path, federate
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(fedavg_config(tmp_path, federated))
     assert any(p.key == key and message in p.message for p in err.value.problems), err.value
-    (tmp_path / "bench.toml").write_text(SAME_BENCH.format(batch=2, federated=f"[federated]\n{federated}"))
+    (tmp_path / "bench.toml").write_text(
+        SAME_BENCH.format(batch=2, federated=f"[federated]\nbatch_sizes = [2]\n{federated}")
+    )
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(tmp_path / "bench.toml")
 
@@ -572,7 +573,9 @@ def test_fedavg_audit_reports_the_protocol_and_matches_the_bench(tmp_path) -> No
     )
     assert any("One FedAvg update per client is attacked" in item for item in report.document["limitations"])
     assert "local training: SGD, 2 epoch(s)" in " ".join((tmp_path / "out" / "report.html").read_text().split())
-    (tmp_path / "same.toml").write_text(SAME_BENCH.format(batch=2, federated=f"[federated]\n{FEDAVG}"))
+    (tmp_path / "same.toml").write_text(
+        SAME_BENCH.format(batch=2, federated=f"[federated]\nbatch_sizes = [2]\n{FEDAVG}")
+    )
     run_benchmark(load_config(tmp_path / "same.toml"), tmp_path / "same.jsonl", progress=False)
     (job,) = ResultsFile(tmp_path / "same.jsonl").read()[1]
     assert job["result"]["federated"] == setting["federated"]

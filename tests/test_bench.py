@@ -29,6 +29,8 @@ BASE_TOML = """\
 name = "t"
 models = ["lenet"]
 seeds = [0, 1]
+
+[federated]
 batch_sizes = [1]
 
 [budget]
@@ -150,6 +152,12 @@ def test_config_errors_name_the_key_and_the_line(old, new, key, marker, words):
     error = caught.value
     assert error.keys == [key] and error.line == line_of(text, marker) and words in error.message
     assert f"test.toml, line {error.line}: {key}: " in str(error)
+
+
+def test_a_top_level_batch_sizes_is_sent_to_federated_as_in_an_audit():
+    with pytest.raises(ConfigError) as caught:
+        parse(BASE_TOML.replace("seeds = [0, 1]\n", "seeds = [0, 1]\nbatch_sizes = [1]\n"))
+    assert caught.value.keys == ["batch_sizes"] and "under [federated]" in caught.value.message
 
 
 def test_every_problem_of_a_bench_config_is_named_in_one_pass():

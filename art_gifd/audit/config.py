@@ -177,12 +177,10 @@ from art_gifd.configfile import open_config as open_config_file
 from art_gifd.data import DATASETS, load_dataset, load_image_folder
 from art_gifd.defenses import Defense, describe_defense
 from art_gifd.federated import (
-    ALGORITHMS,
-    TRAINING_KEYS,
     LocalTraining,
     client_gradients,
     client_update,
-    local_training_from_config,
+    read_federated_table,
 )
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
@@ -304,7 +302,6 @@ _MODEL = (
     "train_mode",
 )
 _DATA = ("embedded", "split", "image_folder", "offset")
-_FEDERATED = ("algorithm", "batch_sizes", *TRAINING_KEYS)
 _UTILITY = (*UTILITY_KEYS, "test_fraction")
 _REPORT = ("recognisable_ssim", "high_share", "medium_share")
 
@@ -700,7 +697,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     settings["images_per_setting"] = check.get(top, (), "images_per_setting", integer(1), 4)
     settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
     settings["data"], data, data_facts = _read_data(check, top.get("data"), settings["model"])
-    settings["federated"], training = _read_federated(check, top.get("federated"))
+    settings["federated"], training = read_federated_table(check, top.get("federated"))
     defenses = _read_defenses(check, top.get("defenses"))
     settings["defenses"] = [
         {"label": d.label, "type": d.name, "params": d.params, "adaptive": d.adaptive} for d in defenses
@@ -745,21 +742,6 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         config_hash=config_hash,
         training=training,
     )
-
-
-def _read_federated(check: Checker, raw: Any) -> tuple[dict[str, Any], LocalTraining | None]:
-    """The ``[federated]`` table: algorithm, client batch sizes and, for FedAvg, the clients' local training."""
-    path = ("federated",)
-    federated = check.table(raw, path, _FEDERATED)
-    algorithm = check.get(federated, path, "algorithm", string(ALGORITHMS), "fedsgd")
-    settings = {"algorithm": algorithm, "batch_sizes": check.get(federated, path, "batch_sizes", int_list(1), [1])}
-    training, problems = local_training_from_config(federated, algorithm, settings["batch_sizes"] or [])
-    for key, message in problems:
-        check.add((*path, key) if key else path, message)
-    if training is None:
-        return settings, None
-    settings["training"] = training.describe()
-    return settings, training
 
 
 def _check_counts(

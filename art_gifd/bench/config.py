@@ -9,14 +9,15 @@ The schema (see ``art_gifd/bench/profiles/*.toml`` for complete examples)::
     name = "quick"                    # profile name (default results file: bench-out/<name>.jsonl)
     device = "cpu"                    # torch device of every job
     seeds = [0, 1]                    # each job runs once per seed (model weights, attack and defence randomness)
-    batch_sizes = [1]                 # client batch sizes (FedAvg: private samples per client); every data set's
-                                      # num_images must be a multiple
     models = ["lenet", "convnet"]     # art_gifd.models.build_model names
 
-    [federated]                       # optional, one setting for every job
+    [federated]                       # optional, one setting for every job; an audit's [federated] table, read by
+                                      # art_gifd.federated.read_federated_table
+    batch_sizes = [1]                 # client batch sizes (FedAvg: private samples per client); every data set's
+                                      # num_images must be a multiple (default [1])
     algorithm = "fedsgd"              # "fedsgd" (default): each client shares one gradient of its batch; "fedavg":
-                                      # the weight update of its local training, set by the keys below, the same as
-                                      # an audit's [federated] table (art_gifd.federated.TRAINING_KEYS)
+                                      # the weight update of its local training, set by the keys below
+                                      # (art_gifd.federated.TRAINING_KEYS)
     # learning_rate = 0.05            # fedavg: the local learning rate (required)
     # epochs = 2                      # fedavg: local epochs (default 1) ... or:
     # steps = 4                       # fedavg: local steps (instead of epochs)
@@ -204,7 +205,6 @@ TOP_LEVEL_KEYS = (
     "description",
     "device",
     "seeds",
-    "batch_sizes",
     "budget",
     "resources",
     "utility",
@@ -226,16 +226,21 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     :raises ConfigError: Listing every problem found, each with its key and line.
     """
     from art_gifd.attacks.registry import read_attack_section
+    from art_gifd.federated import read_federated_table
     from art_gifd.models import MODELS
 
     v = Checker(document, Path(base_dir))
-    top = v.table(document.data, (), TOP_LEVEL_KEYS, required=("name", "datasets", "models"))
+    data = document.data
+    if isinstance(data, dict) and "batch_sizes" in data:  # where profiles before version 0.1 had it
+        v.add(("batch_sizes",), "is set under [federated] (batch_sizes = [1, 4]), as in an audit: move it there.")
+        data = {key: value for key, value in data.items() if key != "batch_sizes"}
+    top = v.table(data, (), TOP_LEVEL_KEYS, required=("name", "datasets", "models"))
     config = BenchConfig(
         name=v.get(top, (), "name", file_name, "unnamed"),
         description=str(top.get("description", "")),
         device=v.get(top, (), "device", string(), "cpu"),
         seeds=v.get(top, (), "seeds", int_list(0, high=MAX_SEED), [0]),
-        batch_sizes=v.get(top, (), "batch_sizes", int_list(1), [1]),
+        batch_sizes=[1],
         budget={},
         resources={},
         utility=None,
@@ -255,7 +260,11 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         with v.section():
             config.datasets = v.each(top["datasets"], ("datasets",), _dataset(v))
     with v.section():
-        config.federated = _federated(v, top.get("federated"), ("federated",), config.batch_sizes or [1])
+        federated, training = read_federated_table(v, top.get("federated"))
+        config.batch_sizes = federated["batch_sizes"]
+        if training is not None:  # FedSGD configurations have none (their job identifiers predate FedAvg)
+            config.federated = federated["training"]
+            config.federated.pop("order_known")
     check_unique(v, config.datasets, ("datasets",), "name")
     for index, dataset in enumerate(config.datasets):
         for batch in config.batch_sizes or []:
@@ -263,7 +272,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
                 v.add(
                     ("datasets", index, "num_images"),
                     f"{dataset['num_images']} images cannot be split into client batches of {batch} "
-                    "(batch_sizes): use a multiple of every batch size.",
+                    "(federated.batch_sizes): use a multiple of every batch size.",
                 )
     with v.section():
         config.defenses = v.each(top.get("defenses", [{"type": "none"}]), ("defenses",), _defense(v))
@@ -288,25 +297,6 @@ def file_name(value: Any) -> str:
     if name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ValueError(f"must be a plain name (it names the results file), without / or \\, got {name!r}.")
     return name
-
-
-def _federated(v: Checker, value: Any, path: KeyPath, batch_sizes: list[int]) -> dict[str, Any] | None:
-    """
-    ``[federated]``: ``algorithm`` (``"fedsgd"``, the default, or ``"fedavg"``) and FedAvg's local-training keys, the
-    same as an audit's (:data:`art_gifd.federated.TRAINING_KEYS`). Returns the ``LocalTraining`` fields, or ``None``.
-    """
-    from art_gifd.federated import ALGORITHMS, TRAINING_KEYS, local_training_from_config
-
-    table = v.strict_table(value, path, ("algorithm", *TRAINING_KEYS))
-    algorithm = v.need(table.get("algorithm", "fedsgd"), (*path, "algorithm"), string(ALGORITHMS))
-    training, problems = local_training_from_config(table, algorithm, batch_sizes)
-    for key, message in problems:
-        v.add((*path, key) if key else path, message)
-    if training is None:
-        return None
-    fields = training.describe()
-    fields.pop("order_known")
-    return fields
 
 
 def _resources(v: Checker, value: Any, path: KeyPath) -> dict[str, float]:
