@@ -229,9 +229,10 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
                       :func:`~art_gifd.metrics.evaluate_batch` and the attack's reconstruction result.
     :param lpips_metric: The LPIPS metric that scored them (when unavailable, the record says why).
     :return: Mean and standard deviation of PSNR and SSIM, mean LPIPS and label accuracy, time, steps, the chosen
-             stages and final losses, and the per-image scores.
+             stages and final losses, and the per-image scores (with whether each image's label is shared in its
+             batch).
     """
-    per_image: dict[str, list] = {"psnr": [], "ssim": [], "lpips": []}
+    per_image: dict[str, list] = {"psnr": [], "ssim": [], "lpips": [], "shared_label": []}
     for scores, _ in per_batch:
         for key in per_image:
             per_image[key].extend(scores["per_image"][key] or [])
@@ -258,7 +259,7 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
         "num_restarts": int(results[0].stage_losses.shape[1]),
         "chosen_stages": [r.stage_names[r.best_stage] for r in results],
         "final_losses": [r.best_loss for r in results],
-        "per_image": {"psnr": per_image["psnr"], "ssim": per_image["ssim"], "lpips": lpips_values},
+        "per_image": {**per_image, "lpips": lpips_values},
     }
     if any("generator_labels" in r.extra for r in results):  # a class-conditional prior: the classes it was given
         record["task_labels"] = [np.asarray(r.labels).tolist() for r in results]

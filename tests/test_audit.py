@@ -593,6 +593,21 @@ def test_limitations_name_wrong_inferred_labels_and_the_worst_case_setting(tiny_
     assert f"lowest label accuracy 0.50, setting {runs[-1]['id']}" in item and 'labels = "known"' in item
 
 
+def test_limitations_compare_images_that_share_their_label_in_a_batch(tiny_report) -> None:
+    report, folder = tiny_report
+    cfg = load_audit_config(folder / "audit.toml")
+    runs = [dict(s) for s in report.settings]
+    assert all(not any(run["per_image"]["shared_label"]) for run in runs)  # batches of one share no label
+    assert not any("share their label" in item for item in audit_run._limitations(cfg, runs, LPIPSMetric()))
+    runs[0]["per_image"] = {"psnr": [15.0, 17.0, 31.0, 33.0], "shared_label": [True, True, False, False]}
+    runs[1]["per_image"] = {"psnr": [20.0, 40.0], "shared_label": [True, False]}
+    runs.append({**runs[0], "per_image": {"psnr": [1.0, 2.0]}})  # a record from before the flag was kept: skipped
+    (item,) = [i for i in audit_run._limitations(cfg, runs, LPIPSMetric()) if "share their label" in i]
+    assert "In 2 batched setting(s), 3 of 6 reconstructions" in item
+    assert "at 17.33 dB mean PSNR against 34.67 dB" in item
+    assert f"largest gap: setting {runs[1]['id']}, 20.00 against 40.00 dB" in item
+
+
 def test_prior_tables_use_the_prior_registry_with_the_bench_vocabulary(tmp_path) -> None:
     from art_gifd.priors import DCGANGenerator
 

@@ -18,6 +18,7 @@ from art_gifd.metrics import (
     label_accuracy,
     match_images,
     psnr,
+    shared_labels,
     ssim,
 )
 
@@ -78,6 +79,14 @@ def test_match_images_recovers_permutation(rng: np.random.Generator) -> None:
     # reconstructed[j] is a noisy original[shuffle[j]], so original[i] must be matched to j = argsort(shuffle)[i].
     np.testing.assert_array_equal(perm, np.argsort(shuffle))
     np.testing.assert_array_equal(shuffle[perm], np.arange(6))
+
+
+def test_shared_labels_flag_the_images_whose_label_repeats_in_the_batch(rng: np.random.Generator) -> None:
+    assert shared_labels(np.array([3, 8, 3, 0])).tolist() == [True, False, True, False]
+    assert shared_labels(np.array([5])).tolist() == [False]
+    images = rng.random((4, 1, 8, 8))
+    scores = evaluate_batch(images, images[::-1].copy(), np.array([1, 2, 2, 7]), np.array([7, 2, 2, 1]))
+    assert scores["per_image"]["shared_label"] == [False, True, True, False]  # in the originals' order
 
 
 def test_label_accuracy_counts_multisets() -> None:
