@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
+from art_gifd.metrics import shared_labels
 from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
 from benchmarks.speed import git_commit
@@ -315,6 +316,69 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def label_multiplicity(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    PSNR of the images of batched runs (B > 1) split by whether their label is unique in the batch or shared with
+    another image of it (:func:`~art_gifd.metrics.shared_labels`), per case, split, batch size, steps and
+    configuration.
+    """
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in runs:
+        batch = r["batch_size"]
+        if batch < 2:
+            continue
+        case = CASES[r["case"]]
+        lo, hi = case.splits[r["split"]]
+        labels = case.images(r["split"], hi - lo)[1][r["first"] : r["first"] + batch].tolist()
+        key = (r["case"], r["split"], batch, r["steps_per_stage"], r["config"])
+        cell = groups.setdefault(key, {"unique": [], "shared": [], "batches": set()})
+        cell["batches"].add(r["first"])
+        for shared, value in zip(shared_labels(labels), r["per_image_psnr"], strict=True):
+            cell["shared" if shared else "unique"].append(value)
+    rows = []
+    for (case, split, batch, steps, config), cell in sorted(groups.items()):
+        row = {
+            "case": case,
+            "split": split,
+            "batch_size": batch,
+            "steps_per_stage": steps,
+            "config": config,
+            "batches": len(cell["batches"]),
+        }
+        for kind in ("unique", "shared"):
+            mean, sem = mean_sem(cell[kind]) if cell[kind] else (float("nan"), float("nan"))
+            row.update({f"{kind}_images": len(cell[kind]), f"{kind}_psnr": mean, f"{kind}_psnr_sem": sem})
+        rows.append(row)
+    return rows
+
+
+def multiplicity_markdown(rows: list[dict[str, Any]]) -> str:
+    """The label-multiplicity rows as one Markdown table."""
+    lines = [
+        "",
+        "## Batched runs: images whose label is unique in the batch against images that share it",
+        "",
+        "Per-image PSNR (Hungarian-matched), mean ± s.e.m. over the images of every run of the cell (batch × seed × "
+        "slot). Images that share a label are told apart only by the layers below the classifier head.",
+        "",
+        "| case | split | B | steps/stage | configuration | batches | unique label: images, PSNR | shared label: "
+        "images, PSNR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(row: dict[str, Any], kind: str) -> str:
+        if not row[f"{kind}_images"]:
+            return "0, —"
+        return f"{row[f'{kind}_images']}, {row[f'{kind}_psnr']:.2f} ± {row[f'{kind}_psnr_sem']:.2f}"
+
+    for row in rows:
+        lines.append(
+            f"| {row['case']} | {row['split']} | {row['batch_size']} | {row['steps_per_stage']} | {row['config']} | "
+            f"{row['batches']} | {cell(row, 'unique')} | {cell(row, 'shared')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The rows as Markdown tables, one per case, split and batch size."""
     lines = [
@@ -409,6 +473,7 @@ def report(args: argparse.Namespace) -> None:
     if not runs:
         raise SystemExit(f"error: no runs in '{args.runs}': run the ablation first.")
     rows = summarise(runs)
+    multiplicity = label_multiplicity(runs)
     record = {
         "benchmark": "ablation",
         "command": shlex.join(["python", "benchmarks/ablation.py", *sys.argv[1:]]),
@@ -419,11 +484,13 @@ def report(args: argparse.Namespace) -> None:
         "cases": {name: case.description for name, case in CASES.items()},
         "configs_new": NEW,
         "rows": rows,
+        "label_multiplicity": multiplicity,
     }
     write_json_atomic(args.out.with_suffix(".json"), record)
-    args.out.with_suffix(".md").write_text(markdown(rows))
+    text = markdown(rows) + multiplicity_markdown(multiplicity)
+    args.out.with_suffix(".md").write_text(text)
     restarts_figure(rows, args.out.parent / f"{args.out.name}_restarts.png")
-    print(markdown(rows))
+    print(text)
     print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
 
 

@@ -438,8 +438,20 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
             order = list(jobs) if (first + seed) % 2 == 0 else list(reversed(jobs))
             for name in order:
                 images, cpu, wall = _timed(jobs[name])
-                score = evaluate_batch(images, x, y, y)["psnr"]
-                runs.append({"method": name, "first": first, "seed": seed, "psnr": score, "cpu": cpu, "wall": wall})
+                scores = evaluate_batch(images, x, y, y)
+                score = scores["psnr"]
+                runs.append(
+                    {
+                        "method": name,
+                        "first": first,
+                        "seed": seed,
+                        "psnr": score,
+                        "per_image_psnr": scores["per_image"]["psnr"],
+                        "labels": y.tolist(),
+                        "cpu": cpu,
+                        "wall": wall,
+                    }
+                )
                 print(
                     f"{spec.name} B={args.batch_size} first={first} seed={seed} {name}: {score:.2f} dB, "
                     f"{cpu:.1f} cpu s",
@@ -611,6 +623,48 @@ def _speed(item: dict[str, Any]) -> str:
     return f"{item['speedup']:.2f}×" if item["speedup"] else "not reached"
 
 
+def _shared_label_table(paths: list[Path]) -> str:
+    """
+    Batched records that keep per-image PSNR and labels: PSNR of the images whose label is unique in their batch
+    against those that share it, per method (empty when no record has them).
+    """
+    from art_gifd.metrics import shared_labels
+
+    lines = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        runs = [r for r in record["runs"] if "per_image_psnr" in r and len(r["labels"]) > 1]
+        for method in ("reference", "reference R=1", "ours x1"):
+            values: dict[bool, list[float]] = {False: [], True: []}
+            for r in (r for r in runs if r["method"] == method):
+                for shared, value in zip(shared_labels(r["labels"]), r["per_image_psnr"], strict=True):
+                    values[shared].append(value)
+            if not values[False] and not values[True]:
+                continue
+            cells = []
+            for v in (values[False], values[True]):
+                stats = _mean_sem(v) if v else None
+                cells.append(f"{stats['n']}, {stats['mean']:.2f} ± {stats['sem']:.2f}" if stats else "0, —")
+            protocol = record["protocol"]
+            lines.append(
+                f"| {record['case']['name']} | {protocol['batch_size']} | {' '.join(map(str, protocol['seeds']))} "
+                f"| {method} | {cells[0]} | {cells[1]} |"
+            )
+    if not lines:
+        return ""
+    header = [
+        "",
+        "## Batched rows: images whose label is unique in the batch against images that share it",
+        "",
+        "Per-image PSNR (Hungarian-matched) in dB, mean ± s.e.m. over the images of every run (batch × seed × slot); "
+        "only records that keep per-image PSNR and labels.",
+        "",
+        "| case | B | seeds | method | unique label: images, PSNR | shared label: images, PSNR |",
+        "|---|---|---|---|---|---|",
+    ]
+    return "\n".join(header + lines) + "\n"
+
+
 def quality_report(args: argparse.Namespace) -> str:
     """Summarise every ``quality_*.json`` record of the results folder into ``quality.md``; returns the Markdown."""
     lines = [
@@ -642,7 +696,7 @@ def quality_report(args: argparse.Namespace) -> str:
             f"| {ref['cpu']['mean']:.1f} / {one['cpu']['mean']:.1f} / {ours['cpu']['mean']:.1f} "
             f"| {_speed(ttq['reference'])} | {_speed(ttq['reference R=1'])} |"
         )
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + _shared_label_table(sorted(RESULTS.glob("quality_*.json")))
     (RESULTS / "quality.md").write_text(text)
     print(text)
     return text

@@ -99,6 +99,31 @@ def test_quality_mode_records_every_run(benchmarks, tmp_path: Path) -> None:
         next(r["psnr"] for r in saved["runs"] if r["method"] == "ours x1")
     )
     assert saved["case"]["split"] == "eval" and record["time_to_quality"].keys() == {"reference", "reference R=1"}
+    run = saved["runs"][0]
+    assert run["labels"] == [3] and len(run["per_image_psnr"]) == 1  # the evaluation split's first digit is a 3
+    assert run["per_image_psnr"][0] == pytest.approx(run["psnr"])
+
+
+def test_quality_report_splits_batched_rows_by_shared_labels(benchmarks, tmp_path: Path) -> None:
+    _, speed = benchmarks
+    record = {
+        "case": {"name": "convnet-mnist"},
+        "protocol": {"batch_size": 4, "seeds": [0]},
+        "runs": [
+            {"method": "ours x1", "labels": [3, 3, 1, 4], "per_image_psnr": [15.0, 17.0, 30.0, 34.0]},
+            {"method": "reference", "labels": [3, 3, 1, 4], "per_image_psnr": [20.0, 20.0, 40.0, 40.0]},
+            {"method": "ours x0.5", "labels": [3, 3, 1, 4], "per_image_psnr": [1.0, 1.0, 1.0, 1.0]},
+        ],
+    }
+    path = tmp_path / "quality_x.json"
+    path.write_text(json.dumps(record))
+    table = speed._shared_label_table([path])
+    assert "| convnet-mnist | 4 | 0 | ours x1 | 2, 32.00 ± 2.00 | 2, 16.00 ± 1.00 |" in table
+    assert "| convnet-mnist | 4 | 0 | reference | 2, 40.00 ± 0.00 | 2, 20.00 ± 0.00 |" in table
+    assert "ours x0.5" not in table and "reference R=1" not in table
+    record["runs"] = [{k: v for k, v in r.items() if k != "per_image_psnr"} for r in record["runs"]]
+    path.write_text(json.dumps(record))  # records made before per-image PSNR was kept add no table
+    assert speed._shared_label_table([path]) == ""
 
 
 def test_bad_quality_arguments_are_named(benchmarks, capsys: pytest.CaptureFixture) -> None:
@@ -111,3 +136,23 @@ def test_bad_quality_arguments_are_named(benchmarks, capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit) as exit_info:
             speed.parse_args(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_label_multiplicity_splits_images_by_shared_labels(benchmarks) -> None:
+    ablation, _ = benchmarks
+    from benchmarks.cases import CASES
+
+    labels = CASES["lenet-mnist"].images("tune", 16)[1][4:8].tolist()
+    assert labels == [3, 8, 3, 0]  # images 0 and 2 share their label
+    base = {"case": "lenet-mnist", "split": "tune", "batch_size": 4, "first": 4, "steps_per_stage": 100}
+    runs = [
+        {**base, "config": "default", "seed": 0, "per_image_psnr": [10.0, 30.0, 12.0, 32.0]},
+        {**base, "config": "default", "seed": 1, "per_image_psnr": [14.0, 34.0, 16.0, 36.0]},
+        {**base, "batch_size": 1, "first": 0, "config": "default", "seed": 0, "per_image_psnr": [40.0]},
+    ]
+    (row,) = ablation.label_multiplicity(runs)  # B=1 runs have no batch to share a label with
+    assert (row["unique_images"], row["shared_images"], row["batches"]) == (4, 4, 1)
+    assert row["unique_psnr"] == pytest.approx(33.0) and row["shared_psnr"] == pytest.approx(13.0)
+    assert "| lenet-mnist | tune | 4 | 100 | default | 1 | 4, 33.00 ± 1.29 | 4, 13.00 ± 1.29 |" in (
+        ablation.multiplicity_markdown([row])
+    )
