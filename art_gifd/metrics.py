@@ -384,6 +384,23 @@ def shared_labels(labels: np.ndarray) -> np.ndarray:
     return counts[inverse.reshape(-1)] > 1
 
 
+def split_by_shared_label(per_image: dict[str, Any], metric: str = "psnr") -> tuple[np.ndarray, np.ndarray] | None:
+    """
+    A record's per-image ``metric`` split into the images that share their label in their client batch and the
+    others, by the ``shared_label`` flags that :func:`evaluate_batch` writes.
+
+    :param per_image: A record's ``per_image`` dict.
+    :param metric: The per-image list to split.
+    :return: ``(shared, own)`` arrays, or ``None`` for a record without the flags (written before they were kept).
+    """
+    flags = per_image.get("shared_label")
+    if not flags:
+        return None
+    mask = np.asarray(flags, dtype=bool)
+    values = np.asarray(per_image[metric], dtype=np.float64)
+    return values[mask], values[~mask]
+
+
 def evaluate_batch(
     reconstructed: np.ndarray,
     original: np.ndarray,

@@ -17,7 +17,7 @@ from art_gifd.bench import runner as runner_module
 from art_gifd.bench.config import parse_document, validate_config
 from art_gifd.bench.executors import ExecutorFailure
 from art_gifd.bench.grid import defense_label
-from art_gifd.bench.report import aggregate, write_report
+from art_gifd.bench.report import aggregate, markdown, write_report
 from art_gifd.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -527,6 +527,30 @@ def test_report_tells_apart_runs_of_different_configurations_in_one_file(tmp_pat
     write_report(results, tmp_path / "report")
     table = (tmp_path / "report" / "tables.md").read_text()
     assert "[attack.budget.steps_per_stage=2]" in table and "[attack.budget.steps_per_stage=3]" in table
+
+
+def test_report_shows_images_that_share_their_label_apart(reference) -> None:
+    _, jobs = ResultsFile(reference).read()
+    records = list({j["job_id"]: j for j in jobs}.values())
+    rows, _ = aggregate(records)
+    assert all(r["num_images_shared_label"] == 0 for r in rows)  # one image per batch: no label is shared
+    assert "share their label" not in markdown(rows, [], [], "smoke")
+    for number, record in enumerate(records):  # as if each job had attacked a batch labelled [3, 3, 1, 2]
+        values = [10.0 + number, 12.0 + number, 30.0 + number, 34.0 + number]
+        record["result"]["per_image"].update(
+            psnr=values, ssim=[0.5] * 4, lpips=None, shared_label=[True, True, False, False]
+        )
+    rows, _ = aggregate(records)
+    text = markdown(rows, [], [], "smoke")
+    for row in rows:
+        jobs_of = [r for r in records if r["job_id"] in row["job_ids"]]
+        shared = [v for r in jobs_of for v in r["result"]["per_image"]["psnr"][:2]]
+        own = [v for r in jobs_of for v in r["result"]["per_image"]["psnr"][2:]]
+        assert row["psnr_shared_label"] == pytest.approx(np.mean(shared))
+        assert row["psnr_own_label"] == pytest.approx(np.mean(own))
+        assert row["num_images_shared_label"] == row["num_images_own_label"] == 2 * len(jobs_of)
+        cell = f"{len(shared)}, {row['psnr_shared_label']:.2f} ± {row['psnr_shared_label_std']:.2f}"
+        assert cell in text
 
 
 def test_source_commit_is_the_packages_own_checkout_only(tmp_path, monkeypatch) -> None:

@@ -19,6 +19,7 @@ from art_gifd.metrics import (
     match_images,
     psnr,
     shared_labels,
+    split_by_shared_label,
     ssim,
 )
 
@@ -87,6 +88,10 @@ def test_shared_labels_flag_the_images_whose_label_repeats_in_the_batch(rng: np.
     images = rng.random((4, 1, 8, 8))
     scores = evaluate_batch(images, images[::-1].copy(), np.array([1, 2, 2, 7]), np.array([7, 2, 2, 1]))
     assert scores["per_image"]["shared_label"] == [False, True, True, False]  # in the originals' order
+    shared, own = split_by_shared_label(scores["per_image"])
+    per_image_psnr = np.asarray(scores["per_image"]["psnr"])
+    assert shared.tolist() == per_image_psnr[1:3].tolist() and own.tolist() == per_image_psnr[[0, 3]].tolist()
+    assert split_by_shared_label({"psnr": [20.0]}) is None  # a record from before the flags were kept
 
 
 def test_label_accuracy_counts_multisets() -> None:

@@ -41,7 +41,7 @@ from art_gifd.audit.config import (
 )
 from art_gifd.experiment import Case, aggregate_run, attack_batches
 from art_gifd.federated import describe_training
-from art_gifd.metrics import LPIPSMetric
+from art_gifd.metrics import LPIPSMetric, split_by_shared_label
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import ResultsFile, environment, read_json, source_commit
@@ -516,12 +516,9 @@ def _shared_label_note(runs: list[dict[str, Any]]) -> str | None:
     """
     gaps = []
     for run in runs:
-        flags = run["per_image"].get("shared_label")
-        if not flags or all(flags) or not any(flags):
-            continue
-        psnr = np.asarray(run["per_image"]["psnr"])
-        mask = np.asarray(flags, dtype=bool)
-        gaps.append((run["id"], psnr[mask], psnr[~mask]))
+        split = split_by_shared_label(run["per_image"])
+        if split is not None and all(len(part) for part in split):
+            gaps.append((run["id"], *split))
     if not gaps:
         return None
     shared = np.concatenate([g[1] for g in gaps])

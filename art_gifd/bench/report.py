@@ -23,6 +23,7 @@ import numpy as np
 
 from art_gifd.bench.config import canonical_json
 from art_gifd.bench.grid import defense_label
+from art_gifd.metrics import split_by_shared_label
 from art_gifd.store import ResultsFile, write_json_atomic
 
 REPORT_SCHEMA = "art-gifd/bench-report/v1"
@@ -134,6 +135,11 @@ def _row(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     for metric in METRICS:
         values = [v for j in jobs for v in (j["result"]["per_image"][metric] or [])]
         row[metric], row[f"{metric}_std"] = _mean_std(values)
+    splits = [split for j in jobs if (split := split_by_shared_label(j["result"]["per_image"])) is not None]
+    for index, name in enumerate(("shared_label", "own_label")):
+        values = [float(v) for split in splits for v in split[index]]
+        row[f"psnr_{name}"], row[f"psnr_{name}_std"] = _mean_std(values)
+        row[f"num_images_{name}"] = len(values)
     reasons = {j["result"].get("lpips_unavailable_reason") for j in jobs} - {None}
     row["lpips_unavailable_reason"] = sorted(reasons)[0] if reasons else None
     row["label_accuracy"], row["label_accuracy_std"] = _mean_std(j["result"]["label_accuracy"] for j in jobs)
@@ -207,6 +213,25 @@ def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: lis
             f"{_cell(r['gradient_cosine'], r['gradient_cosine_std'], 3)} | {r['num_images']} | {len(r['seeds'])} | "
             f"{r['seconds']:.1f} |"
         )
+    mixed = [r for r in rows if r["num_images_shared_label"] and r["num_images_own_label"]]
+    if mixed:
+        lines += [
+            "",
+            "## Images that share their label with another image of their client batch",
+            "",
+            "The update carries the images of one label through the same classifier-head row, so the attacks tell "
+            "them apart worse: a low PSNR there is a limit of the attack, not a protection. PSNR (dB), mean ± std; "
+            "settings that hold both kinds of image.",
+            "",
+            "| data | model | B | defence | attack | label of its own: images, PSNR | shared label: images, PSNR |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in mixed:
+            lines.append(
+                f"| {r['dataset']} | {r['model']} | {r['batch_size']} | {r['defense_label']} | {r['attack']} | "
+                f"{r['num_images_own_label']}, {_cell(r['psnr_own_label'], r['psnr_own_label_std'], 2)} | "
+                f"{r['num_images_shared_label']}, {_cell(r['psnr_shared_label'], r['psnr_shared_label_std'], 2)} |"
+            )
     reasons = sorted({r["lpips_unavailable_reason"] for r in rows if r["lpips_unavailable_reason"]})
     lines += [""] + [f"LPIPS n/a: {reason}" for reason in reasons]
     if errors:
