@@ -38,10 +38,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
-from art_gifd.metrics import shared_labels
 from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
-from benchmarks.speed import git_commit
+from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "ablation_runs"
@@ -271,12 +270,6 @@ def run(args: argparse.Namespace) -> None:
                     )
 
 
-def mean_sem(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, dtype=np.float64)
-    sem = float(array.std(ddof=1) / np.sqrt(len(array))) if len(array) > 1 else float("nan")
-    return float(array.mean()), sem
-
-
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (case, split, B, steps, configuration): means, s.e.m. and paired differences to its baseline."""
     cells: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
@@ -322,32 +315,28 @@ def label_multiplicity(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     another image of it (:func:`~art_gifd.metrics.shared_labels`), per case, split, batch size, steps and
     configuration.
     """
-    groups: dict[tuple, dict[str, list[float]]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        batch = r["batch_size"]
-        if batch < 2:
-            continue
-        case = CASES[r["case"]]
-        lo, hi = case.splits[r["split"]]
-        labels = case.images(r["split"], hi - lo)[1][r["first"] : r["first"] + batch].tolist()
-        key = (r["case"], r["split"], batch, r["steps_per_stage"], r["config"])
-        cell = groups.setdefault(key, {"unique": [], "shared": [], "batches": set()})
-        cell["batches"].add(r["first"])
-        for shared, value in zip(shared_labels(labels), r["per_image_psnr"], strict=True):
-            cell["shared" if shared else "unique"].append(value)
+        if r["batch_size"] > 1:
+            groups.setdefault((r["case"], r["split"], r["batch_size"], r["steps_per_stage"], r["config"]), []).append(r)
     rows = []
     for (case, split, batch, steps, config), cell in sorted(groups.items()):
+        lo, hi = CASES[case].splits[split]
+        labels = CASES[case].images(split, hi - lo)[1]
+        split_psnr = psnr_by_label_multiplicity(
+            (labels[r["first"] : r["first"] + batch], r["per_image_psnr"]) for r in cell
+        )
         row = {
             "case": case,
             "split": split,
             "batch_size": batch,
             "steps_per_stage": steps,
             "config": config,
-            "batches": len(cell["batches"]),
+            "batches": len({r["first"] for r in cell}),
         }
-        for kind in ("unique", "shared"):
-            mean, sem = mean_sem(cell[kind]) if cell[kind] else (float("nan"), float("nan"))
-            row.update({f"{kind}_images": len(cell[kind]), f"{kind}_psnr": mean, f"{kind}_psnr_sem": sem})
+        for kind, values in split_psnr.items():
+            mean, sem = mean_sem(values) if values else (float("nan"), float("nan"))
+            row.update({f"{kind}_images": len(values), f"{kind}_psnr": mean, f"{kind}_psnr_sem": sem})
         rows.append(row)
     return rows
 

@@ -46,9 +46,8 @@ from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
 from art_gifd.store import ResultsFile, environment, write_json_atomic
-from benchmarks.ablation import mean_sem
 from benchmarks.cases import measured_run
-from benchmarks.speed import git_commit
+from benchmarks.common import git_commit, mean_sem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The server's local learning rate.

@@ -32,9 +32,8 @@ from art_gifd.data import load_mnist32
 from art_gifd.metrics import evaluate_batch
 from art_gifd.priors import load_default_prior
 from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
-from benchmarks.ablation import mean_sem
+from benchmarks.common import git_commit, mean_sem
 from benchmarks.fedavg import trained_model
-from benchmarks.speed import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Held-out digits the clients hold.

@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from art_gifd import GIFDAttack
 from art_gifd.metrics import evaluate_batch, psnr
 from art_gifd.store import environment, source_commit, write_bytes_atomic, write_json_atomic
-from benchmarks.ablation import mean_sem
 from benchmarks.cases import CASES
+from benchmarks.common import mean_sem
 from benchmarks.speed import Case, Protocol, reference_gifd
 
 RESULTS = Path(__file__).resolve().parent / "results"

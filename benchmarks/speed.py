@@ -58,10 +58,11 @@ from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator
-from art_gifd.store import environment, source_commit, write_json_atomic
+from art_gifd.store import environment, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity
 
 PRIORS = ("auto", "mnist32", "faces", "random")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -308,12 +309,6 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch threads"
 
 
-def git_commit() -> str | None:
-    """Commit of the art-gifd checkout (with ``-dirty`` when tracked files changed), or ``None``."""
-    git = source_commit()
-    return None if git is None else git["commit"][:12] + ("-dirty" if git["dirty"] else "")
-
-
 def summary(record: dict[str, Any]) -> str:
     """A few lines of text with the main numbers of a record."""
     protocol, full = record["protocol"], record["full_protocol"]
@@ -356,9 +351,8 @@ def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, float]:
 
 
 def _mean_sem(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=np.float64)
-    sem = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else float("nan")
-    return {"mean": float(array.mean()), "sem": sem, "n": len(array)}
+    mean, sem = mean_sem(values)
+    return {"mean": mean, "sem": sem, "n": len(values)}
 
 
 def time_to_quality(points: list[tuple[float, float]], target: float) -> float | None:
@@ -628,21 +622,18 @@ def _shared_label_table(paths: list[Path]) -> str:
     Batched records that keep per-image PSNR and labels: PSNR of the images whose label is unique in their batch
     against those that share it, per method (empty when no record has them).
     """
-    from art_gifd.metrics import shared_labels
-
     lines = []
     for path in paths:
         record = json.loads(path.read_text())
         runs = [r for r in record["runs"] if "per_image_psnr" in r and len(r["labels"]) > 1]
         for method in ("reference", "reference R=1", "ours x1"):
-            values: dict[bool, list[float]] = {False: [], True: []}
-            for r in (r for r in runs if r["method"] == method):
-                for shared, value in zip(shared_labels(r["labels"]), r["per_image_psnr"], strict=True):
-                    values[shared].append(value)
-            if not values[False] and not values[True]:
+            values = psnr_by_label_multiplicity(
+                (r["labels"], r["per_image_psnr"]) for r in runs if r["method"] == method
+            )
+            if not values["unique"] and not values["shared"]:
                 continue
             cells = []
-            for v in (values[False], values[True]):
+            for v in values.values():
                 stats = _mean_sem(v) if v else None
                 cells.append(f"{stats['n']}, {stats['mean']:.2f} ± {stats['sem']:.2f}" if stats else "0, —")
             protocol = record["protocol"]
