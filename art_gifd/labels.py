@@ -112,25 +112,38 @@ def infer_labels(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: i
     """
     weight_index, bias_index = find_classifier_head(module, nb_classes)
     signal = label_signal(grads, weight_index, bias_index).cpu().numpy()
-    order = np.argsort(signal, kind="stable")
-    present = [int(c) for c in order if signal[c] < 0]  # no absent class has a negative signal
+    present = [int(c) for c in np.argsort(signal, kind="stable") if signal[c] < 0]  # no absent class is negative
     rows = classes_with_negative_rows(grads[weight_index], batch_size)
     if rows is not None:  # exact for non-negative head features: add the classes the sign missed, strongest first
         present += [c for c in rows if c not in present]
-    # the span test adds the present classes both missed (dense features); after the row test only where the span is
-    # exact (one gradient, not several local steps)
-    margins = span_margins(grads, weight_index, bias_index, batch_size, exact_only=rows is not None)
-    if margins is not None:
-        floor = max(0.0, 0.5 * min((margins[c] for c in present), default=0.0))
-        missed = [int(c) for c in np.argsort(-margins, kind="stable") if c not in present and margins[c] > floor]
-        present += missed[: max(batch_size - len(present), 0)]
-    if not present:  # degenerate (e.g. fully confident model): fall back to the most negative entries
-        present = [int(np.argmin(signal))]
-    if len(present) >= batch_size:
-        labels = sorted(present[:batch_size])
-    else:
-        labels = sorted(_estimate_counts(signal, present, batch_size))
+    if len(present) < batch_size:  # room left: the span test adds the present classes both missed (dense features)
+        # after the row test only where the span is exact (one gradient, not several local steps)
+        margins = span_margins(grads, weight_index, bias_index, batch_size, exact_only=rows is not None)
+        if margins is not None:
+            present = add_span_classes(present, margins, batch_size)
+    labels = labels_for_classes(signal, present, batch_size)
     return torch.as_tensor(labels, dtype=torch.long, device=grads[0].device)
+
+
+def add_span_classes(present: list[int], margins: np.ndarray, batch_size: int) -> list[int]:
+    """
+    ``present`` followed by the classes of :func:`span_margins` whose margin is above half the smallest margin of the
+    classes already found, most certain first, up to ``batch_size`` classes in all.
+    """
+    floor = max(0.0, 0.5 * min((margins[c] for c in present), default=0.0))
+    missed = [int(c) for c in np.argsort(-margins, kind="stable") if c not in present and margins[c] > floor]
+    return present + missed[: max(batch_size - len(present), 0)]
+
+
+def labels_for_classes(signal: np.ndarray, present: list[int], batch_size: int) -> list[int]:
+    """
+    ``batch_size`` sorted labels from the classes found present: the first ``batch_size`` of them, or every one with
+    the remaining labels spread by :func:`_estimate_counts`; with none found, the class of the most negative signal.
+    """
+    present = present or [int(np.argmin(signal))]  # degenerate (e.g. a fully confident model)
+    if len(present) >= batch_size:
+        return sorted(present[:batch_size])
+    return sorted(_estimate_counts(signal, present, batch_size))
 
 
 def classes_with_negative_rows(weight_grad: torch.Tensor, batch_size: int, tolerance: float = 1e-6) -> list[int] | None:
@@ -173,10 +186,10 @@ def span_margins(
     u, s, _ = np.linalg.svd(torch.cat(columns, dim=1).numpy(), full_matrices=False)
     if s[0] == 0:
         return None
-    rank = int((s > s[0] * 1e-6).sum())
-    if exact_only and rank > batch_size:
+    numerical_rank = int((s > s[0] * 1e-6).sum())
+    if exact_only and numerical_rank > batch_size:
         return None
-    u = u[:, : min(batch_size, rank)]
+    u = u[:, : min(batch_size, numerical_rank)]
     rank = u.shape[1]
     margins = np.full(classes, -np.inf)
     for c in range(classes):

@@ -62,17 +62,11 @@ def span_rule(grads: list[torch.Tensor], module: torch.nn.Module, batch_size: in
 def _with_counts(grads: list[torch.Tensor], module: torch.nn.Module, batch_size: int, span: bool) -> list[int]:
     weight_index, bias_index = labels.find_classifier_head(module, 10)
     signal = labels.label_signal(grads, weight_index, bias_index).cpu().numpy()
-    order = np.argsort(signal, kind="stable")
-    present = [int(c) for c in order if signal[c] < 0]
+    present = [int(c) for c in np.argsort(signal, kind="stable") if signal[c] < 0]
     margins = labels.span_margins(grads, weight_index, bias_index, batch_size) if span else None
     if margins is not None:
-        floor = max(0.0, 0.5 * min((margins[c] for c in present), default=0.0))
-        missed = [int(c) for c in np.argsort(-margins, kind="stable") if c not in present and margins[c] > floor]
-        present += missed[: max(batch_size - len(present), 0)]
-    present = present or [int(order[0])]
-    if len(present) >= batch_size:
-        return sorted(present[:batch_size])
-    return sorted(labels._estimate_counts(signal, present, batch_size))
+        present = labels.add_span_classes(present, margins, batch_size)
+    return labels.labels_for_classes(signal, present, batch_size)
 
 
 MODELS = {
