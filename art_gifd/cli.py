@@ -10,19 +10,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from art_gifd.validation import MAX_SEED
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def count(low: int) -> Callable[[str], int]:
-    """Argument type: an integer ``>= low``."""
+def count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """Argument type: an integer ``>= low`` (and ``<= high``, if given)."""
+    wanted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
         return value
 
     return parse
@@ -39,11 +42,13 @@ def existing_file(text: str) -> Path:
 
 
 def output_folder(text: str) -> Path:
-    """Argument type: a folder to write into (it may not exist yet, but must not be a file)."""
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"'{path}' is a file, not a folder: give a folder to write the outputs into")
-    return path
+    """Argument type: a folder to write into (it may not exist yet, but must be creatable, and not a file)."""
+    from art_gifd.validation import check_output_folder
+
+    try:
+        return check_output_folder(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def output_file(text: str) -> Path:
@@ -94,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="GIFD vs latent-only vs pixel-space attacks on the embedded data and prior")
     demo.add_argument("--out", type=output_folder, default=Path("demo-out"), help="output folder (default: demo-out)")
     demo.add_argument("--quick", action="store_true", help="small grid, under 2 minutes on 2 idle CPU cores")
-    demo.add_argument("--seed", type=count(0), default=0, help="seed of models and attacks (default: 0)")
+    demo.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="seed of models and attacks (default: 0)")
     demo.add_argument("--device", type=device_name, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.add_argument("--threads", type=count(1), default=None, help=THREADS_HELP)
@@ -111,21 +116,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from art_gifd.audit import AuditConfigError, run_audit
+    from art_gifd.audit import AuditConfigError, AuditRunError, run_audit
     from art_gifd.audit.captures import is_capture_audit, run_capture_audit
     from art_gifd.configfile import ConfigError
+    from art_gifd.integrations.captures import CaptureError
 
     try:
         if is_capture_audit(args.config):
-            paths = run_capture_audit(args.config, resume=not args.no_resume, verbose=not args.no_progress)
+            paths = run_capture_audit(
+                args.config, overwrite=args.overwrite, resume=not args.no_resume, verbose=not args.no_progress
+            )
             print(f"\nreport: {paths['html']}\nresults: {paths['json']}\nsummary: {paths['markdown']}")
             return 0
         report = run_audit(
             args.config, overwrite=args.overwrite, resume=not args.no_resume, verbose=not args.no_progress
         )
-    except (AuditConfigError, ConfigError) as err:
+    except (AuditConfigError, ConfigError, CaptureError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except AuditRunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume (the settings it finished are kept)", file=sys.stderr)
         return 130
@@ -214,9 +225,11 @@ def _run_bench_command(args: argparse.Namespace) -> int:
     """
     Run a ``bench`` or ``bench-report`` command.
 
-    :return: Exit status: 0 done, 2 invalid configuration or input, 130 interrupted.
+    :return: Exit status: 0 done, 1 jobs failed (the others' results are written), 2 invalid configuration or input,
+             130 interrupted.
     """
     from art_gifd.bench.config import ConfigError
+    from art_gifd.bench.runner import NotBenchResults
     from art_gifd.store import ResultsBusy
 
     # bench-report's ValueErrors name a results file that cannot be reported (empty, or not one of bench's)
@@ -224,6 +237,7 @@ def _run_bench_command(args: argparse.Namespace) -> int:
         ConfigError,
         FileNotFoundError,
         ImportError,
+        NotBenchResults,
         ResultsBusy,
         *((ValueError,) if args.command == "bench-report" else ()),
     )
@@ -238,13 +252,13 @@ def _bench(args: argparse.Namespace) -> int:
     from art_gifd.bench.config import load_config, resolve_config_path
     from art_gifd.bench.executors import LocalExecutor, RayExecutor
     from art_gifd.bench.grid import expand_grid
-    from art_gifd.bench.runner import run_benchmark
+    from art_gifd.bench.runner import read_results, run_benchmark
     from art_gifd.store import ResultsFile
 
     config = load_config(resolve_config_path(args.config))
     results = args.results or Path("bench-out") / f"{config.name}.jsonl"
     if args.list:
-        done = ResultsFile(results).latest()
+        done = {r["job_id"]: r for r in read_results(ResultsFile(results))[1]}
         for job in expand_grid(config):
             print(f"{job.job_id}  {done.get(job.job_id, {}).get('status', 'todo'):5s}  {job.label}")
         return 0
@@ -272,6 +286,16 @@ def _bench(args: argparse.Namespace) -> int:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
     print(f"tables and figures: art-gifd bench-report {summary.results}")
+    failed = summary.errors + summary.failed_before
+    if failed:
+        print(
+            f"error: {failed} of {summary.total} jobs failed"
+            + (f" ({summary.failed_before} in an earlier run)" if summary.failed_before else "")
+            + f": their errors are recorded in {summary.results.resolve()} (and listed by bench-report); fix the "
+            "cause, then rerun with --retry-errors",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from art_gifd.defenses.base import Compose, Defense, DefenseContext, DefenseLike, as_defense, make_generator
-from art_gifd.validation import check_device, check_integer, check_number, nonfinite_entries
+from art_gifd.validation import (
+    MAX_SEED,
+    check_device,
+    check_gradient,
+    check_integer,
+    check_number,
+    nonfinite_entries,
+)
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -43,6 +50,10 @@ class TargetModel:
     The estimator's module is copied (the user's model is never modified or switched between train and eval mode);
     the copy is frozen, moved to ``device`` and set to eval mode unless ``train_mode`` is true (BatchNorm then uses
     batch statistics and does not update its running statistics).
+
+    The client is a classifier trained with softmax cross-entropy (``nn.CrossEntropyLoss``, reduced by mean or sum):
+    label inference reads the gradient that loss leaves on the classifier head, and some attacks evaluate it on soft
+    labels, which ``nn.NLLLoss`` does not take. Its weights are float32, the precision every attack computes in.
     """
 
     def __init__(
@@ -61,6 +72,7 @@ class TargetModel:
                 f"Expected an ART PyTorchClassifier, got {type(estimator).__name__}: wrap the model with "
                 "art_gifd.models.make_classifier(model, input_shape) or ART's PyTorchClassifier."
             )
+        check_client_model(estimator)
         self.estimator = estimator
         self.device = check_device(device if device is not None else estimator.device)
         self.train_mode = train_mode
@@ -155,52 +167,103 @@ class TargetModel:
         Validate an observed gradient and return it as float32 tensors on the device, in parameter order.
 
         :param grads: Arrays or tensors in ``model.parameters()`` order, or a mapping parameter name → array.
-        :raises ValueError: On a wrong count, name, shape or dtype, or non-finite values; the message names the first
-                            offending parameter.
+        :raises ValueError: On a wrong count, name, shape or dtype, non-finite values or a gradient that is zero
+                            everywhere (see :func:`~art_gifd.validation.check_gradient`).
         """
+        arrays = check_gradient(grads, self.names, self.shapes)
+        return [torch.as_tensor(a, dtype=torch.float32, device=self.device) for a in arrays]
 
-        if isinstance(grads, Mapping):
-            missing = [n for n in self.names if n not in grads]
-            unknown = [n for n in grads if n not in self.params]
-            if missing or unknown:
-                raise ValueError(
-                    f"Gradient mapping does not match the model's parameters: missing {missing[:5]}, unknown "
-                    f"{unknown[:5]}. Keys must be names from model.named_parameters()."
-                )
-            items = [grads[n] for n in self.names]
-        elif isinstance(grads, np.ndarray | torch.Tensor) and grads.dtype != object:
+
+def check_client_model(estimator: PyTorchClassifier) -> None:
+    """
+    Check that an estimator is a client art-gifd models: a classifier trained with softmax cross-entropy reduced to
+    one number per batch, with float32 weights.
+
+    :param estimator: The FL model as an ART ``PyTorchClassifier``.
+    :raises ValueError: For another loss, ``reduction="none"``, or parameters or buffers of another dtype.
+    """
+    _check_loss(estimator._loss)
+    _check_float32(estimator.model)
+
+
+def _check_loss(loss: Any) -> None:
+    if not isinstance(loss, torch.nn.CrossEntropyLoss):
+        raise ValueError(
+            f"the estimator's loss is {type(loss).__name__}: art-gifd models classification clients trained with "
+            "cross-entropy; wrap the model with loss=torch.nn.CrossEntropyLoss() (a model that ends in log_softmax "
+            "for NLLLoss: drop the log_softmax)."
+        )
+    if loss.reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"the estimator's loss has reduction={loss.reduction!r}: a client trains on one number per batch, use "
+            "reduction='mean' (the default) or 'sum'."
+        )
+
+
+def _check_float32(module: torch.nn.Module) -> None:
+    """
+    Check that a model's parameters and floating-point buffers are float32.
+
+    :param module: The FL model.
+    :raises ValueError: Naming the first other dtype and the tensor that has it.
+    """
+    tensors = [("parameters", n, t) for n, t in module.named_parameters()]
+    tensors += [("buffers", n, t) for n, t in module.named_buffers() if t.is_floating_point()]
+    for kind, name, tensor in tensors:
+        if tensor.dtype != torch.float32:
+            dtype = str(tensor.dtype).removeprefix("torch.")
             raise ValueError(
-                f"The observed gradient is one array of shape {tuple(grads.shape)}: pass a list of "
-                f"{len(self.names)} arrays (one per parameter, in model.parameters() order) or a mapping name -> array."
+                f"the model's {kind} are {dtype} (e.g. '{name}'): art-gifd computes in float32, call model.float() "
+                "before wrapping it."
             )
-        elif isinstance(grads, Sequence | np.ndarray) and not isinstance(grads, str | bytes):
-            items = list(grads)
-            if len(items) != len(self.names):
-                raise ValueError(
-                    f"Expected {len(self.names)} gradient arrays (one per parameter, in model.parameters() order), "
-                    f"got {len(items)}."
-                )
-        else:
+
+
+def checked_defence_output(defense: Defense, output: Any, target: TargetModel) -> list[torch.Tensor]:
+    """
+    What a defence returned, checked against the model's parameters and made float32 tensors on the target's device.
+
+    A defence returns one floating-point tensor per parameter, in ``model.parameters()`` order, with that parameter's
+    shape; numpy arrays are accepted too (a custom defence written with numpy) and converted, as are other float
+    dtypes.
+
+    :param defense: The defence, named in the messages.
+    :param output: What its ``apply`` returned.
+    :param target: The client's model copy.
+    :return: The defended gradients, float32 on the target's device.
+    :raises ValueError: On a wrong type, count or shape, or NaN or infinite values.
+    """
+    label, count = f"defence {defense!r}", len(target.names)
+    if isinstance(output, torch.Tensor | np.ndarray | str | bytes | Mapping) or not isinstance(output, Iterable):
+        raise ValueError(
+            f"{label} returned {type(output).__name__}, not a list of {count} gradient tensors: its apply() must "
+            "return one tensor per parameter, in model.parameters() order."
+        )
+    items = list(output)
+    if len(items) != count:
+        raise ValueError(
+            f"{label} returned {len(items)} arrays for {count} parameters: it must return one per parameter, in "
+            "model.parameters() order."
+        )
+    out = []
+    for name, shape, item in zip(target.names, target.shapes, items, strict=True):
+        tensor = torch.tensor(item) if isinstance(item, np.ndarray) and item.dtype.kind == "f" else item
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            what = f"dtype {item.dtype}" if isinstance(item, torch.Tensor | np.ndarray) else type(item).__name__
             raise ValueError(
-                f"The observed gradient must be a sequence of arrays in model.parameters() order or a mapping "
-                f"name -> array, got {type(grads).__name__}."
+                f"{label} returned {what} for '{name}': it must return a floating-point tensor per parameter."
             )
-        out = []
-        for name, shape, item in zip(self.names, self.shapes, items, strict=True):
-            arr = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
-            if not np.issubdtype(arr.dtype, np.floating):
-                raise ValueError(f"Gradient of '{name}' has dtype {arr.dtype}; expected a floating-point array.")
-            if tuple(arr.shape) != shape:
-                raise ValueError(
-                    f"Gradient of '{name}' has shape {tuple(arr.shape)} but the parameter has shape {shape}. Are the "
-                    "gradients in model.parameters() order and from this model?"
-                )
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"Gradient of '{name}' contains NaN or infinite values.")
-            out.append(torch.as_tensor(arr, dtype=torch.float32, device=self.device))
-        if all(float(g.abs().max()) == 0.0 for g in out):
-            raise ValueError("The observed gradient is zero everywhere: there is nothing to invert.")
-        return out
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"{label} returned shape {tuple(tensor.shape)} for '{name}', whose shape is {shape}: it must keep each "
+                "parameter's shape."
+            )
+        if not bool(tensor.isfinite().all()):
+            raise ValueError(
+                f"{label} returned NaN or infinite values for '{name}': check its parameters (e.g. a noise scale "
+                "too large for float32)."
+            )
+        out.append(tensor.to(device=target.device, dtype=torch.float32))
+    return out
 
 
 def clip_range(estimator: PyTorchClassifier) -> tuple[float, float]:
@@ -229,10 +292,13 @@ def client_gradients(
                     (e.g. ``Compose([Clip(1.0), GaussianNoise(1e-3)])``) or a plain callable mapping the per-parameter
                     gradient tensors to the shared ones (``None``: no defence).
     :param train_mode: Compute the gradient with the model in train mode (default: eval mode).
-    :param seed: Seed of the defence's randomness (``None``: a fresh, non-deterministic seed).
+    :param seed: Seed of the defence's randomness, in ``[0, 2**63 - 1]`` (``None``: a fresh, non-deterministic seed).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
+    :raises ValueError: On an invalid estimator, batch, labels or seed, or a defence output that does not fit the
+                        model (see :func:`checked_defence_output`).
     """
 
+    check_integer("seed", seed, 0, MAX_SEED, optional=True)
     target = TargetModel(estimator, train_mode=train_mode)
     x_arr = _private_batch(estimator, target, x)
     labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
@@ -244,14 +310,17 @@ def _private_batch(estimator: PyTorchClassifier, target: TargetModel, x: Any) ->
     """
     The client's private batch as float32, checked against the model's input shape and the estimator's input range.
 
-    :raises ValueError: On a wrong shape, non-finite values, or images on another scale than ``clip_values``.
+    :raises ValueError: On a wrong shape, an empty batch, non-finite values, or images on another scale than
+                        ``clip_values``.
     """
     x_arr = np.asarray(x, dtype=np.float32)
     if x_arr.ndim != len(target.input_shape) + 1 or tuple(x_arr.shape[1:]) != target.input_shape:
         raise ValueError(f"x must have shape (B, {', '.join(map(str, target.input_shape))}), got {x_arr.shape}.")
+    if x_arr.shape[0] == 0:
+        raise ValueError("x is empty: pass at least one private sample.")
     if not np.all(np.isfinite(x_arr)):
         raise ValueError("x contains NaN or infinite values.")
-    if estimator.clip_values is not None and x_arr.size:
+    if estimator.clip_values is not None:
         lo, hi = clip_range(estimator)
         below, above = lo - float(x_arr.min()), float(x_arr.max()) - hi
         if max(below, above) > 0.5 * (hi - lo):  # a different scale (0-255, [-1, 1]), not a small overshoot
@@ -284,15 +353,20 @@ def defended_gradients(
     :param x: Raw private batch on the target's device.
     :param labels: Class indices ``(B,)`` on the target's device.
     :param defense: Client-side defence, or ``None``.
-    :param seed: Seed or ``torch.Generator`` (on the target's device) of the defence's randomness.
-    :return: Defended per-parameter gradients, in parameter order.
+    :param seed: Seed in ``[0, 2**63 - 1]`` or ``torch.Generator`` (on the target's device) of the defence's
+                 randomness.
+    :return: Defended per-parameter gradients, float32 in parameter order.
+    :raises ValueError: On an invalid seed, or a defence output that does not fit the model.
     """
 
+    if not isinstance(seed, torch.Generator):
+        check_integer("seed", seed, 0, MAX_SEED, optional=True)
     grads = target.gradients(x, labels)
     if defense is None:
         return grads
     generator = seed if isinstance(seed, torch.Generator) else make_generator(seed, target.device)
-    return as_defense(defense).apply(grads, DefenseContext(target, x, labels, generator))
+    defense = as_defense(defense)
+    return checked_defence_output(defense, defense.apply(grads, DefenseContext(target, x, labels, generator)), target)
 
 
 #: Local optimisers of :class:`LocalTraining`.
@@ -501,13 +575,16 @@ def client_update(
     :param training: The local training the server configured.
     :param defense: Client-side defence (see :func:`client_gradients`), or ``None``.
     :param train_mode: Train with the model in train mode (default: eval mode, as :func:`client_gradients`).
-    :param seed: Seed of the client's randomness: the defence's noise and, if ``training.shuffle_seed`` is
-                 ``None``, the mini-batch order (``None``: fresh randomness).
+    :param seed: Seed of the client's randomness, in ``[0, 2**63 - 1]``: the defence's noise and, if
+                 ``training.shuffle_seed`` is ``None``, the mini-batch order (``None``: fresh randomness).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
+    :raises ValueError: On an invalid estimator, training, batch, labels or seed, or a defence output that does not
+                        fit the model (see :func:`checked_defence_output`).
     """
 
     if not isinstance(training, LocalTraining):
         raise ValueError(f"training must be an art_gifd.LocalTraining, got {type(training).__name__}.")
+    check_integer("seed", seed, 0, MAX_SEED, optional=True)
     target = TargetModel(estimator, train_mode=train_mode)
     x_arr = _private_batch(estimator, target, x)
     labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
@@ -534,7 +611,9 @@ def client_update(
         xb, yb = x_t.index_select(0, index_t), labels.index_select(0, index_t)
         grads = target.gradients(xb, yb)
         if per_step is not None:
-            grads = per_step.apply(grads, DefenseContext(target, xb, yb, generator))
+            grads = checked_defence_output(
+                per_step, per_step.apply(grads, DefenseContext(target, xb, yb, generator)), target
+            )
         for p, g in zip(params, grads, strict=True):
             p.grad = g.detach().clone()
         optimizer.step()
@@ -543,7 +622,9 @@ def client_update(
         with torch.no_grad():
             for p, b in zip(params, before, strict=True):
                 p.copy_(b)
-        update = on_update.apply(update, DefenseContext(target, x_t, labels, generator))
+        update = checked_defence_output(
+            on_update, on_update.apply(update, DefenseContext(target, x_t, labels, generator)), target
+        )
     return [u.detach().cpu().numpy().astype(np.float32) for u in update]
 
 

@@ -42,11 +42,13 @@ every present class kept at least once. This is exact for distinct labels and a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from art_gifd.validation import check_gradient, check_integer
 
 
 def find_classifier_head(module: nn.Module, nb_classes: int) -> tuple[int, int | None]:
@@ -100,11 +102,43 @@ def classes_evidenced(grads: Sequence[torch.Tensor], module: nn.Module, nb_class
     return int((bias < -1e-6 * scale).sum())
 
 
-def infer_labels(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, batch_size: int) -> torch.Tensor:
+def infer_labels(
+    grads: Sequence[torch.Tensor | np.ndarray] | Mapping[str, torch.Tensor | np.ndarray],
+    module: nn.Module,
+    nb_classes: int,
+    batch_size: int,
+) -> torch.Tensor:
     """
     Infer the labels of a client batch from its gradient (see the module documentation for the method).
 
-    :param grads: Per-parameter gradients in ``module.parameters()`` order.
+    :param grads: Per-parameter gradients (tensors or arrays) in ``module.parameters()`` order, or a mapping parameter
+                  name → gradient, e.g. what :func:`~art_gifd.federated.client_gradients` returns.
+    :param module: The FL model (a ``torch.nn.Module``; an ART ``PyTorchClassifier`` stands for its ``model``).
+    :param nb_classes: Number of classes.
+    :param batch_size: Client batch size ``B``.
+    :return: ``B`` class indices, sorted, on the gradients' device (the CPU for arrays).
+    :raises ValueError: For a gradient that does not fit the model (count, shapes, NaN, all zero), a model that is
+                        not a module or has no classifier head of ``nb_classes`` outputs, or a count below 1.
+    """
+    module = getattr(module, "model", module) if not isinstance(module, nn.Module) else module
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"module must be a torch.nn.Module (the FL model), got {type(module).__name__}.")
+    check_integer("nb_classes", nb_classes, 2)
+    check_integer("batch_size", batch_size, 1)
+    named = list(module.named_parameters())
+    first = next(iter(grads.values() if isinstance(grads, Mapping) else grads), None)
+    device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+    arrays = check_gradient(grads, [n for n, _ in named], [tuple(p.shape) for _, p in named])
+    return labels_from_gradient([torch.as_tensor(a, device=device) for a in arrays], module, nb_classes, batch_size)
+
+
+def labels_from_gradient(
+    grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, batch_size: int
+) -> torch.Tensor:
+    """
+    :func:`infer_labels` on a gradient already checked against ``module`` (the attacks' path).
+
+    :param grads: Per-parameter gradient tensors in ``module.parameters()`` order.
     :param module: The FL model.
     :param nb_classes: Number of classes.
     :param batch_size: Client batch size ``B``.

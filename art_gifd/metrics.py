@@ -2,7 +2,9 @@
 Reconstruction quality: how close the images recovered by a gradient-inversion attack are to the client's data.
 
 All functions take NCHW float arrays and a ``data_range`` ``(low, high)`` that maps the pixel values to ``[0, 1]``
-before measuring (values outside the range are not clipped). A reconstructed batch comes back in an arbitrary order,
+before measuring; images with values outside the range (beyond float round-off) are refused, as they are on another
+scale than ``data_range`` says (e.g. 8-bit images measured with the default ``(0, 1)``). A reconstructed batch comes
+back in an arbitrary order,
 so :func:`evaluate_batch` first pairs each original image with one reconstruction (:func:`match_images`, a Hungarian
 assignment on the mean squared error) and only then computes the per-image metrics:
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,57 +49,87 @@ _BACKBONES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _validate_pair(reconstructed: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+#: Tolerance on ``data_range``, as a fraction of its width: reconstructions are clamped to the range, but float
+#: round-off (e.g. of a ``[-1, 1]`` rescaling) may leave them a few ulps outside it.
+RANGE_TOLERANCE = 1e-4
+
+
+def _check_range(data_range: Any) -> tuple[float, float]:
     """
-    Check that two image batches are comparable and convert them to float64.
+    Validate a pixel range.
+
+    :param data_range: ``(low, high)``.
+    :return: ``(low, high)`` as floats.
+    :raises ValueError: If ``data_range`` is not a pair of finite numbers with ``high > low``.
+    """
+    pair = isinstance(data_range, Sequence | np.ndarray) and not isinstance(data_range, str | bytes)
+    values = list(data_range) if pair else []
+    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) for v in values)
+    if len(values) != 2 or not numeric or not all(math.isfinite(v) for v in values) or not values[1] > values[0]:
+        raise ValueError(
+            f"data_range must be (low, high), two finite numbers with high > low (e.g. (0, 1), or (0, 255) for 8-bit "
+            f"images), got {data_range!r}."
+        )
+    return float(values[0]), float(values[1])
+
+
+def _validate_pair(
+    reconstructed: np.ndarray, original: np.ndarray, low: float, high: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Check that two image batches are comparable NCHW batches in ``[low, high]`` and convert them to float64.
 
     :param reconstructed: Reconstructed images, NCHW.
     :param original: Original images, NCHW.
+    :param low: Lower end of the pixel range of both batches (from :func:`_check_range`).
+    :param high: Upper end.
     :return: Both batches as float64 arrays.
-    :raises ValueError: If a batch is not 4-D, is empty, the shapes differ, or a value is NaN or infinite.
+    :raises ValueError: If a batch is not 4-D, looks like NHWC, is empty, the shapes differ, or a value is NaN,
+                        infinite or outside the range (by more than :data:`RANGE_TOLERANCE` of its width).
     """
     rec = np.asarray(reconstructed, dtype=np.float64)
     orig = np.asarray(original, dtype=np.float64)
     for name, arr in (("reconstructed", rec), ("original", orig)):
         if arr.ndim != 4:
             raise ValueError(f"{name} must be a 4-D NCHW array, got shape {arr.shape}.")
+        # a last axis of 1 or 3 behind a second axis that is no channel count: channels last
+        if arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
+            raise ValueError(
+                f"{name} has shape {arr.shape}, which looks like NHWC (channels last): transpose it to NCHW, e.g. "
+                "images.transpose(0, 3, 1, 2)."
+            )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or infinite values.")
     if rec.shape != orig.shape:
         raise ValueError(f"reconstructed and original must have the same shape, got {rec.shape} and {orig.shape}.")
     if rec.shape[0] == 0:
         raise ValueError("The batches are empty.")
+    tolerance = RANGE_TOLERANCE * (high - low)
+    for name, arr in (("reconstructed", rec), ("original", orig)):
+        smallest, largest = float(arr.min()), float(arr.max())
+        if smallest < low - tolerance or largest > high + tolerance:
+            raise ValueError(
+                f"{name} images span [{smallest:g}, {largest:g}], outside data_range ({low:g}, {high:g}): pass the "
+                "images' pixel range as data_range (e.g. (0, 255) for 8-bit images)."
+            )
     return rec, orig
-
-
-def _to_unit(images: np.ndarray, data_range: tuple[float, float]) -> np.ndarray:
-    """
-    Rescale images linearly from ``data_range`` to ``[0, 1]``.
-
-    :param images: Images in ``data_range``.
-    :param data_range: ``(low, high)`` pixel range of ``images``.
-    :return: The rescaled images.
-    :raises ValueError: If ``high <= low``.
-    """
-    low, high = (float(v) for v in data_range)
-    if not high > low:
-        raise ValueError(f"data_range must be (low, high) with high > low, got {data_range}.")
-    return (images - low) / (high - low)
 
 
 def _prepare(
     reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """
-    Validate two batches and rescale them to ``[0, 1]``.
+    Validate two batches and rescale them linearly from ``data_range`` to ``[0, 1]``.
 
     :param reconstructed: Reconstructed images, NCHW.
     :param original: Original images, NCHW.
     :param data_range: ``(low, high)`` pixel range of both batches.
     :return: Both batches, float64 in ``[0, 1]``.
+    :raises ValueError: If ``data_range`` or a batch is invalid (see :func:`_check_range` and :func:`_validate_pair`).
     """
-    rec, orig = _validate_pair(reconstructed, original)
-    return _to_unit(rec, data_range), _to_unit(orig, data_range)
+    low, high = _check_range(data_range)
+    rec, orig = _validate_pair(reconstructed, original, low, high)
+    return (rec - low) / (high - low), (orig - low) / (high - low)
 
 
 def psnr(reconstructed: np.ndarray, original: np.ndarray, data_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
@@ -164,24 +198,62 @@ def match_images(
     return perm.astype(np.int64)
 
 
+def _class_indices(name: str, labels: Any) -> np.ndarray:
+    """
+    Validate a 1-D array of class indices (integers, or floats with whole values) and return it as int64.
+
+    :param name: What the labels are, for the message.
+    :param labels: The labels: a list, numpy array or torch tensor.
+    :return: The labels as an int64 array.
+    :raises ValueError: If the labels are not 1-D or not whole numbers (e.g. class names as strings).
+    """
+    arr = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} labels must be a 1-D array, got shape {arr.shape}.")
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{name} labels must be integer class indices, got an array of dtype {arr.dtype}: convert class names or "
+            "other values to indices first."
+        )
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+        bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))]
+        raise ValueError(f"{name} labels must be whole class indices, got {bad[:3].tolist()}.")
+    return arr.astype(np.int64)
+
+
+def _label_pair(predicted: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Validate recovered and true labels of one batch: 1-D class indices of the same, non-zero length.
+
+    :param predicted: Recovered labels.
+    :param true: True labels.
+    :return: Both as int64 arrays.
+    :raises ValueError: If a label array is not 1-D class indices, ``true`` is empty or the lengths differ.
+    """
+    pred = _class_indices("predicted", predicted)
+    truth = _class_indices("true", true)
+    if truth.size == 0:
+        raise ValueError("true labels are empty.")
+    if pred.size != truth.size:
+        raise ValueError(
+            f"Got {pred.size} predicted labels for {truth.size} true labels: pass one recovered label per image of "
+            "the batch."
+        )
+    return pred, truth
+
+
 def label_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
     """
     Fraction of the batch's labels recovered, as a multiset: order is ignored, repeats count.
 
     ``sum_c min(count_pred[c], count_true[c]) / len(true)``, e.g. ``[1, 1, 2]`` against ``[1, 2, 2]`` gives 2/3.
 
-    :param predicted: Recovered labels, 1-D.
-    :param true: True labels of the batch, 1-D, not empty.
+    :param predicted: Recovered labels, 1-D class indices, one per image.
+    :param true: True labels of the batch, 1-D class indices, not empty.
     :return: The fraction, in ``[0, 1]``.
-    :raises ValueError: If a label array is not 1-D or ``true`` is empty.
+    :raises ValueError: If a label array is not 1-D or not whole numbers, ``true`` is empty, or the lengths differ.
     """
-    pred = np.asarray(predicted)
-    truth = np.asarray(true)
-    for name, arr in (("predicted", pred), ("true", truth)):
-        if arr.ndim != 1:
-            raise ValueError(f"{name} labels must be a 1-D array, got shape {arr.shape}.")
-    if truth.size == 0:
-        raise ValueError("true labels are empty.")
+    pred, truth = _label_pair(predicted, true)
     recovered = Counter(pred.tolist()) & Counter(truth.tolist())
     return sum(recovered.values()) / truth.size
 
@@ -422,8 +494,12 @@ def evaluate_batch(
         ``None``), ``label_accuracy``, ``per_image`` (lists ``psnr``, ``ssim``, ``lpips`` and ``shared_label``
         (:func:`shared_labels` of ``true_labels``) in the order of ``original``) and ``assignment`` (the matching
         permutation as a list).
+    :raises ValueError: If the images, ``data_range`` or the labels are invalid, or the labels are not one per image.
     """
-    perm = match_images(reconstructed, original, data_range)
+    perm = match_images(reconstructed, original, data_range)  # validates the images first
+    pred, truth = _label_pair(rec_labels, true_labels)
+    if truth.size != len(perm):
+        raise ValueError(f"Got {truth.size} true labels for {len(perm)} original images: pass one label per image.")
     matched = np.asarray(reconstructed)[perm]
     psnr_values = psnr(matched, original, data_range)
     ssim_values = ssim(matched, original, data_range)
@@ -437,12 +513,12 @@ def evaluate_batch(
         "psnr": float(np.mean(psnr_values)),
         "ssim": float(np.mean(ssim_values)),
         "lpips": float(np.mean(lpips_values)) if lpips_values is not None else None,
-        "label_accuracy": label_accuracy(rec_labels, true_labels),
+        "label_accuracy": label_accuracy(pred, truth),
         "per_image": {
             "psnr": [float(v) for v in psnr_values],
             "ssim": [float(v) for v in ssim_values],
             "lpips": lpips_values,
-            "shared_label": [bool(v) for v in shared_labels(true_labels)],
+            "shared_label": [bool(v) for v in shared_labels(truth)],
         },
         "assignment": [int(i) for i in perm],
     }

@@ -92,6 +92,66 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+# ----------------------------------------------------------------------------------------------------- record shapes
+
+#: A JSON number (``bool`` excluded, see :func:`shape_problem`).
+NUMBER = (int, float)
+#: JSON ``null``.
+NULL = type(None)
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    NULL: "null",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def shape_problem(value: Any, shape: Any, name: str = "") -> str | None:
+    """
+    What makes a JSON value differ from the shape its writer gives it, for records read back from a file that may
+    have been edited by hand or written by another program.
+
+    :param value: The value (a record, or part of one).
+    :param shape: A type (``bool`` is not accepted as a number); a dict of the keys the value must hold and their
+                  shapes, a key ending in ``?`` being optional; a one-item list, the shape of every item of a list;
+                  or a tuple of such alternatives (``(NULL, {...})``: null or that object).
+    :param name: Where ``value`` lies in the record (``result.per_image``), for the message.
+    :return: ``None`` if the value has the shape, else one phrase naming the first difference, e.g.
+             ``"result.per_image.psnr[0] is "x", expected a number"``.
+    """
+    for option in shape if isinstance(shape, tuple) else (shape,):
+        if isinstance(option, dict) and isinstance(value, dict):
+            for key, item in option.items():
+                field = key.removesuffix("?")
+                where = f"{name}.{field}" if name else field
+                if field not in value:
+                    if key.endswith("?"):
+                        continue
+                    return f"{where} is missing"
+                problem = shape_problem(value[field], item, where)
+                if problem is not None:
+                    return problem
+            return None
+        if isinstance(option, list) and isinstance(value, list):
+            return next(
+                (p for i, v in enumerate(value) if (p := shape_problem(v, option[0], f"{name}[{i}]")) is not None),
+                None,
+            )
+        if isinstance(option, type) and isinstance(value, option) and (option is bool or not isinstance(value, bool)):
+            return None
+    kinds = dict.fromkeys(
+        "an object" if isinstance(o, dict) else "a list" if isinstance(o, list) else _KIND_NAMES.get(o, o.__name__)
+        for o in (shape if isinstance(shape, tuple) else (shape,))
+    )
+    if "a number" in kinds:
+        kinds.pop("an integer", None)
+    text = json.dumps(value)
+    return f"{name or 'the record'} is {text if len(text) <= 40 else text[:39] + '…'}, expected {' or '.join(kinds)}"
+
+
 # --------------------------------------------------------------------------------------------------------- provenance
 
 
@@ -143,6 +203,10 @@ def source_commit() -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------------- results file
 
 
+#: Skipped lines of a results file that a read names one by one; it counts the rest in one warning.
+MAX_LINE_WARNINGS = 5
+
+
 class ResultsBusy(RuntimeError):
     """Another process is writing the results file."""
 
@@ -162,12 +226,19 @@ class ResultsFile:
         self.path = Path(path)
         self.arrays_dir = Path(arrays_dir) if arrays_dir is not None else self.path.with_name(self.path.stem + ".recon")
 
-    def read(self, repair: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def read(
+        self, repair: bool = False, check: Callable[[dict[str, Any]], str | None] | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """
         Read the run headers and job records, in file order.
 
+        A line that is not a results record is skipped with a warning naming it; after :data:`MAX_LINE_WARNINGS`
+        of them the rest are counted in one warning, so that a file of another kind does not print one per line.
+
         :param repair: Truncate a torn last line (an interrupted write) from the file, so that appends start on a
                        fresh line; otherwise it is only skipped.
+        :param check: What is wrong with a record (``None``: nothing), e.g. :func:`shape_problem` against the
+                      shape its writer gives it; a record it finds fault with is skipped like a damaged line.
         :return: ``(runs, jobs)``.
         """
         if not self.path.exists():
@@ -186,18 +257,31 @@ class ResultsFile:
                     handle.flush()
                     os.fsync(handle.fileno())
         runs, jobs = [], []
+        skipped = 0
         for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                logger.warning("%s:%d: skipping a line that is not JSON", self.path, number)
+                problem = "a line that is not JSON"
+            else:
+                if not isinstance(record, dict) or not isinstance(record.get("job_id", ""), str):
+                    problem = "a line that is not a results record"
+                elif check is not None and (damage := check(record)) is not None:
+                    problem = f"a damaged record ({damage})"
+                else:
+                    problem = None
+            if problem is None:
+                (runs if record.get("type") == "run" else jobs).append(record)
                 continue
-            if not isinstance(record, dict) or not isinstance(record.get("job_id", ""), str):
-                logger.warning("%s:%d: skipping a line that is not a results record", self.path, number)
-                continue
-            (runs if record.get("type") == "run" else jobs).append(record)
+            skipped += 1
+            if skipped <= MAX_LINE_WARNINGS:
+                logger.warning("%s:%d: skipping %s", self.path, number, problem)
+        if skipped > MAX_LINE_WARNINGS:
+            logger.warning(
+                "%s: skipped %d more lines that are not results records", self.path, skipped - MAX_LINE_WARNINGS
+            )
         return runs, jobs
 
     @contextlib.contextmanager

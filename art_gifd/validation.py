@@ -9,7 +9,9 @@ configuration file or a flag passed by mistake is reported rather than silently 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,6 +81,29 @@ def check_integer(name: str, value: Any, low: int, high: int | None = None, *, o
     return int(value)
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """
+    Validate a boolean parameter (Python or numpy ``bool``) and return it as a ``bool``.
+
+    :raises ValueError: For anything else, e.g. the string ``"false"``, which Python would read as true.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(_say(name, f"must be True or False, got {value!r}."))
+    return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Collection[str]) -> str:
+    """
+    Validate a parameter that names one of ``choices`` and return it; a value of any type (a list, an array) is
+    refused with the same message rather than failing on the comparison.
+
+    :raises ValueError: ``Unknown <name> <value>: use one of <choices>.``
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}: use one of {tuple(choices)}.")
+    return value
+
+
 def check_device(device: Any) -> torch.device:
     """
     A ``torch.device`` for ``device`` (a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``)
@@ -109,6 +134,88 @@ def check_device(device: Any) -> torch.device:
     return resolved
 
 
+def check_output_folder(path: str | Path) -> Path:
+    """
+    Check that ``path`` is a folder that exists or can be created, and return it (resolved); nothing is left behind.
+
+    The nearest existing ancestor must be a folder in which a folder can be made: a probe folder is created there
+    and removed at once, which catches read-only file systems and pseudo file systems as well as permissions.
+
+    :raises ValueError: Naming the path and what stands in the way.
+    """
+    import tempfile
+
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"'{out}' is a file: give a folder to write into.")
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"'{ancestor}' is a file, so the folder '{out}' cannot be created under it.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".art-gifd-probe-", dir=ancestor))
+    except OSError as err:
+        raise ValueError(
+            f"cannot write into '{ancestor}' ({err.strerror or err}): choose an output folder you can write to."
+        ) from None
+    return out
+
+
 def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
     """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
     return [name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+
+
+def check_gradient(grads: Any, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """
+    Validate an observed gradient against a model's parameters and return it as float arrays in parameter order.
+
+    :param grads: Arrays or tensors in ``model.parameters()`` order, or a mapping parameter name → array.
+    :param names: The model's parameter names, in ``parameters()`` order.
+    :param shapes: Their shapes.
+    :raises ValueError: On a wrong count, name, shape or dtype, non-finite values or a gradient that is zero
+                        everywhere; the message names the first offending parameter.
+    """
+    import torch
+
+    if isinstance(grads, Mapping):
+        missing = [n for n in names if n not in grads]
+        unknown = [n for n in grads if n not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"Gradient mapping does not match the model's parameters: missing {missing[:5]}, unknown "
+                f"{unknown[:5]}. Keys must be names from model.named_parameters()."
+            )
+        items = [grads[n] for n in names]
+    elif isinstance(grads, np.ndarray | torch.Tensor) and grads.dtype != object:
+        raise ValueError(
+            f"The observed gradient is one array of shape {tuple(grads.shape)}: pass a list of "
+            f"{len(names)} arrays (one per parameter, in model.parameters() order) or a mapping name -> array."
+        )
+    elif isinstance(grads, Sequence | np.ndarray) and not isinstance(grads, str | bytes):
+        items = list(grads)
+        if len(items) != len(names):
+            raise ValueError(
+                f"Expected {len(names)} gradient arrays (one per parameter, in model.parameters() order), "
+                f"got {len(items)}."
+            )
+    else:
+        raise ValueError(
+            f"The observed gradient must be a sequence of arrays in model.parameters() order or a mapping "
+            f"name -> array, got {type(grads).__name__}."
+        )
+    out = []
+    for name, shape, item in zip(names, shapes, items, strict=True):
+        arr = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"Gradient of '{name}' has dtype {arr.dtype}; expected a floating-point array.")
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(
+                f"Gradient of '{name}' has shape {tuple(arr.shape)} but the parameter has shape {tuple(shape)}. Are "
+                "the gradients in model.parameters() order and from this model?"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"Gradient of '{name}' contains NaN or infinite values.")
+        out.append(arr)
+    if all(not arr.any() for arr in out):
+        raise ValueError("The observed gradient is zero everywhere: there is nothing to invert.")
+    return out

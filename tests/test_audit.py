@@ -16,6 +16,7 @@ from art_gifd.attacks.registry import GENERATIVE_ATTACKS
 from art_gifd.audit import AuditConfigError, load_audit_config, run_audit
 from art_gifd.audit import run as audit_run
 from art_gifd.cli import main
+from art_gifd.configfile import parse_document
 from art_gifd.federated import client_gradients
 from art_gifd.metrics import LPIPSMetric
 from art_gifd.models import lenet
@@ -314,12 +315,20 @@ def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch)
     assert not (tmp_path / "out" / "report.json").exists()
     (saved,) = [json.loads(line)["run"] for line in (tmp_path / "out" / "settings" / "records.jsonl").open()]
 
-    # another configuration must not pick up these results
-    other = write_config(tmp_path, name="other.toml")
-    other.write_text(other.read_text().replace("seeds = [0]", "seeds = [1]"))
-    with pytest.raises(AuditConfigError) as err:
-        run_audit(other, verbose=False)
-    assert err.value.keys == ["output"] and "different configuration" in str(err.value)
+    # a finished setting is keyed by what its numbers depend on: another seed, batch size or defence parameter
+    # changes the key; titles, report thresholds and the utility run do not
+    def keys(text: str) -> list[str]:
+        cfg = load_audit_config(parse_document(text, "toml").data | {"output": str(tmp_path / "out")})
+        return [cfg.setting_key(s.batch_size, cfg.defenses[s.defense], s.attack) for s in audit_run.plan_settings(cfg)]
+
+    text = path.read_text()
+    assert keys(text.replace("seeds = [0]", "seeds = [1]"))[0] != keys(text)[0]
+    assert keys(text.replace("ratio = 0.5", "ratio = 0.6"))[1] != keys(text)[1]
+    assert keys(text.replace("steps_per_stage = 3", "steps_per_stage = 4"))[0] != keys(text)[0]
+    edited = text.replace("rounds = 2", "rounds = 0").replace('title = "tiny audit"', 'title = "renamed"')
+    edited += "[report]\nrecognisable_ssim = 0.0\n"
+    assert keys(edited) == keys(text)
+    path.write_text(edited)
 
     rerun: list[str] = []
 
@@ -334,6 +343,7 @@ def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch)
     assert calls[0] in report.document["reproducibility"]["resumed"]
     resumed = next(s for s in report.settings if s["id"] == calls[0])
     assert resumed["per_image"] == saved["per_image"]
+    assert resumed["recognisable_share"] == 1.0  # counted under the edited threshold, not the stored one
 
 
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning")
@@ -350,11 +360,12 @@ def test_damaged_settings_and_an_interrupted_report_write_resume_without_overwri
     state = tmp_path / "out" / "settings"
     ids = [s["id"] for s in first.settings]
     records = (state / "records.jsonl").read_text().splitlines(keepends=True)
-    assert [json.loads(line)["job_id"] for line in records] == [*ids, "utility-d0", "utility-d1"]
+    keys = [json.loads(line)["job_id"] for line in records]
+    assert [k[:2] for k in keys] == ["s-"] * len(ids) + ["u-", "u-"] and len(set(keys)) == len(keys)
     records[0] = records[0][:40] + "\n"  # a damaged record in the middle of the file
     records[-1] = records[-1][:40]  # and a torn last line (a write interrupted by a crash)
     (state / "records.jsonl").write_text("".join(records))
-    (state / f"{ids[1]}.npz").write_bytes(b"not a zip file")  # damaged images
+    (state / f"{keys[1]}.npz").write_bytes(b"not a zip file")  # damaged images
     first.json.unlink()  # interrupted while writing the report: html and summary there, report.json not yet
     assert first.html.exists()
     real = audit_run._run_setting
@@ -679,6 +690,18 @@ def test_stylegan2_and_biggan_prior_tables_read_as_the_bench_reads_them(tmp_path
             "defenses[0].params",
             "steps must be a positive integer (at most 1000000000)",  # Opacus' noise search would not end
         ),
+        (
+            'type = "prune"\nparams = { ratio = 0.5 }\nadaptive = true',
+            'type = "gaussian"\nparams = { sigma = 1e300 }',
+            "defenses[0].params",
+            "returned NaN or infinite values",  # noise beyond float32: found by the probe, not mid-run
+        ),
+        (
+            'output = "out"',
+            'output = "/proc/art-gifd-audit"',
+            "output",
+            "cannot write into '/proc'",
+        ),
     ],
 )
 def test_values_that_would_crash_hang_or_mislead_later_are_named(tmp_path, old, new, key, message) -> None:
@@ -734,3 +757,23 @@ def test_every_parameter_the_loop_sets_has_a_hint_where_to_set_it() -> None:
     from art_gifd.attacks.registry import BUDGET_PARAMS, LOOP_PARAMS, PARAM_HINTS
 
     assert set(PARAM_HINTS) == {*LOOP_PARAMS, *BUDGET_PARAMS}
+
+
+def test_a_setting_that_fails_mid_run_is_named_and_the_finished_ones_are_kept(tmp_path, monkeypatch, capsys) -> None:
+    path = write_config(tmp_path)
+    real, ran = audit_run._run_setting, []
+
+    def failing(cfg, setting, lpips, verbose):
+        if setting.defense == 1:
+            raise ValueError("Gradient of '0.weight' contains NaN or infinite values.")
+        ran.append(setting.id)
+        return real(cfg, setting, lpips, verbose)
+
+    monkeypatch.setattr(audit_run, "_run_setting", failing)
+    assert main(["audit", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "error: setting b1-d1-gifd (batch size 1, defence" in err and "NaN or infinite" in err
+    assert "1 setting(s) finished before it are kept" in err and "Traceback" not in err
+    monkeypatch.setattr(audit_run, "_run_setting", real)
+    report = run_audit(path, verbose=False)
+    assert report.document["reproducibility"]["resumed"] == ran == ["b1-d0-gifd"]

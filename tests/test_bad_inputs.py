@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -136,7 +137,7 @@ def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_pr
     ("argv", "message"),
     [
         (["--log-level", "LOUD", "demo"], "invalid choice: 'LOUD'"),
-        (["demo", "--out", "{file}"], "is a file, not a folder"),
+        (["demo", "--out", "{file}"], "is a file: give a folder"),
         (["demo", "--device", "gpu0"], "is not a device name"),
         (["bench", "smoke", "--workers", "0"], "--workers: expected an integer >= 1, got 0"),
         (["bench", "smoke", "--results", "{folder}"], "is a folder: give the path of a file"),
@@ -145,11 +146,19 @@ def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_pr
         (["audit", "{folder}"], "is a folder, a file is expected"),
         (["demo", "--threads", "0"], "--threads: expected an integer >= 1, got 0"),
         (["audit", "{file}", "--threads", "two"], "--threads: expected an integer >= 1, got 'two'"),
+        (["demo", "--seed", str(2**64)], "--seed: expected an integer in [0, 9223372036854775807]"),
+        (["demo", "--out", "{under-file}"], "is a file, so the folder"),
+        (["demo", "--out", "/proc/art-gifd-demo"], "cannot write into '/proc'"),
     ],
 )
 def test_cli_refuses_bad_arguments(tmp_path, capsys, argv, message) -> None:
     (tmp_path / "a-file").write_text("x")
-    places = {"{file}": tmp_path / "a-file", "{folder}": tmp_path, "{missing}": tmp_path / "missing.jsonl"}
+    places = {
+        "{file}": tmp_path / "a-file",
+        "{under-file}": tmp_path / "a-file" / "out",
+        "{folder}": tmp_path,
+        "{missing}": tmp_path / "missing.jsonl",
+    }
     with pytest.raises(SystemExit) as exit_info:
         main([str(places.get(a, a)) for a in argv])
     assert exit_info.value.code == 2
@@ -272,3 +281,52 @@ def test_one_array_given_as_the_whole_gradient_is_named(lenet_clf, heldout, defa
     grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
     with pytest.raises(ValueError, match=r"one array of shape \(12, 1, 5, 5\): pass a list of 8 arrays"):
         GIFDAttack(lenet_clf, default_prior, steps_per_stage=1).infer(grads[0])
+
+
+def test_unhashable_choices_and_truthy_flags_are_refused_and_rolled_back(lenet_clf, default_prior) -> None:
+    attack = GIFDAttack(lenet_clf, default_prior, max_stage=2, steps_per_stage=1, verbose=False)
+    for name, value in (("schedule", []), ("distance", ["l2"]), ("latent_constraint", np.array(["box"]))):
+        with pytest.raises(ValueError, match=f"Unknown {name} .*: use one of"):
+            attack.set_params(**{name: value})
+    assert (attack.schedule, attack.distance, attack.latent_constraint) == ("cosine", "cosine", "auto")
+    for value in ("false", "no", float("nan"), [0]):
+        with pytest.raises(ValueError, match=f"train_mode must be True or False, got {re.escape(repr(value))}"):
+            GIFDAttack(lenet_clf, default_prior, train_mode=value)
+    assert GIFDAttack(lenet_clf, default_prior, train_mode=np.bool_(False), verbose=False).train_mode == np.False_
+    with pytest.raises(ValueError, match='"estimator" cannot be set'):
+        attack.set_params(estimator=lenet_clf)
+
+
+def test_infer_labels_checks_its_gradient_and_counts(lenet_clf, heldout) -> None:
+    from art_gifd import infer_labels
+
+    x, y = heldout[0][:2], heldout[1][:2]
+    grads = client_gradients(lenet_clf, x, y)
+    assert infer_labels(grads, lenet_clf, 10, 2).tolist() == sorted(y.tolist())  # arrays and a classifier work
+    tensors = [torch.as_tensor(g) for g in grads]
+    for args, message in (
+        ((tensors, lenet_clf.model, 10, 0), "batch_size must be a positive integer, got 0"),
+        (([t * 0 for t in tensors], lenet_clf.model, 10, 2), "zero everywhere"),
+        (([t * np.nan for t in tensors], lenet_clf.model, 10, 2), "contains NaN or infinite values"),
+        ((tensors[::-1], lenet_clf.model, 10, 2), "in model.parameters\\(\\) order"),
+        ((tensors[:3], lenet_clf.model, 10, 2), "Expected 8 gradient arrays"),
+        ((tensors, "lenet", 10, 2), "module must be a torch.nn.Module"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            infer_labels(*args)
+
+
+def test_unreachable_epsilon_and_settings_that_would_be_ignored_are_named(lenet_clf, default_prior) -> None:
+    from art_gifd.defenses import DPSGD
+
+    with pytest.raises(ValueError, match=r"epsilon=1e-06 cannot be reached .*: raise epsilon or delta"):
+        DPSGD.for_epsilon(1e-6, max_grad_norm=1.0, sample_rate=0.01, steps=100, delta=1e-5)
+    with pytest.raises(ValueError, match="simulation_steps only applies to a FedAvg update"):
+        GIFDAttack(lenet_clf, default_prior, simulation_steps=2)
+
+
+def test_a_defence_function_that_returns_no_gradients_is_named(lenet_clf, heldout) -> None:
+    from art_gifd.defenses import FunctionDefense
+
+    with pytest.raises(ValueError, match="its function returned NoneType, not a list of gradient tensors"):
+        client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1], defense=FunctionDefense(lambda grads: None))

@@ -1,6 +1,6 @@
 """Benchmark runner: grid expansion and stable job ids, resume after a crash or a torn line, failures recorded while
-the grid goes on, located configuration errors, Ctrl-C, the Ray executor against the local one, and the report's
-numbers against the results file."""
+the grid goes on, located configuration errors, Ctrl-C, the Ray executor against the local one, the report's
+numbers against the results file, damaged or foreign results files, and the exit status of a run with failed jobs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from art_gifd.bench.config import parse_document, validate_config
 from art_gifd.bench.executors import ExecutorFailure
 from art_gifd.bench.grid import defense_label
 from art_gifd.bench.report import aggregate, markdown, write_report
+from art_gifd.bench.runner import read_results
 from art_gifd.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def job_numbers(path: Path) -> dict[str, tuple]:
             r["result"]["label_accuracy"],
             r["utility"]["accuracy"] if r["utility"] else None,
         )
-        for r in ResultsFile(path).read()[1]
+        for r in read_results(ResultsFile(path))[1]
         if r["status"] == "ok"
     }
 
@@ -578,3 +579,161 @@ def test_source_commit_is_the_packages_own_checkout_only(tmp_path, monkeypatch) 
     (checkout / "art_gifd").mkdir()
     monkeypatch.setattr(store, "__file__", str(checkout / "art_gifd" / "store.py"))
     assert store.source_commit() == {"commit": head, "dirty": False}
+
+
+# -------------------------------------------------------------------------------------- damaged and foreign files
+
+
+def _edit(record: dict, path: str, value) -> None:
+    """Set the dotted ``path`` of ``record`` to ``value``; ``...`` deletes it."""
+    *parents, last = path.split(".")
+    for key in parents:
+        record = record[key]
+    if value is ...:
+        del record[last]
+    else:
+        record[last] = value
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "value", "words"),
+    [
+        (2, "result", None, "result is null, expected an object"),
+        (2, "result", [1, 2], "result is [1, 2], expected an object"),
+        (2, "result.per_image", None, "result.per_image is null"),
+        (2, "result.per_image.psnr", [12.0, "x"], 'result.per_image.psnr[1] is "x", expected a number'),
+        (2, "result.per_image.ssim", [0.5, 0.5], "result.per_image holds lists of different lengths"),
+        (2, "utility", "x", 'utility is "x", expected null or an object'),
+        (2, "utility.accuracy", "0.9", 'utility.accuracy is "0.9"'),
+        (2, "config", None, "config is null"),
+        (2, "config.batch_size", "1", 'config.batch_size is "1", expected an integer'),
+        (2, "epsilon", "ten", 'epsilon is "ten", expected a number or null'),
+        (2, "seconds", True, "seconds is true, expected a number"),
+        (2, "status", "done", 'status is "done", expected "ok" or "error"'),
+        (2, "label", 5, "label is 5, expected a string"),
+        (4, "config.defense.strength", None, "config.defense.strength is null, expected the ratio"),
+        (4, "defense.adaptive", ..., "defense.adaptive is missing"),
+    ],
+)
+def test_report_leaves_out_a_damaged_record_and_names_its_line(
+    reference, tmp_path, caplog, line, path, value, words
+) -> None:
+    lines = reference.read_text().splitlines()
+    record = json.loads(lines[line - 1])
+    _edit(record, path, value)
+    lines[line - 1] = json.dumps(record)
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join(lines) + "\n")
+    write_report(damaged, tmp_path / "report")
+    assert f"damaged.jsonl:{line}: skipping a damaged record ({words}" in caplog.text
+    rows = json.loads((tmp_path / "report" / "tables.json").read_text())["rows"]
+    runs, jobs = read_results(ResultsFile(reference))
+    expected, _ = aggregate(jobs, runs[-1]["config"])
+    # the other jobs' rows are those of the intact file; no number comes from the damaged line
+    assert rows == [row for row in expected if row["job_ids"] != [record["job_id"]]]
+    assert len(rows) == len(expected) - 1
+
+
+def test_a_damaged_run_header_leaves_the_jobs_reported(reference, tmp_path, caplog) -> None:
+    lines = reference.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["executor"], header["config"]["defenses"] = None, "x"
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    write_report(damaged, tmp_path / "report")
+    assert 'damaged.jsonl:1: skipping a damaged record (config.defenses is "x", expected a list)' in caplog.text
+    tables = json.loads((tmp_path / "report" / "tables.json").read_text())
+    assert not tables["runs"] and len(tables["rows"]) == len(lines) - 1
+
+
+def test_a_damaged_record_is_run_again_by_a_resumed_bench(reference, tmp_path, caplog) -> None:
+    lines = reference.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["result"]["per_image"] = None
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
+    summary = run_benchmark(load_config(SMOKE), damaged, progress=False, check_inputs=False)
+    assert (summary.already_done, summary.ok) == (summary.total - 1, 1)
+    assert "damaged.jsonl:2: skipping a damaged record" in caplog.text
+    assert job_numbers(damaged) == job_numbers(reference)
+
+
+def _audit_records(path: Path) -> None:
+    """The records file an audit writes (art_gifd.audit.run): one line per setting, one per defence's utility."""
+    run = {"psnr": 11.0, "ssim": 0.4, "per_image": {"psnr": [11.0]}, "num_images": 1, "steps": 2, "num_restarts": 1}
+    store = ResultsFile(path)
+    store.append({"job_id": "b1-d0-gifd", "config_hash": "a7f4", "run": {**run, "recognisable_share": 0.0}})
+    store.append({"job_id": "utility-d0", "config_hash": "a7f4", "utility": {"accuracy": 0.9}})
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("audit", "is the records file of an art-gifd audit"),
+        ("capture", "is the records file of an art-gifd capture audit"),
+        ("report", "is a JSON document (schema art-gifd/audit/v1)"),
+    ],
+)
+def test_bench_and_its_report_refuse_a_file_of_another_kind_in_one_line(tmp_path, capsys, kind, words) -> None:
+    path = tmp_path / "records.jsonl"
+    if kind == "audit":
+        _audit_records(path)
+    elif kind == "capture":
+        record = {"id": "u0", "round": 1, "node_id": 3, "attack": "gifd", "seed": 0, "update_explained": 0.9}
+        ResultsFile(path).append({**record, "images": "u0.npz", "job_id": "u0-gifd-s0", "config_hash": "c1"})
+    else:
+        path.write_text(json.dumps({"schema": "art-gifd/audit/v1", "runs": [{"psnr": 1.0}] * 50}, indent=2) + "\n")
+    content = path.read_bytes()
+    for argv in (["bench-report", str(path)], ["bench", str(SMOKE), "--results", str(path), "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and err.count("\n") == 1  # no warning per line first
+    assert path.read_bytes() == content  # bench appended nothing to it
+
+
+def test_a_file_of_many_foreign_lines_names_only_the_first_few(tmp_path, caplog) -> None:
+    from art_gifd.store import MAX_LINE_WARNINGS
+
+    path = tmp_path / "table.csv"
+    path.write_text("".join(f"a,b,{i}\n" for i in range(300)))
+    with pytest.raises(ValueError, match="is not a results file of art-gifd bench"):
+        write_report(path, tmp_path / "report")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == MAX_LINE_WARNINGS + 1
+    assert warnings[-1].endswith(f"skipped {300 - MAX_LINE_WARNINGS} more lines that are not results records")
+
+
+def test_a_bench_with_failed_jobs_exits_1_and_says_where_their_errors_are(tmp_path, monkeypatch, capsys) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            name = "two"
+            models = ["lenet"]
+            seeds = [0, 1]
+            budget = { steps_per_stage = 1, stages = 1, num_restarts = 1 }
+            utility = { enabled = false }
+            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
+            attacks = [{ name = "pixel" }]
+            defenses = [{ type = "none" }]
+            """
+        )
+    )
+    results = tmp_path / "two.jsonl"
+    real = runner_module._execute
+
+    def second_seed_fails(job, utility, start):
+        if job.config["seed"] == 1:
+            raise RuntimeError("broken on purpose")
+        return real(job, utility, start)
+
+    monkeypatch.setattr(runner_module, "_execute", second_seed_fails)
+    argv = ["bench", str(config), "--results", str(results), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"error: 1 of 2 jobs failed: their errors are recorded in {results.resolve()}" in err
+    assert sorted(r["status"] for r in ResultsFile(results).read()[1]) == ["error", "ok"]  # what finished is kept
+    assert main(argv) == 1  # the failure is still in the file
+    assert "1 of 2 jobs failed (1 in an earlier run)" in capsys.readouterr().err
+    monkeypatch.setattr(runner_module, "_execute", real)
+    assert main([*argv, "--retry-errors"]) == 0

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 flwr = pytest.importorskip("flwr", reason="needs the flower extra: pip install 'art-gifd[flower]'")
 pytest.importorskip("ray", reason="Flower's simulation runtime needs Ray")
 
 from art_gifd.audit.captures import load_capture_audit, run_capture_audit  # noqa: E402
 from art_gifd.audit.config import AuditConfigError  # noqa: E402
+from art_gifd.cli import main  # noqa: E402
 from art_gifd.integrations.captures import CaptureError, CaptureFolder  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower_audit"
@@ -98,7 +100,7 @@ def _best_psnr(config: dict) -> float:
         cfg = load_capture_audit(
             {**config, "federated": {**config["federated"], "client_data": "flower_audit.task:partition"}}
         )
-        paths = run_capture_audit(cfg, resume=False, verbose=False)
+        paths = run_capture_audit(cfg, overwrite=True, verbose=False)
     finally:
         sys.path.remove(str(EXAMPLE))
     records = json.loads(paths["json"].read_text())["records"]
@@ -162,8 +164,14 @@ def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
     folder, _ = flower_run
     config = _config(folder)
     config["budget"]["steps_per_stage"] = 10
-    paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
+    cfg = load_capture_audit(config)
+    paths = run_capture_audit(cfg, overwrite=True, verbose=False)
     document = json.loads(paths["json"].read_text())
+    # another configuration's images can never stand beside these records, and the report is not replaced unasked
+    assert all(r["images"].endswith(f"-{cfg.config_hash[:12]}.npz") for r in document["records"])
+    config["budget"]["steps_per_stage"] = 11
+    with pytest.raises(AuditConfigError, match=r"already holds a report.*overwrite"):
+        run_capture_audit(load_capture_audit(config), verbose=False)
     assert not document["ground_truth"] and all("psnr" not in r for r in document["records"])
     assert all(0.0 < r["update_explained"] <= 1.0 for r in document["records"])
     assert "No ground truth" in paths["markdown"].read_text() and paths["figure"].is_file()
@@ -182,7 +190,7 @@ def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run
         config = _config(folder, rounds=[1, 2], updates_per_search=together, mix_rounds=together > CLIENTS)
         config["budget"]["steps_per_stage"] = 5
         config["output"] = str(tmp_path / f"together-{together}")
-        paths = run_capture_audit(load_capture_audit(config), resume=False, verbose=False)
+        paths = run_capture_audit(load_capture_audit(config), overwrite=True, verbose=False)
         records = json.loads(paths["json"].read_text())["records"]
         assert {r["searched_together"] for r in records} == {together} and len(records) == 2 * CLIENTS
         state = Path(config["output"]) / "captures-state"
@@ -200,7 +208,7 @@ def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run
         assert two_rounds[1] == pytest.approx(alone[1], rel=0.1)
 
 
-def test_bad_captures_are_named(flower_run, tmp_path):
+def test_bad_captures_are_named(flower_run, tmp_path, capsys):
     folder, _ = flower_run
     other_model = _config(folder)
     other_model["model"] = {"factory": "art_gifd.models:lenet", "input_shape": [1, 32, 32], "num_classes": 10}
@@ -229,6 +237,23 @@ def test_bad_captures_are_named(flower_run, tmp_path):
     victim.write_bytes(victim.read_bytes()[:100])
     with pytest.raises(CaptureError, match="damaged or truncated"):
         run_capture_audit(load_capture_audit(_config(torn)), verbose=False)
+    as_file = tmp_path / "torn.yaml"  # the command prints the same message, without a traceback
+    as_file.write_text(yaml.safe_dump(_config(torn)))
+    assert main(["audit", str(as_file), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "damaged or truncated" in err and "Traceback" not in err
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    index = json.loads((edited / "index.json").read_text())
+    index["updates"][0]["num_examples"] = -3
+    (edited / "index.json").write_text(json.dumps(index))
+    with pytest.raises(AuditConfigError, match=r"index\.json: damaged \(update .* has num_examples -3"):
+        load_capture_audit(_config(edited))
+    index["updates"][0]["num_examples"] = 2
+    index["rounds"].pop(str(index["updates"][0]["round"]))
+    (edited / "index.json").write_text(json.dumps(index))
+    with pytest.raises(AuditConfigError, match=r"whose global weights were not captured"):
+        load_capture_audit(_config(edited))
     (torn / "index.json").unlink()
     with pytest.raises(AuditConfigError, match=r"index\.json: missing"):
         load_capture_audit(_config(torn))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -69,10 +71,6 @@ def test_label_mapping() -> None:
 
 def _trained_convnet_batches(size: int, trials: int):
     """Updates of ``size`` held-out digits (evaluation pool 900-999) on the trained ConvNet: FedSGD and 5 steps."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from art_gifd.data import load_mnist32
     from art_gifd.federated import LocalTraining, client_update
     from benchmarks.fedavg import trained_model
@@ -92,11 +90,12 @@ def _trained_convnet_batches(size: int, trials: int):
 
 
 @pytest.mark.parametrize("size", [4, 8])
-def test_negative_rows_find_the_classes_a_confident_model_hides(size: int) -> None:
+def test_negative_rows_find_the_classes_a_confident_model_hides(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     On the trained ConvNet the bias's sign misses confident samples' classes, and at B=8 the span test cannot run; the
     weight rows recover the set of classes in every batch, and more labels than the previous rule in none fewer.
     """
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the benchmarks package
     from benchmarks.labels import overlap, span_rule
 
     old, new = [], []

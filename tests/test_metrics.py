@@ -66,7 +66,7 @@ def test_identical_images_give_max_psnr_and_unit_ssim(rng: np.random.Generator) 
 def test_ssim_decreases_with_noise(rng: np.random.Generator) -> None:
     original = np.repeat(rng.uniform(size=(1, 3, 16, 16)), 3, axis=0)
     noise = rng.normal(size=original.shape[1:])
-    reconstructed = original + np.array([0.05, 0.2, 0.5])[:, None, None, None] * noise
+    reconstructed = np.clip(original + np.array([0.05, 0.2, 0.5])[:, None, None, None] * noise, 0, 1)
     values = ssim(reconstructed, original)
     assert np.all(np.diff(values) < 0)
     assert values[0] < 1.0
@@ -75,7 +75,7 @@ def test_ssim_decreases_with_noise(rng: np.random.Generator) -> None:
 def test_match_images_recovers_permutation(rng: np.random.Generator) -> None:
     original = rng.uniform(size=(6, 3, 8, 8))
     shuffle = rng.permutation(6)
-    reconstructed = original[shuffle] + rng.normal(scale=0.05, size=original.shape)
+    reconstructed = np.clip(original[shuffle] + rng.normal(scale=0.05, size=original.shape), 0, 1)
     perm = match_images(reconstructed, original)
     # reconstructed[j] is a noisy original[shuffle[j]], so original[i] must be matched to j = argsort(shuffle)[i].
     np.testing.assert_array_equal(perm, np.argsort(shuffle))
@@ -207,6 +207,92 @@ def test_bad_data_range_and_labels_raise() -> None:
         label_accuracy(np.array([1]), np.array([], dtype=int))
     with pytest.raises(ValueError, match="Unsupported LPIPS backbone"):
         LPIPSMetric(net="squeeze")
+
+
+def test_images_outside_data_range_are_refused(lpips_metric: LPIPSMetric, rng: np.random.Generator) -> None:
+    original = rng.uniform(size=(2, 3, 32, 32))
+    reconstructed = np.clip(original + rng.normal(scale=0.1, size=original.shape), 0, 1)
+    labels = np.array([0, 1])
+    measures = (psnr, ssim, match_images, lpips_metric, lambda r, o: evaluate_batch(r, o, labels, labels))
+    for measure in measures:  # 8-bit images measured with the default (0, 1)
+        with pytest.raises(ValueError, match=r"reconstructed images span \[0, 255\], outside data_range \(0, 1\)"):
+            measure(reconstructed * 255, original * 255)
+    with pytest.raises(ValueError, match=r"original images span .* outside data_range \(-1, 1\).*pass the images'"):
+        psnr(reconstructed * 2 - 1, original * 4 - 2, data_range=(-1, 1))
+    np.testing.assert_allclose(psnr(reconstructed * 255, original * 255, (0, 255)), psnr(reconstructed, original))
+    # float round-off just beyond the range is no other scale
+    assert np.all(np.isfinite(psnr(reconstructed * (1 + 1e-6), original * (1 + 1e-6))))
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 8, 8, 1), (2, 32, 32, 1)])
+def test_channels_last_images_are_refused(shape: tuple[int, ...], rng: np.random.Generator) -> None:
+    images = rng.uniform(size=shape)
+    labels = np.array([0, 1])
+    for measure in (psnr, ssim, match_images, lambda r, o: evaluate_batch(r, o, labels, labels)):
+        with pytest.raises(ValueError, match=r"looks like NHWC \(channels last\): transpose it to NCHW"):
+            measure(images, images)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 64, 64), (2, 3, 8, 3), (2, 1, 5, 1), (2, 4, 16, 16)])
+def test_channels_first_images_are_measured(shape: tuple[int, ...], rng: np.random.Generator) -> None:
+    images = rng.uniform(size=shape)
+    np.testing.assert_array_equal(psnr(images, images), [MAX_PSNR, MAX_PSNR])
+
+
+@pytest.mark.parametrize(
+    "data_range", [(0, 1, 2), (1,), "01", None, (0, float("nan")), (0, float("inf")), (False, True), ("0", "1"), (1, 1)]
+)
+def test_data_range_must_be_a_pair_of_finite_numbers(data_range: object) -> None:
+    images = np.zeros((1, 1, 8, 8))
+    for measure in (psnr, ssim, match_images):
+        with pytest.raises(ValueError, match=r"data_range must be \(low, high\), two finite numbers with high > low"):
+            measure(images, images, data_range)
+
+
+def test_data_range_takes_numpy_pairs(rng: np.random.Generator) -> None:
+    images = rng.uniform(size=(2, 1, 8, 8))
+    for data_range in (np.array([0.0, 1.0]), [np.int64(0), np.float32(1.0)]):
+        np.testing.assert_array_equal(psnr(images, images, data_range), [MAX_PSNR, MAX_PSNR])
+
+
+def test_label_accuracy_needs_one_predicted_label_per_true_label() -> None:
+    with pytest.raises(ValueError, match="Got 4 predicted labels for 1 true labels"):
+        label_accuracy(np.array([1, 2, 3, 4]), np.array([1]))
+    with pytest.raises(ValueError, match="Got 0 predicted labels for 2 true labels"):
+        label_accuracy([], [1, 2])
+
+
+@pytest.mark.parametrize(
+    ("predicted", "message"),
+    [
+        (np.array(["1"]), "predicted labels must be integer class indices, got an array of dtype <U1"),
+        ([None], "predicted labels must be integer class indices, got an array of dtype object"),
+        ([True], "predicted labels must be integer class indices, got an array of dtype bool"),
+        ([1.5], r"predicted labels must be whole class indices, got \[1.5\]"),
+        ([float("nan")], "predicted labels must be whole class indices"),
+    ],
+)
+def test_label_accuracy_refuses_labels_that_are_no_class_indices(predicted: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        label_accuracy(predicted, [1])
+    with pytest.raises(ValueError, match=message.replace("predicted", "true")):
+        label_accuracy([1], predicted)
+
+
+def test_label_accuracy_takes_integer_arrays_tensors_lists_and_whole_floats() -> None:
+    assert label_accuracy(torch.tensor([2, 1]), np.array([1, 2], dtype=np.uint8)) == 1.0
+    assert label_accuracy([1, 2], [2.0, 3.0]) == 0.5
+    assert label_accuracy(np.array([7], dtype=np.int32), [7]) == 1.0
+
+
+def test_evaluate_batch_needs_one_label_per_image(rng: np.random.Generator) -> None:
+    images = rng.uniform(size=(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="Got 3 predicted labels for 2 true labels"):
+        evaluate_batch(images, images, [1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="Got 1 true labels for 2 original images"):
+        evaluate_batch(images, images, [1], [1])
+    with pytest.raises(ValueError, match="true labels must be integer class indices"):
+        evaluate_batch(images, images, [1, 2], ["a", "b"])
 
 
 @pytest.fixture()

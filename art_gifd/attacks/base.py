@@ -41,11 +41,12 @@ from art_gifd.federated import (
     LocalTraining,
     TargetModel,
     available_memory,
+    check_client_model,
     clip_range,
     simulation_memory,
 )
-from art_gifd.labels import classes_evidenced, infer_labels
-from art_gifd.validation import MAX_SEED, check_device, check_integer, check_number
+from art_gifd.labels import classes_evidenced, labels_from_gradient
+from art_gifd.validation import MAX_SEED, check_choice, check_device, check_flag, check_integer, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -233,10 +234,10 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         Set attack parameters (names from ``attack_params``) and validate them; if they are refused, the attack keeps
         its previous values rather than the refused ones.
         """
-        previous = {name: getattr(self, name) for name in kwargs if hasattr(self, name)}
+        previous = {name: getattr(self, name) for name in kwargs if name in self.attack_params}
         try:
             super().set_params(**kwargs)
-        except ValueError:
+        except Exception:
             for name, value in previous.items():
                 setattr(self, name, value)
             raise
@@ -247,12 +248,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self._check_integers(("batch_size",))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
-        if self.norm_form not in NORM_FORMS:
-            raise ValueError(f"Unknown norm_form '{self.norm_form}': use one of {NORM_FORMS}.")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"Unknown schedule '{self.schedule}': use one of {sorted(SCHEDULES)}.")
-        if self.distance not in DISTANCES:
-            raise ValueError(f"Unknown distance '{self.distance}': use one of {DISTANCES}.")
+        check_choice("norm_form", self.norm_form, NORM_FORMS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("distance", self.distance, DISTANCES)
+        check_flag("train_mode", self.train_mode)
+        check_flag("verbose", self.verbose)
         if self.defense is not None and not isinstance(self.defense, Defense):
             raise ValueError(
                 f"defense must be an art_gifd.defenses.Defense (the client's defence, known to the attacker) or None, "
@@ -264,9 +264,15 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"{type(self.training).__name__}."
             )
         check_integer("simulation_steps", self.simulation_steps, 1, optional=True)
+        if self.simulation_steps is not None and self.training is None:
+            raise ValueError(
+                "simulation_steps only applies to a FedAvg update: give training=LocalTraining(...) too, or leave "
+                "simulation_steps=None for a FedSGD gradient."
+            )
         if self.device is not None:
             check_device(self.device)
         check_integer("seed", self.seed, 0, MAX_SEED, optional=True)
+        check_client_model(self.estimator)
         if self.estimator.clip_values is None:
             raise ValueError(
                 "The estimator has no clip_values: set clip_values=(min, max) on the PyTorchClassifier so that "
@@ -454,7 +460,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         if y is not None:
             labels = target.labels_to_indices(y, batch_size=self.batch_size)
         elif self._infers_labels:
-            labels = infer_labels(observed, target.module, target.nb_classes, self.batch_size)
+            labels = labels_from_gradient(observed, target.module, target.nb_classes, self.batch_size)
         else:
             labels = None
         seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))

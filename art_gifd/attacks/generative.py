@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext
 from art_gifd.attacks.label_mapping import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
 from art_gifd.priors.base import LATENT_CONSTRAINTS, LayeredGenerator, project_latent
-from art_gifd.validation import nonfinite_entries
+from art_gifd.validation import check_choice, nonfinite_entries
 
 if TYPE_CHECKING:
     import torch
@@ -82,10 +82,7 @@ class GenerativePriorAttack(GradientInversionAttack):
                 f"The prior generates images of shape {tuple(self.prior.image_shape)} but the estimator expects "
                 f"{expected}. Use a prior trained at the estimator's resolution and channel count."
             )
-        if self.latent_constraint != "auto" and self.latent_constraint not in LATENT_CONSTRAINTS:
-            raise ValueError(
-                f"Unknown latent_constraint '{self.latent_constraint}': use 'auto' or one of {LATENT_CONSTRAINTS}."
-            )
+        check_choice("latent_constraint", self.latent_constraint, ("auto", *LATENT_CONSTRAINTS))
         if self.resolved_latent_constraint == "box" and not (self.prior.latent_bound or 0) > 0:
             raise ValueError(
                 "latent_constraint='box' needs a prior with a latent_bound (a truncated latent); this prior has none: "

@@ -17,7 +17,7 @@ from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage, project_l1_ball
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.attacks.label_mapping import LabelMapping
-from art_gifd.validation import check_number
+from art_gifd.validation import check_choice, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -235,8 +235,7 @@ class GIFDAttack(GenerativePriorAttack):
             raise ValueError(f"max_stage must be an integer in [1, {n}] or None, got {self.max_stage!r}.")
         if not 1 <= self.stages <= n:
             raise ValueError(f"max_stage must lie in [1, {n}] for this prior ({n} blocks), got {self.stages}.")
-        if self.radius_scale not in RADIUS_SCALES:
-            raise ValueError(f"Unknown radius_scale '{self.radius_scale}': use one of {RADIUS_SCALES}.")
+        check_choice("radius_scale", self.radius_scale, RADIUS_SCALES)
         radii = self.radii()
         if len(radii) != self.stages - 1:
             raise ValueError(

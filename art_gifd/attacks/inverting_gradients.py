@@ -16,6 +16,7 @@ from art_gifd.attacks.base import (
     StageGenerator,
     single_stage_params,
 )
+from art_gifd.validation import check_choice, check_flag
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -83,8 +84,8 @@ class InvertingGradientsAttack(SingleStageSearch, GradientInversionAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.init not in PIXEL_INITS:
-            raise ValueError(f"Unknown init '{self.init}': use one of {PIXEL_INITS}.")
+        check_choice("init", self.init, PIXEL_INITS)
+        check_flag("signed_gradients", self.signed_gradients)
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         yield ctx.pixel_stage(signed=self.signed_gradients, init=self.init)

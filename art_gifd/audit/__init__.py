@@ -8,6 +8,14 @@ configuration format is documented in :mod:`art_gifd.audit.config`, the report a
 """
 
 from art_gifd.audit.config import AuditConfig, AuditConfigError, ConfigProblem, load_audit_config
-from art_gifd.audit.run import AuditReport, run_audit
+from art_gifd.audit.run import AuditReport, AuditRunError, run_audit
 
-__all__ = ["AuditConfig", "AuditConfigError", "AuditReport", "ConfigProblem", "load_audit_config", "run_audit"]
+__all__ = [
+    "AuditConfig",
+    "AuditConfigError",
+    "AuditReport",
+    "AuditRunError",
+    "ConfigProblem",
+    "load_audit_config",
+    "run_audit",
+]

@@ -57,6 +57,7 @@ from art_gifd.attacks.registry import build_attack
 from art_gifd.audit.config import (
     _TOP,
     AttackSetting,
+    _digest,
     _read_attacks,
     _read_model,
     boolean,
@@ -68,7 +69,14 @@ from art_gifd.audit.config import (
     read_report,
     string,
 )
-from art_gifd.federated import TRAINING_KEYS, LocalTraining, describe_training, local_training_from_config
+from art_gifd.audit.run import prepare_output
+from art_gifd.federated import (
+    TRAINING_KEYS,
+    LocalTraining,
+    clip_range,
+    describe_training,
+    local_training_from_config,
+)
 from art_gifd.integrations.captures import (
     CapturedUpdate,
     CaptureError,
@@ -95,6 +103,8 @@ SCHEMA = "art-gifd/capture-audit/v1"
 STATE_DIR = "captures-state"
 FIGURE = "leakage_over_rounds.png"
 GRID = "reconstructions.png"
+#: The files of a capture audit's report (``report.json`` last).
+REPORT_FILES = ("report.html", "summary.md", FIGURE, GRID, "report.json")
 _FEDERATED = (
     "source",
     "rounds",
@@ -237,7 +247,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         attacks=tuple(attacks),
         priors=priors,
         prior_info=prior_info,
-        config_hash=hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest(),
+        config_hash=_digest(fingerprint),
     )
 
 
@@ -332,7 +342,7 @@ def _record(
     }
     images = {"reconstructions": result.images}
     if truth is not None:
-        scores = evaluate_batch(result.images, truth[0], result.labels, truth[1])
+        scores = evaluate_batch(result.images, truth[0], result.labels, truth[1], data_range=clip_range(cfg.estimator))
         threshold = cfg.settings["report"]["recognisable_ssim"]
         recognisable = int(sum(s >= threshold for s in scores["per_image"]["ssim"]))
         record.update(
@@ -358,33 +368,40 @@ def _intact(record: dict[str, Any]) -> bool:
     return all(name in record for name in _RECORD_FIELDS)
 
 
-def _job_id(update: CapturedUpdate, attack: AttackSetting, seed: int) -> str:
-    return f"{update.name}-{attack.slug}-s{seed}"
+def _job_id(cfg: CaptureAuditConfig, update: CapturedUpdate, attack: AttackSetting, seed: int) -> str:
+    """The record and image-file name of one attack on one update: another configuration's never collide with it."""
+    return f"{update.name}-{attack.slug}-s{seed}-{cfg.config_hash[:12]}"
 
 
 def run_capture_audit(
-    config: str | Path | Mapping[str, Any] | CaptureAuditConfig, resume: bool = True, verbose: bool = True
+    config: str | Path | Mapping[str, Any] | CaptureAuditConfig,
+    overwrite: bool = False,
+    resume: bool = True,
+    verbose: bool = True,
 ) -> dict[str, Path]:
     """
     Attack every selected captured update with every attack and seed, then write the report (``report.json``,
-    ``report.md``, ``report.html``, the leakage-over-rounds figure and the reconstruction grid).
+    ``summary.md``, ``report.html``, the leakage-over-rounds figure and the reconstruction grid).
 
+    :param overwrite: Replace a report already in the output folder, discarding every earlier result there.
     :param resume: Reuse the records a run of the same configuration finished (``False``: attack all again).
     :return: The paths of the report's files.
-    :raises AuditConfigError: For an invalid configuration (before any attack runs).
+    :raises AuditConfigError: For an invalid configuration, or an output folder that holds a report while
+                              ``overwrite`` is false (before any attack runs).
     """
     cfg = config if isinstance(config, CaptureAuditConfig) else load_capture_audit(config)
     state = cfg.output / STATE_DIR
     store = ResultsFile(state / "records.jsonl", arrays_dir=state)
     with locked_output(store, cfg.source):
-        return _attack_captures(cfg, store, resume, verbose)
+        done = prepare_output(cfg.output, REPORT_FILES, store, overwrite, resume, cfg.source, _intact)
+        return _attack_captures(cfg, store, done, verbose)
 
 
-def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, verbose: bool) -> dict[str, Path]:
+def _attack_captures(
+    cfg: CaptureAuditConfig, store: ResultsFile, done: dict[str, dict[str, Any]], verbose: bool
+) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
-    # without resume every update is attacked again, and its new record supersedes the old one
-    done = store.latest(cfg.config_hash, repair=True, valid=_intact) if resume else {}
     progress = tqdm(
         total=len(cfg.updates) * len(cfg.attacks) * len(cfg.settings["seeds"]),
         desc="captured updates",
@@ -401,7 +418,7 @@ def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, 
         for attack in cfg.attacks:
             for seed in cfg.settings["seeds"]:
                 key = (update.name, attack.label, seed)
-                job_id = _job_id(update, attack, seed)
+                job_id = _job_id(cfg, update, attack, seed)
                 if job_id in done and store.arrays_path(job_id).is_file():
                     finished[key] = done[job_id]
                     continue
@@ -427,7 +444,7 @@ def _attack_captures(cfg: CaptureAuditConfig, store: ResultsFile, resume: bool, 
                 observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
                 jobs.append((update, estimator, observed, _ground_truth(cfg, update)))
             for update, (record, images) in zip(batch, _search_together(cfg, attack, seed, jobs), strict=True):
-                job_id = _job_id(update, attack, seed)
+                job_id = _job_id(cfg, update, attack, seed)
                 images_file = store.save_arrays(job_id, images)
                 record.update(job_id=job_id, config_hash=cfg.config_hash, images=images_file.name)
                 store.append(record)
@@ -533,7 +550,7 @@ def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]])
         label = textwrap.fill(f"{record['id']} {record['attack']}", 20) + f"\n{metric} {record[metric]:.2f}"
         grid_rows.append((label, original, {"reconstruction": reconstruction}))
     grid = reconstruction_grid(grid_rows, ["reconstruction"], out / GRID)
-    paths = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html"}
+    paths = {"json": out / "report.json", "markdown": out / "summary.md", "html": out / "report.html"}
     environment_ = template_environment()
     markdown = environment_.get_template("captures.md").render(doc=document)
     html = environment_.get_template("captures.html").render(

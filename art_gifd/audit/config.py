@@ -186,7 +186,7 @@ from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.store import ResultsBusy, ResultsFile
 from art_gifd.utility import UTILITY_KEYS, read_utility_table
-from art_gifd.validation import MAX_SEED, check_device
+from art_gifd.validation import MAX_SEED, check_device, check_output_folder
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
@@ -244,6 +244,9 @@ class AuditConfig:
     config_hash: str
     #: The clients' local training under ``algorithm = "fedavg"`` (``None``: FedSGD).
     training: LocalTraining | None = None
+    #: What every setting's numbers depend on (model, attacked data, protocol, seeds, device), hashed into each
+    #: setting's and each utility measurement's key together with their own inputs.
+    fingerprint: dict[str, Any] | None = None
 
     @property
     def output(self) -> Path:
@@ -254,6 +257,48 @@ class AuditConfig:
     def device(self) -> str:
         """The torch device."""
         return str(self.settings["device"])
+
+    def setting_key(self, batch_size: int, defense: DefenseSetting, attack: AttackSetting) -> str:
+        """
+        Hash of everything one setting's numbers depend on: the audit's model, attacked images, protocol, seeds and
+        device, the batch size, the defence (type, parameters, whether the attacker replays it) and the attack (name,
+        parameters, budget, prior and its weights, label mode). Report names, thresholds, the utility run and the
+        other settings are left out, so that editing them keeps a finished setting.
+        """
+        prior = self.settings["priors"].get(attack.prior) if attack.prior is not None else None
+        return _digest(
+            {
+                "common": self.fingerprint,
+                "batch_size": batch_size,
+                "defense": {"type": defense.name, "params": defense.params, "adaptive": defense.adaptive},
+                "attack": {
+                    "name": attack.name,
+                    "params": attack.params,
+                    "budget": attack.budget,
+                    "labels_known": attack.labels_known,
+                    "prior": prior,
+                    "prior_sha256": self.prior_info.get(attack.prior, {}).get("sha256") if prior else None,
+                },
+            }
+        )
+
+    def utility_key(self, defense: DefenseSetting) -> str:
+        """Hash of what a defence's utility measurement depends on: the model, the utility run and the defence."""
+        return _digest(
+            {
+                "model": self.fingerprint["model"] if self.fingerprint else None,
+                "utility": self.settings["utility"],
+                "utility_sha256": _hash_arrays(*self.utility_data),
+                "seed": self.settings["seeds"][0],
+                "device": self.device,
+                "defense": {"type": defense.name, "params": defense.params},
+            }
+        )
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of a JSON rendering of ``value`` (keys sorted; dataclasses and paths as text)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -384,7 +429,8 @@ def _read_preprocessing(check: Checker, raw: dict[str, Any] | None, shape: list[
         value = table.get(name)
         ok = isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
         if not ok or len(value) not in (1, channels):
-            check.add((*path, name), f"must be a list of 1 or {channels} numbers (one per channel), got {value!r}.")
+            count = "1 number" if channels == 1 else f"1 or {channels} numbers"
+            check.add((*path, name), f"must be a list of {count} (one per channel), got {value!r}.")
         elif name == "std" and min(value) <= 0:
             check.add((*path, name), f"must be positive, got {value!r}.")
         else:
@@ -658,8 +704,10 @@ def read_common(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
     }
     if settings["output"] is not None:
         output = (check.base / Path(settings["output"]).expanduser()).resolve()
-        if output.exists() and not output.is_dir():
-            check.add(("output",), f"'{output}' is a file: give a folder to write the report into.")
+        try:
+            check_output_folder(output)
+        except ValueError as err:
+            check.add(("output",), str(err))
         settings["output"] = str(output)
     return settings
 
@@ -723,7 +771,14 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         "prior_sha256": {name: facts.get("sha256") for name, facts in prior_info.items()},
         "data_sha256": _hash_arrays(x_attack, y_attack, *utility_data),
     }
-    config_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+    config_hash = _digest(fingerprint)
+    common = {
+        "model": {**settings["model"], "sha256": model_facts.get("sha256")},
+        "data_sha256": _hash_arrays(x_attack, y_attack),
+        "federated": settings["federated"],
+        "seeds": settings["seeds"],
+        "device": device,
+    }
     data_facts.update(attacked_images=len(x_attack), offset=settings["data"]["offset"])
     data_facts.update(utility_train_images=len(utility_data[0]), utility_test_images=len(utility_data[2]))
     return AuditConfig(
@@ -741,6 +796,7 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
         prior_info=prior_info,
         config_hash=config_hash,
         training=training,
+        fingerprint=common,
     )
 
 

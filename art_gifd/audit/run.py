@@ -10,10 +10,12 @@ by :func:`~art_gifd.metrics.evaluate_batch` (Hungarian matching, PSNR, SSIM, LPI
 attacks of a batch size and defence see the same shared updates (the defence's randomness is seeded by the seed and the
 batch).
 
-Every finished setting is saved at once, with the configuration hash, as a record of the results file
-``<output>/settings/records.jsonl`` (:class:`~art_gifd.store.ResultsFile`, the benchmark runner's store) after its
-images (``<id>.npz``, written atomically); an interrupted audit started again with the same configuration skips the
-settings already finished, and a damaged record or image file costs only its own setting. The output folder is locked
+Every finished setting is saved at once as a record of the results file ``<output>/settings/records.jsonl``
+(:class:`~art_gifd.store.ResultsFile`, the benchmark runner's store) after its images (``s-<key>.npz``, written
+atomically), keyed by a hash of what its numbers depend on (:meth:`~art_gifd.audit.config.AuditConfig.setting_key`);
+an interrupted audit started again skips the settings already finished, also when other parts of the configuration
+(report names and thresholds, the utility run, other defences or attacks) were edited in between, and a damaged record
+or image file costs only its own setting. The output folder is locked
 while an audit writes it. The report (``report.html``, ``report.json``, ``summary.md``) is written last; an output
 folder that already holds one is refused unless ``overwrite`` is set.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,10 @@ STATE_DIR = "settings"
 RECORDS = "records.jsonl"
 #: The reconstruction grid written beside the report (and embedded in ``report.html``).
 GRID_FILE = "reconstructions.png"
+
+
+class AuditRunError(RuntimeError):
+    """A setting of a valid audit failed while it ran; the settings finished before it are kept for a resume."""
 
 
 @dataclass(frozen=True)
@@ -129,11 +135,12 @@ def run_audit(
 
     :param config: A config file (TOML or YAML), its content as a mapping, or a loaded :class:`AuditConfig`.
     :param overwrite: Replace a report already in the output folder, discarding every earlier result there.
-    :param resume: Reuse the settings an interrupted run of the same configuration finished (``False``: run all).
+    :param resume: Reuse the settings an earlier run finished whose inputs are unchanged (``False``: run all).
     :param verbose: Show progress bars.
     :return: The report document and the paths of its files.
-    :raises AuditConfigError: For an invalid configuration, or an output folder that holds a report (or partial results
-                              of another configuration) while ``overwrite`` is false; raised before any attack runs.
+    :raises AuditConfigError: For an invalid configuration, or an output folder that holds a report while
+                              ``overwrite`` is false; raised before any attack runs.
+    :raises AuditRunError: When a setting fails while it runs (the settings finished before it are kept).
     """
     cfg = config if isinstance(config, AuditConfig) else load_audit_config(config)
     store = ResultsFile(cfg.output / STATE_DIR / RECORDS, arrays_dir=cfg.output / STATE_DIR)
@@ -142,27 +149,38 @@ def run_audit(
 
 
 def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: bool, verbose: bool) -> AuditReport:
-    done = _prepare_output(cfg, store, overwrite, resume)
+    files = (*REPORT_FILES, GRID_FILE, UTILITY_FIGURE)
+    done = prepare_output(cfg.output, files, store, overwrite, resume, cfg.source, _intact)
     lpips = LPIPSMetric(device=cfg.device)
     results, resumed = [], []
     settings = plan_settings(cfg)
     for setting in tqdm(settings, desc="audit settings", unit="setting", disable=not verbose):
-        images = store.load_arrays(setting.id) if setting.id in done else None
+        # a finished setting is found by what its numbers depend on, whatever else of the configuration changed
+        key = "s-" + cfg.setting_key(setting.batch_size, cfg.defenses[setting.defense], setting.attack)[:24]
+        images = store.load_arrays(key) if key in done else None
         if images is None:
-            finished = _run_setting(cfg, setting, lpips, verbose)
-            store.save_arrays(setting.id, finished[1])
-            store.append({"job_id": setting.id, "config_hash": cfg.config_hash, "run": finished[0]})
+            try:
+                run, images = _run_setting(cfg, setting, lpips, verbose)
+            except (ValueError, RuntimeError) as err:  # a search that diverged, a defence that overflowed, …
+                raise AuditRunError(
+                    f"setting {setting.id} (batch size {setting.batch_size}, defence "
+                    f"'{cfg.defenses[setting.defense].label}', attack '{setting.attack.label}') failed: {err} The "
+                    f"{len(results)} setting(s) finished before it are kept: fix the cause and run the same command "
+                    "again to resume."
+                ) from err
+            store.save_arrays(key, images)
+            store.append({"job_id": key, "config_hash": cfg.config_hash, "run": run})
         else:
-            finished = (done[setting.id]["run"], images)
+            run = done[key]["run"]
             resumed.append(setting.id)
-        results.append(finished)
-        logger.info("setting %s: SSIM %.3f, PSNR %.2f dB", setting.id, finished[0]["ssim"], finished[0]["psnr"])
+        results.append((_name_run(cfg, setting, run), images))
+        logger.info("setting %s: SSIM %.3f, PSNR %.2f dB", setting.id, run["ssim"], run["psnr"])
     utility = []
     for index, defense in enumerate(cfg.defenses):
-        key = f"utility-d{index}"
+        key = "u-" + cfg.utility_key(defense)[:24]
         if key in done:
             measured = done[key]["utility"]
-            resumed.append(key)
+            resumed.append(f"utility-d{index}")
         else:
             measured = _measure(cfg, index)
             store.append({"job_id": key, "config_hash": cfg.config_hash, "utility": measured})
@@ -173,14 +191,22 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
     return AuditReport(cfg.output, document)
 
 
-def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: bool) -> dict[str, dict[str, Any]]:
+def prepare_output(
+    out: Path,
+    files: tuple[str, ...],
+    store: ResultsFile,
+    overwrite: bool,
+    resume: bool,
+    source: Path | None,
+    valid: Callable[[dict[str, Any]], bool],
+) -> dict[str, dict[str, Any]]:
     """
-    Refuse a folder holding a report or another configuration's results; with ``overwrite``, clear ours. Returns the
-    records of this configuration that a resumed run keeps (none without ``resume``).
+    Refuse an output folder that holds a finished report unless ``overwrite``, which removes the report ``files``
+    and every earlier result. Returns the intact records a resumed run may reuse (none without ``resume``); records
+    are keyed by what their numbers depend on, so those of another configuration are simply not asked for.
     """
-    out = cfg.output
     # report.json is written last: without a readable one, the report files there are from an interrupted write
-    existing = [name for name in REPORT_FILES if (out / name).exists()] if read_json(out / "report.json") else []
+    existing = [name for name in files if (out / name).exists()] if read_json(out / "report.json") else []
     if existing and not overwrite:
         raise AuditConfigError(
             [
@@ -190,38 +216,26 @@ def _prepare_output(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resum
                     "--overwrite) to replace it, or choose another output folder.",
                 )
             ],
-            cfg.source,
-        )
-    records = store.latest(repair=True, valid=_intact)
-    foreign = sorted(key for key, record in records.items() if record.get("config_hash") != cfg.config_hash)
-    if foreign and resume and not overwrite:
-        raise AuditConfigError(
-            [
-                ConfigProblem(
-                    "output",
-                    f"'{store.path}' holds results of a different configuration ({', '.join(foreign[:3])}): pass "
-                    "overwrite=True (--overwrite) to discard them, or choose another output folder.",
-                )
-            ],
-            cfg.source,
+            source,
         )
     if overwrite:
-        for name in (*REPORT_FILES, GRID_FILE, UTILITY_FIGURE):
+        for name in files:
             (out / name).unlink(missing_ok=True)
-    if overwrite:
         store.clear()
         return {}
-    return records if resume else {}  # without resume, new records supersede the old ones of the same settings
+    # without resume, new records supersede the old ones of the same settings
+    return store.latest(repair=True, valid=valid) if resume else {}
 
 
 #: What a resumed setting's record must hold: the report reads these.
-_RUN_FIELDS = ("ssim", "psnr", "per_image", "num_images", "recognisable_share", "steps", "num_restarts")
+_RUN_FIELDS = ("ssim", "psnr", "per_image", "num_images", "steps", "num_restarts")
 
 
 def _intact(record: dict[str, Any]) -> bool:
     """Whether a record is one this audit writes: a setting's scores, or a defence's utility."""
     run, utility = record.get("run"), record.get("utility")
     if isinstance(run, dict) and all(k in run for k in _RUN_FIELDS) and isinstance(run["per_image"], dict):
+        return isinstance(run["per_image"].get("ssim"), list)
         return True
     return isinstance(utility, dict) and "run" not in record
 
@@ -268,21 +282,28 @@ def _run_setting(
     )
     prior_name = cfg.prior_info[attack.prior]["name"] if attack.prior is not None else None
     run = aggregate_run(case, attack.name, prior_name, per_batch, lpips)
-    threshold = cfg.settings["report"]["recognisable_ssim"]
-    recognisable = int(sum(v >= threshold for v in run["per_image"]["ssim"]))
     run.update(
-        id=setting.id,
-        config_hash=cfg.config_hash,
-        defense_label=defense.label,
-        attack_label=attack.label,
         images=len(cfg.x),
         seeds=list(seeds),
         labels_known=attack.labels_known,
-        recognisable=recognisable,
-        recognisable_share=recognisable / run["num_images"],
         measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return run, {"originals": np.concatenate(originals), "reconstructions": np.concatenate(reconstructions)}
+
+
+def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[str, Any]:
+    """A setting's measured record with what this configuration calls it and how its thresholds count it."""
+    threshold = cfg.settings["report"]["recognisable_ssim"]
+    recognisable = int(sum(v >= threshold for v in run["per_image"]["ssim"]))
+    return {
+        **run,
+        "id": setting.id,
+        "config_hash": cfg.config_hash,
+        "defense_label": cfg.defenses[setting.defense].label,
+        "attack_label": setting.attack.label,
+        "recognisable": recognisable,
+        "recognisable_share": recognisable / run["num_images"],
+    }
 
 
 def _measure(cfg: AuditConfig, index: int) -> dict[str, Any]:

@@ -77,10 +77,11 @@ class Executor(abc.ABC):
         """What is recorded about the executor in the results file."""
 
 
-def watch_parent(parent: int, interval: float = 1.0) -> None:
+def init_worker(parent: int, interval: float = 1.0) -> None:
     """
-    In a pool worker: exit as soon as the driver process ``parent`` is gone, even killed without a chance to clean
-    up (SIGKILL), so that no orphaned worker keeps running a job nobody will record.
+    Set up a pool worker: exit as soon as the driver process ``parent`` is gone, even killed without a chance to
+    clean up (SIGKILL), so that no orphaned worker keeps running a job nobody will record; progress bars take a
+    thread lock.
     """
 
     def watch() -> None:
@@ -89,6 +90,11 @@ def watch_parent(parent: int, interval: float = 1.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="art-gifd-parent-watch", daemon=True).start()
+    # tqdm would create a multiprocessing lock in each worker, which an interrupted run's terminate() leaves
+    # registered ("leaked semaphore" warnings); a worker's bars are its own, so a thread lock is enough
+    from tqdm.auto import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 class LocalExecutor(Executor):
@@ -114,7 +120,7 @@ class LocalExecutor(Executor):
             self._pool = cf.ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=watch_parent,
+                initializer=init_worker,
                 initargs=(os.getpid(),),
             )
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from art_gifd.bench.config import canonical_json
 from art_gifd.bench.grid import defense_label
+from art_gifd.bench.runner import read_results
 from art_gifd.metrics import split_by_shared_label
 from art_gifd.store import ResultsFile, write_json_atomic
 
@@ -98,16 +99,16 @@ def _grid_position(row: dict[str, Any], config: dict[str, Any]) -> tuple[int, ..
     def index(items: list[Any], value: Any) -> int:
         return items.index(value) if value in items else len(items)
 
-    defenses = config["defenses"]
+    defenses = config.get("defenses", [])
     defense = index([d["name"] for d in defenses], row["defense"])
     points = [(p["strength"], p["adaptive"]) for p in defenses[defense]["points"]] if defense < len(defenses) else []
     return (
-        index([d["name"] for d in config["datasets"]], row["dataset"]),
-        index(config["models"], row["model"]),
-        index(config["batch_sizes"], row["batch_size"]),
+        index([d["name"] for d in config.get("datasets", [])], row["dataset"]),
+        index(config.get("models", []), row["model"]),
+        index(config.get("batch_sizes", []), row["batch_size"]),
         defense,
         index(points, (row["strength"], row["adaptive"])),
-        index([a["label"] for a in config["attacks"]], row["attack"]),
+        index([a["label"] for a in config.get("attacks", [])], row["attack"]),
     )
 
 
@@ -159,7 +160,9 @@ def _case_key(row: dict[str, Any]) -> tuple[str, str, int]:
 
 
 def _epsilon(row: dict[str, Any]) -> str:
-    return "–" if row["epsilon"] is None else f"{row['epsilon']:.3g} ({row['delta']:g})"
+    if row["epsilon"] is None:
+        return "–"
+    return f"{row['epsilon']:.3g}" + ("" if row["delta"] is None else f" ({row['delta']:g})")
 
 
 def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> str:
@@ -253,24 +256,25 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
     :param out: Output folder (default: ``<results stem>-report`` beside the file).
     :return: The files written.
     :raises FileNotFoundError: If the results file does not exist.
-    :raises ValueError: If it is not a results file of ``art-gifd bench`` or holds no job yet.
+    :raises ValueError: If it is not a results file of ``art-gifd bench`` or holds no job yet. A line of the wrong
+                        shape (edited by hand) is left out, with a warning naming it.
     """
     store = ResultsFile(results)
     if not store.path.is_file():
         raise FileNotFoundError(f"Results file '{store.path}' not found.")
-    runs, jobs = store.read()
-    records = list({r["job_id"]: r for r in jobs if "job_id" in r}.values())
+    way_out = "give the --results file that 'art-gifd bench' wrote"
+    runs, jobs = read_results(store, way_out)
+    records = list({r["job_id"]: r for r in jobs}.values())
     if not runs and not records:
         raise ValueError(
-            f"'{store.path}' is not a results file of art-gifd bench (no run header, no job record): give the "
-            "--results file that 'art-gifd bench' wrote."
+            f"'{store.path}' is not a results file of art-gifd bench (no run header, no job record): {way_out}."
         )
     if not records:
         raise ValueError(f"'{store.path}' holds no finished job yet: run 'art-gifd bench' on it first.")
     rows, errors = aggregate(records, runs[-1]["config"] if runs else None)
     out = Path(out) if out is not None else store.path.with_name(store.path.stem + "-report")
     out.mkdir(parents=True, exist_ok=True)
-    title = runs[-1]["config"]["name"] if runs else store.path.stem
+    title = runs[-1]["config"].get("name", store.path.stem) if runs else store.path.stem
     document = {
         "schema": REPORT_SCHEMA,
         "results": str(store.path),

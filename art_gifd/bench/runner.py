@@ -5,6 +5,7 @@ Every finished job appends one line (written in one call, flushed and fsynced), 
 file or not at all; a line torn by a crash during the write is discarded when the file is opened again. A rerun
 skips the jobs already in the file, so killing a run at any moment and starting it again loses and duplicates
 nothing. A job that raises is recorded as an error line (exception and traceback summary) and the grid goes on.
+A line of the wrong shape (edited by hand) is skipped with a warning naming it, and its job is run again.
 
 Line types (``schema`` ``art-gifd/bench/v1``):
 
@@ -20,6 +21,7 @@ Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import random
@@ -38,13 +40,58 @@ from tqdm.auto import tqdm
 from art_gifd.bench.config import BenchConfig
 from art_gifd.bench.executors import Executor, ExecutorFailure, LocalExecutor
 from art_gifd.bench.grid import Job, JobOutcome, expand_grid
-from art_gifd.store import ResultsFile, environment, source_commit
+from art_gifd.store import NULL, NUMBER, ResultsFile, environment, shape_problem, source_commit
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = "art-gifd/bench/v1"
 #: Frames kept in the traceback summary of a failed job.
 TRACEBACK_FRAMES = 8
+
+_MAYBE_NUMBER = (*NUMBER, NULL)
+#: What the report reads of a run header (see :func:`~art_gifd.store.shape_problem`): the title and grid order.
+RUN_SHAPE = {
+    "config": {
+        "name?": str,
+        "datasets?": [{"name": str}],
+        "models?": [str],
+        "batch_sizes?": [int],
+        "attacks?": [{"label": str}],
+        "defenses?": [{"name": str, "points": [{"strength": _MAYBE_NUMBER, "adaptive": bool}]}],
+    },
+    "executor?": dict,
+}
+#: What the report and a resumed run read of a failed job's line.
+ERROR_SHAPE = {"job_id": str, "label": str, "error": {"type": str, "message": str}}
+#: What they read of a successful job's line (``shared_label`` is missing from lines written before it was kept).
+OK_SHAPE = {
+    "job_id": str,
+    "label": str,
+    "config": {
+        "dataset": {"name": str},
+        "model": str,
+        "batch_size": int,
+        "seed": int,
+        "attack": {"name": str, "label": str},
+        "defense": {"name": str, "type": str, "grid": (str, NULL), "strength": _MAYBE_NUMBER},
+    },
+    "result": {
+        "per_image": {
+            "psnr": [NUMBER],
+            "ssim": (NULL, [NUMBER]),
+            "lpips": (NULL, [NUMBER]),
+            "shared_label?": (NULL, [bool]),
+        },
+        "label_accuracy": _MAYBE_NUMBER,
+        "lpips_unavailable_reason?": (str, NULL),
+    },
+    "defense": {"adaptive": bool},
+    "epsilon": _MAYBE_NUMBER,
+    "delta": _MAYBE_NUMBER,
+    "utility_key": (str, NULL),
+    "utility": (NULL, {"accuracy": _MAYBE_NUMBER, "gradient_cosine": _MAYBE_NUMBER}),
+    "seconds": NUMBER,
+}
 
 
 def run_job(job: Job, utility: dict[str, Any] | None = None) -> JobOutcome:
@@ -181,6 +228,92 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# ---------------------------------------------------------------------------------------------------- reading back
+
+
+class NotBenchResults(ValueError):
+    """The file given as a results file is of another kind (an audit's records, a JSON report)."""
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """
+    What is wrong with a line of a results file, read back after a hand edit or a write by another program.
+
+    :param record: A JSON object of the file.
+    :return: ``None`` for a run header or job line of the shape this module writes, else the problem in one phrase.
+    """
+    if record.get("type") == "run":
+        return shape_problem(record, RUN_SHAPE)
+    if record.get("status") not in ("ok", "error"):
+        return f'status is {json.dumps(record.get("status"))}, expected "ok" or "error"'
+    problem = shape_problem(record, OK_SHAPE if record["status"] == "ok" else ERROR_SHAPE)
+    if problem is not None or record["status"] == "error":
+        return problem
+    defense = record["config"]["defense"]
+    if defense["grid"] is not None and defense["strength"] is None:
+        return f"config.defense.strength is null, expected the {defense['grid']} of the grid point"
+    per_image = record["result"]["per_image"]
+    lengths = {
+        k: len(v) for k, v in per_image.items() if k in ("psnr", "ssim", "lpips", "shared_label") and v is not None
+    }
+    if len(set(lengths.values())) > 1:
+        return f"result.per_image holds lists of different lengths ({lengths})"
+    return None
+
+
+def _other_kind(path: Path) -> str | None:
+    """
+    What kind of file ``path`` is if it is clearly not a results file of this module (a JSON document, the records
+    file of an audit), judged before its lines are read one by one; ``None`` otherwise.
+    """
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:  # JSON lines never parse as one document, a report does
+        try:
+            document = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            schema = document.get("schema") if isinstance(document, dict) else None
+            return "a JSON document" + (f" (schema {schema})" if isinstance(schema, str) else "")
+    try:
+        first = json.loads(lines[0]) if lines else None
+    except ValueError:
+        return None
+    # an audit's lines: {job_id, config_hash, run | utility}; a capture audit's: one flat record per update
+    if isinstance(first, dict) and "type" not in first and "config_hash" in first:
+        if "update_explained" in first:
+            return "the records file of an art-gifd capture audit"
+        if "run" in first or "utility" in first:
+            return "the records file of an art-gifd audit (its report is report.html in the audit's output folder)"
+    return None
+
+
+def read_results(
+    store: ResultsFile,
+    way_out: str = "give 'art-gifd bench' a results file of its own (--results)",
+    repair: bool = False,
+) -> tuple[list[dict], list[dict]]:
+    """
+    The run headers and job records of a results file; a line of the wrong shape (:func:`record_problem`) is skipped
+    with a warning naming its line number, so that nothing is computed from it.
+
+    :param store: The results file.
+    :param way_out: What to do when it is of another kind, for the error message.
+    :param repair: As in :meth:`~art_gifd.store.ResultsFile.read`.
+    :return: ``(runs, jobs)``.
+    :raises NotBenchResults: If the file is of another kind (checked before any line is read).
+    """
+    kind = _other_kind(store.path)
+    if kind is not None:
+        raise NotBenchResults(
+            f"'{store.path}' is {kind}, not the JSON-lines results file of art-gifd bench: {way_out}."
+        )
+    return store.read(repair=repair, check=record_problem)
+
+
 # ---------------------------------------------------------------------------------------------------------- driver
 
 
@@ -193,6 +326,8 @@ class BenchSummary:
     already_done: int
     ok: int = 0
     errors: int = 0
+    #: Jobs skipped because the file records them as failed (without ``retry_errors``).
+    failed_before: int = 0
     interrupted: bool = False
     failed_labels: list[str] = field(default_factory=list)
 
@@ -228,6 +363,7 @@ def run_benchmark(
     :return: Counts of what was done.
     :raises ConfigError: If ``check_inputs`` finds a problem.
     :raises ResultsBusy: If another run is writing ``results``.
+    :raises NotBenchResults: If ``results`` is a file of another kind (an audit's records, a JSON report).
     """
     executor = executor if executor is not None else LocalExecutor()
     store = ResultsFile(results)
@@ -262,13 +398,14 @@ def _run_locked(
     command: str | None,
     check_inputs: bool,
 ) -> BenchSummary:
-    _, previous = store.read(repair=True)
+    _, previous = read_results(store, repair=True)
     latest = {record["job_id"]: record for record in previous}
     done = {k for k, r in latest.items() if r["status"] == "ok" or not retry_errors}
     utilities = {r["utility_key"]: r["utility"] for r in previous if r["status"] == "ok" and r.get("utility")}
     jobs = expand_grid(config)
     todo = [job for job in jobs if job.job_id not in done]
-    summary = BenchSummary(store.path, len(jobs), len(jobs) - len(todo))
+    failed_before = sum(job.job_id in done and latest[job.job_id]["status"] == "error" for job in jobs)
+    summary = BenchSummary(store.path, len(jobs), len(jobs) - len(todo), failed_before=failed_before)
     if not todo:
         return summary
     if check_inputs:
@@ -434,8 +571,11 @@ __all__ = [
     "SCHEMA",
     "BenchSummary",
     "JobOutcome",
+    "NotBenchResults",
     "check_job_inputs",
     "error_record",
+    "read_results",
+    "record_problem",
     "run_benchmark",
     "run_job",
 ]

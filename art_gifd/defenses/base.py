@@ -14,7 +14,7 @@ client would have shared, given the observed (defended) gradient.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +119,13 @@ class FunctionDefense(Defense):
         self.function = function
 
     def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:
-        return list(self.function(grads))
+        out = self.function(grads)
+        if isinstance(out, torch.Tensor | str | bytes | Mapping) or not isinstance(out, Iterable):
+            raise ValueError(
+                f"defence {self!r}: its function returned {type(out).__name__}, not a list of gradient tensors (one "
+                "per parameter, in model.parameters() order)."
+            )
+        return list(out)
 
     def params(self) -> dict[str, Any]:
         return {"function": getattr(self.function, "__qualname__", repr(self.function))}

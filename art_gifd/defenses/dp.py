@@ -96,14 +96,20 @@ class DPSGD(Defense):
         check_number("delta", delta, 0.0, 1.0, closed="neither")
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
-        sigma = get_noise_multiplier(
-            target_epsilon=epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=epsilon_tolerance,
-        )
+        try:
+            sigma = get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=epsilon_tolerance,
+            )
+        except ValueError as err:  # Opacus: "The privacy budget is too low." (no finite noise reaches it)
+            raise ValueError(
+                f"epsilon={epsilon:g} cannot be reached at delta={delta:g} with sample_rate={sample_rate:g} and "
+                f"{steps} steps ({err}): raise epsilon or delta, or lower sample_rate or steps."
+            ) from None
         return cls(sigma, max_grad_norm, sample_rate, steps, delta, accountant)
 
     def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from art_gifd.federated import TRAINING_KEYS
-from art_gifd.store import npz_bytes, write_bytes_atomic, write_json_atomic
+from art_gifd.store import NULL, npz_bytes, shape_problem, write_bytes_atomic, write_json_atomic
 
 #: Format tag of ``index.json``.
 CAPTURE_FORMAT = "art-gifd-capture/1"
@@ -102,7 +102,7 @@ class CaptureWriter:
                 "format": CAPTURE_FORMAT,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "metadata": _plain(dict(metadata or {})),
-                "rounds": {},
+                "rounds": {},  # any object: round number -> its entry
                 "updates": [],
             }
             write_json_atomic(index, self.index)
@@ -225,7 +225,34 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         raise CaptureError(f"{index}: unreadable ({err}). Capture the run again.") from err
     if not isinstance(data, dict) or data.get("format") != CAPTURE_FORMAT:
         raise CaptureError(f"{index}: not an art-gifd capture index (format {CAPTURE_FORMAT!r} expected).")
+    problem = shape_problem(data, _INDEX_SHAPE)
+    for update in data["updates"] if problem is None else []:
+        if update.get("num_examples") is not None and update["num_examples"] < 1:
+            problem = f"update {update['file']} has num_examples {update['num_examples']}, expected at least 1"
+        elif "global" not in data["rounds"].get(str(update["round"]), {}):
+            problem = f"update {update['file']} is of round {update['round']}, whose global weights were not captured"
+        if problem is not None:
+            break
+    if problem is not None:
+        raise CaptureError(f"{index}: damaged ({problem}). Restore the file or capture the run again.")
     return data
+
+
+#: What an index entry holds (as :class:`CaptureWriter` writes it), checked when a folder is read.
+_INDEX_SHAPE = {
+    "rounds": {},  # any object: round number -> its entry
+    "updates": [
+        {
+            "round": int,
+            "node_id": int,
+            "file": str,
+            "sha256": str,
+            "num_examples?": (NULL, int),
+            "metrics?": dict,
+            "config?": (NULL, dict),
+        }
+    ],
+}
 
 
 @dataclass(frozen=True)
