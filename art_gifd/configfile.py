@@ -172,13 +172,25 @@ _YAML12_FLOAT = re.compile(
 
 
 def _yaml_loader() -> type:
-    """A safe YAML loader that also resolves YAML 1.2 floats."""
+    """
+    A safe YAML loader that reads numbers as YAML 1.2 does: ``5e-2`` is a float, ``010`` is ten (PyYAML's YAML 1.1
+    reads it as octal eight) and ``1:30`` a string (not the sexagesimal 90).
+    """
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
+    def integer(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+        text = loader.construct_scalar(node)
+        if ":" in text:
+            return text
+        if re.fullmatch(r"[-+]?0[0-9_]+", text):
+            return int(text.replace("_", ""), 10)
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    Loader.add_constructor("tag:yaml.org,2002:int", integer)
     return Loader
 
 

@@ -54,6 +54,8 @@ def test_numpy_integers_pass_the_attack_and_the_defences(lenet_clf, default_prio
 def test_yaml_reads_scientific_notation_as_numbers() -> None:
     document = parse_document('lr: 5e-2\nsteps: 1e3\nplain: 0.1\nquoted: "5e-2"\nname: abc\n', "yaml")
     assert document.data == {"lr": 0.05, "steps": 1000.0, "plain": 0.1, "quoted": "5e-2", "name": "abc"}
+    document = parse_document("seeds: [010, 7, 0x10]\ntime: 1:30\n", "yaml")  # YAML 1.2, not 1.1's octal
+    assert document.data == {"seeds": [10, 7, 16], "time": "1:30"}
 
 
 @pytest.mark.parametrize(
