@@ -16,6 +16,7 @@ Offline data sets shipped by installed packages, as float32 NCHW arrays in ``[0,
 from __future__ import annotations
 
 import gzip
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -175,7 +176,9 @@ def load_dataset(name: str, split: str = "heldout") -> tuple[np.ndarray, np.ndar
 def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """
     Images from a local folder with one sub-folder per class (torchvision's ``ImageFolder`` layout), e.g.
-    ``root/cat/001.png``, ``root/dog/002.jpg``. Labels are the indices of the class folders in sorted order.
+    ``root/cat/001.png``, ``root/dog/002.jpg``. Labels are the indices of the class folders in sorted (text) order,
+    as torchvision's ``ImageFolder`` gives them; numbered folders whose text order is not their numeric order
+    (``0`` … ``10``: ``10`` sorts before ``2``) get a warning that names the labels.
 
     All images must have the same size (resize them beforehand: a silent resize would change what is audited).
 
@@ -209,4 +212,14 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
             )
         images.append(pixels.reshape(*pixels.shape[:2], channels).transpose(2, 0, 1))
     labels = np.asarray([label for _, label in folder.samples], dtype=np.int64)
-    return np.stack(images), labels, list(folder.classes)
+    names = list(folder.classes)
+    if all(n.isdigit() for n in names) and names != sorted(names, key=int):
+        moved = [f"folder '{n}' is label {i}" for i, n in enumerate(names) if n != sorted(names, key=int)[i]][:3]
+        warnings.warn(
+            f"The class folders of '{root}' are numbered, and their labels follow the names' text order (as "
+            f"torchvision's ImageFolder does): {', '.join(moved)}. If your model's class k is folder 'k', rename the "
+            "folders with zero padding (00, 01, …) so that both orders agree.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return np.stack(images), labels, names

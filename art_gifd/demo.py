@@ -21,6 +21,7 @@ from art_gifd.priors.embedded import DEFAULT_PRIOR, EMBEDDED_PRIORS, load_defaul
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.report.html import write_results_html
 from art_gifd.store import environment, write_json_atomic
+from art_gifd.validation import MAX_SEED, check_device, check_flag, check_integer, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,13 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, device: str = 
     :param device: Torch device.
     :param verbose: Progress bars.
     :return: The results document that was written to ``out/results.json``.
+    :raises ValueError: For an output folder that cannot be written, a seed outside ``[0, 2**63 - 1]`` or a device
+                        this machine does not have (before any work).
     """
-    out = Path(out)
+    out = check_output_folder(out)
+    check_integer("seed", seed, 0, MAX_SEED)
+    device = str(check_device(device))
+    check_flag("quick", quick)
     out.mkdir(parents=True, exist_ok=True)
     experiment = demo_experiment(quick, seed, device, verbose)
     prior = load_default_prior(device=device)

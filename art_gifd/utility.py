@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from art_gifd.defenses.base import DefenseLike, make_generator
-from art_gifd.federated import TargetModel, defended_gradients
-from art_gifd.validation import check_integer, check_number
+from art_gifd.federated import TargetModel, clip_range, defended_gradients
+from art_gifd.validation import MAX_SEED, check_integer, check_number
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -77,21 +77,24 @@ def measure_utility(
 
     :param defense: Client-side defence, or ``None``.
     :param estimator: ART ``PyTorchClassifier`` of the FL model (its weights are the starting point).
-    :param data: ``(x_train, y_train, x_test, y_test)``; ``None`` uses the embedded MNIST digits,
+    :param data: ``(x_train, y_train, x_test, y_test)``, the images finite and in the estimator's ``clip_values``;
+                 ``None`` uses the embedded MNIST digits,
                  ``load_mnist32("train")`` and ``load_mnist32("heldout")`` (needs a 1×32×32 input).
     :param rounds: FedSGD rounds.
     :param batch_size: Client batch size, also used for the cosine probes.
     :param learning_rate: Server learning rate.
     :param probe_batches: Batches over which the gradient cosine is averaged.
-    :param seed: Seed of batch sampling and of the defence's randomness.
+    :param seed: Seed of batch sampling and of the defence's randomness, in ``[0, 2**63 - 1]``.
     :param train_mode: Compute client gradients with the model in train mode.
     :return: The measured utility.
+    :raises ValueError: On a bad parameter, or data of the wrong shape, non-finite or outside ``clip_values``.
     """
     start = time.perf_counter()
     rounds = check_integer("rounds", rounds, 0)
     batch_size = check_integer("batch_size", batch_size, 1)
     probe_batches = check_integer("probe_batches", probe_batches, 1)
     learning_rate = check_number("learning_rate", learning_rate, 0.0, closed="neither")
+    seed = check_integer("seed", seed, 0, MAX_SEED)
     target = TargetModel(estimator, train_mode=train_mode)
     x_train, y_train, x_test, y_test = _utility_data(data, target)
     if batch_size > len(x_train):
@@ -148,7 +151,29 @@ def _utility_data(data: UtilityData | None, target: TargetModel) -> UtilityData:
                 f"data: the {name} images must have shape (N, {', '.join(map(str, target.input_shape))}) with N > 0 "
                 f"and one label each, got images {x.shape} and {len(y)} labels."
             )
+        _check_pixels(f"x_{name}", x, target)
     return x_train, y_train, x_test, y_test
+
+
+def _check_pixels(name: str, x: np.ndarray, target: TargetModel) -> None:
+    """
+    Refuse images that are not finite reals or lie outside the estimator's ``clip_values``: a model would still
+    give an accuracy on them, but not one of the data it is meant for.
+    """
+    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+        raise ValueError(f"data: {name} must hold real pixel values, got dtype {x.dtype}.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"data: {name} contains NaN or infinite values: pass finite images.")
+    if target.estimator.clip_values is None:
+        return
+    lo, hi = clip_range(target.estimator)
+    low, high = float(x.min()), float(x.max())
+    slack = 1e-3 * (hi - lo)  # float rounding of images scaled to the range
+    if low < lo - slack or high > hi + slack:
+        raise ValueError(
+            f"data: {name} spans [{low:g}, {high:g}] but the estimator's clip_values are [{lo:g}, {hi:g}]: scale the "
+            "images to the model's input range (e.g. x / 255 for 8-bit images)."
+        )
 
 
 def _accuracy(target: TargetModel, x: np.ndarray, y: np.ndarray, chunk: int = 500) -> float:

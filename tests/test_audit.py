@@ -221,6 +221,11 @@ def test_torchscript_model_gives_the_eager_gradients(tmp_path) -> None:
     path = write_config(tmp_path)
     text = path.read_text().replace('factory = "art_gifd.models:lenet"\nfactory_kwargs = { seed = 0 }\n', "")
     path.write_text(text.replace("input_shape", 'torchscript = "lenet.ts"\ninput_shape'))
+    # the converted graph has no nn.Linear head to read labels from: named before any work
+    with pytest.raises(AuditConfigError, match=r'needs the classifier head.*set labels = "known"') as err:
+        load_audit_config(path)
+    assert err.value.keys == ["attacks[0].name"]
+    path.write_text(path.read_text().replace('prior = "mnist"\n', 'prior = "mnist"\nlabels = "known"\n'))
     cfg = load_audit_config(path)
     reference = load_audit_config(write_config(tmp_path, name="eager.toml"))
     labels = np.array([3, 7])

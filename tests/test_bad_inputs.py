@@ -332,3 +332,44 @@ def test_a_defence_function_that_returns_no_gradients_is_named(lenet_clf, heldou
 
     with pytest.raises(ValueError, match="its function returned NoneType, not a list of gradient tensors"):
         client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1], defense=FunctionDefense(lambda grads: None))
+
+
+def test_numbered_class_folders_sorted_as_text_are_named(tmp_path) -> None:
+    import warnings
+
+    from PIL import Image
+
+    from art_gifd.data import load_image_folder
+
+    for root, width in ((tmp_path / "plain", 1), (tmp_path / "padded", 2)):
+        for k in range(11):
+            (root / f"{k:0{width}d}").mkdir(parents=True)
+            Image.fromarray(np.full((4, 4), 20 * k, dtype=np.uint8), mode="L").save(root / f"{k:0{width}d}" / "a.png")
+    with pytest.warns(UserWarning, match="folder '10' is label 2, folder '2' is label 3"):
+        _, labels, names = load_image_folder(tmp_path / "plain")
+    assert names[2] == "10" and labels[2] == 2  # torchvision's order is kept, and said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, labels, names = load_image_folder(tmp_path / "padded")
+    assert names == [f"{k:02d}" for k in range(11)] and labels.tolist() == list(range(11))
+
+
+def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf, default_prior, heldout) -> None:
+    from art_gifd.demo import run_demo
+
+    (tmp_path / "a-file").write_text("x")
+    for kwargs, message in (
+        ({"seed": -1}, r"seed must be an integer in \[0, "),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"device": "foo"}, "is not a device name"),
+        ({"out": tmp_path / "a-file"}, "is a file: give a folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_demo(**{"out": tmp_path / "demo", **kwargs})
+    assert not (tmp_path / "demo").exists()  # refused before any work
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    attack = GIFDAttack(lenet_clf, default_prior, max_stage=2, steps_per_stage=1, verbose=False)
+    with pytest.raises(ValueError, match=r"seeds\[0\] must be an integer in \[0, "):
+        attack.reconstruct_many([grads], seeds=[1.9])
+    with pytest.raises(ValueError, match=r"estimators\[1\] is a Sequential, not an ART PyTorchClassifier"):
+        attack.reconstruct_many([grads, grads], estimators=[lenet_clf, lenet_clf.model])

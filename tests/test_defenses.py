@@ -312,6 +312,39 @@ def test_measure_utility_is_seeded_and_measures_the_cost(heldout) -> None:
         measure_utility(None, clf, data, rounds=-1)
 
 
+def _bad_utility_data(x: np.ndarray, y: np.ndarray, which: str) -> tuple:
+    """Eight training and eight test images of ``x``, one of them spoilt as ``which`` says."""
+    x_train, x_test = x[:8].copy(), x[8:16].copy()
+    if which == "uint8":
+        x_train = (x_train * 255).astype(np.uint8)
+    elif which == "nan":
+        x_train[0, 0, 0, 0] = np.nan
+    else:
+        x_test = x_test * 2 - 1
+    return x_train, y[:8], x_test, y[8:16]
+
+
+@pytest.mark.parametrize(
+    ("which", "message"),
+    [
+        ("uint8", r"x_train spans \[0, 255\] but the estimator's clip_values are \[0, 1\]: scale the images"),
+        ("nan", "x_train contains NaN or infinite values"),
+        ("minus_one", r"x_test spans \[-1, 1\] but the estimator's clip_values"),
+    ],
+)
+def test_measure_utility_refuses_data_outside_the_input_range(heldout, clf4, which, message) -> None:
+    data = _bad_utility_data(*heldout, which)
+    with pytest.raises(ValueError, match=message):
+        measure_utility(None, clf4, data, rounds=1, batch_size=2, probe_batches=1)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, 2**63])
+def test_measure_utility_checks_the_seed(heldout, clf4, seed) -> None:
+    x, y = heldout
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9223372036854775807\]"):
+        measure_utility(None, clf4, (x[:8], y[:8], x[8:16], y[8:16]), rounds=1, batch_size=2, seed=seed)
+
+
 def test_experiment_records_the_defence(default_prior) -> None:
     from art_gifd.experiment import Case, Experiment, run_experiment
 

@@ -352,7 +352,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param max_together: At most this many observations per batched search (``None``: as many as the memory
                              estimate of a FedAvg replay allows, else all).
         :return: One result per observation, in order.
-        :raises ValueError: If the lists differ in length or an estimator's model differs from this attack's.
+        :raises ValueError: If the lists differ in length, a seed is not an integer in ``[0, 2**63 - 1]``, or an
+                            estimator is not a classifier of this attack's architecture.
         """
         count = len(observations)
         for name, values in (("labels", labels), ("estimators", estimators), ("seeds", seeds)):
@@ -368,6 +369,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         for t in range(count):
             attack = copy.copy(self)  # per-observation search state (e.g. generator labels) on its own copy
             if estimators is not None:
+                if not isinstance(estimators[t], PyTorchClassifier):
+                    raise ValueError(
+                        f"estimators[{t}] is a {type(estimators[t]).__name__}, not an ART PyTorchClassifier: wrap "
+                        "the model with art_gifd.models.make_classifier(model, input_shape)."
+                    )
                 other = [tuple(p.shape) for p in estimators[t].model.parameters()]
                 if other != shapes:
                     raise ValueError(
@@ -376,7 +382,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     )
                 attack._estimator = estimators[t]
             if seeds is not None:
-                attack.seed = seeds[t]
+                attack.seed = check_integer(f"seeds[{t}]", seeds[t], 0, MAX_SEED)
             attacks.append(attack)
         searches = [
             a._begin(x, None if labels is None else labels[t])

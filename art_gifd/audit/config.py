@@ -182,6 +182,7 @@ from art_gifd.federated import (
     client_update,
     read_federated_table,
 )
+from art_gifd.labels import find_classifier_head
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.store import ResultsBusy, ResultsFile
@@ -886,7 +887,21 @@ def _probe_attacks(
             )
     if check.failed_under(("priors",)):
         return
+    try:
+        find_classifier_head(estimator.model, estimator.nb_classes)
+        headless = False
+    except ValueError:
+        headless = True
     for attack in attacks:
+        if headless and not attack.labels_known:
+            check.add(
+                ("attacks", attack.index, "name"),
+                f"attack '{attack.label}' infers the labels from each update, which needs the classifier head, an "
+                f"nn.Linear layer with {estimator.nb_classes} outputs, and this model has none (a TorchScript model "
+                'converts to a graph without nn modules): set labels = "known" on this attack, or give the model as '
+                "a factory.",
+            )
+            continue
         try:
             build_attack(
                 attack.name,

@@ -12,7 +12,8 @@ Line types (``schema`` ``art-gifd/bench/v1``):
 - ``{"type": "run", ...}``: one per invocation: command, git commit, date, device, configuration and its hash.
 - ``{"type": "job", "status": "ok", ...}``: the job's configuration, the attack's scores (``result``: PSNR, SSIM,
   LPIPS means and per-image values, label accuracy, steps, chosen stages), the defence with its (epsilon, delta),
-  the utility (:func:`~art_gifd.utility.measure_utility`), seconds, device and threads.
+  the utility (:func:`~art_gifd.utility.measure_utility`), seconds, device and threads. A utility measurement that
+  failed after the attack finished leaves ``utility`` null and its error in ``utility_error`` (type, message).
 - ``{"type": "job", "status": "error", ...}``: the job's configuration and the error.
 
 Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.npz`` before the job's line.
@@ -165,12 +166,17 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
     batches: list[tuple[np.ndarray, np.ndarray]] = []
     prior = load_prior(cfg["prior"]["spec"], device) if cfg["prior"] else None
     result = run_experiment(experiment, prior, prior_name, on_batch=lambda c, a, xs, rs: batches.append((xs, rs)))[0]
+    utility_error = None
     if cfg["utility"] is not None and utility is None:
         model = build_model(cfg["model"], x.shape[1], x.shape[-1], num_classes, seed=seed)
         estimator = make_classifier(model, x.shape[1:], nb_classes=num_classes, device=device)
         data, description = utility_data(dataset)
-        measured = measure_utility(defense, estimator, data=data, seed=seed, **cfg["utility"])
-        utility = {**measured.as_dict(), "data": description}
+        try:
+            measured = measure_utility(defense, estimator, data=data, seed=seed, **cfg["utility"])
+            utility = {**measured.as_dict(), "data": description}
+        except Exception as exc:  # the attack's numbers are kept: only the utility is lost (and recorded as failed)
+            logger.warning("utility of job %s failed: %s: %s", job.label, type(exc).__name__, exc)
+            utility_error = {"type": type(exc).__name__, "message": str(exc)}
     described = result["defense"]
     record = {
         **_job_fields(job),
@@ -181,6 +187,7 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
         "delta": described["delta"],
         "utility_key": job.utility_key,
         "utility": utility,
+        **({"utility_error": utility_error} if utility_error else {}),
         "seconds": time.perf_counter() - start,
         **_where(job),
     }
@@ -425,6 +432,9 @@ def _run_locked(
         if outcome.record["status"] == "error":
             error = outcome.record["error"]
             bar.write(f"error in {outcome.record['label']}: {error['type']}: {error['message']}")
+        elif "utility_error" in outcome.record:
+            error = outcome.record["utility_error"]
+            bar.write(f"utility not measured in {outcome.record['label']}: {error['type']}: {error['message']}")
 
     try:
         store.append(_run_header(config, executor, command, summary))
@@ -512,8 +522,8 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
     Check the device, and load every data set, prior and model the jobs use once and check that they fit together.
 
     :raises ConfigError: Naming the configuration key (and line) of an unusable device, a missing file, a data set
-                         with too few images, a prior whose images do not have the data set's shape, or a model that
-                         cannot be built.
+                         with too few images (for the attack, or for the utility run's ``utility.batch_size``), a
+                         prior whose images do not have the data set's shape, or a model that cannot be built.
     """
     from art_gifd.bench.components import load_images
     from art_gifd.models import build_model
@@ -544,6 +554,8 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
                 f"'{spec['split']}'",
             )
         shapes[name] = (tuple(x.shape[1:]), num_classes)
+        if config.utility is not None:
+            _check_utility_data(config, datasets[name])
     for model, name in dict.fromkeys((job.config["model"], job.config["dataset"]["name"]) for job in jobs):
         shape, num_classes = shapes[name]
         try:
@@ -565,6 +577,30 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
                 f"prior '{prior_name}' generates images of shape {tuple(prior.image_shape)} but data set '{name}' has "
                 f"{shapes[name][0]}: use a prior of the data's shape or restrict the attack with datasets = [...]",
             )
+
+
+def _check_utility_data(config: BenchConfig, index: int) -> None:
+    """
+    Check that the utility run of data set ``index`` can draw ``utility.batch_size`` distinct training images (what
+    :func:`~art_gifd.utility.measure_utility` would refuse after each job's attack).
+
+    :raises ConfigError: Naming ``utility.batch_size`` (or the data set if its utility data cannot be loaded).
+    """
+    from art_gifd.bench.components import utility_data
+
+    spec = config.datasets[index]
+    try:
+        (x_train, *_), description = utility_data(spec)
+    except (OSError, ValueError) as exc:
+        raise config.error(("datasets", index), f"cannot load the utility data: {exc}") from None
+    batch_size = config.utility["batch_size"]
+    if batch_size > len(x_train):
+        raise config.error(
+            ("utility", "batch_size"),
+            f"{batch_size} is more than the {len(x_train)} training images of the utility run on data set "
+            f"'{spec['name']}' ({description}): lower it to at most {len(x_train)}, use more images, or turn the "
+            "utility off (enabled = false)",
+        )
 
 
 __all__ = [

@@ -14,12 +14,19 @@ Stage 0 is the latent (standard normal of ``latent_shape``); stage ``k`` is the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
+
+
+#: Random latents the wrapper runs through the generator to check its output shape and range.
+SAMPLES = 16
+#: How far, as a fraction of ``output_range``'s width, outputs may overshoot it (float rounding of a bounded activation).
+RANGE_TOLERANCE = 1e-3
 
 
 class LayeredSequential(LayeredGenerator):
@@ -47,8 +54,9 @@ class LayeredSequential(LayeredGenerator):
                        ``nn.Sequential``.
         :param output_range: Range of the output pixels (``(-1, 1)`` for tanh, ``(0, 1)`` for sigmoid).
         :param training_domain: Description of the training data (stated in reports).
-        :raises ValueError: If a block name is unknown, the blocks are empty or the output shape differs from
-                            ``image_shape``.
+        :raises ValueError: If a block name is unknown, the blocks are empty, or the outputs of a test pass on random
+                            latents differ from ``image_shape``, are not finite or leave ``output_range``.
+        :warns UserWarning: If those outputs cover less than half of ``output_range`` (a range declared too wide).
         """
         super().__init__()
         if blocks is None:
@@ -80,12 +88,14 @@ class LayeredSequential(LayeredGenerator):
         self.training_domain = training_domain
         self.num_blocks = len(chain)
         self.freeze()
-        self._check_output_shape()
+        self._check_outputs()
 
-    def _check_output_shape(self) -> None:
+    def _check_outputs(self) -> None:
+        """Run the blocks on a few random latents: the images must have ``image_shape`` and fit ``output_range``."""
+        n = SAMPLES
         try:
             with torch.no_grad():
-                out = self(self.sample_latent(2, torch.Generator(device=self.device).manual_seed(0)))
+                out = self(self.sample_latent(n, torch.Generator(device=self.device).manual_seed(0)))
         except RuntimeError as err:
             raise ValueError(
                 f"The blocks cannot run on a latent of shape {self.latent_shape} ({err}). Check latent_shape and the "
@@ -95,6 +105,26 @@ class LayeredSequential(LayeredGenerator):
             raise ValueError(
                 f"The generator outputs images of shape {tuple(out.shape[1:])}, not image_shape={self.image_shape}. "
                 "Check image_shape, or the blocks (the last one must produce the image)."
+            )
+        if not bool(out.isfinite().all()):
+            raise ValueError(
+                "The generator outputs NaN or infinite values on random latents: check its weights and latent_shape."
+            )
+        lo, hi = self.output_range
+        low, high = float(out.min()), float(out.max())
+        declared = f"output_range=({lo:g}, {hi:g})"
+        found = f"outputs of {n} samples lie in [{low:.3g}, {high:.3g}]"
+        if low < lo - RANGE_TOLERANCE * (hi - lo) or high > hi + RANGE_TOLERANCE * (hi - lo):
+            raise ValueError(
+                f"The generator's {found}, beyond {declared}: pass its real output range (a Tanh output: "
+                "output_range=(-1, 1), a Sigmoid output: output_range=(0, 1)), or end it with a bounded activation."
+            )
+        if high - low < 0.5 * (hi - lo):
+            warnings.warn(
+                f"The generator's {found}, a small part of {declared}: pass the generator's real range (a Sigmoid "
+                "output: output_range=(0, 1)); GIFD maps output_range onto the model's input range.",
+                UserWarning,
+                stacklevel=4,
             )
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -132,5 +162,6 @@ def wrap_generator(
     :param output_range: Range of the output pixels.
     :param training_domain: Description of the training data (stated in reports).
     :return: The frozen layered generator.
+    :raises ValueError: See :class:`LayeredSequential`.
     """
     return LayeredSequential(module, latent_shape, image_shape, blocks, output_range, training_domain)
