@@ -373,3 +373,12 @@ def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf
         attack.reconstruct_many([grads], seeds=[1.9])
     with pytest.raises(ValueError, match=r"estimators\[1\] is a Sequential, not an ART PyTorchClassifier"):
         attack.reconstruct_many([grads, grads], estimators=[lenet_clf, lenet_clf.model])
+
+
+def test_grad_inversion_in_train_mode_is_refused_when_built() -> None:
+    from art_gifd.attacks import GradInversionAttack
+    from art_gifd.models import build_model
+
+    clf = make_classifier(build_model("convnet-bn", 1, 32, 10, seed=0), (1, 32, 32))
+    with pytest.raises(ValueError, match=r"needs BatchNorm running statistics.*train_mode=True"):
+        GradInversionAttack(clf, train_mode=True)

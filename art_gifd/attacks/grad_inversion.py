@@ -142,7 +142,8 @@ class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
     def _check_params(self) -> None:
         super()._check_params()
         self._check_numbers(("bn_weight", "group_weight"), positive=False)
-        BatchNormStatistics(TargetModel(self.estimator), self.batch_size)  # raises for a model without BatchNorm
+        # raises for a model without BatchNorm, or without running statistics in the client's mode
+        BatchNormStatistics(TargetModel(self.estimator, train_mode=self.train_mode), self.batch_size)
 
     def _regularisers(self, ctx: SearchContext) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         bn = BatchNormStatistics(ctx.target, ctx.batch_size)
