@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -737,3 +739,112 @@ def test_a_bench_with_failed_jobs_exits_1_and_says_where_their_errors_are(tmp_pa
     assert "1 of 2 jobs failed (1 in an earlier run)" in capsys.readouterr().err
     monkeypatch.setattr(runner_module, "_execute", real)
     assert main([*argv, "--retry-errors"]) == 0
+
+
+# ------------------------------------------------------------------------------- utility batch size, Ray address
+
+#: Six images in a folder: 5 train the utility run, 1 is held out (and attacked).
+FOLDER_TOML = """\
+name = "small"
+models = ["lenet"]
+budget = { steps_per_stage = 1, stages = 1, num_restarts = 1 }
+datasets = [{ name = "small", source = "folder", root = "ROOT", channels = 1, num_images = 1 }]
+attacks = [{ name = "pixel" }]
+defenses = [{ type = "none" }]
+
+[utility]
+rounds = 2
+probe_batches = 1
+batch_size = 32   # MARK:batch_size
+"""
+
+
+def _small_folder(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        folder = tmp_path / "images" / str(index % 2)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(folder / f"{index}.png")
+    return tmp_path / "images"
+
+
+def test_a_utility_batch_larger_than_its_training_part_is_refused_before_the_first_job(tmp_path, capsys) -> None:
+    config = tmp_path / "small.toml"
+    config.write_text(FOLDER_TOML.replace("ROOT", str(_small_folder(tmp_path))))
+    results = tmp_path / "small.jsonl"
+    with pytest.raises(ConfigError) as caught:
+        run_benchmark(load_config(config), results, progress=False)
+    assert caught.value.key == "utility.batch_size" and caught.value.line == line_of(config.read_text(), "MARK:")
+    assert "32 is more than the 5 training images" in caught.value.message
+    assert ResultsFile(results).read()[1] == []  # no job ran
+    # the default batch size (32), not written in the file, is named too
+    config.write_text(config.read_text().replace("batch_size = 32", ""))
+    assert main(["bench", str(config), "--results", str(results), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "utility.batch_size: 32 is more than the 5 training images" in err
+    assert "Traceback" not in err
+
+
+def test_a_failed_utility_keeps_the_attacks_numbers_and_reports_no_accuracy(tmp_path) -> None:
+    text = FOLDER_TOML.replace("ROOT", str(_small_folder(tmp_path)))
+    results = tmp_path / "failed.jsonl"
+    summary = run_benchmark(parse(text), results, progress=False, check_inputs=False)
+    (record,) = ResultsFile(results).read()[1]
+    assert (summary.ok, summary.errors) == (1, 0) and record["status"] == "ok" and record["utility"] is None
+    assert record["utility_error"]["type"] == "ValueError" and "batch_size" in record["utility_error"]["message"]
+    # the attack's numbers are those of the same job without a utility
+    without = tmp_path / "without.jsonl"
+    run_benchmark(parse(text.replace("rounds = 2", "enabled = false")), without, progress=False)
+    (reference,) = ResultsFile(without).read()[1]
+    assert record["result"]["per_image"] == reference["result"]["per_image"]
+    rows, errors = aggregate([record])
+    assert errors == [] and rows[0]["accuracy"] is None and rows[0]["gradient_cosine"] is None
+    table = markdown(rows, errors, [], "failed")
+    assert "| none | – | n/a | " in table
+
+
+def test_an_unreachable_ray_address_is_one_error_line(tmp_path, monkeypatch, capsys) -> None:
+    ray = pytest.importorskip("ray")
+    from art_gifd.bench.executors import RAY_PROBE_SECONDS
+
+    config = tmp_path / "ray.toml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            name = "ray"
+            models = ["lenet"]
+            budget = { steps_per_stage = 1, stages = 1, num_restarts = 1 }
+            utility = { enabled = false }
+            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
+            attacks = [{ name = "pixel" }]
+            defenses = [{ type = "none" }]
+            """
+        )
+    )
+    calls = []
+
+    def no_cluster(**kwargs):
+        calls.append(kwargs["address"])
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    argv = ["bench", str(config), "--results", str(tmp_path / "r.jsonl"), "--no-progress", "--ray-address"]
+    assert main([*argv, "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: cannot reach a Ray cluster at 'auto' (Could not find any running Ray instance): start one with "
+        "`ray start --head`, or leave out --ray-address to run locally\n"
+    )
+    # a host:port where nothing listens fails at the probe, without Ray's minutes of retries
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    start = time.perf_counter()
+    assert main([*argv, f"127.0.0.1:{port}"]) == 2
+    assert time.perf_counter() - start < RAY_PROBE_SECONDS
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach a Ray cluster at '127.0.0.1:{port}' (nothing answers at 127.0.0.1:")
+    assert err.count("\n") == 1 and calls == ["auto"]  # ray.init was not called for it

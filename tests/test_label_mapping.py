@@ -8,6 +8,7 @@ digit ``perm[c]`` (codes found by a small digit classifier trained here for a fe
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +119,7 @@ def test_bad_label_mappings_are_rejected_up_front(lenet_clf, permuted_prior, def
         GIFDAttack(lenet_clf, permuted_prior, label_mapping=AutoLabelMapping(scorer="votes"))
     with pytest.raises(ValueError, match="prior is not class-conditional"):
         GIFDAttack(lenet_clf, default_prior, label_mapping="auto")
+    with pytest.raises(ValueError, match=r"unknown generator classes: \[\(0, True\), \(1, 10\)\]"):
+        GIFDAttack(lenet_clf, permuted_prior, label_mapping={0: True, 1: 10})
+    numpy_mapping = {i: np.int64(9 - i) for i in range(10)}  # numpy integers name classes as ints do
+    assert GIFDAttack(lenet_clf, permuted_prior, label_mapping=numpy_mapping).label_mapping == numpy_mapping

@@ -9,10 +9,13 @@ import shutil
 import pytest
 import torch
 
+from art_gifd.configfile import Checker, parse_document
+from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
 from art_gifd.priors.dcgan import DCGANGenerator
 from art_gifd.priors.embedded import EMBEDDED_PRIORS, embedded_weights_path, load_default_prior
 from art_gifd.priors.faces import load_face_dcgan
+from art_gifd.priors.registry import read_prior_spec
 
 
 @pytest.mark.parametrize(("size", "nc", "classes"), [(32, 1, None), (64, 3, None), (16, 1, 5)])
@@ -113,3 +116,61 @@ def test_checkpoint_with_foreign_values_or_nan_is_refused(tmp_path, state, messa
     torch.save(state, path)
     with pytest.raises(ValueError, match=message):
         load_state_dict_file(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"nz": 64.5}, "nz must be a positive integer, got 64.5"),
+        ({"ngf": 0}, "ngf must be a positive integer, got 0"),
+        ({"image_size": 32.0}, "image_size must be a positive integer, got 32.0"),
+        ({"num_classes": -1}, "num_classes must be a positive integer or None, got -1"),
+        ({"num_classes": 3, "embed_dim": True}, "embed_dim must be a positive integer, got True"),
+    ],
+)
+def test_dcgan_sizes_must_be_positive_integers(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        DCGANGenerator(**kwargs)
+
+
+def test_a_generator_without_weights_or_buffers_is_on_the_cpu() -> None:
+    class Identity(LayeredGenerator):
+        num_blocks, image_shape = 1, (1, 2, 2)
+
+        def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+            return torch.zeros(n, 1, 2, 2)
+
+        def forward_blocks(self, h, start, stop, labels=None):
+            return h
+
+    assert Identity().device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("truncation", [0, 1.5])
+def test_prior_table_truncation_is_reported_under_its_key(tmp_path, truncation) -> None:
+    (tmp_path / "g.pt").write_bytes(b"")
+    text = f'type = "stylegan2"\nweights = "g.pt"\nsize = 32\ntruncation = {truncation}\n'
+    check = Checker(parse_document(text, "toml"), tmp_path)
+    assert read_prior_spec(check, check.document.data, ("priors", "p")) is None
+    assert [(p.key, p.message) for p in check.problems] == [
+        ("priors.p.truncation", f"must lie in (0, 1], got {truncation}.")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{not json", r"config\.json' is not a JSON file \(Expecting"),
+        ("[1, 2]", r"config\.json' is not a BigGAN config"),
+    ],
+)
+def test_a_bad_biggan_config_names_its_file(tmp_path, config, message) -> None:
+    pytest.importorskip("pytorch_pretrained_biggan")
+    from art_gifd.priors.biggan import load_biggan
+
+    (tmp_path / "config.json").write_text(config, encoding="utf-8")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=message):
+        load_biggan(tmp_path)
+    with pytest.raises(ValueError, match=r"truncation must lie in \(0, 1\], got 0"):
+        load_biggan(tmp_path, truncation=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,50 @@ def test_gifd_searches_a_wrapped_generator(heldout) -> None:
     # feature stages start from the previous best and can only improve the best matching loss
     assert np.all(np.diff(result.stage_losses.min(axis=1)) <= 1e-7)
     assert result.best_loss < result.stage_losses[0].max()
+
+
+def generator_ending_in(last: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1024), nn.Unflatten(1, (1, 32, 32)), last)
+
+
+@pytest.mark.parametrize(
+    ("last", "output_range", "message"),
+    [
+        (nn.Identity(), (-0.1, 0.1), r"outputs of 16 samples lie in \[-.*\], beyond output_range=\(-0\.1, 0\.1\)"),
+        (nn.Sigmoid(), (0, 0.5), r"beyond output_range=\(0, 0\.5\): pass its real output range"),
+        (nn.Threshold(1e9, float("nan")), (-1, 1), "The generator outputs NaN or infinite values"),
+    ],
+)
+def test_outputs_beyond_the_declared_range_are_refused(last, output_range, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        wrap_generator(generator_ending_in(last), latent_shape=(8,), output_range=output_range)
+
+
+def test_a_range_declared_too_wide_warns() -> None:
+    with pytest.warns(UserWarning, match=r"within one half of output_range=\(-1, 1\): .*output_range=\(0, 1\)"):
+        wrap_generator(generator_ending_in(nn.Sigmoid()), latent_shape=(8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrap_generator(generator_ending_in(nn.Sigmoid()), latent_shape=(8,), output_range=(0, 1))
+        wrap_generator(small_generator(), latent_shape=(8,))  # untrained: a narrow spread around tanh's middle
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"latent_shape": (8.0,)}, r"latent_shape\[0\] must be a positive integer, got 8\.0"),
+        ({"image_shape": (32, 32)}, r"image_shape must be \(C, H, W\), got \(32, 32\)"),
+        ({"output_range": (1, -1)}, r"output_range high must lie in \(1, inf\), got -1"),
+        ({"output_range": "0-1"}, "output_range must be \\(low, high\\)"),
+    ],
+)
+def test_malformed_shapes_and_ranges_are_refused(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        wrap_generator(small_generator(), **{"latent_shape": (8,), **kwargs})
+
+
+def test_a_generator_without_parameters_is_refused() -> None:
+    upsampler = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Upsample(scale_factor=4), nn.Tanh())
+    with pytest.raises(ValueError, match="Sequential has no parameters: a prior is a trained generator"):
+        wrap_generator(upsampler)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext
 from art_gifd.attacks.label_mapping import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
 from art_gifd.priors.base import LATENT_CONSTRAINTS, LayeredGenerator, project_latent
@@ -102,7 +104,12 @@ class GenerativePriorAttack(GradientInversionAttack):
             mapping.check(self.prior.num_classes)
         if isinstance(mapping, dict):
             classes = self.prior.num_classes
-            bad = [(k, v) for k, v in mapping.items() if not (isinstance(v, int) and 0 <= v < classes)]
+            whole = (int, np.integer)
+            bad = [
+                (k, v)
+                for k, v in mapping.items()
+                if not (isinstance(v, whole) and not isinstance(v, bool | np.bool_) and 0 <= v < classes)
+            ]
             if bad:
                 raise ValueError(f"label_mapping names unknown generator classes: {bad[:5]}.")
 

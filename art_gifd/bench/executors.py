@@ -11,6 +11,7 @@ import abc
 import concurrent.futures as cf
 import multiprocessing
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -163,6 +164,40 @@ class LocalExecutor(Executor):
         return {"name": "local", "workers": self.workers}
 
 
+#: Seconds to wait for a TCP connection to a ``host:port`` Ray address before calling ``ray.init`` (which would
+#: otherwise retry an unreachable address for minutes).
+RAY_PROBE_SECONDS = 5.0
+
+
+class ClusterUnreachable(ConnectionError):
+    """No Ray cluster answers at the address given to :class:`RayExecutor`."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach a Ray cluster at '{address}' ({reason}): start one with `ray start --head`, or leave out "
+            "--ray-address to run locally"
+        )
+
+
+def probe_address(address: str, timeout: float = RAY_PROBE_SECONDS) -> None:
+    """
+    Open (and close) a TCP connection to a ``host:port`` or ``ray://host:port`` Ray address, to fail in seconds where
+    nothing listens; ``"auto"`` and other forms without a port are left to Ray.
+
+    :param address: The address given to :class:`RayExecutor`.
+    :param timeout: Seconds to wait for the connection.
+    :raises ClusterUnreachable: If the connection is refused, times out or the host cannot be resolved.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterUnreachable(address, f"nothing answers at {host}:{port}: {exc}") from None
+
+
 def import_ray() -> Any:
     """Import Ray, or raise an ``ImportError`` that says how to install it."""
     try:
@@ -180,7 +215,8 @@ class RayExecutor(Executor):
 
     Without ``address`` a local Ray is started on demand (and stopped at the end); with ``address`` (``"auto"``,
     ``"host:6379"`` or ``"ray://host:10001"``) the jobs go to that existing cluster, whose nodes must have art-gifd
-    installed and the data and weights paths of the configuration.
+    installed and the data and weights paths of the configuration. An address where no cluster answers raises
+    :class:`ClusterUnreachable` when the executor starts (within :data:`RAY_PROBE_SECONDS` for a ``host:port``).
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -203,7 +239,14 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False, "log_to_driver": False}
             if self.address is None:
                 kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
-            ray.init(**kwargs)
+            else:
+                probe_address(self.address)
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as exc:
+                if self.address is None:
+                    raise
+                raise ClusterUnreachable(self.address, str(exc).rstrip(".")) from None
             self._owns_ray = True
         self._remote = ray.remote(self.work)
         total = ray.cluster_resources()

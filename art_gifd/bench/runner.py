@@ -168,10 +168,10 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
     result = run_experiment(experiment, prior, prior_name, on_batch=lambda c, a, xs, rs: batches.append((xs, rs)))[0]
     utility_error = None
     if cfg["utility"] is not None and utility is None:
-        model = build_model(cfg["model"], x.shape[1], x.shape[-1], num_classes, seed=seed)
-        estimator = make_classifier(model, x.shape[1:], nb_classes=num_classes, device=device)
-        data, description = utility_data(dataset)
         try:
+            model = build_model(cfg["model"], x.shape[1], x.shape[-1], num_classes, seed=seed)
+            estimator = make_classifier(model, x.shape[1:], nb_classes=num_classes, device=device)
+            data, description = utility_data(dataset)
             measured = measure_utility(defense, estimator, data=data, seed=seed, **cfg["utility"])
             utility = {**measured.as_dict(), "data": description}
         except Exception as exc:  # the attack's numbers are kept: only the utility is lost (and recorded as failed)

@@ -83,25 +83,39 @@ class CaptureWriter:
     Writes a capture folder one file at a time; kept in memory between calls: the index and the current round's global
     arrays (each update subtracts them).
 
-    :param out: The capture folder (created). An existing index is continued, so a resumed run appends to it.
+    :param out: The capture folder (created). An existing index is continued, so a restarted run appends to it; it
+                must be the index of the same run: the same metadata, and (checked by :meth:`write_global`) the same
+                array names and shapes.
     :param metadata: Facts about the run stored in the index (strategy, framework version, …).
+    :raises ValueError: If ``out`` is a file or cannot be written.
+    :raises CaptureError: If ``out`` holds the capture of a run with other metadata.
     """
 
     def __init__(self, out: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+        from art_gifd.validation import check_output_folder
+
         self.out = Path(out)
+        check_output_folder(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         #: The round and global arrays of the last :meth:`write_global`: the updates of that round subtract them.
         self._sent: tuple[int, dict[str, np.ndarray]] | None = None
         #: Seconds of the last index rewrite, not yet counted in a round's ``capture_seconds``.
         self._unsaved = 0.0
         index = self.out / INDEX
+        # As stored: JSON turns tuples into lists, so that a restart's metadata compares equal to the index's.
+        plain = json.loads(json.dumps(_plain(dict(metadata or {}))))
         if index.exists():
             self.index = read_index(self.out)
+            held = self.index["metadata"]
+            if held != plain:
+                differ = sorted(k for k in {*held, *plain} if held.get(k) != plain.get(k))
+                found = ", ".join(f"{k} {held.get(k)!r}, not {plain.get(k)!r}" for k in differ[:3])
+                raise CaptureError(f"{self.out} holds another run ({found}): use a new folder, or delete it.")
         else:
             self.index = {
                 "format": CAPTURE_FORMAT,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "metadata": _plain(dict(metadata or {})),
+                "metadata": plain,
                 "rounds": {},  # any object: round number -> its entry
                 "updates": [],
             }
@@ -122,10 +136,14 @@ class CaptureWriter:
         """
         Record the global arrays and the train configuration the server sends in ``server_round``; updates recorded
         for that round before (by an earlier, interrupted run) are dropped from the index.
+
+        :raises CaptureError: If the rounds the folder holds have other array names or shapes (another model's run).
         """
         start = time.perf_counter()
         file = Path(_round_dir(server_round)) / "global.npz"
         sent = {name: np.asarray(a) for name, a in arrays.items()}
+        shapes = {name: list(a.shape) for name, a in sent.items()}
+        self._check_same_model(server_round, shapes)
         digest = _write_npz(self.out / file, sent)
         self._sent = (server_round, sent)
         # A round captured again (a restarted run) starts afresh: earlier updates were relative to other arrays.
@@ -134,10 +152,23 @@ class CaptureWriter:
             "global": str(file),
             "sha256": digest,
             "config": _plain(dict(config)),
-            "shapes": {name: list(np.shape(a)) for name, a in arrays.items()},
+            "shapes": shapes,
             "sent_at": time.time(),  # with the next round's: the round's wall-clock time, beside capture_seconds
         }
         self._save(server_round, start)
+
+    def _check_same_model(self, server_round: int, shapes: dict[str, list[int]]) -> None:
+        """Refuse arrays other than those of the rounds already held: the folder is another run's."""
+        for number, entry in self.index["rounds"].items():
+            held = entry.get("shapes")
+            if held is None or held == shapes:
+                continue
+            differ = sorted(n for n in {*held, *shapes} if held.get(n) != shapes.get(n))
+            found = ", ".join(f"{n!r} {held.get(n)} there, {shapes.get(n)} now" for n in differ[:3])
+            raise CaptureError(
+                f"{self.out} holds another run (round {number}'s arrays differ from round {server_round}'s: {found}): "
+                "use a new folder, or delete it."
+            )
 
     def write_update(
         self,

@@ -46,12 +46,16 @@ from art_gifd.integrations.captures import CaptureWriter
 from art_gifd.validation import check_integer
 
 
-def _selection(values: Sequence[int] | None, name: str) -> frozenset[int] | None:
+def _selection(values: Sequence[int] | None, name: str, low: int) -> frozenset[int] | None:
+    """The set of ``values`` (integers >= ``low``), or ``None`` for all; an empty selection would capture nothing."""
     if values is None:
         return None
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise ValueError(f"{name} must be a list of integers or None (all), got {values!r}.")
-    return frozenset(int(check_integer(name, v, 0)) for v in values)
+    selected = frozenset(int(check_integer(name, v, low)) for v in values)
+    if not selected:
+        raise ValueError(f"{name} is empty, so nothing would be captured: list some, or pass None for all.")
+    return selected
 
 
 def _arrays(record: ArrayRecord) -> dict[str, Any]:
@@ -70,11 +74,16 @@ class _Capture:
     def __init__(
         self, out: str | Path, rounds: Sequence[int] | None, clients: Sequence[int] | None, describe: str
     ) -> None:
-        self.rounds = _selection(rounds, "rounds")
-        self.clients = _selection(clients, "clients")
+        self.rounds = _selection(rounds, "rounds", 1)  # Flower's server rounds start at 1
+        self.clients = _selection(clients, "clients", 0)
         self._node_configs: dict[int, dict[str, Any]] = {}
         self.writer = CaptureWriter(
-            out, {"strategy": describe, "flwr": flwr.__version__, "rounds": sorted(self.rounds or []) or "all"}
+            out,
+            {
+                "strategy": describe,
+                "flwr": flwr.__version__,
+                "rounds": "all" if rounds is None else sorted(self.rounds),
+            },
         )
 
     def captured(self, server_round: int) -> bool:
@@ -103,8 +112,8 @@ class CaptureStrategy(Strategy):
     A Flower strategy that records the selected rounds' global arrays and client replies, then defers to ``strategy``.
 
     :param strategy: The strategy of the run (its aggregation, sampling and evaluation are used unchanged).
-    :param out: The capture folder (created; an existing capture there is continued).
-    :param rounds: Server rounds to capture (``None``: every round).
+    :param out: The capture folder (created; an existing capture of the same run there is continued).
+    :param rounds: Server rounds to capture, from 1 (``None``: every round).
     :param clients: Client node ids to capture (``None``: every client that replies).
     :param num_examples_key: Metric of a reply that holds its number of training examples (default: the wrapped
                              strategy's ``weighted_by_key``, else ``"num-examples"``).
@@ -211,10 +220,10 @@ class LegacyCaptureStrategy(legacy.Strategy):
     :class:`CaptureStrategy` for a strategy of Flower's legacy API (``flwr.server.strategy.Strategy``).
 
     :param strategy: The legacy strategy of the run (used unchanged).
-    :param out: The capture folder (created; an existing capture there is continued).
+    :param out: The capture folder (created; an existing capture of the same run there is continued).
     :param names: The names of the arrays in the order the clients send them (the model's ``state_dict`` keys, as
                   Flower's PyTorch examples send ``state_dict().values()``).
-    :param rounds: Server rounds to capture (``None``: every round).
+    :param rounds: Server rounds to capture, from 1 (``None``: every round).
     :param clients: Client node ids to capture (``None``: every client that replies).
     """
 

@@ -94,8 +94,11 @@ class LayeredGenerator(nn.Module, abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        """Device of the generator's weights."""
-        return next(self.parameters()).device
+        """Device of the generator's weights (or buffers); the CPU for a generator that has neither."""
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return torch.device("cpu") if tensor is None else tensor.device
 
     def forward_from(self, stage: int, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """

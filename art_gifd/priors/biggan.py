@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.validation import check_number
 
 if TYPE_CHECKING:
     from pytorch_pretrained_biggan import BigGANConfig
@@ -68,8 +69,7 @@ class BigGANGenerator(LayeredGenerator):
         package = _biggan_module()
         if isinstance(config, dict):
             config = package.BigGANConfig.from_dict(config)
-        if not 0.0 < truncation <= 1.0:
-            raise ValueError(f"truncation must lie in (0, 1], got {truncation}.")
+        truncation = check_number("truncation", truncation, 0.0, 1.0, closed="right")
         self.biggan = package.BigGAN(config)
         self.config = config
         self.truncation = float(truncation)
@@ -177,8 +177,11 @@ def load_biggan(
     :param device: Device to load it on.
     :return: The frozen generator in eval mode.
     :raises FileNotFoundError: If a file is missing (both expected names are given).
-    :raises ValueError: If keys are missing, unexpected or mis-shaped (they are named).
+    :raises ValueError: If ``truncation`` is out of range, ``config.json`` is not a BigGAN config (the file is
+                        named), or keys are missing, unexpected or mis-shaped (they are named).
     """
+    # Checked before the config is read, so that the config's own errors below can be put down to its file.
+    check_number("truncation", truncation, 0.0, 1.0, closed="right")
     directory = Path(directory)
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
     if missing:
@@ -186,9 +189,18 @@ def load_biggan(
             f"BigGAN directory '{directory}' lacks {missing}: it must hold '{CONFIG_NAME}' and '{WEIGHTS_NAME}' "
             "(the pytorch-pretrained-biggan files, renamed). Nothing is downloaded: copy them there."
         )
-    config = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-    generator = BigGANGenerator(config, truncation=truncation, training_domain=training_domain)
+    config_path = directory / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"'{config_path}' is not a JSON file ({err}): copy the package's BigGAN config there."
+        ) from None
+    try:
+        generator = BigGANGenerator(config, truncation=truncation, training_domain=training_domain)
+    except (TypeError, AttributeError, KeyError, ValueError) as err:
+        raise ValueError(f"'{config_path}' is not a BigGAN config: {err}") from None
     path = directory / WEIGHTS_NAME
     state = load_state_dict_file(path, sha256=sha256, trust_checkpoint=trust_checkpoint)
-    load_strict(generator.biggan, state, f"'{path}' (BigGAN, config '{directory / CONFIG_NAME}')")
+    load_strict(generator.biggan, state, f"'{path}' (BigGAN, config '{config_path}')")
     return generator.to(device).freeze()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
+from art_gifd.validation import check_integer
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,16 @@ class DCGANGenerator(LayeredGenerator):
         :param num_classes: Number of classes for a class-conditional generator, ``None`` for unconditional.
         :param embed_dim: Size of the class embedding concatenated to the latent code.
         :param training_domain: Description of the training data (stated in reports).
+        :raises ValueError: If a size is not a positive integer, or ``image_size`` is not ``4 * 2**k``.
         """
         super().__init__()
+        nz, ngf, nc = (check_integer(name, v, 1) for name, v in (("nz", nz), ("ngf", ngf), ("nc", nc)))
+        image_size = check_integer("image_size", image_size, 1)
+        num_classes = check_integer("num_classes", num_classes, 1, optional=True)
+        embed_dim = check_integer("embed_dim", embed_dim, 1)
         n_up = math.log2(image_size / 4) if image_size >= 8 else 0
         if n_up < 1 or not float(n_up).is_integer():
             raise ValueError(f"image_size must be 4 * 2**k with k >= 1 (8, 16, 32, 64, …), got {image_size}.")
-        if nz < 1 or ngf < 1 or nc < 1:
-            raise ValueError(f"nz, ngf and nc must be positive, got nz={nz}, ngf={ngf}, nc={nc}.")
         self.nz, self.ngf, self.nc = nz, ngf, nc
         self.num_classes = num_classes
         self.embed_dim = embed_dim if num_classes else 0

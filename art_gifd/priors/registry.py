@@ -68,7 +68,7 @@ def read_prior_spec(check: Checker, raw: Any, path: KeyPath) -> dict[str, Any] |
         elif key in INTEGER_KEYS:
             convert = integer(1)
         elif key in NUMBER_KEYS:
-            convert = number(0)
+            convert = number(0, 1, low_open=True)
         else:
             convert = string(tuple(EMBEDDED_PRIORS)) if kind == "embedded" and key == "name" else string()
         value = check.get(table, path, key, convert, default=REQUIRED if key in required else None)

@@ -36,6 +36,7 @@ from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.validation import check_number
 
 #: The FIR filter of StyleGAN2's up-sampling (outer product with itself, normalised).
 BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
@@ -257,8 +258,7 @@ class StyleGAN2Generator(LayeredGenerator):
         log_size = math.log2(size) if size >= 8 else 0.0
         if log_size < 3 or not float(log_size).is_integer():
             raise ValueError(f"size must be a power of two >= 8 (the checkpoint's resolution), got {size}.")
-        if not 0.0 < truncation <= 1.0:
-            raise ValueError(f"truncation must lie in (0, 1], got {truncation}.")
+        truncation = check_number("truncation", truncation, 0.0, 1.0, closed="right")
         if noise not in NOISE_MODES:
             raise ValueError(f"Unknown noise mode '{noise}': use one of {NOISE_MODES}.")
         self.log_size = int(log_size)

@@ -21,11 +21,22 @@ import torch
 from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
+from art_gifd.validation import check_integer, check_number
+
+
+def _shape(name: str, value: Sequence[int], rank: int | None = None) -> tuple[int, ...]:
+    """A shape of positive integers (``rank`` of them if given)."""
+    wanted = "(C, H, W)" if rank == 3 else "a tuple of positive integers"
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"{name} must be {wanted}, got {value!r}.")
+    if rank is not None and len(value) != rank:
+        raise ValueError(f"{name} must be {wanted}, got {tuple(value)}.")
+    return tuple(check_integer(f"{name}[{i}]", v, 1) for i, v in enumerate(value))
 
 
 #: Random latents the wrapper runs through the generator to check its output shape and range.
 SAMPLES = 16
-#: How far, as a fraction of ``output_range``'s width, outputs may overshoot it (float rounding of a bounded activation).
+#: How far outputs may overshoot ``output_range``, as a fraction of its width (float rounding of a bounded activation).
 RANGE_TOLERANCE = 1e-3
 
 
@@ -54,9 +65,10 @@ class LayeredSequential(LayeredGenerator):
                        ``nn.Sequential``.
         :param output_range: Range of the output pixels (``(-1, 1)`` for tanh, ``(0, 1)`` for sigmoid).
         :param training_domain: Description of the training data (stated in reports).
-        :raises ValueError: If a block name is unknown, the blocks are empty, or the outputs of a test pass on random
-                            latents differ from ``image_shape``, are not finite or leave ``output_range``.
-        :warns UserWarning: If those outputs cover less than half of ``output_range`` (a range declared too wide).
+        :raises ValueError: If a shape or range is malformed, a block name is unknown, the blocks are empty, the
+                            module has no parameters, or the outputs of a test pass on random latents differ from
+                            ``image_shape``, are not finite or leave ``output_range``.
+        :warns UserWarning: If those outputs all lie in one half of ``output_range`` (a range declared too wide).
         """
         super().__init__()
         if blocks is None:
@@ -75,16 +87,20 @@ class LayeredSequential(LayeredGenerator):
             chain = [module.get_submodule(name) for name in blocks]
         if not chain:
             raise ValueError("The generator has no blocks to search.")
-        if len(image_shape) != 3 or not output_range[0] < output_range[1]:
+        if next(module.parameters(), None) is None:
             raise ValueError(
-                f"image_shape must be (C, H, W) and output_range (low, high) with low < high, got {tuple(image_shape)} "
-                f"and {output_range}."
+                f"{type(module).__name__} has no parameters: a prior is a trained generator, pass the module that "
+                "holds its weights."
             )
+        self.latent_shape = _shape("latent_shape", latent_shape)
+        self.image_shape = _shape("image_shape", image_shape, rank=3)
+        if isinstance(output_range, str | bytes) or not hasattr(output_range, "__len__") or len(output_range) != 2:
+            raise ValueError(f"output_range must be (low, high), e.g. (-1, 1) for a Tanh output, got {output_range!r}.")
+        low = check_number("output_range low", output_range[0])
+        high = check_number("output_range high", output_range[1], low, closed="neither")
         self.module = module
         self.chain = chain
-        self.latent_shape = tuple(int(s) for s in latent_shape)
-        self.image_shape = (int(image_shape[0]), int(image_shape[1]), int(image_shape[2]))
-        self.output_range = (float(output_range[0]), float(output_range[1]))
+        self.output_range = (low, high)
         self.training_domain = training_domain
         self.num_blocks = len(chain)
         self.freeze()
@@ -119,10 +135,14 @@ class LayeredSequential(LayeredGenerator):
                 f"The generator's {found}, beyond {declared}: pass its real output range (a Tanh output: "
                 "output_range=(-1, 1), a Sigmoid output: output_range=(0, 1)), or end it with a bounded activation."
             )
-        if high - low < 0.5 * (hi - lo):
+        # An untrained generator's outputs may span little of its range, but they straddle its middle; outputs all
+        # on one side of it (a Sigmoid declared (-1, 1), a (0, 1) output declared (0, 255)) mean a range declared
+        # too wide, and GIFD, which maps output_range onto the model's input range, would reach only part of it.
+        middle = (lo + hi) / 2
+        if low >= middle or high <= middle:
             warnings.warn(
-                f"The generator's {found}, a small part of {declared}: pass the generator's real range (a Sigmoid "
-                "output: output_range=(0, 1)); GIFD maps output_range onto the model's input range.",
+                f"The generator's {found}, within one half of {declared}: pass the generator's real range (a "
+                "Sigmoid output: output_range=(0, 1)).",
                 UserWarning,
                 stacklevel=4,
             )

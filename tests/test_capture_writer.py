@@ -1,0 +1,71 @@
+"""CaptureWriter and the capture strategies' arguments: a capture folder holds one run, continued only by itself."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from art_gifd.integrations.captures import CaptureError, CaptureWriter
+
+RUN_A = {"strategy": "run A", "rounds": (1, 2)}
+
+
+def capture_round(writer: CaptureWriter, server_round: int, shape: tuple[int, ...] = (2, 2)) -> None:
+    writer.write_global(server_round, {"w": np.zeros(shape, np.float32)}, {"lr": 0.1})
+    writer.write_update(server_round, 7, {"w": np.ones(shape, np.float32)}, 4)
+
+
+def test_a_restarted_run_continues_its_folder(tmp_path) -> None:
+    capture_round(CaptureWriter(tmp_path, RUN_A), 1)
+    again = CaptureWriter(tmp_path, RUN_A)  # the tuple is stored as a list: still the same run
+    again.write_global(1, {"w": np.zeros((2, 2), np.float32)}, {"lr": 0.1})
+    capture_round(again, 2)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["metadata"] == {"strategy": "run A", "rounds": [1, 2]}
+    assert [u["round"] for u in index["updates"]] == [2]  # round 1 captured again: its earlier update is dropped
+
+
+def test_another_runs_folder_is_refused(tmp_path) -> None:
+    capture_round(CaptureWriter(tmp_path, RUN_A), 1)
+    before = (tmp_path / "index.json").read_text()
+    with pytest.raises(CaptureError, match=r"holds another run \(strategy 'run A', not 'run B'\): use a new folder"):
+        CaptureWriter(tmp_path, {**RUN_A, "strategy": "run B"})
+    other_model = CaptureWriter(tmp_path, RUN_A)
+    with pytest.raises(
+        CaptureError, match=r"holds another run \(round 1's arrays differ .*'w' \[2, 2\] there, \[3\] now"
+    ):
+        other_model.write_global(2, {"w": np.zeros(3, np.float32)}, {"lr": 0.1})
+    with pytest.raises(CaptureError, match=r"'v' None there, \[2, 2\] now, 'w' \[2, 2\] there, None now"):
+        other_model.write_global(1, {"v": np.zeros((2, 2), np.float32)}, {"lr": 0.1})
+    assert (tmp_path / "index.json").read_text() == before
+
+
+def test_a_file_is_not_a_capture_folder(tmp_path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=r"afile' is a file: give a folder to write into"):
+        CaptureWriter(tmp_path / "afile")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rounds": []}, "rounds is empty, so nothing would be captured: list some, or pass None for all"),
+        ({"rounds": [0, 1]}, "rounds must be a positive integer, got 0"),
+        ({"clients": []}, "clients is empty"),
+    ],
+)
+def test_capture_strategy_selections(tmp_path, kwargs, message) -> None:
+    pytest.importorskip("flwr")
+    from flwr.serverapp.strategy import FedAvg
+
+    from art_gifd.integrations.flower import CaptureStrategy
+
+    with pytest.raises(ValueError, match=message):
+        CaptureStrategy(FedAvg(), out=tmp_path / "cap", **kwargs)
+    assert not (tmp_path / "cap").exists()
+    strategy = CaptureStrategy(FedAvg(), out=tmp_path / "cap", rounds=[2, 1])
+    assert strategy.capture.rounds == {1, 2} and not strategy.capture.captured(3)
+    metadata = json.loads((tmp_path / "cap" / "index.json").read_text())["metadata"]
+    assert metadata["rounds"] == [1, 2]
