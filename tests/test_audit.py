@@ -782,3 +782,21 @@ def test_a_setting_that_fails_mid_run_is_named_and_the_finished_ones_are_kept(tm
     monkeypatch.setattr(audit_run, "_run_setting", real)
     report = run_audit(path, verbose=False)
     assert report.document["reproducibility"]["resumed"] == ran == ["b1-d0-gifd"]
+
+
+def test_a_batch_size_the_model_cannot_take_in_train_mode_is_named_at_validation(tmp_path, monkeypatch) -> None:
+    (tmp_path / "bn1d_model.py").write_text(
+        "from torch import nn\n\n\ndef net():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(1024, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_config(tmp_path)
+    text = path.read_text().replace(
+        'factory = "art_gifd.models:lenet"\nfactory_kwargs = { seed = 0 }', 'factory = "bn1d_model:net"'
+    )
+    path.write_text(text.replace("num_classes = 10", "num_classes = 10\ntrain_mode = true"))
+    with pytest.raises(
+        AuditConfigError, match=r"cannot compute a gradient of 1 image\(s\).*batches of 2 or more"
+    ) as err:
+        load_audit_config(path)
+    assert err.value.keys == ["federated.batch_sizes[0]"]

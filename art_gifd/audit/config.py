@@ -762,7 +762,11 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     x_attack, y_attack, utility_data = _check_counts(check, settings, data)
     if estimator is not None:
         if x_attack is not None:
-            _probe_defenses(check, estimator, defenses, x_attack, y_attack, settings["model"]["train_mode"], training)
+            _probe_batches(check, estimator, settings, x_attack, y_attack)
+            if not check.failed_under(("federated", "batch_sizes")):  # else every defence would fail the same way
+                n = min(settings["federated"]["batch_sizes"] or [1])  # BatchNorm in train mode may need 2 or more
+                train_mode = settings["model"]["train_mode"]
+                _probe_defenses(check, estimator, defenses, x_attack[:n], y_attack[:n], train_mode, training)
         _probe_attacks(check, estimator, settings, attacks, priors, training)
     check.raise_problems()
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
@@ -840,6 +844,19 @@ def _check_counts(
     return x[offset : offset + n], y[offset : offset + n], split
 
 
+def _probe_batches(check: Checker, estimator: Any, settings: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:
+    """Compute one undefended client gradient at every batch size, so that a model that cannot take one shows now."""
+    train_mode = settings["model"]["train_mode"]
+    for i, size in enumerate(settings["federated"]["batch_sizes"] or []):
+        try:
+            client_gradients(estimator, x[:size], y[:size], train_mode=train_mode, seed=0)
+        except (ValueError, RuntimeError) as err:
+            hint = " (BatchNorm in train mode needs batches of 2 or more, or train_mode = false)" if train_mode else ""
+            check.add(
+                ("federated", "batch_sizes", i), f"the model cannot compute a gradient of {size} image(s): {err}{hint}"
+            )
+
+
 def _probe_defenses(
     check: Checker,
     estimator: Any,
@@ -849,16 +866,16 @@ def _probe_defenses(
     train_mode: bool,
     training: LocalTraining | None,
 ) -> None:
-    """Run every defence once on one private image, so that model-specific failures show before the audit."""
+    """Run every defence once on the private batch ``x``, so that model-specific failures show before the audit."""
     probe = LocalTraining(training.learning_rate, steps=1) if training is not None else None
     for setting in defenses:
         if setting.defense is None:
             continue
         try:
             if probe is None:
-                client_gradients(estimator, x[:1], y[:1], defense=setting.defense, train_mode=train_mode, seed=0)
+                client_gradients(estimator, x, y, defense=setting.defense, train_mode=train_mode, seed=0)
             else:  # a FedAvg client applies DP-SGD on each local step: probe one
-                client_update(estimator, x[:1], y[:1], probe, defense=setting.defense, train_mode=train_mode, seed=0)
+                client_update(estimator, x, y, probe, defense=setting.defense, train_mode=train_mode, seed=0)
         except (ValueError, RuntimeError) as err:
             check.add(
                 ("defenses", setting.index or 0, "params"), f"defence '{setting.label}' fails on this model: {err}"
