@@ -809,20 +809,6 @@ def test_an_unreachable_ray_address_is_one_error_line(tmp_path, monkeypatch, cap
     ray = pytest.importorskip("ray")
     from art_gifd.bench.executors import RAY_PROBE_SECONDS
 
-    config = tmp_path / "ray.toml"
-    config.write_text(
-        textwrap.dedent(
-            """\
-            name = "ray"
-            models = ["lenet"]
-            budget = { steps_per_stage = 1, stages = 1, num_restarts = 1 }
-            utility = { enabled = false }
-            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
-            attacks = [{ name = "pixel" }]
-            defenses = [{ type = "none" }]
-            """
-        )
-    )
     calls = []
 
     def no_cluster(**kwargs):
@@ -831,7 +817,7 @@ def test_an_unreachable_ray_address_is_one_error_line(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", no_cluster)
-    argv = ["bench", str(config), "--results", str(tmp_path / "r.jsonl"), "--no-progress", "--ray-address"]
+    argv = ["bench", "smoke", "--results", str(tmp_path / "r.jsonl"), "--no-progress", "--ray-address"]
     assert main([*argv, "auto"]) == 2
     err = capsys.readouterr().err
     assert err == (
