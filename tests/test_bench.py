@@ -803,6 +803,11 @@ def test_a_failed_utility_keeps_the_attacks_numbers_and_reports_no_accuracy(tmp_
     assert errors == [] and rows[0]["accuracy"] is None and rows[0]["gradient_cosine"] is None
     table = markdown(rows, errors, [], "failed")
     assert "| none | – | n/a | " in table
+    # a plain rerun keeps it; --retry-errors runs it again (here the utility fails again, the numbers are the same)
+    assert run_benchmark(parse(text), results, progress=False, check_inputs=False).ok == 0
+    again = run_benchmark(parse(text), results, progress=False, check_inputs=False, retry_errors=True)
+    rerun = ResultsFile(results).latest()[record["job_id"]]["result"]
+    assert again.ok == 1 and rerun["per_image"] == record["result"]["per_image"]
 
 
 def test_an_unreachable_ray_address_is_one_error_line(tmp_path, monkeypatch, capsys) -> None:

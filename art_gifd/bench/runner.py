@@ -362,7 +362,7 @@ def run_benchmark(
     :param config: The validated configuration.
     :param results: The JSON-lines results file (created if missing, resumed if present).
     :param executor: Where jobs run (default: :class:`~art_gifd.bench.executors.LocalExecutor`, sequential).
-    :param retry_errors: Run again the jobs whose last line is an error.
+    :param retry_errors: Run again the jobs whose last line is an error, or whose utility measurement failed.
     :param progress: Show a progress bar.
     :param command: The command line recorded in the run header.
     :param check_inputs: Load every data set and prior once before the first job, to fail early (with the
@@ -407,7 +407,8 @@ def _run_locked(
 ) -> BenchSummary:
     _, previous = read_results(store, repair=True)
     latest = {record["job_id"]: record for record in previous}
-    done = {k for k, r in latest.items() if r["status"] == "ok" or not retry_errors}
+    # with retry_errors, a job whose utility failed after its attack runs again too
+    done = {k for k, r in latest.items() if (r["status"] == "ok" and "utility_error" not in r) or not retry_errors}
     utilities = {r["utility_key"]: r["utility"] for r in previous if r["status"] == "ok" and r.get("utility")}
     jobs = expand_grid(config)
     todo = [job for job in jobs if job.job_id not in done]
