@@ -119,7 +119,14 @@ class TargetModel:
         """Parameter gradients of the loss of the raw batch ``x`` (one FedSGD step), in parameter order."""
         from torch.func import grad
 
-        g = grad(self.loss)(self.params, self.preprocess(x), y)
+        try:
+            g = grad(self.loss)(self.params, self.preprocess(x), y)
+        except (KeyError, NotImplementedError) as err:  # what torch.func raises for a graph it cannot transform
+            raise ValueError(
+                f"the model cannot be differentiated with torch.func ({type(err).__name__}: {err}), which every attack "
+                "uses: a model with data-dependent control flow (an `if` on tensor values, a converted TorchScript "
+                "branch) is the usual cause; remove the branch, or give the model as a factory of plain modules."
+            ) from err
         return [g[n] for n in self.names]
 
     def labels_to_indices(self, y: Any, batch_size: int | None = None) -> torch.Tensor:

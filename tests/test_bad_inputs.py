@@ -382,3 +382,26 @@ def test_grad_inversion_in_train_mode_is_refused_when_built() -> None:
     clf = make_classifier(build_model("convnet-bn", 1, 32, 10, seed=0), (1, 32, 32))
     with pytest.raises(ValueError, match=r"needs BatchNorm running statistics.*train_mode=True"):
         GradInversionAttack(clf, train_mode=True)
+
+
+class _Branching(torch.nn.Module):
+    """A model with an ``if`` on tensor values: its converted TorchScript graph is not differentiable by torch.func."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.fc(x.flatten(1))
+        return self.fc(x.flatten(1)) * 2
+
+
+def test_a_model_torch_func_cannot_differentiate_is_named(tmp_path, heldout) -> None:
+    from art_gifd.models import load_user_model
+
+    torch.jit.save(torch.jit.script(_Branching()), str(tmp_path / "branching.pt"))
+    module, _ = load_user_model(torchscript=tmp_path / "branching.pt", input_shape=(1, 32, 32))
+    clf = make_classifier(module, (1, 32, 32))
+    with pytest.raises(ValueError, match=r"cannot be differentiated with torch.func .*data-dependent control flow"):
+        client_gradients(clf, heldout[0][:1], heldout[1][:1])
