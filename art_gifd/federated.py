@@ -15,14 +15,22 @@ import copy
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from art_gifd.defenses.base import Compose, Defense, DefenseContext, DefenseLike, as_defense, make_generator
+from art_gifd.defenses.base import (
+    Compose,
+    Defense,
+    DefenseContext,
+    DefenseLike,
+    as_defense,
+    is_gradient_list,
+    make_generator,
+)
 from art_gifd.validation import (
     MAX_SEED,
     check_device,
@@ -194,6 +202,7 @@ def check_client_model(estimator: PyTorchClassifier) -> None:
 
 
 def _check_loss(loss: Any) -> None:
+    """Check that a client's loss is softmax cross-entropy reduced to one number (mean or sum)."""
     if not isinstance(loss, torch.nn.CrossEntropyLoss):
         raise ValueError(
             f"the estimator's loss is {type(loss).__name__}: art-gifd models classification clients trained with "
@@ -240,7 +249,7 @@ def checked_defence_output(defense: Defense, output: Any, target: TargetModel) -
     :raises ValueError: On a wrong type, count or shape, or NaN or infinite values.
     """
     label, count = f"defence {defense!r}", len(target.names)
-    if isinstance(output, torch.Tensor | np.ndarray | str | bytes | Mapping) or not isinstance(output, Iterable):
+    if not is_gradient_list(output):
         raise ValueError(
             f"{label} returned {type(output).__name__}, not a list of {count} gradient tensors: its apply() must "
             "return one tensor per parameter, in model.parameters() order."

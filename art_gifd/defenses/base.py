@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -103,6 +104,15 @@ class Defense(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+def is_gradient_list(value: Any) -> bool:
+    """
+    Whether a defence's output can be its list of per-parameter gradients: an iterable that is not itself one array,
+    a text or a mapping (what the output holds is checked against the model by
+    :func:`~art_gifd.federated.checked_defence_output`).
+    """
+    return isinstance(value, Iterable) and not isinstance(value, torch.Tensor | np.ndarray | str | bytes | Mapping)
+
+
 class FunctionDefense(Defense):
     """A plain callable ``grads -> grads`` used as a defence (the simplest custom defence)."""
 
@@ -120,7 +130,7 @@ class FunctionDefense(Defense):
 
     def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:
         out = self.function(grads)
-        if isinstance(out, torch.Tensor | str | bytes | Mapping) or not isinstance(out, Iterable):
+        if not is_gradient_list(out):
             raise ValueError(
                 f"defence {self!r}: its function returned {type(out).__name__}, not a list of gradient tensors (one "
                 "per parameter, in model.parameters() order)."
