@@ -107,6 +107,8 @@ def attack_batches(
     attack_params: dict[str, Any] | None = None,
     lpips: LPIPSMetric | None = None,
     training: LocalTraining | None = None,
+    replay_training: bool = True,
+    first_index: int = 0,
 ) -> Iterator[tuple[np.ndarray, dict[str, Any], ReconstructionResult, np.ndarray]]:
     """
     The one experiment loop: split the private images into client batches, compute each client's update under its
@@ -119,7 +121,8 @@ def attack_batches(
     :param prior: Generator of the generative attacks.
     :param budget: Step budget.
     :param batch_size: Client batch size.
-    :param seed: Run seed; batch ``start`` uses :func:`batch_seed` ``(seed, start)`` for its defence and attack.
+    :param seed: Run seed; the batch of image ``start`` of the private set uses :func:`batch_seed` ``(seed, start)``
+                 for its client (defence, shuffle) and its attack.
     :param defense: The client's defence; the attacker replays it if ``adaptive``.
     :param adaptive: Whether the attacker knows the defence.
     :param labels_known: Give the attack the true labels (else it infers them from the update).
@@ -130,13 +133,17 @@ def attack_batches(
     :param lpips: LPIPS metric of the scores (``None``: no LPIPS).
     :param training: The clients' local training (FedAvg: each shares its weight update, and the attacker replays the
                      training); ``None``: each client shares one FedSGD gradient.
+    :param replay_training: Whether the attacker knows ``training`` and replays it (``False``: it attacks the update as
+                            if it were one FedSGD gradient).
+    :param first_index: Position of ``x_all[0]`` in the private set (its batches' seeds count from it), so that a slice
+                        of the private images gets the seeds it has in the whole.
     :return: Per batch: the originals, the scores of :func:`~art_gifd.metrics.evaluate_batch`, the attack's result
              and the reconstructions in the originals' order.
     """
     lo, hi = clip_range(estimator)
     for start in range(0, len(x_all), batch_size):
         x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
-        here = batch_seed(seed, start)
+        here = batch_seed(seed, first_index + start)
         if training is None:
             grads = client_gradients(estimator, x, y, defense=defense, train_mode=train_mode, seed=here)
         else:
@@ -152,7 +159,7 @@ def attack_batches(
             train_mode=train_mode,
             device=device,
             verbose=verbose,
-            training=training,
+            training=training if replay_training else None,
             **(attack_params or {}),
         )
         result = attack.reconstruct(grads, y if labels_known else None)

@@ -14,6 +14,10 @@ on all the client's data), *naive* (the update treated as a FedSGD gradient, i.e
 cosine matching loss is blind to the scale) and, for an unknown order, *epoch-steps* (the replay merged into one
 full-batch step per epoch at the learning rate times the steps of an epoch: ``simulation_steps=epochs``).
 
+Each run goes through :func:`~art_gifd.experiment.attack_batches`, the loop of the demo, the audit and the bench, so
+the client batch at position ``first`` of the private digits gets the seeds it gets there (``batch_seed(seed, first)``
+for the client's shuffle and the attack's starts).
+
 Runs are appended to one JSONL file per client-data size (flushed and fsynced, skipped when already present), so an
 interrupted run resumes where it stopped::
 
@@ -38,15 +42,15 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import LocalTraining, client_update
-from art_gifd.attacks.registry import Budget, build_attack
+from art_gifd.attacks.registry import Budget
 from art_gifd.data import load_mnist32
+from art_gifd.experiment import attack_batches, batch_seed
 from art_gifd.federated import TargetModel
 from art_gifd.labels import infer_labels
 from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
 from art_gifd.store import ResultsFile, environment, write_json_atomic
-from benchmarks.cases import measured_run
 from benchmarks.common import git_commit, mean_sem
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -119,9 +123,9 @@ def run(args: argparse.Namespace) -> None:
             x, y = x_all[first : first + size], y_all[first : first + size]
             for seed in args.seeds:
                 for setting, training in settings(size, seed).items():
-                    update = client_update(classifier, x, y, training, seed=seed)
-                    observed = target.as_gradient_list(update)
-                    inferred = infer_labels(observed, target.module, target.nb_classes, size).cpu().numpy()
+                    # The client's update as attack_batches computes it (same seed), for the label inference score.
+                    update = client_update(classifier, x, y, training, seed=batch_seed(seed, first))
+                    inferred = infer_labels(target.as_gradient_list(update), target.module, target.nb_classes, size)
                     for attack_name in args.attacks:
                         for method in METHODS:
                             if method == "naive" and training.num_steps(size) == 1:
@@ -132,25 +136,42 @@ def run(args: argparse.Namespace) -> None:
                             if key in done:
                                 continue
                             record = dict(zip(RUN_KEY, key, strict=True))
-                            extra = {"training": training} if method != "naive" else {}
-                            if method == "epoch-steps":
-                                extra["simulation_steps"] = training.epochs
-                            attack = build_attack(
-                                attack_name, classifier, prior, budget, size, seed, verbose=False, **extra
+                            cpu, wall = time.process_time(), time.perf_counter()
+                            ((_, scores, result, _),) = attack_batches(
+                                classifier,
+                                x,
+                                y,
+                                attack_name,
+                                prior,
+                                budget,
+                                size,
+                                seed,
+                                labels_known=True,
+                                training=training,
+                                replay_training=method != "naive",
+                                attack_params={"simulation_steps": training.epochs}
+                                if method == "epoch-steps"
+                                else None,
+                                first_index=first,
                             )
-                            _, measured = measured_run(attack, update, x, y)
                             record.update(
                                 local_steps=training.num_steps(size),
                                 order_known=training.order_known,
-                                **measured,
-                                label_accuracy=label_accuracy(inferred, y),
+                                psnr=scores["psnr"],
+                                ssim=scores["ssim"],
+                                per_image_psnr=scores["per_image"]["psnr"],
+                                matching_loss=result.best_loss,
+                                cpu_seconds=time.process_time() - cpu,
+                                wall_seconds=time.perf_counter() - wall,
+                                threads=torch.get_num_threads(),
+                                label_accuracy=label_accuracy(inferred.cpu().numpy(), y),
                                 model_accuracy=accuracy,
                                 commit=commit,
                             )
                             store.append(record)
                             print(
                                 f"N={size} first={first} seed={seed} {setting!r} {attack_name} {method}: "
-                                f"{measured['psnr']:.2f} dB, {measured['cpu_seconds']:.1f} cpu s",
+                                f"{record['psnr']:.2f} dB, {record['cpu_seconds']:.1f} cpu s",
                                 flush=True,
                             )
 

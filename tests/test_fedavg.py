@@ -109,6 +109,33 @@ def test_gifd_reconstructs_a_two_step_update_only_by_replaying_it(lenet_clf, dig
     assert scores["replayed"] > scores["as gradient"] + 8.0
 
 
+def test_experiment_loop_attacks_a_slice_with_its_seeds_and_can_leave_the_training_unreplayed(
+    lenet_clf, heldout
+) -> None:
+    from art_gifd.attacks.registry import Budget
+    from art_gifd.experiment import attack_batches, batch_seed
+
+    x, y = heldout[0][600:604], heldout[1][600:604]
+    training = LocalTraining(0.1, epochs=1, batch_size=1)  # unknown order: the client's seed shuffles it
+    budget = Budget(steps_per_stage=3, stages=1, num_restarts=1)
+    common = {"labels_known": True, "training": training}
+
+    def images(x_part, y_part, **kwargs) -> list[np.ndarray]:
+        runs = attack_batches(lenet_clf, x_part, y_part, "pixel", None, budget, 2, 7, **common, **kwargs)
+        return [result.images for _, _, result, _ in runs]
+
+    whole = images(x, y)
+    # the second batch alone, placed where it is in the private set, is the same run bit for bit
+    np.testing.assert_array_equal(images(x[2:], y[2:], first_index=2)[0], whole[1])
+    assert not np.array_equal(images(x[2:], y[2:])[0], whole[1])  # else the test could not fail
+    # without the replay, the attack sees the same update as one gradient
+    naive = InvertingGradientsAttack(lenet_clf, batch_size=2, max_iter=3, num_restarts=1, seed=batch_seed(7, 2))
+    update = client_update(lenet_clf, x[2:], y[2:], training, seed=batch_seed(7, 2))
+    expected = naive.reconstruct(update, y[2:]).images
+    np.testing.assert_array_equal(images(x, y, replay_training=False)[1], expected)
+    assert not np.array_equal(whole[1], expected)
+
+
 def test_labels_of_an_sgd_update_with_distinct_labels_and_unconfident_model_are_exact(heldout) -> None:
     # near-uniform predictions (an untrained ReLU ConvNet): each present class's bias moves down over the steps, each
     # absent one's up. (A confident model, such as DLG's LeNet predicting one class at 0.95, breaks this even for
