@@ -171,10 +171,15 @@ _YAML12_FLOAT = re.compile(
 )
 
 
+#: The spellings of a boolean in YAML 1.2.
+_YAML12_BOOLEANS = ("true", "True", "TRUE", "false", "False", "FALSE")
+
+
 def _yaml_loader() -> type:
     """
-    A safe YAML loader that reads numbers as YAML 1.2 does: ``5e-2`` is a float, ``010`` is ten (PyYAML's YAML 1.1
-    reads it as octal eight) and ``1:30`` a string (not the sexagesimal 90).
+    A safe YAML loader that reads numbers and booleans as YAML 1.2 does: ``5e-2`` is a float, ``010`` is ten (PyYAML's
+    YAML 1.1 reads it as octal eight), ``1:30`` a string (not the sexagesimal 90), and only ``true`` / ``false`` are
+    booleans (``yes``, ``no``, ``on``, ``off`` stay strings, so a label ``no`` is not ``False``).
     """
     import yaml
 
@@ -189,8 +194,13 @@ def _yaml_loader() -> type:
             return int(text.replace("_", ""), 10)
         return yaml.SafeLoader.construct_yaml_int(loader, node)
 
+    def boolean(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool | str:
+        text = loader.construct_scalar(node)
+        return {"true": True, "false": False}.get(text.lower(), text) if text in _YAML12_BOOLEANS else text
+
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
     Loader.add_constructor("tag:yaml.org,2002:int", integer)
+    Loader.add_constructor("tag:yaml.org,2002:bool", boolean)
     return Loader
 
 

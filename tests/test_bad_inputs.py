@@ -56,6 +56,9 @@ def test_yaml_reads_scientific_notation_as_numbers() -> None:
     assert document.data == {"lr": 0.05, "steps": 1000.0, "plain": 0.1, "quoted": "5e-2", "name": "abc"}
     document = parse_document("seeds: [010, 7, 0x10]\ntime: 1:30\n", "yaml")  # YAML 1.2, not 1.1's octal
     assert document.data == {"seeds": [10, 7, 16], "time": "1:30"}
+    # YAML 1.2 booleans: a label "no" or a key "on" stays a string
+    document = parse_document("adaptive: true\nverbose: False\nlabel: no\non: 1\n", "yaml")
+    assert document.data == {"adaptive": True, "verbose": False, "label": "no", "on": 1}
 
 
 @pytest.mark.parametrize(
