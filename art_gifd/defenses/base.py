@@ -229,9 +229,20 @@ def flat_norm(grads: GradientBatch) -> torch.Tensor:
     return torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in grads.values()))
 
 
-def zero_pattern_mask(grads: GradientBatch, observed: GradientBatch, names: Sequence[str]) -> GradientBatch:
-    """Zero the dummy gradients of ``names`` wherever the observed gradient is zero (the mask a pruning revealed)."""
-    return {n: g * (observed[n] != 0).to(g.dtype) if n in names else g for n, g in grads.items()}
+def kept_entries(magnitude: torch.Tensor, zeroed: int) -> torch.Tensor:
+    """
+    The entries a pruning kept, read off the shared gradient: ``magnitude`` holds the size of each prunable unit (an
+    entry, or a column's norm) of the observed gradient, of which the pruning zeroed ``zeroed``. Where the shared
+    gradient shows at least that many zeros, its non-zero pattern; where a random defence applied after the pruning
+    (noise) filled the zeros, the units of largest magnitude, which small noise barely reorders.
+
+    :return: Boolean mask of ``magnitude``'s shape.
+    """
+    if int((magnitude == 0).sum()) >= zeroed:
+        return magnitude != 0
+    kept = torch.ones_like(magnitude, dtype=torch.bool)
+    kept[magnitude.topk(zeroed, largest=False).indices] = False
+    return kept
 
 
 def straight_through(grads: GradientBatch, transform: Callable[[GradientBatch], GradientBatch]) -> GradientBatch:

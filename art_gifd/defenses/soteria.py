@@ -16,7 +16,7 @@ from art_gifd.defenses.base import (
     Defense,
     DefenseContext,
     GradientBatch,
-    zero_pattern_mask,
+    kept_entries,
 )
 from art_gifd.validation import check_integer, check_number
 
@@ -29,7 +29,8 @@ class Soteria(Defense):
     columns of the layer's weight gradient for the ``⌊ratio · F⌋`` features with the smallest score (the authors'
     percentile rule). Features with ``r_f = 0`` are never chosen. Other parameters' gradients are shared unchanged.
 
-    The pruned columns show as zeros in the shared gradient, so the attacker can replay the mask.
+    The pruned columns show as zeros in the shared gradient, so the attacker can replay the mask; when noise applied
+    afterwards filled them, it takes the columns of smallest norm (:func:`~art_gifd.defenses.base.kept_entries`).
 
     | Paper link: https://arxiv.org/abs/2012.06043
     """
@@ -95,7 +96,10 @@ class Soteria(Defense):
         return [g * mask if n == weight else g for n, g in zip(context.target.names, grads, strict=True)]
 
     def replay(self, grads: GradientBatch, observed: GradientBatch) -> GradientBatch:
-        return zero_pattern_mask(grads, observed, [self._weight_name(list(grads))])
+        weight = self._weight_name(list(grads))
+        columns = observed[weight].abs().sum(dim=0)
+        mask = kept_entries(columns, math.floor(self.ratio * columns.numel())).to(grads[weight].dtype)
+        return {n: g * mask if n == weight else g for n, g in grads.items()}
 
     def _weight_name(self, names: list[str]) -> str:
         name = f"{self.layer}.weight"

@@ -19,8 +19,8 @@ from art_gifd.defenses.base import (
     DefenseContext,
     GradientBatch,
     flat_norm,
+    kept_entries,
     straight_through,
-    zero_pattern_mask,
 )
 from art_gifd.validation import check_integer, check_number
 
@@ -56,7 +56,9 @@ class Prune(GradientTransform):
     Gradient pruning (sparsification, Zhu et al. 2019): zero the ``⌊ratio · n⌋`` smallest-magnitude entries of each
     parameter's gradient (``scope="layer"``) or of all ``n`` entries together (``scope="global"``).
 
-    The attacker reads the mask off the zeros of the observed gradient and applies it to its dummy gradients.
+    The attacker reads the mask off the zeros of the observed gradient and applies it to its dummy gradients; when a
+    random defence applied afterwards (noise in a :class:`Compose`) filled the zeros, it keeps the entries of largest
+    magnitude instead (:func:`~art_gifd.defenses.base.kept_entries`).
     """
 
     name = "prune"
@@ -80,7 +82,18 @@ class Prune(GradientTransform):
         return {n: p.reshape(g.shape) for (n, g), p in zip(grads.items(), parts, strict=True)}
 
     def replay(self, grads: GradientBatch, observed: GradientBatch) -> GradientBatch:
-        return zero_pattern_mask(grads, observed, list(grads))
+        magnitudes = [observed[n].abs().flatten() for n in grads]
+        if self.scope == "layer":
+            masks = [kept_entries(m, math.floor(self.ratio * m.numel())) for m in magnitudes]
+        else:
+            every = torch.cat(magnitudes)
+            masks = list(
+                kept_entries(every, math.floor(self.ratio * every.numel())).split([m.numel() for m in magnitudes])
+            )
+        return {
+            n: g * mask.reshape(observed[n].shape).to(g.dtype)
+            for (n, g), mask in zip(grads.items(), masks, strict=True)
+        }
 
     def params(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "scope": self.scope}
