@@ -180,14 +180,15 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
     as torchvision's ``ImageFolder`` gives them; numbered folders whose text order is not their numeric order
     (``0`` … ``10``: ``10`` sorts before ``2``) get a warning that names the labels.
 
-    All images must have the same size (resize them beforehand: a silent resize would change what is audited).
+    All images must have the same size (resize them beforehand: a silent resize would change what is audited) and
+    8 bits per channel (16-bit, 32-bit and float images are refused: their range is not known).
 
     :param root: The folder holding the class sub-folders.
     :param channels: 1 (images converted to grey) or 3 (converted to RGB).
     :return: Images ``(N, channels, H, W)`` float32 in ``[0, 1]``, labels ``(N,)`` int64 and the class names.
     :raises FileNotFoundError: If ``root`` is not a folder or holds no class folder with images.
-    :raises ValueError: If ``channels`` is not 1 or 3, or the images do not all have the same size (the message names
-                        two files that differ).
+    :raises ValueError: If ``channels`` is not 1 or 3, an image is not 8-bit, or the images do not all have the same
+                        size (the message names two files that differ).
     """
     from PIL import Image
     from torchvision.datasets import ImageFolder
@@ -201,6 +202,11 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
     images, first = [], None
     for path, _ in folder.samples:
         with Image.open(path) as image:
+            if image.mode.startswith("I") or image.mode == "F":  # converting to 8 bits clips every value above 255
+                raise ValueError(
+                    f"'{path}' is a {image.mode!r} image (16- or 32-bit integers or floats), whose range is not known: "
+                    "save the images as 8-bit PNG or JPEG (grey or RGB), scaled to 0-255."
+                )
             pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
         if first is None:
             first = (path, pixels.shape[:2])

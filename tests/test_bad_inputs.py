@@ -357,6 +357,19 @@ def test_numbered_class_folders_sorted_as_text_are_named(tmp_path) -> None:
     assert names == [f"{k:02d}" for k in range(11)] and labels.tolist() == list(range(11))
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_image_folders_of_more_than_8_bits_are_refused(tmp_path, dtype) -> None:
+    from PIL import Image
+
+    from art_gifd.data import load_image_folder
+
+    (tmp_path / "a").mkdir()
+    # 1000 would be clipped to 255 (white) by an 8-bit conversion, and the digit read as a 0/1 mask
+    Image.fromarray(np.full((4, 4), 1000, dtype=dtype)).save(tmp_path / "a" / "x.tif")
+    with pytest.raises(ValueError, match=r"x\.tif' is a '(I;16|I|F)' image .* save the images as 8-bit"):
+        load_image_folder(tmp_path)
+
+
 def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf, default_prior, heldout) -> None:
     from art_gifd.demo import run_demo
 
