@@ -138,7 +138,8 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume (the settings it finished are kept)", file=sys.stderr)
+        again = "the same command" if not (args.overwrite or args.no_resume) else "it without --overwrite/--no-resume"
+        print(f"interrupted: run {again} again to resume (the settings it finished are kept)", file=sys.stderr)
         return 130
     print(f"\nhighest risk: {report.highest_risk}")
     print(f"report: {report.html}")

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import tempfile
 import zipfile
@@ -205,6 +206,27 @@ def source_commit() -> dict[str, Any] | None:
 
 #: Skipped lines of a results file that a read names one by one; it counts the rest in one warning.
 MAX_LINE_WARNINGS = 5
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """
+    SIGTERM (``kill``) raises ``KeyboardInterrupt`` in the main thread, so that a run appending to a results file stops
+    as at Ctrl-C: workers stopped, no line torn, finished records kept for the resume.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ResultsBusy(RuntimeError):

@@ -4,7 +4,10 @@ HTML, JSON and Markdown agree, an existing report is never clobbered, and an int
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -309,8 +312,11 @@ def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch)
     calls: list[str] = []
 
     def interrupted(cfg, setting, lpips, verbose):
-        if calls:
-            raise KeyboardInterrupt
+        if calls:  # `kill` stops the audit as Ctrl-C does (were no handler installed, it would end pytest)
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+            raise AssertionError("SIGTERM did not interrupt the audit")
         calls.append(setting.id)
         return real(cfg, setting, lpips, verbose)
 
@@ -782,6 +788,20 @@ def test_a_setting_that_fails_mid_run_is_named_and_the_finished_ones_are_kept(tm
     monkeypatch.setattr(audit_run, "_run_setting", real)
     report = run_audit(path, verbose=False)
     assert report.document["reproducibility"]["resumed"] == ran == ["b1-d0-gifd"]
+
+
+def test_an_interrupted_overwrite_says_how_to_resume(tmp_path, monkeypatch, capsys) -> None:
+    path = write_config(tmp_path)
+
+    def interrupt(cfg, setting, lpips, verbose):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit_run, "_run_setting", interrupt)
+    assert main(["audit", str(path), "--no-progress"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    # repeating --overwrite would discard the finished settings again
+    assert main(["audit", str(path), "--no-progress", "--overwrite"]) == 130
+    assert "run it without --overwrite/--no-resume again to resume" in capsys.readouterr().err
 
 
 def test_a_batch_size_the_model_cannot_take_in_train_mode_is_named_at_validation(tmp_path, monkeypatch) -> None:

@@ -185,7 +185,7 @@ from art_gifd.federated import (
 from art_gifd.labels import find_classifier_head
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.store import ResultsBusy, ResultsFile
+from art_gifd.store import ResultsBusy, ResultsFile, terminate_as_interrupt
 from art_gifd.utility import UTILITY_KEYS, read_utility_table
 from art_gifd.validation import MAX_SEED, check_device, check_output_folder
 
@@ -684,12 +684,15 @@ def open_config(config: str | Path | Mapping[str, Any]) -> tuple[Path | None, Ch
 
 @contextlib.contextmanager
 def locked_output(store: ResultsFile, source: Path | None) -> Iterator[None]:
-    """Hold the lock of an audit's results file; another audit writing the same output folder is a problem of it."""
+    """
+    Hold the lock of an audit's results file (another audit writing the same output folder is a problem of it), with
+    SIGTERM stopping the run as Ctrl-C does.
+    """
     if store.path.is_dir():
         problem = f"'{store.path}' is a folder where the audit keeps its results file: remove it, or choose another."
         raise AuditConfigError([ConfigProblem("output", problem)], source)
     try:
-        with store.lock("art-gifd audit", "another output folder"):
+        with store.lock("art-gifd audit", "another output folder"), terminate_as_interrupt():
             yield
     except ResultsBusy as busy:
         raise AuditConfigError([ConfigProblem("output", str(busy))], source) from None

@@ -21,15 +21,12 @@ Reconstructions (8-bit, for figures only) go to ``<results stem>.recon/<job id>.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import platform
 import random
-import signal
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +38,15 @@ from tqdm.auto import tqdm
 from art_gifd.bench.config import BenchConfig
 from art_gifd.bench.executors import Executor, ExecutorFailure, LocalExecutor
 from art_gifd.bench.grid import Job, JobOutcome, expand_grid
-from art_gifd.store import NULL, NUMBER, ResultsFile, environment, shape_problem, source_commit
+from art_gifd.store import (
+    NULL,
+    NUMBER,
+    ResultsFile,
+    environment,
+    shape_problem,
+    source_commit,
+    terminate_as_interrupt,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -374,26 +379,8 @@ def run_benchmark(
     """
     executor = executor if executor is not None else LocalExecutor()
     store = ResultsFile(results)
-    with store.lock(), _terminate_as_interrupt():
+    with store.lock(), terminate_as_interrupt():
         return _run_locked(config, store, executor, retry_errors, progress, command, check_inputs)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``) stops the driver like Ctrl-C: workers stopped, nothing torn, a rerun resumes."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: signals cannot be handled here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_locked(
