@@ -13,11 +13,13 @@ that was damaged anyway (a disk fault, a hand edit) reads as missing, and only i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
 import os
 import platform
+import re
 import signal
 import subprocess
 import tempfile
@@ -52,6 +54,19 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_slug(text: str, limit: int = 60) -> str:
+    """
+    ``text`` as a part of a file name: letters, digits and ``_.+-`` kept, other runs of characters replaced by ``-``.
+    When anything was replaced, or the result is empty or longer than ``limit``, a short hash of ``text`` is appended
+    (the part before it cut to fit), so that distinct texts never share a file name.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-")
+    if slug == text and 0 < len(slug) <= limit:
+        return slug
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{slug[: limit - len(digest) - 1]}-{digest}".lstrip("-")
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:

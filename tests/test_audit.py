@@ -255,19 +255,31 @@ def test_yaml_config_errors_carry_lines(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
-    return run_audit(write_config(folder), verbose=False), folder
+    path = write_config(folder)
+    # a label with Markdown table syntax, raw HTML and a line break: the reports must show it, not obey it
+    path.write_text(path.read_text().replace("adaptive = true", f'adaptive = true\nlabel = "{HOSTILE_LABEL}"', 1))
+    return run_audit(path, verbose=False), folder
+
+
+#: A defence label written as TOML string content (``\n``: a line break).
+HOSTILE_LABEL = "prune | <b>half</b>\\n## rows"
 
 
 def test_tiny_audit_report_files_agree(tiny_report) -> None:
     report, _ = tiny_report
     document = json.loads(report.json.read_text())
     assert document["schema"] == SCHEMA
-    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune(ratio=0.5)"]
+    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune | <b>half</b>\n## rows"]
     html, summary = report.html.read_text(), report.summary.read_text()
+    assert "<b>" not in html and "<b>" not in summary and "\n## rows" not in summary
+    header = next(line for line in summary.splitlines() if line.startswith("| batch |"))
+    columns = header.count("|")
+    assert "| prune \\| &lt;b&gt;half&lt;/b&gt; ## rows |" in summary
     rows = re.findall(r'<tr data-setting="([^"]+)">(.*?)</tr>', html, flags=re.S)
     assert [row_id for row_id, _ in rows] == [s["id"] for s in document["settings"]]
     md_rows = [line for line in summary.splitlines() if line.startswith("| 1 |")]
     assert len(md_rows) == len(document["settings"])
+    assert all(row.replace("\\|", "").count("|") == columns for row in md_rows)
     for setting, (_, row), md_row in zip(document["settings"], rows, md_rows, strict=True):
         assert setting["psnr"] == pytest.approx(np.mean(setting["per_image"]["psnr"]))
         shown = [
@@ -500,11 +512,14 @@ def test_attack_tables_of_the_old_form_repeated_labels_and_unknown_defences_are_
         load_audit_config(path)
     found = problems(err)
     assert "duplicated label 'pixel'" in found["attacks[1].label"] and "shield" in found["attacks[2].defenses"]
-    slugs = attack_tables("pixel", "pixel").replace('"pixel"\n\n', '"pixel"\nlabel = "pixel/1"\n\n', 1)
-    path.write_text(text.replace(attack_tables("gifd"), slugs.replace('"pixel"\n\n', '"pixel"\nlabel = "pixel 1"\n\n')))
-    with pytest.raises(AuditConfigError) as err:
-        load_audit_config(path)
-    assert "the same file name (pixel-1)" in problems(err)["attacks[1].label"]
+    # labels that differ only in characters a file name cannot hold, or too long for one, still name distinct files
+    slugs = attack_tables("pixel", "pixel", "pixel").replace('"pixel"\n\n', '"pixel"\nlabel = "pixel/1"\n\n', 1)
+    slugs = slugs.replace('"pixel"\n\n', '"pixel"\nlabel = "pixel 1"\n\n', 1)
+    path.write_text(
+        text.replace(attack_tables("gifd"), slugs.replace('"pixel"\n\n', f'"pixel"\nlabel = "{"p" * 300}"\n\n'))
+    )
+    names = [attack.slug for attack in load_audit_config(path).attacks]
+    assert len(set(names)) == 3 and all(0 < len(n) <= 60 and re.fullmatch(r"[\w.+-]+", n) for n in names)
 
 
 def test_an_audit_expands_a_defence_grid_as_the_bench_does(tmp_path) -> None:

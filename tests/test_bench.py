@@ -425,6 +425,23 @@ def test_report_tables_equal_the_results_file(reference, tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+def test_report_tables_and_figure_names_hold_any_label(reference, tmp_path):
+    from art_gifd.store import file_slug
+
+    write_report(reference, tmp_path / "report")
+    rows = json.loads((tmp_path / "report" / "tables.json").read_text())["rows"]
+    hostile = [{**row, "defense_label": "noise | <i>a</i>\n## b"} for row in rows]
+    text = markdown(hostile, [], [], "title | x")
+    header = next(line for line in text.splitlines() if line.startswith("| data |"))
+    body = [line for line in text.splitlines() if line.startswith(f"| {rows[0]['dataset']} |")]
+    assert body and all(line.replace("\\|", "").count("|") == header.count("|") for line in body)
+    assert "noise \\| &lt;i&gt;a&lt;/i&gt; ## b" in body[0] and "<i>" not in text
+    # labels that a file name cannot tell apart get distinct figure names
+    labels = ["noise a", "noise-a", "ε", "σ", "x" * 300]
+    names = [file_slug(label) for label in labels]
+    assert names[1] == "noise-a" and len(set(names)) == len(labels) and all(0 < len(n) <= 60 for n in names)
+
+
 def test_report_rows_follow_the_grid_whatever_order_jobs_finished_in(reference, tmp_path):
     lines = Path(reference).read_text().splitlines()
     headers = [line for line in lines if json.loads(line)["type"] == "run"]

@@ -551,10 +551,11 @@ def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]])
         grid_rows.append((label, original, {"reconstruction": reconstruction}))
     grid = reconstruction_grid(grid_rows, ["reconstruction"], out / GRID)
     paths = {"json": out / "report.json", "markdown": out / "summary.md", "html": out / "report.html"}
-    environment_ = template_environment()
-    markdown = environment_.get_template("captures.md").render(doc=document)
-    html = environment_.get_template("captures.html").render(
-        doc=document, figure=png_data_uri(figure), grid=png_data_uri(grid)
+    markdown = template_environment(markdown=True).get_template("captures.md").render(doc=document)
+    html = (
+        template_environment()
+        .get_template("captures.html")
+        .render(doc=document, figure=png_data_uri(figure), grid=png_data_uri(grid))
     )
     write_bytes_atomic(paths["markdown"], markdown.encode())
     write_bytes_atomic(paths["html"], html.encode())

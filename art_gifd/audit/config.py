@@ -152,7 +152,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +184,7 @@ from art_gifd.federated import (
 from art_gifd.labels import find_classifier_head
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.store import ResultsBusy, ResultsFile, terminate_as_interrupt
+from art_gifd.store import ResultsBusy, ResultsFile, file_slug, terminate_as_interrupt
 from art_gifd.utility import UTILITY_KEYS, read_utility_table
 from art_gifd.validation import MAX_SEED, check_device, check_output_folder
 
@@ -605,8 +604,8 @@ class AttackSetting:
 
     @property
     def slug(self) -> str:
-        """The label as a file-name part (setting identifiers and image files use it)."""
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", self.label)
+        """The label as a file-name part for setting identifiers and image files (:func:`~art_gifd.store.file_slug`)."""
+        return file_slug(self.label)
 
 
 def _read_attacks(
@@ -646,14 +645,6 @@ def _read_attacks(
         )
         for index, a in zip(section.positions, section.attacks, strict=True)
     ]
-    slugs: dict[str, str] = {}
-    for attack in attacks:
-        if slugs.get(attack.slug, attack.label) != attack.label:  # a repeated label is a problem of its own
-            check.add(
-                ("attacks", attack.index, "label"),
-                f"'{attack.label}' and '{slugs[attack.slug]}' give the same file name ({attack.slug}): rename one.",
-            )
-        slugs[attack.slug] = attack.label
     settings = {"budget": section.budget, "priors": section.priors, "attacks": section.attacks}
     return settings, attacks, priors, facts
 

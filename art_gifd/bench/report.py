@@ -14,7 +14,6 @@ epsilon for DP-SGD), and reconstruction grids (original | each attack, one row p
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from art_gifd.bench.config import canonical_json
 from art_gifd.bench.grid import defense_label
 from art_gifd.bench.runner import read_results
 from art_gifd.metrics import split_by_shared_label
-from art_gifd.store import ResultsFile, write_json_atomic
+from art_gifd.report.html import markdown_text
+from art_gifd.store import ResultsFile, file_slug, write_json_atomic
 
 REPORT_SCHEMA = "art-gifd/bench-report/v1"
 METRICS = ("psnr", "ssim", "lpips")
@@ -166,8 +166,10 @@ def _epsilon(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> str:
-    """The Markdown tables of a report."""
-    lines = [f"# Benchmark report: {title}", ""]
+    """The Markdown tables of a report (labels, names and the title through :func:`markdown_text`)."""
+    rows = [{k: markdown_text(v) for k, v in r.items()} for r in rows]
+    errors = [{k: markdown_text(v) for k, v in e.items()} for e in errors]
+    lines = [f"# Benchmark report: {markdown_text(title)}", ""]
     for run in runs:
         lines.append(
             f"- run {run.get('date')}: `{run.get('command')}`, git commit `{run.get('git_commit')}`"
@@ -239,12 +241,12 @@ def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: lis
     lines += [""] + [f"LPIPS n/a: {reason}" for reason in reasons]
     if errors:
         lines += ["", "## Failed jobs", "", "| job | error |", "|---|---|"]
-        lines += [f"| {e['label']} | {e['type']}: {_one_line(e['message'])} |" for e in errors]
+        lines += [f"| {e['label']} | {e['type']}: {_shorten(e['message'])} |" for e in errors]
     return "\n".join(lines) + "\n"
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
+def _shorten(text: str, limit: int = 200) -> str:
+    text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -289,7 +291,7 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
     figures = out / "figures"
     for case in dict.fromkeys(_case_key(r) for r in rows):
         selected = [r for r in rows if _case_key(r) == case]
-        tag = _slug("_".join(map(str, case)))
+        tag = file_slug("_".join(map(str, case)))
         written += leakage_figures(selected, figures, tag)
         written += privacy_utility_figures(selected, figures, tag)
         grid = reconstruction_figure(selected, store, figures / f"reconstructions_{tag}.png")
@@ -301,10 +303,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def _pyplot() -> Any:
@@ -373,7 +371,7 @@ def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{tag}: leakage vs {defense} strength (dotted: no defence)", fontsize=9)
         fig.tight_layout()
-        written.append(_save(fig, folder / f"leakage_{tag}_{_slug(defense)}.png"))
+        written.append(_save(fig, folder / f"leakage_{tag}_{file_slug(defense)}.png"))
     return written
 
 

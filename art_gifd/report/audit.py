@@ -74,7 +74,7 @@ def _format_param(value: Any) -> str:
 
 
 def _render(name: str, document: dict[str, Any], figures: Mapping[str, str]) -> str:
-    env = template_environment()
+    env = template_environment(markdown=name.endswith(".md"))
     env.filters["num"] = format_number
     env.filters["param"] = _format_param
     return env.get_template(name).render(doc=document, figures=figures, utility=_utility_by_defense(document))

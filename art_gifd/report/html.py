@@ -9,9 +9,27 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 
-def template_environment() -> Environment:
-    """The jinja2 environment of the report templates (``art_gifd/report/templates``, HTML autoescaped)."""
-    return Environment(loader=PackageLoader("art_gifd", "report/templates"), autoescape=select_autoescape(["html"]))
+def markdown_text(value: Any) -> Any:
+    """
+    A string made safe for one line or table cell of Markdown (other values unchanged): line breaks become spaces,
+    ``|`` is escaped and ``<`` / ``>`` become entities, so that a label or title cannot split a table row, add a column,
+    start a heading or carry raw HTML.
+    """
+    if not isinstance(value, str):
+        return value
+    return " ".join(value.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def template_environment(markdown: bool = False) -> Environment:
+    """
+    The jinja2 environment of the report templates (``art_gifd/report/templates``): HTML autoescaped; with
+    ``markdown``, for the Markdown templates, every value written passes through :func:`markdown_text`.
+    """
+    return Environment(
+        loader=PackageLoader("art_gifd", "report/templates"),
+        autoescape=select_autoescape(["html"]),
+        finalize=markdown_text if markdown else None,
+    )
 
 
 def png_data_uri(path: str | Path) -> str:
