@@ -80,6 +80,16 @@ def test_dp_epsilon_equals_opacus_accountant() -> None:
     assert describe_defense(dp)["epsilon"] == dp.epsilon
 
 
+def test_an_accountant_that_runs_out_of_memory_is_one_error(monkeypatch) -> None:
+    # PRV at noise 0.3, rate 0.5 and 100,000 steps asks numpy for 444 GiB; simulated so that no machine tries it
+    def out_of_memory(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 444. GiB for an array with shape (59579907654,)")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", out_of_memory)
+    with pytest.raises(ValueError, match=r"PRV accountant cannot evaluate these settings .* use accountant='rdp'"):
+        DPSGD(0.3, accountant="prv", **DP)
+
+
 def test_dp_update_is_clipped_mean_plus_noise_of_stated_std(clf4, batch4) -> None:
     """Opacus' update = mean of per-sample gradients clipped to C, plus N(0, (sigma C / B)^2) per entry (we average)."""
     x, y = batch4

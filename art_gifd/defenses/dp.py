@@ -110,6 +110,8 @@ class DPSGD(Defense):
                 f"epsilon={epsilon:g} cannot be reached at delta={delta:g} with sample_rate={sample_rate:g} and "
                 f"{steps} steps ({err}): raise epsilon or delta, or lower sample_rate or steps."
             ) from None
+        except (MemoryError, OverflowError) as err:
+            raise ValueError(_accountant_failure(accountant, err)) from None
         return cls(sigma, max_grad_norm, sample_rate, steps, delta, accountant)
 
     def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:
@@ -167,7 +169,17 @@ def privacy_epsilon(noise_multiplier: float, sample_rate: float, steps: int, del
 
     meter = create_accountant(mechanism=accountant)
     meter.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
-    return float(meter.get_epsilon(delta=delta))
+    try:
+        return float(meter.get_epsilon(delta=delta))
+    except (MemoryError, OverflowError) as err:  # PRV discretises the privacy-loss distribution on a grid
+        raise ValueError(_accountant_failure(accountant, err)) from None
+
+
+def _accountant_failure(accountant: str, err: BaseException) -> str:
+    return (
+        f"Opacus' {accountant.upper()} accountant cannot evaluate these settings ({type(err).__name__}: "
+        f"{' '.join(str(err).split())[:120]}): use accountant='rdp', or fewer steps or a larger noise_multiplier."
+    )
 
 
 def check_opacus_compatible(module: nn.Module) -> None:
