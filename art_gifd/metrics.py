@@ -295,17 +295,24 @@ def fetch_backbone_weights(net: str, destination: Path, url: str | None = None) 
     :param destination: The file to write (its folder is created).
     :param url: Where to fetch it (default: torchvision's release, whose SHA-256 prefix in the file name is checked;
                 a URL given here, e.g. an internal mirror, is trusted as is).
-    :raises RuntimeError: If the download fails or the file does not match torchvision's hash.
+    :raises RuntimeError: If the folder cannot be created, the download fails or the file does not match torchvision's
+                          hash.
     """
     file_name = _BACKBONES[net][1]
     official = url is None
     source = TORCHVISION_WEIGHTS_URL + file_name if official else url
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, a read-only file system, a symlink loop
+        raise RuntimeError(
+            f"the folder '{destination.parent}' cannot be created ({exc.strerror or exc}): choose a writable "
+            "weights path"
+        ) from exc
     hash_prefix = file_name.rsplit("-", 1)[1].split(".")[0] if official else None
     logger.warning("LPIPS: downloading %s weights from %s to %s", _BACKBONES[net][2], source, destination)
     try:
         torch.hub.download_url_to_file(source, str(destination), hash_prefix=hash_prefix, progress=True)
-    except Exception as exc:  # urllib, socket and hash errors all end here
+    except Exception as exc:  # urllib, socket, hash and file-system errors all end here
         raise RuntimeError(f"could not download {source}: {exc}") from exc
 
 
@@ -341,8 +348,10 @@ class LPIPSMetric:
         allow_download: bool | None = None,
         download_url: str | None = None,
     ) -> None:
+        if net not in _BACKBONES:
+            raise ValueError(f"Unsupported LPIPS backbone {net!r}; choose one of {sorted(_BACKBONES)}.")
         self.net = net
-        self.weights_path = Path(weights_path) if weights_path is not None else default_weights_path(net)
+        self.weights_path = Path(weights_path).expanduser() if weights_path is not None else default_weights_path(net)
         self.device = torch.device(device)
         self.reason: str | None = None
         self._model: lpips_lib.LPIPS | None = None

@@ -331,6 +331,15 @@ def test_lpips_downloads_the_backbone_only_when_the_user_opts_in(
     np.testing.assert_allclose(fetched(images, images[::-1]), lpips_metric(images, images[::-1]), rtol=1e-6)
     broken = LPIPSMetric(weights_path=tmp_path / "other.pth", download_url=file_server + "missing.pth")
     assert not broken.available and "could not download" in broken.reason
+    # a destination under a file is a reason, not a traceback; "~" is the user's home; the backbone is checked first
+    (tmp_path / "afile").write_text("")
+    blocked = LPIPSMetric(weights_path=tmp_path / "afile" / "x.pth", download_url=file_server + "alexnet.pth")
+    assert not blocked.available and f"the folder '{tmp_path / 'afile'}' cannot be created" in blocked.reason
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = LPIPSMetric(weights_path="~/w/alexnet.pth", download_url=file_server + "alexnet.pth")
+    assert home.available and home.weights_path == tmp_path / "home" / "w" / "alexnet.pth"
+    with pytest.raises(ValueError, match="Unsupported LPIPS backbone 'squeeze'"):
+        LPIPSMetric(net="squeeze", weights_path=cache)
 
 
 def test_lpips_checks_torchvision_hash_of_a_download(
