@@ -54,8 +54,14 @@ def output_folder(text: str) -> Path:
 def output_file(text: str) -> Path:
     """Argument type: a file to write or append to (it must not be a folder, nor lie under a file)."""
     path = Path(text).expanduser()
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"'{path}' is a folder: give the path of a file, e.g. '{path / 'run.jsonl'}'")
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder: give the path of a file, e.g. '{path / 'run.jsonl'}'")
+    try:
+        path.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (before Python 3.13)
+        raise argparse.ArgumentTypeError(
+            f"'{path}' cannot be resolved ({err}): give a path without a symlink loop"
+        ) from None
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"'{blocking}' is a file, so '{path}' cannot be created under it")

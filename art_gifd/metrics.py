@@ -92,8 +92,8 @@ def _validate_pair(
     for name, arr in (("reconstructed", rec), ("original", orig)):
         if arr.ndim != 4:
             raise ValueError(f"{name} must be a 4-D NCHW array, got shape {arr.shape}.")
-        # a last axis of 1 or 3 behind a second axis that is no channel count: channels last
-        if arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
+        # a last axis of 1, 3 or 4 (grey, RGB, RGBA) behind a second axis that is no channel count: channels last
+        if arr.shape[1] not in (1, 3, 4) and arr.shape[3] in (1, 3, 4):
             raise ValueError(
                 f"{name} has shape {arr.shape}, which looks like NHWC (channels last): transpose it to NCHW, e.g. "
                 "images.transpose(0, 3, 1, 2)."

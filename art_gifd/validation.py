@@ -145,7 +145,10 @@ def check_output_folder(path: str | Path) -> Path:
     """
     import tempfile
 
-    out = Path(path).expanduser().resolve()
+    try:
+        out = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (before Python 3.13)
+        raise ValueError(f"'{path}' cannot be resolved ({err}): give a folder path without a symlink loop.") from None
     if out.exists() and not out.is_dir():
         raise ValueError(f"'{out}' is a file: give a folder to write into.")
     ancestor = next(p for p in (out, *out.parents) if p.exists())

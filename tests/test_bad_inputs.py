@@ -154,18 +154,25 @@ def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_pr
         (["demo", "--seed", str(2**64)], "--seed: expected an integer in [0, 9223372036854775807]"),
         (["demo", "--out", "{under-file}"], "is a file, so the folder"),
         (["demo", "--out", "/proc/art-gifd-demo"], "cannot write into '/proc'"),
+        (["bench", "smoke", "--results", "{new-folder}/"], "is a folder: give the path of a file"),
+        (["bench", "smoke", "--results", "{loop}/r.jsonl"], "give a path without a symlink loop"),
+        (["demo", "--out", "{loop}/x"], "give a folder path without a symlink loop"),
     ],
 )
 def test_cli_refuses_bad_arguments(tmp_path, capsys, argv, message) -> None:
     (tmp_path / "a-file").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     places = {
         "{file}": tmp_path / "a-file",
         "{under-file}": tmp_path / "a-file" / "out",
         "{folder}": tmp_path,
         "{missing}": tmp_path / "missing.jsonl",
     }
+    places |= {"{new-folder}": tmp_path / "new-folder", "{loop}": tmp_path / "loop"}
+    for name, place in places.items():
+        argv = [a.replace(name, str(place)) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(places.get(a, a)) for a in argv])
+        main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 

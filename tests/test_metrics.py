@@ -224,7 +224,7 @@ def test_images_outside_data_range_are_refused(lpips_metric: LPIPSMetric, rng: n
     assert np.all(np.isfinite(psnr(reconstructed * (1 + 1e-6), original * (1 + 1e-6))))
 
 
-@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 8, 8, 1), (2, 32, 32, 1)])
+@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 8, 8, 1), (2, 32, 32, 1), (2, 32, 32, 4)])
 def test_channels_last_images_are_refused(shape: tuple[int, ...], rng: np.random.Generator) -> None:
     images = rng.uniform(size=shape)
     labels = np.array([0, 1])
@@ -233,7 +233,9 @@ def test_channels_last_images_are_refused(shape: tuple[int, ...], rng: np.random
             measure(images, images)
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 64, 64), (2, 3, 8, 3), (2, 1, 5, 1), (2, 4, 16, 16)])
+@pytest.mark.parametrize(
+    "shape", [(2, 1, 32, 32), (2, 3, 64, 64), (2, 3, 8, 3), (2, 1, 5, 1), (2, 4, 16, 16), (2, 4, 8, 4)]
+)
 def test_channels_first_images_are_measured(shape: tuple[int, ...], rng: np.random.Generator) -> None:
     images = rng.uniform(size=shape)
     np.testing.assert_array_equal(psnr(images, images), [MAX_PSNR, MAX_PSNR])

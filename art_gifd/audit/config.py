@@ -698,12 +698,10 @@ def read_common(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
         "seeds": check.get(top, (), "seeds", int_list(0, high=MAX_SEED), [0]),
     }
     if settings["output"] is not None:
-        output = (check.base / Path(settings["output"]).expanduser()).resolve()
         try:
-            check_output_folder(output)
+            settings["output"] = str(check_output_folder(check.base / Path(settings["output"]).expanduser()))
         except ValueError as err:
             check.add(("output",), str(err))
-        settings["output"] = str(output)
     return settings
 
 
