@@ -334,25 +334,39 @@ def _private_batch(estimator: PyTorchClassifier, target: TargetModel, x: Any) ->
         raise ValueError(f"x must have shape (B, {', '.join(map(str, target.input_shape))}), got {x_arr.shape}.")
     if x_arr.shape[0] == 0:
         raise ValueError("x is empty: pass at least one private sample.")
-    if not np.all(np.isfinite(x_arr)):
-        raise ValueError("x contains NaN or infinite values.")
-    if estimator.clip_values is not None:
-        lo, hi = clip_range(estimator)
-        below, above = lo - float(x_arr.min()), float(x_arr.max()) - hi
-        if max(below, above) > 0.5 * (hi - lo):  # a different scale (0-255, [-1, 1]), not a small overshoot
-            raise ValueError(
-                f"x spans [{x_arr.min():g}, {x_arr.max():g}] but the estimator's clip_values are [{lo:g}, {hi:g}]: "
-                "scale the images to the model's input range (e.g. x / 255 for 8-bit images)."
-            )
-        if max(below, above) > 1e-6:
-            logger.warning(
-                "x spans [%g, %g], beyond the estimator's clip_values [%g, %g]; attacks reconstruct within them.",
-                x_arr.min(),
-                x_arr.max(),
-                lo,
-                hi,
-            )
+    check_input_scale("x", x_arr, estimator)
     return x_arr
+
+
+def check_input_scale(name: str, x: np.ndarray, estimator: PyTorchClassifier) -> None:
+    """
+    Refuse images that are not finite reals or are on another scale than the estimator's ``clip_values`` (0–255 or
+    [-1, 1] for a [0, 1] model: beyond them by more than half their width); a smaller overshoot is logged.
+
+    :param name: The images' name in the messages.
+    """
+    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+        raise ValueError(f"{name} must hold real pixel values, got dtype {x.dtype}.")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or infinite values: pass finite images.")
+    if estimator.clip_values is None:
+        return
+    lo, hi = clip_range(estimator)
+    low, high = float(x.min()), float(x.max())
+    if max(lo - low, high - hi) > 0.5 * (hi - lo):
+        raise ValueError(
+            f"{name} spans [{low:g}, {high:g}] but the estimator's clip_values are [{lo:g}, {hi:g}]: scale the images "
+            "to the model's input range (e.g. x / 255 for 8-bit images)."
+        )
+    if max(lo - low, high - hi) > 1e-6:
+        logger.warning(
+            "%s spans [%g, %g], beyond the estimator's clip_values [%g, %g]; attacks reconstruct within them.",
+            name,
+            low,
+            high,
+            lo,
+            hi,
+        )
 
 
 def defended_gradients(

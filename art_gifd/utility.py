@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from art_gifd.defenses.base import DefenseLike, make_generator
-from art_gifd.federated import TargetModel, clip_range, defended_gradients
+from art_gifd.federated import TargetModel, check_input_scale, defended_gradients
 from art_gifd.validation import MAX_SEED, check_integer, check_number
 
 if TYPE_CHECKING:
@@ -151,29 +151,8 @@ def _utility_data(data: UtilityData | None, target: TargetModel) -> UtilityData:
                 f"data: the {name} images must have shape (N, {', '.join(map(str, target.input_shape))}) with N > 0 "
                 f"and one label each, got images {x.shape} and {len(y)} labels."
             )
-        _check_pixels(f"x_{name}", x, target)
+        check_input_scale(f"data: x_{name}", x, target.estimator)
     return x_train, y_train, x_test, y_test
-
-
-def _check_pixels(name: str, x: np.ndarray, target: TargetModel) -> None:
-    """
-    Refuse images that are not finite reals or lie outside the estimator's ``clip_values``: a model would still
-    give an accuracy on them, but not one of the data it is meant for.
-    """
-    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
-        raise ValueError(f"data: {name} must hold real pixel values, got dtype {x.dtype}.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"data: {name} contains NaN or infinite values: pass finite images.")
-    if target.estimator.clip_values is None:
-        return
-    lo, hi = clip_range(target.estimator)
-    low, high = float(x.min()), float(x.max())
-    slack = 1e-3 * (hi - lo)  # float rounding of images scaled to the range
-    if low < lo - slack or high > hi + slack:
-        raise ValueError(
-            f"data: {name} spans [{low:g}, {high:g}] but the estimator's clip_values are [{lo:g}, {hi:g}]: scale the "
-            "images to the model's input range (e.g. x / 255 for 8-bit images)."
-        )
 
 
 def _accuracy(target: TargetModel, x: np.ndarray, y: np.ndarray, chunk: int = 500) -> float:
