@@ -109,6 +109,36 @@ class TargetModel:
                 "The estimator has preprocessing that is not implemented in PyTorch, so gradients cannot flow through "
                 "it. Use PyTorch preprocessing (e.g. preprocessing=(mean, std)) or apply it inside the model."
             )
+        self._probe()
+
+    def _probe(self) -> None:
+        """
+        Run the model on a zero batch of two inputs through the estimator's preprocessing: the output must be logits
+        of shape ``(2, nb_classes)``, not probabilities.
+        """
+        shape = (2, *self.input_shape)
+        try:
+            with torch.no_grad():
+                x = self.preprocess(torch.zeros(shape, device=self.device))
+                out = self.module(x)
+        except Exception as err:  # any failure of the user's forward pass or of the preprocessing
+            raise ValueError(
+                f"The FL model fails on a batch of shape {shape} (the estimator's input_shape, after its "
+                f"preprocessing): {' '.join(str(err).split())[:200]}. Check the estimator's input_shape and "
+                "preprocessing against the model."
+            ) from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, self.nb_classes):
+            found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"The FL model's output for a batch of 2 is {found}, but the estimator's nb_classes = "
+                f"{self.nb_classes} needs one tensor of shape (2, {self.nb_classes}): return the logits only, and "
+                "give the estimator the model's number of classes."
+            )
+        if bool((out >= 0).all() and (out <= 1).all()) and torch.allclose(out.sum(1), torch.ones(2, device=out.device)):
+            raise ValueError(
+                "The FL model outputs probabilities (every row is non-negative and sums to 1): it ends in a softmax, "
+                "but the cross-entropy loss expects logits. Remove the final softmax."
+            )
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the estimator's preprocessing to ``x`` keeping the graph."""
@@ -195,10 +225,24 @@ def check_client_model(estimator: PyTorchClassifier) -> None:
     one number per batch, with float32 weights.
 
     :param estimator: The FL model as an ART ``PyTorchClassifier``.
-    :raises ValueError: For another loss, ``reduction="none"``, or parameters or buffers of another dtype.
+    :raises ValueError: For another loss, ``reduction="none"``, parameters or buffers of another dtype, frozen
+                        parameters, or channels-last input.
     """
     _check_loss(estimator._loss)
     _check_float32(estimator.model)
+    frozen = [n for n, p in estimator.model.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"the model has frozen parameters (requires_grad=False, e.g. {frozen[:3]}): art-gifd simulates clients "
+            "that train and share every parameter, and a client that freezes layers shares no gradient for them. "
+            "Unfreeze them (p.requires_grad_(True)) to audit the model as if every layer were trained; the attacker "
+            "then sees more than such a client shares."
+        )
+    if not estimator.channels_first:
+        raise ValueError(
+            "the estimator has channels_first=False: art-gifd works on NCHW images; give the model channels-first "
+            "input (permute inside the model if it needs NHWC) and wrap it with channels_first=True."
+        )
 
 
 def _check_loss(loss: Any) -> None:

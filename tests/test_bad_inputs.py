@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from art_gifd import GIFDAttack
+from art_gifd import GIFDAttack, InvertingGradientsAttack
 from art_gifd.cli import main
 from art_gifd.configfile import parse_document
 from art_gifd.defenses import GaussianNoise, Prune
@@ -428,3 +428,59 @@ def test_a_model_torch_func_cannot_differentiate_is_named(tmp_path, heldout) -> 
     clf = make_classifier(module, (1, 32, 32))
     with pytest.raises(ValueError, match=r"cannot be differentiated with torch.func .*data-dependent control flow"):
         client_gradients(clf, heldout[0][:1], heldout[1][:1])
+
+
+class _Pair(torch.nn.Module):
+    """A model that returns (logits, features), as some do for auxiliary losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), x
+
+
+def _estimator(model: torch.nn.Module, **kwargs):
+    from art.estimators.classification import PyTorchClassifier
+
+    settings = {"loss": torch.nn.CrossEntropyLoss(), "input_shape": (1, 32, 32), "nb_classes": 10, **kwargs}
+    return PyTorchClassifier(model, clip_values=(0.0, 1.0), **settings)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("frozen", r"frozen parameters \(requires_grad=False, e.g. \['0.weight', '0.bias'\]\)"),
+        ("softmax", "outputs probabilities .* Remove the final softmax"),
+        ("tuple", r"output for a batch of 2 is tuple, .* return the logits only"),
+        ("classes", r"output for a batch of 2 is \(2, 10\), but the estimator's nb_classes = 12"),
+        ("shape", r"fails on a batch of shape \(2, 1, 28, 28\)"),
+        ("preprocessing", r"fails on a batch of shape \(2, 1, 32, 32\) \(the estimator's input_shape, after its"),
+        ("channels_last", "channels_first=False: art-gifd works on NCHW images"),
+    ],
+)
+def test_estimators_that_do_not_fit_their_model_are_named(heldout, case, message) -> None:
+    from art_gifd.models import lenet
+
+    model, kwargs = lenet(seed=0), {}
+    if case == "frozen":
+        model[0].requires_grad_(False)
+    elif case == "softmax":
+        model = torch.nn.Sequential(model, torch.nn.Softmax(dim=1))
+    elif case == "tuple":
+        model = _Pair()
+    elif case == "classes":
+        kwargs["nb_classes"] = 12
+    elif case == "shape":
+        kwargs["input_shape"] = (1, 28, 28)
+    elif case == "preprocessing":
+        kwargs["preprocessing"] = (np.zeros(3, dtype=np.float32), np.ones(3, dtype=np.float32))
+    elif case == "channels_last":
+        kwargs.update(input_shape=(32, 32, 1), channels_first=False)
+    estimator = _estimator(model, **kwargs)
+    x, y = heldout[0][:1], heldout[1][:1]
+    with pytest.raises(ValueError, match=message):
+        client_gradients(estimator, x, y)
+    with pytest.raises(ValueError, match=message):
+        InvertingGradientsAttack(estimator, verbose=False).infer([np.ones(1, np.float32)], y)
