@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from art_gifd.attacks.core import ReconstructionResult
-from art_gifd.attacks.registry import ATTACK_REGISTRY, Budget, build_attack
+from art_gifd.attacks.registry import ATTACK_REGISTRY, LOOP_PARAMS, Budget, build_attack
 from art_gifd.data import load_dataset
 from art_gifd.defenses.base import Defense, describe_defense
 from art_gifd.federated import (
@@ -32,6 +32,7 @@ from art_gifd.federated import (
 from art_gifd.metrics import LPIPSMetric, evaluate_batch
 from art_gifd.models import build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
+from art_gifd.validation import MAX_SEED, check_flag, check_integer
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ class Case:
     #: The clients' local training (FedAvg; the attacker knows it); ``None``: each client shares one FedSGD gradient.
     training: LocalTraining | None = None
 
+    def __post_init__(self) -> None:
+        self.batch_size = check_integer("Case.batch_size", self.batch_size, 1)
+        self.num_images = check_integer("Case.num_images", self.num_images, 1)
+        self.offset = check_integer("Case.offset", self.offset, 0)
+        self.num_classes = check_integer("Case.num_classes", self.num_classes, 2)
+        if check_flag("Case.adaptive", self.adaptive) and self.defense is None:
+            raise ValueError("Case.adaptive=True needs a defence for the attacker to replay: give defense=.")
+
 
 @dataclass
 class Experiment:
@@ -78,6 +87,17 @@ class Experiment:
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Give the attacks the true labels (else they infer them from each update).
     labels_known: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attacks, str):
+            raise ValueError(f"Experiment.attacks is the string {self.attacks!r}: give a tuple of attack names.")
+        self.seed = check_integer("Experiment.seed", self.seed, 0, MAX_SEED)
+        unknown = sorted(set(self.attack_params) - set(self.attacks))
+        if unknown:
+            raise ValueError(
+                f"Experiment.attack_params names attacks the experiment does not run: {unknown} (attacks: "
+                f"{list(self.attacks)}); check the spelling."
+            )
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -140,6 +160,17 @@ def attack_batches(
     :return: Per batch: the originals, the scores of :func:`~art_gifd.metrics.evaluate_batch`, the attack's result
              and the reconstructions in the originals' order.
     """
+    batch_size = check_integer("batch_size", batch_size, 1)
+    check_integer("seed", seed, 0, MAX_SEED)
+    check_integer("first_index", first_index, 0)
+    if len(x_all) != len(y_all) or not len(x_all) or len(x_all) % batch_size:
+        raise ValueError(
+            f"The private set has {len(x_all)} images and {len(y_all)} labels: give one label per image, and a "
+            f"positive multiple of batch_size={batch_size} images (each client batch is attacked whole)."
+        )
+    clash = sorted(set(attack_params or {}) & set(LOOP_PARAMS))
+    if clash:
+        raise ValueError(f"attack_params may not set {clash}: the experiment loop sets them for every batch.")
     lo, hi = clip_range(estimator)
     for start in range(0, len(x_all), batch_size):
         x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
@@ -187,13 +218,25 @@ def run_experiment(
     progress = tqdm(total=total, desc="attacks", unit="batch", disable=not experiment.verbose)
     for case in experiment.cases:
         x_all, y_all = case.data if case.data is not None else load_dataset(case.dataset, case.split)
+        if np.ndim(x_all) != 4 or np.shape(x_all)[1] not in (1, 3):
+            raise ValueError(
+                f"{case.dataset}: images of shape {np.shape(x_all)}: give NCHW images (N, C, H, W) with 1 or 3 "
+                "channels, e.g. images.transpose(0, 3, 1, 2) for channels-last ones."
+            )
         x_all = x_all[case.offset : case.offset + case.num_images]
         y_all = y_all[case.offset : case.offset + case.num_images]
         if len(x_all) < case.num_images or case.num_images % case.batch_size:
-            raise ValueError(f"{case}: need a multiple of batch_size images, available {len(x_all)}.")
+            raise ValueError(
+                f"{case.dataset}: num_images={case.num_images} from offset {case.offset} must be available "
+                f"({len(x_all)} are) and a multiple of batch_size={case.batch_size}."
+            )
         model = build_model(case.model, x_all.shape[1], x_all.shape[-1], case.num_classes, seed=experiment.seed)
         if case.weights is not None:
-            model.load_state_dict(case.weights)
+            try:
+                model.load_state_dict(case.weights)
+            except (RuntimeError, TypeError, AttributeError) as err:
+                message = " ".join(str(err).split())[:300]
+                raise ValueError(f"Case.weights do not fit model {case.model!r}: {message}") from None
         estimator = make_classifier(model, x_all.shape[1:], nb_classes=case.num_classes, device=experiment.device)
         for attack_name in experiment.attacks:
             per_batch = []

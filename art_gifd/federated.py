@@ -38,6 +38,7 @@ from art_gifd.validation import (
     check_integer,
     check_number,
     nonfinite_entries,
+    to_numpy,
 )
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class TargetModel:
         :param batch_size: Expected number of labels, if known.
         """
 
-        arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        arr = to_numpy(y)
         if arr.dtype.kind not in "iuf":
             raise ValueError(
                 f"Labels must be numbers (class indices or one-hot rows), got an array of dtype {arr.dtype}: "
@@ -373,7 +374,7 @@ def _private_batch(estimator: PyTorchClassifier, target: TargetModel, x: Any) ->
     :raises ValueError: On a wrong shape, an empty batch, non-finite values, or images on another scale than
                         ``clip_values``.
     """
-    x_arr = np.asarray(x, dtype=np.float32)
+    x_arr = to_numpy(x).astype(np.float32, copy=False)
     if x_arr.ndim != len(target.input_shape) + 1 or tuple(x_arr.shape[1:]) != target.input_shape:
         raise ValueError(f"x must have shape (B, {', '.join(map(str, target.input_shape))}), got {x_arr.shape}.")
     if x_arr.shape[0] == 0:

@@ -15,7 +15,7 @@ import torch
 
 from art_gifd.defenses.base import DefenseLike, make_generator
 from art_gifd.federated import TargetModel, check_input_scale, defended_gradients
-from art_gifd.validation import MAX_SEED, check_integer, check_number
+from art_gifd.validation import MAX_SEED, check_integer, check_number, to_numpy
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -144,7 +144,7 @@ def _utility_data(data: UtilityData | None, target: TargetModel) -> UtilityData:
         return (*load_mnist32("train"), *load_mnist32("heldout"))
     if len(data) != 4:
         raise ValueError("data must be (x_train, y_train, x_test, y_test).")
-    x_train, y_train, x_test, y_test = (np.asarray(a) for a in data)
+    x_train, y_train, x_test, y_test = (to_numpy(a) for a in data)
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.shape[1:] != target.input_shape or len(x) != len(y) or not len(x):
             raise ValueError(

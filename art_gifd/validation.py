@@ -63,6 +63,13 @@ def check_number(
 MAX_SEED = 2**63 - 1
 
 
+def to_numpy(value: Any) -> np.ndarray:
+    """``value`` as a numpy array; a torch tensor is detached and moved to the CPU first (it may require grad)."""
+    import torch
+
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
 def check_integer(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> int | None:
     """
     Validate an integer parameter in ``[low, high]`` and return it as an ``int`` (``None`` passes if ``optional``).
@@ -208,7 +215,7 @@ def check_gradient(grads: Any, names: Sequence[str], shapes: Sequence[tuple[int,
         )
     out = []
     for name, shape, item in zip(names, shapes, items, strict=True):
-        arr = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        arr = to_numpy(item)
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"Gradient of '{name}' has dtype {arr.dtype}; expected a floating-point array.")
         if tuple(arr.shape) != tuple(shape):

@@ -484,3 +484,41 @@ def test_estimators_that_do_not_fit_their_model_are_named(heldout, case, message
         client_gradients(estimator, x, y)
     with pytest.raises(ValueError, match=message):
         InvertingGradientsAttack(estimator, verbose=False).infer([np.ones(1, np.float32)], y)
+
+
+def test_experiment_settings_are_checked_when_made(lenet_clf, heldout) -> None:
+    from art_gifd.attacks.registry import Budget
+    from art_gifd.experiment import Case, Experiment, attack_batches
+
+    bad = [
+        (lambda: Case("lenet", "mnist32", 1, -2), "Case.num_images must be a positive integer, got -2"),
+        (lambda: Case("lenet", "mnist32", 1, 2, offset=-3), "Case.offset must be an integer >= 0, got -3"),
+        (lambda: Case("lenet", "mnist32", 0, 2), "Case.batch_size must be a positive integer, got 0"),
+        (lambda: Case("lenet", "mnist32", 1, 1, adaptive=True), "Case.adaptive=True needs a defence"),
+        (lambda: Budget(-2, -1, 1), "Budget.steps_per_stage must be a positive integer"),
+        (lambda: Experiment([], "pixel", Budget(1, 1, 1)), "Experiment.attacks is the string 'pixel'"),
+        (lambda: Experiment([], ("pixel",), Budget(1, 1, 1), seed=-1), "Experiment.seed must be an integer"),
+        (
+            lambda: Experiment([], ("pixel",), Budget(1, 1, 1), attack_params={"pixle": {}}),
+            r"attack_params names attacks the experiment does not run: \['pixle'\]",
+        ),
+    ]
+    for make, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message) if "[" not in message else message):
+            make()
+    x, y = heldout[0][:3], heldout[1][:3]
+    loop = [
+        ((x, y, 2), {}, "has 3 images and 3 labels: give one label per image, and a positive multiple of batch_size=2"),
+        ((x[:2], y, 1), {}, "has 2 images and 3 labels"),
+        ((x[:2], y[:2], 1), {"attack_params": {"batch_size": 4}}, "attack_params may not set ['batch_size']"),
+    ]
+    for (xs, ys, batch_size), kwargs, message in loop:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            next(attack_batches(lenet_clf, xs, ys, "pixel", None, Budget(1, 1, 1), batch_size, 0, **kwargs))
+
+
+def test_private_images_may_be_tensors_that_require_grad(lenet_clf, heldout) -> None:
+    x, y = heldout[0][:2], heldout[1][:2]
+    tracked = torch.as_tensor(x).requires_grad_(True)
+    for a, b in zip(client_gradients(lenet_clf, tracked, y), client_gradients(lenet_clf, x, y), strict=True):
+        np.testing.assert_array_equal(a, b)

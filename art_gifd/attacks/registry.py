@@ -19,6 +19,7 @@ from art_gifd.attacks.gifd import GIFDAttack
 from art_gifd.attacks.grad_inversion import GradInversionAttack
 from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
 from art_gifd.configfile import Checker, KeyPath, Stop, integer, string, string_list
+from art_gifd.validation import check_integer
 
 if TYPE_CHECKING:
     from art_gifd.defenses.base import Defense
@@ -43,6 +44,10 @@ class Budget:
     steps_per_stage: int
     stages: int
     num_restarts: int
+
+    def __post_init__(self) -> None:
+        for name, high in BUDGET_LIMITS.items():
+            setattr(self, name, check_integer(f"Budget.{name}", getattr(self, name), 1, high))
 
     @property
     def total_steps(self) -> int:
