@@ -45,7 +45,9 @@ def test_shared_validators_accept_numpy_scalars() -> None:
 
 def test_numpy_integers_pass_the_attack_and_the_defences(lenet_clf, default_prior) -> None:
     attack = GIFDAttack(lenet_clf, default_prior, steps_per_stage=np.int64(2), num_restarts=np.int32(1), verbose=False)
-    assert attack.steps_per_stage == 2
+    assert attack.steps_per_stage == 2 and type(attack.steps_per_stage) is int  # torch refuses numpy split sizes
+    attack = GIFDAttack(lenet_clf, default_prior, max_stage=3, feature_restarts=np.array([2, 1]), verbose=False)
+    assert attack.feature_restarts == [2, 1] and attack.restart_schedule() == [2, 1]
     assert Prune(np.float64(0.5)).ratio == 0.5
     with pytest.raises(ValueError, match="ratio must be a finite number"):
         Prune("0.5")

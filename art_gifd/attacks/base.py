@@ -243,8 +243,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             raise
 
     def _check_params(self) -> None:
-        check_integer(self._length_param, self.steps_per_stage, 1, MAX_STEPS)
-        check_integer("num_restarts", self.num_restarts, 1, MAX_RESTARTS)
+        self.steps_per_stage = check_integer(self._length_param, self.steps_per_stage, 1, MAX_STEPS)
+        self.num_restarts = check_integer("num_restarts", self.num_restarts, 1, MAX_RESTARTS)
         self._check_integers(("batch_size",))
         self._check_numbers(("learning_rate",), positive=True)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
@@ -263,7 +263,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"training must be an art_gifd.LocalTraining (the client's local training) or None, got "
                 f"{type(self.training).__name__}."
             )
-        check_integer("simulation_steps", self.simulation_steps, 1, optional=True)
+        self.simulation_steps = check_integer("simulation_steps", self.simulation_steps, 1, optional=True)
         if self.simulation_steps is not None and self.training is None:
             raise ValueError(
                 "simulation_steps only applies to a FedAvg update: give training=LocalTraining(...) too, or leave "
@@ -271,7 +271,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             )
         if self.device is not None:
             check_device(self.device)
-        check_integer("seed", self.seed, 0, MAX_SEED, optional=True)
+        self.seed = check_integer("seed", self.seed, 0, MAX_SEED, optional=True)
         check_client_model(self.estimator)
         if self.estimator.clip_values is None:
             raise ValueError(
@@ -286,12 +286,13 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
     def _check_integers(self, names: tuple[str, ...], minimum: int = 1, optional: bool = False) -> None:
         """
-        Check that the named parameters are integers ``>= minimum`` (or ``None``, if ``optional``).
+        Check that the named parameters are integers ``>= minimum`` (or ``None``, if ``optional``) and store them as
+        Python ``int`` (torch refuses numpy integers in places, e.g. as split sizes).
 
         :raises ValueError: Naming the first parameter that is not.
         """
         for name in names:
-            check_integer(name, getattr(self, name), minimum, optional=optional)
+            setattr(self, name, check_integer(name, getattr(self, name), minimum, optional=optional))
 
     def _check_numbers(self, names: tuple[str, ...], positive: bool) -> None:
         """

@@ -260,8 +260,10 @@ class GIFDAttack(GenerativePriorAttack):
         self._check_restart_schedule()
 
     def _check_restart_schedule(self) -> None:
+        if isinstance(self.feature_restarts, np.ndarray | np.integer):  # numpy counts: stored as Python ints
+            self.feature_restarts = self.feature_restarts.tolist()
         counts = self.feature_restarts
-        if counts is None or counts == "halving":
+        if counts is None or (isinstance(counts, str) and counts == "halving"):
             return
         values = list(counts) if isinstance(counts, Sequence) and not isinstance(counts, str) else [counts]
         if any(isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 1 for c in values):
@@ -283,7 +285,7 @@ class GIFDAttack(GenerativePriorAttack):
         counts = self.feature_restarts
         if counts is None:
             counts = [self.num_restarts] * (self.stages - 1)
-        elif counts == "halving":
+        elif isinstance(counts, str):  # "halving", the one string _check_restart_schedule lets through
             counts = [max(1, -(-int(self.num_restarts) // 2**k)) for k in range(self.stages - 1)]
         elif not isinstance(counts, Sequence):
             counts = [counts] * (self.stages - 1)
