@@ -414,6 +414,26 @@ def check_input_scale(name: str, x: np.ndarray, estimator: PyTorchClassifier) ->
         )
 
 
+def client_gradient(target: TargetModel, x: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """
+    The client's gradient of one batch before any defence, checked: a NaN or infinite one is refused (it says that
+    the model, its loss or its preprocessing is broken for this batch) and one that is zero everywhere is logged.
+    """
+    grads = target.gradients(x, labels)
+    if not all(bool(g.isfinite().all()) for g in grads):
+        raise ValueError(
+            "The client's gradient holds NaN or infinite values before any defence: the model's weights (a training "
+            "run that diverged: lower its learning rate), its loss (class weights that are 0 for every label of the "
+            "batch) or its preprocessing (a std of 0) make it so."
+        )
+    if not any(bool(g.any()) for g in grads):
+        logger.warning(
+            "The client's gradient is zero everywhere (every label equal to the loss's ignore_index?): it carries "
+            "nothing to invert."
+        )
+    return grads
+
+
 def defended_gradients(
     target: TargetModel,
     x: torch.Tensor,
@@ -436,7 +456,7 @@ def defended_gradients(
 
     if not isinstance(seed, torch.Generator):
         check_integer("seed", seed, 0, MAX_SEED, optional=True)
-    grads = target.gradients(x, labels)
+    grads = client_gradient(target, x, labels)
     if defense is None:
         return grads
     generator = seed if isinstance(seed, torch.Generator) else make_generator(seed, target.device)
@@ -684,7 +704,7 @@ def client_update(
     for index in training.batches(x_arr.shape[0], seed):
         index_t = torch.as_tensor(index, device=target.device)
         xb, yb = x_t.index_select(0, index_t), labels.index_select(0, index_t)
-        grads = target.gradients(xb, yb)
+        grads = client_gradient(target, xb, yb)
         if per_step is not None:
             grads = checked_defence_output(
                 per_step, per_step.apply(grads, DefenseContext(target, xb, yb, generator)), target

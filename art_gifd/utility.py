@@ -114,11 +114,16 @@ def measure_utility(
         defended = torch.cat([g.flatten() for g in defended_gradients(target, x, labels, defense, generator)])
         cosines.append(float(torch.nn.functional.cosine_similarity(clean, defended, dim=0)))
     initial_accuracy = _accuracy(target, x_test, y_test)
-    for _ in range(rounds):
+    for round_ in range(rounds):
         update = defended_gradients(target, *batch(), defense, generator)
         with torch.no_grad():
             for param, g in zip(target.params.values(), update, strict=True):
                 param.sub_(learning_rate * g)
+        if not all(bool(p.isfinite().all()) for p in target.params.values()):
+            raise ValueError(
+                f"The FedSGD run diverged in round {round_ + 1} of {rounds}: the model's weights became NaN or "
+                f"infinite. Lower learning_rate (now {learning_rate:g}), or a defence's noise."
+            )
     return UtilityResult(
         gradient_cosine=float(np.mean(cosines)),
         gradient_cosine_std=float(np.std(cosines)),

@@ -524,3 +524,20 @@ def test_private_images_may_be_tensors_that_require_grad(lenet_clf, heldout) -> 
     tracked = torch.as_tensor(x).requires_grad_(True)
     for a, b in zip(client_gradients(lenet_clf, tracked, y), client_gradients(lenet_clf, x, y), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_client_gradients_that_are_not_finite_are_refused_at_their_source(heldout) -> None:
+    from art_gifd.models import convnet
+    from art_gifd.utility import measure_utility
+
+    x, y = heldout[0][:2], heldout[1][:2]
+    unweighted = _estimator(
+        make_classifier(convnet(seed=0), (1, 32, 32)).model, loss=torch.nn.CrossEntropyLoss(weight=torch.zeros(10))
+    )  # every class weighted 0: the mean loss is 0 / 0
+    with pytest.raises(ValueError, match="gradient holds NaN or infinite values before any defence"):
+        client_gradients(unweighted, x, y)
+    # a utility run that diverges is an error, not the accuracy of a NaN model (argmax of NaN logits: class 0)
+    clf = make_classifier(convnet(seed=0), (1, 32, 32))
+    data = (heldout[0][:64], heldout[1][:64], heldout[0][64:96], heldout[1][64:96])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        measure_utility(None, clf, data, rounds=5, batch_size=8, learning_rate=1e3, probe_batches=1)
