@@ -11,11 +11,12 @@ and the parameter names and shapes that an observed gradient must match.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -220,6 +221,22 @@ class TargetModel:
         return [torch.as_tensor(a, dtype=torch.float32, device=self.device) for a in arrays]
 
 
+def dropout_layers(module: torch.nn.Module) -> list[str]:
+    """Names of the dropout layers of ``module`` (random in train mode)."""
+    return [name for name, m in module.named_modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+
+
+@contextlib.contextmanager
+def _seeded_dropout(target: TargetModel, seed: int | None) -> Iterator[None]:
+    """In train mode, draw the dropout masks from ``seed`` (the global torch generator, restored after)."""
+    if seed is None or not target.train_mode or not dropout_layers(target.module):
+        yield
+        return
+    with torch.random.fork_rng(devices=[target.device] if target.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def check_client_model(estimator: PyTorchClassifier) -> None:
     """
     Check that an estimator is a client art-gifd models: a classifier trained with softmax cross-entropy reduced to
@@ -353,7 +370,8 @@ def client_gradients(
                     (e.g. ``Compose([Clip(1.0), GaussianNoise(1e-3)])``) or a plain callable mapping the per-parameter
                     gradient tensors to the shared ones (``None``: no defence).
     :param train_mode: Compute the gradient with the model in train mode (default: eval mode).
-    :param seed: Seed of the defence's randomness, in ``[0, 2**63 - 1]`` (``None``: a fresh, non-deterministic seed).
+    :param seed: Seed of the defence's randomness and, in train mode, of the dropout masks, in ``[0, 2**63 - 1]``
+                 (``None``: a fresh, non-deterministic seed).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
     :raises ValueError: On an invalid estimator, batch, labels or seed, or a defence output that does not fit the
                         model (see :func:`checked_defence_output`).
@@ -363,7 +381,8 @@ def client_gradients(
     target = TargetModel(estimator, train_mode=train_mode)
     x_arr = _private_batch(estimator, target, x)
     labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
-    grads = defended_gradients(target, torch.as_tensor(x_arr, device=target.device), labels, defense, seed)
+    with _seeded_dropout(target, seed):
+        grads = defended_gradients(target, torch.as_tensor(x_arr, device=target.device), labels, defense, seed)
     return [g.detach().cpu().numpy().astype(np.float32) for g in grads]
 
 
@@ -670,8 +689,9 @@ def client_update(
     :param training: The local training the server configured.
     :param defense: Client-side defence (see :func:`client_gradients`), or ``None``.
     :param train_mode: Train with the model in train mode (default: eval mode, as :func:`client_gradients`).
-    :param seed: Seed of the client's randomness, in ``[0, 2**63 - 1]``: the defence's noise and, if
-                 ``training.shuffle_seed`` is ``None``, the mini-batch order (``None``: fresh randomness).
+    :param seed: Seed of the client's randomness, in ``[0, 2**63 - 1]``: the defence's noise, the dropout masks in
+                 train mode and, if ``training.shuffle_seed`` is ``None``, the mini-batch order (``None``: fresh
+                 randomness).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
     :raises ValueError: On an invalid estimator, training, batch, labels or seed, or a defence output that does not
                         fit the model (see :func:`checked_defence_output`).
@@ -701,17 +721,18 @@ def client_update(
             eps=training.eps,
             weight_decay=training.weight_decay,
         )
-    for index in training.batches(x_arr.shape[0], seed):
-        index_t = torch.as_tensor(index, device=target.device)
-        xb, yb = x_t.index_select(0, index_t), labels.index_select(0, index_t)
-        grads = client_gradient(target, xb, yb)
-        if per_step is not None:
-            grads = checked_defence_output(
-                per_step, per_step.apply(grads, DefenseContext(target, xb, yb, generator)), target
-            )
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.detach().clone()
-        optimizer.step()
+    with _seeded_dropout(target, seed):
+        for index in training.batches(x_arr.shape[0], seed):
+            index_t = torch.as_tensor(index, device=target.device)
+            xb, yb = x_t.index_select(0, index_t), labels.index_select(0, index_t)
+            grads = client_gradient(target, xb, yb)
+            if per_step is not None:
+                grads = checked_defence_output(
+                    per_step, per_step.apply(grads, DefenseContext(target, xb, yb, generator)), target
+                )
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.detach().clone()
+            optimizer.step()
     update = [b - p.detach() for b, p in zip(before, params, strict=True)]
     if on_update is not None:  # it sees the model as the server sent it: the copy goes back to those weights
         with torch.no_grad():

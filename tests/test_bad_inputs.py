@@ -541,3 +541,19 @@ def test_client_gradients_that_are_not_finite_are_refused_at_their_source(heldou
     data = (heldout[0][:64], heldout[1][:64], heldout[0][64:96], heldout[1][64:96])
     with pytest.raises(ValueError, match="NaN or infinite"):
         measure_utility(None, clf, data, rounds=5, batch_size=8, learning_rate=1e3, probe_batches=1)
+
+
+def test_dropout_in_train_mode_is_seeded_for_the_client_and_refused_for_the_attack(heldout) -> None:
+    from art_gifd import LocalTraining, client_update
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 32), torch.nn.Dropout(0.5))
+    clf = make_classifier(torch.nn.Sequential(*model, torch.nn.ReLU(), torch.nn.Linear(32, 10)), (1, 32, 32))
+    x, y = heldout[0][:2], heldout[1][:2]
+    first, again, other = (client_gradients(clf, x, y, train_mode=True, seed=s)[1] for s in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)  # dropout is on: the seed picks its masks
+    training = LocalTraining(0.1, steps=2)
+    update = [client_update(clf, x, y, training, train_mode=True, seed=3)[1] for _ in range(2)]
+    np.testing.assert_array_equal(*update)
+    with pytest.raises(ValueError, match=r"train_mode=True with dropout layers \(\['2'\]\)"):
+        InvertingGradientsAttack(clf, train_mode=True, verbose=False)

@@ -43,6 +43,7 @@ from art_gifd.federated import (
     available_memory,
     check_client_model,
     clip_range,
+    dropout_layers,
     simulation_memory,
 )
 from art_gifd.labels import classes_evidenced, labels_from_gradient
@@ -251,7 +252,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         check_choice("norm_form", self.norm_form, NORM_FORMS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distance", self.distance, DISTANCES)
-        check_flag("train_mode", self.train_mode)
+        if check_flag("train_mode", self.train_mode) and dropout_layers(self.estimator.model):
+            raise ValueError(
+                f"train_mode=True with dropout layers ({dropout_layers(self.estimator.model)[:3]}): the client's "
+                "dropout masks are random and unknown to the attacker, and the search cannot replay them. Attack with "
+                "train_mode=False (dropout off)."
+            )
         check_flag("verbose", self.verbose)
         if self.defense is not None and not isinstance(self.defense, Defense):
             raise ValueError(
