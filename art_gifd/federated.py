@@ -33,6 +33,7 @@ from art_gifd.defenses.base import (
     make_generator,
 )
 from art_gifd.validation import (
+    MAX_RATE,
     MAX_SEED,
     check_device,
     check_gradient,
@@ -422,6 +423,16 @@ def check_input_scale(name: str, x: np.ndarray, estimator: PyTorchClassifier) ->
             f"{name} spans [{low:g}, {high:g}] but the estimator's clip_values are [{lo:g}, {hi:g}]: scale the images "
             "to the model's input range (e.g. x / 255 for 8-bit images)."
         )
+    if high - low < 0.02 * (hi - lo) and (low, high) != (lo, lo):
+        logger.warning(
+            "%s spans [%g, %g], under 1/50 of the estimator's clip_values [%g, %g]: images on a smaller scale "
+            "(0-1 for a 0-255 model)?",
+            name,
+            low,
+            high,
+            lo,
+            hi,
+        )
     if max(lo - low, high - hi) > 1e-6:
         logger.warning(
             "%s spans [%g, %g], beyond the estimator's clip_values [%g, %g]; attacks reconstruct within them.",
@@ -521,7 +532,7 @@ class LocalTraining:
         """
 
         object.__setattr__(
-            self, "learning_rate", check_number("learning_rate", self.learning_rate, 0.0, closed="neither")
+            self, "learning_rate", check_number("learning_rate", self.learning_rate, 0.0, MAX_RATE, closed="right")
         )
         if self.epochs is not None and self.steps is not None:
             raise ValueError("LocalTraining takes epochs or steps, not both: set one of them.")
@@ -534,7 +545,9 @@ class LocalTraining:
         object.__setattr__(self, "momentum", check_number("momentum", self.momentum, 0.0, 1.0))
         if self.momentum and self.optimizer != "sgd":
             raise ValueError("momentum applies to optimizer='sgd' only (Adam has betas).")
-        object.__setattr__(self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0))
+        object.__setattr__(
+            self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0, MAX_RATE, closed="both")
+        )
         if not isinstance(self.betas, Sequence) or len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}.")
         object.__setattr__(self, "betas", tuple(check_number("betas", b, 0.0, 1.0) for b in self.betas))

@@ -32,6 +32,13 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
+#: Largest learning rate, weight decay or search-distribution width accepted: beyond it float32 updates overflow.
+MAX_RATE = 1e6
+#: Range of an observed gradient's global norm that float32 matching resolves (its squares neither overflow nor
+#: underflow).
+GRADIENT_NORM_RANGE = (1e-15, 1e15)
+
+
 def check_number(
     name: str, value: Any, low: float = -math.inf, high: float = math.inf, *, closed: str = "left"
 ) -> float:
@@ -228,4 +235,11 @@ def check_gradient(grads: Any, names: Sequence[str], shapes: Sequence[tuple[int,
         out.append(arr)
     if all(not arr.any() for arr in out):
         raise ValueError("The observed gradient is zero everywhere: there is nothing to invert.")
+    norm = math.sqrt(sum(float(np.sum(np.square(arr, dtype=np.float64))) for arr in out))
+    low, high = GRADIENT_NORM_RANGE
+    if not low <= norm <= high:
+        raise ValueError(
+            f"The observed gradient's norm is {norm:.3g}, outside [{low:g}, {high:g}], where float32 matching loses "
+            "it to overflow or underflow: divide it by its norm (the cosine distance does not depend on its scale)."
+        )
     return out

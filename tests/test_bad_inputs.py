@@ -557,3 +557,30 @@ def test_dropout_in_train_mode_is_seeded_for_the_client_and_refused_for_the_atta
     np.testing.assert_array_equal(*update)
     with pytest.raises(ValueError, match=r"train_mode=True with dropout layers \(\['2'\]\)"):
         InvertingGradientsAttack(clf, train_mode=True, verbose=False)
+
+
+def test_extreme_magnitudes_are_refused_before_float32_loses_them(lenet_clf, heldout, caplog) -> None:
+    from art_gifd import LocalTraining
+    from art_gifd.attacks.ggl import GGLAttack
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    gradient = client_gradients(lenet_clf, x, y)
+    attack = InvertingGradientsAttack(lenet_clf, max_iter=1, num_restarts=1, verbose=False)
+    for scale in (1e20, 1e-20):
+        with pytest.raises(ValueError, match=r"norm is .* outside \[1e-15, 1e\+15\], .* divide it by its norm"):
+            attack.reconstruct([g * scale for g in gradient], y)
+    for make in (
+        lambda: LocalTraining(1e20, steps=1),
+        lambda: LocalTraining(0.1, steps=1, weight_decay=1e300),
+        lambda: InvertingGradientsAttack(lenet_clf, learning_rate=1e308),
+        lambda: GGLAttack(lenet_clf, None, sigma=1e308),
+    ):
+        with pytest.raises(ValueError, match=r"must lie in .*1e\+06\]"):
+            make()
+    # images on a smaller scale than the model's are named
+    from art.estimators.classification import PyTorchClassifier
+
+    wide = PyTorchClassifier(lenet_clf.model, torch.nn.CrossEntropyLoss(), (1, 32, 32), 10, clip_values=(0.0, 255.0))
+    with caplog.at_level("WARNING"):
+        client_gradients(wide, x * 0.01, y)
+    assert "under 1/50 of the estimator's clip_values [0, 255]" in caplog.text

@@ -8,6 +8,7 @@ import abc
 import copy
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,15 @@ from art_gifd.federated import (
     simulation_memory,
 )
 from art_gifd.labels import classes_evidenced, labels_from_gradient
-from art_gifd.validation import MAX_SEED, check_choice, check_device, check_flag, check_integer, check_number
+from art_gifd.validation import (
+    MAX_RATE,
+    MAX_SEED,
+    check_choice,
+    check_device,
+    check_flag,
+    check_integer,
+    check_number,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -247,7 +256,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.steps_per_stage = check_integer(self._length_param, self.steps_per_stage, 1, MAX_STEPS)
         self.num_restarts = check_integer("num_restarts", self.num_restarts, 1, MAX_RESTARTS)
         self._check_integers(("batch_size",))
-        self._check_numbers(("learning_rate",), positive=True)
+        self._check_numbers(("learning_rate",), positive=True, high=MAX_RATE)
         self._check_numbers(("tv_weight", "norm_weight"), positive=False)
         check_choice("norm_form", self.norm_form, NORM_FORMS)
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -300,14 +309,17 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         for name in names:
             setattr(self, name, check_integer(name, getattr(self, name), minimum, optional=optional))
 
-    def _check_numbers(self, names: tuple[str, ...], positive: bool) -> None:
+    def _check_numbers(self, names: tuple[str, ...], positive: bool, high: float = math.inf) -> None:
         """
-        Check that the named parameters are finite real numbers, ``> 0`` (``positive``) or ``>= 0``.
+        Check that the named parameters are finite real numbers, ``> 0`` (``positive``) or ``>= 0``, and at most
+        ``high``.
 
         :raises ValueError: Naming the first parameter that is not.
         """
+        bounded = high < math.inf  # an upper bound is included; infinity is not
+        closed = {(True, False): "neither", (False, False): "left", (True, True): "right", (False, True): "both"}
         for name in names:
-            check_number(name, getattr(self, name), 0.0, closed="neither" if positive else "left")
+            check_number(name, getattr(self, name), 0.0, high, closed=closed[positive, bounded])
 
     def infer(self, x: GradientInput, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
         """

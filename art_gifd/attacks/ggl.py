@@ -12,6 +12,7 @@ from art_gifd.attacks.base import SearchContext, SingleStageSearch, StageGenerat
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.attacks.label_mapping import LabelMapping
+from art_gifd.validation import MAX_RATE
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -94,7 +95,7 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        self._check_numbers(("sigma",), positive=True)
+        self._check_numbers(("sigma",), positive=True, high=MAX_RATE)
         self._check_integers(("population_size",), minimum=2, optional=True)
         self._check_integers(("eval_batch_size",), optional=True)
 
