@@ -120,8 +120,9 @@ class TargetModel:
         of shape ``(2, nb_classes)``, not probabilities.
         """
         shape = (2, *self.input_shape)
-        try:
-            with torch.no_grad():
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:  # the random generators are restored after: a dropout layer in train mode draws from them
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 x = self.preprocess(torch.zeros(shape, device=self.device))
                 out = self.module(x)
         except Exception as err:  # any failure of the user's forward pass or of the preprocessing

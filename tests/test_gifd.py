@@ -26,7 +26,7 @@ def matching_loss(clf, grads, images: np.ndarray, labels: np.ndarray, distance: 
         ({"distance": "l1"}, "Unknown distance 'l1'"),
         ({"steps_per_stage": 0}, "steps_per_stage must be a positive integer"),
         ({"num_restarts": 1.5}, "num_restarts must be a positive integer"),
-        ({"learning_rate": -1.0}, r"learning_rate must lie in \(0, inf\)"),
+        ({"learning_rate": -1.0}, r"learning_rate must lie in \(0, 1e\+06\]"),
         ({"l1_radius": 0.0}, "l1_radius values must be positive"),
         ({"l1_radius": [0.1, 0.2]}, "l1_radius has 2 values but the search has 3 feature stages"),
         ({"max_stage": 5}, r"max_stage must lie in \[1, 4\]"),
