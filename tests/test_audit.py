@@ -835,3 +835,31 @@ def test_a_batch_size_the_model_cannot_take_in_train_mode_is_named_at_validation
     ) as err:
         load_audit_config(path)
     assert err.value.keys == ["federated.batch_sizes[0]"]
+
+
+@pytest.mark.parametrize(
+    ("factory", "train_mode", "key", "message"),
+    [
+        ("soft", False, "model", "outputs probabilities .* Remove the final softmax"),
+        ("frozen", False, "model", r"frozen parameters \(requires_grad=False"),
+        ("dropout", True, "model.train_mode", r"dropout layers \(\['2'\]\), .* set train_mode = false"),
+    ],
+)
+def test_models_no_client_or_attack_can_use_are_named_at_the_model(
+    tmp_path, monkeypatch, factory, train_mode, key, message
+):
+    (tmp_path / "odd_models.py").write_text(
+        "from torch import nn\n\nfrom art_gifd.models import lenet\n\n\n"
+        "def soft():\n    return nn.Sequential(lenet(seed=0), nn.Softmax(dim=1))\n\n\n"
+        "def frozen():\n    net = lenet(seed=0)\n    net[0].requires_grad_(False)\n    return net\n\n\n"
+        "def dropout():\n    return nn.Sequential(nn.Flatten(), nn.Linear(1024, 8), nn.Dropout(), nn.Linear(8, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_config(tmp_path)
+    text = path.read_text().replace(
+        'factory = "art_gifd.models:lenet"\nfactory_kwargs = { seed = 0 }', f'factory = "odd_models:{factory}"'
+    )
+    path.write_text(text.replace("num_classes = 10", f"num_classes = 10\ntrain_mode = {str(train_mode).lower()}"))
+    with pytest.raises(AuditConfigError, match=message) as err:
+        load_audit_config(path)
+    assert err.value.keys == [key]  # one problem, at the model: not one per batch size and attack

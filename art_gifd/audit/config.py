@@ -177,8 +177,10 @@ from art_gifd.data import DATASETS, load_dataset, load_image_folder
 from art_gifd.defenses import Defense, describe_defense
 from art_gifd.federated import (
     LocalTraining,
+    TargetModel,
     client_gradients,
     client_update,
+    dropout_layers,
     read_federated_table,
 )
 from art_gifd.labels import find_classifier_head
@@ -407,6 +409,18 @@ def _read_model(check: Checker, raw: Any, device: str | None) -> tuple[dict[str,
         device_type="gpu" if device.startswith("cuda") else "cpu",
         **extra,
     )
+    try:  # the model as every client and attack will check it: logits of the right shape, trainable, float32
+        TargetModel(estimator, train_mode=settings["train_mode"])
+    except ValueError as err:
+        check.add(path, str(err))
+        return settings, None, facts
+    if settings["train_mode"] and dropout_layers(module):
+        check.add(
+            (*path, "train_mode"),
+            f"the model has dropout layers ({dropout_layers(module)[:3]}), whose masks in train mode an attacker "
+            "cannot know or replay: set train_mode = false.",
+        )
+        return settings, None, facts
     return settings, estimator, facts
 
 
