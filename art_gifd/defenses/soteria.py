@@ -98,7 +98,10 @@ class Soteria(Defense):
     def replay(self, grads: GradientBatch, observed: GradientBatch) -> GradientBatch:
         weight = self._weight_name(list(grads))
         columns = observed[weight].abs().sum(dim=0)
-        mask = kept_entries(columns, math.floor(self.ratio * columns.numel())).to(grads[weight].dtype)
+        zeroed = math.floor(self.ratio * columns.numel())
+        # the shared zeros where they are all there (any other zero entry included); else the strongest columns
+        kept = observed[weight] != 0 if int((columns == 0).sum()) >= zeroed else kept_entries(columns, zeroed)
+        mask = kept.to(grads[weight].dtype)
         return {n: g * mask if n == weight else g for n, g in grads.items()}
 
     def _weight_name(self, names: list[str]) -> str:
