@@ -180,6 +180,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, verbose=not args.no_progress)
+    except ValueError as err:  # an output folder or argument refused before any work
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; nothing was written for the unfinished demo", file=sys.stderr)
         return 130

@@ -62,6 +62,10 @@ def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Exper
     return Experiment(cases, ATTACKS, budget, seed=seed, device=device, verbose=verbose)
 
 
+#: Files of an audit, a capture audit or a bench report, whose ``report.html`` the demo's would replace.
+FOREIGN_REPORTS = ("report.json", "summary.md", "tables.json", "settings")
+
+
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, device: str = "cpu", verbose: bool = True) -> dict:
     """
     Run the demo and write its outputs.
@@ -72,10 +76,16 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, device: str = 
     :param device: Torch device.
     :param verbose: Progress bars.
     :return: The results document that was written to ``out/results.json``.
-    :raises ValueError: For an output folder that cannot be written, a seed outside ``[0, 2**63 - 1]`` or a device
-                        this machine does not have (before any work).
+    :raises ValueError: For an output folder that cannot be written or holds another run's report, a seed outside
+                        ``[0, 2**63 - 1]`` or a device this machine does not have (before any work).
     """
     out = check_output_folder(out)
+    foreign = [name for name in FOREIGN_REPORTS if (out / name).exists()]
+    if foreign:  # the demo writes report.html too: it would replace theirs
+        raise ValueError(
+            f"'{out}' holds another run's report ({', '.join(foreign)}: an audit or a bench report): choose another "
+            "output folder for the demo."
+        )
     check_integer("seed", seed, 0, MAX_SEED)
     device = str(check_device(device))
     check_flag("quick", quick)

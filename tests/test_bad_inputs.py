@@ -383,7 +383,10 @@ def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf
     from art_gifd.demo import run_demo
 
     (tmp_path / "a-file").write_text("x")
+    (tmp_path / "an-audit").mkdir()
+    (tmp_path / "an-audit" / "report.json").write_text("{}")
     for kwargs, message in (
+        ({"out": tmp_path / "an-audit"}, r"holds another run's report \(report.json: an audit or a bench report\)"),
         ({"seed": -1}, r"seed must be an integer in \[0, "),
         ({"seed": 1.5}, "seed must be an integer"),
         ({"device": "foo"}, "is not a device name"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 import sys
@@ -235,8 +237,8 @@ def test_bad_captures_are_named(flower_run, tmp_path, capsys):
     shutil.copytree(folder, torn)
     victim = torn / CaptureFolder(torn).select([2])[0].file
     victim.write_bytes(victim.read_bytes()[:100])
-    with pytest.raises(CaptureError, match="damaged or truncated"):
-        run_capture_audit(load_capture_audit(_config(torn)), verbose=False)
+    with pytest.raises(AuditConfigError, match="damaged or truncated"):  # every selected update is read at validation
+        load_capture_audit(_config(torn))
     as_file = tmp_path / "torn.yaml"  # the command prints the same message, without a traceback
     as_file.write_text(yaml.safe_dump(_config(torn)))
     assert main(["audit", str(as_file), "--no-progress"]) == 2
@@ -257,6 +259,45 @@ def test_bad_captures_are_named(flower_run, tmp_path, capsys):
     (torn / "index.json").unlink()
     with pytest.raises(AuditConfigError, match=r"index\.json: missing"):
         load_capture_audit(_config(torn))
+
+
+def _rewrite_update(folder: Path, position: int, transform) -> str:
+    """Replace the arrays of one captured update by ``transform`` of them, its index entry kept consistent."""
+    index = json.loads((folder / "index.json").read_text())
+    entry = index["updates"][position]
+    path = folder / entry["file"]
+    with np.load(path) as arrays:
+        changed = {name: transform(arrays[name]) for name in arrays.files}
+    buffer = io.BytesIO()
+    np.savez(buffer, **changed)
+    path.write_bytes(buffer.getvalue())
+    entry["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    (folder / "index.json").write_text(json.dumps(index))
+    return f"r{entry['round']}-n{entry['node_id']}"
+
+
+def test_updates_and_ground_truth_that_cannot_be_attacked_or_scored_are_named(flower_run, tmp_path, monkeypatch):
+    folder, _ = flower_run
+    odd = tmp_path / "odd"
+    shutil.copytree(folder, odd)
+    zero = _rewrite_update(odd, 0, np.zeros_like)  # a client that sent the global weights back unchanged
+    nan = _rewrite_update(odd, 1, lambda a: np.full_like(a, np.nan))  # a client that diverged
+    with pytest.raises(AuditConfigError) as err:
+        load_capture_audit(_config(odd, rounds=None))
+    found = str(err.value)
+    assert f"update {zero} (" in found and "zero everywhere" in found and "Leave it out with [federated]" in found
+    assert f"update {nan} (" in found and "NaN or infinite" in found
+    (tmp_path / "odd_task.py").write_text(
+        "import numpy as np\n\n\ndef shifted(pid):\n    x = np.zeros((4, 1, 32, 32), np.float32)\n"
+        "    return x, np.array([10, 11, 12, 13])\n\n\ndef missing(pid):\n    raise KeyError(pid)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, message in (
+        ("odd_task:shifted", r"labels must be class indices in \[0, 9\], got int64 values in \[10, 13\]"),
+        ("odd_task:missing", r"client_data\(\d+\) raised KeyError"),
+    ):
+        with pytest.raises(AuditConfigError, match=message):
+            load_capture_audit(_config(folder, client_data=spec))
 
 
 def test_interrupted_write_leaves_no_torn_file(tmp_path, monkeypatch):

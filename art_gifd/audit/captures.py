@@ -58,6 +58,7 @@ from art_gifd.audit.config import (
     _TOP,
     AttackSetting,
     _digest,
+    _hash_arrays,
     _read_attacks,
     _read_model,
     boolean,
@@ -73,6 +74,7 @@ from art_gifd.audit.run import prepare_output
 from art_gifd.federated import (
     TRAINING_KEYS,
     LocalTraining,
+    check_input_scale,
     clip_range,
     describe_training,
     local_training_from_config,
@@ -96,6 +98,7 @@ from art_gifd.store import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from art_gifd.validation import check_gradient, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,8 @@ class CaptureAuditConfig:
     #: The local training of each update, by :attr:`CapturedUpdate.name`.
     trainings: dict[str, LocalTraining]
     client_data: Callable[..., Any] | None
+    #: Each update's private images and labels from ``client_data`` (empty without it), by update name.
+    ground_truth: dict[str, tuple[np.ndarray, np.ndarray]]
     attacks: tuple[AttackSetting, ...]
     #: The loaded generators of the generative attacks and their facts, by ``[priors]`` name.
     priors: dict[str, Any]
@@ -222,6 +227,9 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         "mix_rounds": mix_rounds,
         "overrides": overrides,
     }
+    truths = {}
+    if captures is not None and estimator is not None and not check.failed_under((*path, "source")):
+        truths = _check_updates(check, captures, updates, estimator, client_data, partition_key)
     check.raise_problems()
     assert captures is not None and estimator is not None
     # how many updates share a search changes no result beyond float rounding: a resumed run may change it
@@ -234,6 +242,8 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         "index": hashlib.sha256(json.dumps(captures.index, sort_keys=True).encode()).hexdigest(),
         "model_sha256": model_facts.get("sha256"),
         "prior_sha256": {name: facts.get("sha256") for name, facts in prior_info.items()},
+        # what client_data returns, not only its name: a fixed partition() must not resume scores of the old one
+        "ground_truth": {name: _hash_arrays(*truth) for name, truth in sorted(truths.items())},
     }
     return CaptureAuditConfig(
         source=source,
@@ -244,6 +254,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         updates=updates,
         trainings=trainings,
         client_data=client_data,
+        ground_truth=truths,
         attacks=tuple(attacks),
         priors=priors,
         prior_info=prior_info,
@@ -251,25 +262,83 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     )
 
 
-def _ground_truth(cfg: CaptureAuditConfig, update: CapturedUpdate) -> tuple[np.ndarray, np.ndarray] | None:
-    """The client's private images and labels from ``client_data``, checked against its reported size."""
-    if cfg.client_data is None:
-        return None
-    key = cfg.settings["federated"]["partition_key"]
+def _check_updates(
+    check: Any,
+    captures: CaptureFolder,
+    updates: list[CapturedUpdate],
+    estimator: Any,
+    client_data: Callable[..., Any] | None,
+    partition_key: str,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """
+    Load every selected update and its round's global arrays, and ask ``client_data`` for each client's images, so
+    that an update that cannot be attacked (zero, NaN, another shape) or a ground truth that cannot be scored is named
+    now, not after the searches; return the ground truths by update name.
+    """
+    module = estimator.model
+    names, shapes = zip(*[(n, tuple(p.shape)) for n, p in module.named_parameters()], strict=True)
+    for server_round in sorted({u.server_round for u in updates}):
+        try:
+            estimator_at(estimator, captures.global_arrays(server_round))
+        except (ValueError, RuntimeError) as err:  # CaptureError is a ValueError; torch's load_state_dict
+            message = " ".join(str(err).split())[:300]
+            check.add(
+                ("federated", "source"), f"round {server_round}: its global arrays do not fit the model: {message}"
+            )
+    truths = {}
+    for update in updates:
+        where = f"update {update.name} ({captures.folder / update.file})"
+        try:
+            check_gradient(parameter_update(module, captures.update_arrays(update), str(update.file)), names, shapes)
+        except ValueError as err:
+            check.add(("federated", "source"), f"{where}: {err} Leave it out with [federated] clients or rounds.")
+        if client_data is not None and update.num_examples is not None:
+            try:
+                truths[update.name] = _ground_truth(client_data, update, partition_key, estimator)
+            except ValueError as err:
+                check.add(("federated", "client_data"), f"{where}: {err}")
+    return truths
+
+
+def _ground_truth(
+    client_data: Callable[..., Any], update: CapturedUpdate, key: str, estimator: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The client's private images and labels from ``client_data``, checked against its reported size and the model."""
     if key not in update.metrics:
-        raise CaptureError(
-            f"update {update.name}: the client reported no metric {key!r} naming its partition, so "
-            "client_data cannot be asked for its images. Report it from the ClientApp, or set "
-            "[federated] partition_key."
+        raise ValueError(
+            f"the client reported no metric {key!r} naming its partition, so client_data cannot be asked for its "
+            "images. Report it from the ClientApp, or set [federated] partition_key."
         )
-    x, y = cfg.client_data(update.metrics[key])
-    x, y = np.asarray(x, dtype=np.float32), np.asarray(y).astype(np.int64).reshape(-1)
-    if len(x) != update.num_examples or len(y) != len(x):
-        raise CaptureError(
-            f"update {update.name}: client_data returned {len(x)} images and {len(y)} labels for "
-            f"partition {update.metrics[key]}, the client reported {update.num_examples} examples."
+    partition = update.metrics[key]
+    try:
+        returned = client_data(partition)
+    except Exception as err:  # the user's function: any failure is theirs to see, named
+        raise ValueError(f"client_data({partition!r}) raised {type(err).__name__}: {err}") from None
+    if not isinstance(returned, tuple | list) or len(returned) != 2:
+        raise ValueError(
+            f"client_data({partition!r}) returned {type(returned).__name__}: it must return (images, labels), "
+            "e.g. numpy arrays (N, C, H, W) in the model's input range and (N,) class indices."
         )
-    return x, y
+    x, y = (to_numpy(a) for a in returned)
+    if x.dtype == object or y.dtype == object:
+        raise ValueError(f"client_data({partition!r}) must return arrays of numbers, not of objects.")
+    shape = tuple(estimator.input_shape)
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape or y.shape != (len(x),):
+        raise ValueError(
+            f"client_data({partition!r}) returned images {x.shape} and labels {y.shape}: the model needs images "
+            f"(N, {', '.join(map(str, shape))}) and one label each."
+        )
+    if len(x) != update.num_examples:
+        raise ValueError(
+            f"client_data({partition!r}) returned {len(x)} images; the client reported {update.num_examples} examples."
+        )
+    check_input_scale(f"client_data({partition!r}) images", x, estimator)
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= estimator.nb_classes:
+        raise ValueError(
+            f"client_data({partition!r}) labels must be class indices in [0, {estimator.nb_classes - 1}], got "
+            f"{y.dtype} values in [{y.min()}, {y.max()}]."
+        )
+    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _search_together(
@@ -442,7 +511,7 @@ def _attack_captures(
             for update in batch:
                 estimator = estimators[update.server_round]
                 observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
-                jobs.append((update, estimator, observed, _ground_truth(cfg, update)))
+                jobs.append((update, estimator, observed, cfg.ground_truth.get(update.name)))
             for update, (record, images) in zip(batch, _search_together(cfg, attack, seed, jobs), strict=True):
                 job_id = _job_id(cfg, update, attack, seed)
                 images_file = store.save_arrays(job_id, images)
