@@ -233,6 +233,12 @@ def test_bad_captures_are_named(flower_run, tmp_path, capsys):
     (bare / "index.json").write_text(json.dumps(index))
     with pytest.raises(AuditConfigError, match=r"learning_rate.*not in the captured train configuration"):
         load_capture_audit(_config(bare))
+    for entry in index["rounds"].values():  # what Flower's app template sends: the clients read the rest themselves
+        entry["config"] = {"lr": 0.1}
+    (bare / "index.json").write_text(json.dumps(index))
+    with pytest.raises(AuditConfigError, match=r"does not say how many local epochs \(or steps\)"):
+        load_capture_audit(_config(bare))
+    load_capture_audit(_config(bare, epochs=1, local_batch_size=2))  # said in [federated]: accepted
     torn = tmp_path / "torn"
     shutil.copytree(folder, torn)
     victim = torn / CaptureFolder(torn).select([2])[0].file

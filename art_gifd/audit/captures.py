@@ -202,6 +202,18 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         except CaptureError as err:
             check.add((*path, "source"), str(err))
     overrides = {k: federated[k] for k in TRAINING_KEYS if k in federated}
+    unsaid = [
+        u.name
+        for u in updates
+        if not {"epochs", "steps"} & set(values := training_values(u, overrides)) or "local_batch_size" not in values
+    ]
+    if unsaid:  # a default (one full-batch epoch) would replay another training than the clients ran
+        check.add(
+            path,
+            f"the captured train configuration of {len(unsaid)} update(s) (e.g. {unsaid[0]}) does not say how many "
+            "local epochs (or steps) the clients ran and in which batch size: set epochs (or steps) and "
+            "local_batch_size in [federated], as the clients' own run configuration has them.",
+        )
     for update in updates:
         if update.num_examples is None:
             check.add(
