@@ -873,7 +873,7 @@ def local_training_from_config(
         try:
             training.check_data(size)
         except ValueError as err:
-            problems.append(("local_batch_size", f"for batch_sizes entry {size}: {err}"))
+            problems.append(("local_batch_size", f"for a client of {size} samples: {err}"))
     return (None if problems else training), problems
 
 

@@ -225,7 +225,12 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         values = training_values(update, overrides)
         training, problems = local_training_from_config(values, "fedavg", [update.num_examples])
         for key, message in problems:
-            hint = "" if key is None or key in overrides else " (not in the captured train configuration: set it)"
+            if key is None or key in overrides:
+                hint = ""
+            elif key in values:  # present in the capture, but unusable
+                hint = " (from the captured train configuration: set it in [federated] to override it)"
+            else:
+                hint = " (not in the captured train configuration: set it)"
             check.add((*path, key) if key else path, f"update {update.name}: {message}{hint}")
         if training is not None:
             trainings[update.name] = training
