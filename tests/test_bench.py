@@ -856,3 +856,15 @@ def test_an_unreachable_ray_address_is_one_error_line(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot reach a Ray cluster at '127.0.0.1:{port}' (nothing answers at 127.0.0.1:")
     assert err.count("\n") == 1 and calls == ["auto"]  # ray.init was not called for it
+
+
+def test_failures_that_a_later_successful_job_replaced_are_marked(reference):
+    records = ResultsFile(reference).read()[1]
+    error = {"type": "ValueError", "message": "offset out of range"}
+    old = {"job_id": "old", "label": records[0]["label"], "status": "error", "error": error}
+    open_ = {"job_id": "open", "label": "never/ran/ok", "status": "error", "error": error}
+    rows, errors = aggregate([old, open_, *records])
+    assert [(e["job_id"], e["replaced"]) for e in errors] == [("old", True), ("open", False)]
+    text = markdown(rows, errors, [], "t")
+    assert f"| {records[0]['label']} (replaced by a later successful job) | ValueError" in text
+    assert "| never/ran/ok | ValueError: offset out of range |" in text

@@ -51,15 +51,18 @@ def aggregate(
     :param config: The benchmark configuration (a run header's ``config``): rows follow its grid order, whatever
                    order parallel workers finished the jobs in. ``None``: order of first appearance.
     :return: ``(rows, errors)``: one row per setting that has at least one successful job, and one entry per
-             failed job.
+             failed job, with ``replaced`` true where a later successful job has its label (a job of an older
+             configuration, fixed and rerun under a new job id).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     errors = []
     for record in records:
         if record["status"] != "ok":
             error = record["error"]
-            errors.append({"job_id": record["job_id"], "label": record["label"], **error})
+            errors.append({"job_id": record["job_id"], "label": record["label"], **error, "replaced": False})
             continue
+        for error in errors:
+            error["replaced"] |= error["label"] == record["label"]
         setting = {k: v for k, v in record["config"].items() if k != "seed"}
         groups.setdefault(canonical_json(setting), []).append(record)
     rows = [_row(jobs) for jobs in groups.values()]
@@ -241,7 +244,11 @@ def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: lis
     lines += [""] + [f"LPIPS n/a: {reason}" for reason in reasons]
     if errors:
         lines += ["", "## Failed jobs", "", "| job | error |", "|---|---|"]
-        lines += [f"| {e['label']} | {e['type']}: {_shorten(e['message'])} |" for e in errors]
+        lines += [
+            f"| {e['label']}{' (replaced by a later successful job)' if e['replaced'] else ''} | {e['type']}: "
+            f"{_shorten(e['message'])} |"
+            for e in errors
+        ]
     return "\n".join(lines) + "\n"
 
 
