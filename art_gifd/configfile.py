@@ -171,8 +171,8 @@ _YAML12_FLOAT = re.compile(
 )
 
 
-#: The spellings of a boolean in YAML 1.2.
-_YAML12_BOOLEANS = ("true", "True", "TRUE", "false", "False", "FALSE")
+#: The spellings of a boolean in YAML 1.2, and their values.
+_YAML12_BOOLEANS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 
 
 def _yaml_loader() -> type:
@@ -196,7 +196,7 @@ def _yaml_loader() -> type:
 
     def boolean(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> bool | str:
         text = loader.construct_scalar(node)
-        return {"true": True, "false": False}.get(text.lower(), text) if text in _YAML12_BOOLEANS else text
+        return _YAML12_BOOLEANS.get(text, text)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
     Loader.add_constructor("tag:yaml.org,2002:int", integer)

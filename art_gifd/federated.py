@@ -120,9 +120,8 @@ class TargetModel:
         of shape ``(2, nb_classes)``, not probabilities.
         """
         shape = (2, *self.input_shape)
-        devices = [self.device] if self.device.type == "cuda" else []
         try:  # the random generators are restored after: a dropout layer in train mode draws from them
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            with torch.no_grad(), _forked_rng(self.device):
                 x = self.preprocess(torch.zeros(shape, device=self.device))
                 out = self.module(x)
         except Exception as err:  # any failure of the user's forward pass or of the preprocessing
@@ -228,13 +227,18 @@ def dropout_layers(module: torch.nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
 
 
+def _forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The global torch generators (the CPU's, and ``device``'s if it is a GPU), restored as they were on exit."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 @contextlib.contextmanager
 def _seeded_dropout(target: TargetModel, seed: int | None) -> Iterator[None]:
     """In train mode, draw the dropout masks from ``seed`` (the global torch generator, restored after)."""
     if seed is None or not target.train_mode or not dropout_layers(target.module):
         yield
         return
-    with torch.random.fork_rng(devices=[target.device] if target.device.type == "cuda" else []):
+    with _forked_rng(target.device):
         torch.manual_seed(seed)
         yield
 
@@ -445,7 +449,7 @@ def check_input_scale(name: str, x: np.ndarray, estimator: PyTorchClassifier) ->
         )
 
 
-def client_gradient(target: TargetModel, x: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+def _client_gradient(target: TargetModel, x: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
     """
     The client's gradient of one batch before any defence, checked: a NaN or infinite one is refused (it says that
     the model, its loss or its preprocessing is broken for this batch) and one that is zero everywhere is logged.
@@ -487,7 +491,7 @@ def defended_gradients(
 
     if not isinstance(seed, torch.Generator):
         check_integer("seed", seed, 0, MAX_SEED, optional=True)
-    grads = client_gradient(target, x, labels)
+    grads = _client_gradient(target, x, labels)
     if defense is None:
         return grads
     generator = seed if isinstance(seed, torch.Generator) else make_generator(seed, target.device)
@@ -739,7 +743,7 @@ def client_update(
         for index in training.batches(x_arr.shape[0], seed):
             index_t = torch.as_tensor(index, device=target.device)
             xb, yb = x_t.index_select(0, index_t), labels.index_select(0, index_t)
-            grads = client_gradient(target, xb, yb)
+            grads = _client_gradient(target, xb, yb)
             if per_step is not None:
                 grads = checked_defence_output(
                     per_step, per_step.apply(grads, DefenseContext(target, xb, yb, generator)), target

@@ -34,6 +34,8 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
+from art_gifd.validation import to_numpy
+
 logger = logging.getLogger(__name__)
 
 #: PSNR (dB) reported for an exact match, and the cap of every PSNR value (an MSE of 1e-10 on ``[0, 1]`` images).
@@ -207,7 +209,7 @@ def _class_indices(name: str, labels: Any) -> np.ndarray:
     :return: The labels as an int64 array.
     :raises ValueError: If the labels are not 1-D or not whole numbers (e.g. class names as strings).
     """
-    arr = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    arr = to_numpy(labels)
     if arr.ndim != 1:
         raise ValueError(f"{name} labels must be a 1-D array, got shape {arr.shape}.")
     if arr.dtype.kind not in "iuf":

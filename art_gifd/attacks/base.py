@@ -261,9 +261,10 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         check_choice("norm_form", self.norm_form, NORM_FORMS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distance", self.distance, DISTANCES)
-        if check_flag("train_mode", self.train_mode) and dropout_layers(self.estimator.model):
+        dropout = dropout_layers(self.estimator.model) if check_flag("train_mode", self.train_mode) else []
+        if dropout:
             raise ValueError(
-                f"train_mode=True with dropout layers ({dropout_layers(self.estimator.model)[:3]}): the client's "
+                f"train_mode=True with dropout layers ({dropout[:3]}): the client's "
                 "dropout masks are random and unknown to the attacker, and the search cannot replay them. Attack with "
                 "train_mode=False (dropout off)."
             )

@@ -202,18 +202,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         except CaptureError as err:
             check.add((*path, "source"), str(err))
     overrides = {k: federated[k] for k in TRAINING_KEYS if k in federated}
-    unsaid = [
-        u.name
-        for u in updates
-        if not {"epochs", "steps"} & set(values := training_values(u, overrides)) or "local_batch_size" not in values
-    ]
-    if unsaid:  # a default (one full-batch epoch) would replay another training than the clients ran
-        check.add(
-            path,
-            f"the captured train configuration of {len(unsaid)} update(s) (e.g. {unsaid[0]}) does not say how many "
-            "local epochs (or steps) the clients ran and in which batch size: set epochs (or steps) and "
-            "local_batch_size in [federated], as the clients' own run configuration has them.",
-        )
+    unsaid = []  # updates whose local training only a default (one full-batch epoch) would fill in
     for update in updates:
         if update.num_examples is None:
             check.add(
@@ -223,6 +212,8 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
             )
             continue
         values = training_values(update, overrides)
+        if not {"epochs", "steps"} & set(values) or "local_batch_size" not in values:
+            unsaid.append(update.name)
         training, problems = local_training_from_config(values, "fedavg", [update.num_examples])
         for key, message in problems:
             if key is None or key in overrides:
@@ -234,6 +225,13 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
             check.add((*path, key) if key else path, f"update {update.name}: {message}{hint}")
         if training is not None:
             trainings[update.name] = training
+    if unsaid:
+        check.add(
+            path,
+            f"the captured train configuration of {len(unsaid)} update(s) (e.g. {unsaid[0]}) does not say how many "
+            "local epochs (or steps) the clients ran and in which batch size: set epochs (or steps) and "
+            "local_batch_size in [federated], as the clients' own run configuration has them.",
+        )
     settings["federated"] = {
         "source": None if folder is None else str(folder),
         "rounds": [u.server_round for u in updates],

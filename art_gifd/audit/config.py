@@ -414,10 +414,11 @@ def _read_model(check: Checker, raw: Any, device: str | None) -> tuple[dict[str,
     except ValueError as err:
         check.add(path, str(err))
         return settings, None, facts
-    if settings["train_mode"] and dropout_layers(module):
+    dropout = dropout_layers(module) if settings["train_mode"] else []
+    if dropout:
         check.add(
             (*path, "train_mode"),
-            f"the model has dropout layers ({dropout_layers(module)[:3]}), whose masks in train mode an attacker "
+            f"the model has dropout layers ({dropout[:3]}), whose masks in train mode an attacker "
             "cannot know or replay: set train_mode = false.",
         )
         return settings, None, facts
