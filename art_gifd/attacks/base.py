@@ -90,10 +90,6 @@ class SearchContext:
         """Rows of a representation tensor: one per restart and per image, ``R * B``."""
         return self.batch_size * self.num_restarts
 
-    def repeat_per_restart(self, per_image: torch.Tensor) -> torch.Tensor:
-        """Tile a per-image tensor ``(B, …)`` over the restarts, ``(R * B, …)``."""
-        return per_image.repeat(self.num_restarts, *([1] * (per_image.dim() - 1)))
-
     def pixel_stage(self, signed: bool = False, init: str = "uniform") -> SearchStage:
         """
         A pixel-space stage whose images are clamped to ``clip_values`` after every step.

@@ -236,7 +236,6 @@ def _intact(record: dict[str, Any]) -> bool:
     run, utility = record.get("run"), record.get("utility")
     if isinstance(run, dict) and all(k in run for k in _RUN_FIELDS) and isinstance(run["per_image"], dict):
         return isinstance(run["per_image"].get("ssim"), list)
-        return True
     return isinstance(utility, dict) and "run" not in record
 
 
