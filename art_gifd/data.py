@@ -16,6 +16,8 @@ Offline data sets shipped by installed packages, as float32 NCHW arrays in ``[0,
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -173,12 +175,31 @@ def load_dataset(name: str, split: str = "heldout") -> tuple[np.ndarray, np.ndar
     raise ValueError(f"Unknown data set '{name}': choose one of {', '.join(DATASETS)}.")
 
 
+def image_folder_digest(root: str | Path) -> str:
+    """
+    SHA-256 of what :func:`load_image_folder` reads from ``root``: the relative path and bytes of every visible file
+    below it, in sorted order, so that results keyed by it change when an image is added, removed or edited.
+    """
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """
     Images from a local folder with one sub-folder per class (torchvision's ``ImageFolder`` layout), e.g.
-    ``root/cat/001.png``, ``root/dog/002.jpg``. Labels are the indices of the class folders in sorted (text) order,
-    as torchvision's ``ImageFolder`` gives them; numbered folders whose text order is not their numeric order
-    (``0`` … ``10``: ``10`` sorts before ``2``) get a warning that names the labels.
+    ``root/cat/001.png``, ``root/dog/002.jpg``; hidden folders and files (names starting with ``.``) are skipped.
+    Labels are the indices of the class folders in sorted (text) order, as torchvision's ``ImageFolder`` gives them;
+    numbered folders whose text order is not their numeric order (``0`` … ``10``: ``10`` sorts before ``2``) get a
+    warning that names the labels.
 
     All images must have the same size (resize them beforehand: a silent resize would change what is audited) and
     8 bits per channel (16-bit, 32-bit and float images are refused: their range is not known).
@@ -187,27 +208,47 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
     :param channels: 1 (images converted to grey) or 3 (converted to RGB).
     :return: Images ``(N, channels, H, W)`` float32 in ``[0, 1]``, labels ``(N,)`` int64 and the class names.
     :raises FileNotFoundError: If ``root`` is not a folder or holds no class folder with images.
-    :raises ValueError: If ``channels`` is not 1 or 3, an image is not 8-bit, or the images do not all have the same
-                        size (the message names two files that differ).
+    :raises ValueError: If ``channels`` is not 1 or 3, an image cannot be read (truncated, not an image) or is not
+                        8-bit, or the images do not all have the same size (the message names two files that differ).
     """
     from PIL import Image
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    if channels not in (1, 3):
+    if isinstance(channels, bool) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}.")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder '{root}' does not exist or is not a folder.")
-    folder = ImageFolder(str(root))  # lists the files only; raises FileNotFoundError when there are none
+
+    class VisibleFolder(ImageFolder):
+        """ImageFolder without hidden folders (``.thumbs``, ``.ipynb_checkpoints``), which would shift every label."""
+
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    def visible_image(path: str) -> bool:  # hidden files too (macOS's "._name.png" copies are not images)
+        name = os.path.basename(path)
+        return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+    folder = VisibleFolder(str(root), is_valid_file=visible_image)  # lists the files; FileNotFoundError if none
     images, first = [], None
     for path, _ in folder.samples:
-        with Image.open(path) as image:
-            if image.mode.startswith("I") or image.mode == "F":  # converting to 8 bits clips every value above 255
-                raise ValueError(
-                    f"'{path}' is a {image.mode!r} image (16- or 32-bit integers or floats), whose range is not known: "
-                    "save the images as 8-bit PNG or JPEG (grey or RGB), scaled to 0-255."
-                )
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+                if not (mode.startswith("I") or mode == "F"):
+                    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        except (OSError, SyntaxError) as err:  # PIL's errors for truncated or unidentified files
+            raise ValueError(f"'{path}' cannot be read as an image ({err}): re-copy it or remove it.") from None
+        if mode.startswith("I") or mode == "F":  # converting to 8 bits clips every value above 255
+            raise ValueError(
+                f"'{path}' is a {mode!r} image (16- or 32-bit integers or floats), whose range is not known: "
+                "save the images as 8-bit PNG or JPEG (grey or RGB), scaled to 0-255."
+            )
         if first is None:
             first = (path, pixels.shape[:2])
         elif pixels.shape[:2] != first[1]:

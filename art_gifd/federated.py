@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from art_gifd.defenses.base import (
     is_gradient_list,
     make_generator,
 )
+from art_gifd.labels import find_classifier_head
 from art_gifd.validation import (
     MAX_RATE,
     MAX_SEED,
@@ -142,6 +144,17 @@ class TargetModel:
                 "The FL model outputs probabilities (every row is non-negative and sums to 1): it ends in a softmax, "
                 "but the cross-entropy loss expects logits. Remove the final softmax."
             )
+
+    @functools.cached_property
+    def classifier_head(self) -> tuple[int, int | None]:
+        """
+        Parameter indices of the classifier head's weight and bias (:func:`~art_gifd.labels.find_classifier_head`,
+        found by one forward pass on zeros).
+
+        :raises ValueError: If the model has no ``nn.Linear`` layer producing its ``nb_classes`` outputs.
+        """
+        example = self.preprocess(torch.zeros((2, *self.input_shape), device=self.device))
+        return find_classifier_head(self.module, self.nb_classes, example)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the estimator's preprocessing to ``x`` keeping the graph."""

@@ -42,6 +42,7 @@ every present class kept at least once. This is exact for distinct labels and a 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -51,23 +52,66 @@ from torch import nn
 from art_gifd.validation import check_gradient, check_integer
 
 
-def find_classifier_head(module: nn.Module, nb_classes: int) -> tuple[int, int | None]:
+def find_classifier_head(
+    module: nn.Module, nb_classes: int, example: torch.Tensor | None = None
+) -> tuple[int, int | None]:
     """
-    Locate the last linear layer with ``nb_classes`` outputs.
+    Locate the classifier head: the ``nn.Linear`` layer with ``nb_classes`` outputs that produces the model's output.
+
+    With ``example`` (an input batch the module can run), one forward pass tells: the layer whose output is the
+    model's output, else the last such layer the pass runs (a head followed by e.g. a temperature). Without it the
+    model must have one layer of ``nb_classes`` outputs, since the order in which layers are registered need not be
+    the order in which they run (a head defined before a bottleneck of ``nb_classes`` units).
 
     :param module: The FL model.
     :param nb_classes: Number of classes.
+    :param example: An input batch for the forward pass (no gradient is taken; random generators are restored).
     :return: Indices, in ``module.parameters()`` order, of its weight and of its bias (``None`` without bias).
-    :raises ValueError: If the model has no such layer.
+    :raises ValueError: If the model has no such layer, the forward pass runs none, or several are possible and no
+                        ``example`` tells them apart.
     """
     index = {id(p): i for i, p in enumerate(module.parameters())}
+    names = {id(m): name for name, m in module.named_modules()}
     heads = [m for m in module.modules() if isinstance(m, nn.Linear) and m.out_features == nb_classes]
     if not heads:
         raise ValueError(
             f"Cannot infer labels: the model has no nn.Linear layer with {nb_classes} outputs. Pass the labels "
             "explicitly (y=...)."
         )
-    head = heads[-1]
+    listed = ", ".join(f"'{names[id(m)]}'" for m in heads)
+    if example is not None:
+        calls: list[tuple[nn.Module, object]] = []
+        hooks = [m.register_forward_hook(lambda layer, _, out: calls.append((layer, out))) for m in heads]
+        devices = [example.device] if example.device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                output = module(example)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if not calls:
+            raise ValueError(
+                f"Cannot infer labels: no nn.Linear layer with {nb_classes} outputs ({listed}) runs in the model's "
+                "forward pass. Pass the labels explicitly (y=...)."
+            )
+        exact = [m for m, out in calls if isinstance(out, torch.Tensor) and out is output]
+        exact = exact or [
+            m
+            for m, out in calls
+            if isinstance(out, torch.Tensor)
+            and isinstance(output, torch.Tensor)
+            and out.shape == output.shape
+            and torch.equal(out, output)
+        ]
+        head = (exact or [m for m, _ in calls])[-1]
+    elif len(heads) > 1:
+        raise ValueError(
+            f"Cannot infer labels: several nn.Linear layers have {nb_classes} outputs ({listed}) and which one "
+            "produces the model's output is not known: pass the ART classifier instead of its module (one forward "
+            "pass tells), or the labels (y=...)."
+        )
+    else:
+        head = heads[0]
     return index[id(head.weight)], (index[id(head.bias)] if head.bias is not None else None)
 
 
@@ -78,28 +122,45 @@ def label_signal(grads: Sequence[torch.Tensor], weight_index: int, bias_index: i
     return grads[weight_index].detach().double().sum(dim=1)
 
 
-def classes_evidenced(grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, loss: object) -> int | None:
+def classes_evidenced(
+    grads: Sequence[torch.Tensor], head: tuple[int, int | None] | None, loss: object
+) -> list[int] | None:
     """
-    Lower bound on the number of distinct labels behind a clean softmax cross-entropy gradient, or ``None``.
+    Classes that a clean softmax cross-entropy gradient shows present, or ``None`` where it cannot tell.
 
     A class's bias gradient ``(1/B) Σ_i (p_ic − y_ic)`` can only be negative if some sample has that label, so the
-    number of negative entries bounds the labels present, and the batch size, from below. It is only read where it
-    is exact: a head with a bias, an ``nn.CrossEntropyLoss`` without label smoothing, and bias gradients that sum to
-    zero as such a gradient must (added noise, clipping scale aside, breaks that: then ``None``).
+    classes of negative entries are present, and their number bounds the batch size from below. It is only read where
+    it is exact: a head (weight and bias indices) with a bias, an ``nn.CrossEntropyLoss`` without label smoothing, and
+    bias gradients that sum to zero as such a gradient must (added noise, clipping scale aside, breaks that: then
+    ``None``).
     """
-    if not isinstance(loss, nn.CrossEntropyLoss) or loss.label_smoothing:
+    if not isinstance(loss, nn.CrossEntropyLoss) or loss.label_smoothing or head is None or head[1] is None:
         return None
-    try:
-        _, bias_index = find_classifier_head(module, nb_classes)
-    except ValueError:
-        return None
-    if bias_index is None:
-        return None
-    bias = grads[bias_index].detach().double()
+    bias = grads[head[1]].detach().double()
     scale = float(bias.abs().sum())
     if scale == 0.0 or abs(float(bias.sum())) > 1e-4 * scale:
         return None
-    return int((bias < -1e-6 * scale).sum())
+    return [int(c) for c in torch.nonzero(bias < -1e-6 * scale).flatten()]
+
+
+def check_update_sign(grads: Sequence[torch.Tensor], head: tuple[int, int | None], batch_size: int) -> None:
+    """
+    Refuse an update given with the opposite sign (``w_after − w_before``, or a gradient ascent step).
+
+    With non-negative features entering the head, only the rows of classes present can have negative entries, so at
+    most ``batch_size`` rows do (:func:`classes_with_negative_rows`); negated, the rows of the absent classes do. An
+    update whose rows fail that test while the negated rows pass it has been given with the wrong sign. Features of
+    either sign make both fail, and nothing is said.
+
+    :raises ValueError: If the update looks negated.
+    """
+    weight = grads[head[0]]
+    if classes_with_negative_rows(weight, batch_size) is None and classes_with_negative_rows(-weight, batch_size):
+        raise ValueError(
+            "The update looks negated: the rows of the classifier head's gradient show the pattern of the classes "
+            "absent from the batch where the present ones should be. Pass the gradient of the loss, or for FedAvg "
+            "w_before − w_after (not w_after − w_before)."
+        )
 
 
 def infer_labels(
@@ -113,14 +174,23 @@ def infer_labels(
 
     :param grads: Per-parameter gradients (tensors or arrays) in ``module.parameters()`` order, or a mapping parameter
                   name → gradient, e.g. what :func:`~art_gifd.federated.client_gradients` returns.
-    :param module: The FL model (a ``torch.nn.Module``; an ART ``PyTorchClassifier`` stands for its ``model``).
+    :param module: The FL model: a ``torch.nn.Module``, or an ART ``PyTorchClassifier``, whose model then runs once (a
+                   copy, on zeros of its ``input_shape``) to tell which layer is the classifier head.
     :param nb_classes: Number of classes.
     :param batch_size: Client batch size ``B``.
     :return: ``B`` class indices, sorted, on the gradients' device (the CPU for arrays).
-    :raises ValueError: For a gradient that does not fit the model (count, shapes, NaN, all zero), a model that is
-                        not a module or has no classifier head of ``nb_classes`` outputs, or a count below 1.
+    :raises ValueError: For a gradient that does not fit the model (count, shapes, NaN, all zero) or looks negated
+                        (:func:`check_update_sign`), a model that is not a module, has no classifier head of
+                        ``nb_classes`` outputs or (a bare module) several candidates, or a count below 1.
     """
-    module = getattr(module, "model", module) if not isinstance(module, nn.Module) else module
+    example = None
+    if not isinstance(module, nn.Module):  # an ART classifier: a forward pass on a copy finds its head
+        model, shape = getattr(module, "model", None), getattr(module, "input_shape", None)
+        if isinstance(model, nn.Module) and shape is not None:
+            module = copy.deepcopy(model).eval()
+            first_param = next(module.parameters(), None)
+            device = first_param.device if first_param is not None else torch.device("cpu")
+            example = torch.zeros((2, *shape), device=device)
     if not isinstance(module, nn.Module):
         raise ValueError(f"module must be a torch.nn.Module (the FL model), got {type(module).__name__}.")
     check_integer("nb_classes", nb_classes, 2)
@@ -129,22 +199,22 @@ def infer_labels(
     first = next(iter(grads.values() if isinstance(grads, Mapping) else grads), None)
     device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
     arrays = check_gradient(grads, [n for n, _ in named], [tuple(p.shape) for _, p in named])
-    return labels_from_gradient([torch.as_tensor(a, device=device) for a in arrays], module, nb_classes, batch_size)
+    tensors = [torch.as_tensor(a, device=device) for a in arrays]
+    head = find_classifier_head(module, nb_classes, example)
+    check_update_sign(tensors, head, batch_size)
+    return labels_from_gradient(tensors, head, batch_size)
 
 
-def labels_from_gradient(
-    grads: Sequence[torch.Tensor], module: nn.Module, nb_classes: int, batch_size: int
-) -> torch.Tensor:
+def labels_from_gradient(grads: Sequence[torch.Tensor], head: tuple[int, int | None], batch_size: int) -> torch.Tensor:
     """
-    :func:`infer_labels` on a gradient already checked against ``module`` (the attacks' path).
+    :func:`infer_labels` on a gradient already checked against the model (the attacks' path).
 
     :param grads: Per-parameter gradient tensors in ``module.parameters()`` order.
-    :param module: The FL model.
-    :param nb_classes: Number of classes.
+    :param head: Indices of the classifier head's weight and bias (:func:`find_classifier_head`).
     :param batch_size: Client batch size ``B``.
     :return: ``B`` class indices, sorted, on the gradients' device.
     """
-    weight_index, bias_index = find_classifier_head(module, nb_classes)
+    weight_index, bias_index = head
     signal = label_signal(grads, weight_index, bias_index).cpu().numpy()
     present = [int(c) for c in np.argsort(signal, kind="stable") if signal[c] < 0]  # no absent class is negative
     rows = classes_with_negative_rows(grads[weight_index], batch_size)

@@ -89,8 +89,8 @@ def _validate_pair(
     :raises ValueError: If a batch is not 4-D, looks like NHWC, is empty, the shapes differ, or a value is NaN,
                         infinite or outside the range (by more than :data:`RANGE_TOLERANCE` of its width).
     """
-    rec = np.asarray(reconstructed, dtype=np.float64)
-    orig = np.asarray(original, dtype=np.float64)
+    rec = to_numpy(reconstructed).astype(np.float64)
+    orig = to_numpy(original).astype(np.float64)
     for name, arr in (("reconstructed", rec), ("original", orig)):
         if arr.ndim != 4:
             raise ValueError(f"{name} must be a 4-D NCHW array, got shape {arr.shape}.")
@@ -511,7 +511,7 @@ def evaluate_batch(
     pred, truth = _label_pair(rec_labels, true_labels)
     if truth.size != len(perm):
         raise ValueError(f"Got {truth.size} true labels for {len(perm)} original images: pass one label per image.")
-    matched = np.asarray(reconstructed)[perm]
+    matched = to_numpy(reconstructed)[perm]
     psnr_values = psnr(matched, original, data_range)
     ssim_values = ssim(matched, original, data_range)
     lpips_values: list[float] | None = None

@@ -178,8 +178,12 @@ def check_output_folder(path: str | Path) -> Path:
 
 
 def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
-    return [name for name, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values (sparse ones too)."""
+    return [
+        name
+        for name, t in state.items()
+        if t.is_floating_point() and not bool((t.to_dense() if t.is_sparse else t).isfinite().all())
+    ]
 
 
 def check_gradient(grads: Any, names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:

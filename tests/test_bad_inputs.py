@@ -131,11 +131,28 @@ def test_gradient_of_a_larger_batch_than_batch_size_is_refused(lenet_clf, heldou
     assert attack.infer(client_gradients(lenet_clf, x[:1], y[:1])).shape == (1, 1, 32, 32)
 
 
+def test_labels_or_sign_that_the_gradient_contradicts_are_refused(lenet_clf, heldout, default_prior) -> None:
+    x, y = heldout[0][:2], heldout[1][:2]
+    grads = client_gradients(lenet_clf, x, y)
+    attack = GIFDAttack(lenet_clf, default_prior, batch_size=2, steps_per_stage=1, num_restarts=1, verbose=False)
+    with pytest.raises(ValueError, match=r"shows class\(es\) \[\d.*are the labels 1-based"):
+        attack.infer(grads, (y + 1) % 10)  # 1-based labels: the bias gradient names a class y does not hold
+    assert attack.infer(grads, y).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="looks negated"):
+        attack.infer([-g for g in grads])  # w_after − w_before, with inferred labels
+    with pytest.raises(ValueError, match="looks negated"):
+        attack.infer([-g for g in grads], y)  # and with the labels given
+
+
 def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_prior, monkeypatch) -> None:
     x, y = heldout[0][:1], heldout[1][:1]
     gradient = client_gradients(lenet_clf, x, y)
     attack = GIFDAttack(lenet_clf, default_prior, max_stage=1, steps_per_stage=2, num_restarts=1, verbose=False)
-    monkeypatch.setattr(type(default_prior), "forward_from", lambda self, *a, **k: torch.full((1, 1, 32, 32), np.nan))
+
+    def diverging(self, stage: int, h: torch.Tensor, labels=None) -> torch.Tensor:  # NaN once the search moves h
+        return torch.full((h.shape[0], 1, 32, 32), np.nan if h.requires_grad else 0.0)
+
+    monkeypatch.setattr(type(default_prior), "forward_from", diverging)
     with pytest.raises(RuntimeError, match="the search diverged"):
         attack.infer(gradient, y)
 
@@ -379,6 +396,26 @@ def test_image_folders_of_more_than_8_bits_are_refused(tmp_path, dtype) -> None:
         load_image_folder(tmp_path)
 
 
+def test_image_folder_skips_hidden_entries_and_names_unreadable_files(tmp_path) -> None:
+    from PIL import Image
+
+    from art_gifd.data import load_image_folder
+
+    for name in (".thumbs", "0", "1"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((4, 4), dtype=np.uint8), mode="L").save(tmp_path / name / "a.png")
+    (tmp_path / "1" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata, not an image
+    _, labels, names = load_image_folder(tmp_path)
+    assert names == ["0", "1"] and labels.tolist() == [0, 1]  # a hidden folder would have shifted every label
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "1" / "b.jpg")
+    data = (tmp_path / "1" / "b.jpg").read_bytes()
+    (tmp_path / "1" / "b.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"1/b\.jpg' cannot be read as an image \((image file is t|T)runcated"):
+        load_image_folder(tmp_path)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        load_image_folder(tmp_path, channels=True)
+
+
 def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf, default_prior, heldout) -> None:
     from art_gifd.demo import run_demo
 
@@ -507,6 +544,10 @@ def test_experiment_settings_are_checked_when_made(lenet_clf, heldout) -> None:
             lambda: Experiment([], ("pixel",), Budget(1, 1, 1), attack_params={"pixle": {}}),
             r"attack_params names attacks the experiment does not run: \['pixle'\]",
         ),
+        (lambda: Experiment([], ("pixel",), Budget(1, 1, 1)), "Experiment.cases is empty"),
+        (lambda: Experiment(["c"], (), Budget(1, 1, 1)), "Experiment.attacks is empty"),
+        (lambda: Experiment(["c"], ("pixel", "pixel"), Budget(1, 1, 1)), r"Experiment.attacks repeats \['pixel'\]"),
+        (lambda: Experiment(["c"], ("pixel",), Budget(1, 1, 1), device="gpu"), "device 'gpu' is not a device name"),
     ]
     for make, message in bad:
         with pytest.raises(ValueError, match=re.escape(message) if "[" not in message else message):
@@ -516,6 +557,7 @@ def test_experiment_settings_are_checked_when_made(lenet_clf, heldout) -> None:
         ((x, y, 2), {}, "has 3 images and 3 labels: give one label per image, and a positive multiple of batch_size=2"),
         ((x[:2], y, 1), {}, "has 2 images and 3 labels"),
         ((x[:2], y[:2], 1), {"attack_params": {"batch_size": 4}}, "attack_params may not set ['batch_size']"),
+        ((x[:2], np.eye(10)[y[:2]], 1), {}, "labels have shape (2, 10): give class indices"),
     ]
     for (xs, ys, batch_size), kwargs, message in loop:
         with pytest.raises(ValueError, match=re.escape(message)):

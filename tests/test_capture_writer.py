@@ -42,6 +42,31 @@ def test_another_runs_folder_is_refused(tmp_path) -> None:
     assert (tmp_path / "index.json").read_text() == before
 
 
+def test_a_new_run_into_a_folder_with_later_rounds_is_refused(tmp_path) -> None:
+    first = CaptureWriter(tmp_path, RUN_A)
+    for number in (1, 2, 3):
+        capture_round(first, number)
+    before = (tmp_path / "index.json").read_text()
+    second = CaptureWriter(tmp_path, RUN_A)  # the same app run again: Flower starts at round 1
+    with pytest.raises(CaptureError, match=r"holds rounds 2–3 of an earlier run, and capturing round 1 again"):
+        second.write_global(1, {"w": np.zeros((2, 2), np.float32)}, {"lr": 0.5})
+    assert (tmp_path / "index.json").read_text() == before  # the earlier run is kept whole
+
+
+def test_a_damaged_round_entry_is_named(tmp_path) -> None:
+    from art_gifd.integrations.captures import read_index
+
+    capture_round(CaptureWriter(tmp_path, RUN_A), 1)
+    index = json.loads((tmp_path / "index.json").read_text())
+    for entry, problem in (
+        ({k: v for k, v in index["rounds"]["1"].items() if k != "sha256"}, r"rounds\.1\.sha256 is missing"),
+        ({**index["rounds"]["1"], "global": 5}, r"rounds\.1\.global is 5, expected a string"),
+    ):
+        (tmp_path / "index.json").write_text(json.dumps({**index, "rounds": {"1": entry}}))
+        with pytest.raises(CaptureError, match=rf"damaged \({problem}\)\. Restore the file"):
+            read_index(tmp_path)
+
+
 def test_a_file_is_not_a_capture_folder(tmp_path) -> None:
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match=r"afile' is a file: give a folder to write into"):

@@ -58,6 +58,42 @@ def test_model_without_head_is_refused() -> None:
         find_classifier_head(net, 10)
 
 
+class _HeadFirst(nn.Module):
+    """A head registered before a 10-unit hidden layer, which runs first: registration order is not forward order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 10)
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10), nn.ReLU(), nn.Linear(10, 16), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_head_is_the_layer_that_produces_the_output(heldout) -> None:
+    torch.manual_seed(0)
+    x, y = heldout
+    net = _HeadFirst()
+    clf = make_classifier(net, (1, 32, 32))
+    assert TargetModel(clf).classifier_head == (0, 1)  # head.weight, head.bias, not the bottleneck (2, 3)
+    picks = [int(np.flatnonzero(y == c)[0]) for c in (1, 3)]
+    grads = client_gradients(clf, x[picks], y[picks])
+    assert infer_labels(grads, clf, 10, 2).tolist() == [1, 3]
+    with pytest.raises(ValueError, match=r"several nn\.Linear layers have 10 outputs \('head', 'features\.1'\)"):
+        infer_labels(grads, net, 10, 2)  # a bare module cannot tell: refused, not read from the wrong layer
+
+
+@pytest.mark.parametrize("size", [1, 4, 8])
+def test_negated_update_is_refused(heldout, size: int) -> None:
+    x, y = heldout
+    clf = make_classifier(convnet(seed=1), (1, 32, 32))
+    picks = [int(np.flatnonzero(y == c)[0]) for c in range(size)]
+    grads = client_gradients(clf, x[picks], y[picks])
+    assert infer_labels(grads, clf, 10, size).tolist() == list(range(size))
+    with pytest.raises(ValueError, match=r"looks negated.*w_before − w_after"):
+        infer_labels([-g for g in grads], clf, 10, size)
+
+
 def test_label_mapping() -> None:
     labels = torch.tensor([0, 2, 2])
     assert map_labels(labels, None, 5).tolist() == [0, 2, 2]

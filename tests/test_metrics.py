@@ -185,6 +185,16 @@ def test_evaluate_batch_with_unavailable_lpips(tmp_path: Path, rng: np.random.Ge
     assert result["psnr"] == MAX_PSNR and result["ssim"] == pytest.approx(1.0)
 
 
+def test_tensors_that_require_grad_are_measured_as_arrays(rng: np.random.Generator) -> None:
+    images = rng.uniform(size=(2, 1, 8, 8)).astype(np.float32)
+    noisy = np.clip(images + rng.normal(0, 0.05, images.shape), 0, 1).astype(np.float32)
+    attached = torch.tensor(noisy, requires_grad=True)
+    assert psnr(attached, images).tolist() == psnr(noisy, images).tolist()
+    assert evaluate_batch(attached, torch.tensor(images), [0, 1], [0, 1])["psnr"] == pytest.approx(
+        evaluate_batch(noisy, images, [0, 1], [0, 1])["psnr"]
+    )
+
+
 @pytest.mark.parametrize(
     ("reconstructed", "original", "message"),
     [

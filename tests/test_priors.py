@@ -146,6 +146,38 @@ def test_a_generator_without_weights_or_buffers_is_on_the_cpu() -> None:
     assert Identity().device == torch.device("cpu")
 
 
+class _Declared(LayeredGenerator):
+    """A user's prior that declares 1×32×32 images in (-1, 1); what it really generates is set per test."""
+
+    num_blocks, image_shape = 1, (1, 32, 32)
+
+    def __init__(self, size: int = 32, dtype: torch.dtype = torch.float32, output_range=(-1.0, 1.0)) -> None:
+        super().__init__()
+        self.size, self.dtype, self.output_range = size, dtype, output_range
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(n, 8, generator=generator)
+
+    def forward_blocks(self, h, start, stop, labels=None):
+        return torch.zeros(h.shape[0], 1, self.size, self.size, dtype=self.dtype)
+
+
+@pytest.mark.parametrize(
+    ("prior", "message"),
+    [
+        (_Declared(size=16), r"declares image_shape \(1, 32, 32\) but generates shape \(2, 1, 16, 16\)"),
+        (_Declared(dtype=torch.float64), r"generates shape \(2, 1, 32, 32\), torch\.float64"),
+        (_Declared(output_range=(0.0, 0.0)), r"output_range must be \(low, high\) with finite low < high"),
+    ],
+)
+def test_a_prior_is_checked_against_what_it_declares(lenet_clf, heldout, prior, message) -> None:
+    from art_gifd import GIFDAttack, client_gradients
+
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    with pytest.raises(ValueError, match=message):
+        GIFDAttack(lenet_clf, prior, max_stage=1, steps_per_stage=1, num_restarts=1, verbose=False).infer(grads)
+
+
 @pytest.mark.parametrize("truncation", [0, 1.5])
 def test_prior_table_truncation_is_reported_under_its_key(tmp_path, truncation) -> None:
     (tmp_path / "g.pt").write_bytes(b"")
@@ -162,6 +194,9 @@ def test_prior_table_truncation_is_reported_under_its_key(tmp_path, truncation) 
     [
         ("{not json", r"config\.json' is not a JSON file \(Expecting"),
         ("[1, 2]", r"config\.json' is not a BigGAN config"),
+        ('{"layers": []}', r"BigGAN config: layers must be a non-empty list of \[upsample, in, out\] triples"),
+        ('{"layers": [[true, 16]]}', r"BigGAN config: layers .* triples \(in, out >= 1\): \[\[True, 16\]\]"),
+        ('{"z_dim": -1}', r"BigGAN config: z_dim must be a positive integer, got -1"),
     ],
 )
 def test_a_bad_biggan_config_names_its_file(tmp_path, config, message) -> None:

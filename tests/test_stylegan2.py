@@ -65,6 +65,14 @@ def test_checkpoint_key_errors_are_named(tmp_path) -> None:
         load_stylegan2(path, size=16, style_dim=8, n_mlp=2, channels=TINY["channels"])
     with pytest.raises(ValueError, match="size must be a power of two"):
         StyleGAN2Generator(size=48)
+    for kwargs, message in (
+        ({"size": "16"}, "size must be an integer >= 8, got '16'"),
+        ({"size": 16, "style_dim": 0}, "style_dim must be a positive integer, got 0"),
+        ({"size": 16, "style_dim": 8.0}, "style_dim must be a positive integer, got 8.0"),
+        ({"size": 16, "n_mlp": 0}, "n_mlp must be a positive integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            StyleGAN2Generator(**kwargs)
 
 
 def test_blocks_compose_to_forward_at_every_stage() -> None:

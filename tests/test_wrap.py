@@ -60,6 +60,33 @@ def test_bad_wrapping_is_explained() -> None:
         wrap_generator(small_generator(), latent_shape=(5,), image_shape=(1, 32, 32))
 
 
+class _WithAux(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.block(h)
+        return out, out.mean()
+
+
+class _Conditional(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.block(h)
+
+
+def test_blocks_that_do_not_map_a_tensor_to_a_tensor_are_explained() -> None:
+    blocks = list(small_generator())
+    with pytest.raises(ValueError, match=r"Block 4 of the generator returns a tuple, not a tensor"):
+        wrap_generator(nn.Sequential(*blocks[:3], _WithAux(blocks[3])), latent_shape=(8,), image_shape=(1, 32, 32))
+    with pytest.raises(ValueError, match=r"each block takes one tensor \(a class-conditional generator needs a Layer"):
+        wrap_generator(nn.Sequential(_Conditional(blocks[0]), *blocks[1:]), latent_shape=(8,), image_shape=(1, 32, 32))
+
+
 def test_gifd_searches_a_wrapped_generator(heldout) -> None:
     clf = make_classifier(lenet(seed=0), (1, 32, 32))
     x, y = heldout[0][:1], heldout[1][:1]

@@ -47,7 +47,7 @@ from art_gifd.federated import (
     dropout_layers,
     simulation_memory,
 )
-from art_gifd.labels import classes_evidenced, labels_from_gradient
+from art_gifd.labels import check_update_sign, classes_evidenced, labels_from_gradient
 from art_gifd.validation import (
     MAX_RATE,
     MAX_SEED,
@@ -472,17 +472,33 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         if self.training is not None:
             self.training.check_data(self.batch_size)
         observed = target.as_gradient_list(x)
-        evidenced = classes_evidenced(observed, target.module, target.nb_classes, target.loss_fn)
-        if evidenced is not None and evidenced > self.batch_size:
+        try:
+            head = target.classifier_head
+        except ValueError as err:
+            head, no_head = None, err
+        if head is not None:
+            check_update_sign(observed, head, self.batch_size)
+        evidenced = classes_evidenced(observed, head, target.loss_fn)
+        if evidenced is not None and len(evidenced) > self.batch_size:
             raise ValueError(
-                f"The gradient shows {evidenced} distinct labels (negative bias gradients of the classifier head), so "
-                f"it comes from at least {evidenced} images, but batch_size={self.batch_size}: set batch_size to the "
-                "client's batch size."
+                f"The gradient shows {len(evidenced)} distinct labels (negative bias gradients of the classifier "
+                f"head), so it comes from at least {len(evidenced)} images, but batch_size={self.batch_size}: set "
+                "batch_size to the client's batch size."
             )
         if y is not None:
             labels = target.labels_to_indices(y, batch_size=self.batch_size)
+            unlabelled = sorted(set(evidenced or ()) - set(labels.tolist()))
+            if unlabelled:
+                raise ValueError(
+                    f"y holds the classes {sorted(set(labels.tolist()))}, but the gradient shows class(es) "
+                    f"{unlabelled} present (a negative bias gradient needs an image of that class), which no label in "
+                    "y has: are the labels 1-based, or in another class order than the model's outputs? Pass the "
+                    "client's labels as the model's class indices, or y=None to infer them."
+                )
         elif self._infers_labels:
-            labels = labels_from_gradient(observed, target.module, target.nb_classes, self.batch_size)
+            if head is None:
+                raise no_head
+            labels = labels_from_gradient(observed, head, self.batch_size)
         else:
             labels = None
         seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))

@@ -5,6 +5,7 @@ estimator, class conditioning through a label mapping, and decoding generator ou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,21 @@ class GenerativePriorAttack(GradientInversionAttack):
                 f"The prior generates images of shape {tuple(self.prior.image_shape)} but the estimator expects "
                 f"{expected}. Use a prior trained at the estimator's resolution and channel count."
             )
+        output_range = self.prior.output_range
+        ordered = (
+            isinstance(output_range, tuple | list)
+            and len(output_range) == 2
+            and all(
+                isinstance(v, int | float | np.number) and not isinstance(v, bool) and math.isfinite(v)
+                for v in output_range
+            )
+            and output_range[0] < output_range[1]
+        )
+        if not ordered:
+            raise ValueError(
+                f"The prior's output_range must be (low, high) with finite low < high (the range of its output "
+                f"pixels), got {output_range!r}."
+            )
         check_choice("latent_constraint", self.latent_constraint, ("auto", *LATENT_CONSTRAINTS))
         if self.resolved_latent_constraint == "box" and not (self.prior.latent_bound or 0) > 0:
             raise ValueError(
@@ -124,6 +140,34 @@ class GenerativePriorAttack(GradientInversionAttack):
             if mapping == "auto" or isinstance(mapping, AutoLabelMapping):
                 mapping = self._auto_mapping(ctx, mapping if isinstance(mapping, AutoLabelMapping) else None)
             self._generator_labels = map_labels(ctx.labels, mapping, self.prior.num_classes)
+        self._check_output()
+
+    def _check_output(self) -> None:
+        """Generate two images: they must be what the prior declares (a user's subclass is trusted on nothing else)."""
+        import torch
+
+        device = self.prior.device
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                z = self.project_latent(
+                    self.prior.sample_latent(2, generator=torch.Generator(device=device).manual_seed(0))
+                )
+                classes = None if self._generator_labels is None else self._generator_labels[:1].repeat(2)
+                out = self.prior.forward_from(0, z, classes)
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"The prior ({type(self.prior).__name__}) fails to generate from its own latents: "
+                f"{' '.join(str(err).split())[:200]}"
+            ) from None
+        expected = (2, *self.prior.image_shape)
+        found = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected or out.dtype != torch.float32:
+            raise ValueError(
+                f"The prior declares image_shape {tuple(self.prior.image_shape)} but generates {found} for 2 latents "
+                f"(expected shape {expected}, float32): fix its image_shape or its blocks."
+            )
+        if not bool(out.isfinite().all()):
+            raise ValueError("The prior generates NaN or infinite values from its own latents: check its weights.")
 
     def _auto_mapping(self, ctx: SearchContext, spec: AutoLabelMapping | None) -> dict[int, int]:
         """Score the generator classes for every task label against the observed gradient; keep the best."""

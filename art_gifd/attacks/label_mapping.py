@@ -73,7 +73,10 @@ class AutoLabelMapping:
         check_number("AutoLabelMapping.learning_rate", self.learning_rate, 0.0, closed="neither")
         if self.candidates is not None:
             bad = [
-                c for c in self.candidates if not (isinstance(c, int | np.integer) and 0 <= c < num_generator_classes)
+                c
+                for c in self.candidates
+                if isinstance(c, bool | np.bool_)
+                or not (isinstance(c, int | np.integer) and 0 <= c < num_generator_classes)
             ]
             if bad or not len(self.candidates):
                 raise ValueError(

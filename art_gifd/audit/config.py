@@ -183,7 +183,6 @@ from art_gifd.federated import (
     dropout_layers,
     read_federated_table,
 )
-from art_gifd.labels import find_classifier_head
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.store import ResultsBusy, ResultsFile, file_slug, terminate_as_interrupt
@@ -911,19 +910,19 @@ def _probe_attacks(
             )
     if check.failed_under(("priors",)):
         return
+    no_head = None
     try:
-        find_classifier_head(estimator.model, estimator.nb_classes)
-        headless = False
-    except ValueError:
-        headless = True
+        _ = TargetModel(estimator, device=settings["device"]).classifier_head
+    except ValueError as err:
+        no_head = str(err)
     for attack in attacks:
-        if headless and not attack.labels_known:
+        if no_head is not None and not attack.labels_known:
             check.add(
                 ("attacks", attack.index, "name"),
-                f"attack '{attack.label}' infers the labels from each update, which needs the classifier head, an "
-                f"nn.Linear layer with {estimator.nb_classes} outputs, and this model has none (a TorchScript model "
-                'converts to a graph without nn modules): set labels = "known" on this attack, or give the model as '
-                "a factory.",
+                f"attack '{attack.label}' infers the labels from each update, which needs the classifier head, the "
+                f"nn.Linear layer that produces the model's {estimator.nb_classes} outputs ({no_head} A TorchScript "
+                'model converts to a graph without nn modules): set labels = "known" on this attack, or give the '
+                "model as a factory.",
             )
             continue
         try:

@@ -85,7 +85,8 @@ class CaptureWriter:
 
     :param out: The capture folder (created). An existing index is continued, so a restarted run appends to it; it
                 must be the index of the same run: the same metadata, and (checked by :meth:`write_global`) the same
-                array names and shapes.
+                array names and shapes, and no round after the first one it captures again (a run that starts over
+                after more rounds were captured is another trajectory: its rounds would mix with the earlier ones).
     :param metadata: Facts about the run stored in the index (strategy, framework version, …).
     :raises ValueError: If ``out`` is a file or cannot be written.
     :raises CaptureError: If ``out`` holds the capture of a run with other metadata.
@@ -101,6 +102,8 @@ class CaptureWriter:
         self._sent: tuple[int, dict[str, np.ndarray]] | None = None
         #: Seconds of the last index rewrite, not yet counted in a round's ``capture_seconds``.
         self._unsaved = 0.0
+        #: Rounds whose global arrays this writer recorded (the others in the index are an earlier session's).
+        self._written: set[int] = set()
         index = self.out / INDEX
         # As stored: JSON turns tuples into lists, so that a restart's metadata compares equal to the index's.
         plain = json.loads(json.dumps(_plain(dict(metadata or {}))))
@@ -140,12 +143,21 @@ class CaptureWriter:
         :raises CaptureError: If the rounds the folder holds have other array names or shapes (another model's run).
         """
         start = time.perf_counter()
+        later = sorted(int(n) for n, e in self.index["rounds"].items() if "global" in e and int(n) > server_round)
+        later = [n for n in later if n not in self._written]
+        if later:  # a new run (Flower starts at round 1 again): continuing would mix its rounds with the earlier ones
+            raise CaptureError(
+                f"{self.out} holds rounds {later[0]}–{later[-1]} of an earlier run, and capturing round {server_round} "
+                "again would mix this run's rounds with them: capture into a new folder, or delete this one (its "
+                "rounds are kept as they are)."
+            )
         file = Path(_round_dir(server_round)) / "global.npz"
         sent = {name: np.asarray(a) for name, a in arrays.items()}
         shapes = {name: list(a.shape) for name, a in sent.items()}
         self._check_same_model(server_round, shapes)
         digest = _write_npz(self.out / file, sent)
         self._sent = (server_round, sent)
+        self._written.add(server_round)
         # A round captured again (a restarted run) starts afresh: earlier updates were relative to other arrays.
         self.index["updates"] = [u for u in self.index["updates"] if u["round"] != server_round]
         self.index["rounds"][str(server_round)] = {
@@ -257,13 +269,26 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != CAPTURE_FORMAT:
         raise CaptureError(f"{index}: not an art-gifd capture index (format {CAPTURE_FORMAT!r} expected).")
     problem = shape_problem(data, _INDEX_SHAPE)
+    for number, entry in data["rounds"].items() if problem is None else []:
+        if not number.isdigit():
+            problem = f"rounds holds the key {number!r}, not a round number"
+            break
+        # an entry without global arrays holds only round metrics and timings
+        shape = _ROUND_SHAPE if isinstance(entry, dict) and "global" in entry else dict
+        problem = shape_problem(entry, shape, f"rounds.{number}")
+        if problem is not None:
+            break
+    seen: set[tuple[int, int]] = set()
     for update in data["updates"] if problem is None else []:
-        if update.get("num_examples") is not None and update["num_examples"] < 1:
+        if (update["round"], update["node_id"]) in seen:
+            problem = f"round {update['round']}, node {update['node_id']} is listed twice"
+        elif update.get("num_examples") is not None and update["num_examples"] < 1:
             problem = f"update {update['file']} has num_examples {update['num_examples']}, expected at least 1"
         elif "global" not in data["rounds"].get(str(update["round"]), {}):
             problem = f"update {update['file']} is of round {update['round']}, whose global weights were not captured"
         if problem is not None:
             break
+        seen.add((update["round"], update["node_id"]))
     if problem is not None:
         raise CaptureError(f"{index}: damaged ({problem}). Restore the file or capture the run again.")
     return data
@@ -284,6 +309,10 @@ _INDEX_SHAPE = {
         }
     ],
 }
+
+
+#: What a round entry with global arrays holds.
+_ROUND_SHAPE = {"global": str, "sha256": str, "shapes?": dict, "config?": dict}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
-from art_gifd.validation import check_number
+from art_gifd.validation import check_integer, check_number
 
 if TYPE_CHECKING:
     from pytorch_pretrained_biggan import BigGANConfig
@@ -49,6 +49,20 @@ def _biggan_module() -> Any:
     return pytorch_pretrained_biggan
 
 
+def _check_config(config: BigGANConfig) -> None:
+    """The config's sizes are positive integers and its layers ``[upsample, in, out]`` triples (before any is built)."""
+    for name in ("output_dim", "z_dim", "class_embed_dim", "channel_width", "num_classes", "n_stats"):
+        check_integer(name, getattr(config, name, None), 1)
+    layers = getattr(config, "layers", None)
+    triples = isinstance(layers, list | tuple) and all(
+        isinstance(layer, list | tuple) and len(layer) == 3 and all(isinstance(v, int) for v in layer)
+        for layer in layers
+    )
+    if not triples or not layers or any(v < 1 for layer in layers for v in layer[1:]):
+        raise ValueError(f"layers must be a non-empty list of [upsample, in, out] triples (in, out >= 1): {layers!r}.")
+    check_integer("attention_layer_position", getattr(config, "attention_layer_position", None), 0, len(layers))
+
+
 class BigGANGenerator(LayeredGenerator):
     """
     A ``pytorch_pretrained_biggan.BigGAN`` split into blocks (see the module documentation for the stage layout).
@@ -69,6 +83,7 @@ class BigGANGenerator(LayeredGenerator):
         package = _biggan_module()
         if isinstance(config, dict):
             config = package.BigGANConfig.from_dict(config)
+        _check_config(config)
         truncation = check_number("truncation", truncation, 0.0, 1.0, closed="right")
         self.biggan = package.BigGAN(config)
         self.config = config

@@ -36,7 +36,7 @@ from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
-from art_gifd.validation import check_number
+from art_gifd.validation import check_integer, check_number
 
 #: The FIR filter of StyleGAN2's up-sampling (outer product with itself, normalised).
 BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
@@ -255,7 +255,11 @@ class StyleGAN2Generator(LayeredGenerator):
         :param training_domain: Description of the training data (stated in reports).
         """
         super().__init__()
-        log_size = math.log2(size) if size >= 8 else 0.0
+        size = check_integer("size", size, 8)
+        style_dim = check_integer("style_dim", style_dim, 1)
+        n_mlp = check_integer("n_mlp", n_mlp, 1)
+        channel_multiplier = check_integer("channel_multiplier", channel_multiplier, 1)
+        log_size = math.log2(size)
         if log_size < 3 or not float(log_size).is_integer():
             raise ValueError(f"size must be a power of two >= 8 (the checkpoint's resolution), got {size}.")
         truncation = check_number("truncation", truncation, 0.0, 1.0, closed="right")

@@ -112,11 +112,12 @@ class LayeredSequential(LayeredGenerator):
         try:
             with torch.no_grad():
                 out = self(self.sample_latent(n, torch.Generator(device=self.device).manual_seed(0)))
-        except RuntimeError as err:
+        except (RuntimeError, TypeError) as err:
             raise ValueError(
                 f"The blocks cannot run on a latent of shape {self.latent_shape} ({err}). Check latent_shape and the "
-                "block order."
-            ) from err
+                "block order; each block takes one tensor (a class-conditional generator needs a LayeredGenerator "
+                "subclass)."
+            ) from None
         if tuple(out.shape[1:]) != self.image_shape:
             raise ValueError(
                 f"The generator outputs images of shape {tuple(out.shape[1:])}, not image_shape={self.image_shape}. "
@@ -156,8 +157,13 @@ class LayeredSequential(LayeredGenerator):
         """Apply blocks ``start + 1 … stop``; ``labels`` is ignored (unconditional)."""
         if not 0 <= start <= stop <= self.num_blocks:
             raise ValueError(f"Need 0 <= start <= stop <= {self.num_blocks}, got start={start}, stop={stop}.")
-        for block in self.chain[start:stop]:
+        for index, block in enumerate(self.chain[start:stop], start=start):
             h = block(h)
+            if not isinstance(h, torch.Tensor):
+                raise ValueError(
+                    f"Block {index + 1} of the generator returns a {type(h).__name__}, not a tensor: each block must "
+                    "map one tensor to one tensor (wrap a block that returns (image, extra) to return the image)."
+                )
         return h
 
     def describe(self) -> dict[str, object]:

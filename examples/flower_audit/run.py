@@ -25,6 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
     captures = here / ("captures-dp" if args.dp else "captures")
+    if (captures / "index.json").exists():  # a new run would mix its rounds with the earlier run's
+        sys.exit(f"{captures} holds an earlier run's capture: delete it (or move it away) to capture a new run.")
     run_simulation(
         server_app=make_app(captures=str(captures), dp=args.dp, **{"num-server-rounds": args.rounds}),
         client_app=dp_app if args.dp else client_app,
