@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shlex
 import sys
@@ -29,6 +30,38 @@ def count(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+#: Argument type of a seed (the range every seed of the library takes).
+SEED = count(0, MAX_SEED)
+
+
+def real(low: float, low_open: bool = False) -> Callable[[str], float]:
+    """Argument type: a finite number ``>= low`` (``> low`` if ``low_open``)."""
+    wanted = f"a finite number {'>' if low_open else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    return parse
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """
+    Run a script's ``main``: a ``ValueError`` (the library's error for a setting it refuses, found only once the
+    setting meets the data or the prior) ends it with that one-line message and exit status 2, not a traceback.
+    """
+    try:
+        main()
+    except ValueError as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def existing_file(text: str) -> Path:

@@ -32,7 +32,7 @@ from art_gifd.federated import (
 from art_gifd.metrics import LPIPSMetric, evaluate_batch
 from art_gifd.models import build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.validation import MAX_SEED, check_flag, check_integer
+from art_gifd.validation import MAX_SEED, check_device, check_flag, check_integer
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ class Experiment:
                 f"Experiment.attack_params names attacks the experiment does not run: {unknown} (attacks: "
                 f"{list(self.attacks)}); check the spelling."
             )
+        check_device(self.device)
+        if not self.cases or not self.attacks:
+            empty = "cases" if not self.cases else "attacks"
+            raise ValueError(f"Experiment.{empty} is empty: give at least one, or there is nothing to run.")
+        repeated = sorted({a for a in self.attacks if list(self.attacks).count(a) > 1})
+        if repeated:
+            raise ValueError(f"Experiment.attacks repeats {repeated}: each attack runs once per case and seed.")
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -163,6 +170,11 @@ def attack_batches(
     batch_size = check_integer("batch_size", batch_size, 1)
     check_integer("seed", seed, 0, MAX_SEED)
     check_integer("first_index", first_index, 0)
+    if np.ndim(y_all) != 1:
+        raise ValueError(
+            f"The private labels have shape {np.shape(y_all)}: give class indices, one per image (for one-hot rows: "
+            "y.argmax(1))."
+        )
     if len(x_all) != len(y_all) or not len(x_all) or len(x_all) % batch_size:
         raise ValueError(
             f"The private set has {len(x_all)} images and {len(y_all)} labels: give one label per image, and a "

@@ -38,7 +38,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
-from art_gifd.store import ResultsFile, environment, write_json_atomic
+from art_gifd.cli import SEED, count, output_folder, run_script
+from art_gifd.store import ResultsFile, environment, shape_problem, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
 from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity
 
@@ -217,9 +218,22 @@ def run_key(record: dict[str, Any]) -> tuple:
     )
 
 
+#: What an ablation run record holds; records of other programs (or damaged ones) are skipped with a warning.
+_RECORD = {
+    "case": str,
+    "split": str,
+    "config": str,
+    "batch_size": int,
+    "first": int,
+    "seed": int,
+    "steps_per_stage": int,
+    "psnr": float,
+}
+
+
 def load_runs(path: Path) -> list[dict[str, Any]]:
-    """The runs of a runs file (the benchmark runner's append-only JSONL store); a torn last line is skipped."""
-    return ResultsFile(path).read()[1]
+    """The runs of a runs file (the benchmark runner's append-only JSONL store); torn or foreign lines are skipped."""
+    return ResultsFile(path).read(check=lambda record: shape_problem(record, _RECORD))[1]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -227,7 +241,8 @@ def run(args: argparse.Namespace) -> None:
     case = CASES[args.case]
     classifier = case.classifier()
     store = ResultsFile(args.runs / f"{case.name}.jsonl")
-    done = {run_key(r) for r in store.read(repair=True)[1]}  # repair: appends start on a fresh line
+    # repair: appends start on a fresh line
+    done = {run_key(r) for r in store.read(repair=True, check=lambda r: shape_problem(r, _RECORD))[1]}
     commit = git_commit()
     names = args.configs or list(CONFIGS)
     for batch in args.batch_sizes:
@@ -466,7 +481,7 @@ def report(args: argparse.Namespace) -> None:
     record = {
         "benchmark": "ablation",
         "command": shlex.join(["python", "benchmarks/ablation.py", *sys.argv[1:]]),
-        "runs": "one JSONL file per case in benchmarks/results/ablation_runs/",
+        "runs": f"one JSONL file per case in {_shown(args.runs)}",
         "commits": sorted({str(r.get("commit")) for r in runs}),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": environment(0, "cpu"),
@@ -483,19 +498,30 @@ def report(args: argparse.Namespace) -> None:
     print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
 
 
+def _shown(path: Path) -> str:
+    """A path as a report names it: relative to the repository when inside it."""
+    try:
+        return f"{path.resolve().relative_to(RESULTS.parent.parent)}/"
+    except ValueError:
+        return f"{path}/"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES), help="the case to run (not needed with --report)")
     parser.add_argument("--split", choices=SPLITS, default="tune")
     parser.add_argument("--configs", nargs="+", default=None, help="configuration names (default: all)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--images", type=int, default=8, help="images per split and batch size")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=100, help="Adam steps per stage")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--batch-sizes", nargs="+", type=count(1), default=[1, 4])
+    parser.add_argument("--images", type=count(1), default=8, help="images per split and batch size")
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1])
+    parser.add_argument("--steps", type=count(1), default=100, help="Adam steps per stage")
+    parser.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
     parser.add_argument(
-        "--runs", type=Path, default=RUNS, help="folder of the runs files, one JSONL per case (appended, resumed)"
+        "--runs",
+        type=output_folder,
+        default=RUNS,
+        help="folder of the runs files, one JSONL per case (appended, resumed)",
     )
     parser.add_argument("--report", action="store_true", help="summarise the runs file instead of running")
     parser.add_argument("--out", type=Path, default=RESULTS / "ablation", help="report path without suffix")
@@ -505,11 +531,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown configuration(s) {unknown}: choose from {list(CONFIGS)}.")
     if not args.report and args.case is None:
         parser.error("--case is required (or --report).")
-    for name in ("images", "steps", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}.")
-    if any(b < 1 or args.images % b for b in args.batch_sizes):
-        parser.error(f"every --batch-sizes value must be positive and divide --images ({args.images}).")
+    if any(args.images % b for b in args.batch_sizes):
+        parser.error(f"every --batch-sizes value must divide --images ({args.images}).")
+    if args.case is not None:
+        lo, hi = CASES[args.case].splits[args.split]
+        if args.images > hi - lo:
+            parser.error(f"--images {args.images}: case '{args.case}' has {hi - lo} images in its {args.split} split.")
     return args
 
 
@@ -524,4 +551,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

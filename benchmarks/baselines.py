@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from art_gifd.attacks.registry import ATTACKS, BASELINES, Budget
+from art_gifd.cli import count, run_script
 from art_gifd.experiment import SCHEMA, Case, Experiment
 from art_gifd.experiment import run_experiment as run_grid
 from art_gifd.models import MODELS
@@ -43,27 +44,43 @@ from art_gifd.store import ResultsFile, environment, source_commit, write_json_a
 ALL_ATTACKS = (*ATTACKS, *BASELINES)
 
 
-def job_id(model: str, mode: str, batch_size: int, attack: str) -> str:
-    """The results-file key of one row."""
-    return f"{model}-{mode}-b{batch_size}-{attack}"
+#: Held-out digits of the embedded MNIST data.
+HELDOUT = 1000
+
+
+def job_id(model: str, mode: str, batch_size: int, attack: str, settings: dict) -> str:
+    """The results-file key of one row: its cell and the invocation's settings (steps, restarts, images, …)."""
+    tag = "-".join(f"{k}{v}" for k, v in settings.items())
+    return f"{model}-{mode}-b{batch_size}-{attack}-{tag}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200, help="steps per restart in the equal-steps mode")
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--offset", type=int, default=100, help="first held-out image (demo and tests use others)")
+    parser.add_argument("--steps", type=count(1), default=200, help="steps per restart in the equal-steps mode")
+    parser.add_argument("--restarts", type=count(1), default=2)
+    parser.add_argument("--images", type=count(1), default=16)
+    parser.add_argument("--offset", type=count(0), default=100, help="first held-out image (demo and tests use others)")
     parser.add_argument("--model", default="lenet", choices=MODELS, help="FL model (GI needs convnet-bn)")
     parser.add_argument("--attacks", nargs="+", default=list(ALL_ATTACKS), choices=ALL_ATTACKS)
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids thrashing beside jobs)")
+    parser.add_argument("--batch-sizes", nargs="+", type=count(1), default=[1, 4])
+    parser.add_argument(
+        "--threads", type=count(1), default=1, help="torch CPU threads (1 avoids thrashing beside jobs)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jsonl", type=Path, default=Path("bench-out/baselines.jsonl"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/baselines.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "baselines.json")
     args = parser.parse_args()
     if "gifd" not in args.attacks:
         parser.error("--attacks must include gifd: it is the reference of the equal wall-clock mode")
+    if args.steps < 4:
+        parser.error(f"--steps must be at least 4 (GIFD splits them over 4 stages), got {args.steps}.")
+    for size in args.batch_sizes:
+        if args.images % size:
+            parser.error(f"--images ({args.images}) must be a multiple of every batch size (--batch-sizes {size}).")
+    if args.offset + args.images > HELDOUT:
+        parser.error(f"--offset {args.offset} + --images {args.images} is beyond the {HELDOUT} held-out digits.")
+    # rows of other settings in --jsonl are neither reused nor reported under this invocation's budget
+    settings = {k: getattr(args, k) for k in ("steps", "restarts", "images", "offset", "device")}
     command = "python benchmarks/baselines.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
@@ -75,7 +92,11 @@ def main() -> None:
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)
     prior = load_default_prior(device=args.device)
     store = ResultsFile(args.jsonl)
-    done = {(r["model"], r["mode"], r["batch_size"], r["attack"]): r for r in store.latest(repair=True).values()}
+    done = {
+        (r["model"], r["mode"], r["batch_size"], r["attack"]): r
+        for r in store.latest(repair=True).values()
+        if r.get("settings") == settings
+    }
 
     def run(mode: str, batch_size: int, attack: str, steps: int, basis: str | None = None) -> None:
         key = (args.model, mode, batch_size, attack)
@@ -95,7 +116,8 @@ def main() -> None:
         row.update(mode=mode, wall_seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
         row.update(command=command, git_commit=commit or None, time_basis=basis)
         row.update(date=time.strftime("%Y-%m-%d"), load_average={"start": load_start, "end": os.getloadavg()})
-        store.append({"job_id": job_id(*key), **row})
+        row["settings"] = settings
+        store.append({"job_id": job_id(*key, settings), **row})
         done[key] = row
         summary = f"PSNR {row['psnr']:.2f} ± {row['psnr_std']:.2f}" if "psnr" in row else f"n/a: {row['error']}"
         print(f"{mode:10s} B={batch_size} {attack:12s} steps {steps:5d} {summary} ({row['wall_seconds']:.0f} s)")
@@ -128,11 +150,11 @@ def main() -> None:
         "timing_note": "2 CPU cores shared with other jobs (load averages recorded per row): the wall-clock rows "
         "rescale steps by the process CPU seconds of the equal-steps rows (wall-clock seconds for rows without "
         "cpu_seconds), so they are indicative only; each row records its own command, commit and date",
-        "runs": [{k: v for k, v in row.items() if k not in ("traceback", "job_id")} for row in rows],
+        "runs": [{k: v for k, v in row.items() if k not in ("traceback", "job_id", "settings")} for row in rows],
     }
     write_json_atomic(args.out, document)
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from art_gifd import LocalTraining, client_update
 from art_gifd.attacks.registry import Budget
+from art_gifd.cli import SEED, count, output_folder, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.experiment import attack_batches, batch_seed
 from art_gifd.federated import TargetModel
@@ -50,10 +51,11 @@ from art_gifd.labels import infer_labels
 from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
-from art_gifd.store import ResultsFile, environment, write_json_atomic
+from art_gifd.store import ResultsFile, environment, write_bytes_atomic, write_json_atomic
 from benchmarks.common import git_commit, mean_sem
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = RESULTS / "fedavg_runs"
 #: The server's local learning rate.
 LEARNING_RATE = 0.05
 #: Held-out digits the clients hold (index range into the held-out split).
@@ -102,7 +104,27 @@ def trained_model(rounds: int, clients: int = 4, per_client: int = 64) -> tuple[
 
 
 #: The fields that identify a run (for resuming).
-RUN_KEY = ("setting", "size", "attack", "method", "first", "seed", "steps_per_stage")
+RUN_KEY = ("setting", "size", "attack", "method", "first", "seed", "steps_per_stage", "restarts", "rounds")
+#: Runs recorded before their restarts and FL-model rounds were: the defaults, which made them (``fedavg.md``).
+LEGACY_KEY_VALUES = {"restarts": 2, "rounds": 30}
+
+
+def run_key(record: dict[str, Any]) -> tuple | None:
+    """The key of a runs-file record, or ``None`` for a record this benchmark did not write."""
+    values = {**LEGACY_KEY_VALUES, **record}
+    return tuple(values[k] for k in RUN_KEY) if all(k in values for k in RUN_KEY) and "psnr" in values else None
+
+
+def read_runs(folder: Path) -> list[dict[str, Any]]:
+    """Every run of the ``size*.jsonl`` files in ``folder``, with the key fields filled in; other records skipped."""
+    runs = []
+    for path in sorted(folder.glob("size*.jsonl")):
+        records = ResultsFile(path).read(repair=False)[1]
+        foreign = [r for r in records if run_key(r) is None]
+        if foreign:
+            print(f"warning: {path}: {len(foreign)} record(s) that are not fedavg runs skipped", file=sys.stderr)
+        runs += [{**LEGACY_KEY_VALUES, **r} for r in records if run_key(r) is not None]
+    return runs
 
 
 def run(args: argparse.Namespace) -> None:
@@ -118,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
     commit = git_commit()
     for size in args.sizes:
         store = ResultsFile(args.runs / f"size{size}.jsonl")
-        done = {tuple(r[k] for k in RUN_KEY) for r in store.read(repair=True)[1]}
+        done = {run_key(r) for r in store.read(repair=True)[1]}
         for first in range(0, len(x_all) - size + 1, size):
             x, y = x_all[first : first + size], y_all[first : first + size]
             for seed in args.seeds:
@@ -132,7 +154,10 @@ def run(args: argparse.Namespace) -> None:
                                 continue  # one full-batch step: the update is lr × the gradient, both views agree
                             if method == "epoch-steps" and training.order_known:
                                 continue
-                            key = (setting, size, attack_name, method, first, seed, args.steps_per_stage)
+                            key = (
+                                *(setting, size, attack_name, method, first, seed),
+                                *(args.steps_per_stage, args.restarts, args.rounds),
+                            )
                             if key in done:
                                 continue
                             record = dict(zip(RUN_KEY, key, strict=True))
@@ -338,9 +363,16 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
 
 def report(args: argparse.Namespace) -> None:
     """Summarise every runs file into ``fedavg.json`` and ``fedavg.md``."""
-    runs = [r for path in sorted(args.runs.glob("size*.jsonl")) for r in ResultsFile(path).read()[1]]
+    runs = read_runs(args.runs)
     if not runs:
         raise SystemExit(f"No runs in {args.runs}: run the benchmark first.")
+    models = sorted({(r["rounds"], round(r["model_accuracy"], 6)) for r in runs})
+    budgets = sorted({(r["steps_per_stage"], r["restarts"]) for r in runs})
+    if len(models) > 1 or len(budgets) > 1:
+        raise SystemExit(
+            f"{args.runs} holds runs of {len(models)} FL models (rounds, accuracy: {models}) and {len(budgets)} attack "
+            f"budgets (steps per stage, restarts: {budgets}): report each from its own --runs folder."
+        )
     rows = summarise(runs)
     header = {
         "benchmark": "fedavg",
@@ -348,8 +380,9 @@ def report(args: argparse.Namespace) -> None:
         "git_commit": sorted({r["commit"] for r in runs if r.get("commit")}),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": "x86_64 CPU",
-        "rounds": args.rounds,
-        "images": args.images,
+        "rounds": runs[0]["rounds"],
+        "images": max(r["first"] + r["size"] for r in runs),
+        "restarts": runs[0]["restarts"],
         "model_accuracy": runs[0]["model_accuracy"],
         "environment": environment(0, "cpu"),
     }
@@ -357,11 +390,13 @@ def report(args: argparse.Namespace) -> None:
     label_rows = _read_optional(args.runs / "labels.json")
     memory_rows = _read_optional(args.runs / "memory.json")
     document = {**header, "rows": rows, "unknown_order": order_rows, "labels": label_rows, "memory": memory_rows}
-    write_json_atomic(RESULTS / "fedavg.json", document)
+    out = args.out or (RESULTS / "fedavg" if args.runs.resolve() == RUNS.resolve() else args.runs / "fedavg")
+    write_json_atomic(out.with_suffix(".json"), document)
     text = markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])})
     text += _order_markdown(order_rows) + _labels_markdown(label_rows) + _memory_markdown(memory_rows)
-    (RESULTS / "fedavg.md").write_text(text)
+    write_bytes_atomic(out.with_suffix(".md"), text.encode())
     print(text)
+    print(f"-> {out.with_suffix('.json')}, {out.with_suffix('.md')}")
 
 
 def _order_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -455,15 +490,22 @@ def _memory_markdown(rows: list[dict[str, Any]] | None) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8], help="client data sizes (default: 4 8)")
-    parser.add_argument("--images", type=int, default=16, help="private images per size (default: 16)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--sizes", type=count(1), nargs="+", default=[4, 8], help="client data sizes (default: 4 8)")
+    parser.add_argument("--images", type=count(1), default=16, help="private images per size (default: 16)")
+    parser.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1])
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
-    parser.add_argument("--steps-per-stage", type=int, default=50, help="GIFD steps per stage (default: 50)")
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=30, help="FedAvg rounds that train the FL model first")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--runs", type=Path, default=RESULTS / "fedavg_runs", help="folder of the runs files")
+    parser.add_argument("--steps-per-stage", type=count(1), default=50, help="GIFD steps per stage (default: 50)")
+    parser.add_argument("--restarts", type=count(1), default=2)
+    parser.add_argument("--rounds", type=count(1), default=30, help="FedAvg rounds that train the FL model first")
+    parser.add_argument("--threads", type=count(1), default=1, help="torch threads (default: 1)")
+    parser.add_argument("--runs", type=output_folder, default=RUNS, help="folder of the runs files")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="--report: path of fedavg.json/.md without suffix (default: benchmarks/results/fedavg for the default "
+        "--runs, else <runs>/fedavg)",
+    )
     parser.add_argument("--report", action="store_true", help="summarise the runs files, run nothing")
     parser.add_argument("--memory", action="store_true", help="measure memory and time per search step, run nothing")
     parser.add_argument("--labels", action="store_true", help="measure label inference from updates, run nothing")
@@ -488,4 +530,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from art_gifd import labels
+from art_gifd.cli import SEED, count, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.federated import LocalTraining, TargetModel, client_gradients, client_update
 from art_gifd.models import convnet, lenet, make_classifier
@@ -78,10 +79,15 @@ MODELS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pool", nargs=2, type=int, default=[900, 1000], help="held-out digit range of the batches")
-    parser.add_argument("--batches", type=int, default=30, help="client batches per row")
-    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--pool", nargs=2, type=count(0, 1000), default=[900, 1000], help="held-out digit range of the batches"
+    )
+    parser.add_argument("--batches", type=count(2), default=30, help="client batches per row (at least 2: an s.e.m.)")
+    parser.add_argument("--seed", type=SEED, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "labels", help="path of labels.json/.md without suffix")
     args = parser.parse_args()
+    if args.pool[1] - args.pool[0] < 8:
+        parser.error(f"--pool {args.pool[0]} {args.pool[1]}: give a range of at least 8 digits (a batch of 8).")
     torch.set_num_threads(1)
     x_all, y_all = load_mnist32("heldout")
     x_pool, y_pool = x_all[args.pool[0] : args.pool[1]], y_all[args.pool[0] : args.pool[1]]
@@ -130,7 +136,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "environment": environment(args.seed, "cpu"),
     }
-    write_json_atomic(RESULTS / "labels.json", {"header": header, "rows": rows})
+    write_json_atomic(args.out.with_suffix(".json"), {"header": header, "rows": rows})
     lines = [
         "# Label inference: negative weight rows + sign rule against the earlier rules",
         "",
@@ -149,9 +155,9 @@ def main() -> None:
             f"| {r['model']} | {r['batch_size']} | {r['protocol']} | {r['sign_rule']:.3f} | {r['span_rule']:.3f} | "
             f"{r['rows_rule']:.3f} | {r['delta']:+.3f} ± {r['delta_sem']:.3f} ({r['wins']}/{r['losses']}) |"
         )
-    write_bytes_atomic(RESULTS / "labels.md", ("\n".join(lines) + "\n").encode())
-    print(f"wrote {RESULTS / 'labels.md'}")
+    write_bytes_atomic(args.out.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
+    print(f"wrote {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import GIFDAttack, LocalTraining, client_update
+from art_gifd.cli import count, output_folder, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import evaluate_batch
 from art_gifd.priors import load_default_prior
@@ -50,13 +51,13 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     x, y = x[PRIVATE[0] : PRIVATE[1]], y[PRIVATE[0] : PRIVATE[1]]
     rows = []
     for case in args.cases:
-        for count in args.clients:
-            if case == "two rounds" and count < 2:
+        for clients in args.clients:
+            if case == "two rounds" and clients < 2:
                 continue
-            models = [late if case == "one round" or t % 2 else early for t in range(count)]
+            models = [late if case == "one round" or t % 2 else early for t in range(clients)]
             truths = [
                 (x[PER_CLIENT * t : PER_CLIENT * (t + 1)], y[PER_CLIENT * t : PER_CLIENT * (t + 1)])
-                for t in range(count)
+                for t in range(clients)
             ]
             # one search replays one local training: every client here shuffles with the same known seed
             training = LocalTraining(0.05, epochs=2, batch_size=2, shuffle_seed=100)
@@ -79,7 +80,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             alone_s = time.perf_counter() - start
             start = time.perf_counter()
             together = GIFDAttack(models[0], prior, **settings).reconstruct_many(
-                updates, [yi for _, yi in truths], estimators=models, seeds=list(range(count))
+                updates, [yi for _, yi in truths], estimators=models, seeds=list(range(clients))
             )
             together_s = time.perf_counter() - start
             psnr_alone = [
@@ -91,12 +92,12 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             identical = all(np.array_equal(a.images, b.images) for a, b in zip(alone, together, strict=True))
             row = {
                 "case": case,
-                "clients": count,
+                "clients": clients,
                 "alone_s": alone_s,
                 "together_s": together_s,
                 "speedup": alone_s / together_s,
-                "images_per_s_alone": count * PER_CLIENT / alone_s,
-                "images_per_s_together": count * PER_CLIENT / together_s,
+                "images_per_s_alone": clients * PER_CLIENT / alone_s,
+                "images_per_s_together": clients * PER_CLIENT / together_s,
                 "psnr_alone": psnr_alone,
                 "psnr_together": psnr_together,
                 "identical": identical,
@@ -104,7 +105,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             rows.append(row)
             print(
-                f"{case}, {count} clients: alone {alone_s:.1f} s, together {together_s:.1f} s "
+                f"{case}, {clients} clients: alone {alone_s:.1f} s, together {together_s:.1f} s "
                 f"(×{row['speedup']:.2f}), PSNR {np.mean(psnr_alone):.2f} / {np.mean(psnr_together):.2f}, "
                 f"identical {identical}",
                 flush=True,
@@ -160,13 +161,19 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[str])
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    most = (PRIVATE[1] - PRIVATE[0]) // PER_CLIENT
+    parser.add_argument(
+        "--clients", type=count(1, most), nargs="+", default=[1, 2, 4, 8], help=f"client counts (1 to {most})"
+    )
     parser.add_argument("--cases", nargs="+", default=["one round", "two rounds"], choices=["one round", "two rounds"])
-    parser.add_argument("--steps-per-stage", type=int, default=25)
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    parser.add_argument("--steps-per-stage", type=count(1), default=25)
+    parser.add_argument("--restarts", type=count(1), default=2)
+    parser.add_argument("--threads", type=count(1), default=1)
+    parser.add_argument("--out", type=output_folder, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.cases == ["two rounds"] and max(args.clients) < 2:
+        parser.error("'two rounds' needs at least 2 clients (one per round): give --clients 2 or more.")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,4 +183,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,7 +23,8 @@ generator classes) and ``true`` (the inverse permutation); the pixel attack need
 
 Resumable: every finished (pair, mapping, attack, batch size) appends one line to ``--jobs`` and a rerun with the
 same settings skips it. The summary goes to ``--out`` (``art-gifd/results/v1`` with one record per run under
-``runs``) and ``--md``::
+``runs``; default ``benchmarks/results/ood.json``) and ``--md``; a run over part of the grid writes none unless
+``--out`` is given::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ood.py --steps-per-stage 50 --restarts 2 --images 16
 
@@ -50,9 +51,10 @@ import torch
 import torch.nn.functional as F
 
 from art_gifd.attacks.registry import ATTACKS, Budget
+from art_gifd.cli import SEED, count, run_script
 from art_gifd.data import load_dataset
 from art_gifd.experiment import SCHEMA, Case, Experiment, run_experiment
-from art_gifd.models import build_model
+from art_gifd.models import MODELS, build_model
 from art_gifd.priors import LayeredGenerator, load_default_prior, load_face_dcgan
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import ResultsFile, environment, source_commit, write_json_atomic
@@ -69,6 +71,9 @@ THREAT_MODEL = (
     "Every prior was trained on public data disjoint from the private images; in the OOD pairs the private images "
     "come from another domain than the prior's training data."
 )
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -294,23 +299,28 @@ def markdown(document: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps-per-stage", type=int, default=50)
-    parser.add_argument("--stages", type=int, default=4, help="GIFD stages (the others get stages × steps)")
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--images", type=int, default=16, help="private images per pair (a multiple of 4)")
+    parser.add_argument("--steps-per-stage", type=count(1), default=50)
+    parser.add_argument(
+        "--stages", type=count(1, 4), default=4, help="GIFD stages, 1 to 4 (the others get stages × steps)"
+    )
+    parser.add_argument("--restarts", type=count(1), default=2)
+    parser.add_argument("--images", type=count(1), default=16, help="private images per pair (a multiple of 4)")
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, choices=(1, 4), default=[1, 4])
-    parser.add_argument("--model", default="convnet", help="FL model (art_gifd.models.build_model)")
-    parser.add_argument("--train-epochs", type=int, default=2, help="training of the label-permuted task's model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-sizes", nargs="+", type=count(1), choices=(1, 4), default=[1, 4])
+    parser.add_argument("--model", default="convnet", choices=sorted(MODELS), help="FL model")
+    parser.add_argument("--train-epochs", type=count(1), default=2, help="training of the label-permuted task's model")
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=Path, default=Path("bench-out/ood.jobs.jsonl"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ood.json"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="summary JSON (default: benchmarks/results/ood.json when the whole grid is selected; a subset run "
+        "writes no summary unless given)",
+    )
     parser.add_argument("--md", type=Path, default=None, help="Markdown table (default: --out with .md)")
     args = parser.parse_args()
-    for option in ("steps_per_stage", "stages", "restarts", "images"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')} must be a positive integer.")
     if args.images % 4:
         parser.error(f"--images must be a multiple of 4 (batch sizes 1 and 4), got {args.images}.")
     logging.basicConfig(level=logging.WARNING)
@@ -339,6 +349,15 @@ def main() -> None:
             flush=True,
         )
         done[key] = {"run": run}
+    whole = job_list(list(PAIRS), [1, 4])
+    if args.out is None and len(jobs) < len(whole):
+        print(
+            f"{len(jobs)} of the grid's {len(whole)} jobs selected: no summary written (a run over the whole grid, "
+            "which skips the finished jobs, writes it; or pass --out for this subset's)",
+            file=sys.stderr,
+        )
+        return
+    out = args.out or RESULTS / "ood.json"
     runs = [done["|".join(map(str, job))]["run"] for job in jobs if "|".join(map(str, job)) in done]
     for name in {PAIRS[p].prior for p in args.pairs} - set(priors):
         priors[name] = load_prior(name, "cpu")
@@ -366,12 +385,12 @@ def main() -> None:
         "priors": {name: info for name, (_, info) in priors.items()},
         "task_model": task_record,
         "task_label_of_digit": list(TASK_LABEL_OF_DIGIT),
-        "complete": len(runs) == len(jobs),
+        "complete": len(runs) == len(whole),
         "runs": runs,
         "claims": claims(runs),
     }
-    write_json_atomic(args.out, document)
-    md = args.md or args.out.with_suffix(".md")
+    write_json_atomic(out, document)
+    md = args.md or out.with_suffix(".md")
     tmp = md.with_name(f".{md.name}.tmp")
     tmp.write_text(markdown(document))
     tmp.replace(md)
@@ -379,4 +398,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

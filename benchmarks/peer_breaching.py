@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import statistics
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 from art_gifd import InvertingGradientsAttack, client_gradients
+from art_gifd.cli import SEED, count, real, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import psnr
 from art_gifd.models import lenet, make_classifier
@@ -194,20 +196,27 @@ def summarise(per_image: list[dict[str, Any]], methods: list[str], seeds: list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, nargs="+", default=[200], help="Adam steps S (one run per value)")
-    parser.add_argument("--restarts", type=int, default=2)
-    parser.add_argument("--num-images", type=int, default=8)
-    parser.add_argument("--start", type=int, default=600, help="first held-out index")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="trial seed of image i: 1000 * seed + i")
+    parser.add_argument("--steps", type=count(1), nargs="+", default=[200], help="Adam steps S (one run per value)")
+    parser.add_argument("--restarts", type=count(1), default=2)
+    parser.add_argument("--num-images", type=count(1), default=8)
+    parser.add_argument("--start", type=count(0), default=600, help="first held-out index")
+    parser.add_argument("--seeds", type=SEED, nargs="+", default=[0], help="trial seed of image i: 1000 * seed + i")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--tv-weight", type=float, default=1e-4, help="our TV weight (and breaching's matched run)")
-    parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peer_breaching.json"))
+    parser.add_argument("--tv-weight", type=real(0), default=1e-4, help="our TV weight (and breaching's matched run)")
+    parser.add_argument("--learning-rate", type=real(0, low_open=True), default=0.1)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "peer_breaching.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # 2 shared CPU cores: avoid OpenMP thrashing with other jobs
 
+    if any(m.startswith("breaching") for m in args.methods) and importlib.util.find_spec("breaching") is None:
+        parser.error(
+            "breaching is not importable: install it into a side folder and put that on PYTHONPATH (see --help: "
+            "pip install --no-deps --target /tmp/breaching-pkgs breaching==0.1.2 ...), or run --methods ours "
+            "ours_uniform_init only."
+        )
+    if args.start + args.num_images > 1000:
+        parser.error(f"--start {args.start} + --num-images {args.num_images} is beyond the 1000 held-out digits.")
     load_before = os.getloadavg()
-    import breaching  # noqa: F401  (fail early with a clear message when PYTHONPATH lacks it)
 
     x_all, y_all = load_mnist32("heldout")
     indices = list(range(args.start, args.start + args.num_images))
@@ -330,4 +339,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

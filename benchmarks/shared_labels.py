@@ -15,6 +15,9 @@ The images are the tuning split of the digit cases of ``benchmarks/cases.py`` (h
 chosen from this run::
 
     python benchmarks/shared_labels.py              # -> benchmarks/results/shared_labels.json and .md
+
+Each finished run is appended to ``--runs`` (a JSONL file) as it ends, and a rerun skips the runs it holds, so an
+interrupted run loses nothing.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import GIFDAttack
+from art_gifd.cli import SEED, count, output_file, run_script
 from art_gifd.metrics import evaluate_batch, psnr
-from art_gifd.store import environment, source_commit, write_bytes_atomic, write_json_atomic
+from art_gifd.store import ResultsFile, environment, shape_problem, source_commit, write_bytes_atomic, write_json_atomic
 from benchmarks.cases import CASES
 from benchmarks.common import mean_sem
 from benchmarks.speed import Case, Protocol, reference_gifd
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "shared_labels"
 #: Pairs of positions in the tuning split (labels 1 0 1 9 3 8 3 0 4 1 9 1 7 4 5 4): each image once beside a partner
 #: of its own label (``same``) and once beside a partner of another label (``different``).
 PAIRS = {
@@ -70,9 +75,33 @@ def attack_pair(method: str, case: Case, seed: int, steps: int) -> np.ndarray:
     return attack.reconstruct(case.gradient, case.y).images
 
 
+def _key(record: dict[str, Any]) -> tuple:
+    return (record["case"], record["method"], record["kind"], tuple(record["pair"]), record["seed"], record["steps"])
+
+
+#: What a runs-file record holds (records of other programs, or damaged ones, are skipped with a warning).
+_RECORD = {
+    "case": str,
+    "method": str,
+    "kind": str,
+    "pair": [int],
+    "labels": [int],
+    "seed": int,
+    "steps": int,
+    "per_image_psnr": [float],
+    "mean_image_psnr": float,
+}
+
+
+def _check(record: dict[str, Any]) -> str | None:
+    return shape_problem(record, _RECORD)
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Attack every pair of both digit cases with every method under every seed; one record per batch, method, seed."""
     torch.set_num_threads(args.threads)
+    store = ResultsFile(args.runs)
+    held = {_key(r): r for r in store.read(repair=True, check=_check)[1]}
     records = []
     for name in args.cases:
         spec = CASES[name]
@@ -88,26 +117,31 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 case = Case(classifier, prior, spec.prior, spec.description, x, y, gradient)
                 for seed in args.seeds:
                     for method in METHODS:
+                        key = (name, method, kind, tuple(pair), seed, args.steps)
+                        if key in held:
+                            records.append(held[key])
+                            continue
                         cpu = time.process_time()
                         images = attack_pair(method, case, seed, args.steps)
                         cpu = time.process_time() - cpu
                         scores = evaluate_batch(images, x, y, y)
                         matched = images[np.asarray(scores["assignment"])]  # in the originals' order
                         mean_psnr = psnr(matched.mean(axis=0, keepdims=True), x.mean(axis=0, keepdims=True), (0, 1))
-                        records.append(
-                            {
-                                "case": name,
-                                "method": method,
-                                "kind": kind,
-                                "pair": list(pair),
-                                "labels": y.tolist(),
-                                "seed": seed,
-                                "per_image_psnr": scores["per_image"]["psnr"],
-                                "mean_image_psnr": float(mean_psnr[0]),
-                                "head_s2_over_s1": spectrum,
-                                "cpu_seconds": cpu,
-                            }
-                        )
+                        record = {
+                            "case": name,
+                            "method": method,
+                            "kind": kind,
+                            "pair": list(pair),
+                            "labels": y.tolist(),
+                            "seed": seed,
+                            "steps": args.steps,
+                            "per_image_psnr": scores["per_image"]["psnr"],
+                            "mean_image_psnr": float(mean_psnr[0]),
+                            "head_s2_over_s1": spectrum,
+                            "cpu_seconds": cpu,
+                        }
+                        store.append(record)  # an interrupted run resumes after the last finished record
+                        records.append(record)
                         print(
                             f"{name} {method} {kind} {list(pair)} {y.tolist()} seed {seed}: "
                             f"{[round(v, 2) for v in scores['per_image']['psnr']]} dB, "
@@ -205,16 +239,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES_RUN), choices=CASES_RUN, help="digit cases to run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
-    parser.add_argument("--steps", type=int, default=100, help="Adam steps per stage")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=RESULTS / "shared_labels", help="report path without suffix")
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1, 2, 3])
+    parser.add_argument("--steps", type=count(1), default=100, help="Adam steps per stage")
+    parser.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=OUT, help="report path without suffix")
+    parser.add_argument(
+        "--runs",
+        type=output_file,
+        default=None,
+        help="JSONL file of finished runs, appended one at a time and resumed (default: "
+        "bench-out/shared_labels.runs.jsonl, or next to a given --out)",
+    )
     args = parser.parse_args(argv)
-    for name in ("steps", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}.")
-    if not args.seeds:
-        parser.error("--seeds needs at least one seed.")
+    args.runs = args.runs or (
+        Path("bench-out/shared_labels.runs.jsonl") if args.out == OUT else args.out.with_suffix(".runs.jsonl")
+    )
     return args
 
 
@@ -238,4 +277,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -53,12 +53,13 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.attacks.core import GradientMatcher, project_l1_ball, total_variation, warmup_cosine
+from art_gifd.cli import SEED, count, real, run_script
 from art_gifd.federated import TargetModel
 from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator
-from art_gifd.store import environment, write_json_atomic
+from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -688,7 +689,7 @@ def quality_report(args: argparse.Namespace) -> str:
             f"| {_speed(ttq['reference'])} | {_speed(ttq['reference R=1'])} |"
         )
     text = "\n".join(lines) + "\n" + _shared_label_table(sorted(RESULTS.glob("quality_*.json")))
-    (RESULTS / "quality.md").write_text(text)
+    write_bytes_atomic(args.out or RESULTS / "quality.md", text.encode())
     print(text)
     return text
 
@@ -715,8 +716,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "split; quality-report: quality.md from every quality record; profile: milliseconds per part of one step",
     )
     parser.add_argument("--case", default="lenet-mnist", help="quality mode: a case of benchmarks/cases.py")
-    parser.add_argument("--images", type=int, default=8, help="quality mode: images of the evaluation split")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="quality mode: seeds per batch")
+    parser.add_argument("--images", type=count(1), default=8, help="quality mode: images of the evaluation split")
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1], help="quality mode: seeds per batch")
     parser.add_argument(
         "--feature-restarts",
         default="default",
@@ -724,19 +725,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--model", default="lenet", choices=MODELS)
-    parser.add_argument("--image-size", type=int, default=None, help="default: 64 for resnet18, else 32")
-    parser.add_argument("--channels", type=int, default=None, help="default: the prior's (random prior: 3)")
+    parser.add_argument("--image-size", type=count(1), default=None, help="default: 64 for resnet18, else 32")
+    parser.add_argument("--channels", type=count(1), default=None, help="default: the prior's (random prior: 3)")
     parser.add_argument("--prior", default="auto", choices=PRIORS, help="auto: mnist32 for 1x32x32, faces otherwise")
-    parser.add_argument("--restarts", type=int, default=4)
-    parser.add_argument("--stages", type=int, default=None, help="default: the prior's number of blocks")
-    parser.add_argument("--steps-per-stage", type=int, default=None, help="default: 1000, or 60 with --quick")
-    parser.add_argument("--full-steps", type=int, default=1000, help="steps per stage of the full protocol")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=None, help="default: 3, or 2 with --quick")
-    parser.add_argument("--learning-rate", type=float, default=0.1)
-    parser.add_argument("--l1-radius", type=float, default=0.2, help="per-element l1 radius of the feature stages")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--restarts", type=count(1), default=4)
+    parser.add_argument("--stages", type=count(1), default=None, help="default: the prior's number of blocks")
+    parser.add_argument("--steps-per-stage", type=count(1), default=None, help="default: 1000, or 60 with --quick")
+    parser.add_argument("--full-steps", type=count(1), default=1000, help="steps per stage of the full protocol")
+    parser.add_argument("--batch-size", type=count(1), default=1)
+    parser.add_argument("--repeats", type=count(1), default=None, help="default: 3, or 2 with --quick")
+    parser.add_argument("--learning-rate", type=real(0, low_open=True), default=0.1)
+    parser.add_argument(
+        "--l1-radius", type=real(0, low_open=True), default=0.2, help="per-element l1 radius of the feature stages"
+    )
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="60 steps per stage, 2 repeats (full time extrapolated)")
     parser.add_argument(
         "--out",
@@ -762,9 +765,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.channels = 1 if args.image_size == 32 else 3
     args.steps_per_stage = args.steps_per_stage or (60 if args.quick else 1000)
     args.repeats = args.repeats or (2 if args.quick else 3)
-    for name in ("restarts", "steps_per_stage", "full_steps", "batch_size", "repeats", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but torch sees no CUDA device: use --device cpu.")
     if not (args.device == "cpu" or args.device.startswith("cuda")):
@@ -773,6 +773,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         suffix = "" if args.feature_restarts == "default" else f"_{args.feature_restarts}"
         args.out = RESULTS / f"quality_{kind}_{args.case}_b{args.batch_size}{suffix}.json"
+        if args.out.is_file():  # the default name does not carry the protocol: never replace another one's record
+            held = json.loads(args.out.read_text())
+            asked = {"images": args.images, "seeds": args.seeds, "steps_per_stage": args.steps_per_stage}
+            found = {"images": held["case"]["images"], **{k: held["protocol"][k] for k in ("seeds", "steps_per_stage")}}
+            if found != asked:
+                parser.error(
+                    f"{args.out} holds a record of {found}, not {asked}: pass --out to write this one elsewhere "
+                    "(or delete that record)."
+                )
     if args.out is None and args.mode == "profile":
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         args.out = RESULTS / f"profile_{kind}_{args.model}_{args.image_size}_b{args.batch_size}.json"
@@ -876,4 +885,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

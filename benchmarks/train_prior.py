@@ -2,8 +2,9 @@
 Train the embedded priors: 32×32 grey DCGANs on the 4,000 ``train`` images of an embedded data set.
 
 Reproducible (seeded, deterministic CPU kernels) and offline. Writes the weights and a JSON record (data, seed,
-epochs, losses, sha256, wall time) next to each other, then copy the printed sha256 into
-``art_gifd/priors/embedded.py``::
+epochs, losses, sha256, wall time) next to each other in ``--out`` (default ``bench-out/priors``); to ship them, copy
+both into ``art_gifd/priors/weights/`` and the printed sha256 into ``art_gifd/priors/embedded.py``. An existing
+weights file is replaced only with ``--overwrite``::
 
     # the default prior (MNIST, unconditional), about 15 minutes on 2 CPU cores
     .venv/bin/python benchmarks/train_prior.py --dataset mnist32
@@ -35,9 +36,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from art_gifd.cli import SEED, count, output_folder, run_script
 from art_gifd.data import load_dataset
 from art_gifd.priors.checkpoints import sha256_of
 from art_gifd.priors.dcgan import DCGANGenerator
+from art_gifd.validation import check_device
 
 #: What each trainable data set is, for the generator's ``training_domain`` and the JSON record.
 DOMAINS = {
@@ -163,24 +166,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DOMAINS), default="mnist32")
     parser.add_argument("--conditional", action="store_true", help="class-conditional generator and discriminator")
-    parser.add_argument("--out", type=Path, default=Path("art_gifd/priors/weights"))
+    parser.add_argument("--out", type=output_folder, default=Path("bench-out/priors"), help="folder of the weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file of that name")
     parser.add_argument("--name", default=None, help="file stem (default: <dataset>_dcgan or <dataset>_cdcgan)")
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--nz", type=int, default=64)
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--embed-dim", type=int, default=16, help="class embedding size (with --conditional)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--epochs", type=count(1), default=25)
+    parser.add_argument("--batch-size", type=count(1), default=64)
+    parser.add_argument("--nz", type=count(1), default=64)
+    parser.add_argument("--ngf", type=count(1), default=64)
+    parser.add_argument("--embed-dim", type=count(1), default=16, help="class embedding size (with --conditional)")
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
+    name = args.name or f"{args.dataset}_{'c' if args.conditional else ''}dcgan"
+    if (args.out / f"{name}.pt").exists() and not args.overwrite:
+        parser.error(f"{args.out / f'{name}.pt'} exists: pass --overwrite to replace it, or another --out or --name.")
+    try:
+        check_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     if torch.device(args.device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be a positive integer, got {args.threads}.")
         torch.set_num_threads(args.threads)
-    name = args.name or f"{args.dataset}_{'c' if args.conditional else ''}dcgan"
     start = time.time()
     gen, history = train(
         args.dataset,
@@ -228,4 +236,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -380,6 +380,41 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, monkeypatch, referen
     assert job_numbers(results) == job_numbers(reference)
 
 
+def test_report_of_an_unfinished_grid_names_the_missing_jobs(reference, tmp_path):
+    lines = reference.read_text().splitlines()
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(lines[:2]) + "\n")  # the run header and the first job
+    write_report(partial, tmp_path / "report")
+    tables = json.loads((tmp_path / "report" / "tables.json").read_text())
+    planned = expand_grid(load_config(SMOKE))
+    assert tables["jobs"]["finished"] == 1 and tables["jobs"]["missing"] == [job.label for job in planned[1:]]
+    markdown = (tmp_path / "report" / "tables.md").read_text()
+    assert f"**incomplete**: 1 of the latest configuration's {len(planned)} jobs finished" in markdown
+
+
+def test_repeated_defence_strengths_are_refused():
+    config = SMOKE.read_text().replace("ratio = [0.5]", "ratio = [0.5, 0.50]")
+    with pytest.raises(ConfigError, match=r"defenses\[1\]\.params\.ratio: has repeated values: \[0\.5, 0\.5\]"):
+        parse(config)
+
+
+def test_a_folder_data_set_whose_images_change_gets_new_job_ids(tmp_path):
+    from PIL import Image
+
+    for k in range(2):
+        (tmp_path / "data" / str(k)).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.full((32, 32), 40 * k + i, dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(tmp_path / "data" / str(k) / f"{i}.png")
+    text = SMOKE.read_text().replace(
+        'source = "mnist32"\nsplit = "heldout"', f'source = "folder"\nroot = "{tmp_path / "data"}"\nchannels = 1'
+    )
+    before = {job.job_id for job in expand_grid(parse(text))}
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8), mode="L").save(tmp_path / "data" / "1" / "extra.png")
+    after = {job.job_id for job in expand_grid(parse(text))}
+    assert before and not before & after  # the held-out part is drawn again: no earlier result is reused
+
+
 # ---------------------------------------------------------------------------------------------- executors
 
 
@@ -420,6 +455,8 @@ def test_report_tables_equal_the_results_file(reference, tmp_path):
         assert f"{row['psnr']:.2f} ± {row['psnr_std']:.2f}" in markdown
         assert f"{row['ssim']:.3f} ± {row['ssim_std']:.3f}" in markdown
     assert tables["runs"][0]["command"] and tables["runs"][0]["config_hash"]
+    assert tables["jobs"] == {"planned": len(records), "finished": len(records), "missing": []}
+    assert f"complete: all {len(records)} jobs of the latest configuration finished" in markdown
     pngs = [p for p in written if p.suffix == ".png"]
     assert {p.name.split("_")[0] for p in pngs} >= {"leakage", "privacy", "reconstructions"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -214,6 +214,8 @@ def test_step_split_shares_the_budget_over_the_stages(lenet_clf, heldout) -> Non
     assert split_steps(300, 3, "last-heavy") == [75, 75, 150]
     assert split_steps(400, 4, "equal") == [100] * 4
     assert split_steps(10, 3, (1, 1, 1)) == [4, 3, 3]
+    # every stage runs a step, and the stages still share exactly the budget the other attacks get
+    assert [sum(split_steps(t, 4, "last-heavy")) for t in range(4, 12)] == list(range(4, 12))
     x, y = heldout[0][:1], heldout[1][:1]
     grads = client_gradients(lenet_clf, x, y)
     attack = GIFDAttack(lenet_clf, steps_per_stage=4, num_restarts=1, step_split="last-heavy", verbose=False)

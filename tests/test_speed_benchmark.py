@@ -39,7 +39,7 @@ def test_reference_and_batched_reach_the_same_reconstruction(speed, tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--restarts", "0", "--restarts must be a positive integer"), ("--device", "tpu", "--device must be cpu")],
+    [("--restarts", "0", "--restarts: expected an integer >= 1, got 0"), ("--device", "tpu", "--device must be cpu")],
 )
 def test_bad_arguments_are_named(speed, flag: str, value: str, message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -54,7 +54,10 @@ def split_steps(total: int, stages: int, split: str | Sequence[float]) -> list[i
     counts = np.floor(shares).astype(int)
     for i in np.argsort(-(shares - counts), kind="stable")[: total - counts.sum()]:
         counts[i] += 1
-    return [max(1, int(c)) for c in counts]
+    counts = np.maximum(counts, 1)
+    while counts.sum() > total and counts.max() > 1:  # a stage raised to one step: the largest gives it back
+        counts[int(np.argmax(counts))] -= 1
+    return [int(c) for c in counts]
 
 
 class GIFDAttack(GenerativePriorAttack):

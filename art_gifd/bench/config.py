@@ -92,6 +92,7 @@ from art_gifd.configfile import (
     string_list,
 )
 from art_gifd.configfile import parse_document as parse_document  # re-exported: parse a configuration string
+from art_gifd.priors.checkpoints import sha256_of
 from art_gifd.validation import MAX_SEED
 
 FOLDER_SPLITS = ("heldout", "train", "all")
@@ -287,6 +288,9 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         v, top, {key: None if v.failed_under((key,)) else names for key, names in restrictions.items()}
     )
     config.budget, config.priors, config.attacks = section.budget, section.priors, section.attacks
+    for spec in config.priors.values():  # a weights file replaced at the same path changes the job identifiers
+        if "weights" in spec and "sha256" not in spec and Path(spec["weights"]).is_file():
+            spec["sha256"] = sha256_of(spec["weights"])
     v.raise_problems()
     return config
 
@@ -318,7 +322,7 @@ def _utility(v: Checker, value: Any, path: KeyPath) -> dict[str, Any] | None:
 
 def _dataset(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
     """Validator of one ``[[datasets]]`` entry."""
-    from art_gifd.data import DATASETS
+    from art_gifd.data import DATASETS, image_folder_digest
 
     def check(value: Any, path: KeyPath) -> dict[str, Any]:
         keys = ("name", "source", "split", "offset", "num_images", "root", "channels")
@@ -338,6 +342,8 @@ def _dataset(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
             if spec["channels"] not in (1, 3):
                 raise Stop((*path, "channels"), f"must be 1 (grey) or 3 (RGB), got {spec['channels']}.")
             spec["split"] = v.need(spec["split"], (*path, "split"), string(FOLDER_SPLITS))
+            # in the job identifiers: results of an edited folder are not taken for the new images'
+            spec["content_sha256"] = image_folder_digest(spec["root"])
         else:
             for key in ("root", "channels"):
                 if key in table:

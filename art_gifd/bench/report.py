@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from art_gifd.bench.config import canonical_json
-from art_gifd.bench.grid import defense_label
+from art_gifd.bench.config import BenchConfig, canonical_json
+from art_gifd.bench.grid import defense_label, expand_grid
 from art_gifd.bench.runner import read_results
 from art_gifd.metrics import split_by_shared_label
 from art_gifd.report.html import markdown_text
@@ -168,7 +168,29 @@ def _epsilon(row: dict[str, Any]) -> str:
     return f"{row['epsilon']:.3g}" + ("" if row["delta"] is None else f" ({row['delta']:g})")
 
 
-def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> str:
+def progress(config: dict[str, Any] | None, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """
+    How much of a configuration's grid the records hold: ``planned`` and ``finished`` job counts and the labels of
+    the ``missing`` jobs (``None`` when the configuration cannot be expanded, e.g. one written by an older version).
+    """
+    try:
+        planned = expand_grid(BenchConfig(**config)) if config is not None else None
+    except (TypeError, KeyError, ValueError):
+        planned = None
+    if planned is None:
+        return None
+    held = {r["job_id"] for r in records}
+    missing = [job.label for job in planned if job.job_id not in held]
+    return {"planned": len(planned), "finished": len(planned) - len(missing), "missing": missing}
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    title: str,
+    jobs: dict[str, Any] | None = None,
+) -> str:
     """The Markdown tables of a report (labels, names and the title through :func:`markdown_text`)."""
     rows = [{k: markdown_text(v) for k, v in r.items()} for r in rows]
     errors = [{k: markdown_text(v) for k, v in e.items()} for e in errors]
@@ -179,6 +201,15 @@ def markdown(rows: list[dict[str, Any]], errors: list[dict[str, Any]], runs: lis
             f"{' (uncommitted changes)' if run.get('git_dirty') else ''}, device {run.get('device')}, "
             f"config hash `{str(run.get('config_hash'))[:12]}`, executor {run.get('executor', {}).get('name')}"
         )
+    if jobs is not None and jobs["missing"]:
+        shown = ", ".join(markdown_text(label) for label in jobs["missing"][:5])
+        more = f" and {len(jobs['missing']) - 5} more" if len(jobs["missing"]) > 5 else ""
+        lines.append(
+            f"- **incomplete**: {jobs['finished']} of the latest configuration's {jobs['planned']} jobs finished; "
+            f"not run yet: {shown}{more} (run `art-gifd bench` on this results file again to finish them)"
+        )
+    elif jobs is not None:
+        lines.append(f"- complete: all {jobs['planned']} jobs of the latest configuration finished")
     lines += [
         "",
         "Leakage: mean ± std over every attacked image of every seed "
@@ -281,6 +312,7 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
     if not records:
         raise ValueError(f"'{store.path}' holds no finished job yet: run 'art-gifd bench' on it first.")
     rows, errors = aggregate(records, runs[-1]["config"] if runs else None)
+    jobs = progress(runs[-1]["config"] if runs else None, records)
     out = Path(out) if out is not None else store.path.with_name(store.path.stem + "-report")
     out.mkdir(parents=True, exist_ok=True)
     title = runs[-1]["config"].get("name", store.path.stem) if runs else store.path.stem
@@ -289,12 +321,13 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
         "results": str(store.path),
         "runs": [{k: v for k, v in run.items() if k not in ("config", "environment")} for run in runs],
         "environment": runs[-1].get("environment") if runs else None,
+        "jobs": jobs,
         "rows": rows,
         "errors": errors,
     }
     written = [out / "tables.json", out / "tables.md"]
     write_json_atomic(written[0], document)
-    _write_text_atomic(written[1], markdown(rows, errors, runs, title))
+    _write_text_atomic(written[1], markdown(rows, errors, runs, title, jobs))
     figures = out / "figures"
     for case in dict.fromkeys(_case_key(r) for r in rows):
         selected = [r for r in rows if _case_key(r) == case]

@@ -143,6 +143,9 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
     strengths = params[grid[0]] if grid else [None]
     if not strengths:
         raise Stop((*path, "params", grid[0]), "is an empty list: give at least one strength.")
+    for values, where in ((strengths, (*path, "params", grid[0] if grid else "")), (flags, (*path, "adaptive"))):
+        if any(a == b for i, a in enumerate(values) for b in values[:i]):  # 1 and 1.0 are one setting
+            raise Stop(where, f"has repeated values: {values!r}; give each setting once.")
     points = []
     for index, strength in enumerate(strengths):
         point = dict(params, **({grid[0]: strength} if grid else {}))
