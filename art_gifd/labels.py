@@ -94,8 +94,7 @@ def find_classifier_head(
                 f"Cannot infer labels: no nn.Linear layer with {nb_classes} outputs ({listed}) runs in the model's "
                 "forward pass. Pass the labels explicitly (y=...)."
             )
-        exact = [m for m, out in calls if isinstance(out, torch.Tensor) and out is output]
-        exact = exact or [
+        producing = [
             m
             for m, out in calls
             if isinstance(out, torch.Tensor)
@@ -103,7 +102,7 @@ def find_classifier_head(
             and out.shape == output.shape
             and torch.equal(out, output)
         ]
-        head = (exact or [m for m, _ in calls])[-1]
+        head = (producing or [m for m, _ in calls])[-1]
     elif len(heads) > 1:
         raise ValueError(
             f"Cannot infer labels: several nn.Linear layers have {nb_classes} outputs ({listed}) and which one "
