@@ -39,9 +39,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from art_gifd import GIFDAttack
 from art_gifd.cli import SEED, count, output_folder, run_script
-from art_gifd.store import ResultsFile, environment, shape_problem, write_json_atomic
+from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
-from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity
+from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity, read_runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "ablation_runs"
@@ -231,18 +231,13 @@ _RECORD = {
 }
 
 
-def load_runs(path: Path) -> list[dict[str, Any]]:
-    """The runs of a runs file (the benchmark runner's append-only JSONL store); torn or foreign lines are skipped."""
-    return ResultsFile(path).read(check=lambda record: shape_problem(record, _RECORD))[1]
-
-
 def run(args: argparse.Namespace) -> None:
     """Run every missing run of the selected case, split, configurations, batch sizes and seeds."""
     case = CASES[args.case]
     classifier = case.classifier()
     store = ResultsFile(args.runs / f"{case.name}.jsonl")
     # repair: appends start on a fresh line
-    done = {run_key(r) for r in store.read(repair=True, check=lambda r: shape_problem(r, _RECORD))[1]}
+    done = {run_key(r) for r in read_runs(store.path, _RECORD, repair=True)}
     commit = git_commit()
     names = args.configs or list(CONFIGS)
     for batch in args.batch_sizes:
@@ -473,7 +468,7 @@ def restarts_figure(rows: list[dict[str, Any]], path: Path) -> None:
 
 def report(args: argparse.Namespace) -> None:
     """Write ``ablation.json`` and ``ablation.md`` from the runs file."""
-    runs = [r for path in sorted(args.runs.glob("*.jsonl")) for r in load_runs(path)]
+    runs = [r for path in sorted(args.runs.glob("*.jsonl")) for r in read_runs(path, _RECORD)]
     if not runs:
         raise SystemExit(f"error: no runs in '{args.runs}': run the ablation first.")
     rows = summarise(runs)

@@ -52,7 +52,7 @@ from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
 from art_gifd.store import ResultsFile, environment, write_bytes_atomic, write_json_atomic
-from benchmarks.common import git_commit, mean_sem
+from benchmarks.common import git_commit, mean_sem, read_runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "fedavg_runs"
@@ -109,22 +109,31 @@ RUN_KEY = ("setting", "size", "attack", "method", "first", "seed", "steps_per_st
 LEGACY_KEY_VALUES = {"restarts": 2, "rounds": 30}
 
 
-def run_key(record: dict[str, Any]) -> tuple | None:
-    """The key of a runs-file record, or ``None`` for a record this benchmark did not write."""
+#: What a run record holds; records of other programs (or damaged ones) are skipped with a warning.
+_RECORD = {
+    "setting": str,
+    "size": int,
+    "attack": str,
+    "method": str,
+    "first": int,
+    "seed": int,
+    "steps_per_stage": int,
+    "restarts?": int,
+    "rounds?": int,
+    "psnr": float,
+    "model_accuracy": float,
+}
+
+
+def run_key(record: dict[str, Any]) -> tuple:
+    """The key of a run record (older records: :data:`LEGACY_KEY_VALUES`)."""
     values = {**LEGACY_KEY_VALUES, **record}
-    return tuple(values[k] for k in RUN_KEY) if all(k in values for k in RUN_KEY) and "psnr" in values else None
+    return tuple(values[k] for k in RUN_KEY)
 
 
-def read_runs(folder: Path) -> list[dict[str, Any]]:
-    """Every run of the ``size*.jsonl`` files in ``folder``, with the key fields filled in; other records skipped."""
-    runs = []
-    for path in sorted(folder.glob("size*.jsonl")):
-        records = ResultsFile(path).read(repair=False)[1]
-        foreign = [r for r in records if run_key(r) is None]
-        if foreign:
-            print(f"warning: {path}: {len(foreign)} record(s) that are not fedavg runs skipped", file=sys.stderr)
-        runs += [{**LEGACY_KEY_VALUES, **r} for r in records if run_key(r) is not None]
-    return runs
+def runs_of(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The runs of one runs file, with the key fields of older records filled in."""
+    return [{**LEGACY_KEY_VALUES, **r} for r in read_runs(path, _RECORD, repair=repair)]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -140,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
     commit = git_commit()
     for size in args.sizes:
         store = ResultsFile(args.runs / f"size{size}.jsonl")
-        done = {run_key(r) for r in store.read(repair=True)[1]}
+        done = {run_key(r) for r in runs_of(store.path, repair=True)}
         for first in range(0, len(x_all) - size + 1, size):
             x, y = x_all[first : first + size], y_all[first : first + size]
             for seed in args.seeds:
@@ -363,7 +372,7 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
 
 def report(args: argparse.Namespace) -> None:
     """Summarise every runs file into ``fedavg.json`` and ``fedavg.md``."""
-    runs = read_runs(args.runs)
+    runs = [r for path in sorted(args.runs.glob("size*.jsonl")) for r in runs_of(path)]
     if not runs:
         raise SystemExit(f"No runs in {args.runs}: run the benchmark first.")
     models = sorted({(r["rounds"], round(r["model_accuracy"], 6)) for r in runs})

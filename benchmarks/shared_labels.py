@@ -38,9 +38,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from art_gifd import GIFDAttack
 from art_gifd.cli import SEED, count, output_file, run_script
 from art_gifd.metrics import evaluate_batch, psnr
-from art_gifd.store import ResultsFile, environment, shape_problem, source_commit, write_bytes_atomic, write_json_atomic
+from art_gifd.store import ResultsFile, environment, source_commit, write_bytes_atomic, write_json_atomic
 from benchmarks.cases import CASES
-from benchmarks.common import mean_sem
+from benchmarks.common import mean_sem, read_runs
 from benchmarks.speed import Case, Protocol, reference_gifd
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,15 +93,11 @@ _RECORD = {
 }
 
 
-def _check(record: dict[str, Any]) -> str | None:
-    return shape_problem(record, _RECORD)
-
-
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Attack every pair of both digit cases with every method under every seed; one record per batch, method, seed."""
     torch.set_num_threads(args.threads)
     store = ResultsFile(args.runs)
-    held = {_key(r): r for r in store.read(repair=True, check=_check)[1]}
+    held = {_key(r): r for r in read_runs(store.path, _RECORD, repair=True)}
     records = []
     for name in args.cases:
         spec = CASES[name]
