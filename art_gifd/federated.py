@@ -694,8 +694,16 @@ def split_defense(defense: DefenseLike | None) -> tuple[Defense | None, Defense 
         return None, defense
     if not isinstance(defense, Compose):
         return defense, None
-    rest = defense.defenses[1:]
-    return defense.defenses[0], (Compose(rest) if len(rest) > 1 else rest[0] if rest else None)
+    parts = _flattened(defense)  # a nested Compose's later parts act on the update too, not on every step
+    rest = parts[1:]
+    return parts[0], (Compose(rest) if len(rest) > 1 else rest[0] if rest else None)
+
+
+def _flattened(defense: Defense) -> list[Defense]:
+    """The defences a (nested) :class:`Compose` applies, in order."""
+    if not isinstance(defense, Compose):
+        return [defense]
+    return [part for inner in defense.defenses for part in _flattened(inner)]
 
 
 def client_update(

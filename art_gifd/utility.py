@@ -15,7 +15,7 @@ import torch
 
 from art_gifd.defenses.base import DefenseLike, make_generator
 from art_gifd.federated import TargetModel, check_input_scale, defended_gradients
-from art_gifd.validation import MAX_SEED, check_integer, check_number, to_numpy
+from art_gifd.validation import MAX_RATE, MAX_SEED, check_integer, check_number, to_numpy
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -34,7 +34,7 @@ class UtilityResult:
     :param gradient_cosine: Mean cosine between the defended and the clean update (all parameters together) over the
                             probe batches, at the estimator's weights.
     :param gradient_cosine_std: Standard deviation of that cosine over the probe batches.
-    :param accuracy: Test accuracy after the FedSGD run under the defence.
+    :param accuracy: Test accuracy after the FedSGD run under the defence (eval mode).
     :param initial_accuracy: Test accuracy of the estimator's weights.
     :param rounds: FedSGD rounds (one client batch each).
     :param batch_size: Client batch size.
@@ -85,7 +85,7 @@ def measure_utility(
     :param learning_rate: Server learning rate.
     :param probe_batches: Batches over which the gradient cosine is averaged.
     :param seed: Seed of batch sampling and of the defence's randomness, in ``[0, 2**63 - 1]``.
-    :param train_mode: Compute client gradients with the model in train mode.
+    :param train_mode: Compute client gradients with the model in train mode (accuracy is measured in eval mode).
     :return: The measured utility.
     :raises ValueError: On a bad parameter, or data of the wrong shape, non-finite or outside ``clip_values``.
     """
@@ -93,7 +93,7 @@ def measure_utility(
     rounds = check_integer("rounds", rounds, 0)
     batch_size = check_integer("batch_size", batch_size, 1)
     probe_batches = check_integer("probe_batches", probe_batches, 1)
-    learning_rate = check_number("learning_rate", learning_rate, 0.0, closed="neither")
+    learning_rate = check_number("learning_rate", learning_rate, 0.0, MAX_RATE, closed="right")
     seed = check_integer("seed", seed, 0, MAX_SEED)
     target = TargetModel(estimator, train_mode=train_mode)
     x_train, y_train, x_test, y_test = _utility_data(data, target)
@@ -113,9 +113,21 @@ def measure_utility(
         clean = torch.cat([g.flatten() for g in target.gradients(x, labels)])
         defended = torch.cat([g.flatten() for g in defended_gradients(target, x, labels, defense, generator)])
         cosines.append(float(torch.nn.functional.cosine_similarity(clean, defended, dim=0)))
-    initial_accuracy = _accuracy(target, x_test, y_test)
+    # accuracy is measured in eval mode whatever mode the clients train in (a train-mode module would score dropout's
+    # random masks and each test chunk's batch statistics)
+    evaluator = TargetModel(estimator, device=target.device) if train_mode else target
+    initial_accuracy = _accuracy(evaluator, target.params, x_test, y_test)
     for round_ in range(rounds):
-        update = defended_gradients(target, *batch(), defense, generator)
+        try:
+            update = defended_gradients(target, *batch(), defense, generator)
+        except ValueError as err:
+            if round_ == 0:
+                raise
+            raise ValueError(
+                f"The FedSGD run diverged in round {round_ + 1} of {rounds}: the gradient of the trained weights is "
+                f"not finite ({' '.join(str(err).split())[:80]}…). Lower learning_rate (now {learning_rate:g}), or a "
+                "defence's noise."
+            ) from None
         with torch.no_grad():
             for param, g in zip(target.params.values(), update, strict=True):
                 param.sub_(learning_rate * g)
@@ -127,7 +139,7 @@ def measure_utility(
     return UtilityResult(
         gradient_cosine=float(np.mean(cosines)),
         gradient_cosine_std=float(np.std(cosines)),
-        accuracy=_accuracy(target, x_test, y_test),
+        accuracy=_accuracy(evaluator, target.params, x_test, y_test),
         initial_accuracy=initial_accuracy,
         rounds=rounds,
         batch_size=batch_size,
@@ -160,13 +172,21 @@ def _utility_data(data: UtilityData | None, target: TargetModel) -> UtilityData:
     return x_train, y_train, x_test, y_test
 
 
-def _accuracy(target: TargetModel, x: np.ndarray, y: np.ndarray, chunk: int = 500) -> float:
-    labels = target.labels_to_indices(y)
+def _accuracy(
+    evaluator: TargetModel, params: dict[str, torch.Tensor], x: np.ndarray, y: np.ndarray, chunk: int = 500
+) -> float:
+    """Test accuracy of ``params`` in ``evaluator``'s eval-mode module (dropout off, BatchNorm's running statistics)."""
+    from torch.func import functional_call
+
+    labels = evaluator.labels_to_indices(y)
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            batch = torch.as_tensor(x[i : i + chunk], dtype=torch.float32, device=target.device)
-            correct += int((target.module(target.preprocess(batch)).argmax(dim=1) == labels[i : i + chunk]).sum())
+            batch = evaluator.preprocess(
+                torch.as_tensor(x[i : i + chunk], dtype=torch.float32, device=evaluator.device)
+            )
+            logits = functional_call(evaluator.module, (params, evaluator.buffers), (batch,))
+            correct += int((logits.argmax(dim=1) == labels[i : i + chunk]).sum())
     return correct / len(x)
 
 
@@ -186,7 +206,7 @@ def read_utility_table(check: Checker, table: Mapping[str, Any], path: KeyPath) 
     convert = {
         "rounds": integer(0),
         "batch_size": integer(1),
-        "learning_rate": number(0, low_open=True),
+        "learning_rate": number(0, MAX_RATE, low_open=True),
         "probe_batches": integer(1),
     }
     return {key: check.get(table, path, key, convert[key], defaults[key].default) for key in UTILITY_KEYS}

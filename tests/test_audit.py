@@ -369,6 +369,27 @@ def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch)
     assert resumed["recognisable_share"] == 1.0  # counted under the edited threshold, not the stored one
 
 
+def test_a_resumed_setting_reports_the_lpips_of_this_run() -> None:
+    """LPIPS of a resumed setting is scored again from its saved images: no row keeps another run's LPIPS state."""
+    images = {"originals": np.zeros((1, 1, 8, 8)), "reconstructions": np.zeros((1, 1, 8, 8))}
+    scored = {"lpips": 0.3, "lpips_unavailable_reason": None, "per_image": {"lpips": [0.3], "psnr": [20.0]}}
+
+    class Unavailable:
+        available, reason = False, "AlexNet weights not found"
+
+    class Available:
+        available, reason = True, None
+
+        def __call__(self, reconstructed, original, data_range):
+            return np.array([0.125])
+
+    off = audit_run._with_lpips(scored, images, Unavailable(), (0.0, 1.0))
+    assert off["lpips"] is None and off["per_image"] == {"lpips": None, "psnr": [20.0]}
+    assert off["lpips_unavailable_reason"] == "AlexNet weights not found"
+    on = audit_run._with_lpips(off, images, Available(), (0.0, 1.0))
+    assert on["lpips"] == 0.125 and on["per_image"]["lpips"] == [0.125] and on["lpips_unavailable_reason"] is None
+
+
 @pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha:UserWarning")
 def test_shipped_example_config_is_valid() -> None:
     cfg = load_audit_config(Path(__file__).resolve().parents[1] / "examples" / "audit_mnist.toml")

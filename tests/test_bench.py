@@ -392,6 +392,17 @@ def test_report_of_an_unfinished_grid_names_the_missing_jobs(reference, tmp_path
     assert f"**incomplete**: 1 of the latest configuration's {len(planned)} jobs finished" in markdown
 
 
+def test_an_adaptive_attacker_against_noise_is_refused():
+    config = SMOKE.read_text().replace(
+        'label = "prune"\ntype = "prune"', 'label = "noise"\ntype = "gaussian"\nadaptive = true'
+    )
+    config = config.replace("ratio = [0.5]", "sigma = [0.01]")
+    with pytest.raises(
+        ConfigError, match=r"defenses\[1\]\.adaptive: a gaussian defence is random noise that an attacker"
+    ):
+        parse(config)
+
+
 def test_repeated_defence_strengths_are_refused():
     config = SMOKE.read_text().replace("ratio = [0.5]", "ratio = [0.5, 0.50]")
     with pytest.raises(ConfigError, match=r"defenses\[1\]\.params\.ratio: has repeated values: \[0\.5, 0\.5\]"):

@@ -4,6 +4,7 @@ the user's model left untouched, the adaptive attacker's replay, and the utility
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from art_gifd.defenses import (
     Soteria,
     describe_defense,
 )
-from art_gifd.federated import TargetModel
+from art_gifd.federated import LocalTraining, TargetModel, client_update
 from art_gifd.models import lenet, make_classifier
 from art_gifd.utility import measure_utility
 
@@ -122,21 +123,35 @@ def test_dp_rejects_batchnorm_with_opacus_message(batch4) -> None:
         client_gradients(clf, *batch4, defense=DPSGD(1.0, **DP))
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order")
+def test_prv_is_never_asked_where_its_grid_outgrows_memory() -> None:
+    # Opacus' own PRV search runs out of 4 GB here (it tries noise far below the answer); ours stays above RDP's
+    # noise for epsilon 100, and lands within the tolerance below the target
+    dp = DPSGD.for_epsilon(8.0, 1.0, 0.01, 1000, 1e-5, accountant="prv")
+    accountant = PRVAccountant()
+    accountant.history = [(dp.noise_multiplier, 0.01, 1000)]
+    assert 7.99 <= dp.epsilon <= 8.0 and dp.epsilon == pytest.approx(accountant.get_epsilon(delta=1e-5), rel=1e-9)
+    with pytest.raises(ValueError, match=r"epsilon is about 1e\+06, above 100 .* use accountant='rdp'"):
+        DPSGD.for_epsilon(1e6, 1.0, 0.01, 100, 1e-5, accountant="prv")
+    with pytest.raises(ValueError, match=r"epsilon is about .*, above 100 .* use accountant='rdp'"):
+        DPSGD(0.05, 1.0, 0.01, 100, 1e-5, accountant="prv")
+
+
 # --- transforms ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ratio", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("ratio", [0.29, 0.5, 0.9, 0.99])  # 0.29 · 100 is 28.999… in floating point
 def test_pruning_zeroes_exactly_the_stated_fraction(clf4, batch4, clean4, ratio) -> None:
     assert all(np.count_nonzero(g) == g.size for g in clean4)
     layer = client_gradients(clf4, *batch4, defense=Prune(ratio))
     for pruned, g in zip(layer, clean4, strict=True):
-        assert g.size - np.count_nonzero(pruned) == math.floor(ratio * g.size)
+        assert g.size - np.count_nonzero(pruned) == math.floor(Fraction(str(ratio)) * g.size)
         kept = pruned != 0
         np.testing.assert_array_equal(pruned[kept], g[kept])
         if (~kept).any() and kept.any():
             assert np.abs(g[kept]).min() >= np.abs(g[~kept]).max()  # the smallest magnitudes went
     pruned = flat(client_gradients(clf4, *batch4, defense=Prune(ratio, scope="global")))
-    assert pruned.size - np.count_nonzero(pruned) == math.floor(ratio * pruned.size)
+    assert pruned.size - np.count_nonzero(pruned) == math.floor(Fraction(str(ratio)) * pruned.size)
     assert np.abs(pruned[pruned != 0]).min() >= np.abs(flat(clean4)[pruned == 0]).max()
 
 
@@ -196,6 +211,13 @@ def test_compose_applies_in_order(clf4, batch4, clean4) -> None:
     clipped = flat(clean4) / np.linalg.norm(flat(clean4))
     noise = flat(client_gradients(clf4, *batch4, defense=GaussianNoise(sigma), seed=3)) - flat(clean4)
     np.testing.assert_allclose(clip_then_noise, clipped + noise, atol=1e-5)
+    # under FedAvg only a leading DP-SGD acts on every local step, however the defences are nested
+    training = LocalTraining(0.05, steps=3)
+    flat_compose = Compose([DPSGD(1.0, **DP), Clip(0.01)])
+    nested = Compose([Compose([DPSGD(1.0, **DP), Clip(0.01)])])
+    updates = [flat(client_update(clf4, *batch4, training, defense=d, seed=1)) for d in (flat_compose, nested)]
+    np.testing.assert_array_equal(updates[0], updates[1])
+    assert np.linalg.norm(updates[1]) == pytest.approx(0.01, rel=1e-5)  # the clip acts on the final update
     # plain callables are defences too (the simplest custom defence)
     doubled = client_gradients(clf4, *batch4, defense=lambda grads: [2 * g for g in grads])
     np.testing.assert_allclose(flat(doubled), 2 * flat(clean4))
@@ -210,7 +232,7 @@ def test_compose_applies_in_order(clf4, batch4, clean4) -> None:
         (lambda: Prune(0.5, scope="row"), "Unknown pruning scope 'row'"),
         (lambda: Clip(0.0), r"max_norm must lie in \(0, inf\)"),
         (lambda: Quantize(1), r"bits must be an integer in \[2, 16\]"),
-        (lambda: DPSGD(1.0, **{**DP, "delta": 1.0}), r"delta must lie in \(0, 1\), got 1.0"),
+        (lambda: DPSGD(1.0, **{**DP, "delta": 0.5}), r"delta must lie in \(0, 0.01\], got 0.5"),
         (lambda: DPSGD(-1.0, **DP), r"noise_multiplier must lie in \(0, inf\)"),
         (lambda: DPSGD(1.0, **{**DP, "sample_rate": 2.0}), r"sample_rate must lie in \(0, 1\]"),
         (lambda: DPSGD(1.0, **{**DP, "steps": 0}), "steps must be a positive integer"),
@@ -225,6 +247,21 @@ def test_compose_applies_in_order(clf4, batch4, clean4) -> None:
 def test_bad_parameters_give_clear_errors(make, message) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_soteria_layer_must_run_once_per_sample(batch4) -> None:
+    class Auxiliary(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = lenet(seed=0)
+            self.aux = torch.nn.Linear(10, 10)  # an auxiliary head the forward pass never calls
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    clf = make_classifier(Auxiliary(), (1, 32, 32))
+    with pytest.raises(ValueError, match=r"Soteria's layer 'aux' never runs in the model's forward pass"):
+        client_gradients(clf, *batch4, defense=Soteria("aux", 0.5))
 
 
 def test_unknown_representation_layer(clf4, batch4) -> None:
@@ -286,6 +323,20 @@ def test_adaptive_matching_loss_of_true_image_is_zero(heldout, defense) -> None:
     assert loss[1].item() > 1e-4  # a random image does not match
     loss.sum().backward()
     assert images.grad[1].abs().sum() > 0  # differentiable (straight-through for quantisation)
+
+
+def test_utility_accuracy_is_measured_in_eval_mode_whatever_mode_clients_train_in(heldout) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(1024, 64), torch.nn.Dropout(0.5), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    )
+    clf = make_classifier(net, (1, 32, 32))
+    data = (heldout[0][:40], heldout[1][:40], heldout[0][40:], heldout[1][40:])
+    measured = [
+        measure_utility(None, clf, data, rounds=0, batch_size=8, train_mode=mode) for mode in (True, True, False)
+    ]
+    eval_accuracy = float(np.mean(clf.predict(data[2]).argmax(1) == data[3]))
+    assert [m.initial_accuracy for m in measured] == [eval_accuracy] * 3  # no dropout masks in the score
 
 
 @pytest.mark.parametrize("pruning", [Prune(0.9), Prune(0.99, scope="global"), Soteria("7", 0.8)])

@@ -42,7 +42,7 @@ from art_gifd.audit.config import (
     locked_output,
 )
 from art_gifd.experiment import Case, aggregate_run, attack_batches
-from art_gifd.federated import describe_training
+from art_gifd.federated import clip_range, describe_training
 from art_gifd.metrics import LPIPSMetric, split_by_shared_label
 from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
 from art_gifd.report.figures import reconstruction_grid
@@ -171,7 +171,7 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
             store.save_arrays(key, images)
             store.append({"job_id": key, "config_hash": cfg.config_hash, "run": run})
         else:
-            run = done[key]["run"]
+            run = _with_lpips(done[key]["run"], images, lpips, clip_range(cfg.estimator))
             resumed.append(setting.id)
         results.append((_name_run(cfg, setting, run), images))
         logger.info("setting %s: SSIM %.3f, PSNR %.2f dB", setting.id, run["ssim"], run["psnr"])
@@ -182,7 +182,14 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
             measured = done[key]["utility"]
             resumed.append(f"utility-d{index}")
         else:
-            measured = _measure(cfg, index)
+            try:
+                measured = _measure(cfg, index)
+            except (ValueError, RuntimeError) as err:  # a utility run that diverged
+                raise AuditRunError(
+                    f"the utility run of defence '{defense.label}' failed: {err} (its settings: [utility] "
+                    f"learning_rate, rounds, batch_size). The {len(results)} attack setting(s) are kept: fix the cause "
+                    "and run the same command again to resume."
+                ) from err
             store.append({"job_id": key, "config_hash": cfg.config_hash, "utility": measured})
         utility.append({"defense": defense.label, **measured})
     document = _document(cfg, [r for r, _ in results], utility, resumed, lpips)
@@ -288,6 +295,26 @@ def _run_setting(
         measured_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return run, {"originals": np.concatenate(originals), "reconstructions": np.concatenate(reconstructions)}
+
+
+def _with_lpips(
+    run: dict[str, Any], images: dict[str, np.ndarray], lpips: LPIPSMetric, data_range: tuple[float, float]
+) -> dict[str, Any]:
+    """
+    A resumed setting's record with LPIPS scored again from its saved images by this run's metric: a setting
+    finished while LPIPS was available (or not, or with other weights) reports what the rest of the report states.
+    """
+    values = (
+        [float(v) for v in lpips(images["reconstructions"], images["originals"], data_range)]
+        if lpips.available
+        else None
+    )
+    return {
+        **run,
+        "lpips": float(np.mean(values)) if values else None,
+        "lpips_unavailable_reason": None if lpips.available else lpips.reason,
+        "per_image": {**run["per_image"], "lpips": values},
+    }
 
 
 def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[str, Any]:

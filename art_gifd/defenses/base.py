@@ -14,6 +14,7 @@ client would have shared, given the observed (defended) gradient.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -227,6 +228,11 @@ def make_generator(seed: int | None, device: str | torch.device) -> torch.Genera
 def flat_norm(grads: GradientBatch) -> torch.Tensor:
     """Euclidean norm of all parameters' gradients together, one per row: ``(N,)``."""
     return torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in grads.values()))
+
+
+def pruned_count(ratio: float, count: int) -> int:
+    """``⌊ratio · count⌋`` as the decimal ratio means it (in floating point ``0.29 · 100`` is 28.999…)."""
+    return math.floor(round(ratio * count, 9))
 
 
 def kept_entries(magnitude: torch.Tensor, zeroed: int) -> torch.Tensor:

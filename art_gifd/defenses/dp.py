@@ -20,6 +20,12 @@ MAX_EPSILON = 1e6
 MAX_DP_STEPS = 10**9
 
 ACCOUNTANTS = ("rdp", "prv")
+#: Largest delta accepted: delta is the probability that the guarantee fails, meant to be far below 1 / the data set
+#: size; at large deltas the accountants return negative epsilons (RDP at delta = 0.5, PRV already at 0.1).
+MAX_DELTA = 0.01
+#: Largest epsilon (by RDP, an upper bound) the PRV accountant is asked for: its grid grows as the noise shrinks, and
+#: beyond this vacuous guarantee (e^100) it needed more than 4 GB on settings where RDP answers in a millisecond.
+PRV_MAX_EPSILON = 100.0
 
 
 class DPSGD(Defense):
@@ -53,14 +59,14 @@ class DPSGD(Defense):
         :param max_grad_norm: Per-sample clipping norm, positive.
         :param sample_rate: Poisson sampling rate of a training step (expected batch size / data set size), in (0, 1].
         :param steps: Number of DP-SGD steps the guarantee covers.
-        :param delta: Target delta, in (0, 1) (usually below 1 / data set size).
+        :param delta: Target delta, in (0, :data:`MAX_DELTA`] (usually below 1 / data set size).
         :param accountant: Opacus accountant, ``"rdp"`` or ``"prv"``.
         """
         self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
         self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, 0.0, closed="neither")
         self.sample_rate = check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
         self.steps = check_integer("steps", steps, 1, MAX_DP_STEPS)
-        self.delta = check_number("delta", delta, 0.0, 1.0, closed="neither")
+        self.delta = check_number("delta", delta, 0.0, MAX_DELTA, closed="right")
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
         self.accountant = accountant
@@ -93,18 +99,22 @@ class DPSGD(Defense):
         check_number("epsilon", epsilon, 0.0, MAX_EPSILON, closed="right")
         check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
         check_integer("steps", steps, 1, MAX_DP_STEPS)
-        check_number("delta", delta, 0.0, 1.0, closed="neither")
+        check_number("delta", delta, 0.0, MAX_DELTA, closed="right")
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+        if accountant == "prv" and epsilon > PRV_MAX_EPSILON:
+            raise ValueError(_prv_refusal(epsilon))
         try:
             sigma = get_noise_multiplier(
                 target_epsilon=epsilon,
                 target_delta=delta,
                 sample_rate=sample_rate,
                 steps=steps,
-                accountant=accountant,
+                accountant="rdp",
                 epsilon_tolerance=epsilon_tolerance,
             )
+            if accountant == "prv":
+                sigma = _prv_noise(epsilon, sigma, sample_rate, steps, delta, epsilon_tolerance)
         except ValueError as err:  # Opacus: "The privacy budget is too low." (no finite noise reaches it)
             raise ValueError(
                 f"epsilon={epsilon:g} cannot be reached at delta={delta:g} with sample_rate={sample_rate:g} and "
@@ -167,12 +177,59 @@ def privacy_epsilon(noise_multiplier: float, sample_rate: float, steps: int, del
     """
     from opacus.accountants import create_accountant
 
+    if accountant == "prv":  # RDP first: it bounds PRV's answer from above, in a millisecond and little memory
+        bound = privacy_epsilon(noise_multiplier, sample_rate, steps, delta, "rdp")
+        if bound > PRV_MAX_EPSILON:
+            raise ValueError(_prv_refusal(bound))
     meter = create_accountant(mechanism=accountant)
     meter.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
     try:
-        return float(meter.get_epsilon(delta=delta))
-    except (MemoryError, OverflowError) as err:  # PRV discretises the privacy-loss distribution on a grid
+        epsilon = float(meter.get_epsilon(delta=delta))
+    except (MemoryError, OverflowError, ValueError, RuntimeError) as err:  # PRV discretises on a grid
         raise ValueError(_accountant_failure(accountant, err)) from None
+    if not epsilon >= 0:
+        raise ValueError(
+            f"Opacus' {accountant.upper()} accountant returns epsilon {epsilon:g} for delta={delta:g}, which no "
+            "guarantee has: lower delta (it should be far below 1 / the data set size)."
+        )
+    return epsilon
+
+
+def _prv_noise(
+    epsilon: float, rdp_sigma: float, sample_rate: float, steps: int, delta: float, tolerance: float
+) -> float:
+    """
+    The noise multiplier at which PRV's epsilon is ``epsilon`` (within ``tolerance``, never above it), by bisection
+    between RDP's answer (PRV's epsilon there is at most ``epsilon``: RDP bounds it from above) and the noise at which
+    RDP's epsilon is :data:`PRV_MAX_EPSILON`, so that PRV is never asked where its grid outgrows memory (Opacus' own
+    search can ask it at any smaller noise).
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    low = get_noise_multiplier(
+        target_epsilon=PRV_MAX_EPSILON, target_delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
+    )
+    high = rdp_sigma
+    if low >= high or privacy_epsilon(low, sample_rate, steps, delta, "prv") <= epsilon:
+        return max(low, high) if low >= high else low
+    while True:  # invariant: PRV's epsilon is above the target at low and at most the target at high
+        middle = (low + high) / 2
+        reached = privacy_epsilon(middle, sample_rate, steps, delta, "prv")
+        if reached <= epsilon:
+            high = middle
+            if epsilon - reached <= tolerance:
+                return high
+        else:
+            low = middle
+        if high - low <= 1e-6 * high:
+            return high
+
+
+def _prv_refusal(epsilon: float) -> str:
+    return (
+        f"epsilon is about {epsilon:.3g}, above {PRV_MAX_EPSILON:g} (a vacuous guarantee), where the PRV accountant's "
+        "grid can need tens of GB of memory: use accountant='rdp', or more noise."
+    )
 
 
 def _accountant_failure(accountant: str, err: BaseException) -> str:

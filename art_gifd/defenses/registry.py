@@ -154,9 +154,15 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
             if isinstance(x, dict | list) and kind != "compose":
                 raise Stop(key_path, f"must be a number or a string, got {kind_of(x)}.")
         try:
-            cached_defense(kind, point)
+            built = cached_defense(kind, point)
         except ValueError as exc:
             raise Stop((*path, "params", grid[0], index) if grid else (*path, "params"), str(exc)) from None
+        if any(flags) and built is not None and not built.replayable:
+            raise Stop(
+                (*path, "adaptive"),
+                f"a {kind} defence is random noise that an attacker cannot replay: adaptive would rerun the "
+                "non-adaptive setting under a label that claims a stronger attacker. Remove adaptive.",
+            )
         for flag in flags:
             points.append({"params": point, "strength": point[grid[0]] if grid else None, "adaptive": flag})
     label = check.need(table["label"], (*path, "label"), string()) if "label" in table else None

@@ -17,6 +17,7 @@ from art_gifd.defenses.base import (
     DefenseContext,
     GradientBatch,
     kept_entries,
+    pruned_count,
 )
 from art_gifd.validation import check_integer, check_number
 
@@ -79,6 +80,12 @@ class Soteria(Defense):
                 torch.func.functional_call(target.module, (target.params, target.buffers), (sample.unsqueeze(0),))
             finally:
                 handle.remove()
+            if len(captured) != 1:
+                runs = "never runs" if not captured else f"runs {len(captured)} times"
+                raise ValueError(
+                    f"Soteria's layer {self.layer!r} {runs} in the model's forward pass: name the nn.Linear that reads "
+                    "the representation, once per sample."
+                )
             return captured[0].reshape(-1)
 
         x = target.preprocess(context.x).detach()
@@ -91,14 +98,14 @@ class Soteria(Defense):
     def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:
         scores = self.feature_scores(context)
         weight = self._weight_name(context.target.names)
-        pruned = scores.topk(math.floor(self.ratio * scores.numel()), largest=False).indices
+        pruned = scores.topk(pruned_count(self.ratio, scores.numel()), largest=False).indices
         mask = torch.ones_like(scores).index_fill(0, pruned, 0.0)
         return [g * mask if n == weight else g for n, g in zip(context.target.names, grads, strict=True)]
 
     def replay(self, grads: GradientBatch, observed: GradientBatch) -> GradientBatch:
         weight = self._weight_name(list(grads))
         columns = observed[weight].abs().sum(dim=0)
-        zeroed = math.floor(self.ratio * columns.numel())
+        zeroed = pruned_count(self.ratio, columns.numel())
         # the shared zeros where they are all there (any other zero entry included); else the strongest columns
         kept = observed[weight] != 0 if int((columns == 0).sum()) >= zeroed else kept_entries(columns, zeroed)
         mask = kept.to(grads[weight].dtype)

@@ -20,6 +20,7 @@ from art_gifd.defenses.base import (
     GradientBatch,
     flat_norm,
     kept_entries,
+    pruned_count,
     straight_through,
 )
 from art_gifd.validation import check_integer, check_number
@@ -84,11 +85,11 @@ class Prune(GradientTransform):
     def replay(self, grads: GradientBatch, observed: GradientBatch) -> GradientBatch:
         magnitudes = [observed[n].abs().flatten() for n in grads]
         if self.scope == "layer":
-            masks = [kept_entries(m, math.floor(self.ratio * m.numel())) for m in magnitudes]
+            masks = [kept_entries(m, pruned_count(self.ratio, m.numel())) for m in magnitudes]
         else:
             every = torch.cat(magnitudes)
             masks = list(
-                kept_entries(every, math.floor(self.ratio * every.numel())).split([m.numel() for m in magnitudes])
+                kept_entries(every, pruned_count(self.ratio, every.numel())).split([m.numel() for m in magnitudes])
             )
         return {
             n: g * mask.reshape(observed[n].shape).to(g.dtype)
@@ -101,7 +102,7 @@ class Prune(GradientTransform):
 
 def _prune_rows(flat: torch.Tensor, ratio: float) -> torch.Tensor:
     """Zero the ``⌊ratio · n⌋`` smallest-magnitude entries of every row of ``flat`` ``(N, n)``."""
-    k = math.floor(ratio * flat.shape[1])
+    k = pruned_count(ratio, flat.shape[1])
     smallest = flat.abs().topk(k, dim=1, largest=False).indices
     return flat.scatter(1, smallest, 0.0)
 
