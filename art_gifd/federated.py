@@ -616,7 +616,9 @@ class LocalTraining:
             out.extend(order[i : i + size] for i in range(0, n, size))
         return out[:steps]
 
-    def simulation(self, n: int, max_steps: int | None = None) -> list[tuple[np.ndarray, float]]:
+    def simulation(
+        self, n: int, max_steps: int | None = None, reduction: str = "mean"
+    ) -> list[tuple[np.ndarray, float]]:
         """
         The steps an attacker replays: ``(sample indices, learning-rate factor)`` per simulated step.
 
@@ -625,18 +627,26 @@ class LocalTraining:
         their mini-batches together (each sample once where they hold every sample equally often, e.g. whole epochs)
         with the learning rate times the number merged: a first-order approximation that replays fewer samples and
         keeps fewer copies of the weights, so it needs less memory and time.
+
+        Those factors are for a loss averaged over the batch. With ``reduction="sum"`` a replayed step sums over the
+        samples it replays, so its factor is instead the samples the client's steps summed over divided by those
+        replayed (an unknown-order step on all ``n`` samples: the client's mini-batch size over ``n``).
         """
         steps = self.num_steps(n)
+        sizes = [len(batch) for batch in self.batches(n)]  # an unknown order hides the order, not the sizes
         plain = self.batches(n) if self.order_known else [np.arange(n)] * steps
-        if max_steps is None or max_steps >= steps:
-            return [(index, 1.0) for index in plain]
-        merged = []
-        for group in np.array_split(np.arange(steps), max_steps):
+        merging = max_steps is not None and max_steps < steps
+        groups = np.array_split(np.arange(steps), max_steps) if merging else [[t] for t in range(steps)]
+        out = []
+        for group in groups:
             index = np.concatenate([plain[i] for i in group])
-            values, counts = np.unique(index, return_counts=True)
-            # every sample as often as the others (whole epochs, or full batches): each once, the same batch mean
-            merged.append((values if np.all(counts == counts[0]) else index, float(len(group))))
-        return merged
+            if len(group) > 1:
+                values, counts = np.unique(index, return_counts=True)
+                # every sample as often as the others (whole epochs, or full batches): each once, the same batch mean
+                index = values if np.all(counts == counts[0]) else index
+            factor = float(len(group)) if reduction != "sum" else sum(sizes[i] for i in group) / len(index)
+            out.append((index, factor))
+        return out
 
     def step(
         self,
@@ -675,10 +685,16 @@ class LocalTraining:
             out[name] = p - lr / (1 - beta1**t) * slot["m"] / denom
         return out
 
-    def describe(self) -> dict[str, Any]:
-        """The training's fields and whether its order is known, JSON-serialisable (for results records)."""
+    def describe(self, n: int | None = None) -> dict[str, Any]:
+        """
+        The training's fields and whether its order is known, JSON-serialisable (for results records).
+
+        :param n: The client's number of samples, where known: mini-batches of ``n`` or more are full batches, whose
+                  order is known.
+        """
         fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return {**fields, "betas": list(self.betas), "order_known": self.order_known}
+        full_batch = n is not None and self.batch_size is not None and self.batch_size >= n
+        return {**fields, "betas": list(self.betas), "order_known": self.order_known or full_batch}
 
 
 def split_defense(defense: DefenseLike | None) -> tuple[Defense | None, Defense | None]:

@@ -144,6 +144,60 @@ def test_labels_or_sign_that_the_gradient_contradicts_are_refused(lenet_clf, hel
         attack.infer([-g for g in grads], y)  # and with the labels given
 
 
+def test_attack_contract_checks(lenet_clf, heldout, default_prior) -> None:
+    from art_gifd import LocalTraining
+    from art_gifd.attacks import DLGAttack, GGLAttack
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    grads = client_gradients(lenet_clf, x, y)
+    attack = GIFDAttack(lenet_clf, default_prior, max_stage=2, steps_per_stage=1, num_restarts=1, verbose=False)
+    with pytest.raises(ValueError, match=r"infer takes the gradient and y only, got \['labels'\]"):
+        attack.infer(grads, labels=y)  # would have been ignored
+    with pytest.raises(ValueError, match=r"feature_learning_rate must lie in \(0, 1e\+06\]"):
+        attack.set_params(feature_learning_rate=1e300)
+    assert GIFDAttack(lenet_clf, default_prior, l1_radius=np.array([0.1, 0.2, 0.3])).radii() == [0.1, 0.2, 0.3]
+    for make in (lambda: DLGAttack(lenet_clf, tv_weight=1e-4), lambda: DLGAttack(lenet_clf, schedule="step")):
+        with pytest.raises(ValueError, match=r"DLGAttack sets \['(tv_weight|schedule)'\] itself"):
+            make()
+    state = np.random.get_state()  # CMA-ES seeds numpy's global generator: the attack restores it
+    GGLAttack(lenet_clf, default_prior, max_iter=2, population_size=4, seed=1, verbose=False).infer(grads, y)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state, strict=True))
+    full = GIFDAttack(lenet_clf, default_prior, max_stage=1, steps_per_stage=1, num_restarts=1, verbose=False)
+    full.set_params(training=LocalTraining(0.1, steps=2, batch_size=4))  # mini-batches of the whole client: no order
+    update = [g * 0.2 for g in grads]
+    assert full.reconstruct(update, y).extra["training"]["order_known"] is True
+
+
+def test_reconstruct_many_checks_every_estimator(lenet_clf, heldout, default_prior) -> None:
+    from art_gifd.models import lenet
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    grads = client_gradients(lenet_clf, x, y)
+    attack = GIFDAttack(lenet_clf, default_prior, max_stage=1, steps_per_stage=1, num_restarts=1, verbose=False)
+    summed = _estimator(lenet(seed=0), loss=torch.nn.CrossEntropyLoss(reduction="sum"))
+    with pytest.raises(
+        ValueError, match=r"estimators\[1\] trains with another loss \(CrossEntropyLoss\(reduction='sum'"
+    ):
+        attack.reconstruct_many([grads, grads], estimators=[lenet_clf, summed])
+    from art.estimators.classification import PyTorchClassifier
+
+    unclipped = PyTorchClassifier(lenet(seed=0), torch.nn.CrossEntropyLoss(), (1, 32, 32), 10)
+    with pytest.raises(ValueError, match=r"estimators\[1\]: The estimator has no clip_values"):
+        attack.reconstruct_many([grads, grads], estimators=[lenet_clf, unclipped])
+
+
+def test_train_mode_with_one_sample_and_batchnorm1d_is_refused() -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(1024, 32),
+        torch.nn.BatchNorm1d(32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 10),
+    )
+    with pytest.raises(ValueError, match=r"train_mode=True with batch_size=1 and BatchNorm1d layers \(\['2'\]\)"):
+        InvertingGradientsAttack(make_classifier(net, (1, 32, 32)), train_mode=True)
+
+
 def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_prior, monkeypatch) -> None:
     x, y = heldout[0][:1], heldout[1][:1]
     gradient = client_gradients(lenet_clf, x, y)

@@ -180,6 +180,11 @@ def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -
     assert [len(index) for index, _ in unknown.simulation(6, max_steps=4)] == [6] * 4
     uneven = known.simulation(6, max_steps=4)  # groups of 2, 2, 1 and 1 steps of 2 samples
     assert [scale for _, scale in uneven] == [2.0, 2.0, 1.0, 1.0] and sum(len(i) for i, _ in uneven) == 12
+    # a summed loss grows with the samples a step replays: the factor is the samples the client's steps summed over
+    # divided by those replayed (merged epochs: 1; an unknown-order step on all 6 of a 2-sample mini-batch: 1/3)
+    assert [scale for _, scale in known.simulation(6, max_steps=2, reduction="sum")] == [1.0, 1.0]
+    assert [scale for _, scale in unknown.simulation(6, reduction="sum")] == [pytest.approx(1 / 3)] * 6
+    assert [scale for _, scale in known.simulation(6, reduction="sum")] == [1.0] * 6
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,31 @@ class _Search:
     outcomes: list[StageOutcome] = field(default_factory=list)
 
 
+def _check_estimator(estimator: PyTorchClassifier) -> None:
+    """The estimator's model is fit for the attacks, and its clip_values are one (min, max) pair with min < max."""
+    check_client_model(estimator)
+    if estimator.clip_values is None:
+        raise ValueError(
+            "The estimator has no clip_values: set clip_values=(min, max) on the PyTorchClassifier so that "
+            "reconstructions can be mapped to its input range."
+        )
+    clip = np.asarray(estimator.clip_values, dtype=np.float64).reshape(2, -1)
+    if np.ptp(clip, axis=1).any() or not clip[0, 0] < clip[1, 0]:
+        raise ValueError(f"clip_values must be one (min, max) pair with min < max, got {estimator.clip_values!r}.")
+
+
+def _loss_signature(loss: object) -> str:
+    """What makes two training losses give the same gradients: their class and settings."""
+    import torch
+
+    settings = {
+        name: getattr(loss, name).tolist() if isinstance(getattr(loss, name), torch.Tensor) else getattr(loss, name)
+        for name in ("reduction", "label_smoothing", "ignore_index", "weight")
+        if hasattr(loss, name)
+    }
+    return f"{type(loss).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+
+
 class GradientInversionAttack(InferenceAttack, abc.ABC):
     """
     Reconstruct a federated-learning client's private batch from the gradient it shared.
@@ -264,6 +289,16 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 "dropout masks are random and unknown to the attacker, and the search cannot replay them. Attack with "
                 "train_mode=False (dropout off)."
             )
+        if self.train_mode and self.batch_size == 1:
+            from torch import nn
+
+            single = [n for n, m in self.estimator.model.named_modules() if isinstance(m, nn.BatchNorm1d)]
+            if single:
+                raise ValueError(
+                    f"train_mode=True with batch_size=1 and BatchNorm1d layers ({single[:3]}): the batch statistics of "
+                    "one sample are undefined, so no client computes such a gradient. Give the client's batch size, or "
+                    "train_mode=False."
+                )
         check_flag("verbose", self.verbose)
         if self.defense is not None and not isinstance(self.defense, Defense):
             raise ValueError(
@@ -284,17 +319,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         if self.device is not None:
             check_device(self.device)
         self.seed = check_integer("seed", self.seed, 0, MAX_SEED, optional=True)
-        check_client_model(self.estimator)
-        if self.estimator.clip_values is None:
-            raise ValueError(
-                "The estimator has no clip_values: set clip_values=(min, max) on the PyTorchClassifier so that "
-                "reconstructions can be mapped to its input range."
-            )
-        clip = np.asarray(self.estimator.clip_values, dtype=np.float64).reshape(2, -1)
-        if np.ptp(clip, axis=1).any() or not clip[0, 0] < clip[1, 0]:
-            raise ValueError(
-                f"clip_values must be one (min, max) pair with min < max, got {self.estimator.clip_values!r}."
-            )
+        _check_estimator(self.estimator)
 
     def _check_integers(self, names: tuple[str, ...], minimum: int = 1, optional: bool = False) -> None:
         """
@@ -324,9 +349,17 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
         :param x: Observed gradient: arrays in ``model.parameters()`` order, or a mapping parameter name → array.
         :param y: Labels of the private batch (class indices or one-hot); ``None`` infers them from the gradient.
+        :param kwargs: None are taken (ART's signature has them): an attack's settings go to the constructor or
+                       :meth:`set_params`.
         :return: Reconstructed images, float32, shape ``(batch_size, *input_shape)``, within the estimator's
                  ``clip_values``.
+        :raises ValueError: For any keyword argument (a misspelt ``y``, a per-call ``seed``, …), which would be ignored.
         """
+        if kwargs:
+            raise ValueError(
+                f"infer takes the gradient and y only, got {sorted(kwargs)}: pass the labels as y=, and set attack "
+                f"parameters with set_params (they are {self.attack_params})."
+            )
         return self.reconstruct(x, y).images
 
     def reconstruct(self, x: GradientInput, y: np.ndarray | None = None) -> ReconstructionResult:
@@ -395,6 +428,16 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     raise ValueError(
                         f"estimators[{t}] has parameter shapes unlike the attack's estimator: every observation must "
                         "come from the same architecture."
+                    )
+                try:
+                    _check_estimator(estimators[t])
+                except ValueError as err:
+                    raise ValueError(f"estimators[{t}]: {err}") from None
+                if _loss_signature(estimators[t]._loss) != _loss_signature(self.estimator._loss):
+                    raise ValueError(
+                        f"estimators[{t}] trains with another loss ({_loss_signature(estimators[t]._loss)}) than the "
+                        f"attack's estimator ({_loss_signature(self.estimator._loss)}): the joint search matches every "
+                        "observation with one loss; attack that client with its own attack."
                     )
                 attack._estimator = estimators[t]
             if seeds is not None:
@@ -549,7 +592,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             extra={
                 **self._extra(ctx),
                 "adaptive": search.matcher.adaptive,
-                "training": self.training.describe() if self.training is not None else None,
+                "training": self.training.describe(self.batch_size) if self.training is not None else None,
                 "simulated_steps": len(search.matcher.plan) if search.matcher.plan is not None else None,
             },
         )
@@ -630,6 +673,16 @@ class SingleStageSearch:
 
     steps_per_stage: int
     _length_param = "max_iter"
+    attack_params: list[str]
+
+    def _refuse_fixed(self, kwargs: dict[str, Any], base_params: list[str]) -> None:
+        """Refuse keyword arguments the attack sets itself (they would be ignored, or clash with its own)."""
+        fixed = sorted(set(kwargs) & (set(base_params) - set(self.attack_params)))
+        if fixed:
+            raise ValueError(
+                f"{type(self).__name__} sets {fixed} itself (its search length is max_iter; its objective and "
+                f"optimiser are the paper's): leave them out. Its parameters are {self.attack_params}."
+            )
 
     @property
     def max_iter(self) -> int:

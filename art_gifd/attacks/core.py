@@ -163,7 +163,8 @@ class GradientMatcher:
         self.adaptive = self.defense is not None
         self.training = training
         #: The local steps replayed on every candidate, ``None`` for a FedSGD gradient.
-        self.plan = training.simulation(self.batch_size, simulation_steps) if training is not None else None
+        reduction = getattr(target.loss_fn, "reduction", "mean")
+        self.plan = training.simulation(self.batch_size, simulation_steps, reduction) if training is not None else None
         # one candidate's "gradient" (params, x, y) -> name → tensor: the loss gradient, or the replayed update
         if training is None:
             self._one = torch.func.grad(target.loss)
@@ -715,6 +716,18 @@ def _run_lbfgs(
 
 
 def _run_cma(
+    stage: SearchStage, evaluate: Evaluate, tracker: _BestTracker, settings: SearchSettings, report: Report
+) -> int:
+    """CMA-ES on the stage's variable; the ``cma`` package seeds and draws from numpy's global generator, which is
+    restored afterwards, so that an attack leaves the caller's numpy random state as it found it."""
+    state = np.random.get_state()
+    try:
+        return _cma_search(stage, evaluate, tracker, settings, report)
+    finally:
+        np.random.set_state(state)
+
+
+def _cma_search(
     stage: SearchStage, evaluate: Evaluate, tracker: _BestTracker, settings: SearchSettings, report: Report
 ) -> int:
     import cma

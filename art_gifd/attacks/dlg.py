@@ -29,7 +29,9 @@ class DLGAttack(SingleStageSearch, GradientInversionAttack):
     the reconstructed label of each image is the arg-max of its optimised label distribution. Known labels passed
     to :meth:`infer` are used as given instead.
 
-    Defaults follow the paper: L2 distance, L-BFGS with learning rate 1, no image prior. The paper runs 300 L-BFGS
+    Defaults follow the paper: L2 distance, L-BFGS with learning rate 1, no image prior. The search has no projection,
+    so its images may leave ``clip_values``: the returned ones are clamped to it, while ``best_loss`` and
+    ``stage_losses`` are the search's, of the images before clamping. The paper runs 300 L-BFGS
     iterations of up to 20 evaluations each; here ``max_iter`` counts objective evaluations (each one
     double-backward step, like one Adam step of the other attacks) so that budgets compare.
 
@@ -54,7 +56,8 @@ class DLGAttack(SingleStageSearch, GradientInversionAttack):
         Create a DLG attack.
 
         :param estimator: ART ``PyTorchClassifier`` of the FL model.
-        :param max_iter: Objective evaluations of L-BFGS (line-search evaluations included).
+        :param max_iter: Objective evaluations of L-BFGS (line-search evaluations included; a line search under way
+                         may end a few past it, and ``result.steps`` says how many ran).
         :param num_restarts: Random restarts, batched; they share L-BFGS's curvature memory and line search, so use
                              1 (the paper's setting) for the textbook algorithm.
         :param learning_rate: L-BFGS learning rate (paper: 1).
@@ -63,6 +66,7 @@ class DLGAttack(SingleStageSearch, GradientInversionAttack):
                        ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``device``,
                        ``seed``, ``verbose``.
         """
+        self._refuse_fixed(kwargs, GradientInversionAttack.attack_params)
         super().__init__(
             estimator,
             steps_per_stage=max_iter,

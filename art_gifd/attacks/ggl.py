@@ -79,6 +79,7 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
         self.population_size = population_size
         self.sigma = sigma
         self.eval_batch_size = eval_batch_size
+        self._refuse_fixed(kwargs, GenerativePriorAttack.attack_params)
         super().__init__(
             estimator,
             prior,

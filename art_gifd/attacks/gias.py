@@ -13,6 +13,7 @@ from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.attacks.label_mapping import LabelMapping
+from art_gifd.validation import MAX_RATE
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +85,7 @@ class GIASAttack(GenerativePriorAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        self._check_numbers(("weight_learning_rate",), positive=True)
+        self._check_numbers(("weight_learning_rate",), positive=True, high=MAX_RATE)
 
     def _num_stages(self) -> int:
         return 2

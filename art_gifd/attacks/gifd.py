@@ -17,7 +17,7 @@ from art_gifd.attacks.base import SearchContext, StageGenerator
 from art_gifd.attacks.core import SearchStage, project_l1_ball
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.attacks.label_mapping import LabelMapping
-from art_gifd.validation import check_choice, check_number
+from art_gifd.validation import MAX_RATE, check_choice, check_number
 
 if TYPE_CHECKING:
     import torch
@@ -222,7 +222,8 @@ class GIFDAttack(GenerativePriorAttack):
 
     def radii(self) -> list[float]:
         """The l1 radius of each feature stage ``1 … stages - 1`` as configured (before per-element scaling)."""
-        values = list(self.l1_radius) if isinstance(self.l1_radius, Sequence) else [self.l1_radius] * (self.stages - 1)
+        several = isinstance(self.l1_radius, Sequence | np.ndarray) and np.ndim(self.l1_radius) == 1
+        values = list(self.l1_radius) if several else [self.l1_radius] * (self.stages - 1)
         if isinstance(self.l1_radius, str) or not all(
             isinstance(r, int | float | np.number) and not isinstance(r, bool) for r in values
         ):
@@ -247,7 +248,11 @@ class GIFDAttack(GenerativePriorAttack):
             )
         if any(not np.isfinite(r) or r <= 0 for r in radii):
             raise ValueError(f"l1_radius values must be positive, got {radii}.")
-        split = self.step_split
+        split = (
+            list(self.step_split)
+            if isinstance(self.step_split, np.ndarray) and self.step_split.ndim == 1
+            else self.step_split
+        )
         if isinstance(split, str):
             if split not in STEP_SPLITS:
                 raise ValueError(f"Unknown step_split '{split}': use one of {STEP_SPLITS} or one weight per stage.")
@@ -259,7 +264,7 @@ class GIFDAttack(GenerativePriorAttack):
             for weight in split:
                 check_number("step_split weights", weight, 0.0, closed="neither")
         if self.feature_learning_rate is not None:
-            check_number("feature_learning_rate", self.feature_learning_rate, 0.0, closed="neither")
+            check_number("feature_learning_rate", self.feature_learning_rate, 0.0, MAX_RATE, closed="right")
         self._check_restart_schedule()
 
     def _check_restart_schedule(self) -> None:
