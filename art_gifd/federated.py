@@ -830,10 +830,17 @@ def simulate_update(
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Free memory of ``device`` in bytes (``None`` where it cannot be read)."""
+    """Memory ``device`` can give a search in bytes: free GPU memory, the CPU's available memory (``None``: unknown)."""
 
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    try:  # Linux: MemAvailable counts the page cache the kernel gives back; free pages alone would be far fewer
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
