@@ -238,3 +238,12 @@ def test_every_attack_takes_the_training_through_set_params(lenet_clf) -> None:
         assert attack.training is training and attack.simulation_steps == 2
         with pytest.raises(ValueError, match="simulation_steps must be a positive integer or None"):
             attack.set_params(simulation_steps=0)
+
+
+def test_cpu_memory_counts_what_the_kernel_can_give_back() -> None:
+    import os
+
+    from art_gifd.federated import available_memory
+
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert available_memory(torch.device("cpu")) >= free_pages  # MemAvailable holds the free pages and the cache
