@@ -28,6 +28,8 @@ import numpy as np
 SPLIT_SEED = 0
 NUM_TRAIN = 4000
 DATASETS = ("mnist32", "digits32", "fashion32", "skimage64")
+#: The data sets of one split (all their images): they take no split.
+SINGLE_SPLIT = ("digits32", "skimage64")
 #: Where the Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST IDX files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -156,14 +158,17 @@ def load_skimage64() -> tuple[np.ndarray, np.ndarray]:
     return np.clip(crops.reshape(-1, 3, 64, 64), 0.0, 1.0), labels
 
 
-def load_dataset(name: str, split: str = "heldout") -> tuple[np.ndarray, np.ndarray]:
+def load_dataset(name: str, split: str | None = "heldout") -> tuple[np.ndarray, np.ndarray]:
     """
     Load an embedded data set by name.
 
     :param name: One of :data:`DATASETS`.
-    :param split: Split for ``mnist32`` and ``fashion32`` (``digits32`` and ``skimage64`` have one split and ignore
-                  it).
+    :param split: Split for ``mnist32`` and ``fashion32``; :data:`SINGLE_SPLIT` sets have one (``None``, or the
+                  default ``"heldout"``, or ``"all"``: all their images).
+    :raises ValueError: For an unknown name, or another split of a single-split set.
     """
+    if name in SINGLE_SPLIT and split not in (None, "heldout", "all"):
+        raise ValueError(f"'{name}' has a single split (all its images): leave the split out, got '{split}'.")
     if name == "mnist32":
         return load_mnist32(split)
     if name == "fashion32":

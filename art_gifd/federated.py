@@ -145,6 +145,18 @@ class TargetModel:
                 "but the cross-entropy loss expects logits. Remove the final softmax."
             )
 
+    def forward_is_random(self) -> bool:
+        """
+        Whether two forward passes on one batch differ (in this target's mode): randomness inside the forward pass
+        (functional dropout, added noise), which an attacker can neither know nor replay. Global generators are
+        restored after.
+        """
+        shape = (2, *self.input_shape)
+        with torch.no_grad(), _forked_rng(self.device):
+            x = self.preprocess(torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(self.device))
+            # a tolerance, not equality: GPU kernels may sum in another order from one pass to the next
+            return not torch.allclose(self.module(x), self.module(x), rtol=1e-4, atol=1e-6)
+
     @functools.cached_property
     def classifier_head(self) -> tuple[int, int | None]:
         """

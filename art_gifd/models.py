@@ -16,6 +16,7 @@ and its weights or from a TorchScript file, as an audit does.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import warnings
 from collections.abc import Callable, Mapping
@@ -181,6 +182,8 @@ def import_callable(spec: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"cannot import module '{module_name}': {err}.") from None
+    except (Exception, SystemExit) as err:  # the module's own code failed on import (a syntax error, a missing file)
+        raise ValueError(f"importing module '{module_name}' failed: {type(err).__name__}: {err}.") from None
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -234,6 +237,17 @@ def load_user_model(
         raise ModelLoadError("factory", f"calling {factory} failed: {type(err).__name__}: {err}.") from None
     if not isinstance(module, nn.Module):
         raise ModelLoadError("factory", f"must return a torch.nn.Module, returned {type(module).__name__}.")
+    unready = [
+        n
+        for n, t in [*module.named_parameters(), *module.named_buffers()]
+        if isinstance(t, nn.parameter.UninitializedParameter | nn.parameter.UninitializedBuffer) or t.is_meta
+    ]
+    if unready:
+        raise ModelLoadError(
+            "factory",
+            f"the model's tensors {unready[:3]} hold no data yet (lazy modules such as nn.LazyLinear, or the meta "
+            "device): run the model once on an input, or build it on the CPU, before returning it.",
+        )
     if weights_key is not None and weights is None:
         raise ModelLoadError("weights_key", "picks the state dict out of a weights file, and no weights are given.")
     facts: dict[str, Any] = {"source": "factory", "factory": factory, "weights": None, "sha256": None}
@@ -280,7 +294,26 @@ def check_model(module: nn.Module, input_shape: tuple[int, ...], num_classes: in
 
 
 def _module_facts(module: nn.Module) -> dict[str, Any]:
-    return {"class": type(module).__name__, "parameters": int(sum(p.numel() for p in module.parameters()))}
+    return {
+        "class": type(module).__name__,
+        "parameters": int(sum(p.numel() for p in module.parameters())),
+        "model_sha256": module_digest(module),
+    }
+
+
+def module_digest(module: nn.Module) -> str:
+    """
+    SHA-256 of the model as built: its structure (``repr``, which holds a converted graph's code) and every tensor of
+    its state dict. A factory that loads its own weights, or whose code changed, gives another digest, so results
+    keyed by it are never taken for another model's.
+    """
+    digest = hashlib.sha256(repr(module).encode())
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu()
+        data = data.to_dense() if data.is_sparse else data
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module:
@@ -309,11 +342,12 @@ def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module
         exported = TS2EPConverter(scripted, (probe,)).convert()
         batch = torch.export.Dim("batch", min=1)
         module = torch.export.export(exported.module(), (probe,), dynamic_shapes=({0: batch},)).module()
-        for name, _ in scripted.named_parameters():
+        for name, original in scripted.named_parameters():
             owner_name, _, attribute = name.rpartition(".")
             owner = module.get_submodule(owner_name)
             tensor = owner._buffers.pop(attribute)
-            owner.register_parameter(attribute, nn.Parameter(tensor.detach().clone()))
+            # frozen stays frozen, so that the client-model checks see the model the client trains
+            owner.register_parameter(attribute, nn.Parameter(tensor.detach().clone(), original.requires_grad))
         with torch.no_grad():
             agrees = torch.allclose(module(probe), scripted(probe), rtol=1e-4, atol=1e-5)
     except Exception as err:  # the converter is experimental: any failure means this model cannot be audited so

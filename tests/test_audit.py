@@ -884,3 +884,58 @@ def test_models_no_client_or_attack_can_use_are_named_at_the_model(
     with pytest.raises(AuditConfigError, match=message) as err:
         load_audit_config(path)
     assert err.value.keys == [key]  # one problem, at the model: not one per batch size and attack
+
+
+def test_model_and_data_settings_that_would_mislead_the_audit_are_refused(tmp_path, monkeypatch) -> None:
+    (tmp_path / "sweepnets.py").write_text(
+        "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n\n\n"
+        "class Noisy(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(1024, 10)\n\n"
+        "    def forward(self, x):\n        return self.fc(F.dropout(x.flatten(1), 0.5, training=True))\n\n\n"
+        "def noisy():\n    return Noisy()\n\n\n"
+        "def lazy():\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))\n"
+    )
+    (tmp_path / "broken_import.py").write_text("open('missing-classes.txt')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = [
+        (
+            "preprocessing = { mean = [123.675], std = [58.395] }\n",
+            "model.preprocessing",
+            "not on the scale of clip_values",
+        ),
+        ("", "data.split", "digits32 has a single split"),
+    ]
+    for extra, key, message in cases:
+        data = 'embedded = "digits32"\nsplit = "tset"' if key == "data.split" else 'embedded = "mnist32"'
+        with pytest.raises(AuditConfigError) as err:
+            load_audit_config(write_config(tmp_path, model_extra=extra, data=data))
+        assert message in problems(err)[key]
+    for factory, message in (
+        ("sweepnets:noisy", "two forward passes of the model on one batch differ"),
+        ("sweepnets:lazy", "hold no data yet (lazy modules"),
+        ("broken_import:net", "importing module 'broken_import' failed: FileNotFoundError"),
+    ):
+        path = write_config(tmp_path)
+        text = path.read_text().replace("factory_kwargs = { seed = 0 }\n", "")
+        path.write_text(text.replace('factory = "art_gifd.models:lenet"', f'factory = "{factory}"'))
+        with pytest.raises(AuditConfigError, match=re.escape(message)):
+            load_audit_config(path)
+
+
+def test_weights_that_are_not_a_float_state_dict_are_refused(tmp_path) -> None:
+    from art_gifd.priors.checkpoints import load_strict
+
+    net = lenet(seed=0)
+    integer = {k: v.to(torch.int8) for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"holds integer tensors where Sequential has floating-point ones"):
+        load_strict(lenet(seed=1), integer, "'int8.pt'")
+    sparse = {k: v.to_sparse() if v.dim() == 2 else v for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"holds sparse tensors"):
+        load_strict(lenet(seed=1), sparse, "'sparse.pt'")
+
+
+def test_the_resume_key_follows_the_model_as_built() -> None:
+    from art_gifd.models import load_user_model
+
+    facts = [load_user_model("art_gifd.models:lenet", {"seed": s})[1]["model_sha256"] for s in (0, 0, 1)]
+    assert facts[0] == facts[1] != facts[2]  # a factory's other weights (no weights file) change the key

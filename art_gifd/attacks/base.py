@@ -512,6 +512,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
         start = time.perf_counter()
         target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
+        if target.forward_is_random():
+            raise ValueError(
+                "Two forward passes of the FL model on one batch differ: its forward draws random numbers (functional "
+                "dropout, added noise) that the attacker can neither know nor replay. Attack a deterministic model"
+                + (", or with train_mode=False." if self.train_mode else ".")
+            )
         if self.training is not None:
             self.training.check_data(self.batch_size)
         observed = target.as_gradient_list(x)

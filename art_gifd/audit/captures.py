@@ -255,7 +255,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
             "federated": searched,
         },
         "index": hashlib.sha256(json.dumps(captures.index, sort_keys=True).encode()).hexdigest(),
-        "model_sha256": model_facts.get("sha256"),
+        "model_sha256": model_facts.get("model_sha256"),
         "prior_sha256": {name: facts.get("sha256") for name, facts in prior_info.items()},
         # what client_data returns, not only its name: a fixed partition() must not resume scores of the old one
         "ground_truth": {name: _hash_arrays(*truth) for name, truth in sorted(truths.items())},

@@ -152,6 +152,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ from art_gifd.configfile import (
     string,
 )
 from art_gifd.configfile import open_config as open_config_file
-from art_gifd.data import DATASETS, load_dataset, load_image_folder
+from art_gifd.data import DATASETS, SINGLE_SPLIT, load_dataset, load_image_folder
 from art_gifd.defenses import Defense, describe_defense
 from art_gifd.federated import (
     LocalTraining,
@@ -380,11 +381,14 @@ def _read_model(check: Checker, raw: Any, device: str | None) -> tuple[dict[str,
         "preprocessing": check.get(table, path, "preprocessing", mapping, None),
         "train_mode": check.get(table, path, "train_mode", boolean, False),
     }
-    if "weights" in table and "torchscript" in table:
-        check.add((*path, "weights"), "weights belong to a factory model; a TorchScript file carries its own.")
+    for key in ("weights", "weights_key", "factory_kwargs"):  # they would be ignored beside a TorchScript file
+        if key in table and "torchscript" in table:
+            check.add((*path, key), f"{key} belongs to a factory model; a TorchScript file carries its own weights.")
     if settings["torchscript"] is not None and settings["train_mode"]:
         check.add((*path, "train_mode"), "a TorchScript model is converted in eval mode: train_mode must be false.")
-    preprocessing = _read_preprocessing(check, settings["preprocessing"], settings["input_shape"])
+    preprocessing = _read_preprocessing(
+        check, settings["preprocessing"], settings["input_shape"], settings["clip_values"]
+    )
     settings["preprocessing"] = preprocessing
     for name in ("weights", "torchscript"):
         if settings[name] is not None:
@@ -409,11 +413,20 @@ def _read_model(check: Checker, raw: Any, device: str | None) -> tuple[dict[str,
         **extra,
     )
     try:  # the model as every client and attack will check it: logits of the right shape, trainable, float32
-        TargetModel(estimator, train_mode=settings["train_mode"])
+        target = TargetModel(estimator, train_mode=settings["train_mode"])
     except ValueError as err:
         check.add(path, str(err))
         return settings, None, facts
     dropout = dropout_layers(module) if settings["train_mode"] else []
+    if not dropout and target.forward_is_random():
+        mode = "train" if settings["train_mode"] else "eval"
+        check.add(
+            (*path, "train_mode") if settings["train_mode"] else path,
+            f"two forward passes of the model on one batch differ ({mode} mode): its forward draws random numbers "
+            "(functional dropout, added noise), which an attacker can neither know nor replay. Make the forward "
+            "deterministic" + (", or set train_mode = false." if settings["train_mode"] else "."),
+        )
+        return settings, None, facts
     if dropout:
         check.add(
             (*path, "train_mode"),
@@ -432,7 +445,13 @@ def _clip_values(value: Any) -> list[float]:
     return [float(value[0]), float(value[1])]
 
 
-def _read_preprocessing(check: Checker, raw: dict[str, Any] | None, shape: list[int] | None) -> dict | None:
+def _read_preprocessing(
+    check: Checker, raw: dict[str, Any] | None, shape: list[int] | None, clip: list[float] | None
+) -> dict | None:
+    """
+    The ``mean`` / ``std`` standardisation: finite, one value or one per channel, a positive std, and on the scale of
+    ``clip_values`` (constants for 0–255 pixels applied to [0, 1] images would feed the model a near-constant input).
+    """
     if raw is None:
         return None
     path = ("model", "preprocessing")
@@ -441,7 +460,9 @@ def _read_preprocessing(check: Checker, raw: dict[str, Any] | None, shape: list[
     values = {}
     for name in ("mean", "std"):
         value = table.get(name)
-        ok = isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        )
         if not ok or len(value) not in (1, channels):
             count = "1 number" if channels == 1 else f"1 or {channels} numbers"
             check.add((*path, name), f"must be a list of {count} (one per channel), got {value!r}.")
@@ -449,7 +470,21 @@ def _read_preprocessing(check: Checker, raw: dict[str, Any] | None, shape: list[
             check.add((*path, name), f"must be positive, got {value!r}.")
         else:
             values[name] = [float(v) for v in value]
-    return values if len(values) == 2 else None
+    if len(values) != 2:
+        return None
+    if clip is not None:
+        low, high = clip
+        width = high - low
+        if any(not low - width <= m <= high + width for m in values["mean"]) or max(values["std"]) > 10 * width:
+            check.add(
+                path,
+                f"mean {values['mean']} and std {values['std']} are not on the scale of clip_values "
+                f"[{low:g}, {high:g}]: the model would see almost the same input for every image. Give them in the "
+                "images' units (constants for 0-255 pixels divided by 255 for images in [0, 1]), or set clip_values "
+                "to the images' range.",
+            )
+            return None
+    return values
 
 
 def _build_module(check: Checker, settings: dict[str, Any]) -> tuple[nn.Module | None, dict[str, Any]]:
@@ -498,7 +533,9 @@ def _read_data(
         check.add(path, 'give exactly one of embedded = "<name>" or image_folder = "<folder>".')
     if "image_folder" in table and "split" in table:
         check.add((*path, "split"), "applies to embedded data sets only; an image folder is used whole.")
-    if settings["embedded"] is not None and settings["split"] is None:
+    if settings["embedded"] in SINGLE_SPLIT and "split" in table:
+        check.add((*path, "split"), f"{settings['embedded']} has a single split (all its images): remove data.split.")
+    if settings["embedded"] is not None and settings["split"] is None and settings["embedded"] not in SINGLE_SPLIT:
         settings["split"] = "heldout"
     if check.failed_under(path):
         return settings, None, {}
@@ -778,13 +815,13 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None
     fingerprint = {
         "settings": {k: v for k, v in settings.items() if k not in ("output", "title")},
-        "model_sha256": model_facts.get("sha256"),
+        "model_sha256": model_facts.get("model_sha256"),
         "prior_sha256": {name: facts.get("sha256") for name, facts in prior_info.items()},
         "data_sha256": _hash_arrays(x_attack, y_attack, *utility_data),
     }
     config_hash = _digest(fingerprint)
     common = {
-        "model": {**settings["model"], "sha256": model_facts.get("sha256")},
+        "model": {**settings["model"], "sha256": model_facts.get("model_sha256")},
         "data_sha256": _hash_arrays(x_attack, y_attack),
         "federated": settings["federated"],
         "seeds": settings["seeds"],

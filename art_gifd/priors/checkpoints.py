@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -55,10 +56,13 @@ def load_state_dict_file(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
         if not trust_checkpoint:
+            shown = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split()))[:300]  # torch colours its message
             raise ValueError(
-                f"Could not load '{path}' as a weights-only checkpoint ({type(err).__name__}: {err}). If the file is "
-                "a full pickle from a source you trust, pass trust_checkpoint=True."
-            ) from err
+                f"Could not load '{path}' as a weights-only checkpoint ({type(err).__name__}: {shown}). Save the "
+                "model's state dict instead (torch.save(model.state_dict(), path)); a whole pickled model or a "
+                "TorchScript file is not a state dict (give TorchScript as model.torchscript). From Python, a full "
+                "pickle from a source you trust loads with trust_checkpoint=True."
+            ) from None
         logger.warning("Loading '%s' as a full pickle because trust_checkpoint=True.", path)
         state = torch.load(path, map_location="cpu", weights_only=False)
     if key is not None:
@@ -101,5 +105,22 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) 
             f"Checkpoint {source} does not fit {type(module).__name__}: missing keys {missing[:10]}, unexpected keys "
             f"{unexpected[:10]}, shape mismatches {shapes[:10]}. Check that the architecture arguments you passed "
             f"to the loader match the checkpoint."
+        )
+    sparse = [k for k in own if state[k].layout != torch.strided]
+    if sparse:
+        raise ValueError(
+            f"Checkpoint {source} holds sparse tensors ({sparse[:3]}): save a dense state dict "
+            "({name: tensor.to_dense() for name, tensor in state.items()})."
+        )
+    # loading casts to the module's dtype: integer weights (a quantised export) would become a model of zeros
+    cast = [
+        f"{k} ({str(state[k].dtype).removeprefix('torch.')})"
+        for k in own
+        if own[k].is_floating_point() and not state[k].is_floating_point()
+    ]
+    if cast:
+        raise ValueError(
+            f"Checkpoint {source} holds integer tensors where {type(module).__name__} has floating-point ones "
+            f"({cast[:3]}): it is quantised or not a float model's state dict. Save the float model's state_dict."
         )
     module.load_state_dict(state, strict=True)
