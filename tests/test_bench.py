@@ -403,6 +403,16 @@ def test_an_adaptive_attacker_against_noise_is_refused():
         parse(config)
 
 
+def test_report_states_the_protocol_and_the_labels_given():
+    config = {
+        "federated": {"learning_rate": 0.05, "epochs": 3, "batch_size": 1, "shuffle_seed": 0},
+        "attacks": [{"name": "gifd", "label": "gifd"}, {"name": "pixel", "label": "pixel", "labels": "known"}],
+    }
+    text = markdown([], [], [{"config": config}], "fedavg grid")
+    assert "- protocol: FedAvg, SGD, 3 epoch(s) in mini-batches of 1, learning rate 0.05, known order" in text
+    assert "- labels given to pixel (not inferred)" in text
+
+
 def test_repeated_defence_strengths_are_refused():
     config = SMOKE.read_text().replace("ratio = [0.5]", "ratio = [0.5, 0.50]")
     with pytest.raises(ConfigError, match=r"defenses\[1\]\.params\.ratio: has repeated values: \[0\.5, 0\.5\]"):

@@ -94,3 +94,26 @@ def test_capture_strategy_selections(tmp_path, kwargs, message) -> None:
     assert strategy.capture.rounds == {1, 2} and not strategy.capture.captured(3)
     metadata = json.loads((tmp_path / "cap" / "index.json").read_text())["metadata"]
     assert metadata["rounds"] == [1, 2]
+
+
+def test_update_explained_is_the_cosine_of_the_replayed_update_for_every_attack() -> None:
+    """An L2 attack's own loss is on another scale: the indicator is recomputed with the cosine distance."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from art_gifd import LocalTraining, client_update
+    from art_gifd.audit.captures import _update_explained
+    from art_gifd.data import load_mnist32
+    from art_gifd.models import convnet, make_classifier
+
+    x, y = load_mnist32("heldout")
+    x, y = x[:2], y[:2]
+    clf = make_classifier(convnet(seed=0), (1, 32, 32))
+    training = LocalTraining(0.05, epochs=1, batch_size=1, shuffle=False)
+    observed = client_update(clf, x, y, training, seed=0)
+    truth = SimpleNamespace(images=x, labels=y, best_loss=0.5)
+    assert _update_explained(clf, observed, truth, training, "l2") == pytest.approx(1.0, abs=1e-5)
+    noise = SimpleNamespace(images=torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).numpy(), labels=y)
+    assert _update_explained(clf, observed, noise, training, "l2") < 0.99
+    assert _update_explained(clf, observed, truth, training, "cosine") == 0.5  # a cosine attack's own loss

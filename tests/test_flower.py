@@ -182,6 +182,13 @@ def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
     # the most exposed update's row is highlighted, among real tables, with what capturing each round cost
     assert html.count('class="worst"') == 2 and f'<td class="text">{worst["id"]}</td>' in html
     assert "No ground truth" in html and "capture s" in html and "n/a</td></tr>" not in html
+    # the report states the budget behind its numbers, and which updates it left out
+    assert any(line.startswith("Attack budgets: gifd: 40 steps per restart") for line in document["threat_model"])
+    config["federated"]["rounds"] = [1]
+    config["output"] = str(Path(config["output"]).parent / "subset")
+    subset = json.loads(run_capture_audit(load_capture_audit(config), verbose=False)["json"].read_text())
+    left_out = [line for line in subset["threat_model"] if line.startswith("Attacked ")]
+    assert left_out and "rounds 1 of 1, 2" in left_out[0] and subset["settings"]["federated"]["rounds"] == [1]
 
 
 def test_updates_searched_together_match_those_attacked_one_at_a_time(flower_run, tmp_path):

@@ -234,7 +234,7 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
         )
     settings["federated"] = {
         "source": None if folder is None else str(folder),
-        "rounds": [u.server_round for u in updates],
+        "rounds": sorted({u.server_round for u in updates}),
         "clients": sorted({u.node_id for u in updates}),
         "client_data": spec,
         "partition_key": partition_key,
@@ -389,9 +389,38 @@ def _search_together(
     )
     seconds = (time.perf_counter() - start) / len(jobs)
     return [
-        _record(cfg, job_update, result, truth, attack, seed, seconds, len(jobs))
-        for (job_update, _, _, truth), result in zip(jobs, results, strict=True)
+        _record(
+            cfg,
+            job_update,
+            result,
+            truth,
+            attack,
+            seed,
+            seconds,
+            len(jobs),
+            _update_explained(estimator, observed, result, training, search.distance),
+        )
+        for (job_update, estimator, observed, truth), result in zip(jobs, results, strict=True)
     ]
+
+
+def _update_explained(estimator: Any, observed: list[np.ndarray], result: Any, training: Any, distance: str) -> float:
+    """
+    1 − the cosine distance between the reconstruction's replayed update and the observed one, whatever distance the
+    attack matched with (its own loss under the L2 distance is on another scale, near 0 for any small update).
+    """
+    import torch
+
+    from art_gifd.attacks.core import GradientMatcher
+    from art_gifd.federated import TargetModel
+
+    if distance == "cosine":
+        return float(1.0 - result.best_loss)
+    target = TargetModel(estimator)
+    labels = torch.as_tensor(np.asarray(result.labels), dtype=torch.long, device=target.device)
+    matcher = GradientMatcher(target, target.as_gradient_list(observed), labels, "cosine", training=training)
+    images = torch.as_tensor(result.images, device=target.device)
+    return float(1.0 - matcher.loss(images).detach()[0])
 
 
 def _record(
@@ -403,8 +432,12 @@ def _record(
     seed: int,
     seconds: float,
     together: int,
+    explained: float,
 ) -> tuple[dict, dict]:
-    """The record and images of one attacked update (``seconds``: its share of a search of ``together`` updates)."""
+    """
+    The record and images of one attacked update (``seconds``: its share of a search of ``together`` updates;
+    ``explained``: :func:`_update_explained`).
+    """
     training = cfg.trainings[update.name]
     record: dict[str, Any] = {
         "id": update.name,
@@ -419,7 +452,7 @@ def _record(
         "protocol": describe_training(training),
         "labels_known": attack.labels_known,
         "matching_loss": float(result.best_loss),
-        "update_explained": float(1.0 - result.best_loss),
+        "update_explained": explained,
         "seconds": seconds,
         "searched_together": together,
         **{f"run_{k}": v for k, v in cfg.captures.round_metrics(update.server_round).items()},
@@ -628,12 +661,15 @@ def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]])
     figure = _figure(rows, scored, out / FIGURE)
     grid_rows = []
     for record in sorted(records, key=lambda r: -r[metric])[:8]:
+        # the update's best image, labelled with its own score (without ground truth: the first, and the update's)
+        best = int(np.argmax(record["per_image"]["psnr"])) if scored else 0
         with np.load(out / STATE_DIR / record["images"]) as data:
-            reconstruction = data["reconstructions"][0]
-            original = data["originals"][0] if "originals" in data.files else np.zeros_like(reconstruction)
-        label = textwrap.fill(f"{record['id']} {record['attack']}", 20) + f"\n{metric} {record[metric]:.2f}"
+            reconstruction = data["reconstructions"][best]
+            original = data["originals"][best] if "originals" in data.files else None
+        score = record["per_image"]["psnr"][best] if scored else record[metric]
+        label = textwrap.fill(f"{record['id']} {record['attack']}", 20) + f"\n{metric} {score:.2f}"
         grid_rows.append((label, original, {"reconstruction": reconstruction}))
-    grid = reconstruction_grid(grid_rows, ["reconstruction"], out / GRID)
+    grid = reconstruction_grid(grid_rows, ["reconstruction"], out / GRID, clip_range(cfg.estimator))
     paths = {"json": out / "report.json", "markdown": out / "summary.md", "html": out / "report.html"}
     markdown = template_environment(markdown=True).get_template("captures.md").render(doc=document)
     html = (
@@ -670,9 +706,38 @@ def _threat_model(cfg: CaptureAuditConfig) -> list[str]:
             + "; inferred from each update by the others."
         ),
     ]
+    captured = cfg.captures.select()
+    if len(cfg.updates) < len(captured):  # [federated] rounds / clients chose some of them
+
+        def listed(values: set[int]) -> str:
+            return ", ".join(map(str, sorted(values)))
+
+        lines.append(
+            f"Attacked {len(cfg.updates)} of the {len(captured)} captured updates: clients "
+            f"{listed({u.node_id for u in cfg.updates})} of {listed({u.node_id for u in captured})}, rounds "
+            f"{listed({u.server_round for u in cfg.updates})} of {listed({u.server_round for u in captured})}. "
+            "'Most exposed' and the means are over the attacked updates only."
+        )
+    budgets = "; ".join(
+        f"{a.label}: {a.budget.total_steps} steps per restart ({a.budget.stages} stages × {a.budget.steps_per_stage} "
+        f"for GIFD), {a.budget.num_restarts} restart(s)"
+        + (f", prior {cfg.prior_info[a.prior]['name']}" if a.prior is not None else "")
+        for a in cfg.attacks
+    )
+    lines.append(
+        f"Attack budgets: {budgets}. A stronger search can recover more: a low rating is not a proof of privacy."
+    )
+    report = cfg.settings["report"]
     if cfg.client_data is None:
         lines.append(
             "No ground truth: the clients' data were not given (client_data), so no PSNR/SSIM/risk is reported; the "
-            "reconstructions and 'update explained' (1 − final cosine matching distance) are shown instead."
+            "reconstructions and 'update explained' (1 − the cosine distance between the reconstruction's replayed "
+            "update and the captured one) are shown instead."
+        )
+    else:
+        lines.append(
+            f"Risk: an image is recognisable at SSIM ≥ {report['recognisable_ssim']:g}; an update is rated high when "
+            f"at least {report['high_share']:g} of its images are, medium above {report['medium_share']:g}, else low. "
+            "LPIPS is not computed in capture audits."
         )
     return lines

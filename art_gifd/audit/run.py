@@ -193,7 +193,9 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
             store.append({"job_id": key, "config_hash": cfg.config_hash, "utility": measured})
         utility.append({"defense": defense.label, **measured})
     document = _document(cfg, [r for r, _ in results], utility, resumed, lpips)
-    grid = reconstruction_grid(_grid_rows(settings, results, cfg), ["reconstruction"], cfg.output / GRID_FILE)
+    grid = reconstruction_grid(
+        _grid_rows(settings, results, cfg), ["reconstruction"], cfg.output / GRID_FILE, clip_range(cfg.estimator)
+    )
     write_audit_report(document, cfg.output, grid)
     return AuditReport(cfg.output, document)
 
@@ -416,6 +418,8 @@ def _document(
                     "prior": a.prior,
                     **a.budget.__dict__,
                     "total_steps": a.budget.total_steps,
+                    # what ran: GIAS splits the budget over its two stages, L-BFGS may pass it by a line search
+                    "steps_run": _ran(runs, a.label, "steps"),
                     "labels": "known" if a.labels_known else "inferred",
                     "params": a.params,
                     "defenses": list(a.defenses) if a.defenses is not None else None,
@@ -501,6 +505,12 @@ def _label_mode(cfg: AuditConfig) -> str:
     return "mixed" if len(known) > 1 else ("known" if known.pop() else "inferred")
 
 
+def _ran(runs: list[dict[str, Any]], label: str, key: str) -> int | str | None:
+    """What one attack's settings ran (``steps``): one number if they agree, else the values; ``None``: no setting."""
+    values = sorted({run[key] for run in runs if run["attack_label"] == label})
+    return None if not values else values[0] if len(values) == 1 else ", ".join(map(str, values))
+
+
 def _as_run(runs: list[dict[str, Any]], key: str) -> int | str:
     """What the attacks ran (``steps``, ``num_restarts``): one number if all agree, else ``"gifd: 3, pixel: 1"``."""
     per_attack = {run["attack_label"]: run[key] for run in runs}
@@ -535,8 +545,13 @@ def _limitations(cfg: AuditConfig, runs: list[dict[str, Any]], lpips: LPIPSMetri
         "proxy for human recognition that can miss identifying details or count a blurry look-alike.",
         "Differential-privacy (epsilon, delta) values come from Opacus' accountant for the declared sampling rate and "
         "number of training steps; the audit does not check them against the deployment.",
-        f"Utility is measured by a short FedSGD run ({s['utility']['rounds']} rounds) on the audit data, not by the "
-        "production training.",
+        (
+            f"Utility is measured by a short FedSGD run ({s['utility']['rounds']} rounds) on the audit data, not by "
+            "the production training."
+            if s["utility"]["rounds"]
+            else "Utility is the cosine of defended and clean updates only (utility rounds = 0): no training run "
+            "measures what a defence costs in accuracy; the accuracy shown is the model's as audited."
+        ),
         "The model is audited at its current weights; leakage changes as training goes on.",
     ]
     wrong = [run for run in runs if run["label_accuracy"] < 1.0 and not run["labels_known"]]

@@ -23,6 +23,7 @@ import numpy as np
 from art_gifd.bench.config import BenchConfig, canonical_json
 from art_gifd.bench.grid import defense_label, expand_grid
 from art_gifd.bench.runner import read_results
+from art_gifd.federated import LocalTraining, describe_training
 from art_gifd.metrics import split_by_shared_label
 from art_gifd.report.html import markdown_text
 from art_gifd.store import ResultsFile, file_slug, write_json_atomic
@@ -210,6 +211,19 @@ def markdown(
         )
     elif jobs is not None:
         lines.append(f"- complete: all {jobs['planned']} jobs of the latest configuration finished")
+    config = runs[-1].get("config", {}) if runs else {}
+    if config.get("federated"):  # B then counts a client's private samples, trained on locally
+        try:
+            protocol = describe_training(LocalTraining(**config["federated"]))
+        except (TypeError, ValueError):
+            protocol = str(config["federated"])
+        lines.append(f"- protocol: FedAvg, {markdown_text(protocol)}; batch B = the private samples of a client")
+    given = [a.get("label", a.get("name")) for a in config.get("attacks", []) if a.get("labels") == "known"]
+    if given:
+        lines.append(
+            f"- labels given to {', '.join(markdown_text(str(g)) for g in given)} (not inferred): their label accuracy "
+            "is 1 by construction"
+        )
     lines += [
         "",
         "Leakage: mean ± std over every attacked image of every seed "
@@ -467,7 +481,7 @@ def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) 
             twin = ax.twinx()
             twin.plot([e for e, _ in accuracy], [a for _, a in accuracy], "k--", marker="s", label="accuracy")
             twin.set_ylabel("test accuracy (dashed)")
-        ax.set_title(f"{tag}: leakage and accuracy vs epsilon", fontsize=9)
+        ax.set_title(f"{tag}: leakage {'and accuracy ' if accuracy else ''}vs epsilon", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, folder / f"dp_epsilon_{tag}.png"))

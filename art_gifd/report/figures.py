@@ -8,16 +8,22 @@ import numpy as np
 
 
 def reconstruction_grid(
-    rows: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], attacks: list[str], path: str | Path
+    rows: list[tuple[str, np.ndarray | None, dict[str, np.ndarray]]],
+    attacks: list[str],
+    path: str | Path,
+    data_range: tuple[float, float] = (0.0, 1.0),
 ) -> Path:
     """
     Save a grid of original | reconstruction per attack.
 
-    :param rows: One entry per image: (row label, original ``(C, H, W)`` in [0, 1], attack → reconstruction).
+    :param rows: One entry per image: (row label, original ``(C, H, W)`` or ``None`` where there is none (the cell
+                 stays empty), attack → reconstruction).
     :param attacks: Column order of the attacks.
     :param path: Output PNG path.
+    :param data_range: The images' pixel range (the model's ``clip_values``), shown from black to white.
     :return: The path written.
     """
+    low, high = data_range
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,7 +38,7 @@ def reconstruction_grid(
             ax = axes[r][c]
             image = original if name == "original" else recs.get(name)
             if image is not None:
-                shown = np.clip(np.transpose(image, (1, 2, 0)), 0.0, 1.0)
+                shown = np.clip((np.transpose(image, (1, 2, 0)) - low) / (high - low), 0.0, 1.0)
                 ax.imshow(shown.squeeze(-1) if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
