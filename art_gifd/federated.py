@@ -585,6 +585,11 @@ class LocalTraining:
         if not isinstance(self.shuffle, bool):
             raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}.")
         object.__setattr__(self, "shuffle_seed", check_integer("shuffle_seed", self.shuffle_seed, 0, optional=True))
+        if not self.shuffle and self.shuffle_seed is not None:
+            raise ValueError(
+                "shuffle_seed orders a shuffled pass, but shuffle=False visits the samples in order: leave "
+                "shuffle_seed out, or set shuffle=True."
+            )
 
     @property
     def order_known(self) -> bool:

@@ -231,8 +231,10 @@ def load_user_model(
         raise ModelLoadError("factory", str(err)) from None
     try:
         module = build(**dict(factory_kwargs or {}))
-    except TypeError as err:
-        raise ModelLoadError("factory_kwargs", f"calling {factory} failed: {err}.") from None
+    except TypeError as err:  # the arguments given, or (none given) the factory itself
+        raise ModelLoadError(
+            "factory_kwargs" if factory_kwargs else "factory", f"calling {factory} failed: {err}."
+        ) from None
     except (Exception, SystemExit) as err:  # the user's factory may raise anything, or even exit
         raise ModelLoadError("factory", f"calling {factory} failed: {type(err).__name__}: {err}.") from None
     if not isinstance(module, nn.Module):

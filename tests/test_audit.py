@@ -914,6 +914,7 @@ def test_model_and_data_settings_that_would_mislead_the_audit_are_refused(tmp_pa
         ("sweepnets:noisy", "two forward passes of the model on one batch differ"),
         ("sweepnets:lazy", "hold no data yet (lazy modules"),
         ("broken_import:net", "importing module 'broken_import' failed: FileNotFoundError"),
+        ("art_gifd.models:make_classifier", "model.factory: calling art_gifd.models:make_classifier failed"),
     ):
         path = write_config(tmp_path)
         text = path.read_text().replace("factory_kwargs = { seed = 0 }\n", "")

@@ -191,6 +191,7 @@ def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -
     ("kwargs", "message"),
     [
         ({"learning_rate": 0.0}, r"learning_rate must lie in \(0, 1e\+06\]"),
+        ({"learning_rate": 0.1, "shuffle": False, "shuffle_seed": 3}, "shuffle_seed orders a shuffled pass"),
         ({"learning_rate": 0.1, "steps": 0}, "steps must be a positive integer"),
         ({"learning_rate": 0.1, "batch_size": -2}, "batch_size must be a positive integer"),
         ({"learning_rate": 0.1, "epochs": 2, "steps": 3}, "epochs or steps, not both"),
