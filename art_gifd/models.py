@@ -229,6 +229,7 @@ def load_user_model(
         build = import_callable(factory)
     except ValueError as err:
         raise ModelLoadError("factory", str(err)) from None
+    grad_enabled, default_dtype = torch.is_grad_enabled(), torch.get_default_dtype()
     try:
         module = build(**dict(factory_kwargs or {}))
     except TypeError as err:  # the arguments given, or (none given) the factory itself
@@ -237,6 +238,22 @@ def load_user_model(
         ) from None
     except (Exception, SystemExit) as err:  # the user's factory may raise anything, or even exit
         raise ModelLoadError("factory", f"calling {factory} failed: {type(err).__name__}: {err}.") from None
+    changed = [
+        what
+        for what, before, after in (
+            ("gradient computation", grad_enabled, torch.is_grad_enabled()),
+            ("the default dtype", default_dtype, torch.get_default_dtype()),
+        )
+        if before != after
+    ]
+    if changed:  # every later computation would inherit them: put them back, and say where they came from
+        torch.set_grad_enabled(grad_enabled)
+        torch.set_default_dtype(default_dtype)
+        raise ModelLoadError(
+            "factory",
+            f"calling {factory} changed torch's global settings ({', '.join(changed)}): build the model without "
+            "changing them (torch.set_grad_enabled, torch.set_default_dtype).",
+        )
     if not isinstance(module, nn.Module):
         raise ModelLoadError("factory", f"must return a torch.nn.Module, returned {type(module).__name__}.")
     unready = [
@@ -361,5 +378,10 @@ def torchscript_to_module(path: Path, input_shape: tuple[int, ...]) -> nn.Module
         raise ValueError(
             "the converted TorchScript model disagrees with the original on a probe batch; give model.factory and "
             "model.weights instead."
+        )
+    if next(module.parameters(), None) is None:  # torch.jit.freeze folds the weights into constants
+        raise ValueError(
+            "the TorchScript model has no parameters (a torch.jit.freeze'd model keeps its weights as constants, "
+            "and a client trains parameters): save the scripted model before freezing it."
         )
     return module

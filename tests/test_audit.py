@@ -893,7 +893,9 @@ def test_model_and_data_settings_that_would_mislead_the_audit_are_refused(tmp_pa
         "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(1024, 10)\n\n"
         "    def forward(self, x):\n        return self.fc(F.dropout(x.flatten(1), 0.5, training=True))\n\n\n"
         "def noisy():\n    return Noisy()\n\n\n"
-        "def lazy():\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))\n"
+        "def lazy():\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(10))\n\n\n"
+        "def nograd():\n    torch.set_grad_enabled(False)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))\n"
     )
     (tmp_path / "broken_import.py").write_text("open('missing-classes.txt')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -915,12 +917,14 @@ def test_model_and_data_settings_that_would_mislead_the_audit_are_refused(tmp_pa
         ("sweepnets:lazy", "hold no data yet (lazy modules"),
         ("broken_import:net", "importing module 'broken_import' failed: FileNotFoundError"),
         ("art_gifd.models:make_classifier", "model.factory: calling art_gifd.models:make_classifier failed"),
+        ("sweepnets:nograd", "changed torch's global settings (gradient computation)"),
     ):
         path = write_config(tmp_path)
         text = path.read_text().replace("factory_kwargs = { seed = 0 }\n", "")
         path.write_text(text.replace('factory = "art_gifd.models:lenet"', f'factory = "{factory}"'))
         with pytest.raises(AuditConfigError, match=re.escape(message)):
             load_audit_config(path)
+        assert torch.is_grad_enabled()  # what a factory changed is put back
 
 
 def test_weights_that_are_not_a_float_state_dict_are_refused(tmp_path) -> None:
