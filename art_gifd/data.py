@@ -182,20 +182,41 @@ def load_dataset(name: str, split: str | None = "heldout") -> tuple[np.ndarray, 
 
 def image_folder_digest(root: str | Path) -> str:
     """
-    SHA-256 of what :func:`load_image_folder` reads from ``root``: the relative path and bytes of every visible file
-    below it, in sorted order, so that results keyed by it change when an image is added, removed or edited.
+    SHA-256 of what :func:`load_image_folder` reads from ``root``: the relative path and bytes of every image file it
+    lists, in order, so that results keyed by it change when an image is added, removed or edited.
     """
     root = Path(root)
     digest = hashlib.sha256()
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(path.read_bytes())
+    for path, _ in _image_files(root)[0]:
+        digest.update(str(Path(path).relative_to(root)).encode() + b"\0")
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()
+
+
+def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """
+    The ``(path, label)`` of every image of an image folder and its class names, as torchvision's ``ImageFolder``
+    lists them but without hidden folders and files (names starting with ``.``: a ``.thumbs`` folder would shift every
+    label, and macOS's ``._name.png`` copies are not images).
+
+    :raises FileNotFoundError: If ``root`` holds no class folder with images.
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    class VisibleFolder(ImageFolder):
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    def visible_image(path: str) -> bool:
+        name = os.path.basename(path)
+        return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+    folder = VisibleFolder(str(root), is_valid_file=visible_image)  # lists the files only
+    return folder.samples, list(folder.classes)
 
 
 def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -217,8 +238,6 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
                         8-bit, or the images do not all have the same size (the message names two files that differ).
     """
     from PIL import Image
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     if isinstance(channels, bool) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}.")
@@ -226,22 +245,9 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder '{root}' does not exist or is not a folder.")
 
-    class VisibleFolder(ImageFolder):
-        """ImageFolder without hidden folders (``.thumbs``, ``.ipynb_checkpoints``), which would shift every label."""
-
-        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-            if not classes:
-                raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-            return classes, {name: i for i, name in enumerate(classes)}
-
-    def visible_image(path: str) -> bool:  # hidden files too (macOS's "._name.png" copies are not images)
-        name = os.path.basename(path)
-        return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
-
-    folder = VisibleFolder(str(root), is_valid_file=visible_image)  # lists the files; FileNotFoundError if none
+    samples, names = _image_files(root)
     images, first = [], None
-    for path, _ in folder.samples:
+    for path, _ in samples:
         try:
             with Image.open(path) as image:
                 mode = image.mode
@@ -263,8 +269,7 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
                 "Resize every image to the model's input size first."
             )
         images.append(pixels.reshape(*pixels.shape[:2], channels).transpose(2, 0, 1))
-    labels = np.asarray([label for _, label in folder.samples], dtype=np.int64)
-    names = list(folder.classes)
+    labels = np.asarray([label for _, label in samples], dtype=np.int64)
     if all(n.isdigit() for n in names) and names != sorted(names, key=int):
         moved = [f"folder '{n}' is label {i}" for i, n in enumerate(names) if n != sorted(names, key=int)[i]][:3]
         warnings.warn(

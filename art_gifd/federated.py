@@ -650,8 +650,9 @@ class LocalTraining:
         replayed (an unknown-order step on all ``n`` samples: the client's mini-batch size over ``n``).
         """
         steps = self.num_steps(n)
-        sizes = [len(batch) for batch in self.batches(n)]  # an unknown order hides the order, not the sizes
-        plain = self.batches(n) if self.order_known else [np.arange(n)] * steps
+        batches = self.batches(n)
+        sizes = [len(batch) for batch in batches]  # an unknown order hides the order, not the sizes
+        plain = batches if self.order_known else [np.arange(n)] * steps
         merging = max_steps is not None and max_steps < steps
         groups = np.array_split(np.arange(steps), max_steps) if merging else [[t] for t in range(steps)]
         out = []

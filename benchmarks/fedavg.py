@@ -126,9 +126,8 @@ _RECORD = {
 
 
 def run_key(record: dict[str, Any]) -> tuple:
-    """The key of a run record (older records: :data:`LEGACY_KEY_VALUES`)."""
-    values = {**LEGACY_KEY_VALUES, **record}
-    return tuple(values[k] for k in RUN_KEY)
+    """The key of a run record as :func:`runs_of` returns it."""
+    return tuple(record[k] for k in RUN_KEY)
 
 
 def runs_of(path: Path, repair: bool = False) -> list[dict[str, Any]]:

@@ -211,7 +211,7 @@ def _prv_noise(
     )
     high = rdp_sigma
     if low >= high or privacy_epsilon(low, sample_rate, steps, delta, "prv") <= epsilon:
-        return max(low, high) if low >= high else low
+        return low
     while True:  # invariant: PRV's epsilon is above the target at low and at most the target at high
         middle = (low + high) / 2
         reached = privacy_epsilon(middle, sample_rate, steps, delta, "prv")
