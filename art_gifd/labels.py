@@ -142,6 +142,25 @@ def classes_evidenced(
     return [int(c) for c in torch.nonzero(bias < -1e-6 * scale).flatten()]
 
 
+def check_inferable(loss: object) -> None:
+    """
+    Refuse label inference for a client loss whose gradient signs do not mark the classes present.
+
+    With label smoothing ``ε`` the target of an absent class is ``ε/K``, so its bias gradient turns negative on a
+    confident model and a present class's can turn positive: the sign rules would read wrong labels.
+
+    :param loss: The client's loss (the estimator's), or ``None`` where it is not known (plain cross-entropy assumed).
+    :raises ValueError: For a loss with label smoothing.
+    """
+    smoothing = getattr(loss, "label_smoothing", 0.0)
+    if smoothing:
+        raise ValueError(
+            f"Cannot infer labels: the client's loss uses label_smoothing={smoothing:g}, which changes the signs of "
+            "the classifier head's gradient that label inference reads (absent classes can look present). Pass the "
+            "client's labels (y=...)."
+        )
+
+
 def check_update_sign(grads: Sequence[torch.Tensor], head: tuple[int, int | None], batch_size: int) -> None:
     """
     Refuse an update given with the opposite sign (``w_after − w_before``, or a gradient ascent step).
@@ -179,11 +198,13 @@ def infer_labels(
     :param batch_size: Client batch size ``B``.
     :return: ``B`` class indices, sorted, on the gradients' device (the CPU for arrays).
     :raises ValueError: For a gradient that does not fit the model (count, shapes, NaN, all zero) or looks negated
-                        (:func:`check_update_sign`), a model that is not a module, has no classifier head of
+                        (:func:`check_update_sign`), a classifier whose loss uses label smoothing
+                        (:func:`check_inferable`), a model that is not a module, has no classifier head of
                         ``nb_classes`` outputs or (a bare module) several candidates, or a count below 1.
     """
     example = None
     if not isinstance(module, nn.Module):  # an ART classifier: a forward pass on a copy finds its head
+        check_inferable(getattr(module, "_loss", None))
         model, shape = getattr(module, "model", None), getattr(module, "input_shape", None)
         if isinstance(model, nn.Module) and shape is not None:
             module = copy.deepcopy(model).eval()

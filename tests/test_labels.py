@@ -159,3 +159,38 @@ def test_negative_rows_refused_for_signed_features_and_noise(heldout) -> None:
     assert sorted(classes_with_negative_rows(grads[weight_index], 4)) == sorted(set(y[:4].tolist()))
     noisy = grads[weight_index] + 0.1 * grads[weight_index].abs().max() * torch.randn_like(grads[weight_index])
     assert classes_with_negative_rows(noisy, 4) is None
+
+
+def test_label_smoothing_refuses_inference_and_keeps_known_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    With label smoothing an absent class's bias gradient turns negative on a confident model: inference is refused
+    (it read wrong labels), and a genuine gradient with known labels is not mistaken for a negated one.
+    """
+    from art.estimators.classification import PyTorchClassifier
+
+    from art_gifd.attacks import InvertingGradientsAttack
+    from art_gifd.data import load_mnist32
+    from art_gifd.labels import check_update_sign
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the benchmarks package
+    from benchmarks.fedavg import trained_model
+
+    x, y = load_mnist32("heldout")
+    x, y = x[900:901], y[900:901]  # a digit whose smoothed gradient fails the negation test
+    clf = PyTorchClassifier(
+        model=trained_model(30)[0].model,
+        loss=nn.CrossEntropyLoss(label_smoothing=0.1),
+        input_shape=(1, 32, 32),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+    )
+    target = TargetModel(clf)
+    grads = [torch.as_tensor(a) for a in target.as_gradient_list(client_gradients(clf, x, y))]
+    with pytest.raises(ValueError, match="looks negated"):
+        check_update_sign(grads, target.classifier_head, 1)  # why the attack must not run this test here
+    with pytest.raises(ValueError, match=r"label_smoothing=0\.1.*Pass the client's labels"):
+        infer_labels(grads, clf, 10, 1)
+    attack = InvertingGradientsAttack(clf, max_iter=1, num_restarts=1, seed=0, verbose=False)
+    with pytest.raises(ValueError, match=r"label_smoothing=0\.1"):
+        attack.infer(grads)
+    assert attack.infer(grads, y=y).shape == (1, 1, 32, 32)

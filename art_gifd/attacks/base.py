@@ -47,7 +47,7 @@ from art_gifd.federated import (
     dropout_layers,
     simulation_memory,
 )
-from art_gifd.labels import check_update_sign, classes_evidenced, labels_from_gradient
+from art_gifd.labels import check_inferable, check_update_sign, classes_evidenced, labels_from_gradient
 from art_gifd.validation import (
     MAX_RATE,
     MAX_SEED,
@@ -222,7 +222,9 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param learning_rate: Peak Adam learning rate (linear warm-up, then cosine decay).
         :param distance: Gradient distance, ``"cosine"`` (scale-invariant) or ``"l2"``.
         :param tv_weight: Weight of the total-variation image prior: ``tv_weight · mean_b TV(x_b)`` where ``TV`` is the
-                          mean absolute difference of neighbouring pixels of one image, averaged over the batch.
+                          mean absolute difference of horizontally neighbouring pixels of one image plus that of
+                          vertically neighbouring ones (:func:`~art_gifd.attacks.core.total_variation`), averaged over
+                          the batch.
         :param norm_weight: Weight of the norm image prior ``norm_weight · mean_b N(x_b)`` (0 disables it).
         :param norm_form: ``N(x)``: ``"mean_square"`` (``mean(x²)`` over the image's elements) or ``"rms"`` (its
                           square root). Both are per-image means, so weights carry over between image sizes.
@@ -525,7 +527,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             head = target.classifier_head
         except ValueError as err:
             head, no_head = None, err
-        if head is not None:
+        smoothed = bool(getattr(target.loss_fn, "label_smoothing", 0.0))
+        if head is not None and not smoothed:  # label smoothing moves the signs this test reads
             check_update_sign(observed, head, self.batch_size)
         evidenced = classes_evidenced(observed, head, target.loss_fn)
         if evidenced is not None and len(evidenced) > self.batch_size:
@@ -545,6 +548,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                     "client's labels as the model's class indices, or y=None to infer them."
                 )
         elif self._infers_labels:
+            check_inferable(target.loss_fn)
             if head is None:
                 raise no_head
             labels = labels_from_gradient(observed, head, self.batch_size)
@@ -600,6 +604,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 "adaptive": search.matcher.adaptive,
                 "training": self.training.describe(self.batch_size) if self.training is not None else None,
                 "simulated_steps": len(search.matcher.plan) if search.matcher.plan is not None else None,
+                "unmatched_parameters": list(ctx.target.inert_parameters),
             },
         )
         logger.info(

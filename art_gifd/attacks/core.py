@@ -57,7 +57,10 @@ def project_l1_ball(v: torch.Tensor, radius: float | torch.Tensor) -> torch.Tens
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation (mean absolute neighbour difference) of each image, shape ``(N,)``."""
+    """
+    Anisotropic total variation of each image, shape ``(N,)``: ``mean|x[..., :, 1:] − x[..., :, :-1]| +
+    mean|x[..., 1:, :] − x[..., :-1, :]|``, the mean absolute horizontal neighbour difference plus the vertical one.
+    """
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(dim=1)
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(dim=1)
     return dx + dy
@@ -151,9 +154,12 @@ class GradientMatcher:
             raise ValueError("GradientMatcher needs labels or a batch size.")
         self.target = target
         self.observed = dict(zip(target.names, observed, strict=True))
-        #: All observed parameter gradients concatenated, ``(P,)``: the distances are a few whole-vector operations
+        #: The parameters matched: all but those whose gradient vanishes in the client's mode
+        #: (:attr:`~art_gifd.federated.TargetModel.inert_parameters`), whose observed entries are round-off.
+        self.matched = [n for n in target.names if n not in target.inert_parameters]
+        #: The matched observed gradients concatenated, ``(P,)``: the distances are a few whole-vector operations
         #: rather than a few per parameter tensor (a ResNet-18 has 62), which matters where kernel launches dominate.
-        self.observed_flat = torch.cat([g.flatten() for g in observed])
+        self.observed_flat = torch.cat([self.observed[n].flatten() for n in self.matched])
         self.observed_norm = self.observed_flat.norm()
         self.labels = labels
         self.batch_size = int(batch_size if batch_size is not None else labels.shape[0])
@@ -212,7 +218,7 @@ class GradientMatcher:
             grads = self._gradients(x, soft_labels.reshape(x.shape[0], self.batch_size, -1), soft=True)
         if self.defense is not None:
             grads = self.defense.replay(grads, self.observed)
-        flat = torch.cat([grads[n].flatten(1) for n in self.observed], dim=1)  # (R, P)
+        flat = torch.cat([grads[n].flatten(1) for n in self.matched], dim=1)  # (R, P)
         return match_distance(flat, self.observed_flat, self.observed_norm, self.distance)
 
 
@@ -257,6 +263,7 @@ class JointMatcher:
                     ("batch size", m.batch_size, first.batch_size),
                     ("parameter shapes", m.target.shapes, first.target.shapes),
                     ("parameter names", m.target.names, first.target.names),
+                    ("matched parameters", m.matched, first.matched),
                     ("local training", _training_key(m.training), _training_key(first.training)),
                     ("defence", type(m.defense), type(first.defense)),
                 )
@@ -304,7 +311,7 @@ class JointMatcher:
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """Matching loss per row group, ``(T · R,)``, of candidate images ``(T · R · B, *input_shape)``."""
-        count = len(self.matchers)
+        count, first = len(self.matchers), self.matchers[0]
         restarts = images.shape[0] // (count * self.batch_size)
         x = torch.cat([m.target.preprocess(c) for m, c in zip(self.matchers, images.chunk(count), strict=True)])
         if self.shared_weights:
@@ -319,12 +326,12 @@ class JointMatcher:
                 m.defense.replay({n: g[t * restarts : (t + 1) * restarts] for n, g in grads.items()}, m.observed)
                 for t, m in enumerate(self.matchers)
             ]
-            flat = torch.cat([torch.cat([r[n].flatten(1) for n in self.names], dim=1) for r in replayed])
+            flat = torch.cat([torch.cat([r[n].flatten(1) for n in first.matched], dim=1) for r in replayed])
         else:
-            flat = torch.cat([grads[n].flatten(1) for n in self.names], dim=1)  # (T · R, P)
+            flat = torch.cat([grads[n].flatten(1) for n in first.matched], dim=1)  # (T · R, P)
         observed = self.observed_flat.repeat_interleave(restarts, dim=0)
         norms = self.observed_norm.repeat_interleave(restarts, dim=0)
-        return match_distance(flat, observed, norms, self.matchers[0].distance)
+        return match_distance(flat, observed, norms, first.distance)
 
 
 def _training_key(training: LocalTraining | None) -> object:
@@ -503,9 +510,10 @@ class Objective:
 
         match + tv_weight · mean_b TV(x_b) + norm_weight · mean_b N(x_b) + Σ extra
 
-    ``TV(x)`` is the mean absolute difference of neighbouring pixels of one image (:func:`total_variation`) and
-    ``N(x)`` its mean square or root mean square (:func:`image_norm`); both are per-image means averaged over the
-    ``B`` images of a candidate batch, so a weight means the same for any image size, channel count and batch size.
+    ``TV(x)`` is the mean absolute horizontal plus the mean absolute vertical neighbour difference of one image
+    (:func:`total_variation`) and ``N(x)`` its mean square or root mean square (:func:`image_norm`); both are
+    per-image means averaged over the ``B`` images of a candidate batch, so a weight means the same for any image
+    size, channel count and batch size.
     Near a good reconstruction the matching loss is 1e-7 … 1e-5: a prior's weighted value at the true image must be
     far smaller, or it pulls the search away from the truth. ``extra`` holds attack-specific regularisers, each
     mapping images ``(R * B, …)`` to a penalty per restart.

@@ -145,8 +145,8 @@ class GIFDAttack(GenerativePriorAttack):
                              sample (a mean absolute deviation, one default for every generator); ``"absolute"``: the
                              radius is used as given (as in the reference implementation).
         :param distance: Gradient distance, ``"cosine"`` or ``"l2"``.
-        :param tv_weight: Weight of the total-variation prior (per-image mean absolute neighbour difference,
-                          averaged over the batch).
+        :param tv_weight: Weight of the total-variation prior (per image the mean absolute horizontal plus
+                          the mean absolute vertical neighbour difference, averaged over the batch).
         :param norm_weight: Weight of the norm prior (a per-image mean, see ``norm_form``; 0 disables it).
         :param batch_size: Client batch size behind the gradient.
         :param label_mapping: For a class-conditional prior: ``None`` (task label = generator class), a dict task
