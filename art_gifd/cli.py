@@ -159,13 +159,17 @@ def _audit(args: argparse.Namespace) -> int:
     from art_gifd.audit.captures import is_capture_audit, run_capture_audit
     from art_gifd.configfile import ConfigError
     from art_gifd.integrations.captures import CaptureError
+    from art_gifd.store import read_json
 
     try:
         if is_capture_audit(args.config):
             paths = run_capture_audit(
                 args.config, overwrite=args.overwrite, resume=not args.no_resume, verbose=not args.no_progress
             )
-            print(f"\nreport: {paths['html']}\nresults: {paths['json']}\nsummary: {paths['markdown']}")
+            summary = (read_json(paths["json"]) or {}).get("summary", {})
+            risk = summary.get("highest_risk") or "n/a (no client_data to score against)"
+            print(f"\nhighest risk: {risk}")
+            print(f"report: {paths['html']}\nresults: {paths['json']}\nsummary: {paths['markdown']}")
             return 0
         report = run_audit(
             args.config, overwrite=args.overwrite, resume=not args.no_resume, verbose=not args.no_progress

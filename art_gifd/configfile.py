@@ -458,7 +458,8 @@ class Checker:
     def path(self, value: Any, kind: str = "file", what: str = "") -> Path:
         """A path string resolved against the config's folder; it must exist as a ``kind`` (file or folder)."""
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"must be a path (a string), got {value!r}." + (f" Set it to {what}." if what else ""))
+            found = "is empty" if isinstance(value, str) else f"must be a path (a string), got {value!r}"
+            raise ValueError(f"{found}." + (f" Set it to {what}." if what else ""))
         resolved = (self.base / Path(value).expanduser()).resolve()
         if not (resolved.is_file() if kind == "file" else resolved.is_dir()):
             other = "folder" if kind == "file" else "file"

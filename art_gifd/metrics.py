@@ -11,7 +11,8 @@ assignment on the mean squared error) and only then computes the per-image metri
 - PSNR in dB, capped at :data:`MAX_PSNR` so that an exact match stays a finite, JSON-friendly number;
 - SSIM from scikit-image;
 - LPIPS (Zhang et al. 2018) through :class:`LPIPSMetric`, which needs the torchvision backbone weights on disk and
-  never downloads them: without them it reports itself unavailable rather than measure with a random network.
+  downloads them only when allowed (``allow_download=True`` or :data:`ALLOW_DOWNLOAD_ENV`): without them it reports
+  itself unavailable rather than measure with a random network.
 """
 
 from __future__ import annotations
@@ -320,7 +321,8 @@ def fetch_backbone_weights(net: str, destination: Path, url: str | None = None) 
 
 class LPIPSMetric:
     """
-    Learned perceptual image patch similarity (LPIPS), with backbone weights read from disk and never downloaded.
+    Learned perceptual image patch similarity (LPIPS), with backbone weights read from disk (downloaded only when
+    allowed).
 
     The ``lpips`` package ships its linear heads; the torchvision backbone (AlexNet or VGG16) is built with random
     weights and the real ImageNet weights are copied in from ``weights_path`` (default :func:`default_weights_path`).

@@ -158,13 +158,23 @@ def test_defence_and_attack_parameters_are_checked_on_the_model(tmp_path) -> Non
     text = text.replace("params = { ratio = 0.5 }\nadaptive = true", 'params = { layer = "0", ratio = 0.5 }')
     text = text.replace('type = "prune"', 'type = "soteria"')
     attacks = attack_tables("gifd", "pixel")
-    attacks = attacks.replace('prior = "mnist"\n', 'prior = "mnist"\nparams = { l1_radius = 0.1, warp = 3 }\n')
+    attacks = attacks.replace(
+        'prior = "mnist"\n', 'prior = "mnist"\nparams = { l1_radius = 0.1, seed = 1, warp = 3, batch_size = 2 }\n'
+    )
     attacks = attacks.replace('"pixel"\n', '"pixel"\nparams = { learning_rate = -1.0 }\n')
     path.write_text(text.replace(attack_tables("gifd"), attacks))
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     found = problems(err)
-    assert set(found) == {"defenses[0].params", "defenses[1].params", "attacks[0].params.warp", "attacks[1].params"}
+    assert set(found) == {
+        "defenses[0].params",
+        "defenses[1].params",
+        "attacks[0].params.seed",  # each parameter the audit sets is named, beside the unknown one
+        "attacks[0].params.batch_size",
+        "attacks[0].params.warp",
+        "attacks[1].params",
+    }
+    assert "set seeds at the top level" in found["attacks[0].params.seed"]
     assert "'0'" in found["defenses[0].params"] and "'7'" in found["defenses[0].params"]  # names the linear layers
     assert "max_grad_norm" in found["defenses[1].params"]  # DP-SGD needs its clipping norm
     assert "l1_radius" in found["attacks[0].params.warp"]  # the accepted parameters are named

@@ -213,7 +213,7 @@ def test_full_profile_names_the_missing_data_folder():
     with pytest.raises(ConfigError) as caught:
         load_config(FULL)
     text = FULL.read_text()
-    assert caught.value.key == "datasets[0].root" and "must be a path" in caught.value.message
+    assert caught.value.key == "datasets[0].root" and caught.value.message.startswith("is empty. Set it to a local")
     assert caught.value.line == line_of(text, "root = ")
 
 

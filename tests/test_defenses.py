@@ -137,6 +137,24 @@ def test_prv_is_never_asked_where_its_grid_outgrows_memory() -> None:
         DPSGD(0.05, 1.0, 0.01, 100, 1e-5, accountant="prv")
 
 
+def test_privacy_epsilon_defaults_to_rdp_and_checks_its_inputs() -> None:
+    from opacus.accountants import RDPAccountant
+
+    from art_gifd.defenses import privacy_epsilon
+
+    accountant = RDPAccountant()
+    accountant.history = [(1.0, 0.01, 1000)]
+    assert privacy_epsilon(1.0, 0.01, 1000, 1e-5) == accountant.get_epsilon(delta=1e-5)
+    for args, message in [
+        ((0.0, 0.01, 10, 1e-5), "noise_multiplier must lie in"),
+        ((1.0, 1.5, 10, 1e-5), "sample_rate must lie in"),
+        ((1.0, 0.01, "10", 1e-5), "steps must be a positive integer"),
+        ((1.0, 0.01, 10, 1e-5, "gdp"), "Unknown accountant 'gdp'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            privacy_epsilon(*args)
+
+
 # --- transforms ---------------------------------------------------------------------------------------------------
 
 

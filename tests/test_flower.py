@@ -105,7 +105,10 @@ def _best_psnr(config: dict) -> float:
         paths = run_capture_audit(cfg, overwrite=True, verbose=False)
     finally:
         sys.path.remove(str(EXAMPLE))
-    records = json.loads(paths["json"].read_text())["records"]
+    document = json.loads(paths["json"].read_text())
+    records = document["records"]
+    levels = ("low", "medium", "high")
+    assert document["summary"]["highest_risk"] == levels[max(levels.index(r["risk"]) for r in records)]
     return max(r["psnr"] for r in records)
 
 
@@ -175,6 +178,7 @@ def test_capture_audit_without_ground_truth_reports_the_indicator(flower_run):
     with pytest.raises(AuditConfigError, match=r"already holds a report.*overwrite"):
         run_capture_audit(load_capture_audit(config), verbose=False)
     assert not document["ground_truth"] and all("psnr" not in r for r in document["records"])
+    assert document["summary"]["highest_risk"] is None  # nothing to rate without the clients' images
     assert all(0.0 < r["update_explained"] <= 1.0 for r in document["records"])
     assert "No ground truth" in paths["markdown"].read_text() and paths["figure"].is_file()
     html = paths["html"].read_text()

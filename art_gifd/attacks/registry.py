@@ -244,9 +244,11 @@ def read_attack_section(
             raise Stop((*path, "prior"), f"{name} does not use a generator: remove prior.")
         params = table.get("params", {})
         reserved = (*LOOP_PARAMS, *BUDGET_PARAMS)
-        for key in reserved:
-            if isinstance(params, Mapping) and key in params:
-                raise Stop((*path, "params", key), f"is not an attack parameter here: {PARAM_HINTS[key]}.")
+        if isinstance(params, Mapping):  # every reserved key is named, then the others are checked
+            for key in reserved:
+                if key in params:
+                    check.add((*path, "params", key), f"is not an attack parameter here: {PARAM_HINTS[key]}.")
+            params = {k: v for k, v in params.items() if k not in reserved}
         allowed = [p for p in ATTACK_REGISTRY[name].cls.attack_params if p not in reserved]
         spec["params"] = copy.deepcopy(check.strict_table(params, (*path, "params"), allowed))
         spec["budget"] = read_budget(check, table.get("budget", {}), (*path, "budget"), base=section.budget)

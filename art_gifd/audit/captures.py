@@ -89,7 +89,7 @@ from art_gifd.integrations.captures import (
 )
 from art_gifd.metrics import evaluate_batch
 from art_gifd.models import import_callable
-from art_gifd.report.audit import risk_rating
+from art_gifd.report.audit import highest_risk, risk_rating
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import (
     ResultsFile,
@@ -655,6 +655,7 @@ def write_capture_report(cfg: CaptureAuditConfig, records: list[dict[str, Any]])
         "rows": rows,
         "records": records,
         "worst": {k: worst[k] for k in ("id", "round", "node_id", "attack", metric)},
+        "summary": {"highest_risk": highest_risk(r["risk"] for r in records) if scored else None},
         "environment": environment(cfg.settings["seeds"][0], cfg.settings["device"]),
         "commit": source_commit(),
     }

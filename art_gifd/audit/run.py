@@ -44,7 +44,14 @@ from art_gifd.audit.config import (
 from art_gifd.experiment import Case, aggregate_run, attack_batches
 from art_gifd.federated import clip_range, describe_training
 from art_gifd.metrics import LPIPSMetric, split_by_shared_label
-from art_gifd.report.audit import REPORT_FILES, SCHEMA, UTILITY_FIGURE, risk_rating, write_audit_report
+from art_gifd.report.audit import (
+    REPORT_FILES,
+    SCHEMA,
+    UTILITY_FIGURE,
+    highest_risk,
+    risk_rating,
+    write_audit_report,
+)
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import ResultsFile, environment, read_json, source_commit
 from art_gifd.utility import measure_utility
@@ -382,8 +389,6 @@ def _document(
     for run in runs:
         rating = risk_rating(run["recognisable_share"], thresholds["high_share"], thresholds["medium_share"])
         records.append({**run, "risk": rating})
-    order = {"low": 0, "medium": 1, "high": 2}
-    highest = max((r["risk"] for r in records), key=order.__getitem__)
     defended = [d for d in cfg.defenses if d.defense is not None]
     return {
         "schema": SCHEMA,
@@ -436,8 +441,8 @@ def _document(
         "settings": records,
         "utility": utility,
         "summary": {
-            "highest_risk": highest,
-            "counts": {level: sum(r["risk"] == level for r in records) for level in order},
+            "highest_risk": highest_risk(r["risk"] for r in records),
+            "counts": {level: sum(r["risk"] == level for r in records) for level in ("low", "medium", "high")},
         },
         "limitations": _limitations(cfg, runs, lpips),
         "reproducibility": {

@@ -64,11 +64,7 @@ class DPSGD(Defense):
         """
         self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
         self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, 0.0, closed="neither")
-        self.sample_rate = check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
-        self.steps = check_integer("steps", steps, 1, MAX_DP_STEPS)
-        self.delta = check_number("delta", delta, 0.0, MAX_DELTA, closed="right")
-        if accountant not in ACCOUNTANTS:
-            raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+        self.sample_rate, self.steps, self.delta = _check_accounting(sample_rate, steps, delta, accountant)
         self.accountant = accountant
         self.epsilon = privacy_epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
 
@@ -97,11 +93,7 @@ class DPSGD(Defense):
         from opacus.accountants.utils import get_noise_multiplier
 
         check_number("epsilon", epsilon, 0.0, MAX_EPSILON, closed="right")
-        check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right")
-        check_integer("steps", steps, 1, MAX_DP_STEPS)
-        check_number("delta", delta, 0.0, MAX_DELTA, closed="right")
-        if accountant not in ACCOUNTANTS:
-            raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+        _check_accounting(sample_rate, steps, delta, accountant)
         if accountant == "prv" and epsilon > PRV_MAX_EPSILON:
             raise ValueError(_prv_refusal(epsilon))
         try:
@@ -165,7 +157,20 @@ class DPSGD(Defense):
         return self.epsilon, self.delta
 
 
-def privacy_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+def _check_accounting(sample_rate: float, steps: int, delta: float, accountant: str) -> tuple[float, int, float]:
+    """Check what the accountant is given, and return ``sample_rate``, ``steps`` and ``delta`` as numbers."""
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+    return (
+        check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right"),
+        check_integer("steps", steps, 1, MAX_DP_STEPS),
+        check_number("delta", delta, 0.0, MAX_DELTA, closed="right"),
+    )
+
+
+def privacy_epsilon(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+) -> float:
     """
     Epsilon of ``steps`` DP-SGD steps at ``noise_multiplier`` and Poisson ``sample_rate``, by Opacus' accountant.
 
@@ -173,9 +178,13 @@ def privacy_epsilon(noise_multiplier: float, sample_rate: float, steps: int, del
     :param sample_rate: Poisson sampling rate.
     :param steps: Number of steps.
     :param delta: Target delta.
-    :param accountant: ``"rdp"`` or ``"prv"``.
+    :param accountant: ``"rdp"`` (default) or ``"prv"``.
+    :raises ValueError: For a value out of range, naming it, or a guarantee the accountant cannot compute.
     """
     from opacus.accountants import create_accountant
+
+    check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
+    _check_accounting(sample_rate, steps, delta, accountant)
 
     if accountant == "prv":  # RDP first: it bounds PRV's answer from above, in a millisecond and little memory
         bound = privacy_epsilon(noise_multiplier, sample_rate, steps, delta, "rdp")

@@ -22,7 +22,7 @@ accuracy and shares 2.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,11 @@ def risk_rating(share: float, high_share: float = 0.5, medium_share: float = 0.0
     if share >= high_share:
         return "high"
     return "medium" if share > medium_share else "low"
+
+
+def highest_risk(ratings: Iterable[str]) -> str:
+    """The highest of several :func:`risk_rating` values."""
+    return max(ratings, key=("low", "medium", "high").index)
 
 
 def format_number(value: float | None, kind: str) -> str:
