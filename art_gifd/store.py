@@ -191,12 +191,11 @@ def environment(seed: int | list[int], device: str) -> dict[str, Any]:
     }
 
 
-def source_commit() -> dict[str, Any] | None:
+def checkout_commit(root: Path) -> dict[str, Any] | None:
     """
-    The commit of the art-gifd checkout this code runs from and whether tracked files differ from it; ``None`` for an
-    installed copy, also one that sits inside another git repository (a virtual environment in a user's project).
+    The commit of the git checkout whose top level is ``root``, and whether tracked files differ from it; ``None``
+    where ``root`` is not the top level of a checkout (an installed copy, also one inside another repository).
     """
-    root = Path(__file__).resolve().parents[1]
     try:
         top = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=10
@@ -214,6 +213,20 @@ def source_commit() -> dict[str, Any] | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {"commit": head, "dirty": bool(status.stdout.strip())}
+
+
+#: Read when this module is imported, with the code the process runs: a long run that records it at its end must not
+#: name a commit (or a dirty tree) that the checkout moved to while it ran.
+_SOURCE_COMMIT = checkout_commit(Path(__file__).resolve().parents[1])
+
+
+def source_commit() -> dict[str, Any] | None:
+    """
+    The commit of the art-gifd checkout this process imported its code from, and whether tracked files differed from
+    it then; ``None`` for an installed copy, also one inside another git repository (a virtual environment in a
+    user's project).
+    """
+    return dict(_SOURCE_COMMIT) if _SOURCE_COMMIT is not None else None
 
 
 # ------------------------------------------------------------------------------------------------------- results file

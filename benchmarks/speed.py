@@ -689,7 +689,7 @@ def quality_report(args: argparse.Namespace) -> str:
             f"| {_speed(ttq['reference'])} | {_speed(ttq['reference R=1'])} |"
         )
     text = "\n".join(lines) + "\n" + _shared_label_table(sorted(RESULTS.glob("quality_*.json")))
-    write_bytes_atomic(args.out or RESULTS / "quality.md", text.encode())
+    write_bytes_atomic(args.out, text.encode())
     print(text)
     return text
 
@@ -782,6 +782,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     f"{args.out} holds a record of {found}, not {asked}: pass --out to write this one elsewhere "
                     "(or delete that record)."
                 )
+    if args.out is None and args.mode == "quality-report":
+        args.out = RESULTS / "quality.md"
     if args.out is None and args.mode == "profile":
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         args.out = RESULTS / f"profile_{kind}_{args.model}_{args.image_size}_b{args.batch_size}.json"

@@ -647,15 +647,18 @@ def test_source_commit_is_the_packages_own_checkout_only(tmp_path, monkeypatch) 
 
     user_project = tmp_path / "project"
     repo(user_project)  # a user's repository with a venv inside it
-    installed = user_project / ".venv" / "site-packages" / "art_gifd" / "store.py"
-    installed.parent.mkdir(parents=True)
-    monkeypatch.setattr(store, "__file__", str(installed))
-    assert store.source_commit() is None
+    installed = user_project / ".venv" / "site-packages"  # the root of an installed art_gifd
+    installed.mkdir(parents=True)
+    assert store.checkout_commit(installed) is None
     checkout = tmp_path / "art-gifd"
     head = repo(checkout)
-    (checkout / "art_gifd").mkdir()
-    monkeypatch.setattr(store, "__file__", str(checkout / "art_gifd" / "store.py"))
-    assert store.source_commit() == {"commit": head, "dirty": False}
+    assert store.checkout_commit(checkout) == {"commit": head, "dirty": False}
+    (checkout / "f.txt").write_text("y")
+    assert store.checkout_commit(checkout) == {"commit": head, "dirty": True}
+    # what a run records was read when its code was imported: git is not asked again at the end of a long run
+    expected = store.checkout_commit(Path(store.__file__).resolve().parents[1])
+    monkeypatch.setattr(store.subprocess, "run", lambda *args, **kwargs: pytest.fail("git ran at record time"))
+    assert (store.source_commit() or {}).get("commit") == (expected or {}).get("commit")
 
 
 # -------------------------------------------------------------------------------------- damaged and foreign files

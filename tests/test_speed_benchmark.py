@@ -46,3 +46,12 @@ def test_bad_arguments_are_named(speed, flag: str, value: str, message: str, cap
         speed.parse_args([flag, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_each_mode_writes_its_own_default_file(speed) -> None:
+    """The quality report, a Markdown summary, must never land on a committed speed record's JSON."""
+    results = ROOT / "benchmarks" / "results"
+    assert speed.parse_args(["--mode", "quality-report"]).out == results / "quality.md"
+    assert speed.parse_args(["--model", "lenet"]).out == results / "speed_cpu_lenet_32.json"
+    profile = speed.parse_args(["--mode", "profile", "--model", "convnet", "--batch-size", "1"]).out
+    assert profile == results / "profile_cpu_convnet_32_b1.json"
