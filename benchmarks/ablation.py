@@ -177,6 +177,8 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "default, steps 1/4-1/8-1/8-1/2": ("default", _from_default(step_split=(0.25, 0.125, 0.125, 0.5))),
     "default, latent lr 0.2": ("default", _from_default(learning_rate=0.2, feature_learning_rate=0.1)),
     "default, latent lr 0.3": ("default", _from_default(learning_rate=0.3, feature_learning_rate=0.1)),
+    # 8 starts, halved into each feature stage (8-4-2): with the last-heavy split, the same restart × steps as R=4
+    "default, R=8 halving": ("default", _from_default(num_restarts=8, feature_restarts="halving")),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
     "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
