@@ -52,16 +52,38 @@ def real(low: float, low_open: bool = False) -> Callable[[str], float]:
     return parse
 
 
+#: How to go on after an interruption: every long job appends its finished results as it goes.
+RESUME_HINT = "run the same command again to resume (finished results are kept)"
+
+
+def file_system_error(err: OSError) -> str:
+    """One line for a file-system fault met while a job writes (full disk, permissions, a path of the wrong kind)."""
+    where = f" '{err.filename}'" if err.filename else ""
+    return f"cannot write or read{where} ({err.strerror or err}): free space or fix the path, then {RESUME_HINT}."
+
+
 def run_script(main: Callable[[], object]) -> None:
     """
     Run a script's ``main``: a ``ValueError`` (the library's error for a setting it refuses, found only once the
-    setting meets the data or the prior) ends it with that one-line message and exit status 2, not a traceback.
+    setting meets the data or the prior) or a results file another process writes ends it with that one-line message
+    and exit status 2, a file-system fault with one line and status 1, Ctrl-C or ``kill`` with how to resume and 130;
+    never a traceback.
     """
+    from art_gifd.store import ResultsBusy, terminate_as_interrupt
+
+    name = Path(sys.argv[0]).name
     try:
-        main()
-    except ValueError as err:
-        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        with terminate_as_interrupt():
+            main()
+    except (ValueError, ResultsBusy) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        print(f"{name}: error: {file_system_error(err)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted: {RESUME_HINT}", file=sys.stderr)
+        sys.exit(130)
 
 
 def existing_file(text: str) -> Path:
@@ -192,7 +214,25 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``art-gifd`` console script."""
+    """
+    Entry point of the ``art-gifd`` console script. Beyond each command's own handling, a file-system fault ends it
+    with one line and status 1, and Ctrl-C or ``kill`` (during imports or input checks too) with how to resume and
+    status 130.
+    """
+    from art_gifd.store import terminate_as_interrupt
+
+    try:
+        with terminate_as_interrupt():
+            return _main(argv)
+    except OSError as err:
+        print(f"error: {file_system_error(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: {RESUME_HINT}", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.allow_download:  # read by LPIPSMetric here and in worker processes, which inherit the environment
         from art_gifd.metrics import ALLOW_DOWNLOAD_ENV
@@ -221,7 +261,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing was written for the unfinished demo", file=sys.stderr)
+        print("interrupted: the demo's report is incomplete; run it again (it starts over)", file=sys.stderr)
         return 130
     print(f"\nreport: {(args.out / 'report.html').resolve()}")
     print(f"results: {(args.out / 'results.json').resolve()}")

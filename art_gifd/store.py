@@ -104,7 +104,7 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
         with np.load(path) as arrays:
             return {name: arrays[name] for name in arrays.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        logger.warning("%s is damaged: its record is done again", path)
+        logger.warning("%s is damaged: its record's arrays cannot be read (a resumed run does the record again)", path)
         return None
 
 
@@ -308,11 +308,13 @@ class ResultsFile:
                     os.fsync(handle.fileno())
         runs, jobs = [], []
         skipped = 0
-        for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
+        for number, line in enumerate(complete.split(b"\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
+            try:  # strict: a damaged byte inside a string must not pass as a replacement character
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem = "a line that is not UTF-8 text"
             except json.JSONDecodeError:
                 problem = "a line that is not JSON"
             else:
@@ -370,31 +372,35 @@ class ResultsFile:
         self,
         config_hash: str | None = None,
         repair: bool = False,
-        valid: Callable[[dict[str, Any]], bool] | None = None,
+        check: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """
         The last record of every job id (a job rerun supersedes its earlier line).
 
         :param config_hash: Keep only records of this configuration (their ``config_hash``).
         :param repair: As in :meth:`read`.
-        :param valid: Keep only records it accepts (one of the wrong shape, written by hand or by another program, is
-                      skipped with a warning and its job done again).
+        :param check: As in :meth:`read`: a record of the wrong shape (edited by hand, written by another program) is
+                      skipped with a warning naming its line, and its job is done again.
         """
         latest = {}
-        for record in self.read(repair=repair)[1]:
-            if "job_id" not in record or config_hash not in (None, record.get("config_hash")):
-                continue
-            if valid is not None and not valid(record):
-                logger.warning("%s: record %s is damaged: it is done again", self.path, record["job_id"])
-                continue
-            latest[record["job_id"]] = record
+        for record in self.read(repair=repair, check=check)[1]:
+            if "job_id" in record and config_hash in (None, record.get("config_hash")):
+                latest[record["job_id"]] = record
         return latest
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record as a single line, flushed and fsynced before returning."""
+        """
+        Append one record as a single line, flushed and fsynced before returning; after a torn last line (an
+        interrupted write that no repairing read removed) it starts on a fresh line, so the record stays readable.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
-        with self.path.open("ab") as handle:
+        with self.path.open("a+b") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            if end:
+                handle.seek(end - 1)
+                if handle.read(1) != b"\n":
+                    line = b"\n" + line
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())

@@ -543,8 +543,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.report:
         report(args)
-    else:
-        run(args)
+    else:  # one writer per runs file: a second process on it would do every run again
+        with ResultsFile(args.runs / f"{CASES[args.case].name}.jsonl").lock("benchmarks/ablation.py", "another --runs"):
+            run(args)
 
 
 if __name__ == "__main__":

@@ -92,68 +92,69 @@ def main() -> None:
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)
     prior = load_default_prior(device=args.device)
     store = ResultsFile(args.jsonl)
-    done = {
-        (r["model"], r["mode"], r["batch_size"], r["attack"]): r
-        for r in store.latest(repair=True).values()
-        if r.get("settings") == settings
-    }
+    with store.lock("benchmarks/baselines.py", "another --jsonl file"):  # one writer per results file
+        done = {
+            (r["model"], r["mode"], r["batch_size"], r["attack"]): r
+            for r in store.latest(repair=True).values()
+            if r.get("settings") == settings
+        }
 
-    def run(mode: str, batch_size: int, attack: str, steps: int, basis: str | None = None) -> None:
-        key = (args.model, mode, batch_size, attack)
-        if key in done:
-            return
-        budget = Budget(steps_per_stage=steps // 4, stages=4, num_restarts=args.restarts)
-        if attack != "gifd":
-            budget = Budget(steps_per_stage=steps, stages=1, num_restarts=args.restarts)
-        case = Case(args.model, "mnist32", batch_size, args.images, offset=args.offset)
-        experiment = Experiment([case], (attack,), budget, seed=0, device=args.device, verbose=False)
-        load_start, start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
-        try:
-            row = run_grid(experiment, prior, DEFAULT_PRIOR)[0]
-        except ValueError as err:  # e.g. GradInversion on a model without BatchNorm
-            row = {"attack": attack, "model": args.model, "batch_size": batch_size, "error": str(err)}
-            row["traceback"] = traceback.format_exc(-2)
-        row.update(mode=mode, wall_seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
-        row.update(command=command, git_commit=commit or None, time_basis=basis)
-        row.update(date=time.strftime("%Y-%m-%d"), load_average={"start": load_start, "end": os.getloadavg()})
-        row["settings"] = settings
-        store.append({"job_id": job_id(*key, settings), **row})
-        done[key] = row
-        summary = f"PSNR {row['psnr']:.2f} ± {row['psnr_std']:.2f}" if "psnr" in row else f"n/a: {row['error']}"
-        print(f"{mode:10s} B={batch_size} {attack:12s} steps {steps:5d} {summary} ({row['wall_seconds']:.0f} s)")
+        def run(mode: str, batch_size: int, attack: str, steps: int, basis: str | None = None) -> None:
+            key = (args.model, mode, batch_size, attack)
+            if key in done:
+                return
+            budget = Budget(steps_per_stage=steps // 4, stages=4, num_restarts=args.restarts)
+            if attack != "gifd":
+                budget = Budget(steps_per_stage=steps, stages=1, num_restarts=args.restarts)
+            case = Case(args.model, "mnist32", batch_size, args.images, offset=args.offset)
+            experiment = Experiment([case], (attack,), budget, seed=0, device=args.device, verbose=False)
+            load_start, start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
+            try:
+                row = run_grid(experiment, prior, DEFAULT_PRIOR)[0]
+            except ValueError as err:  # e.g. GradInversion on a model without BatchNorm
+                row = {"attack": attack, "model": args.model, "batch_size": batch_size, "error": str(err)}
+                row["traceback"] = traceback.format_exc(-2)
+            row.update(mode=mode, wall_seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu_start)
+            row.update(command=command, git_commit=commit or None, time_basis=basis)
+            row.update(date=time.strftime("%Y-%m-%d"), load_average={"start": load_start, "end": os.getloadavg()})
+            row["settings"] = settings
+            store.append({"job_id": job_id(*key, settings), **row})
+            done[key] = row
+            summary = f"PSNR {row['psnr']:.2f} ± {row['psnr_std']:.2f}" if "psnr" in row else f"n/a: {row['error']}"
+            print(f"{mode:10s} B={batch_size} {attack:12s} steps {steps:5d} {summary} ({row['wall_seconds']:.0f} s)")
 
-    for batch_size in args.batch_sizes:
-        for attack in args.attacks:
-            run("steps", batch_size, attack, args.steps)
-    for batch_size in args.batch_sizes:
-        reference = done[(args.model, "steps", batch_size, "gifd")]
-        for attack in args.attacks:
-            row = done[(args.model, "steps", batch_size, attack)]
-            if "seconds" not in row or attack == "gifd":  # failed, or the reference itself: nothing to rescale
-                continue
-            basis = "cpu_seconds" if "cpu_seconds" in row and "cpu_seconds" in reference else "seconds"
-            steps = max(4, round(args.steps * reference[basis] / row[basis]))
-            run("wallclock", batch_size, attack, steps, basis)
+        for batch_size in args.batch_sizes:
+            for attack in args.attacks:
+                run("steps", batch_size, attack, args.steps)
+        for batch_size in args.batch_sizes:
+            reference = done[(args.model, "steps", batch_size, "gifd")]
+            for attack in args.attacks:
+                row = done[(args.model, "steps", batch_size, attack)]
+                if "seconds" not in row or attack == "gifd":  # failed, or the reference itself: nothing to rescale
+                    continue
+                basis = "cpu_seconds" if "cpu_seconds" in row and "cpu_seconds" in reference else "seconds"
+                steps = max(4, round(args.steps * reference[basis] / row[basis]))
+                run("wallclock", batch_size, attack, steps, basis)
 
-    for (model, mode, batch_size, attack), row in list(done.items()):  # every model's, not only this invocation's
-        if mode == "steps" and ("seconds" not in row or attack == "gifd"):
-            done.setdefault((model, "wallclock", batch_size, attack), {**row, "mode": "wallclock"})
-    rows = [done[key] for key in sorted(done)]
-    document = {
-        "schema": SCHEMA,
-        "title": "baselines at equal steps and equal wall-clock",
-        "commands": list(dict.fromkeys(row["command"] for row in rows)),
-        "git_commit": commit or None,
-        "date": time.strftime("%Y-%m-%d"),
-        "environment": environment(0, args.device),
-        "budget": {"equal_steps": args.steps, "num_restarts": args.restarts},
-        "timing_note": "2 CPU cores shared with other jobs (load averages recorded per row): the wall-clock rows "
-        "rescale steps by the process CPU seconds of the equal-steps rows (wall-clock seconds for rows without "
-        "cpu_seconds), so they are indicative only; each row records its own command, commit and date",
-        "runs": [{k: v for k, v in row.items() if k not in ("traceback", "job_id", "settings")} for row in rows],
-    }
-    write_json_atomic(args.out, document)
-    print(f"wrote {args.out}")
+        for (model, mode, batch_size, attack), row in list(done.items()):  # every model's, not only this invocation's
+            if mode == "steps" and ("seconds" not in row or attack == "gifd"):
+                done.setdefault((model, "wallclock", batch_size, attack), {**row, "mode": "wallclock"})
+        rows = [done[key] for key in sorted(done)]
+        document = {
+            "schema": SCHEMA,
+            "title": "baselines at equal steps and equal wall-clock",
+            "commands": list(dict.fromkeys(row["command"] for row in rows)),
+            "git_commit": commit or None,
+            "date": time.strftime("%Y-%m-%d"),
+            "environment": environment(0, args.device),
+            "budget": {"equal_steps": args.steps, "num_restarts": args.restarts},
+            "timing_note": "2 CPU cores shared with other jobs (load averages recorded per row): the wall-clock rows "
+            "rescale steps by the process CPU seconds of the equal-steps rows (wall-clock seconds for rows without "
+            "cpu_seconds), so they are indicative only; each row records its own command, commit and date",
+            "runs": [{k: v for k, v in row.items() if k not in ("traceback", "job_id", "settings")} for row in rows],
+        }
+        write_json_atomic(args.out, document)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

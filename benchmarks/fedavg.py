@@ -148,65 +148,66 @@ def run(args: argparse.Namespace) -> None:
     commit = git_commit()
     for size in args.sizes:
         store = ResultsFile(args.runs / f"size{size}.jsonl")
-        done = {run_key(r) for r in runs_of(store.path, repair=True)}
-        for first in range(0, len(x_all) - size + 1, size):
-            x, y = x_all[first : first + size], y_all[first : first + size]
-            for seed in args.seeds:
-                for setting, training in settings(size, seed).items():
-                    # The client's update as attack_batches computes it (same seed), for the label inference score.
-                    update = client_update(classifier, x, y, training, seed=batch_seed(seed, first))
-                    inferred = infer_labels(target.as_gradient_list(update), target.module, target.nb_classes, size)
-                    for attack_name in args.attacks:
-                        for method in METHODS:
-                            if method == "naive" and training.num_steps(size) == 1:
-                                continue  # one full-batch step: the update is lr × the gradient, both views agree
-                            if method == "epoch-steps" and training.order_known:
-                                continue
-                            key = (
-                                *(setting, size, attack_name, method, first, seed),
-                                *(args.steps_per_stage, args.restarts, args.rounds),
-                            )
-                            if key in done:
-                                continue
-                            record = dict(zip(RUN_KEY, key, strict=True))
-                            cpu, wall = time.process_time(), time.perf_counter()
-                            ((_, scores, result, _),) = attack_batches(
-                                classifier,
-                                x,
-                                y,
-                                attack_name,
-                                prior,
-                                budget,
-                                size,
-                                seed,
-                                labels_known=True,
-                                training=training,
-                                replay_training=method != "naive",
-                                attack_params={"simulation_steps": training.epochs}
-                                if method == "epoch-steps"
-                                else None,
-                                first_index=first,
-                            )
-                            record.update(
-                                local_steps=training.num_steps(size),
-                                order_known=training.order_known,
-                                psnr=scores["psnr"],
-                                ssim=scores["ssim"],
-                                per_image_psnr=scores["per_image"]["psnr"],
-                                matching_loss=result.best_loss,
-                                cpu_seconds=time.process_time() - cpu,
-                                wall_seconds=time.perf_counter() - wall,
-                                threads=torch.get_num_threads(),
-                                label_accuracy=label_accuracy(inferred.cpu().numpy(), y),
-                                model_accuracy=accuracy,
-                                commit=commit,
-                            )
-                            store.append(record)
-                            print(
-                                f"N={size} first={first} seed={seed} {setting!r} {attack_name} {method}: "
-                                f"{record['psnr']:.2f} dB, {record['cpu_seconds']:.1f} cpu s",
-                                flush=True,
-                            )
+        with store.lock("benchmarks/fedavg.py", "another --runs folder"):
+            done = {run_key(r) for r in runs_of(store.path, repair=True)}
+            for first in range(0, len(x_all) - size + 1, size):
+                x, y = x_all[first : first + size], y_all[first : first + size]
+                for seed in args.seeds:
+                    for setting, training in settings(size, seed).items():
+                        # The client's update as attack_batches computes it (same seed), for the label inference score.
+                        update = client_update(classifier, x, y, training, seed=batch_seed(seed, first))
+                        inferred = infer_labels(target.as_gradient_list(update), target.module, target.nb_classes, size)
+                        for attack_name in args.attacks:
+                            for method in METHODS:
+                                if method == "naive" and training.num_steps(size) == 1:
+                                    continue  # one full-batch step: the update is lr × the gradient, both views agree
+                                if method == "epoch-steps" and training.order_known:
+                                    continue
+                                key = (
+                                    *(setting, size, attack_name, method, first, seed),
+                                    *(args.steps_per_stage, args.restarts, args.rounds),
+                                )
+                                if key in done:
+                                    continue
+                                record = dict(zip(RUN_KEY, key, strict=True))
+                                cpu, wall = time.process_time(), time.perf_counter()
+                                ((_, scores, result, _),) = attack_batches(
+                                    classifier,
+                                    x,
+                                    y,
+                                    attack_name,
+                                    prior,
+                                    budget,
+                                    size,
+                                    seed,
+                                    labels_known=True,
+                                    training=training,
+                                    replay_training=method != "naive",
+                                    attack_params={"simulation_steps": training.epochs}
+                                    if method == "epoch-steps"
+                                    else None,
+                                    first_index=first,
+                                )
+                                record.update(
+                                    local_steps=training.num_steps(size),
+                                    order_known=training.order_known,
+                                    psnr=scores["psnr"],
+                                    ssim=scores["ssim"],
+                                    per_image_psnr=scores["per_image"]["psnr"],
+                                    matching_loss=result.best_loss,
+                                    cpu_seconds=time.process_time() - cpu,
+                                    wall_seconds=time.perf_counter() - wall,
+                                    threads=torch.get_num_threads(),
+                                    label_accuracy=label_accuracy(inferred.cpu().numpy(), y),
+                                    model_accuracy=accuracy,
+                                    commit=commit,
+                                )
+                                store.append(record)
+                                print(
+                                    f"N={size} first={first} seed={seed} {setting!r} {attack_name} {method}: "
+                                    f"{record['psnr']:.2f} dB, {record['cpu_seconds']:.1f} cpu s",
+                                    flush=True,
+                                )
 
 
 MEMORY_PROBE = """

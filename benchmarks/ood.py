@@ -57,7 +57,13 @@ from art_gifd.experiment import SCHEMA, Case, Experiment, run_experiment
 from art_gifd.models import MODELS, build_model
 from art_gifd.priors import LayeredGenerator, load_default_prior, load_face_dcgan
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
-from art_gifd.store import ResultsFile, environment, source_commit, write_json_atomic
+from art_gifd.store import NUMBER, ResultsFile, environment, shape_problem, source_commit, write_json_atomic
+
+#: What the summary reads of a finished job's record (see :func:`art_gifd.store.shape_problem`).
+JOB_SHAPE = {
+    "settings": dict,
+    "run": {"psnr": NUMBER, "psnr_std": NUMBER, "ssim": NUMBER, "label_accuracy": NUMBER},
+}
 
 #: Task label of each digit in the label-permuted pair: a fixed derangement (no digit keeps its label).
 TASK_LABEL_OF_DIGIT = (7, 4, 9, 0, 2, 8, 1, 5, 3, 6)
@@ -326,29 +332,32 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     fingerprint = settings_fingerprint(args)
     results = ResultsFile(args.jobs)
-    done = {k: r for k, r in results.latest().items() if r.get("settings") == fingerprint}
-    jobs = job_list(args.pairs, args.batch_sizes)
-    todo = [job for job in jobs if "|".join(map(str, job)) not in done]
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run", file=sys.stderr)
-    task_weights, task_record = None, None
-    if "label-permuted" in args.pairs:
-        task_weights, task_record = train_task_model(args.model, args.train_epochs, args.seed)
-    priors: dict[str, tuple[LayeredGenerator, dict[str, Any]]] = {}
-    for job in todo:
-        key = "|".join(map(str, job))
-        prior_name = PAIRS[job[0]].prior
-        if prior_name not in priors:
-            priors[prior_name] = load_prior(prior_name, args.device)
-        start = time.perf_counter()
-        run = run_job(args, job, priors[prior_name][0], prior_name, task_weights)
-        results.append({"type": "job", "job_id": key, "settings": fingerprint, "run": run})
-        print(
-            f"{key}: PSNR {run['psnr']:.2f} ± {run['psnr_std']:.2f} dB, SSIM {run['ssim']:.3f}, labels "
-            f"{run['label_accuracy']:.2f}, {time.perf_counter() - start:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-        done[key] = {"run": run}
+    with results.lock("benchmarks/ood.py", "another --jobs file"):  # one writer per jobs file
+        # repair: an interrupted write's torn line is cut, and a hand-damaged record is named and run again
+        jobs_read = results.latest(repair=True, check=lambda record: shape_problem(record, JOB_SHAPE))
+        done = {k: r for k, r in jobs_read.items() if r.get("settings") == fingerprint}
+        jobs = job_list(args.pairs, args.batch_sizes)
+        todo = [job for job in jobs if "|".join(map(str, job)) not in done]
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run", file=sys.stderr)
+        task_weights, task_record = None, None
+        if "label-permuted" in args.pairs:
+            task_weights, task_record = train_task_model(args.model, args.train_epochs, args.seed)
+        priors: dict[str, tuple[LayeredGenerator, dict[str, Any]]] = {}
+        for job in todo:
+            key = "|".join(map(str, job))
+            prior_name = PAIRS[job[0]].prior
+            if prior_name not in priors:
+                priors[prior_name] = load_prior(prior_name, args.device)
+            start = time.perf_counter()
+            run = run_job(args, job, priors[prior_name][0], prior_name, task_weights)
+            results.append({"type": "job", "job_id": key, "settings": fingerprint, "run": run})
+            print(
+                f"{key}: PSNR {run['psnr']:.2f} ± {run['psnr_std']:.2f} dB, SSIM {run['ssim']:.3f}, labels "
+                f"{run['label_accuracy']:.2f}, {time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            done[key] = {"run": run}
     whole = job_list(list(PAIRS), [1, 4])
     if args.out is None and len(jobs) < len(whole):
         print(

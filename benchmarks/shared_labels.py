@@ -256,7 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the pairs and write the report."""
     args = parse_args(argv)
-    records = run(args)
+    with ResultsFile(args.runs).lock("benchmarks/shared_labels.py", "another --runs file"):  # one writer per file
+        records = run(args)
     rows = summarise(records)
     header = {
         "command": shlex.join(["python", "benchmarks/shared_labels.py", *(sys.argv[1:] if argv is None else argv)]),

@@ -770,7 +770,7 @@ def test_values_that_would_crash_hang_or_mislead_later_are_named(tmp_path, old, 
     assert key in problems(err) and message in problems(err)[key], err.value
 
 
-def test_records_of_the_wrong_shape_or_a_records_folder_are_handled(tmp_path) -> None:
+def test_records_of_the_wrong_shape_or_a_records_folder_are_handled(tmp_path, caplog) -> None:
     path = write_config(tmp_path)
     first = run_audit(path, verbose=False)
     records = tmp_path / "out" / "settings" / "records.jsonl"
@@ -782,6 +782,20 @@ def test_records_of_the_wrong_shape_or_a_records_folder_are_handled(tmp_path) ->
     again = run_audit(path, verbose=False)
     assert [s["per_image"] for s in again.settings] == [s["per_image"] for s in first.settings]
     assert not {s["id"] for s in first.settings} & set(again.document["reproducibility"]["resumed"])
+    # values of the wrong type, edited by hand: each damaged setting is named and done again, never reported
+    lines = records.read_text().splitlines()
+    latest = {json.loads(line)["job_id"]: i for i, line in enumerate(lines) if "run" in json.loads(line)}
+    for (key, value), index in zip([("ssim", "0.9"), ("psnr", None)], list(latest.values())[:2], strict=True):
+        record = json.loads(lines[index])
+        record["run"][key] = value
+        lines[index] = json.dumps(record)
+    records.write_text("\n".join(lines) + "\n")
+    again.json.unlink()
+    with caplog.at_level("WARNING"):
+        third = run_audit(path, verbose=False)
+    assert 'run.ssim is "0.9", expected a number' in caplog.text and "run.psnr is null" in caplog.text
+    assert not {s["id"] for s in first.settings} & set(third.document["reproducibility"]["resumed"])  # both redone
+    assert [s["psnr"] for s in third.settings] == [s["psnr"] for s in first.settings]
     other = write_config(tmp_path, name="other.toml")
     other.write_text(other.read_text().replace('output = "out"', 'output = "out2"'))
     (tmp_path / "out2" / "settings" / "records.jsonl").mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +265,70 @@ def test_bench_report_names_a_file_it_cannot_report(tmp_path, capsys, content, m
     results.write_text(content)
     assert main(["bench-report", str(results)]) == 2
     assert message in capsys.readouterr().err
+
+
+def _raises(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("argv", "target", "exc", "status", "message"),
+    [
+        (
+            ["audit", "examples/audit_mnist.toml"],
+            "art_gifd.audit.run_audit",
+            PermissionError(13, "Permission denied", "/out/settings/x.npz"),
+            1,
+            "error: cannot write or read '/out/settings/x.npz' (Permission denied): free space or fix the path, then "
+            "run the same command again to resume (finished results are kept).",
+        ),
+        (
+            ["bench", "smoke", "--results", "{tmp}/r.jsonl", "--no-progress"],
+            "art_gifd.bench.runner.check_job_inputs",
+            KeyboardInterrupt(),
+            130,
+            "interrupted: run the same command again to resume (finished results are kept)",
+        ),
+        (
+            ["bench", "smoke", "--results", "{tmp}/r.jsonl", "--no-progress"],
+            "art_gifd.bench.runner.check_job_inputs",
+            OSError(28, "No space left on device", "{tmp}/r.jsonl"),
+            1,
+            "(No space left on device): free space or fix the path",
+        ),
+    ],
+    ids=["audit-permissions", "bench-interrupted-while-checking", "bench-disk-full"],
+)
+def test_faults_and_interruptions_end_in_one_line(tmp_path, monkeypatch, capsys, argv, target, exc, status, message):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    if isinstance(exc, OSError) and exc.filename:
+        exc.filename = exc.filename.replace("{tmp}", str(tmp_path))
+    monkeypatch.setattr(target, _raises(exc))
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == status
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "message"),
+    [
+        (KeyboardInterrupt(), 130, "x.py: interrupted: run the same command again to resume"),
+        (IsADirectoryError(21, "Is a directory", "runs.jsonl.lock"), 1, "x.py: error: cannot write or read"),
+        (ValueError("steps must be positive"), 2, "x.py: error: steps must be positive"),
+    ],
+)
+def test_benchmark_scripts_end_in_one_line(monkeypatch, capsys, exc, status, message) -> None:
+    from art_gifd.cli import run_script
+    from art_gifd.store import ResultsBusy
+
+    monkeypatch.setattr("sys.argv", ["benchmarks/x.py"])
+    for error, code, text in [(exc, status, message), (ResultsBusy("'r.jsonl' is being written"), 2, "being written")]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(_raises(error))
+        assert exit_info.value.code == code and text in capsys.readouterr().err
 
 
 def test_limits_that_would_hang_or_overflow_are_refused(lenet_clf, default_prior) -> None:

@@ -253,6 +253,20 @@ def test_resume_after_a_crash_and_a_torn_line_loses_and_duplicates_nothing(tmp_p
     assert run_benchmark(load_config(SMOKE), results, progress=False).ok == 0  # nothing left to do
 
 
+def test_an_append_after_an_unrepaired_torn_line_stays_readable_and_damaged_bytes_are_skipped(tmp_path, caplog):
+    store = ResultsFile(tmp_path / "r.jsonl")
+    store.append({"job_id": "a", "v": 1})
+    with store.path.open("ab") as handle:  # a kill mid-write, read since without repair=True
+        handle.write(b'{"job_id": "b", "v"')
+    store.append({"job_id": "c", "v": 3})
+    with store.path.open("ab") as handle:  # a byte damaged inside a string
+        handle.write(b'{"job_id": "d\xff", "v": 4}\n')
+    with caplog.at_level("WARNING"):
+        assert {k: r["v"] for k, r in store.latest().items()} == {"a": 1, "c": 3}
+    assert "r.jsonl:2: skipping a line that is not JSON" in caplog.text
+    assert "r.jsonl:4: skipping a line that is not UTF-8 text" in caplog.text
+
+
 def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
     config = parse(
         textwrap.dedent(

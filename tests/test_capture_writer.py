@@ -65,6 +65,12 @@ def test_a_damaged_round_entry_is_named(tmp_path) -> None:
         (tmp_path / "index.json").write_text(json.dumps({**index, "rounds": {"1": entry}}))
         with pytest.raises(CaptureError, match=rf"damaged \({problem}\)\. Restore the file"):
             read_index(tmp_path)
+    text = (tmp_path / "index.json").read_bytes()
+    (tmp_path / "index.json").write_bytes(text.replace(b'"format"', b'"\xffformat"'))  # a byte damaged on disk
+    with pytest.raises(CaptureError, match=r"index\.json: unreadable \(.*utf-8.*\)\. Capture the run again"):
+        read_index(tmp_path)
+    with pytest.raises(CaptureError, match="unreadable"):
+        CaptureWriter(tmp_path, RUN_A)
 
 
 def test_a_file_is_not_a_capture_folder(tmp_path) -> None:

@@ -92,8 +92,10 @@ from art_gifd.models import import_callable
 from art_gifd.report.audit import highest_risk, risk_rating
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import (
+    NUMBER,
     ResultsFile,
     environment,
+    shape_problem,
     source_commit,
     write_bytes_atomic,
     write_json_atomic,
@@ -476,13 +478,29 @@ def _record(
     return record, images
 
 
-#: What a resumed record must hold: the report reads these.
-_RECORD_FIELDS = ("id", "round", "node_id", "attack", "seed", "update_explained", "images")
+#: What the report reads of a resumed record (see :func:`~art_gifd.store.shape_problem`); the scores are there when
+#: the clients' data were given.
+RECORD_SHAPE = {
+    "id": str,
+    "round": int,
+    "node_id": int,
+    "attack": str,
+    "seed": int,
+    "update_explained": NUMBER,
+    "matching_loss": NUMBER,
+    "seconds": NUMBER,
+    "images": str,
+    "psnr?": NUMBER,
+    "ssim?": NUMBER,
+    "recognisable_share?": NUMBER,
+    "risk?": str,
+    "per_image?": {"psnr": [NUMBER], "ssim": [NUMBER]},
+}
 
 
-def _intact(record: dict[str, Any]) -> bool:
-    """Whether a record is one this audit writes."""
-    return all(name in record for name in _RECORD_FIELDS)
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a record read back for a resume (``None``: intact)."""
+    return shape_problem(record, RECORD_SHAPE)
 
 
 def _job_id(cfg: CaptureAuditConfig, update: CapturedUpdate, attack: AttackSetting, seed: int) -> str:
@@ -510,7 +528,7 @@ def run_capture_audit(
     state = cfg.output / STATE_DIR
     store = ResultsFile(state / "records.jsonl", arrays_dir=state)
     with locked_output(store, cfg.source):
-        done = prepare_output(cfg.output, REPORT_FILES, store, overwrite, resume, cfg.source, _intact)
+        done = prepare_output(cfg.output, REPORT_FILES, store, overwrite, resume, cfg.source, _record_problem)
         return _attack_captures(cfg, store, done, verbose)
 
 

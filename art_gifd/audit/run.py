@@ -53,7 +53,7 @@ from art_gifd.report.audit import (
     write_audit_report,
 )
 from art_gifd.report.figures import reconstruction_grid
-from art_gifd.store import ResultsFile, environment, read_json, source_commit
+from art_gifd.store import NULL, NUMBER, ResultsFile, environment, read_json, shape_problem, source_commit
 from art_gifd.utility import measure_utility
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def run_audit(
 
 def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: bool, verbose: bool) -> AuditReport:
     files = (*REPORT_FILES, GRID_FILE, UTILITY_FIGURE)
-    done = prepare_output(cfg.output, files, store, overwrite, resume, cfg.source, _intact)
+    done = prepare_output(cfg.output, files, store, overwrite, resume, cfg.source, _record_problem)
     lpips = LPIPSMetric(device=cfg.device)
     results, resumed = [], []
     settings = plan_settings(cfg)
@@ -214,12 +214,13 @@ def prepare_output(
     overwrite: bool,
     resume: bool,
     source: Path | None,
-    valid: Callable[[dict[str, Any]], bool],
+    check: Callable[[dict[str, Any]], str | None],
 ) -> dict[str, dict[str, Any]]:
     """
     Refuse an output folder that holds a finished report unless ``overwrite``, which removes the report ``files``
-    and every earlier result. Returns the intact records a resumed run may reuse (none without ``resume``); records
-    are keyed by what their numbers depend on, so those of another configuration are simply not asked for.
+    and every earlier result. Returns the intact records a resumed run may reuse (none without ``resume``; ``check``
+    names what is wrong with a damaged one, which is then done again); records are keyed by what their numbers
+    depend on, so those of another configuration are simply not asked for.
     """
     # report.json is written last: without a readable one, the report files there are from an interrupted write
     existing = [name for name in files if (out / name).exists()] if read_json(out / "report.json") else []
@@ -239,20 +240,40 @@ def prepare_output(
             (out / name).unlink(missing_ok=True)
         store.clear()
         return {}
-    # without resume, new records supersede the old ones of the same settings
-    return store.latest(repair=True, valid=valid) if resume else {}
+    # read (and a torn last line repaired) either way; without resume, new records supersede the old ones
+    done = store.latest(repair=True, check=check)
+    return done if resume else {}
 
 
-#: What a resumed setting's record must hold: the report reads these.
-_RUN_FIELDS = ("ssim", "psnr", "per_image", "num_images", "steps", "num_restarts")
+_MAYBE_NUMBER = (*NUMBER, NULL)
+#: What the report reads of a resumed setting's record (see :func:`~art_gifd.store.shape_problem`).
+SETTING_SHAPE = {
+    "run": {
+        "psnr": NUMBER,
+        "psnr_std": NUMBER,
+        "ssim": NUMBER,
+        "ssim_std": NUMBER,
+        "lpips": _MAYBE_NUMBER,
+        "label_accuracy": NUMBER,
+        "num_images": int,
+        "steps": int,
+        "num_restarts": int,
+        "seconds": NUMBER,
+        "labels_known": bool,
+        "per_image": {"psnr": [NUMBER], "ssim": [NUMBER], "lpips": (NULL, [NUMBER]), "shared_label?": [bool]},
+    }
+}
+#: ... and of a defence's utility record.
+UTILITY_SHAPE = {"utility": {"gradient_cosine": NUMBER, "accuracy": _MAYBE_NUMBER, "rounds": int}}
 
 
-def _intact(record: dict[str, Any]) -> bool:
-    """Whether a record is one this audit writes: a setting's scores, or a defence's utility."""
-    run, utility = record.get("run"), record.get("utility")
-    if isinstance(run, dict) and all(k in run for k in _RUN_FIELDS) and isinstance(run["per_image"], dict):
-        return isinstance(run["per_image"].get("ssim"), list)
-    return isinstance(utility, dict) and "run" not in record
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a record read back for a resume (``None``: a setting's scores or a utility, intact)."""
+    if "run" in record:
+        return shape_problem(record, SETTING_SHAPE)
+    if "utility" in record:
+        return shape_problem(record, UTILITY_SHAPE)
+    return "neither a setting's scores (run) nor a defence's utility"
 
 
 def _run_setting(

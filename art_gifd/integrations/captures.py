@@ -264,7 +264,7 @@ def read_index(folder: str | Path) -> dict[str, Any]:
         )
     try:
         data = json.loads(index.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8 text
         raise CaptureError(f"{index}: unreadable ({err}). Capture the run again.") from err
     if not isinstance(data, dict) or data.get("format") != CAPTURE_FORMAT:
         raise CaptureError(f"{index}: not an art-gifd capture index (format {CAPTURE_FORMAT!r} expected).")
