@@ -86,6 +86,12 @@ class TargetModel:
                 "art_gifd.models.make_classifier(model, input_shape) or ART's PyTorchClassifier."
             )
         check_client_model(estimator)
+        if torch.get_default_dtype() != torch.float32:  # every tensor the search creates would come out in it
+            raise ValueError(
+                f"torch's default dtype is {str(torch.get_default_dtype()).removeprefix('torch.')} "
+                "(torch.set_default_dtype): art-gifd computes in float32, as the FL model does; call "
+                "torch.set_default_dtype(torch.float32) first."
+            )
         self.estimator = estimator
         self.device = check_device(device if device is not None else estimator.device)
         self.train_mode = train_mode
@@ -262,7 +268,8 @@ class TargetModel:
                             everywhere (see :func:`~art_gifd.validation.check_gradient`).
         """
         arrays = check_gradient(grads, self.names, self.shapes)
-        return [torch.as_tensor(a, dtype=torch.float32, device=self.device) for a in arrays]
+        # a native-order, writable float32 copy: read-only (memory-mapped) and big-endian arrays come in as well
+        return [torch.from_numpy(np.array(a, dtype=np.float32)).to(self.device) for a in arrays]
 
 
 def dropout_layers(module: torch.nn.Module) -> list[str]:

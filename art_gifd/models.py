@@ -15,11 +15,12 @@ and its weights or from a TorchScript file, as an audit does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,28 @@ from torch import nn
 MODELS = ("lenet", "convnet", "convnet-bn", "resnet18")
 
 
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator for a block and put the caller's state back after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def lenet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
-    """DLG's LeNet with sigmoid activations and uniform(-0.5, 0.5) weights, seeded."""
-    torch.manual_seed(seed)
+    """DLG's LeNet with sigmoid activations and uniform(-0.5, 0.5) weights, seeded (the global RNG left as it was)."""
     side = image_size // 4
-    net = nn.Sequential(
-        nn.Conv2d(in_channels, 12, 5, padding=2, stride=2),
-        nn.Sigmoid(),
-        nn.Conv2d(12, 12, 5, padding=2, stride=2),
-        nn.Sigmoid(),
-        nn.Conv2d(12, 12, 5, padding=2, stride=1),
-        nn.Sigmoid(),
-        nn.Flatten(),
-        nn.Linear(12 * side * side, num_classes),
-    )
+    with seeded(seed):
+        net = nn.Sequential(
+            nn.Conv2d(in_channels, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1),
+            nn.Sigmoid(),
+            nn.Flatten(),
+            nn.Linear(12 * side * side, num_classes),
+        )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
@@ -51,19 +60,22 @@ def lenet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, see
 
 
 def convnet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
-    """A three-layer ReLU ConvNet with a linear head, PyTorch default initialisation, seeded."""
-    torch.manual_seed(seed)
+    """
+    A three-layer ReLU ConvNet with a linear head, PyTorch default initialisation, seeded (the global RNG is left as
+    it was).
+    """
     side = image_size // 4
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, stride=2),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * side * side, num_classes),
-    )
+    with seeded(seed):
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * side * side, num_classes),
+        )
 
 
 def convnet_bn(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
@@ -108,8 +120,7 @@ def resnet18(in_channels: int = 3, image_size: int = 64, num_classes: int = 10, 
         raise ValueError(f"in_channels must be at least 1, got {in_channels}.")
     if image_size < 8:
         raise ValueError(f"resnet18 needs images of at least 8×8 (three stride-2 stages), got image_size={image_size}.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

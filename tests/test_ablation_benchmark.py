@@ -37,9 +37,9 @@ def test_ablation_runs_resume_and_report_paired_differences(benchmarks, tmp_path
     assert (runs / "lenet-mnist.jsonl").read_text().splitlines() == lines
     from art_gifd.store import ResultsBusy, ResultsFile
 
-    with ResultsFile(runs / "lenet-mnist.jsonl").lock("another process"):  # a second writer is refused at once
-        with pytest.raises(ResultsBusy, match="being written by another benchmarks/ablation.py"):
-            ablation.main(argv)
+    busy = pytest.raises(ResultsBusy, match=r"being written by another benchmarks/ablation\.py")
+    with ResultsFile(runs / "lenet-mnist.jsonl").lock("another process"), busy:  # a second writer is refused at once
+        ablation.main(argv)
     with open(runs / "lenet-mnist.jsonl", "a") as handle:
         handle.write('{"case": "lenet-mn')
     out = tmp_path / "report" / "ablation"

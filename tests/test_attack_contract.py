@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from art_gifd.attacks import (
@@ -76,3 +77,85 @@ def test_registry_agrees_with_the_classes_and_maps_the_budget(lenet_clf, bn_clf,
         build_attack("gifd", lenet_clf, None, budget, 1, 0)
     with pytest.raises(ValueError, match="Unknown attack 'gfd'"):
         build_attack("gfd", lenet_clf, None, budget, 1, 0)
+
+
+# --- what a call leaves behind: nothing in the caller's state, nothing between calls ---------------------------------
+
+
+def _tiny_gifd(clf, prior=None, **kwargs):
+    return GIFDAttack(clf, prior, max_stage=2, steps_per_stage=2, num_restarts=1, seed=0, verbose=False, **kwargs)
+
+
+def test_one_attack_object_serves_two_threads_as_it_serves_two_calls(lenet_clf, heldout) -> None:
+    """The search's state (here the class-conditional prior's generator classes) lives on a per-call copy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from art_gifd.federated import client_gradients
+    from art_gifd.priors.embedded import load_default_prior
+
+    x, y = heldout
+    picks = [int(np.flatnonzero(y == c)[0]) for c in (3, 2)]
+    attack = _tiny_gifd(lenet_clf, load_default_prior("mnist32-conditional"))
+    calls = [(client_gradients(lenet_clf, x[i : i + 1], y[i : i + 1]), y[i : i + 1]) for i in picks]
+    alone = [attack.reconstruct(g, labels) for g, labels in calls]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda call: attack.reconstruct(*call), calls * 3))
+    for result, expected, (_, labels) in zip(together, alone * 3, calls * 3, strict=True):
+        assert result.extra["generator_labels"] == labels.tolist()
+        np.testing.assert_array_equal(result.images, expected.images)
+
+
+def test_the_callers_grad_mode_rng_prior_and_warnings_are_left_as_they_were(lenet_clf, heldout) -> None:
+    import warnings
+
+    import torch
+
+    from art_gifd.federated import client_gradients
+    from art_gifd.models import convnet, lenet
+    from art_gifd.priors.embedded import load_default_prior
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    grads = client_gradients(lenet_clf, x, y)
+    expected = _tiny_gifd(lenet_clf).infer(grads, y)
+    with torch.no_grad():  # evaluation code often runs the attack inside no_grad or inference_mode
+        np.testing.assert_array_equal(_tiny_gifd(lenet_clf).infer(grads, y), expected)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(_tiny_gifd(lenet_clf).infer(grads, y), expected)
+    # the caller's prior (being trained, say) keeps its mode and gradient flags
+    prior = load_default_prior().train()
+    prior.requires_grad_(True)
+    _tiny_gifd(lenet_clf, prior).infer(grads, y)
+    assert prior.training and all(p.requires_grad for p in prior.parameters())
+    # building attacks, priors and the library's models draws nothing from, and reseeds nothing of, torch's generator
+    torch.manual_seed(1234)
+    undisturbed = torch.rand(3)
+    torch.manual_seed(1234)
+    _tiny_gifd(lenet_clf), lenet(seed=5), convnet(seed=5)
+    assert torch.equal(torch.rand(3), undisturbed)
+    # CMA-ES (GGL) samples from its own generators: numpy's global state and the warnings filters stay put
+    np.random.seed(7)
+    state, filters = np.random.get_state()[1].copy(), list(warnings.filters)
+    ggl = [GGLAttack(lenet_clf, max_iter=2, num_restarts=1, seed=0, verbose=False).infer(grads, y) for _ in range(2)]
+    assert np.array_equal(np.random.get_state()[1], state) and warnings.filters == filters
+    np.testing.assert_array_equal(*ggl)
+
+
+def test_gradients_read_only_big_endian_or_under_another_default_dtype(lenet_clf, heldout) -> None:
+    import torch
+
+    from art_gifd.federated import TargetModel, client_gradients
+
+    grads = client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    target = TargetModel(lenet_clf)
+    frozen = [g.copy() for g in grads]
+    for g in frozen:
+        g.flags.writeable = False  # e.g. np.load(..., mmap_mode="r")
+    expected = target.as_gradient_list(grads)
+    for variant in (frozen, [g.astype(">f4") for g in grads]):
+        assert all(torch.equal(a, b) for a, b in zip(target.as_gradient_list(variant), expected, strict=True))
+    torch.set_default_dtype(torch.float64)
+    try:
+        with pytest.raises(ValueError, match=r"default dtype is float64 .*torch\.set_default_dtype\(torch\.float32\)"):
+            client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -5,12 +5,13 @@ Base class of every gradient-inversion attack: the ART contract, validation and 
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -372,10 +373,25 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param y: Known labels, or ``None`` to infer them.
         :return: The reconstruction and its details.
         """
-        search = self._begin(x, y)
-        with tqdm(total=self._total_steps(), desc=type(self).__name__, disable=not self.verbose, leave=False) as bar:
-            self._search_together([search], bar)
-        return self._finish(search)
+        attack = copy.copy(self)  # the search's state (e.g. generator labels) on its own copy: calls are independent
+        with attack._searching():
+            search = attack._begin(x, y)
+            with tqdm(
+                total=self._total_steps(), desc=type(self).__name__, disable=not self.verbose, leave=False
+            ) as bar:
+                attack._search_together([search], bar)
+            return attack._finish(search)
+
+    @contextlib.contextmanager
+    def _searching(self) -> Iterator[None]:
+        """
+        What a search runs under: autograd on, whatever the caller's ``torch.no_grad()``, ``set_grad_enabled(False)``
+        or ``inference_mode()``; subclasses add what they must set up and put back.
+        """
+        import torch
+
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
 
     def reconstruct_many(
         self,
@@ -445,22 +461,23 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             if seeds is not None:
                 attack.seed = check_integer(f"seeds[{t}]", seeds[t], 0, MAX_SEED)
             attacks.append(attack)
-        searches = [
-            a._begin(x, None if labels is None else labels[t])
-            for t, (a, x) in enumerate(zip(attacks, observations, strict=True))
-        ]
-        plan = searches[0].matcher.plan
-        together = count if max_together is None else int(max_together)
-        if plan is not None:
-            fits = self._memory_fit(searches[0].ctx.target, plan)
-            together = min(together, fits) if fits is not None else together
-        chunks = [list(range(i, min(i + together, count))) for i in range(0, count, together)]
-        with tqdm(
-            total=self._total_steps() * len(chunks), desc=type(self).__name__, disable=not self.verbose, leave=False
-        ) as bar:
-            for chunk in chunks:
-                self._search_together([searches[t] for t in chunk], bar)
-        return [a._finish(s) for a, s in zip(attacks, searches, strict=True)]
+        with self._searching():
+            searches = [
+                a._begin(x, None if labels is None else labels[t])
+                for t, (a, x) in enumerate(zip(attacks, observations, strict=True))
+            ]
+            plan = searches[0].matcher.plan
+            together = count if max_together is None else int(max_together)
+            if plan is not None:
+                fits = self._memory_fit(searches[0].ctx.target, plan)
+                together = min(together, fits) if fits is not None else together
+            chunks = [list(range(i, min(i + together, count))) for i in range(0, count, together)]
+            with tqdm(
+                total=self._total_steps() * len(chunks), desc=type(self).__name__, disable=not self.verbose, leave=False
+            ) as bar:
+                for chunk in chunks:
+                    self._search_together([searches[t] for t in chunk], bar)
+            return [a._finish(s) for a, s in zip(attacks, searches, strict=True)]
 
     def _search_together(self, searches: list[_Search], bar: tqdm) -> None:
         """

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -726,13 +727,14 @@ def _run_lbfgs(
 def _run_cma(
     stage: SearchStage, evaluate: Evaluate, tracker: _BestTracker, settings: SearchSettings, report: Report
 ) -> int:
-    """CMA-ES on the stage's variable; the ``cma`` package seeds and draws from numpy's global generator, which is
-    restored afterwards, so that an attack leaves the caller's numpy random state as it found it."""
-    state = np.random.get_state()
-    try:
+    """
+    CMA-ES on the stage's variable. Each restart samples from its own seeded generator (the ``cma`` package's
+    ``randn`` option; ``seed=nan`` keeps it from seeding numpy's global one): searches in several threads stay
+    independent, and the caller's numpy random state is left alone. The package installs warnings filters for the
+    whole process on import and on its first search: they are put back as they were.
+    """
+    with warnings.catch_warnings():
         return _cma_search(stage, evaluate, tracker, settings, report)
-    finally:
-        np.random.set_state(state)
 
 
 def _cma_search(
@@ -746,11 +748,16 @@ def _cma_search(
     restarts = tracker.restarts
     rows = init.shape[0] // restarts
     starts = init.reshape(restarts, -1).double().cpu().numpy()
-    options = {"seed": settings.seed + 1, "verbose": -9, "maxiter": settings.steps}
+    options: dict[str, Any] = {"seed": np.nan, "verbose": -9, "maxiter": settings.steps}
     if stage.cma_population is not None:
         options["popsize"] = stage.cma_population
+
+    def sampler(seed: int) -> Callable[[int, int], np.ndarray]:
+        generator = np.random.default_rng(seed)
+        return lambda count, size: generator.standard_normal((count, size))
+
     strategies = [
-        cma.CMAEvolutionStrategy(start, stage.cma_sigma, {**options, "seed": options["seed"] + r})
+        cma.CMAEvolutionStrategy(start, stage.cma_sigma, {**options, "randn": sampler(settings.seed + 1 + r)})
         for r, start in enumerate(starts)
     ]
     population = strategies[0].popsize

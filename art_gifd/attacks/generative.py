@@ -5,8 +5,9 @@ estimator, class conditioning through a label mapping, and decoding generator ou
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,9 +59,12 @@ class GenerativePriorAttack(GradientInversionAttack):
         :param kwargs: Parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`.
         """
         if prior is None:
+            import torch
+
             from art_gifd.priors.embedded import load_default_prior
 
-            prior = load_default_prior()
+            with torch.inference_mode(False):  # weights the search can differentiate through, wherever it is built
+                prior = load_default_prior()
         self.prior = prior
         self.label_mapping = label_mapping
         self.latent_constraint = latent_constraint
@@ -129,7 +133,28 @@ class GenerativePriorAttack(GradientInversionAttack):
             if bad:
                 raise ValueError(f"label_mapping names unknown generator classes: {bad[:5]}.")
 
+    @contextlib.contextmanager
+    def _searching(self) -> Iterator[None]:
+        """
+        As the base class; the prior is frozen (eval mode, no gradients into its weights) and moved to the model's
+        device for the search, then handed back in its own mode, flags and device: it is the caller's module.
+        """
+        prior = self.prior
+        training, flags, device = prior.training, [p.requires_grad for p in prior.parameters()], prior.device
+        with super()._searching():
+            try:
+                yield
+            finally:
+                prior.to(device).train(training)
+                for parameter, flag in zip(prior.parameters(), flags, strict=True):
+                    parameter.requires_grad_(flag)
+
     def _prepare(self, ctx: SearchContext) -> None:
+        if any(p.is_inference() for p in self.prior.parameters()):
+            raise ValueError(
+                "The prior's weights were created under torch.inference_mode(), so no gradient can flow through the "
+                "generator: load it outside that block (torch.no_grad() is fine)."
+            )
         self.prior.to(ctx.target.device).freeze()
         self._generator_labels = None
         self._mapping_scores = None

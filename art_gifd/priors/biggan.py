@@ -212,7 +212,9 @@ def load_biggan(
             f"'{config_path}' is not a JSON file ({err}): copy the package's BigGAN config there."
         ) from None
     try:
-        generator = BigGANGenerator(config, truncation=truncation, training_domain=training_domain)
+        # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
+        with torch.random.fork_rng(devices=[]):
+            generator = BigGANGenerator(config, truncation=truncation, training_domain=training_domain)
     except (TypeError, AttributeError, KeyError, ValueError) as err:
         raise ValueError(f"'{config_path}' is not a BigGAN config: {err}") from None
     path = directory / WEIGHTS_NAME

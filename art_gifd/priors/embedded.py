@@ -93,7 +93,9 @@ def load_default_prior(
     default_path = embedded_weights_path(name)  # validates the name
     spec = EMBEDDED_PRIORS[name]
     path = Path(weights_path) if weights_path is not None else default_path
-    generator = DCGANGenerator(**spec["architecture"], training_domain=str(spec["training_domain"]))  # type: ignore[arg-type]
+    # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
+    with torch.random.fork_rng(devices=[]):
+        generator = DCGANGenerator(**spec["architecture"], training_domain=str(spec["training_domain"]))  # type: ignore[arg-type]
     state = load_state_dict_file(path, sha256=str(spec["sha256"]))
     load_strict(generator, state, f"'{path}'")
     return generator.to(device).freeze()

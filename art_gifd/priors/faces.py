@@ -42,7 +42,9 @@ def load_face_dcgan(weights_path: str | Path | None = None, device: str | torch.
     :return: The frozen generator in eval mode (5 blocks: latent, 4×4, 8×8, 16×16, 32×32 features).
     """
     path = Path(weights_path) if weights_path is not None else face_weights_path()
-    generator = DCGANGenerator(nz=100, ngf=64, nc=3, image_size=64, training_domain="DigiFace-1M synthetic faces")
+    # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
+    with torch.random.fork_rng(devices=[]):
+        generator = DCGANGenerator(nz=100, ngf=64, nc=3, image_size=64, training_domain="DigiFace-1M synthetic faces")
     load_strict(generator, load_state_dict_file(path, key="netG_state_dict"), f"'{path}'")
     # Its features are about 3x smaller in mean magnitude than the embedded digit priors' (0.08-0.16 against
     # 0.35-0.48 per element); on the tuning crops of benchmarks/ablation.py a feature-stage learning rate of 0.03

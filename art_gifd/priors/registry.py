@@ -91,6 +91,8 @@ def load_prior(spec: Mapping[str, Any], device: str) -> LayeredGenerator:
 
 @lru_cache(maxsize=4)
 def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
+    import torch
+
     from art_gifd import priors
     from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
 
@@ -101,13 +103,15 @@ def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
     if kind == "face-dcgan":
         return priors.load_face_dcgan(spec.get("weights"), device=device)
     if kind == "dcgan":
-        generator = priors.DCGANGenerator(
-            nz=spec["nz"],
-            ngf=spec["ngf"],
-            nc=spec["nc"],
-            image_size=spec["image_size"],
-            training_domain=spec.get("training_domain", "unknown"),
-        )
+        # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
+        with torch.random.fork_rng(devices=[]):
+            generator = priors.DCGANGenerator(
+                nz=spec["nz"],
+                ngf=spec["ngf"],
+                nc=spec["nc"],
+                image_size=spec["image_size"],
+                training_domain=spec.get("training_domain", "unknown"),
+            )
         state = load_state_dict_file(spec["weights"], key=spec.get("key"), sha256=spec.get("sha256"))
         load_strict(generator, state, f"'{spec['weights']}'")
         return generator.to(device).freeze()

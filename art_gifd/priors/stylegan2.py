@@ -448,16 +448,18 @@ def load_stylegan2(
     :raises ValueError: If keys are missing, unexpected or mis-shaped (they are named).
     """
     path = Path(path)
-    generator = StyleGAN2Generator(
-        size,
-        style_dim,
-        n_mlp,
-        channel_multiplier,
-        channels=channels,
-        truncation=truncation,
-        noise=noise,
-        training_domain=training_domain,
-    )
+    # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
+    with torch.random.fork_rng(devices=[]):
+        generator = StyleGAN2Generator(
+            size,
+            style_dim,
+            n_mlp,
+            channel_multiplier,
+            channels=channels,
+            truncation=truncation,
+            noise=noise,
+            training_domain=training_domain,
+        )
     state = load_state_dict_file(path, key=key, sha256=sha256, trust_checkpoint=trust_checkpoint)
     load_strict(generator, state, f"'{path}' (StyleGAN2, size={size}, style_dim={style_dim}, n_mlp={n_mlp})")
     return generator.to(device).freeze()
