@@ -253,6 +253,11 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
                 mode = image.mode
                 if not (mode.startswith("I") or mode == "F"):
                     pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        except Image.DecompressionBombError as err:  # PIL's guard against images too large to decode safely
+            raise ValueError(
+                f"'{path}' is too large to decode ({err}): the images must have the model's input size; resize or "
+                "remove it."
+            ) from None
         except (OSError, SyntaxError) as err:  # PIL's errors for truncated or unidentified files
             raise ValueError(f"'{path}' cannot be read as an image ({err}): re-copy it or remove it.") from None
         if mode.startswith("I") or mode == "F":  # converting to 8 bits clips every value above 255

@@ -207,7 +207,31 @@ def attack_batches(
         )
         result = attack.reconstruct(grads, y if labels_known else None)
         scores = evaluate_batch(result.images, x, result.labels, y, data_range=(lo, hi), lpips=lpips)
+        scores["chance_ssim"] = chance_ssim(attack, x, y, result, (lo, hi), here)
         yield x, scores, result, result.images[np.asarray(scores["assignment"])]
+
+
+#: Decoy batches scored per client batch for the chance level of a generative attack.
+CHANCE_DRAWS = 4
+
+
+def chance_ssim(
+    attack: Any, x: np.ndarray, y: np.ndarray, result: ReconstructionResult, data_range: tuple[float, float], seed: int
+) -> list[float] | None:
+    """
+    SSIM of :data:`CHANCE_DRAWS` batches of the attack's decoys
+    (:meth:`~art_gifd.attacks.generative.GenerativePriorAttack.decoys`, with the result's generator classes), each
+    matched to the originals as a reconstruction is: the chance level of the recognisable share. ``None`` for an
+    attack without a prior, whose starting images are noise.
+    """
+    if not hasattr(attack, "decoys"):
+        return None
+    labels = result.extra.get("generator_labels")
+    values: list[float] = []
+    for draw in range(CHANCE_DRAWS):
+        decoys = attack.decoys(len(x), (seed + 1 + draw) % (MAX_SEED + 1), labels)
+        values += evaluate_batch(decoys, x, y, y, data_range=data_range)["per_image"]["ssim"]
+    return values
 
 
 def run_experiment(
@@ -295,9 +319,12 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
              batch).
     """
     per_image: dict[str, list] = {"psnr": [], "ssim": [], "lpips": [], "shared_label": []}
+    chance: list[float] | None = [] if all(s.get("chance_ssim") is not None for s, _ in per_batch) else None
     for scores, _ in per_batch:
         for key in per_image:
             per_image[key].extend(scores["per_image"][key] or [])
+        if chance is not None:
+            chance.extend(scores["chance_ssim"])
     results = [r for _, r in per_batch]
     lpips_values = per_image["lpips"] if lpips_metric.available else None
     record = {
@@ -322,6 +349,8 @@ def aggregate_run(case: Case, attack: str, prior_name: str, per_batch: list, lpi
         "chosen_stages": [r.stage_names[r.best_stage] for r in results],
         "final_losses": [r.best_loss for r in results],
         "per_image": {**per_image, "lpips": lpips_values},
+        # SSIM of the attack's decoys (images it could output without the gradient): the chance level
+        "chance_ssim": chance,
     }
     if any("generator_labels" in r.extra for r in results):  # a class-conditional prior: the classes it was given
         record["task_labels"] = [np.asarray(r.labels).tolist() for r in results]

@@ -513,8 +513,9 @@ def _client_gradient(target: TargetModel, x: torch.Tensor, labels: torch.Tensor)
         )
     if not any(bool(g.any()) for g in grads):
         logger.warning(
-            "The client's gradient is zero everywhere (every label equal to the loss's ignore_index?): it carries "
-            "nothing to invert."
+            "The client's gradient is zero everywhere: every label equals the loss's ignore_index, or the logits are "
+            "so large that the softmax saturates (the model is certain of every image, as at inputs far outside its "
+            "training range); it carries nothing to invert."
         )
     return grads
 
@@ -832,6 +833,12 @@ def client_update(
                 p.grad = g.detach().clone()
             optimizer.step()
     update = [b - p.detach() for b, p in zip(before, params, strict=True)]
+    if not any(bool(u.any()) for u in update):
+        logger.warning(
+            "The client's update is zero everywhere: at learning rate %g its steps are lost to float32 rounding, or "
+            "its gradients are zero; it carries nothing to invert.",
+            training.learning_rate,
+        )
     if on_update is not None:  # it sees the model as the server sent it: the copy goes back to those weights
         with torch.no_grad():
             for p, b in zip(params, before, strict=True):

@@ -121,6 +121,11 @@ def label_signal(grads: Sequence[torch.Tensor], weight_index: int, bias_index: i
     return grads[weight_index].detach().double().sum(dim=1)
 
 
+#: How far below zero, as a fraction of the largest entry's magnitude, a bias-gradient entry must lie to show its class
+#: present (see :func:`classes_evidenced`).
+EVIDENCE_FRACTION = 0.05
+
+
 def classes_evidenced(
     grads: Sequence[torch.Tensor], head: tuple[int, int | None] | None, loss: object
 ) -> list[int] | None:
@@ -131,7 +136,9 @@ def classes_evidenced(
     classes of negative entries are present, and their number bounds the batch size from below. It is only read where
     it is exact: a head (weight and bias indices) with a bias, an ``nn.CrossEntropyLoss`` without label smoothing, and
     bias gradients that sum to zero as such a gradient must (added noise, clipping scale aside, breaks that: then
-    ``None``).
+    ``None``). Only entries below :data:`EVIDENCE_FRACTION` of the largest entry's magnitude, negated, count: noise too
+    small to break the sum still flips the sign of an absent class's near-zero entry, while a present class's entry
+    that matters is near ``(p − 1) / B``.
     """
     if not isinstance(loss, nn.CrossEntropyLoss) or loss.label_smoothing or head is None or head[1] is None:
         return None
@@ -139,7 +146,7 @@ def classes_evidenced(
     scale = float(bias.abs().sum())
     if scale == 0.0 or abs(float(bias.sum())) > 1e-4 * scale:
         return None
-    return [int(c) for c in torch.nonzero(bias < -1e-6 * scale).flatten()]
+    return [int(c) for c in torch.nonzero(bias < -EVIDENCE_FRACTION * bias.abs().max()).flatten()]
 
 
 def check_inferable(loss: object) -> None:

@@ -23,7 +23,7 @@ from art_gifd.configfile import parse_document
 from art_gifd.federated import client_gradients
 from art_gifd.metrics import LPIPSMetric
 from art_gifd.models import lenet
-from art_gifd.report.audit import SCHEMA, format_number
+from art_gifd.report.audit import SCHEMA, format_number, risk_rating
 
 #: The tiny audit's step budget and prior (an audit and a benchmark profile both take these tables).
 ATTACK_HEAD = """\
@@ -297,12 +297,21 @@ def test_tiny_audit_report_files_agree(tiny_report) -> None:
             format_number(setting["ssim"], "ssim"),
             format_number(setting["label_accuracy"], "label_accuracy"),
             format_number(setting["recognisable_share"], "share"),
+            format_number(setting["chance_share"], "share"),
             setting["risk"],
         ]
         for text in shown:
             assert text in row and text in md_row
         threshold = document["thresholds"]["recognisable_ssim"]
         assert setting["recognisable"] == sum(v >= threshold for v in setting["per_image"]["ssim"])
+        # the chance level: 4 decoy batches per client batch of the generative attack, scored at the same threshold
+        assert len(setting["chance_ssim"]) == 4 * setting["num_images"]
+        assert setting["chance_share"] == np.mean([v >= threshold for v in setting["chance_ssim"]])
+        thresholds = document["thresholds"]
+        expected = risk_rating(
+            setting["recognisable_share"], thresholds["high_share"], thresholds["medium_share"], setting["chance_share"]
+        )
+        assert setting["risk"] == expected
     for utility in document["utility"]:
         assert format_number(utility["accuracy"], "accuracy") in html
     # self-contained: every image is a data URI, no scripts, no external links
@@ -968,3 +977,71 @@ def test_the_resume_key_follows_the_model_as_built() -> None:
 
     facts = [load_user_model("art_gifd.models:lenet", {"seed": s})[1]["model_sha256"] for s in (0, 0, 1)]
     assert facts[0] == facts[1] != facts[2]  # a factory's other weights (no weights file) change the key
+
+
+@pytest.mark.parametrize(
+    ("share", "chance", "rating"),
+    [
+        (1.0, None, "high"),  # an attack that starts from noise: the share itself
+        (0.25, None, "medium"),
+        (0.0, None, "low"),
+        (0.8, 0.8, "low"),  # what a batch of 512 decoys reaches by chance is no leak
+        (0.85, 0.8, "medium"),
+        (0.9, 0.8, "high"),  # half of what chance leaves
+        (1.0, 1.0, "low"),
+    ],
+)
+def test_the_risk_is_rated_on_the_share_beyond_chance(share, chance, rating) -> None:
+    assert risk_rating(share, 0.5, 0.0, chance) == rating
+
+
+def test_decoys_are_the_priors_draws_in_the_clip_range_and_leave_the_prior_alone(lenet_clf, heldout) -> None:
+    from art_gifd import GIFDAttack
+    from art_gifd.metrics import evaluate_batch
+    from art_gifd.priors.embedded import load_default_prior
+
+    prior = load_default_prior().train()
+    attack = GIFDAttack(lenet_clf, prior, verbose=False)
+    first, again, other = attack.decoys(64, 1), attack.decoys(64, 1), attack.decoys(64, 2)
+    assert first.shape == (64, 1, 32, 32) and first.dtype == np.float32 and 0.0 <= first.min() <= first.max() <= 1.0
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other) and prior.training  # seeded draws; the caller's prior keeps its mode
+    # matched one to one they rarely pass SSIM 0.5; matched within a batch of 64 they often do: the chance level
+    x, y = heldout
+    one = [
+        evaluate_batch(attack.decoys(1, i), x[i : i + 1], y[i : i + 1], y[i : i + 1])["per_image"]["ssim"][0]
+        for i in range(64)
+    ]
+    many = evaluate_batch(first, x[:64], y[:64], y[:64])["per_image"]["ssim"]
+    assert np.mean(np.asarray(one) >= 0.5) < 0.15 < 0.4 < np.mean(np.asarray(many) >= 0.5)
+    conditional = GIFDAttack(lenet_clf, load_default_prior("mnist32-conditional"), verbose=False)
+    with pytest.raises(ValueError, match="one generator class per image"):
+        conditional.decoys(2, 0)
+    assert conditional.decoys(2, 0, [3, 7]).shape == (2, 1, 32, 32)
+
+
+def test_an_image_too_large_to_decode_is_named(tmp_path, monkeypatch) -> None:
+    from PIL import Image as PILImage
+
+    from art_gifd.data import load_image_folder
+
+    save_png(tmp_path / "faces" / "0" / "big.png", (32, 32), 0)
+    save_png(tmp_path / "faces" / "1" / "a.png", (32, 32), 1)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # PIL refuses more than twice this: a decompression bomb
+    with pytest.raises(ValueError, match=r"big\.png' is too large to decode .*resize or remove it"):
+        load_image_folder(tmp_path / "faces", channels=1)
+
+
+def test_a_defence_strength_no_attack_can_work_on_is_named_at_validation(tmp_path) -> None:
+    path = write_config(tmp_path, defense="gaussian")
+    path.write_text(path.read_text().replace("params = { ratio = 0.5 }\nadaptive = true", "params = { sigma = 1e20 }"))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "defenses[0].params" in problems(err)
+    assert "update's norm" in problems(err)["defenses[0].params"] and "outside [1e-15, 1e+15]" in str(err.value)
+
+
+def test_a_fedavg_replay_that_cannot_fit_in_memory_is_named_at_validation(tmp_path) -> None:
+    path = fedavg_config(tmp_path, 'algorithm = "fedavg"\nlearning_rate = 0.05\nsteps = 1000000')
+    with pytest.raises(AuditConfigError, match=r"Replaying 1000000 local steps .* GiB free: set simulation_steps"):
+        load_audit_config(path)

@@ -943,3 +943,18 @@ def test_failures_that_a_later_successful_job_replaced_are_marked(reference):
     text = markdown(rows, errors, [], "t")
     assert f"| {records[0]['label']} (replaced by a later successful job) | ValueError" in text
     assert "| never/ran/ok | ValueError: offset out of range |" in text
+
+
+def test_a_grid_is_counted_before_it_is_listed_and_a_huge_one_refused(monkeypatch, capsys, tmp_path):
+    from art_gifd.bench import grid
+    from art_gifd.cli import main
+
+    quick = ROOT / "art_gifd" / "bench" / "profiles" / "quick.toml"
+    for path in (SMOKE, quick):  # the count agrees with the listing, restrictions included
+        config = load_config(path)
+        assert grid.job_count(config) == len(expand_grid(config))
+    monkeypatch.setattr(grid, "MAX_JOBS", 3)
+    count = grid.job_count(load_config(SMOKE))
+    assert main(["bench", "smoke", "--list", "--results", str(tmp_path / "r.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert f"the grid has {count:,} jobs" in error and "more than 3: split it" in error

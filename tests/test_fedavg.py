@@ -271,3 +271,11 @@ def test_cpu_memory_counts_what_the_kernel_can_give_back() -> None:
 
     free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert available_memory(torch.device("cpu")) >= free_pages  # MemAvailable holds the free pages and the cache
+
+
+def test_an_update_lost_to_rounding_is_named(lenet_clf, digits, caplog) -> None:
+    x, y = digits
+    with caplog.at_level("WARNING"):
+        update = client_update(lenet_clf, x, y, LocalTraining(1e-12, steps=1))
+    assert not any(u.any() for u in update)  # w − 1e-12·g rounds back to w in float32
+    assert "update is zero everywhere: at learning rate 1e-12" in caplog.text

@@ -194,3 +194,21 @@ def test_label_smoothing_refuses_inference_and_keeps_known_labels(monkeypatch: p
     with pytest.raises(ValueError, match=r"label_smoothing=0\.1"):
         attack.infer(grads)
     assert attack.infer(grads, y=y).shape == (1, 1, 32, 32)
+
+
+def test_noise_too_small_to_break_the_sum_does_not_invent_classes(heldout) -> None:
+    """DP noise of 1e-7 … 1e-5 keeps the bias gradient's sum near zero but flips absent classes' near-zero entries."""
+    from art_gifd.defenses import DPSGD
+    from art_gifd.labels import classes_evidenced
+
+    x, y = heldout
+    clf = make_classifier(convnet(seed=0), (1, 32, 32))
+    head = find_classifier_head(TargetModel(clf).module, 10)
+    for noise in (1e-7, 1e-6, 1e-5):
+        dp = DPSGD(noise_multiplier=noise, max_grad_norm=1.0, sample_rate=0.01, steps=100, delta=1e-5)
+        for i in range(8):
+            grads = [torch.as_tensor(g) for g in client_gradients(clf, x[i : i + 1], y[i : i + 1], defense=dp, seed=i)]
+            assert classes_evidenced(grads, head, nn.CrossEntropyLoss()) in ([int(y[i])], [])
+    four = [int(np.flatnonzero(y == c)[0]) for c in (0, 3, 5, 9)]  # while a batch of 4 still shows its 4 classes
+    grads = [torch.as_tensor(g) for g in client_gradients(clf, x[four], y[four])]
+    assert classes_evidenced(grads, head, nn.CrossEntropyLoss()) == [0, 3, 5, 9]

@@ -641,6 +641,21 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             return None
         return max(1, free // max(1, simulation_memory(target, plan, self.num_restarts)))
 
+    def check_replay_memory(self) -> None:
+        """
+        Refuse, before any work, a FedAvg replay (``training``) whose estimated memory exceeds what the device has free
+        at this attack's batch size and restarts; nothing for a FedSGD attack. The search checks the same at its
+        start; a caller that plans many searches can check once up front.
+
+        :raises ValueError: Naming the estimate, the free memory and the ways to lower it.
+        """
+        if self.training is None:
+            return
+        target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
+        reduction = getattr(target.loss_fn, "reduction", "mean")
+        plan = self.training.simulation(self.batch_size, self.simulation_steps, reduction)
+        self._check_memory(target, plan, self.num_restarts)
+
     def _check_memory(self, target: TargetModel, plan: list[tuple[np.ndarray, float]], restarts: int) -> None:
         """
         Refuse, before any work, a FedAvg replay of ``restarts`` candidate batches whose estimated memory exceeds what

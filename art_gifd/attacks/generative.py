@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -226,6 +226,36 @@ class GenerativePriorAttack(GradientInversionAttack):
     def project_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Project latent codes ``(N, …)`` onto the search's latent constraint."""
         return project_latent(latent, self.resolved_latent_constraint, self.prior.latent_bound)
+
+    def decoys(self, count: int, seed: int, generator_labels: Sequence[int] | None = None) -> np.ndarray:
+        """
+        Images this attack could output without any gradient: ``count`` latents drawn from its prior and constrained
+        as a search starts, decoded and mapped to the estimator's ``clip_values``. Scored against the private images
+        as a reconstruction is, they give the chance level of a recognisable share (a prior of the data's domain
+        produces look-alikes by itself, more often the more images a batch offers to match).
+
+        :param count: Number of images.
+        :param seed: Seed of the latent draws.
+        :param generator_labels: Generator class of each image, for a class-conditional prior (e.g. a result's
+                                 ``extra["generator_labels"]``: what the labels alone give the attacker).
+        :return: Float32 NCHW images.
+        """
+        import torch
+
+        from art_gifd.federated import clip_range
+
+        with self._searching(), torch.no_grad():
+            prior = self.prior.freeze()
+            latent = prior.sample_latent(count, generator=torch.Generator(device=prior.device).manual_seed(seed))
+            classes = None
+            if prior.num_classes is not None:
+                if generator_labels is None or len(generator_labels) != count:
+                    raise ValueError("A class-conditional prior's decoys need one generator class per image.")
+                classes = torch.as_tensor(list(generator_labels), device=prior.device)
+            generated = prior.forward_from(0, self.project_latent(latent), classes)
+            (out_lo, out_hi), (lo, hi) = prior.output_range, clip_range(self.estimator)
+            images = lo + (generated - out_lo) * ((hi - lo) / (out_hi - out_lo))
+            return images.clamp(lo, hi).cpu().numpy().astype(np.float32)
 
     def initial_latent(self, ctx: SearchContext) -> torch.Tensor:
         """

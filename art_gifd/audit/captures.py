@@ -71,6 +71,7 @@ from art_gifd.audit.config import (
     string,
 )
 from art_gifd.audit.run import prepare_output
+from art_gifd.experiment import chance_ssim
 from art_gifd.federated import (
     TRAINING_KEYS,
     LocalTraining,
@@ -92,6 +93,7 @@ from art_gifd.models import import_callable
 from art_gifd.report.audit import highest_risk, risk_rating
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import (
+    NULL,
     NUMBER,
     ResultsFile,
     environment,
@@ -401,6 +403,7 @@ def _search_together(
             seconds,
             len(jobs),
             _update_explained(estimator, observed, result, training, search.distance),
+            None if truth is None else chance_ssim(search, *truth, result, clip_range(cfg.estimator), seed),
         )
         for (job_update, estimator, observed, truth), result in zip(jobs, results, strict=True)
     ]
@@ -435,10 +438,12 @@ def _record(
     seconds: float,
     together: int,
     explained: float,
+    chance: list[float] | None,
 ) -> tuple[dict, dict]:
     """
     The record and images of one attacked update (``seconds``: its share of a search of ``together`` updates;
-    ``explained``: :func:`_update_explained`).
+    ``explained``: :func:`_update_explained`; ``chance``: the SSIM of the attack's decoys against the ground truth,
+    :func:`~art_gifd.experiment.chance_ssim`).
     """
     training = cfg.trainings[update.name]
     record: dict[str, Any] = {
@@ -470,9 +475,13 @@ def _record(
             label_accuracy=scores["label_accuracy"],
             per_image=scores["per_image"],
             recognisable_share=recognisable / len(truth[0]),
+            chance_share=float(np.mean([v >= threshold for v in chance])) if chance else None,
         )
         record["risk"] = risk_rating(
-            record["recognisable_share"], cfg.settings["report"]["high_share"], cfg.settings["report"]["medium_share"]
+            record["recognisable_share"],
+            cfg.settings["report"]["high_share"],
+            cfg.settings["report"]["medium_share"],
+            record["chance_share"],
         )
         images = {"originals": truth[0], "reconstructions": result.images[np.asarray(scores["assignment"])]}
     return record, images
@@ -493,6 +502,7 @@ RECORD_SHAPE = {
     "psnr?": NUMBER,
     "ssim?": NUMBER,
     "recognisable_share?": NUMBER,
+    "chance_share?": (NULL, NUMBER),
     "risk?": str,
     "per_image?": {"psnr": [NUMBER], "ssim": [NUMBER]},
 }
@@ -615,6 +625,9 @@ def _summary_rows(records: list[dict[str, Any]], scored: bool) -> list[dict[str,
                 label_accuracy=float(np.mean([r["label_accuracy"] for r in group])),
                 worst_psnr=worst["psnr"],
                 recognisable_share=float(np.mean([r["recognisable_share"] for r in group])),
+                chance_share=None
+                if group[0]["chance_share"] is None
+                else float(np.mean([r["chance_share"] for r in group])),
             )
         rows.append(row)
     return rows
@@ -755,8 +768,10 @@ def _threat_model(cfg: CaptureAuditConfig) -> list[str]:
         )
     else:
         lines.append(
-            f"Risk: an image is recognisable at SSIM ≥ {report['recognisable_ssim']:g}; an update is rated high when "
-            f"at least {report['high_share']:g} of its images are, medium above {report['medium_share']:g}, else low. "
-            "LPIPS is not computed in capture audits."
+            f"Risk: an image is recognisable at SSIM ≥ {report['recognisable_ssim']:g}; chance c is the recognisable "
+            "share of the attack's decoys (random draws of its prior, matched as the reconstructions are; 0 for an "
+            "attack that starts from noise); from the recognisable share s, k = (s − c) / (1 − c), an update is rated "
+            f"high when k ≥ {report['high_share']:g}, medium above {report['medium_share']:g}, else low. LPIPS is not "
+            "computed in capture audits."
         )
     return lines

@@ -188,7 +188,7 @@ from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.store import ResultsBusy, ResultsFile, file_slug, terminate_as_interrupt
 from art_gifd.utility import UTILITY_KEYS, read_utility_table
-from art_gifd.validation import MAX_SEED, check_device, check_output_folder
+from art_gifd.validation import GRADIENT_NORM_RANGE, MAX_SEED, check_device, check_output_folder
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
@@ -914,14 +914,23 @@ def _probe_defenses(
     for setting in defenses:
         if setting.defense is None:
             continue
+        where = ("defenses", setting.index or 0, "params")
         try:
             if probe is None:
-                client_gradients(estimator, x, y, defense=setting.defense, train_mode=train_mode, seed=0)
+                shared = client_gradients(estimator, x, y, defense=setting.defense, train_mode=train_mode, seed=0)
             else:  # a FedAvg client applies DP-SGD on each local step: probe one
-                client_update(estimator, x, y, probe, defense=setting.defense, train_mode=train_mode, seed=0)
+                shared = client_update(estimator, x, y, probe, defense=setting.defense, train_mode=train_mode, seed=0)
         except (ValueError, RuntimeError) as err:
+            check.add(where, f"defence '{setting.label}' fails on this model: {err}")
+            continue
+        norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in shared))
+        low, high = GRADIENT_NORM_RANGE
+        if not low <= norm <= high:  # the attacks would refuse every update of this setting
             check.add(
-                ("defenses", setting.index or 0, "params"), f"defence '{setting.label}' fails on this model: {err}"
+                where,
+                f"defence '{setting.label}' makes the shared update's norm {norm:.3g}, outside [{low:g}, {high:g}] "
+                "where float32 gradient matching works: no attack could be run on it; choose a strength of a "
+                "realistic scale.",
             )
 
 
@@ -964,19 +973,21 @@ def _probe_attacks(
             )
             continue
         try:
-            build_attack(
-                attack.name,
-                estimator,
-                priors.get(attack.prior),  # type: ignore[arg-type]  # None only for the non-generative attacks
-                attack.budget,
-                batch_sizes[0],
-                0,
-                train_mode=settings["model"]["train_mode"],
-                device=settings["device"],
-                verbose=False,
-                training=training,
-                **attack.params,
-            )
+            for size in dict.fromkeys((batch_sizes[0], max(batch_sizes))):  # the largest replays the most
+                built = build_attack(
+                    attack.name,
+                    estimator,
+                    priors.get(attack.prior),  # type: ignore[arg-type]  # None only for the non-generative attacks
+                    attack.budget,
+                    size,
+                    0,
+                    train_mode=settings["model"]["train_mode"],
+                    device=settings["device"],
+                    verbose=False,
+                    training=training,
+                    **attack.params,
+                )
+            built.check_replay_memory()
         except ValueError as err:
             key = ("attacks", attack.index, "params" if attack.params else "name")
             check.add(key, f"attack '{attack.label}' cannot run on this model with these parameters: {err}")

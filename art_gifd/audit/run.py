@@ -260,6 +260,7 @@ SETTING_SHAPE = {
         "num_restarts": int,
         "seconds": NUMBER,
         "labels_known": bool,
+        "chance_ssim": (NULL, [NUMBER]),
         "per_image": {"psnr": [NUMBER], "ssim": [NUMBER], "lpips": (NULL, [NUMBER]), "shared_label?": [bool]},
     }
 }
@@ -351,6 +352,7 @@ def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[s
     """A setting's measured record with what this configuration calls it and how its thresholds count it."""
     threshold = cfg.settings["report"]["recognisable_ssim"]
     recognisable = int(sum(v >= threshold for v in run["per_image"]["ssim"]))
+    chance = run["chance_ssim"]
     return {
         **run,
         "id": setting.id,
@@ -359,6 +361,7 @@ def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[s
         "attack_label": setting.attack.label,
         "recognisable": recognisable,
         "recognisable_share": recognisable / run["num_images"],
+        "chance_share": float(np.mean([v >= threshold for v in chance])) if chance else None,
     }
 
 
@@ -408,7 +411,9 @@ def _document(
     thresholds = s["report"]
     records = []
     for run in runs:
-        rating = risk_rating(run["recognisable_share"], thresholds["high_share"], thresholds["medium_share"])
+        rating = risk_rating(
+            run["recognisable_share"], thresholds["high_share"], thresholds["medium_share"], run["chance_share"]
+        )
         records.append({**run, "risk": rating})
     defended = [d for d in cfg.defenses if d.defense is not None]
     return {

@@ -72,7 +72,15 @@ def expand_grid(config: BenchConfig) -> list[Job]:
 
     :param config: The validated configuration.
     :return: The jobs, in running order.
+    :raises ConfigError: For a grid of more than :data:`MAX_JOBS` jobs (counted without listing them).
     """
+    count = job_count(config)
+    if count > MAX_JOBS:
+        raise config.error(
+            ("seeds",),
+            f"the grid has {count:,} jobs (seeds × data sets × models × batch sizes × defence settings × attacks), "
+            f"more than {MAX_JOBS:,}: split it into several configurations, or shorten those lists.",
+        )
     jobs = []
     for seed in config.seeds:
         for dataset in config.datasets:
@@ -85,6 +93,24 @@ def expand_grid(config: BenchConfig) -> list[Job]:
                                     continue
                                 jobs.append(_job(config, seed, dataset, model, batch_size, defense, point, attack))
     return jobs
+
+
+#: The most jobs one configuration may hold: a grid is listed and checked as a whole, and a larger one would take
+#: months on a GPU at the paper's budget.
+MAX_JOBS = 100_000
+
+
+def job_count(config: BenchConfig) -> int:
+    """How many jobs :func:`expand_grid` lists for a configuration, counted without listing them."""
+    combinations = sum(
+        len(defense["points"])
+        for dataset in config.datasets
+        for model in config.models
+        for defense in config.defenses
+        for attack in config.attacks
+        if _selected(attack, dataset["name"], model, defense["name"])
+    )
+    return len(config.seeds) * len(config.batch_sizes) * combinations
 
 
 def _selected(attack: dict[str, Any], dataset: str, model: str, defense: str) -> bool:

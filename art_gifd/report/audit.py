@@ -9,11 +9,23 @@ uninformative images score on digits: against 50 held-out ``mnist32`` digits an 
 about 0.40 and a different digit about 0.34, while noisy but readable reconstructions reach 0.5 to 0.7. Background-
 heavy data inflate SSIM, so check the threshold for your data (score a black or mean image against a few samples).
 
-**Risk rating** of a setting, from the share ``s`` of its reconstructions that are recognisable:
+**Chance level.** A generator of the data's domain produces look-alikes without any gradient, and the more images a
+batch offers to match, the more of them pass the threshold: on held-out digits, random draws of the embedded prior
+are recognisable 4% of the time matched one to one, 14% within batches of 4 and 81% within batches of 512. So each
+setting of a generative attack also scores the attack's *decoys*
+(:meth:`~art_gifd.attacks.generative.GenerativePriorAttack.decoys`: random latents of its prior, decoded with the
+generator classes of its result, matched within each batch as the reconstructions are; :data:`~art_gifd.experiment.
+CHANCE_DRAWS` draws per batch), whose recognisable share ``c`` is the chance level. Attacks without a prior start from
+noise, which no threshold above an all-black image passes: their ``c`` is 0 (not measured).
 
-- ``high``: ``s >= high_share`` (default 0.5: at least half of the clients' images were recovered recognisably);
-- ``medium``: ``medium_share < s < high_share`` (default ``medium_share`` 0: at least one image was recovered);
-- ``low``: otherwise (no image recognisable by these attacks at this budget, which is not a proof of privacy).
+**Risk rating** of a setting, from the share ``s`` of its reconstructions that are recognisable, above chance:
+``k = (s − c) / (1 − c)`` (the share of what chance leaves unexplained that the gradient recovered; ``k = s`` when
+``c = 0``, and 0 when ``c = 1``):
+
+- ``high``: ``k >= high_share`` (default 0.5: at least half of the clients' images were recovered recognisably);
+- ``medium``: ``medium_share < k < high_share`` (default ``medium_share`` 0: more were recovered than chance gives);
+- ``low``: otherwise (no image recognisable beyond chance by these attacks at this budget, which is not a proof of
+  privacy).
 
 Numbers are shown with fixed precision everywhere (:data:`PRECISION`): PSNR 2 decimals, SSIM and LPIPS 3, label
 accuracy and shares 2.
@@ -48,18 +60,26 @@ PRECISION = {
 }
 
 
-def risk_rating(share: float, high_share: float = 0.5, medium_share: float = 0.0) -> str:
+def above_chance(share: float, chance: float | None) -> float:
+    """``(share − chance) / (1 − chance)``, at least 0: the recognisable share beyond the chance level (``None``: 0)."""
+    chance = chance or 0.0
+    return max(0.0, (share - chance) / (1.0 - chance)) if chance < 1.0 else 0.0
+
+
+def risk_rating(share: float, high_share: float = 0.5, medium_share: float = 0.0, chance: float | None = None) -> str:
     """
     The risk rating of a setting (see the module documentation).
 
     :param share: Share of recognisable reconstructions, in ``[0, 1]``.
-    :param high_share: ``high`` from this share on.
-    :param medium_share: ``medium`` above this share.
+    :param high_share: ``high`` from this share beyond chance on.
+    :param medium_share: ``medium`` above this share beyond chance.
+    :param chance: Recognisable share of the attack's decoys (``None``: 0, an attack that starts from noise).
     :return: ``"high"``, ``"medium"`` or ``"low"``.
     """
-    if share >= high_share:
+    beyond = above_chance(share, chance)
+    if beyond >= high_share:
         return "high"
-    return "medium" if share > medium_share else "low"
+    return "medium" if beyond > medium_share else "low"
 
 
 def highest_risk(ratings: Iterable[str]) -> str:
