@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from art_gifd.defenses.base import DefenseLike, make_generator
 from art_gifd.federated import TargetModel, check_input_scale, defended_gradients
@@ -68,6 +69,7 @@ def measure_utility(
     probe_batches: int = 8,
     seed: int = 0,
     train_mode: bool = False,
+    verbose: bool = False,
 ) -> UtilityResult:
     """
     Measure a defence's utility: the cosine between defended and clean updates, and the test accuracy after a short
@@ -86,6 +88,7 @@ def measure_utility(
     :param probe_batches: Batches over which the gradient cosine is averaged.
     :param seed: Seed of batch sampling and of the defence's randomness, in ``[0, 2**63 - 1]``.
     :param train_mode: Compute client gradients with the model in train mode (accuracy is measured in eval mode).
+    :param verbose: Show a progress bar over the rounds.
     :return: The measured utility.
     :raises ValueError: On a bad parameter, or data of the wrong shape, non-finite or outside ``clip_values``.
     """
@@ -117,7 +120,7 @@ def measure_utility(
     # random masks and each test chunk's batch statistics)
     evaluator = TargetModel(estimator, device=target.device) if train_mode else target
     initial_accuracy = _accuracy(evaluator, target.params, x_test, y_test)
-    for round_ in range(rounds):
+    for round_ in tqdm(range(rounds), desc="utility rounds", unit="round", disable=not verbose, leave=False):
         try:
             update = defended_gradients(target, *batch(), defense, generator)
         except ValueError as err:

@@ -1045,3 +1045,11 @@ def test_a_fedavg_replay_that_cannot_fit_in_memory_is_named_at_validation(tmp_pa
     path = fedavg_config(tmp_path, 'algorithm = "fedavg"\nlearning_rate = 0.05\nsteps = 1000000')
     with pytest.raises(AuditConfigError, match=r"Replaying 1000000 local steps .* GiB free: set simulation_steps"):
         load_audit_config(path)
+
+
+def test_a_verbose_audit_states_its_size_before_it_starts(tmp_path, capsys) -> None:
+    run_audit(write_config(tmp_path), verbose=True)
+    captured = capsys.readouterr()
+    assert "audit: 2 settings, 2 attack runs (client batches × seeds), 2 utility runs of 2 rounds" in (
+        captured.out + captured.err
+    )

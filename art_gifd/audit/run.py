@@ -161,6 +161,12 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
     lpips = LPIPSMetric(device=cfg.device)
     results, resumed = [], []
     settings = plan_settings(cfg)
+    if verbose:  # the size of the work before the first bar, which counts settings
+        runs = sum(len(cfg.x) // s.batch_size for s in settings) * len(cfg.settings["seeds"])
+        tqdm.write(
+            f"audit: {len(settings)} settings, {runs} attack runs (client batches × seeds), {len(cfg.defenses)} "
+            f"utility runs of {cfg.settings['utility']['rounds']} rounds"
+        )
     for setting in tqdm(settings, desc="audit settings", unit="setting", disable=not verbose):
         # a finished setting is found by what its numbers depend on, whatever else of the configuration changed
         key = "s-" + cfg.setting_key(setting.batch_size, cfg.defenses[setting.defense], setting.attack)[:24]
@@ -190,7 +196,7 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
             resumed.append(f"utility-d{index}")
         else:
             try:
-                measured = _measure(cfg, index)
+                measured = _measure(cfg, index, verbose)
             except (ValueError, RuntimeError) as err:  # a utility run that diverged
                 raise AuditRunError(
                     f"the utility run of defence '{defense.label}' failed: {err} (its settings: [utility] "
@@ -365,7 +371,7 @@ def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[s
     }
 
 
-def _measure(cfg: AuditConfig, index: int) -> dict[str, Any]:
+def _measure(cfg: AuditConfig, index: int, verbose: bool = False) -> dict[str, Any]:
     """Utility of one defence (:func:`~art_gifd.utility.measure_utility`) on the audit's utility split."""
     utility = cfg.settings["utility"]
     return measure_utility(
@@ -378,6 +384,7 @@ def _measure(cfg: AuditConfig, index: int) -> dict[str, Any]:
         probe_batches=utility["probe_batches"],
         seed=cfg.settings["seeds"][0],
         train_mode=cfg.settings["model"]["train_mode"],
+        verbose=verbose,
     ).as_dict()
 
 
