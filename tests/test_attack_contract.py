@@ -95,7 +95,9 @@ def test_one_attack_object_serves_two_threads_as_it_serves_two_calls(lenet_clf, 
 
     x, y = heldout
     picks = [int(np.flatnonzero(y == c)[0]) for c in (3, 2)]
-    attack = _tiny_gifd(lenet_clf, load_default_prior("mnist32-conditional"))
+    prior = load_default_prior("mnist32-conditional").train()  # a prior the caller trains: shared, it stays theirs
+    prior.requires_grad_(True)
+    attack = _tiny_gifd(lenet_clf, prior)
     calls = [(client_gradients(lenet_clf, x[i : i + 1], y[i : i + 1]), y[i : i + 1]) for i in picks]
     alone = [attack.reconstruct(g, labels) for g, labels in calls]
     with ThreadPoolExecutor(2) as pool:
@@ -103,6 +105,7 @@ def test_one_attack_object_serves_two_threads_as_it_serves_two_calls(lenet_clf, 
     for result, expected, (_, labels) in zip(together, alone * 3, calls * 3, strict=True):
         assert result.extra["generator_labels"] == labels.tolist()
         np.testing.assert_array_equal(result.images, expected.images)
+    assert prior.training and all(p.requires_grad for p in prior.parameters())  # handed back by the last search
 
 
 def test_the_callers_grad_mode_rng_prior_and_warnings_are_left_as_they_were(lenet_clf, heldout) -> None:

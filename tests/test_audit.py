@@ -1014,10 +1014,17 @@ def test_decoys_are_the_priors_draws_in_the_clip_range_and_leave_the_prior_alone
     ]
     many = evaluate_batch(first, x[:64], y[:64], y[:64])["per_image"]["ssim"]
     assert np.mean(np.asarray(one) >= 0.5) < 0.15 < 0.4 < np.mean(np.asarray(many) >= 0.5)
+    # a class-conditional prior: the classes given (known labels), else random ones (inferred labels leaked)
     conditional = GIFDAttack(lenet_clf, load_default_prior("mnist32-conditional"), verbose=False)
-    with pytest.raises(ValueError, match="one generator class per image"):
-        conditional.decoys(2, 0)
-    assert conditional.decoys(2, 0, [3, 7]).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="3 generator classes for 2 images"):
+        conditional.decoys(2, 0, [3, 7, 1])
+    given, drawn = conditional.decoys(64, 0, [int(c) for c in y[:64]]), conditional.decoys(64, 0)
+    score = [
+        evaluate_batch(d[i : i + 1], x[i : i + 1], y[:1], y[:1])["per_image"]["ssim"][0]
+        for d in (given, drawn)
+        for i in range(64)
+    ]
+    assert np.mean(np.asarray(score[:64]) >= 0.5) > np.mean(np.asarray(score[64:]) >= 0.5)
 
 
 def test_an_image_too_large_to_decode_is_named(tmp_path, monkeypatch) -> None:
@@ -1053,3 +1060,16 @@ def test_a_verbose_audit_states_its_size_before_it_starts(tmp_path, capsys) -> N
     assert "audit: 2 settings, 2 attack runs (client batches × seeds), 2 utility runs of 2 rounds" in (
         captured.out + captured.err
     )
+
+
+def test_the_chance_level_is_scored_only_when_asked(lenet_clf, heldout, default_prior) -> None:
+    """Benchmarks time the experiment loop: the decoys must not enter their attacks' seconds."""
+    from art_gifd.attacks.registry import Budget
+    from art_gifd.experiment import attack_batches
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    for chance in (False, True):
+        ((_, scores, _, _),) = attack_batches(
+            lenet_clf, x, y, "gifd", default_prior, Budget(2, 2, 1), 1, 0, chance=chance
+        )
+        assert ("chance_ssim" in scores) is chance

@@ -103,12 +103,20 @@ def _best_psnr(config: dict) -> float:
             {**config, "federated": {**config["federated"], "client_data": "flower_audit.task:partition"}}
         )
         paths = run_capture_audit(cfg, overwrite=True, verbose=False)
+        document = json.loads(paths["json"].read_text())
+        paths["json"].unlink()  # as if interrupted while writing the report: the scored records are reused
+        again = json.loads(run_capture_audit(cfg, verbose=False)["json"].read_text())
+        assert again["records"] == document["records"] and again["rows"] == document["rows"]
     finally:
         sys.path.remove(str(EXAMPLE))
-    document = json.loads(paths["json"].read_text())
+    markdown = paths["markdown"].read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| round |"))
+    delimiter = markdown.splitlines()[markdown.splitlines().index(header) + 1]
+    assert "| chance |" in header and header.count("|") == delimiter.count("|")  # a table that renders
     records = document["records"]
     levels = ("low", "medium", "high")
     assert document["summary"]["highest_risk"] == levels[max(levels.index(r["risk"]) for r in records)]
+    assert all(0.0 <= r["chance_share"] <= 1.0 for r in records)  # gifd's decoys: a measured chance level
     return max(r["psnr"] for r in records)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,12 @@ from art_gifd.validation import check_choice, nonfinite_entries
 if TYPE_CHECKING:
     import torch
     from art.estimators.classification import PyTorchClassifier
+
+
+#: Priors in use by running searches: id → [searches, the caller's training flag, gradient flags, device], so that the
+#: last search to end hands the prior back as the first found it.
+_PRIOR_USERS: dict[int, list[Any]] = {}
+_PRIOR_LOCK = threading.Lock()
 
 
 class GenerativePriorAttack(GradientInversionAttack):
@@ -137,17 +144,27 @@ class GenerativePriorAttack(GradientInversionAttack):
     def _searching(self) -> Iterator[None]:
         """
         As the base class; the prior is frozen (eval mode, no gradients into its weights) and moved to the model's
-        device for the search, then handed back in its own mode, flags and device: it is the caller's module.
+        device for the search, then handed back in its own mode, flags and device: it is the caller's module. Searches
+        that share a prior (threads, copies of one attack) hand it back when the last of them ends.
         """
         prior = self.prior
-        training, flags, device = prior.training, [p.requires_grad for p in prior.parameters()], prior.device
-        with super()._searching():
-            try:
+        with _PRIOR_LOCK:
+            state = _PRIOR_USERS.setdefault(
+                id(prior), [0, prior.training, [p.requires_grad for p in prior.parameters()], prior.device]
+            )
+            state[0] += 1
+        try:
+            with super()._searching():
                 yield
-            finally:
-                prior.to(device).train(training)
-                for parameter, flag in zip(prior.parameters(), flags, strict=True):
-                    parameter.requires_grad_(flag)
+        finally:
+            with _PRIOR_LOCK:
+                state[0] -= 1
+                if state[0] == 0:
+                    del _PRIOR_USERS[id(prior)]
+                    _, training, flags, device = state
+                    prior.to(device).train(training)
+                    for parameter, flag in zip(prior.parameters(), flags, strict=True):
+                        parameter.requires_grad_(flag)
 
     def _prepare(self, ctx: SearchContext) -> None:
         if any(p.is_inference() for p in self.prior.parameters()):
@@ -237,7 +254,8 @@ class GenerativePriorAttack(GradientInversionAttack):
         :param count: Number of images.
         :param seed: Seed of the latent draws.
         :param generator_labels: Generator class of each image, for a class-conditional prior (e.g. a result's
-                                 ``extra["generator_labels"]``: what the labels alone give the attacker).
+                                 ``extra["generator_labels"]``: what known labels alone give the attacker);
+                                 ``None``: classes drawn at random.
         :return: Float32 NCHW images.
         """
         import torch
@@ -248,9 +266,12 @@ class GenerativePriorAttack(GradientInversionAttack):
             prior = self.prior.freeze()
             latent = prior.sample_latent(count, generator=torch.Generator(device=prior.device).manual_seed(seed))
             classes = None
-            if prior.num_classes is not None:
-                if generator_labels is None or len(generator_labels) != count:
-                    raise ValueError("A class-conditional prior's decoys need one generator class per image.")
+            if prior.num_classes is not None and generator_labels is None:
+                draw = torch.Generator().manual_seed(seed)
+                classes = torch.randint(int(prior.num_classes), (count,), generator=draw).to(prior.device)
+            elif prior.num_classes is not None:
+                if len(generator_labels) != count:
+                    raise ValueError(f"decoys: {len(generator_labels)} generator classes for {count} images.")
                 classes = torch.as_tensor(list(generator_labels), device=prior.device)
             generated = prior.forward_from(0, self.project_latent(latent), classes)
             (out_lo, out_hi), (lo, hi) = prior.output_range, clip_range(self.estimator)

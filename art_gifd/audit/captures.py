@@ -487,8 +487,7 @@ def _record(
     return record, images
 
 
-#: What the report reads of a resumed record (see :func:`~art_gifd.store.shape_problem`); the scores are there when
-#: the clients' data were given.
+#: What the report reads of a resumed record (see :func:`~art_gifd.store.shape_problem`) ...
 RECORD_SHAPE = {
     "id": str,
     "round": int,
@@ -499,18 +498,22 @@ RECORD_SHAPE = {
     "matching_loss": NUMBER,
     "seconds": NUMBER,
     "images": str,
-    "psnr?": NUMBER,
-    "ssim?": NUMBER,
-    "recognisable_share?": NUMBER,
-    "chance_share?": (NULL, NUMBER),
-    "risk?": str,
-    "per_image?": {"psnr": [NUMBER], "ssim": [NUMBER]},
+}
+#: ... and, when the clients' data were given, of its scores.
+SCORES_SHAPE = {
+    "psnr": NUMBER,
+    "ssim": NUMBER,
+    "label_accuracy": NUMBER,
+    "recognisable_share": NUMBER,
+    "chance_share": (NULL, *NUMBER),
+    "risk": str,
+    "per_image": {"psnr": [NUMBER], "ssim": [NUMBER]},
 }
 
 
 def _record_problem(record: dict[str, Any]) -> str | None:
     """What is wrong with a record read back for a resume (``None``: intact)."""
-    return shape_problem(record, RECORD_SHAPE)
+    return shape_problem(record, {**RECORD_SHAPE, **(SCORES_SHAPE if "psnr" in record else {})})
 
 
 def _job_id(cfg: CaptureAuditConfig, update: CapturedUpdate, attack: AttackSetting, seed: int) -> str:

@@ -93,8 +93,8 @@ directory).
 
     [report]
     recognisable_ssim = 0.5                   # a reconstruction with SSIM >= this counts as recognisable
-    high_share = 0.5                          # risk "high": share of recognisable reconstructions >= high_share
-    medium_share = 0.0                        # risk "medium": share > medium_share (default: any); else "low"
+    high_share = 0.5                          # risk "high": recognisable share beyond chance >= high_share
+    medium_share = 0.0                        # risk "medium": beyond chance > medium_share (default: any); else "low"
 
 The same in YAML uses the same keys (``defenses`` is a list of mappings).
 
@@ -142,9 +142,10 @@ Attacks (:func:`art_gifd.attacks.registry.read_attack_section`, the same tables 
     true labels (the worst case); by default it infers them from each update.
 
 Report
-    Thresholds of the per-setting risk rating (see :mod:`art_gifd.report.audit`): the share of recognisable
-    reconstructions (SSIM at least ``recognisable_ssim``) is rated ``high`` at ``high_share`` or more, ``medium``
-    above ``medium_share``, else ``low``.
+    Thresholds of the per-setting risk rating (see :mod:`art_gifd.report.audit`): the share ``s`` of recognisable
+    reconstructions (SSIM at least ``recognisable_ssim``) beyond the chance level ``c`` of the attack's decoys,
+    ``(s − c) / (1 − c)``, is rated ``high`` at ``high_share`` or more, ``medium`` above ``medium_share``, else
+    ``low``.
 """
 
 from __future__ import annotations

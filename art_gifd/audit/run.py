@@ -310,6 +310,7 @@ def _run_setting(
             attack_params=attack.params,
             lpips=lpips,
             training=cfg.training,
+            chance=True,
         ):
             per_batch.append((scores, result))
             originals.append(x)

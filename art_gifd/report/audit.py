@@ -13,9 +13,10 @@ heavy data inflate SSIM, so check the threshold for your data (score a black or 
 batch offers to match, the more of them pass the threshold: on held-out digits, random draws of the embedded prior
 are recognisable 4% of the time matched one to one, 14% within batches of 4 and 81% within batches of 512. So each
 setting of a generative attack also scores the attack's *decoys*
-(:meth:`~art_gifd.attacks.generative.GenerativePriorAttack.decoys`: random latents of its prior, decoded with the
-generator classes of its result, matched within each batch as the reconstructions are; :data:`~art_gifd.experiment.
-CHANCE_DRAWS` draws per batch), whose recognisable share ``c`` is the chance level. Attacks without a prior start from
+(:meth:`~art_gifd.attacks.generative.GenerativePriorAttack.decoys`: random latents of its prior, decoded, matched
+within each batch as the reconstructions are; :data:`~art_gifd.experiment.CHANCE_DRAWS` draws per batch; see
+:func:`~art_gifd.experiment.chance_ssim` for the classes a class-conditional prior gets), whose recognisable share
+``c`` is the chance level. Attacks without a prior start from
 noise, which no threshold above an all-black image passes: their ``c`` is 0 (not measured).
 
 **Risk rating** of a setting, from the share ``s`` of its reconstructions that are recognisable, above chance:
