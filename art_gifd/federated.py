@@ -766,6 +766,10 @@ def _flattened(defense: Defense) -> list[Defense]:
     return [part for inner in defense.defenses for part in _flattened(inner)]
 
 
+#: An update this many times larger than the weights it started from (norms) comes from a diverged local training.
+DIVERGED_UPDATE = 100.0
+
+
 def client_update(
     estimator: PyTorchClassifier,
     x: np.ndarray,
@@ -837,6 +841,16 @@ def client_update(
         logger.warning(
             "The client's update is zero everywhere: at learning rate %g its steps are lost to float32 rounding, or "
             "its gradients are zero; it carries nothing to invert.",
+            training.learning_rate,
+        )
+    moved = float(torch.sqrt(sum(u.double().pow(2).sum() for u in update)))
+    start = float(torch.sqrt(sum(b.double().pow(2).sum() for b in before)))
+    if moved > DIVERGED_UPDATE * max(start, 1.0):
+        logger.warning(
+            "The client's local training diverged: its update's norm is %.3g against %.3g for the weights it started "
+            "from. Lower the learning rate (now %g): a real client would not share this.",
+            moved,
+            start,
             training.learning_rate,
         )
     if on_update is not None:  # it sees the model as the server sent it: the copy goes back to those weights

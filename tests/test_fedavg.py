@@ -279,3 +279,14 @@ def test_an_update_lost_to_rounding_is_named(lenet_clf, digits, caplog) -> None:
         update = client_update(lenet_clf, x, y, LocalTraining(1e-12, steps=1))
     assert not any(u.any() for u in update)  # w − 1e-12·g rounds back to w in float32
     assert "update is zero everywhere: at learning rate 1e-12" in caplog.text
+
+
+def test_a_diverged_local_training_is_named(lenet_clf, digits, caplog) -> None:
+    x, y = digits
+    with caplog.at_level("WARNING"):
+        client_update(lenet_clf, x, y, LocalTraining(1e3, steps=3))
+    assert "local training diverged" in caplog.text and "now 1000" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        client_update(lenet_clf, x, y, LocalTraining(0.1, steps=3))
+    assert "diverged" not in caplog.text
