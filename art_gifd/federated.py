@@ -150,6 +150,21 @@ class TargetModel:
                 "The FL model outputs probabilities (every row is non-negative and sums to 1): it ends in a softmax, "
                 "but the cross-entropy loss expects logits. Remove the final softmax."
             )
+        if self.estimator.clip_values is None:  # a client needs no range; the attacks refuse an estimator without one
+            return
+        lo, hi = clip_range(self.estimator)
+        extremes = torch.stack([torch.full(self.input_shape, lo), torch.full(self.input_shape, hi)]).to(self.device)
+        with torch.no_grad(), _forked_rng(self.device):
+            ends = self.module(self.preprocess(extremes))
+        if torch.allclose(ends[0], ends[1], rtol=1e-6, atol=1e-9):
+            logger.warning(
+                "The FL model gives the same output for an image at the low end of clip_values (%g) and one at the "
+                "high end (%g): over that range (after the preprocessing) its input has no influence, so any image "
+                "fits its gradient and no reconstruction means anything. Check clip_values and preprocessing against "
+                "the model's data.",
+                lo,
+                hi,
+            )
 
     def forward_is_random(self) -> bool:
         """

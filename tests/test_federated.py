@@ -232,3 +232,19 @@ def test_model_with_float64_buffers_is_refused(heldout) -> None:
     clf = PyTorchClassifier(model=net, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 32, 32), nb_classes=10)
     with pytest.raises(ValueError, match=r"the model's buffers are float64 .*'1\.running_mean'"):
         client_gradients(clf, heldout[0][:1], heldout[1][:1])
+
+
+def test_a_model_its_input_cannot_influence_is_named(caplog) -> None:
+    """A clip range of ±1e-6 (or a preprocessing std of 1e8) leaves every image equal to the model: any image fits."""
+    for clip, warned in (((0.0, 1.0), False), ((-1e-6, 1e-6), True)):
+        clf = PyTorchClassifier(
+            model=lenet(seed=0),
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=(1, 32, 32),
+            nb_classes=10,
+            clip_values=clip,
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            TargetModel(clf)
+        assert ("its input has no influence" in caplog.text) is warned
