@@ -124,14 +124,16 @@ class TargetModel:
 
     def _probe(self) -> None:
         """
-        Run the model on a zero batch of two inputs through the estimator's preprocessing: the output must be logits
-        of shape ``(2, nb_classes)``, not probabilities.
+        Run the model on a batch of two inputs through the estimator's preprocessing, one at each end of
+        ``clip_values`` (zeros without them): the output must be logits of shape ``(2, nb_classes)``, not
+        probabilities, and should differ between the two.
         """
         shape = (2, *self.input_shape)
+        ends = clip_range(self.estimator) if self.estimator.clip_values is not None else (0.0, 0.0)
         try:  # the random generators are restored after: a dropout layer in train mode draws from them
             with torch.no_grad(), _forked_rng(self.device):
-                x = self.preprocess(torch.zeros(shape, device=self.device))
-                out = self.module(x)
+                x = torch.stack([torch.full(self.input_shape, float(end)) for end in ends]).to(self.device)
+                out = self.module(self.preprocess(x))
         except Exception as err:  # any failure of the user's forward pass or of the preprocessing
             raise ValueError(
                 f"The FL model fails on a batch of shape {shape} (the estimator's input_shape, after its "
@@ -150,20 +152,14 @@ class TargetModel:
                 "The FL model outputs probabilities (every row is non-negative and sums to 1): it ends in a softmax, "
                 "but the cross-entropy loss expects logits. Remove the final softmax."
             )
-        if self.estimator.clip_values is None:  # a client needs no range; the attacks refuse an estimator without one
-            return
-        lo, hi = clip_range(self.estimator)
-        extremes = torch.stack([torch.full(self.input_shape, lo), torch.full(self.input_shape, hi)]).to(self.device)
-        with torch.no_grad(), _forked_rng(self.device):
-            ends = self.module(self.preprocess(extremes))
-        if torch.allclose(ends[0], ends[1], rtol=1e-6, atol=1e-9):
+        # a client needs no range (the attacks refuse an estimator without one): then nothing to compare
+        if self.estimator.clip_values is not None and torch.allclose(out[0], out[1], rtol=1e-6, atol=1e-9):
             logger.warning(
                 "The FL model gives the same output for an image at the low end of clip_values (%g) and one at the "
                 "high end (%g): over that range (after the preprocessing) its input has no influence, so any image "
                 "fits its gradient and no reconstruction means anything. Check clip_values and preprocessing against "
                 "the model's data.",
-                lo,
-                hi,
+                *ends,
             )
 
     def forward_is_random(self) -> bool:
@@ -206,6 +202,15 @@ class TargetModel:
             grads = self.gradients((lo + (hi - lo) * noise).to(self.device), torch.arange(2, device=self.device) % 2)
         total = float(torch.sqrt(sum(g.double().pow(2).sum() for g in grads)))
         return tuple(n for n, g in zip(self.names, grads, strict=True) if float(g.double().norm()) <= 1e-6 * total)
+
+    def replay_plan(
+        self, training: LocalTraining, n: int, max_steps: int | None = None
+    ) -> list[tuple[np.ndarray, float]]:
+        """
+        The steps an attacker replays of ``training`` on ``n`` samples, under this model's loss reduction
+        (:meth:`LocalTraining.simulation`).
+        """
+        return training.simulation(n, max_steps, getattr(self.loss_fn, "reduction", "mean"))
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the estimator's preprocessing to ``x`` keeping the graph."""

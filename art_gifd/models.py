@@ -15,12 +15,12 @@ and its weights or from a TorchScript file, as an audit does.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import hashlib
 import importlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,32 @@ from torch import nn
 MODELS = ("lenet", "convnet", "convnet-bn", "resnet18")
 
 
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global generator for a block and put the caller's state back after it."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+def _global_rng_restored(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A model builder that may seed torch's global generator, run on a fork of it: the caller's state is put back."""
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            return build(*args, **kwargs)
+
+    return wrapper
 
 
+@_global_rng_restored
 def lenet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
     """DLG's LeNet with sigmoid activations and uniform(-0.5, 0.5) weights, seeded (the global RNG left as it was)."""
+    torch.manual_seed(seed)
     side = image_size // 4
-    with seeded(seed):
-        net = nn.Sequential(
-            nn.Conv2d(in_channels, 12, 5, padding=2, stride=2),
-            nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=2),
-            nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=1),
-            nn.Sigmoid(),
-            nn.Flatten(),
-            nn.Linear(12 * side * side, num_classes),
-        )
+    net = nn.Sequential(
+        nn.Conv2d(in_channels, 12, 5, padding=2, stride=2),
+        nn.Sigmoid(),
+        nn.Conv2d(12, 12, 5, padding=2, stride=2),
+        nn.Sigmoid(),
+        nn.Conv2d(12, 12, 5, padding=2, stride=1),
+        nn.Sigmoid(),
+        nn.Flatten(),
+        nn.Linear(12 * side * side, num_classes),
+    )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
@@ -59,23 +63,24 @@ def lenet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, see
     return net
 
 
+@_global_rng_restored
 def convnet(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
     """
     A three-layer ReLU ConvNet with a linear head, PyTorch default initialisation, seeded (the global RNG is left as
     it was).
     """
+    torch.manual_seed(seed)
     side = image_size // 4
-    with seeded(seed):
-        return nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1, stride=2),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(32 * side * side, num_classes),
-        )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * side * side, num_classes),
+    )
 
 
 def convnet_bn(in_channels: int = 1, image_size: int = 32, num_classes: int = 10, seed: int = 0) -> nn.Sequential:
@@ -120,7 +125,8 @@ def resnet18(in_channels: int = 3, image_size: int = 64, num_classes: int = 10, 
         raise ValueError(f"in_channels must be at least 1, got {in_channels}.")
     if image_size < 8:
         raise ValueError(f"resnet18 needs images of at least 8×8 (three stride-2 stages), got image_size={image_size}.")
-    with seeded(seed):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

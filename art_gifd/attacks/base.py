@@ -652,9 +652,9 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         if self.training is None:
             return
         target = TargetModel(self.estimator, device=self.device, train_mode=self.train_mode)
-        reduction = getattr(target.loss_fn, "reduction", "mean")
-        plan = self.training.simulation(self.batch_size, self.simulation_steps, reduction)
-        self._check_memory(target, plan, self.num_restarts)
+        self._check_memory(
+            target, target.replay_plan(self.training, self.batch_size, self.simulation_steps), self.num_restarts
+        )
 
     def _check_memory(self, target: TargetModel, plan: list[tuple[np.ndarray, float]], restarts: int) -> None:
         """

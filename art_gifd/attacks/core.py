@@ -170,8 +170,7 @@ class GradientMatcher:
         self.adaptive = self.defense is not None
         self.training = training
         #: The local steps replayed on every candidate, ``None`` for a FedSGD gradient.
-        reduction = getattr(target.loss_fn, "reduction", "mean")
-        self.plan = training.simulation(self.batch_size, simulation_steps, reduction) if training is not None else None
+        self.plan = target.replay_plan(training, self.batch_size, simulation_steps) if training is not None else None
         # one candidate's "gradient" (params, x, y) -> name → tensor: the loss gradient, or the replayed update
         if training is None:
             self._one = torch.func.grad(target.loss)

@@ -219,7 +219,7 @@ class GenerativePriorAttack(GradientInversionAttack):
         target = ctx.target
 
         def decode(h: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-            return self._to_clip(self.prior.forward_from(0, h, classes), ctx)
+            return self._to_clip(self.prior.forward_from(0, h, classes), ctx.clip_values)
 
         def classify(images: torch.Tensor) -> torch.Tensor:
             return torch.softmax(target.module(target.preprocess(images)), dim=1)
@@ -273,9 +273,8 @@ class GenerativePriorAttack(GradientInversionAttack):
                 if len(generator_labels) != count:
                     raise ValueError(f"decoys: {len(generator_labels)} generator classes for {count} images.")
                 classes = torch.as_tensor(list(generator_labels), device=prior.device)
-            generated = prior.forward_from(0, self.project_latent(latent), classes)
-            (out_lo, out_hi), (lo, hi) = prior.output_range, clip_range(self.estimator)
-            images = lo + (generated - out_lo) * ((hi - lo) / (out_hi - out_lo))
+            lo, hi = clip_range(self.estimator)
+            images = self._to_clip(prior.forward_from(0, self.project_latent(latent), classes), (lo, hi))
             return images.clamp(lo, hi).cpu().numpy().astype(np.float32)
 
     def initial_latent(self, ctx: SearchContext) -> torch.Tensor:
@@ -316,10 +315,10 @@ class GenerativePriorAttack(GradientInversionAttack):
             extra["label_mapping_scores"] = self._mapping_scores
         return extra
 
-    def _to_clip(self, generated: torch.Tensor, ctx: SearchContext) -> torch.Tensor:
-        """Map generator output from its ``output_range`` to the estimator's ``clip_values``."""
+    def _to_clip(self, generated: torch.Tensor, clip_values: tuple[float, float]) -> torch.Tensor:
+        """Map generator output from its ``output_range`` to the estimator's ``clip_values`` ``(lo, hi)``."""
         out_lo, out_hi = self.prior.output_range
-        lo, hi = ctx.clip_values
+        lo, hi = clip_values
         return lo + (generated - out_lo) * ((hi - lo) / (out_hi - out_lo))
 
     def _decoder(
@@ -332,7 +331,7 @@ class GenerativePriorAttack(GradientInversionAttack):
 
         def decode(variables: list[torch.Tensor]) -> torch.Tensor:
             h = self.project_latent(variables[0]) if project else variables[0]
-            return self._to_clip(self.prior.forward_from(stage, h, self.generator_labels(h.shape[0])), ctx)
+            return self._to_clip(self.prior.forward_from(stage, h, self.generator_labels(h.shape[0])), ctx.clip_values)
 
         return decode
 

@@ -110,7 +110,7 @@ class GIASAttack(GenerativePriorAttack):
         per_image = vmap(one_image, in_dims=(0, 0, None if labels is None else 0))
 
         def decode(variables: list[torch.Tensor]) -> torch.Tensor:
-            return self._to_clip(per_image(tuple(variables[1:]), variables[0], labels), ctx)
+            return self._to_clip(per_image(tuple(variables[1:]), variables[0], labels), ctx.clip_values)
 
         rates = [self.learning_rate] + [self.weight_learning_rate] * len(weights)
         yield SearchStage("generator", [outcome.representation[0], *weights], decode, project, learning_rates=rates)

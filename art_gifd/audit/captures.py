@@ -90,7 +90,7 @@ from art_gifd.integrations.captures import (
 )
 from art_gifd.metrics import evaluate_batch
 from art_gifd.models import import_callable
-from art_gifd.report.audit import highest_risk, risk_rating
+from art_gifd.report.audit import chance_share, highest_risk, risk_rating
 from art_gifd.report.figures import reconstruction_grid
 from art_gifd.store import (
     NULL,
@@ -475,7 +475,7 @@ def _record(
             label_accuracy=scores["label_accuracy"],
             per_image=scores["per_image"],
             recognisable_share=recognisable / len(truth[0]),
-            chance_share=float(np.mean([v >= threshold for v in chance])) if chance else None,
+            chance_share=chance_share(chance, threshold),
         )
         record["risk"] = risk_rating(
             record["recognisable_share"],

@@ -46,8 +46,10 @@ from art_gifd.federated import clip_range, describe_training
 from art_gifd.metrics import LPIPSMetric, split_by_shared_label
 from art_gifd.report.audit import (
     REPORT_FILES,
+    RISK_ORDER,
     SCHEMA,
     UTILITY_FIGURE,
+    chance_share,
     highest_risk,
     risk_rating,
     write_audit_report,
@@ -359,7 +361,6 @@ def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[s
     """A setting's measured record with what this configuration calls it and how its thresholds count it."""
     threshold = cfg.settings["report"]["recognisable_ssim"]
     recognisable = int(sum(v >= threshold for v in run["per_image"]["ssim"]))
-    chance = run["chance_ssim"]
     return {
         **run,
         "id": setting.id,
@@ -368,7 +369,7 @@ def _name_run(cfg: AuditConfig, setting: Setting, run: dict[str, Any]) -> dict[s
         "attack_label": setting.attack.label,
         "recognisable": recognisable,
         "recognisable_share": recognisable / run["num_images"],
-        "chance_share": float(np.mean([v >= threshold for v in chance])) if chance else None,
+        "chance_share": chance_share(run["chance_ssim"], threshold),
     }
 
 
@@ -476,7 +477,7 @@ def _document(
         "utility": utility,
         "summary": {
             "highest_risk": highest_risk(r["risk"] for r in records),
-            "counts": {level: sum(r["risk"] == level for r in records) for level in ("low", "medium", "high")},
+            "counts": {level: sum(r["risk"] == level for r in records) for level in RISK_ORDER},
         },
         "limitations": _limitations(cfg, runs, lpips),
         "reproducibility": {

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 from art_gifd.validation import check_integer, check_number
 
 if TYPE_CHECKING:
@@ -212,8 +212,7 @@ def load_biggan(
             f"'{config_path}' is not a JSON file ({err}): copy the package's BigGAN config there."
         ) from None
     try:
-        # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
-        with torch.random.fork_rng(devices=[]):
+        with replaced_initialisation():
             generator = BigGANGenerator(config, truncation=truncation, training_domain=training_domain)
     except (TypeError, AttributeError, KeyError, ValueError) as err:
         raise ValueError(f"'{config_path}' is not a BigGAN config: {err}") from None

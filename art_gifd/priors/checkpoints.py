@@ -5,9 +5,11 @@ file), the state dict's entry, and strict loading whose errors name the keys tha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +27,16 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def replaced_initialisation() -> Iterator[None]:
+    """
+    Build a module whose weights a checkpoint then replaces: its random initialisation draws from a fork of torch's
+    global generator, so that loading a prior leaves the caller's random stream as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        yield
 
 
 def load_state_dict_file(

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 from art_gifd.priors.dcgan import DCGANGenerator
 
 #: Name, files, architecture, SHA-256 and training domain of each embedded prior.
@@ -93,8 +93,7 @@ def load_default_prior(
     default_path = embedded_weights_path(name)  # validates the name
     spec = EMBEDDED_PRIORS[name]
     path = Path(weights_path) if weights_path is not None else default_path
-    # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
-    with torch.random.fork_rng(devices=[]):
+    with replaced_initialisation():
         generator = DCGANGenerator(**spec["architecture"], training_domain=str(spec["training_domain"]))  # type: ignore[arg-type]
     state = load_state_dict_file(path, sha256=str(spec["sha256"]))
     load_strict(generator, state, f"'{path}'")

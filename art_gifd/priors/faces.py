@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 from art_gifd.priors.dcgan import DCGANGenerator
 
 INSTALL_HINT = "pip install --no-deps gan-face-generate==1.1.1"
@@ -42,8 +42,7 @@ def load_face_dcgan(weights_path: str | Path | None = None, device: str | torch.
     :return: The frozen generator in eval mode (5 blocks: latent, 4×4, 8×8, 16×16, 32×32 features).
     """
     path = Path(weights_path) if weights_path is not None else face_weights_path()
-    # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
-    with torch.random.fork_rng(devices=[]):
+    with replaced_initialisation():
         generator = DCGANGenerator(nz=100, ngf=64, nc=3, image_size=64, training_domain="DigiFace-1M synthetic faces")
     load_strict(generator, load_state_dict_file(path, key="netG_state_dict"), f"'{path}'")
     # Its features are about 3x smaller in mean magnitude than the embedded digit priors' (0.08-0.16 against

@@ -91,10 +91,8 @@ def load_prior(spec: Mapping[str, Any], device: str) -> LayeredGenerator:
 
 @lru_cache(maxsize=4)
 def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
-    import torch
-
     from art_gifd import priors
-    from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+    from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 
     spec = json.loads(spec_json)
     kind = spec.pop("type", None)
@@ -103,8 +101,7 @@ def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
     if kind == "face-dcgan":
         return priors.load_face_dcgan(spec.get("weights"), device=device)
     if kind == "dcgan":
-        # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
-        with torch.random.fork_rng(devices=[]):
+        with replaced_initialisation():
             generator = priors.DCGANGenerator(
                 nz=spec["nz"],
                 ngf=spec["ngf"],

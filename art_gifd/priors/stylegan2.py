@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_gifd.priors.base import LayeredGenerator
-from art_gifd.priors.checkpoints import load_state_dict_file, load_strict
+from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 from art_gifd.validation import check_integer, check_number
 
 #: The FIR filter of StyleGAN2's up-sampling (outer product with itself, normalised).
@@ -448,8 +448,7 @@ def load_stylegan2(
     :raises ValueError: If keys are missing, unexpected or mis-shaped (they are named).
     """
     path = Path(path)
-    # the checkpoint replaces the random initialisation: draw it from a fork of torch's global generator
-    with torch.random.fork_rng(devices=[]):
+    with replaced_initialisation():
         generator = StyleGAN2Generator(
             size,
             style_dim,

@@ -39,6 +39,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from art_gifd.report.html import png_data_uri, template_environment
 from art_gifd.store import write_bytes_atomic, write_json_atomic
 
@@ -59,6 +61,15 @@ PRECISION = {
     "epsilon": 3,
     "seconds": 1,
 }
+
+
+#: The ratings, lowest first.
+RISK_ORDER = ("low", "medium", "high")
+
+
+def chance_share(chance_ssim: list[float] | None, threshold: float) -> float | None:
+    """The chance level: the share of decoys recognisable at ``threshold`` (``None`` where none were scored)."""
+    return float(np.mean([v >= threshold for v in chance_ssim])) if chance_ssim else None
 
 
 def above_chance(share: float, chance: float | None) -> float:
@@ -85,7 +96,7 @@ def risk_rating(share: float, high_share: float = 0.5, medium_share: float = 0.0
 
 def highest_risk(ratings: Iterable[str]) -> str:
     """The highest of several :func:`risk_rating` values."""
-    return max(ratings, key=("low", "medium", "high").index)
+    return max(ratings, key=RISK_ORDER.index)
 
 
 def format_number(value: float | None, kind: str) -> str:
