@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -748,3 +750,15 @@ def test_extreme_magnitudes_are_refused_before_float32_loses_them(lenet_clf, hel
     with caplog.at_level("WARNING"):
         client_gradients(wide, x * 0.01, y)
     assert "under 1/50 of the estimator's clip_values [0, 255]" in caplog.text
+
+
+def test_console_entry_point_loads_torch_only_inside_main() -> None:
+    """Ctrl-C while torch loads must reach ``main``'s handler: the entry point's own import stays light."""
+    code = (
+        "import sys, art_gifd, art_gifd.cli\n"
+        "assert 'torch' not in sys.modules, 'torch loaded before main'\n"
+        "assert art_gifd.GIFDAttack.__name__ == 'GIFDAttack' and 'torch' in sys.modules\n"
+        "assert set(art_gifd.__all__) <= set(dir(art_gifd))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
