@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 UtilityData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+#: Most FedSGD rounds and cosine probe batches a utility run takes (each is one client gradient; far beyond what
+#: "a short training run" needs, and what finishes on a CPU within a day for the small models this is meant for).
+MAX_ROUNDS = 1_000_000
+MAX_PROBE_BATCHES = 100_000
+
+
 @dataclass
 class UtilityResult:
     """
@@ -82,10 +88,10 @@ def measure_utility(
     :param data: ``(x_train, y_train, x_test, y_test)``, the images finite and in the estimator's ``clip_values``;
                  ``None`` uses the embedded MNIST digits,
                  ``load_mnist32("train")`` and ``load_mnist32("heldout")`` (needs a 1×32×32 input).
-    :param rounds: FedSGD rounds.
+    :param rounds: FedSGD rounds, at most :data:`MAX_ROUNDS`.
     :param batch_size: Client batch size, also used for the cosine probes.
     :param learning_rate: Server learning rate.
-    :param probe_batches: Batches over which the gradient cosine is averaged.
+    :param probe_batches: Batches over which the gradient cosine is averaged, at most :data:`MAX_PROBE_BATCHES`.
     :param seed: Seed of batch sampling and of the defence's randomness, in ``[0, 2**63 - 1]``.
     :param train_mode: Compute client gradients with the model in train mode (accuracy is measured in eval mode).
     :param verbose: Show a progress bar over the rounds.
@@ -93,9 +99,9 @@ def measure_utility(
     :raises ValueError: On a bad parameter, or data of the wrong shape, non-finite or outside ``clip_values``.
     """
     start = time.perf_counter()
-    rounds = check_integer("rounds", rounds, 0)
+    rounds = check_integer("rounds", rounds, 0, MAX_ROUNDS)
     batch_size = check_integer("batch_size", batch_size, 1)
-    probe_batches = check_integer("probe_batches", probe_batches, 1)
+    probe_batches = check_integer("probe_batches", probe_batches, 1, MAX_PROBE_BATCHES)
     learning_rate = check_number("learning_rate", learning_rate, 0.0, MAX_RATE, closed="right")
     seed = check_integer("seed", seed, 0, MAX_SEED)
     target = TargetModel(estimator, train_mode=train_mode)
@@ -207,9 +213,9 @@ def read_utility_table(check: Checker, table: Mapping[str, Any], path: KeyPath) 
 
     defaults = inspect.signature(measure_utility).parameters
     convert = {
-        "rounds": integer(0),
+        "rounds": integer(0, MAX_ROUNDS),
         "batch_size": integer(1),
         "learning_rate": number(0, MAX_RATE, low_open=True),
-        "probe_batches": integer(1),
+        "probe_batches": integer(1, MAX_PROBE_BATCHES),
     }
     return {key: check.get(table, path, key, convert[key], defaults[key].default) for key in UTILITY_KEYS}

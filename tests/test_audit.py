@@ -960,6 +960,14 @@ def test_model_and_data_settings_that_would_mislead_the_audit_are_refused(tmp_pa
         assert torch.is_grad_enabled()  # what a factory changed is put back
 
 
+def test_a_utility_run_beyond_its_bounds_is_named_at_its_keys(tmp_path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("rounds = 2\n", "rounds = 3_000_000_000\n"))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "must be an integer in [0, 1000000], got 3000000000" in problems(err)["utility.rounds"]
+
+
 def test_weights_that_are_not_a_float_state_dict_are_refused(tmp_path) -> None:
     from art_gifd.priors.checkpoints import load_strict
 

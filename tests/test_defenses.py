@@ -405,8 +405,12 @@ def test_measure_utility_is_seeded_and_measures_the_cost(heldout) -> None:
     again = measure_utility(GaussianNoise(1.0), clf, data, **kwargs)
     assert (again.gradient_cosine, again.accuracy) == (noisy.gradient_cosine, noisy.accuracy)
     assert isinstance(GaussianNoise(1.0), Defense) and set(noisy.as_dict()) >= {"gradient_cosine", "accuracy"}
-    with pytest.raises(ValueError, match="rounds must be an integer >= 0"):
+    with pytest.raises(ValueError, match=r"rounds must be an integer in \[0, 1000000\]"):
         measure_utility(None, clf, data, rounds=-1)
+    with pytest.raises(
+        ValueError, match=r"probe_batches must be a positive integer \(at most 100000\), got 1000000000"
+    ):
+        measure_utility(None, clf, data, probe_batches=10**9)
 
 
 def _bad_utility_data(x: np.ndarray, y: np.ndarray, which: str) -> tuple:
