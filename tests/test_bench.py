@@ -433,6 +433,18 @@ def test_repeated_defence_strengths_are_refused():
         parse(config)
 
 
+def test_a_strength_grid_longer_than_any_run_could_use_is_refused_before_building_it(monkeypatch):
+    import art_gifd.defenses.registry as registry
+
+    built = []
+    monkeypatch.setattr(registry, "cached_defense", lambda kind, point: built.append(point))
+    grid = ", ".join(f"{0.001 * (k + 1):.3f}" for k in range(registry.MAX_STRENGTHS + 1))
+    config = SMOKE.read_text().replace("ratio = [0.5]", f"ratio = [{grid}]")
+    with pytest.raises(ConfigError, match=r"defenses\[1\]\.params\.ratio: has 257 strengths, more than the 256"):
+        parse(config)
+    assert not any("ratio" in point for point in built)  # refused before any point (a DP calibration each) is built
+
+
 def test_a_folder_data_set_whose_images_change_gets_new_job_ids(tmp_path):
     from PIL import Image
 

@@ -110,6 +110,10 @@ def _cached(kind: str, params_json: str) -> Defense:
 #: Keys of a ``[[defenses]]`` table, in an audit and in a benchmark profile.
 DEFENSE_KEYS = ("type", "params", "adaptive", "label")
 
+#: Most values of one strength grid: each is a whole setting (attacks on every batch, a utility run, and for DP-SGD a
+#: noise calibration while the configuration is read), so a longer list is almost always a mistake.
+MAX_STRENGTHS = 256
+
 
 def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, Any]:
     """
@@ -143,6 +147,12 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
     strengths = params[grid[0]] if grid else [None]
     if not strengths:
         raise Stop((*path, "params", grid[0]), "is an empty list: give at least one strength.")
+    if len(strengths) > MAX_STRENGTHS:
+        raise Stop(
+            (*path, "params", grid[0]),
+            f"has {len(strengths)} strengths, more than the {MAX_STRENGTHS} one grid may hold (each is a whole "
+            "setting): thin the grid, or split it over several runs.",
+        )
     for values, where in ((strengths, (*path, "params", grid[0] if grid else "")), (flags, (*path, "adaptive"))):
         if any(a == b for i, a in enumerate(values) for b in values[:i]):  # 1 and 1.0 are one setting
             raise Stop(where, f"has repeated values: {values!r}; give each setting once.")
