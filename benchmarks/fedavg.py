@@ -28,10 +28,13 @@ interrupted run resumes where it stopped::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,79 +138,100 @@ def runs_of(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     return [{**LEGACY_KEY_VALUES, **r} for r in read_runs(path, _RECORD, repair=repair)]
 
 
+@dataclass
+class _Target:
+    """What every run of one invocation attacks: the model mid-training, the prior, the private images, the budget."""
+
+    classifier: Any
+    accuracy: float
+    prior: Any
+    target: TargetModel
+    x: np.ndarray
+    y: np.ndarray
+    budget: Budget
+    commit: str
+
+
 def run(args: argparse.Namespace) -> None:
     """Run every missing run of the selected sizes, attacks and seeds."""
     torch.set_num_threads(args.threads)
     classifier, accuracy = trained_model(args.rounds)
     print(f"FL model after {args.rounds} FedAvg rounds: held-out accuracy {accuracy:.3f}", flush=True)
-    prior = load_default_prior()
-    target = TargetModel(classifier)
     x_all, y_all = load_mnist32("heldout")
-    x_all, y_all = x_all[PRIVATE[0] : PRIVATE[0] + args.images], y_all[PRIVATE[0] : PRIVATE[0] + args.images]
-    budget = Budget(steps_per_stage=args.steps_per_stage, stages=4, num_restarts=args.restarts)
-    commit = git_commit()
+    first = PRIVATE[0]
+    context = _Target(
+        classifier,
+        accuracy,
+        load_default_prior(),
+        TargetModel(classifier),
+        x_all[first : first + args.images],
+        y_all[first : first + args.images],
+        Budget(steps_per_stage=args.steps_per_stage, stages=4, num_restarts=args.restarts),
+        git_commit(),
+    )
     for size in args.sizes:
         store = ResultsFile(args.runs / f"size{size}.jsonl")
         with store.lock("benchmarks/fedavg.py", "another --runs folder"):
             done = {run_key(r) for r in runs_of(store.path, repair=True)}
-            for first in range(0, len(x_all) - size + 1, size):
-                x, y = x_all[first : first + size], y_all[first : first + size]
-                for seed in args.seeds:
-                    for setting, training in settings(size, seed).items():
-                        # The client's update as attack_batches computes it (same seed), for the label inference score.
-                        update = client_update(classifier, x, y, training, seed=batch_seed(seed, first))
-                        inferred = infer_labels(target.as_gradient_list(update), target.module, target.nb_classes, size)
-                        for attack_name in args.attacks:
-                            for method in METHODS:
-                                if method == "naive" and training.num_steps(size) == 1:
-                                    continue  # one full-batch step: the update is lr × the gradient, both views agree
-                                if method == "epoch-steps" and training.order_known:
-                                    continue
-                                key = (
-                                    *(setting, size, attack_name, method, first, seed),
-                                    *(args.steps_per_stage, args.restarts, args.rounds),
-                                )
-                                if key in done:
-                                    continue
-                                record = dict(zip(RUN_KEY, key, strict=True))
-                                cpu, wall = time.process_time(), time.perf_counter()
-                                ((_, scores, result, _),) = attack_batches(
-                                    classifier,
-                                    x,
-                                    y,
-                                    attack_name,
-                                    prior,
-                                    budget,
-                                    size,
-                                    seed,
-                                    labels_known=True,
-                                    training=training,
-                                    replay_training=method != "naive",
-                                    attack_params={"simulation_steps": training.epochs}
-                                    if method == "epoch-steps"
-                                    else None,
-                                    first_index=first,
-                                )
-                                record.update(
-                                    local_steps=training.num_steps(size),
-                                    order_known=training.order_known,
-                                    psnr=scores["psnr"],
-                                    ssim=scores["ssim"],
-                                    per_image_psnr=scores["per_image"]["psnr"],
-                                    matching_loss=result.best_loss,
-                                    cpu_seconds=time.process_time() - cpu,
-                                    wall_seconds=time.perf_counter() - wall,
-                                    threads=torch.get_num_threads(),
-                                    label_accuracy=label_accuracy(inferred.cpu().numpy(), y),
-                                    model_accuracy=accuracy,
-                                    commit=commit,
-                                )
-                                store.append(record)
-                                print(
-                                    f"N={size} first={first} seed={seed} {setting!r} {attack_name} {method}: "
-                                    f"{record['psnr']:.2f} dB, {record['cpu_seconds']:.1f} cpu s",
-                                    flush=True,
-                                )
+            for first, seed in itertools.product(range(0, len(context.x) - size + 1, size), args.seeds):
+                for record in _runs_of_batch(args, context, size, first, seed, done):
+                    store.append(record)
+                    print(
+                        f"N={size} first={first} seed={seed} {record['setting']!r} {record['attack']} "
+                        f"{record['method']}: {record['psnr']:.2f} dB, {record['cpu_seconds']:.1f} cpu s",
+                        flush=True,
+                    )
+
+
+def _runs_of_batch(
+    args: argparse.Namespace, context: _Target, size: int, first: int, seed: int, done: set[tuple]
+) -> Iterator[dict[str, Any]]:
+    """The records of the runs not yet ``done`` on the client batch at ``first``, each as soon as it finishes."""
+    x, y = context.x[first : first + size], context.y[first : first + size]
+    for setting, training in settings(size, seed).items():
+        # The client's update as attack_batches computes it (same seed), for the label inference score.
+        update = client_update(context.classifier, x, y, training, seed=batch_seed(seed, first))
+        target = context.target
+        inferred = infer_labels(target.as_gradient_list(update), target.module, target.nb_classes, size)
+        for attack_name, method in itertools.product(args.attacks, METHODS):
+            if method == "naive" and training.num_steps(size) == 1:
+                continue  # one full-batch step: the update is lr × the gradient, both views agree
+            if method == "epoch-steps" and training.order_known:
+                continue
+            key = (*(setting, size, attack_name, method, first, seed), args.steps_per_stage, args.restarts, args.rounds)
+            if key in done:
+                continue
+            cpu, wall = time.process_time(), time.perf_counter()
+            ((_, scores, result, _),) = attack_batches(
+                context.classifier,
+                x,
+                y,
+                attack_name,
+                context.prior,
+                context.budget,
+                size,
+                seed,
+                labels_known=True,
+                training=training,
+                replay_training=method != "naive",
+                attack_params={"simulation_steps": training.epochs} if method == "epoch-steps" else None,
+                first_index=first,
+            )
+            yield {
+                **dict(zip(RUN_KEY, key, strict=True)),
+                "local_steps": training.num_steps(size),
+                "order_known": training.order_known,
+                "psnr": scores["psnr"],
+                "ssim": scores["ssim"],
+                "per_image_psnr": scores["per_image"]["psnr"],
+                "matching_loss": result.best_loss,
+                "cpu_seconds": time.process_time() - cpu,
+                "wall_seconds": time.perf_counter() - wall,
+                "threads": torch.get_num_threads(),
+                "label_accuracy": label_accuracy(inferred.cpu().numpy(), y),
+                "model_accuracy": context.accuracy,
+                "commit": context.commit,
+            }
 
 
 MEMORY_PROBE = """
