@@ -314,6 +314,19 @@ def test_faults_and_interruptions_end_in_one_line(tmp_path, monkeypatch, capsys,
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_file_where_bench_keeps_reconstructions_stops_it_before_any_job(tmp_path, monkeypatch, capsys) -> None:
+    import art_gifd.bench.runner as runner
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    (tmp_path / "r.recon").write_text("not a folder")
+    monkeypatch.setattr(runner, "run_job", _raises(AssertionError("a job ran")))
+    assert main(["bench", "smoke", "--results", str(tmp_path / "r.jsonl"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write or read '{tmp_path / 'r.recon'}'" in err and "Traceback" not in err
+    results = tmp_path / "r.jsonl"
+    assert not results.exists() or '"status"' not in results.read_text()  # no job ran, none was recorded
+
+
 @pytest.mark.parametrize(
     ("exc", "status", "message"),
     [

@@ -405,6 +405,8 @@ def _run_locked(
         return summary
     if check_inputs:
         check_job_inputs(config, todo)
+    # a file where the reconstructions go would fail each finished job's write: fail here, before the first job runs
+    store.arrays_dir.mkdir(parents=True, exist_ok=True)
     executor.start(run_job)
     bar = tqdm(total=len(todo), desc=config.name, unit="job", disable=not progress)
     pending: dict[Any, Job] = {}
