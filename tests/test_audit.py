@@ -842,10 +842,11 @@ def test_every_parameter_the_loop_sets_has_a_hint_where_to_set_it() -> None:
 def test_a_setting_that_fails_mid_run_is_named_and_the_finished_ones_are_kept(tmp_path, monkeypatch, capsys) -> None:
     path = write_config(tmp_path)
     real, ran = audit_run._run_setting, []
+    failure: list[Exception] = [ValueError("Gradient of '0.weight' contains NaN or infinite values.")]
 
     def failing(cfg, setting, lpips, verbose):
         if setting.defense == 1:
-            raise ValueError("Gradient of '0.weight' contains NaN or infinite values.")
+            raise failure[0]
         ran.append(setting.id)
         return real(cfg, setting, lpips, verbose)
 
@@ -854,6 +855,10 @@ def test_a_setting_that_fails_mid_run_is_named_and_the_finished_ones_are_kept(tm
     err = capsys.readouterr().err
     assert "error: setting b1-d1-gifd (batch size 1, defence" in err and "NaN or infinite" in err
     assert "1 setting(s) finished before it are kept" in err and "Traceback" not in err
+    failure[0] = MemoryError("GIFDAttack ran out of memory: lower num_restarts")  # a search too large for the device
+    assert main(["audit", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "ran out of memory: lower num_restarts" in err and "1 setting(s) finished before it are kept" in err
     monkeypatch.setattr(audit_run, "_run_setting", real)
     report = run_audit(path, verbose=False)
     assert report.document["reproducibility"]["resumed"] == ran == ["b1-d0-gifd"]

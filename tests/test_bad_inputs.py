@@ -215,6 +215,28 @@ def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_pr
 
 
 @pytest.mark.parametrize(
+    ("raised", "size"),
+    [
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 655360000 bytes."), "0.61"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 79.1 GiB total)"), "0.02"),
+    ],
+    ids=["cpu", "cuda"],
+)
+def test_a_search_that_runs_out_of_memory_says_what_to_lower(lenet_clf, heldout, default_prior, raised, size):
+    x, y = heldout[0][:2], heldout[1][:2]
+    gradient = client_gradients(lenet_clf, x, y)
+    attack = GIFDAttack(lenet_clf, default_prior, steps_per_stage=1, num_restarts=3, batch_size=2, verbose=False)
+    attack._search_together = _raises(raised)
+    with pytest.raises(MemoryError) as err:
+        attack.reconstruct(gradient, y)
+    assert str(err.value).startswith(f"GIFDAttack ran out of memory (an allocation of {size} GiB failed)")
+    assert "num_restarts × batch_size = 3 × 2" in str(err.value) and "Lower num_restarts" in str(err.value)
+    attack._search_together = _raises(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # any other error passes unchanged
+        attack.reconstruct(gradient, y)
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--log-level", "LOUD", "demo"], "invalid choice: 'LOUD'"),

@@ -325,6 +325,24 @@ def test_updates_and_ground_truth_that_cannot_be_attacked_or_scored_are_named(fl
             load_capture_audit(_config(folder, client_data=spec))
 
 
+def test_a_search_that_fails_ends_the_capture_audit_in_one_line(flower_run, tmp_path, monkeypatch, capsys):
+    import art_gifd.audit.captures as captures_module
+    from art_gifd.cli import main
+
+    folder, _ = flower_run
+
+    def fail(*args, **kwargs):
+        raise MemoryError("GIFDAttack ran out of memory: lower num_restarts")
+
+    monkeypatch.setattr(captures_module, "_search_together", fail)
+    config = tmp_path / "capture.yaml"  # JSON is YAML
+    config.write_text(json.dumps(_config(folder, rounds=[1])))
+    assert main(["audit", str(config), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "error: attack 'gifd' (seed 0) on update(s)" in err and "ran out of memory" in err
+    assert "0 attack(s) finished before it are kept" in err and "Traceback" not in err
+
+
 def test_interrupted_write_leaves_no_torn_file(tmp_path, monkeypatch):
     import os
 

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,21 @@ class _Search:
     start: float
     labels_inferred: bool
     outcomes: list[StageOutcome] = field(default_factory=list)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (Python's, the CPU allocator's or CUDA's)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _allocation(err: BaseException) -> str:
+    """`` (an allocation of … GiB failed)`` when torch's message states its size, else nothing."""
+    found = re.search(r"(?i)tried to allocate ([\d.]+) (bytes|KiB|MiB|GiB)", str(err))
+    if found is None:
+        return ""
+    size = float(found[1]) / 2.0 ** (30 - 10 * ["bytes", "kib", "mib", "gib"].index(found[2].lower()))
+    return f" (an allocation of {size:.2f} GiB failed)"
 
 
 def _check_estimator(estimator: PyTorchClassifier) -> None:
@@ -391,7 +407,17 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         import torch
 
         with torch.inference_mode(False), torch.enable_grad():
-            yield
+            try:
+                yield
+            except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+                if not _out_of_memory(err):
+                    raise
+                raise MemoryError(
+                    f"{type(self).__name__} ran out of memory{_allocation(err)}: a search step holds "
+                    f"num_restarts × batch_size = {self.num_restarts} × {self.batch_size} candidate images, their "
+                    "gradients and (FedAvg) every replayed local step at once. Lower num_restarts, set "
+                    "simulation_steps for a FedAvg replay, or use a device with more memory."
+                ) from None
 
     def reconstruct_many(
         self,

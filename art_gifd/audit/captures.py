@@ -70,7 +70,7 @@ from art_gifd.audit.config import (
     read_report,
     string,
 )
-from art_gifd.audit.run import prepare_output
+from art_gifd.audit.run import AuditRunError, prepare_output
 from art_gifd.experiment import chance_ssim
 from art_gifd.federated import (
     TRAINING_KEYS,
@@ -591,7 +591,15 @@ def _attack_captures(
                 estimator = estimators[update.server_round]
                 observed = parameter_update(estimator.model, cfg.captures.update_arrays(update), str(update.file))
                 jobs.append((update, estimator, observed, cfg.ground_truth.get(update.name)))
-            for update, (record, images) in zip(batch, _search_together(cfg, attack, seed, jobs), strict=True):
+            try:
+                searched = _search_together(cfg, attack, seed, jobs)
+            except (ValueError, RuntimeError, MemoryError) as err:  # a search that diverged or ran out of memory
+                raise AuditRunError(
+                    f"attack '{label}' (seed {seed}) on update(s) {', '.join(u.name for u in batch)} failed: {err} "
+                    f"The {len(finished)} attack(s) finished before it are kept: fix the cause and run the same "
+                    "command again to resume."
+                ) from err
+            for update, (record, images) in zip(batch, searched, strict=True):
                 job_id = _job_id(cfg, update, attack, seed)
                 images_file = store.save_arrays(job_id, images)
                 record.update(job_id=job_id, config_hash=cfg.config_hash, images=images_file.name)

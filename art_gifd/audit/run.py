@@ -176,7 +176,7 @@ def _run_locked(cfg: AuditConfig, store: ResultsFile, overwrite: bool, resume: b
         if images is None:
             try:
                 run, images = _run_setting(cfg, setting, lpips, verbose)
-            except (ValueError, RuntimeError) as err:  # a search that diverged, a defence that overflowed, …
+            except (ValueError, RuntimeError, MemoryError) as err:  # a search that diverged or ran out of memory, …
                 raise AuditRunError(
                     f"setting {setting.id} (batch size {setting.batch_size}, defence "
                     f"'{cfg.defenses[setting.defense].label}', attack '{setting.attack.label}') failed: {err} The "
