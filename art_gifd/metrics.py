@@ -87,8 +87,10 @@ def _validate_pair(
     :param low: Lower end of the pixel range of both batches (from :func:`_check_range`).
     :param high: Upper end.
     :return: Both batches as float64 arrays.
-    :raises ValueError: If a batch is not 4-D, looks like NHWC, is empty, the shapes differ, or a value is NaN,
-                        infinite or outside the range (by more than :data:`RANGE_TOLERANCE` of its width).
+    :raises ValueError: If a batch is not 4-D, looks like NHWC, is empty, the shapes differ, a value is NaN,
+                        infinite or outside the range (by more than :data:`RANGE_TOLERANCE` of its width), or the
+                        originals, not all black, fill under 1% of it (e.g. images in [0, 1] given the range
+                        (0, 255)).
     """
     rec = to_numpy(reconstructed).astype(np.float64)
     orig = to_numpy(original).astype(np.float64)
@@ -115,6 +117,13 @@ def _validate_pair(
                 f"{name} images span [{smallest:g}, {largest:g}], outside data_range ({low:g}, {high:g}): pass the "
                 "images' pixel range as data_range (e.g. (0, 255) for 8-bit images)."
             )
+    # the mirror mistake: float images in [0, 1] scored with an 8-bit range, where any two images look alike
+    brightest = float(orig.max())
+    if low < brightest <= low + (high - low) / 100:
+        raise ValueError(
+            f"original images span [{float(orig.min()):g}, {brightest:g}], under 1% of data_range ({low:g}, {high:g}): "
+            "pass the images' own pixel range as data_range (e.g. (0, 1) for float images)."
+        )
     return rec, orig
 
 

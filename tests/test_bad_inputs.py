@@ -797,3 +797,37 @@ def test_console_entry_point_loads_torch_only_inside_main() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+class _AuxHeadNet(torch.nn.Module):
+    """A model whose auxiliary head runs only in training (as GoogLeNet's): in eval mode its weights get no gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(1, 4, 5, stride=2, padding=2), torch.nn.BatchNorm2d(4)
+        self.aux = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        self.fc = torch.nn.Linear(4 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.sigmoid(self.bn(self.conv(x)))
+        if self.training:
+            h = h + self.aux(h)
+        return self.fc(h.flatten(1))
+
+
+def test_parameters_the_forward_pass_does_not_reach_are_matched_as_zero(heldout, default_prior) -> None:
+    from art_gifd.attacks import GradInversionAttack
+
+    torch.manual_seed(0)
+    classifier = make_classifier(_AuxHeadNet().eval(), (1, 32, 32))
+    x, y = heldout[0][:1], heldout[1][:1]
+    gradient = client_gradients(classifier, x, y)
+    assert not any(np.abs(g).max() for g in gradient[4:8])  # the aux head's weights: nothing shared
+    common = {"num_restarts": 1, "seed": 0, "verbose": False}
+    for attack in (
+        InvertingGradientsAttack(classifier, max_iter=2, **common),
+        GradInversionAttack(classifier, max_iter=2, **common),
+        GIFDAttack(classifier, default_prior, max_stage=1, steps_per_stage=2, **common),
+    ):
+        result = attack.reconstruct(gradient, y)
+        assert result.images.shape == (1, 1, 32, 32) and np.isfinite(result.best_loss)

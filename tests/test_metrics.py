@@ -230,6 +230,11 @@ def test_images_outside_data_range_are_refused(lpips_metric: LPIPSMetric, rng: n
     with pytest.raises(ValueError, match=r"original images span .* outside data_range \(-1, 1\).*pass the images'"):
         psnr(reconstructed * 2 - 1, original * 4 - 2, data_range=(-1, 1))
     np.testing.assert_allclose(psnr(reconstructed * 255, original * 255, (0, 255)), psnr(reconstructed, original))
+    for measure in (psnr, ssim, match_images):  # the mirror mistake: images in [0, 1] given an 8-bit range
+        with pytest.raises(ValueError, match=r"original images span \[.*\], under 1% of data_range \(0, 255\)"):
+            measure(reconstructed, original, data_range=(0, 255))
+    black = np.zeros_like(original)
+    assert psnr(black, black, data_range=(0, 255)).tolist() == [100.0, 100.0]  # all-black originals are no mistake
     # float round-off just beyond the range is no other scale
     assert np.all(np.isfinite(psnr(reconstructed * (1 + 1e-6), original * (1 + 1e-6))))
 

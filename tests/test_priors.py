@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -209,3 +210,110 @@ def test_a_bad_biggan_config_names_its_file(tmp_path, config, message) -> None:
         load_biggan(tmp_path)
     with pytest.raises(ValueError, match=r"truncation must lie in \(0, 1\], got 0"):
         load_biggan(tmp_path, truncation=0)
+
+
+class _UserPrior(LayeredGenerator):
+    """A user's two-block generator (8 → 16 → 1×32×32) whose declarations a test gets wrong one at a time."""
+
+    num_blocks = 2
+    image_shape = (1, 32, 32)
+
+    def __init__(self, last: str = "tanh", latent: str = "normal", stage: str = "tensor") -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(8, 16), torch.nn.Linear(16, 32 * 32)
+        self.last, self.latent, self.stage = last, latent, stage
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, 8, generator=generator)
+        return z if self.latent == "normal" else torch.rand(n, 8, generator=generator) * 2 - 1
+
+    def forward_blocks(self, h, start, stop, labels=None):
+        if start == 0 and stop >= 1:
+            h = torch.relu(self.first(h))
+            h = (h, h) if self.stage == "tuple" and stop == 1 else h
+        if start <= 1 < stop:
+            h = self.second(h[0] if isinstance(h, tuple) else h)
+            h = (torch.sigmoid(h) if self.last == "sigmoid" else torch.tanh(h)).reshape(-1, *self.image_shape)
+        return h
+
+
+def test_what_a_user_prior_declares_wrongly_is_named_before_any_search(lenet_clf) -> None:
+    from art_gifd import GIFDAttack
+    from art_gifd.federated import client_gradients
+
+    x, y = np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32), np.array([3])
+    gradient = client_gradients(lenet_clf, x, y)
+
+    def attack(prior: LayeredGenerator, **kwargs):
+        return GIFDAttack(lenet_clf, prior, steps_per_stage=1, num_restarts=1, verbose=False, **kwargs)
+
+    attack(_UserPrior()).reconstruct(gradient, y)  # declared as it is: runs
+    with pytest.warns(UserWarning, match=r"within one half of output_range=\(-1, 1\)"):  # a Sigmoid left at (-1, 1)
+        attack(_UserPrior("sigmoid")).reconstruct(gradient, y)
+    tanh_declared_01 = _UserPrior()
+    tanh_declared_01.output_range = (0.0, 1.0)
+    with pytest.raises(ValueError, match=r"beyond output_range=\(0, 1\): set output_range to its real range"):
+        attack(tanh_declared_01).reconstruct(gradient, y)
+    with pytest.raises(ValueError, match=r"draws codes of mean norm .* but its latent_constraint 'sphere'"):
+        attack(_UserPrior(latent="uniform")).reconstruct(gradient, y)
+    attack(_UserPrior(latent="uniform"), latent_constraint="none").reconstruct(gradient, y)  # the user's choice
+    with pytest.raises(ValueError, match=r"forward_blocks\(h, 0, 1\) returns a tuple: a stage must be one floating"):
+        attack(_UserPrior(stage="tuple")).reconstruct(gradient, y)
+    for attribute, value, message in (
+        ("num_blocks", 2.0, r"_UserPrior.num_blocks must be a positive integer .* got 2.0"),
+        ("default_max_stage", 4, r"_UserPrior.default_max_stage must be None or an integer in \[1, 2\] .* got 4"),
+        ("image_shape", (1, 32), r"_UserPrior.image_shape must be \(C, H, W\)"),
+        ("latent_constraint", "ball", r"_UserPrior.latent_constraint must be one of"),
+    ):
+        prior = _UserPrior()
+        setattr(prior, attribute, value)
+        with pytest.raises(ValueError, match=message):
+            attack(prior)
+    with pytest.raises(ValueError, match=r"_UserPrior's weights are torch.float64; .* call prior.float\(\)"):
+        attack(_UserPrior().double())
+
+
+def test_a_checkpoint_rewritten_at_the_same_path_is_loaded_again(tmp_path) -> None:
+    import os
+
+    from art_gifd.priors.registry import load_prior
+
+    path = tmp_path / "latest.pt"
+    spec = {"type": "dcgan", "nz": 8, "ngf": 4, "nc": 1, "image_size": 32, "weights": str(path)}
+    first = DCGANGenerator(nz=8, ngf=4, nc=1, image_size=32)
+    torch.save(first.state_dict(), path)
+    assert load_prior(spec, "cpu") is load_prior(spec, "cpu")  # one load per process while the file is unchanged
+    loaded = load_prior(spec, "cpu")
+    retrained = DCGANGenerator(nz=8, ngf=4, nc=1, image_size=32)
+    with torch.no_grad():
+        for p in retrained.parameters():
+            p.add_(1.0)
+    torch.save(retrained.state_dict(), path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as a later save on a coarse clock
+    again = load_prior(spec, "cpu")
+    assert again is not loaded
+    assert all(
+        torch.equal(a, b) for a, b in zip(again.state_dict().values(), retrained.state_dict().values(), strict=True)
+    )
+
+
+def test_decoys_and_a_default_prior_take_what_the_constructor_takes(lenet_clf) -> None:
+    from art_gifd import GIFDAttack
+
+    attack = GIFDAttack(lenet_clf, load_default_prior("mnist32-conditional"), verbose=False)
+    assert attack.decoys(2, 0, generator_labels=[3, np.int64(4)]).shape == (2, 1, 32, 32)
+    for args, message in (
+        ((2, 0, [3, 12]), r"decoys generator class must be an integer in \[0, 9\], got 12"),
+        ((2, 0, [3, 1.5]), r"decoys generator class must be an integer in \[0, 9\], got 1.5"),
+        ((2, 0, [3]), "1 generator classes for 2 images"),
+        ((0, 0), "decoys count must be a positive integer, got 0"),
+        ((2, None), r"decoys seed must be an integer in \[0, "),
+    ):
+        with pytest.raises(ValueError, match=message):
+            attack.decoys(*args)
+    unconditional = GIFDAttack(lenet_clf, load_default_prior(), verbose=False)
+    with pytest.raises(ValueError, match="generator_labels were given but the prior is not class-conditional"):
+        unconditional.decoys(2, 0, [1, 2])
+    attack.set_params(prior=None)  # as GIFDAttack(clf, prior=None): the embedded default
+    assert attack.prior.num_classes is None and attack.prior.image_shape == (1, 32, 32)

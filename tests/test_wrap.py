@@ -111,7 +111,7 @@ def generator_ending_in(last: nn.Module) -> nn.Sequential:
     ("last", "output_range", "message"),
     [
         (nn.Identity(), (-0.1, 0.1), r"outputs of 16 samples lie in \[-.*\], beyond output_range=\(-0\.1, 0\.1\)"),
-        (nn.Sigmoid(), (0, 0.5), r"beyond output_range=\(0, 0\.5\): pass its real output range"),
+        (nn.Sigmoid(), (0, 0.5), r"beyond output_range=\(0, 0\.5\): set output_range to its real range"),
         (nn.Threshold(1e9, float("nan")), (-1, 1), "The generator outputs NaN or infinite values"),
     ],
 )

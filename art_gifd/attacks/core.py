@@ -198,7 +198,11 @@ class GradientMatcher:
         differentiable = torch.is_grad_enabled()  # as torch.func.grad: no graph to the images under no_grad
         with torch.enable_grad():
             loss = self.target.loss(params, x[0], labels[0] if soft else labels)
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=differentiable)
+            # a parameter the forward pass does not reach (e.g. an auxiliary head that runs only in training) gets a
+            # zero gradient, as the client's own gradient and the vmapped path give it
+            grads = torch.autograd.grad(
+                loss, list(params.values()), create_graph=differentiable, allow_unused=True, materialize_grads=True
+            )
         return {n: g.unsqueeze(0) for n, g in zip(params, grads, strict=True)}
 
     def loss(self, images: torch.Tensor, soft_labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,8 +15,15 @@ import numpy as np
 
 from art_gifd.attacks.base import GradientInversionAttack, SearchContext
 from art_gifd.attacks.label_mapping import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
-from art_gifd.priors.base import LATENT_CONSTRAINTS, LayeredGenerator, project_latent
-from art_gifd.validation import check_choice, nonfinite_entries
+from art_gifd.priors.base import (
+    LATENT_CONSTRAINTS,
+    LayeredGenerator,
+    check_declarations,
+    check_latent_draws,
+    check_output_range,
+    project_latent,
+)
+from art_gifd.validation import MAX_SEED, check_choice, check_integer, nonfinite_entries
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +34,21 @@ if TYPE_CHECKING:
 #: last search to end hands the prior back as the first found it.
 _PRIOR_USERS: dict[int, list[Any]] = {}
 _PRIOR_LOCK = threading.Lock()
+
+
+#: How far (a share of its width) a prior's images may overshoot its declared output_range before the declaration is
+#: called wrong (a Tanh generator declared (0, 1) reaches -1, a quarter-width overshoot is no rounding).
+OVERSHOOT = 0.25
+
+
+def _default_prior() -> LayeredGenerator:
+    """The embedded default prior, with weights the search can differentiate through wherever it is built."""
+    import torch
+
+    from art_gifd.priors.embedded import load_default_prior
+
+    with torch.inference_mode(False):
+        return load_default_prior()
 
 
 class GenerativePriorAttack(GradientInversionAttack):
@@ -65,19 +87,18 @@ class GenerativePriorAttack(GradientInversionAttack):
                                   truncated one, none for StyleGAN2), or ``"sphere"``, ``"box"``, ``"none"``.
         :param kwargs: Parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`.
         """
-        if prior is None:
-            import torch
-
-            from art_gifd.priors.embedded import load_default_prior
-
-            with torch.inference_mode(False):  # weights the search can differentiate through, wherever it is built
-                prior = load_default_prior()
-        self.prior = prior
+        self.prior = _default_prior() if prior is None else prior
         self.label_mapping = label_mapping
         self.latent_constraint = latent_constraint
         self._generator_labels: torch.Tensor | None = None
         self._mapping_scores: dict[str, object] | None = None
         super().__init__(estimator, **kwargs)
+
+    def set_params(self, **kwargs: Any) -> None:
+        """As the base class; ``prior=None`` means the embedded default, as in the constructor."""
+        if "prior" in kwargs and kwargs["prior"] is None:
+            kwargs = {**kwargs, "prior": _default_prior()}
+        super().set_params(**kwargs)
 
     def _check_params(self) -> None:
         super()._check_params()
@@ -90,26 +111,12 @@ class GenerativePriorAttack(GradientInversionAttack):
             raise ValueError(
                 f"The prior's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."
             )
+        check_declarations(self.prior)
         expected = tuple(self.estimator.input_shape)
         if tuple(self.prior.image_shape) != expected:
             raise ValueError(
                 f"The prior generates images of shape {tuple(self.prior.image_shape)} but the estimator expects "
                 f"{expected}. Use a prior trained at the estimator's resolution and channel count."
-            )
-        output_range = self.prior.output_range
-        ordered = (
-            isinstance(output_range, tuple | list)
-            and len(output_range) == 2
-            and all(
-                isinstance(v, int | float | np.number) and not isinstance(v, bool) and math.isfinite(v)
-                for v in output_range
-            )
-            and output_range[0] < output_range[1]
-        )
-        if not ordered:
-            raise ValueError(
-                f"The prior's output_range must be (low, high) with finite low < high (the range of its output "
-                f"pixels), got {output_range!r}."
             )
         check_choice("latent_constraint", self.latent_constraint, ("auto", *LATENT_CONSTRAINTS))
         if self.resolved_latent_constraint == "box" and not (self.prior.latent_bound or 0) > 0:
@@ -175,6 +182,7 @@ class GenerativePriorAttack(GradientInversionAttack):
         self.prior.to(ctx.target.device).freeze()
         self._generator_labels = None
         self._mapping_scores = None
+        self._check_output()  # before an automatic label mapping decodes and classifies the prior's images
         if self.prior.num_classes is not None:
             if ctx.labels is None:
                 raise ValueError("A class-conditional prior needs the labels (given or inferred from the gradient).")
@@ -182,24 +190,41 @@ class GenerativePriorAttack(GradientInversionAttack):
             if mapping == "auto" or isinstance(mapping, AutoLabelMapping):
                 mapping = self._auto_mapping(ctx, mapping if isinstance(mapping, AutoLabelMapping) else None)
             self._generator_labels = map_labels(ctx.labels, mapping, self.prior.num_classes)
-        self._check_output()
+
+    def _feature_stages(self) -> int:
+        """How many intermediate features of the prior the search optimises (GIFD's feature stages)."""
+        return 0
 
     def _check_output(self) -> None:
-        """Generate two images: they must be what the prior declares (a user's subclass is trusted on nothing else)."""
+        """
+        Generate two images, stage by stage through the features the search optimises: every stage must be one tensor
+        per batch and the images what the prior declares (a user's subclass is trusted on nothing else); the prior's
+        own latent draws must fit the latent constraint the search holds them on.
+        """
         import torch
 
         device = self.prior.device
+        name = type(self.prior).__name__
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                z = self.project_latent(
-                    self.prior.sample_latent(2, generator=torch.Generator(device=device).manual_seed(0))
-                )
-                classes = None if self._generator_labels is None else self._generator_labels[:1].repeat(2)
-                out = self.prior.forward_from(0, z, classes)
+                draws = self.prior.sample_latent(16, generator=torch.Generator(device=device).manual_seed(0))
+                if self.latent_constraint == "auto":  # a constraint the user chose explicitly is theirs
+                    check_latent_draws(self.prior, draws, self.resolved_latent_constraint)
+                h = self.project_latent(draws[:2])
+                classes = torch.zeros(2, dtype=torch.long, device=device) if self.prior.num_classes else None
+                for stage in range(1, self._feature_stages() + 1):
+                    h = self.prior.forward_blocks(h, stage - 1, stage, classes)
+                    if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() == 0 or len(h) != 2:
+                        kind = f"shape {tuple(h.shape)}" if isinstance(h, torch.Tensor) else type(h).__name__
+                        raise TypeError(
+                            f"forward_blocks(h, {stage - 1}, {stage}) returns a {kind}: a stage must be one floating "
+                            "tensor whose first dimension is the batch (pack several parts into one flat tensor, as "
+                            "StyleGAN2Generator does)"
+                        )
+                out = self.prior.forward_from(self._feature_stages(), h, classes)
         except (RuntimeError, TypeError, ValueError) as err:
             raise ValueError(
-                f"The prior ({type(self.prior).__name__}) fails to generate from its own latents: "
-                f"{' '.join(str(err).split())[:200]}"
+                f"The prior ({name}) fails to generate from its own latents: {' '.join(str(err).split())[:300]}"
             ) from None
         expected = (2, *self.prior.image_shape)
         found = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
@@ -210,6 +235,12 @@ class GenerativePriorAttack(GradientInversionAttack):
             )
         if not bool(out.isfinite().all()):
             raise ValueError("The prior generates NaN or infinite values from its own latents: check its weights.")
+        # a bounded generator's images far beyond its declared range mean a wrong range; one with a linear last layer
+        # may pass the range it mostly fills
+        overshoot = OVERSHOOT if self.prior.output_bounded else math.inf
+        check_output_range(
+            float(out.min()), float(out.max()), self.prior.output_range, f"({name}) images", overshoot, 4
+        )
 
     def _auto_mapping(self, ctx: SearchContext, spec: AutoLabelMapping | None) -> dict[int, int]:
         """Score the generator classes for every task label against the observed gradient; keep the best."""
@@ -262,6 +293,16 @@ class GenerativePriorAttack(GradientInversionAttack):
 
         from art_gifd.federated import clip_range
 
+        count = check_integer("decoys count", count, 1)
+        seed = check_integer("decoys seed", seed, 0, MAX_SEED)
+        if generator_labels is not None:
+            if self.prior.num_classes is None:
+                raise ValueError("decoys: generator_labels were given but the prior is not class-conditional.")
+            if len(generator_labels) != count:
+                raise ValueError(f"decoys: {len(generator_labels)} generator classes for {count} images.")
+            last = int(self.prior.num_classes) - 1
+            for label in generator_labels:
+                check_integer("decoys generator class", label, 0, last)
         with self._searching(), torch.no_grad():
             prior = self.prior.freeze()
             latent = prior.sample_latent(count, generator=torch.Generator(device=prior.device).manual_seed(seed))
@@ -270,9 +311,7 @@ class GenerativePriorAttack(GradientInversionAttack):
                 draw = torch.Generator().manual_seed(seed)
                 classes = torch.randint(int(prior.num_classes), (count,), generator=draw).to(prior.device)
             elif prior.num_classes is not None:
-                if len(generator_labels) != count:
-                    raise ValueError(f"decoys: {len(generator_labels)} generator classes for {count} images.")
-                classes = torch.as_tensor(list(generator_labels), device=prior.device)
+                classes = torch.as_tensor([int(v) for v in generator_labels], device=prior.device)
             lo, hi = clip_range(self.estimator)
             images = self._to_clip(prior.forward_from(0, self.project_latent(latent), classes), (lo, hi))
             return images.clamp(lo, hi).cpu().numpy().astype(np.float32)

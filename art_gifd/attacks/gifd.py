@@ -306,6 +306,9 @@ class GIFDAttack(GenerativePriorAttack):
     def _num_stages(self) -> int:
         return self.stages
 
+    def _feature_stages(self) -> int:
+        return self.stages - 1
+
     def _extra(self, ctx: SearchContext) -> dict[str, object]:
         return {
             **super()._extra(ctx),

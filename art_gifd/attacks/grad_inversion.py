@@ -54,15 +54,22 @@ class BatchNormStatistics:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Penalty per restart for candidate images ``(R * B, …)``."""
-        inputs: list[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda _m, args, _out: inputs.append(args[0])) for m in self.layers]
+        inputs: list[tuple[nn.Module, torch.Tensor]] = []
+        hooks = [m.register_forward_hook(lambda m, args, _out: inputs.append((m, args[0]))) for m in self.layers]
         try:
             self.target.module(self.target.preprocess(images))
         finally:
             for hook in hooks:
                 hook.remove()
+        if not inputs:
+            raise ValueError(
+                "GradInversionAttack matches BatchNorm statistics, but none of the model's BatchNorm layers runs in "
+                "its forward pass in this mode (e.g. only in an auxiliary head used in training). Use "
+                "InvertingGradientsAttack."
+            )
         penalty = images.new_zeros(images.shape[0] // self.batch_size)
-        for layer, feature in zip(self.layers, inputs, strict=True):
+        # every call of a layer: a module may run twice in one forward pass, and one that does not run adds nothing
+        for layer, feature in inputs:
             per_restart = feature.reshape(-1, self.batch_size, *feature.shape[1:]).transpose(1, 2)
             flat = per_restart.flatten(2)  # (R, C, B * spatial)
             mean, var = flat.mean(dim=2), flat.var(dim=2, unbiased=False)

@@ -8,7 +8,11 @@ block ``k + 1``: stage 0 is the latent code, stage ``k >= 1`` the intermediate f
 from __future__ import annotations
 
 import abc
+import math
+import warnings
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,12 +43,134 @@ def project_latent(h: torch.Tensor, constraint: str, bound: float | None = None)
     raise ValueError(f"Unknown latent constraint '{constraint}': use one of {LATENT_CONSTRAINTS}.")
 
 
+def _whole(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_) and value >= low
+
+
+def check_declarations(prior: LayeredGenerator) -> None:
+    """
+    Check what a prior declares about itself (a user's subclass sets these by hand): ``num_blocks``, ``image_shape``,
+    ``num_classes``, ``default_max_stage``, ``output_range``, ``latent_constraint`` and float32 weights.
+
+    :raises ValueError: Naming the prior's class, the attribute and what it must be.
+    """
+    name = type(prior).__name__
+    missing = [a for a in ("num_blocks", "image_shape") if not hasattr(prior, a)]
+    if missing:
+        raise ValueError(f"{name} does not set {' and '.join(missing)}: a LayeredGenerator subclass declares them.")
+    blocks = prior.num_blocks
+    if not _whole(blocks):
+        raise ValueError(f"{name}.num_blocks must be a positive integer (its number of blocks), got {blocks!r}.")
+    shape = prior.image_shape
+    if not (isinstance(shape, tuple | list) and len(shape) == 3 and all(_whole(v) for v in shape)):
+        raise ValueError(f"{name}.image_shape must be (C, H, W), three positive integers, got {shape!r}.")
+    if prior.num_classes is not None and not _whole(prior.num_classes):
+        raise ValueError(f"{name}.num_classes must be None or a positive integer, got {prior.num_classes!r}.")
+    default = prior.default_max_stage
+    if default is not None and not (_whole(default) and default <= blocks):
+        raise ValueError(
+            f"{name}.default_max_stage must be None or an integer in [1, {blocks}] (its num_blocks), got {default!r}."
+        )
+    output_range = prior.output_range
+    ordered = (
+        isinstance(output_range, tuple | list)
+        and len(output_range) == 2
+        and all(
+            isinstance(v, int | float | np.number) and not isinstance(v, bool) and math.isfinite(v)
+            for v in output_range
+        )
+        and output_range[0] < output_range[1]
+    )
+    if not ordered:
+        raise ValueError(
+            f"{name}.output_range must be (low, high) with finite low < high (the range of its output pixels), got "
+            f"{output_range!r}."
+        )
+    if prior.latent_constraint not in LATENT_CONSTRAINTS:
+        raise ValueError(
+            f"{name}.latent_constraint must be one of {LATENT_CONSTRAINTS}, got {prior.latent_constraint!r}."
+        )
+    dtypes = sorted({str(p.dtype) for p in prior.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if dtypes:
+        raise ValueError(
+            f"{name}'s weights are {', '.join(dtypes)}; the attacks search in float32: call prior.float()."
+        )
+
+
+def check_output_range(
+    low: float, high: float, output_range: tuple[float, float], found: str, tolerance: float, stacklevel: int = 3
+) -> None:
+    """
+    Check generated pixels spanning ``[low, high]`` against the declared ``output_range``: beyond it by more than
+    ``tolerance`` of its width is an error, all within one half of it a warning (an untrained generator's outputs
+    may span little of the range, but they straddle its middle; outputs on one side of it mean a range declared too
+    wide, e.g. a Sigmoid declared (-1, 1), and an attack, which maps output_range onto the model's input range,
+    would reach only part of that).
+
+    :param found: What was generated, for the messages (e.g. ``"outputs of 16 samples"``).
+    :raises ValueError: If the pixels leave the declared range.
+    """
+    lo, hi = output_range
+    declared = f"output_range=({lo:g}, {hi:g})"
+    found = f"{found} lie in [{low:.3g}, {high:.3g}]"
+    if low < lo - tolerance * (hi - lo) or high > hi + tolerance * (hi - lo):
+        raise ValueError(
+            f"The generator's {found}, beyond {declared}: set output_range to its real range (a Tanh output: "
+            "output_range=(-1, 1), a Sigmoid output: output_range=(0, 1)), or end it with a bounded activation."
+        )
+    middle = (lo + hi) / 2
+    if low >= middle or high <= middle:
+        warnings.warn(
+            f"The generator's {found}, within one half of {declared}: set output_range to its real range (a "
+            "Sigmoid output: output_range=(0, 1)).",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+
+
+#: How far the mean norm of a prior's own latent draws may lie from ``sqrt(d)`` (as a ratio) before the
+#: ``"sphere"`` constraint, which holds every searched code at that norm, is called wrong for it.
+SPHERE_NORM_RATIO = 1.25
+
+
+def check_latent_draws(prior: LayeredGenerator, draws: torch.Tensor, constraint: str) -> None:
+    """
+    Check that ``constraint`` holds the prior's own latent draws where they are: a sphere of radius ``sqrt(d)`` fits a
+    standard normal latent (codes of another scale would all be moved off the generator's training distribution),
+    a box of half-width ``latent_bound`` must contain them.
+
+    :raises ValueError: Naming the draws' scale, the constraint and the fix.
+    """
+    name = type(prior).__name__
+    flat = draws.detach().flatten(1).float()
+    if constraint == "sphere":
+        radius = flat.shape[1] ** 0.5
+        mean = float(flat.norm(dim=1).mean())
+        if not radius / SPHERE_NORM_RATIO <= mean <= radius * SPHERE_NORM_RATIO:
+            raise ValueError(
+                f"{name}.sample_latent draws codes of mean norm {mean:.3g}, but its latent_constraint 'sphere' holds "
+                f"every searched code at norm sqrt({flat.shape[1]}) = {radius:.3g}, that of a standard normal latent: "
+                "declare latent_constraint = 'box' (with latent_bound) or 'none' on the prior, or pass "
+                "latent_constraint='none' to the attack."
+            )
+    elif constraint == "box" and prior.latent_bound is not None:
+        largest = float(flat.abs().max())
+        if largest > prior.latent_bound * (1 + 1e-6):
+            raise ValueError(
+                f"{name}.sample_latent draws entries up to {largest:.3g}, beyond its latent_bound "
+                f"{prior.latent_bound:g}: the 'box' constraint would clip them; fix latent_bound or sample_latent."
+            )
+
+
 class LayeredGenerator(nn.Module, abc.ABC):
     """
     A pretrained generator split into blocks, so that the search can start from any intermediate feature.
 
-    Subclasses set :attr:`num_blocks`, :attr:`image_shape`, :attr:`output_range`, :attr:`num_classes` and implement
-    :meth:`sample_latent` and :meth:`forward_blocks`. Weights are frozen and the module is kept in eval mode.
+    Subclasses set :attr:`num_blocks`, :attr:`image_shape`, :attr:`output_range`, :attr:`num_classes`,
+    :attr:`latent_constraint` (unless their latent is standard normal) and implement :meth:`sample_latent` and
+    :meth:`forward_blocks`; every stage is one tensor whose first dimension is the batch. Weights are float32, frozen,
+    and the module is kept in eval mode. An attack checks these declarations (:func:`check_declarations`) and a few
+    generated images (:func:`check_output_range`, :func:`check_latent_draws`) before it searches.
     """
 
     #: Number of blocks ``n``; stages ``0 … n - 1`` can be searched.
@@ -53,6 +179,9 @@ class LayeredGenerator(nn.Module, abc.ABC):
     image_shape: tuple[int, int, int]
     #: Range of the generator's output pixels, e.g. ``(-1.0, 1.0)`` for a tanh output.
     output_range: tuple[float, float] = (-1.0, 1.0)
+    #: Whether a bounded last activation (Tanh, Sigmoid) keeps the output within :attr:`output_range`; ``False`` for a
+    #: generator whose last layer is linear (StyleGAN2's to-RGB), whose pixels may pass the range they mostly fill.
+    output_bounded: bool = True
     #: Number of classes of a class-conditional generator, ``None`` for an unconditional one.
     num_classes: int | None = None
     #: Number of stages GIFD searches when the attack does not say (``None`` = all blocks).

@@ -86,11 +86,26 @@ def load_prior(spec: Mapping[str, Any], device: str) -> LayeredGenerator:
     :raises FileNotFoundError: If its weights are missing (the message names the file).
     :raises ValueError: For an unknown type, or weights that do not fit the architecture.
     """
-    return _load_prior(json.dumps(dict(spec), sort_keys=True), device)
+    return _load_prior(json.dumps(dict(spec), sort_keys=True), device, _weights_stamp(spec.get("weights")))
+
+
+def _weights_stamp(weights: str | None) -> tuple | None:
+    """
+    Size and modification time of a weights file (of every file of a weights folder): part of the cache key, so
+    that a checkpoint rewritten at the same path is loaded again rather than served from memory.
+    """
+    if weights is None:
+        return None
+    path = Path(weights)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    try:
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:  # missing: the loader names it
+        return None
 
 
 @lru_cache(maxsize=4)
-def _load_prior(spec_json: str, device: str) -> LayeredGenerator:
+def _load_prior(spec_json: str, device: str, stamp: tuple | None) -> LayeredGenerator:  # stamp: only a cache key
     from art_gifd import priors
     from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 

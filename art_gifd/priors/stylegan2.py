@@ -230,6 +230,7 @@ class StyleGAN2Generator(LayeredGenerator):
     """
 
     latent_constraint = "none"
+    output_bounded = False
 
     def __init__(
         self,

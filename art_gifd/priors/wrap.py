@@ -14,13 +14,12 @@ Stage 0 is the latent (standard normal of ``latent_shape``); stage ``k`` is the 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from art_gifd.priors.base import LayeredGenerator
+from art_gifd.priors.base import LayeredGenerator, check_output_range
 from art_gifd.validation import check_integer, check_number
 
 
@@ -127,26 +126,9 @@ class LayeredSequential(LayeredGenerator):
             raise ValueError(
                 "The generator outputs NaN or infinite values on random latents: check its weights and latent_shape."
             )
-        lo, hi = self.output_range
-        low, high = float(out.min()), float(out.max())
-        declared = f"output_range=({lo:g}, {hi:g})"
-        found = f"outputs of {n} samples lie in [{low:.3g}, {high:.3g}]"
-        if low < lo - RANGE_TOLERANCE * (hi - lo) or high > hi + RANGE_TOLERANCE * (hi - lo):
-            raise ValueError(
-                f"The generator's {found}, beyond {declared}: pass its real output range (a Tanh output: "
-                "output_range=(-1, 1), a Sigmoid output: output_range=(0, 1)), or end it with a bounded activation."
-            )
-        # An untrained generator's outputs may span little of its range, but they straddle its middle; outputs all
-        # on one side of it (a Sigmoid declared (-1, 1), a (0, 1) output declared (0, 255)) mean a range declared
-        # too wide, and GIFD, which maps output_range onto the model's input range, would reach only part of it.
-        middle = (lo + hi) / 2
-        if low >= middle or high <= middle:
-            warnings.warn(
-                f"The generator's {found}, within one half of {declared}: pass the generator's real range (a "
-                "Sigmoid output: output_range=(0, 1)).",
-                UserWarning,
-                stacklevel=4,
-            )
+        check_output_range(
+            float(out.min()), float(out.max()), self.output_range, f"outputs of {n} samples", RANGE_TOLERANCE, 5
+        )
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, *self.latent_shape, device=self.device, generator=generator)
