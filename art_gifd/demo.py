@@ -63,7 +63,7 @@ def demo_experiment(quick: bool, seed: int, device: str, verbose: bool) -> Exper
 
 
 #: Files of an audit, a capture audit or a bench report, whose ``report.html`` the demo's would replace.
-FOREIGN_REPORTS = ("report.json", "summary.md", "tables.json", "settings")
+FOREIGN_REPORTS = ("report.json", "summary.md", "tables.json", "settings", "captures-state")
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, device: str = "cpu", verbose: bool = True) -> dict:

@@ -261,6 +261,14 @@ class ResultsBusy(RuntimeError):
     """Another process is writing the results file."""
 
 
+def _is_record(line: bytes) -> bool:
+    """Whether ``line`` is one whole JSON object (a record), not the start of one cut by an interrupted write."""
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
 class ResultsFile:
     """
     An append-only JSON-lines results file (see the module documentation).
@@ -295,6 +303,8 @@ class ResultsFile:
             return [], []
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data) and _is_record(data[len(complete) :]):
+            complete = data + b"\n"  # a whole last record without its newline (an editor's save): kept
         if len(complete) < len(data):
             logger.warning(
                 "%s: discarding a torn last line (%d bytes) left by an interrupted write",

@@ -322,6 +322,21 @@ def test_tiny_audit_report_files_agree(tiny_report) -> None:
     assert document["lpips"]["available"] or document["lpips"]["reason"] in html
 
 
+def test_another_runs_report_in_the_output_folder_is_refused(tmp_path, monkeypatch) -> None:
+    path = write_config(tmp_path)
+    demo_report = tmp_path / "out" / "report.html"  # a demo's output folder: its report, no audit records
+    demo_report.parent.mkdir()
+    demo_report.write_text("<html>the demo's report</html>")
+    monkeypatch.setattr(audit_run, "_run_setting", _raises_setting)
+    with pytest.raises(AuditConfigError, match=r"already holds a report \(report.html\).*--overwrite") as err:
+        run_audit(path, verbose=False)
+    assert err.value.keys == ["output"] and demo_report.read_text() == "<html>the demo's report</html>"
+
+
+def _raises_setting(*args, **kwargs):
+    raise AssertionError("an attack ran")
+
+
 def test_existing_report_is_refused_unless_overwrite(tiny_report, capsys) -> None:
     report, folder = tiny_report
     before = report.json.read_bytes()

@@ -831,3 +831,27 @@ def test_parameters_the_forward_pass_does_not_reach_are_matched_as_zero(heldout,
     ):
         result = attack.reconstruct(gradient, y)
         assert result.images.shape == (1, 1, 32, 32) and np.isfinite(result.best_loss)
+
+
+def test_a_last_record_without_its_newline_is_kept(tmp_path) -> None:
+    from art_gifd.store import ResultsFile
+
+    store = ResultsFile(tmp_path / "r.jsonl")
+    for k in range(2):
+        store.append({"job_id": f"j{k}", "status": "ok"})
+    store.path.write_bytes(store.path.read_bytes().rstrip(b"\n"))  # as an editor that drops the final newline
+    assert [r["job_id"] for r in store.read(repair=True)[1]] == ["j0", "j1"]
+    store.append({"job_id": "j2", "status": "ok"})
+    assert [r["job_id"] for r in store.read()[1]] == ["j0", "j1", "j2"]
+    store.path.write_bytes(store.path.read_bytes() + b'{"job_id": "j3", "sta')  # a write cut short: discarded
+    assert [r["job_id"] for r in store.read(repair=True)[1]] == ["j0", "j1", "j2"]
+
+
+def test_bench_refuses_a_results_path_that_holds_another_kind_of_text(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes\nline two without newline")
+    assert main(["bench", "smoke", "--results", str(notes), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file whose first line is not JSON, not the JSON-lines results file of art-gifd bench" in err
+    assert notes.read_text() == "my precious notes\nline two without newline"  # untouched

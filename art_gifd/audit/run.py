@@ -230,8 +230,10 @@ def prepare_output(
     names what is wrong with a damaged one, which is then done again); records are keyed by what their numbers
     depend on, so those of another configuration are simply not asked for.
     """
-    # report.json is written last: without a readable one, the report files there are from an interrupted write
-    existing = [name for name in files if (out / name).exists()] if read_json(out / "report.json") else []
+    # report.json is written last: without a readable one, report files beside this run's records are from its
+    # interrupted write; without those records they are another run's (e.g. a demo's report.html)
+    finished = read_json(out / "report.json") is not None or not store.path.exists()
+    existing = [name for name in files if (out / name).exists()] if finished else []
     if existing and not overwrite:
         raise AuditConfigError(
             [

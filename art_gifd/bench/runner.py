@@ -276,7 +276,8 @@ def record_problem(record: dict[str, Any]) -> str | None:
 def _other_kind(path: Path) -> str | None:
     """
     What kind of file ``path`` is if it is clearly not a results file of this module (a JSON document, the records
-    file of an audit), judged before its lines are read one by one; ``None`` otherwise.
+    file of an audit, text that is not JSON lines), judged before its lines are read one by one (a run would
+    otherwise truncate what looks like a torn last line and append to it); ``None`` otherwise.
     """
     if not path.is_file():
         return None
@@ -293,7 +294,8 @@ def _other_kind(path: Path) -> str | None:
     try:
         first = json.loads(lines[0]) if lines else None
     except ValueError:
-        return None
+        # a first record cut by an interrupted write still starts as one; notes, a report or a config do not
+        return None if lines[0].lstrip().startswith("{") else "a file whose first line is not JSON"
     # an audit's lines: {job_id, config_hash, run | utility}; a capture audit's: one flat record per update
     if isinstance(first, dict) and "type" not in first and "config_hash" in first:
         if "update_explained" in first:
