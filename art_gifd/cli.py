@@ -316,12 +316,13 @@ def _run_bench_command(args: argparse.Namespace) -> int:
              130 interrupted.
     """
     from art_gifd.bench.config import ConfigError
-    from art_gifd.bench.executors import ClusterUnreachable
+    from art_gifd.bench.executors import ClusterTooSmall, ClusterUnreachable
     from art_gifd.bench.runner import NotBenchResults
     from art_gifd.store import ResultsBusy
 
     # bench-report's ValueErrors name a results file that cannot be reported (empty, or not one of bench's)
     expected = (
+        ClusterTooSmall,
         ClusterUnreachable,
         ConfigError,
         FileNotFoundError,

@@ -481,6 +481,42 @@ def test_ray_executor_matches_the_local_one(tmp_path, reference):
     assert job_numbers(results) == job_numbers(reference)
 
 
+def test_jobs_larger_than_every_ray_node_stop_before_the_first_job(tmp_path, monkeypatch, capsys) -> None:
+    ray = pytest.importorskip("ray")
+    from art_gifd.bench import RayExecutor
+    from art_gifd.bench.executors import ClusterTooSmall
+
+    # Ray would keep such a job pending for ever: fail (instead of hanging) if one is submitted
+    def no_submit(self, job, utility):
+        raise AssertionError(f"{job.label} was submitted to a cluster that cannot run it")
+
+    monkeypatch.setattr(RayExecutor, "submit", no_submit)
+    smoke = SMOKE.read_text()
+    # a GPU per job on a local Ray without GPUs: one line from the command, nothing recorded, Ray stopped again
+    config = tmp_path / "gpu.toml"
+    config.write_text(smoke.replace("cpus = 1\n", "cpus = 1\ngpus = 1\n"))
+    results = tmp_path / "gpu.jsonl"
+    argv = ["bench", str(config), "--results", str(results), "--no-progress", "--skip-checks", "--executor", "ray"]
+    assert main([*argv, "--ray-cpus", "1", "--ray-gpus", "0"]) == 2
+    err = capsys.readouterr().err  # after the log line of Ray's start, if Ray writes one
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        "error: each job asks for cpus = 1, gpus = 1 ([resources] of the configuration), but no node of the Ray "
+        "cluster has that many (its nodes: cpus = 1, gpus = 0), so Ray would never start them: set [resources] "
+        "gpus = 0, or run on a cluster with larger nodes (--ray-address, or --ray-cpus / --ray-gpus for a local Ray)"
+    )
+    assert not ray.is_initialized() and not (results.exists() and results.read_text())
+    # more CPU threads per job than the local Ray has
+    with pytest.raises(ClusterTooSmall, match=r"cpus = 2, gpus = 0 .* set \[resources\] cpus = 1, or run"):
+        run_benchmark(
+            parse(smoke.replace("cpus = 1\n", "cpus = 2\n")),
+            tmp_path / "cpus.jsonl",
+            RayExecutor(num_cpus=1, num_gpus=0),
+            progress=False,
+            check_inputs=False,
+        )
+    assert not ray.is_initialized()
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from art_gifd.bench.grid import Job, JobOutcome
@@ -22,6 +22,10 @@ from art_gifd.bench.grid import Job, JobOutcome
 #: What an executor runs for each job: ``work(job, utility)`` (the runner's ``run_job``; a module-level function, so
 #: that worker processes can import it).
 Work = Callable[[Job, "dict[str, Any] | None"], JobOutcome]
+
+
+class ClusterTooSmall(ValueError):
+    """The jobs ask for more CPUs or GPUs than any worker node has, so they could never be scheduled."""
 
 
 class ExecutorFailure(RuntimeError):
@@ -39,10 +43,26 @@ class Executor(abc.ABC):
     #: The function each job runs (set by :meth:`start`).
     work: Work
 
-    def start(self, work: Work) -> None:
-        """Acquire the workers that will run ``work`` (called once, before the first :meth:`submit`)."""
+    def start(self, work: Work, jobs: Sequence[Job]) -> None:
+        """
+        Acquire the workers that will run ``work`` (called once, before the first :meth:`submit`) and check that
+        they can run ``jobs``; on a refusal the workers are released again.
+
+        :param work: The function each job runs.
+        :param jobs: The jobs that will be submitted.
+        :raises ClusterTooSmall: If no worker could ever run one of ``jobs``.
+        """
         self.work = work
         self._acquire()
+        try:
+            self._check_jobs(jobs)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @abc.abstractmethod
+    def _check_jobs(self, jobs: Sequence[Job]) -> None:
+        """Raise :class:`ClusterTooSmall` for a job the workers could never run."""
 
     @abc.abstractmethod
     def _acquire(self) -> None:
@@ -124,6 +144,10 @@ class LocalExecutor(Executor):
                 initializer=init_worker,
                 initargs=(os.getpid(),),
             )
+
+    def _check_jobs(self, jobs: Sequence[Job]) -> None:
+        # any job fits: its cpus only set its number of torch threads
+        return
 
     def submit(self, job: Job, utility: dict[str, Any] | None) -> cf.Future:
         if self._pool is not None:
@@ -217,6 +241,9 @@ class RayExecutor(Executor):
     ``"host:6379"`` or ``"ray://host:10001"``) the jobs go to that existing cluster, whose nodes must have art-gifd
     installed and the data and weights paths of the configuration. An address where no cluster answers raises
     :class:`ClusterUnreachable` when the executor starts (within :data:`RAY_PROBE_SECONDS` for a ``host:port``).
+    Jobs that ask for more CPUs or GPUs than the largest node of the cluster has raise :class:`ClusterTooSmall`
+    before the first is submitted (Ray would keep them waiting for ever); on an autoscaling cluster, start a node
+    that fits them before the run.
     """
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -251,6 +278,32 @@ class RayExecutor(Executor):
         self._remote = ray.remote(self.work)
         total = ray.cluster_resources()
         self.slots = max(1, int(total.get("CPU", 1)))
+
+    def _check_jobs(self, jobs: Sequence[Job]) -> None:
+        # Ray keeps a task that fits no node pending for ever (its warning is among the logs the driver does not
+        # show): refuse such jobs before the first is submitted.
+        nodes = sorted(
+            {(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in self._ray.nodes() if n["Alive"]},
+            reverse=True,
+        )
+        for cpus, gpus in sorted({(job.resources["cpus"], job.resources["gpus"]) for job in jobs}, reverse=True):
+            if any(cpus <= node_cpus and gpus <= node_gpus for node_cpus, node_gpus in nodes):
+                continue
+            sizes = "; ".join(f"cpus = {c:g}, gpus = {g:g}" for c, g in nodes) or "none alive"
+            lower = [
+                f"{name} = {most:g}"
+                for name, asked, most in (
+                    ("cpus", cpus, max((c for c, _ in nodes), default=0)),
+                    ("gpus", gpus, max((g for _, g in nodes), default=0)),
+                )
+                if asked > most
+            ]
+            raise ClusterTooSmall(
+                f"each job asks for cpus = {cpus:g}, gpus = {gpus:g} ([resources] of the configuration), but no node "
+                f"of the Ray cluster has that many (its nodes: {sizes}), so Ray would never start them: set "
+                f"[resources] {' and '.join(lower) or 'cpus and gpus to what one node has'}, or run on a cluster with "
+                "larger nodes (--ray-address, or --ray-cpus / --ray-gpus for a local Ray)"
+            )
 
     def submit(self, job: Job, utility: dict[str, Any] | None) -> Any:
         options = {"num_cpus": job.resources["cpus"], "num_gpus": job.resources["gpus"], "max_retries": 0}

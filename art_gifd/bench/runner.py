@@ -376,6 +376,7 @@ def run_benchmark(
                          configuration line) on missing files and shape mismatches.
     :return: Counts of what was done.
     :raises ConfigError: If ``check_inputs`` finds a problem.
+    :raises ClusterTooSmall: If the executor's workers could never run the jobs (too few CPUs or GPUs).
     :raises ResultsBusy: If another run is writing ``results``.
     :raises NotBenchResults: If ``results`` is a file of another kind (an audit's records, a JSON report).
     """
@@ -409,7 +410,7 @@ def _run_locked(
         check_job_inputs(config, todo)
     # a file where the reconstructions go would fail each finished job's write: fail here, before the first job runs
     store.arrays_dir.mkdir(parents=True, exist_ok=True)
-    executor.start(run_job)
+    executor.start(run_job, todo)
     bar = tqdm(total=len(todo), desc=config.name, unit="job", disable=not progress)
     pending: dict[Any, Job] = {}
     queue = list(reversed(todo))
