@@ -110,11 +110,48 @@ def test_matching_scorer_option(permuted_prior, heldout) -> None:
     assert record["mapping"][str(int(y[0]))] == [0, 4, 9][max(range(3), key=scores.__getitem__)]
 
 
+@pytest.mark.parametrize("scorer", ["confidence", "matching"])
+def test_chunks_bound_the_images_decoded_at_once_and_keep_the_scores(scorer, heldout) -> None:
+    from art_gifd.models import lenet
+    from art_gifd.priors.embedded import load_default_prior
+
+    clf = make_classifier(lenet(seed=0), (1, 32, 32))
+    x, y = heldout[0][:2], heldout[1][:2]
+    grads = client_gradients(clf, x, y)
+    prior = load_default_prior("mnist32-conditional")
+    rows: list[int] = []  # images of every pass through the prior (its class embedding reads one class per image)
+    prior.embed.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    # 10 classes: 10 × samples = 40 images to classify, or 10 × restarts × batch size = 40 restart images to search
+    per_class = {"confidence": 1, "matching": 2 * 2}[scorer]
+    scores = {}
+    for chunk_size in (3, 7, 40):
+        rows.clear()
+        spec = AutoLabelMapping(scorer=scorer, steps=3, restarts=2, samples=4, chunk_size=chunk_size)
+        attack = GIFDAttack(
+            clf,
+            prior,
+            batch_size=2,
+            max_stage=1,
+            steps_per_stage=1,
+            num_restarts=1,
+            label_mapping=spec,
+            seed=0,
+            verbose=False,
+        )
+        scores[chunk_size] = attack.reconstruct(grads, y=y).extra["label_mapping_scores"]["scores"]
+        assert max(rows) == max(per_class, chunk_size // per_class * per_class)
+    assert len(scores[40]) == len(set(y.tolist())) and all(len(s) == 10 for s in scores[40])
+    for chunk_size in (3, 7):  # chunks give the scores of one pass over all the candidates
+        torch.testing.assert_close(torch.tensor(scores[chunk_size]), torch.tensor(scores[40]), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_label_mappings_are_rejected_up_front(lenet_clf, permuted_prior, default_prior) -> None:
     with pytest.raises(ValueError, match="the only string accepted is 'auto'"):
         GIFDAttack(lenet_clf, permuted_prior, label_mapping="best")
     with pytest.raises(ValueError, match=r"candidates must be generator classes in \[0, 9\]"):
         GIFDAttack(lenet_clf, permuted_prior, label_mapping=AutoLabelMapping(candidates=[3, 12]))
+    with pytest.raises(ValueError, match=r"AutoLabelMapping\.chunk_size must be a positive integer, got 0"):
+        GIFDAttack(lenet_clf, permuted_prior, label_mapping=AutoLabelMapping(chunk_size=0))
     with pytest.raises(ValueError, match="Unknown label-mapping scorer 'votes'"):
         GIFDAttack(lenet_clf, permuted_prior, label_mapping=AutoLabelMapping(scorer="votes"))
     with pytest.raises(ValueError, match="prior is not class-conditional"):

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 AUTO_SCORERS = ("confidence", "matching")
 #: Probability lead of the best candidate class below which the confidence scorer warns.
 CONFIDENCE_MARGIN = 0.05
+#: Default :attr:`AutoLabelMapping.chunk_size`: at most this many generated images at once (a 1000-class prior at 16
+#: samples per class would otherwise decode 16,000 in one pass).
+DEFAULT_CHUNK_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,15 @@ class AutoLabelMapping:
       other (one coordinate sweep), the others held at their best class so far (the first candidate before).
       Works on any model but is a weak signal: a short search can leave the candidate class's region.
 
+    Cost per task label of the batch, with ``C`` candidate classes (all the generator's by default: 1000 for a
+    BigGAN) and client batch size ``B``: ``"confidence"`` decodes and classifies ``C × samples`` images without
+    gradients, ``chunk_size`` at a time; ``"matching"`` runs ``C × restarts`` restarts of ``steps`` search steps,
+    split into searches of as many whole candidate classes as fit in ``chunk_size`` images (``restarts × B`` images
+    per class, at least one class per search), each holding its images' gradients like an attack search with that
+    many restarts. Time grows linearly with ``C``; restrict ``candidates`` to cut it, lower ``chunk_size`` to cut the
+    memory. The scores do not depend on ``chunk_size`` (up to float rounding), except the confidence scores against a
+    model in train mode with BatchNorm (``train_mode=True``), which classifies each chunk with its batch statistics.
+
     Measured on a class-conditional digit generator whose classes are a known permutation of the task's (10 task
     labels, batch size 1, 32×32 MNIST, CPU): ``"confidence"`` recovered 10/10 classes with a trained ConvNet (mean
     probability margin +0.98 over the runner-up class, 0.5 s per label), ``"matching"`` 6/10 (30 steps × 2 restarts,
@@ -55,6 +67,8 @@ class AutoLabelMapping:
     :param restarts: Random starts per candidate class (matching).
     :param learning_rate: Peak Adam learning rate of the matching search.
     :param samples: Generated images per candidate class (confidence).
+    :param chunk_size: Most images decoded at once (confidence), or held by one matching search (at least one
+                       candidate class's ``restarts × B``).
     """
 
     scorer: str = "confidence"
@@ -63,12 +77,13 @@ class AutoLabelMapping:
     restarts: int = 2
     learning_rate: float = 0.1
     samples: int = 16
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
     def check(self, num_generator_classes: int) -> None:
         """Raise ``ValueError`` for a bad setting or a candidate that is not a generator class."""
         if self.scorer not in AUTO_SCORERS:
             raise ValueError(f"Unknown label-mapping scorer '{self.scorer}': use one of {AUTO_SCORERS}.")
-        for name in ("steps", "restarts", "samples"):
+        for name in ("steps", "restarts", "samples", "chunk_size"):
             check_integer(f"AutoLabelMapping.{name}", getattr(self, name), 1)
         check_number("AutoLabelMapping.learning_rate", self.learning_rate, 0.0, closed="neither")
         if self.candidates is not None:
@@ -131,7 +146,7 @@ def score_classes_by_matching(
     """
     Score each candidate class for ``task_label`` by a short latent search (minus its best matching loss).
 
-    :param spec: Search settings.
+    :param spec: Search settings (``chunk_size`` images per search).
     :param batch_labels: Task labels of the client batch, ``(B,)``.
     :param task_label: The task label being mapped.
     :param assignment: Generator class of every other task label of the batch.
@@ -144,14 +159,24 @@ def score_classes_by_matching(
     from art_gifd.attacks.core import SearchSettings, SearchStage, run_stage
 
     base = torch.as_tensor([assignment[int(t)] for t in batch_labels.tolist()], device=batch_labels.device)
-    rows = [torch.where(batch_labels == task_label, int(c), base) for c in candidates for _ in range(spec.restarts)]
-    classes = torch.cat(rows)
-    num_restarts = len(candidates) * spec.restarts
-    stage = SearchStage(
-        f"label-{task_label}", [sample_latent(classes.shape[0])], lambda v: decode(v[0], classes), optimiser="adam"
-    )
-    outcome = run_stage(stage, objective, SearchSettings(spec.steps, spec.learning_rate, num_restarts))
-    return -outcome.loss.reshape(len(candidates), spec.restarts).min(dim=1).values
+    per_class = spec.restarts * batch_labels.shape[0]
+    # the restarts are independent (losses summed, Adam per element): searching the candidates a group at a time
+    # from the same starting latents gives the scores of one search over all of them
+    latent = sample_latent(len(candidates) * per_class)
+
+    def search(group: Sequence[int], start: torch.Tensor) -> torch.Tensor:
+        classes = torch.cat(
+            [torch.where(batch_labels == task_label, int(c), base) for c in group for _ in range(spec.restarts)]
+        )
+        stage = SearchStage(f"label-{task_label}", [start], lambda v: decode(v[0], classes), optimiser="adam")
+        outcome = run_stage(
+            stage, objective, SearchSettings(spec.steps, spec.learning_rate, len(group) * spec.restarts)
+        )
+        return -outcome.loss.reshape(len(group), spec.restarts).min(dim=1).values
+
+    size = max(1, spec.chunk_size // per_class)
+    groups = [candidates[i : i + size] for i in range(0, len(candidates), size)]
+    return torch.cat([search(g, z) for g, z in zip(groups, latent.split(size * per_class), strict=True)])
 
 
 def score_classes_by_confidence(
@@ -166,7 +191,7 @@ def score_classes_by_confidence(
     Score each candidate class for ``task_label`` by the target model's mean probability of ``task_label`` on images
     generated from that class.
 
-    :param spec: Settings (``samples`` images per class).
+    :param spec: Settings (``samples`` images per class, ``chunk_size`` at a time).
     :param task_label: The task label being mapped.
     :param candidates: Candidate generator classes.
     :param sample_latent: Draws ``n`` latent codes.
@@ -177,7 +202,12 @@ def score_classes_by_confidence(
     latent = sample_latent(len(candidates) * spec.samples)
     classes = torch.as_tensor(list(candidates), device=latent.device).repeat_interleave(spec.samples)
     with torch.no_grad():
-        probabilities = classify(decode(latent, classes))[:, task_label]
+        probabilities = torch.cat(
+            [
+                classify(decode(z, c))[:, task_label]
+                for z, c in zip(latent.split(spec.chunk_size), classes.split(spec.chunk_size), strict=True)
+            ]
+        )
     return probabilities.reshape(len(candidates), spec.samples).mean(dim=1)
 
 
