@@ -120,6 +120,11 @@ def output_file(text: str) -> Path:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"'{blocking}' is a file, so '{path}' cannot be created under it")
+    if path.suffix == ".recon":  # the suffix of the folder that keeps a results file's arrays
+        raise argparse.ArgumentTypeError(
+            f"'{path}' would also be the folder of its reconstructions: give it another suffix, e.g. "
+            f"'{path.with_suffix('.jsonl')}'"
+        )
     return path
 
 
@@ -142,7 +147,10 @@ THREADS_HELP = (
 
 
 def _parser() -> argparse.ArgumentParser:
+    from art_gifd import __version__
+
     parser = argparse.ArgumentParser(prog="art-gifd", description="Measure what federated-learning gradients leak.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -224,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():
             return _main(argv)
+    except BrokenPipeError:  # the reader of the output went away (`art-gifd bench quick --list | head`): nothing failed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141
     except OSError as err:
         print(f"error: {file_system_error(err)}", file=sys.stderr)
         return 1
@@ -345,6 +356,16 @@ def _bench(args: argparse.Namespace) -> int:
     from art_gifd.bench.runner import read_results, run_benchmark
     from art_gifd.store import ResultsFile
 
+    ray = args.ray_address is not None or args.executor == "ray"
+    ignored = (
+        [o for o, v in (("--workers", args.workers != 1),) if v]
+        if ray
+        else [o for o, v in (("--ray-cpus", args.ray_cpus), ("--ray-gpus", args.ray_gpus)) if v is not None]
+    )
+    if ignored:
+        other = "the local executor (leave out --executor ray and --ray-address)" if ray else "--executor ray"
+        print(f"error: {' and '.join(ignored)} only apply with {other}.", file=sys.stderr)
+        return 2
     config = load_config(resolve_config_path(args.config))
     results = args.results or Path("bench-out") / f"{config.name}.jsonl"
     if args.list:
@@ -352,7 +373,7 @@ def _bench(args: argparse.Namespace) -> int:
         for job in expand_grid(config):
             print(f"{job.job_id}  {done.get(job.job_id, {}).get('status', 'todo'):5s}  {job.label}")
         return 0
-    if args.ray_address or args.executor == "ray":
+    if ray:
         executor = RayExecutor(address=args.ray_address, num_cpus=args.ray_cpus, num_gpus=args.ray_gpus)
     else:
         executor = LocalExecutor(workers=args.workers)
@@ -375,7 +396,7 @@ def _bench(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    print(f"tables and figures: art-gifd bench-report {summary.results}")
+    print(f"tables and figures: art-gifd bench-report {shlex.quote(str(summary.results))}")
     failed = summary.errors + summary.failed_before
     if failed:
         print(
@@ -405,6 +426,13 @@ def _bench_command(args: argparse.Namespace) -> str:
 def _report(args: argparse.Namespace) -> int:
     from art_gifd.bench.report import write_report
 
+    default = args.results.with_name(args.results.stem + "-report")
+    if args.out is None and default.exists() and not default.is_dir():
+        print(
+            f"error: '{default}' (the default report folder) is a file: give the report a folder with --out.",
+            file=sys.stderr,
+        )
+        return 2
     written = write_report(args.results, args.out)
     for path in written:
         print(path)

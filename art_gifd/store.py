@@ -283,6 +283,11 @@ class ResultsFile:
         """
         self.path = Path(path)
         self.arrays_dir = Path(arrays_dir) if arrays_dir is not None else self.path.with_name(self.path.stem + ".recon")
+        if self.arrays_dir == self.path:
+            raise ValueError(
+                f"'{self.path}' would also be the folder of its records' arrays: give the results file another "
+                f"suffix, e.g. '{self.path.with_suffix('.jsonl')}'."
+            )
 
     def read(
         self, repair: bool = False, check: Callable[[dict[str, Any]], str | None] | None = None

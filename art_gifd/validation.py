@@ -159,6 +159,8 @@ def check_output_folder(path: str | Path) -> Path:
     """
     import tempfile
 
+    if not str(path).strip():  # e.g. an unset shell variable: not silently the current folder
+        raise ValueError("the output folder is an empty path: give a folder, e.g. 'out' ('.' for the current one).")
     try:
         out = Path(path).expanduser().resolve()
     except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (before Python 3.13)

@@ -255,6 +255,8 @@ def test_a_search_that_runs_out_of_memory_says_what_to_lower(lenet_clf, heldout,
         (["bench", "smoke", "--results", "{new-folder}/"], "is a folder: give the path of a file"),
         (["bench", "smoke", "--results", "{loop}/r.jsonl"], "give a path without a symlink loop"),
         (["demo", "--out", "{loop}/x"], "give a folder path without a symlink loop"),
+        (["demo", "--out", ""], "the output folder is an empty path"),
+        (["bench", "smoke", "--results", "{folder}/x.recon"], "would also be the folder of its reconstructions"),
     ],
 )
 def test_cli_refuses_bad_arguments(tmp_path, capsys, argv, message) -> None:
@@ -279,7 +281,7 @@ def test_cli_refuses_bad_arguments(tmp_path, capsys, argv, message) -> None:
     ("content", "message"),
     [
         ("", "is not a results file of art-gifd bench"),
-        ("hello\n", "is not a results file of art-gifd bench"),
+        ("hello\n", "is a file whose first line is not JSON, not the JSON-lines results file of art-gifd bench"),
         ('[1, 2]\n{"a": 1}\n', "is not a results file of art-gifd bench"),
         (json.dumps({"type": "run", "config": {}}) + "\n", "holds no finished job yet"),
     ],
@@ -855,3 +857,42 @@ def test_bench_refuses_a_results_path_that_holds_another_kind_of_text(tmp_path, 
     err = capsys.readouterr().err
     assert "is a file whose first line is not JSON, not the JSON-lines results file of art-gifd bench" in err
     assert notes.read_text() == "my precious notes\nline two without newline"  # untouched
+
+
+def test_cli_options_of_the_other_executor_a_version_and_a_closed_pipe(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for argv, message in (
+        (["bench", "smoke", "--ray-cpus", "2"], "error: --ray-cpus only apply with --executor ray."),
+        (["bench", "smoke", "--executor", "ray", "--workers", "3"], "error: --workers only apply with the local"),
+    ):
+        assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("art-gifd 0.")
+    results = tmp_path / "r.jsonl"
+    results.write_text('{"type": "run", "config": {}}\n')
+    (tmp_path / "r-report").write_text("a file where the default report folder goes")
+    assert main(["bench-report", str(results)]) == 2
+    assert "(the default report folder) is a file: give the report a folder with --out" in capsys.readouterr().err
+    listing = subprocess.run(  # the reader stops after one line, as `| head -1` does
+        f"'{sys.executable}' -m art_gifd.cli bench smoke --list --results '{tmp_path / 'l.jsonl'}' | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.stderr == "" and len(listing.stdout) == 10
+
+
+def test_a_bench_seed_beyond_32_bits_runs(tmp_path, monkeypatch) -> None:
+    from art_gifd.bench.config import load_config
+    from art_gifd.bench.executors import LocalExecutor
+    from art_gifd.bench.runner import run_benchmark
+
+    profile = Path(__file__).resolve().parents[1] / "art_gifd" / "bench" / "profiles" / "smoke.toml"
+    config = tmp_path / "seed.toml"
+    config.write_text(profile.read_text().replace("seeds = [0]", f"seeds = [{2**40}]"))
+    summary = run_benchmark(load_config(config), tmp_path / "r.jsonl", LocalExecutor(), progress=False)
+    assert summary.errors == 0 and summary.ok == summary.total > 0

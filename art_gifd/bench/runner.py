@@ -140,7 +140,7 @@ def _execute(job: Job, utility: dict[str, Any] | None, start: float) -> JobOutco
     seed, device = cfg["seed"], cfg["device"]
     dataset, attack, defense_spec = cfg["dataset"], cfg["attack"], cfg["defense"]
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy's global generator takes 32 bits; a seed may have 63
     torch.manual_seed(seed)
     x, y, num_classes = load_images(dataset)
     defense = cached_defense(defense_spec["type"], defense_spec["params"])
