@@ -317,3 +317,22 @@ def test_decoys_and_a_default_prior_take_what_the_constructor_takes(lenet_clf) -
         unconditional.decoys(2, 0, [1, 2])
     attack.set_params(prior=None)  # as GIFDAttack(clf, prior=None): the embedded default
     assert attack.prior.num_classes is None and attack.prior.image_shape == (1, 32, 32)
+
+
+def test_gias_names_a_prior_it_cannot_run_per_image_before_any_search(lenet_clf) -> None:
+    from art_gifd.attacks import GIASAttack
+    from art_gifd.federated import client_gradients
+
+    class Checked(_UserPrior):
+        def forward_blocks(self, h, start, stop, labels=None):
+            if not torch.isfinite(h).all():  # data-dependent control flow, which vmap cannot trace
+                raise ValueError("non-finite input")
+            return super().forward_blocks(h, start, stop, labels)
+
+    x, y = np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32), np.array([3])
+    attack = GIASAttack(lenet_clf, Checked(), steps_per_stage=2, num_restarts=1, verbose=False)
+    searched = []
+    attack._search_together = lambda searches, bar: searched.append(searches)
+    with pytest.raises(ValueError, match=r"cannot run there \(vmap: .*data-dependent control flow\): remove"):
+        attack.reconstruct(client_gradients(lenet_clf, x, y), y)
+    assert searched == []  # refused before the latent stage ran

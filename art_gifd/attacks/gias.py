@@ -7,6 +7,7 @@ image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from art_gifd.attacks.base import SearchContext, StageGenerator
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
     from art_gifd.priors.base import LayeredGenerator
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of an error's message, on one line (torch's vmap errors go on to ask for an issue)."""
+    return " ".join(str(err).split()).split(". ")[0][:200]
 
 
 class GIASAttack(GenerativePriorAttack):
@@ -90,17 +96,16 @@ class GIASAttack(GenerativePriorAttack):
     def _num_stages(self) -> int:
         return 2
 
-    def _stages(self, ctx: SearchContext) -> StageGenerator:
+    def _per_image_generator(
+        self, count: int, labels: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]]:
+        """``count`` copies of the prior's weights, and the vmapped decoder taking (copies, latents) to images."""
         from torch.func import functional_call, vmap
-
-        project = self._latent_projection()
-        outcome = yield SearchStage("latent", [self.initial_latent(ctx)], self._decoder(0, ctx), project)
 
         prior = self.prior
         names = [name for name, _ in prior.named_parameters()]
         buffers = dict(prior.named_buffers())
-        weights = [p.detach().unsqueeze(0).repeat(ctx.num_candidates, *([1] * p.dim())) for p in prior.parameters()]
-        labels = self.generator_labels(ctx.num_candidates)
+        weights = [p.detach().unsqueeze(0).repeat(count, *([1] * p.dim())) for p in prior.parameters()]
 
         def one_image(params: tuple[torch.Tensor, ...], z: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
             label_batch = None if label is None else label.unsqueeze(0)
@@ -108,9 +113,35 @@ class GIASAttack(GenerativePriorAttack):
             return functional_call(prior, state, (z.unsqueeze(0), label_batch))[0]
 
         per_image = vmap(one_image, in_dims=(0, 0, None if labels is None else 0))
+        return weights, lambda params, z: per_image(params, z, labels)
+
+    def _prepare(self, ctx: SearchContext) -> None:
+        """As the base class, and the per-image generator tried once: a prior it cannot run fails before any search."""
+        import torch
+
+        super()._prepare(ctx)
+        device = self.prior.device
+        labels = torch.zeros(1, dtype=torch.long, device=device) if self.prior.num_classes is not None else None
+        weights, per_image = self._per_image_generator(1, labels)
+        z = self.project_latent(self.prior.sample_latent(1, generator=torch.Generator(device=device).manual_seed(0)))
+        try:
+            with torch.no_grad():
+                per_image(tuple(weights), z)
+        except RuntimeError as err:
+            raise ValueError(
+                f"GIASAttack optimises one copy of the generator's weights per image under torch.func.vmap, and this "
+                f"prior ({type(self.prior).__name__}) cannot run there ({_first_sentence(err)}): remove "
+                "data-dependent Python control flow (an `if` on a tensor's value, .item()) from its forward pass, or "
+                "use GIFDAttack or GGLAttack."
+            ) from None
+
+    def _stages(self, ctx: SearchContext) -> StageGenerator:
+        project = self._latent_projection()
+        outcome = yield SearchStage("latent", [self.initial_latent(ctx)], self._decoder(0, ctx), project)
+        weights, per_image = self._per_image_generator(ctx.num_candidates, self.generator_labels(ctx.num_candidates))
 
         def decode(variables: list[torch.Tensor]) -> torch.Tensor:
-            return self._to_clip(per_image(tuple(variables[1:]), variables[0], labels), ctx.clip_values)
+            return self._to_clip(per_image(tuple(variables[1:]), variables[0]), ctx.clip_values)
 
         rates = [self.learning_rate] + [self.weight_learning_rate] * len(weights)
         yield SearchStage("generator", [outcome.representation[0], *weights], decode, project, learning_rates=rates)
