@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from art_gifd import GIFDAttack, client_gradients
-from art_gifd.attacks.label_mapping import AutoLabelMapping
+from art_gifd.attacks.label_mapping import AutoLabelMapping, map_labels
 from art_gifd.data import load_mnist32
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors.checkpoints import load_strict
@@ -160,3 +160,14 @@ def test_bad_label_mappings_are_rejected_up_front(lenet_clf, permuted_prior, def
         GIFDAttack(lenet_clf, permuted_prior, label_mapping={0: True, 1: 10})
     numpy_mapping = {i: np.int64(9 - i) for i in range(10)}  # numpy integers name classes as ints do
     assert GIFDAttack(lenet_clf, permuted_prior, label_mapping=numpy_mapping).label_mapping == numpy_mapping
+
+
+def test_a_mapping_that_fails_or_answers_a_flag_is_named_with_its_task_label() -> None:
+    labels = torch.tensor([3, 3])
+    with pytest.raises(ValueError, match=r"maps task label 3 to True, which is not a generator class"):
+        map_labels(labels, lambda t: True, 10)
+    with pytest.raises(ValueError, match=r"no entry for task label 3: its keys are strings \(such as '3'\)"):
+        map_labels(labels, {"3": 4}, 10)
+    with pytest.raises(ValueError, match=r"label_mapping raised KeyError\(3\) for task label 3"):
+        map_labels(labels, lambda t: {0: 1}[t], 10)
+    assert map_labels(labels, {3: np.int64(4)}, 10).tolist() == [4, 4]

@@ -120,11 +120,19 @@ def map_labels(labels: torch.Tensor, mapping: LabelMapping, num_generator_classe
             target = label
         elif isinstance(mapping, Mapping):
             if label not in mapping:
-                raise ValueError(f"label_mapping has no entry for task label {label}.")
+                text_keys = any(isinstance(k, str) for k in mapping)  # e.g. read from JSON, where keys are strings
+                raise ValueError(
+                    f"label_mapping has no entry for task label {label}"
+                    + (": its keys are strings (such as '3'); use integer task labels." if text_keys else ".")
+                )
             target = mapping[label]
         else:
-            target = mapping(label)
-        if not isinstance(target, int | np.integer) or not 0 <= int(target) < num_generator_classes:
+            try:
+                target = mapping(label)
+            except Exception as err:  # the user's function: name the label it failed on
+                raise ValueError(f"label_mapping raised {err!r} for task label {label}.") from err
+        whole = isinstance(target, int | np.integer) and not isinstance(target, bool | np.bool_)
+        if not whole or not 0 <= int(target) < num_generator_classes:
             raise ValueError(
                 f"label_mapping maps task label {label} to {target!r}, which is not a generator class in "
                 f"[0, {num_generator_classes - 1}]."
