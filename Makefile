@@ -1,16 +1,29 @@
-# Quick start: `make demo` then `make test`. Each target bootstraps .venv when missing or stale.
+# Quick start: `make demo` then `make test`. Each target bootstraps .venv when missing, stale or broken.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo-out
+# Extra options of `art-gifd demo`, e.g. DEMO_ARGS="--threads 1" on busy cores (each word passed as one argument).
+DEMO_ARGS ?=
+# $(call q,TEXT): TEXT as one single-quoted shell word (no splitting, globbing or expansion).
+q = '$(subst ','\'',$(1))'
+# The files `art-gifd demo` writes into DEMO_OUT: all that `make clean` removes there.
+DEMO_FILES := report.html results.json reconstructions.png
 
-.PHONY: demo test test-all docs sysdeps lint format clean
+.PHONY: demo test test-all docs sysdeps lint format clean FORCE
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "art-gifd needs Python >= 3.10, found " + sys.version.split()[0])'
-	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+# PYTHON makes the venv: say which interpreter, and which variable to set, when it is too old (Python 2 included).
+VERSION_CHECK := import sys; sys.exit(0 if sys.version_info >= (3, 10) else "make: art-gifd needs Python >= 3.10, \
+	but PYTHON=" + sys.argv[1] + " is Python " + sys.version.split()[0] + ": run make PYTHON=/path/to/python3.11")
+
+# A venv whose python no longer runs (its Python removed, or .venv copied from elsewhere) is rebuilt too.
+$(STAMP): pyproject.toml $(if $(shell $(VPY) -c 'print(1)' 2>/dev/null),,FORCE)
+	@test -n $(call q,$(PYTHON)) || { echo "make: no python3.11 or python3 on PATH: run make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c '$(VERSION_CHECK)' $(call q,$(PYTHON))
+	@$(VPY) -c '' 2>/dev/null || { test ! -e $(VENV) || echo "note: $(VPY) does not run: recreating $(VENV)"; \
+		$(PYTHON) -m venv --clear $(VENV); }
 	$(VPY) -m pip install -q --upgrade pip
 	# torch first, from the pinned local wheels where they exist; fall back to the project's range elsewhere.
 	$(VPY) -m pip install -q $(TORCH_PINS) || echo "note: $(TORCH_PINS) not available here; using pyproject's torch range"
@@ -20,7 +33,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/art-gifd demo --out $(DEMO_OUT)
+	$(VENV)/bin/art-gifd demo --out $(call q,$(DEMO_OUT)) $(foreach a,$(DEMO_ARGS),$(call q,$(a)))
 
 # Debian packages the tests use: Chromium + ChromeDriver (real-browser check of the audit report) and Fashion-MNIST
 # (second embedded data domain). Installed when missing and when apt-get is usable; otherwise those tests skip and
@@ -55,5 +68,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Removes only what the project made: the venv, the caches and the demo's files (DEMO_OUT itself once it is empty).
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	@test -n $(call q,$(DEMO_OUT)) || { echo "make: DEMO_OUT is empty: give the demo's output folder" >&2; exit 1; }
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -f $(foreach f,$(DEMO_FILES),$(call q,$(DEMO_OUT)/$(f)))
+	@test ! -d $(call q,$(DEMO_OUT)) || rmdir $(call q,$(DEMO_OUT)) 2>/dev/null || echo "note: kept $(call q,$(DEMO_OUT)): it holds files the demo did not write"
