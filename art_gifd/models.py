@@ -19,6 +19,7 @@ import copy
 import functools
 import hashlib
 import importlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -185,22 +186,33 @@ class ModelLoadError(ValueError):
         self.key = key
 
 
-def import_callable(spec: str) -> Callable[..., Any]:
+def import_callable(spec: str, search: Path | None = None) -> Callable[..., Any]:
     """
     The callable named by ``"module:attribute"`` (``attribute`` may be dotted).
 
+    :param search: A folder searched first for the module (e.g. the configuration file's, so that a module beside
+                   it is found wherever the command runs); ``None``: ``sys.path`` only.
     :raises ValueError: If the spec is malformed, the module cannot be imported or the attribute is missing or not
                         callable.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"must be 'module:callable' (e.g. 'my_package.models:build_net'), got '{spec}'.")
+    if search is not None:
+        sys.path.insert(0, str(search))
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"cannot import module '{module_name}': {err}.") from None
+        where = f"'{search}' (the configuration's folder) or " if search is not None else ""
+        raise ValueError(
+            f"cannot import module '{module_name}': {err}: put it in {where}an installed package, or add its folder "
+            "to PYTHONPATH."
+        ) from None
     except (Exception, SystemExit) as err:  # the module's own code failed on import (a syntax error, a missing file)
         raise ValueError(f"importing module '{module_name}' failed: {type(err).__name__}: {err}.") from None
+    finally:
+        if search is not None:
+            sys.path.remove(str(search))
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -218,11 +230,13 @@ def load_user_model(
     weights_key: str | None = None,
     torchscript: str | Path | None = None,
     input_shape: tuple[int, ...] = (1, 32, 32),
+    search: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """
-    A user's model: built by a factory (``"module:callable"`` called with ``factory_kwargs``) with an optional state
-    dict (loaded strictly with ``torch.load(weights_only=True)``; ``weights_key`` picks it out of a checkpoint), or
-    converted from a TorchScript file (:func:`torchscript_to_module`).
+    A user's model: built by a factory (``"module:callable"`` called with ``factory_kwargs``; its module looked for
+    in ``search`` first, see :func:`import_callable`) with an optional state dict (loaded strictly with
+    ``torch.load(weights_only=True)``; ``weights_key`` picks it out of a checkpoint), or converted from a TorchScript
+    file (:func:`torchscript_to_module`).
 
     :return: The module and its facts for a report (source, files and their SHA-256, class, parameter count).
     :raises ModelLoadError: Naming the setting at fault and what is wrong.
@@ -243,7 +257,7 @@ def load_user_model(
     if not isinstance(factory_kwargs, Mapping | None):
         raise ModelLoadError("factory_kwargs", f"must be a table of keyword arguments, got {factory_kwargs!r}.")
     try:
-        build = import_callable(factory)
+        build = import_callable(factory, search)
     except ValueError as err:
         raise ModelLoadError("factory", str(err)) from None
     grad_enabled, default_dtype = torch.is_grad_enabled(), torch.get_default_dtype()

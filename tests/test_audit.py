@@ -1101,3 +1101,19 @@ def test_the_chance_level_is_scored_only_when_asked(lenet_clf, heldout, default_
             lenet_clf, x, y, "gifd", default_prior, Budget(2, 2, 1), 1, 0, chance=chance
         )
         assert ("chance_ssim" in scores) is chance
+
+
+def test_a_model_factory_beside_the_config_is_found_from_any_folder(tmp_path, monkeypatch) -> None:
+    (tmp_path / "beside_config.py").write_text(
+        "from art_gifd.models import lenet\n\n\ndef net(seed):\n    return lenet(seed=seed)\n"
+    )
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("art_gifd.models:lenet", "beside_config:net"))
+    monkeypatch.chdir("/")  # not the config's folder, which is not on sys.path
+    assert load_audit_config(path).model["class"]
+    path.write_text(path.read_text().replace("beside_config:net", "elsewhere:net"))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert (
+        f"put it in '{tmp_path}' (the configuration's folder) or an installed package" in problems(err)["model.factory"]
+    )

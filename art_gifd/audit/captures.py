@@ -43,7 +43,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Mapping
@@ -181,13 +180,10 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
     mix_rounds = check.get(federated, path, "mix_rounds", boolean, False)
     client_data = None
     if spec is not None:
-        sys.path.insert(0, str(base))  # a module beside the config (the FL app's own task module) is importable
-        try:
-            client_data = import_callable(spec)
+        try:  # a module beside the config (the FL app's own task module) is importable
+            client_data = import_callable(spec, base)
         except ValueError as err:
             check.add((*path, "client_data"), str(err))
-        finally:
-            sys.path.remove(str(base))
     attack_settings, attacks, priors, prior_info = _read_attacks(check, top, device, None)
     settings.update(attack_settings)
     for attack in attacks:

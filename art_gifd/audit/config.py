@@ -498,6 +498,7 @@ def _build_module(check: Checker, settings: dict[str, Any]) -> tuple[nn.Module |
             weights_key=settings["weights_key"],
             torchscript=settings["torchscript"],
             input_shape=tuple(settings["input_shape"]),
+            search=check.base,
         )
     except ModelLoadError as err:
         check.add(("model", err.key), str(err))
