@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import textwrap
 import time
@@ -538,7 +539,7 @@ def test_report_tables_equal_the_results_file(reference, tmp_path):
         assert f"{row['psnr']:.2f} ± {row['psnr_std']:.2f}" in markdown
         assert f"{row['ssim']:.3f} ± {row['ssim_std']:.3f}" in markdown
     assert tables["runs"][0]["command"] and tables["runs"][0]["config_hash"]
-    assert tables["jobs"] == {"planned": len(records), "finished": len(records), "missing": []}
+    assert tables["jobs"] == {"planned": len(records), "finished": len(records), "failed": 0, "missing": []}
     assert f"complete: all {len(records)} jobs of the latest configuration finished" in markdown
     pngs = [p for p in written if p.suffix == ".png"]
     assert {p.name.split("_")[0] for p in pngs} >= {"leakage", "privacy", "reconstructions"}
@@ -667,6 +668,98 @@ def test_report_tells_apart_runs_of_different_configurations_in_one_file(tmp_pat
     write_report(results, tmp_path / "report")
     table = (tmp_path / "report" / "tables.md").read_text()
     assert "[attack.budget.steps_per_stage=2]" in table and "[attack.budget.steps_per_stage=3]" in table
+
+
+def test_the_grid_shows_each_reconstruction_beside_the_image_it_attacked(reference, tmp_path, monkeypatch) -> None:
+    from art_gifd.report import figures
+
+    results = tmp_path / "smoke.jsonl"
+    shutil.copy(reference, results)
+    shutil.copytree(reference.with_name("smoke.recon"), tmp_path / "smoke.recon")
+    other = tmp_path / "offset.toml"  # the same grid on another held-out digit, into the same results file
+    other.write_text(SMOKE.read_text().replace("num_images = 1", "num_images = 1\noffset = 7"))
+    run_benchmark(load_config(other), results, progress=False, check_inputs=False)
+    shown = []
+    real = figures.reconstruction_grid
+    monkeypatch.setattr(figures, "reconstruction_grid", lambda rows, *args: shown.append(rows) or real(rows, *args))
+    write_report(results, tmp_path / "report")
+    store = ResultsFile(results)
+    saved = [store.load_arrays(r["job_id"]) for r in store.read()[1]]
+    saved = [(a["originals"][0] / np.float32(255), a["reconstructions"][0] / np.float32(255)) for a in saved]
+    (rows,) = shown
+    assert [label for label, _, _ in rows] == ["none, images 1", "none, images 2", "prune(ratio=0.5), images 1",
+                                              "prune(ratio=0.5), images 2"]  # fmt: skip
+    assert not np.array_equal(rows[0][1], rows[1][1])  # the two offsets attacked different digits
+    for _, original, reconstructions in rows:
+        assert len(reconstructions) == 2  # gifd and pixel of one offset
+        for image in reconstructions.values():  # each beside the original of the job that reconstructed it
+            assert any(np.array_equal(image, r) and np.array_equal(original, o) for o, r in saved)
+
+
+def test_a_report_replaces_its_earlier_figures_and_names_a_missing_reconstructions_folder(
+    reference, tmp_path, caplog
+) -> None:
+    out = tmp_path / "report"
+    first = write_report(reference, out)
+    assert (out / "figures" / "reconstructions_mnist_lenet_1.png") in first
+    stale = out / "figures" / "leakage_cifar10_convnet_4_dp.png"  # a case the next results file lacks
+    stale.write_bytes(b"old")
+    keep = out / "figures" / "notes.png"  # not a name the report writes: never touched
+    keep.write_bytes(b"mine")
+    copy = tmp_path / "copy" / "smoke.jsonl"  # copied without its smoke.recon/ folder
+    copy.parent.mkdir()
+    shutil.copy(reference, copy)
+    written = write_report(copy, out)
+    message = f"no reconstruction grid for mnist/lenet/1: '{copy.with_suffix('.recon')}' is missing; copy there"
+    assert message in caplog.text
+    assert set((out / "figures").iterdir()) == {p for p in written if p.suffix == ".png"} | {keep}
+    assert keep.read_bytes() == b"mine" and not any(p.name.startswith("reconstructions_") for p in written)
+    caplog.clear()
+    copy.with_suffix(".recon").mkdir()
+    write_report(copy, out)
+    assert "smoke.recon' holds none of these jobs' reconstructions" in caplog.text
+
+
+def test_a_report_counts_failed_jobs_apart_and_warns_when_none_succeeded(tmp_path, monkeypatch, caplog) -> None:
+    results = tmp_path / "failed.jsonl"
+    config = load_config(SMOKE)
+    real = runner_module._execute
+
+    failing = {"gifd", "pixel"}  # the attacks whose jobs fail
+
+    def attack_fails(job, utility, start):
+        if job.config["attack"]["name"] in failing:
+            raise RuntimeError("broken on purpose")
+        return real(job, utility, start)
+
+    monkeypatch.setattr(runner_module, "_execute", attack_fails)
+    run_benchmark(config, results, progress=False, check_inputs=False)
+    write_report(results, tmp_path / "report")
+    text = (tmp_path / "report" / "tables.md").read_text()
+    assert "- **failed**: 4 of 4 jobs of the latest configuration failed (see Failed jobs)" in text
+    assert "complete" not in text
+    assert json.loads((tmp_path / "report" / "tables.json").read_text())["jobs"]["failed"] == 4
+    assert f"none of the 4 jobs in '{results}' succeeded" in caplog.text
+    caplog.clear()
+    failing.discard("pixel")
+    run_benchmark(config, results, retry_errors=True, progress=False, check_inputs=False)
+    write_report(results, tmp_path / "report")
+    text = (tmp_path / "report" / "tables.md").read_text()
+    assert "- complete: all 4 jobs of the latest configuration finished, 2 of them failed (see Failed jobs)" in text
+    assert "succeeded" not in caplog.text
+
+
+def test_an_lpips_reason_is_reported_as_of_when_the_jobs_ran(reference) -> None:
+    records = ResultsFile(reference).read()[1]
+    for record in records:
+        record["result"]["lpips_unavailable_reason"] = "AlexNet weights not found at /x.pth; copy them there."
+    text = markdown(aggregate(records)[0], [], [], "smoke")
+    line = next(line for line in text.splitlines() if line.startswith("LPIPS n/a"))
+    assert line.startswith(
+        "LPIPS n/a: when these jobs ran, LPIPS was unavailable: AlexNet weights not found at /x.pth; copy them there. "
+        "They keep n/a"
+    )
+    assert "run the configuration into a new results file" in line and text.count("LPIPS n/a") == 1
 
 
 def test_report_shows_images_that_share_their_label_apart(reference) -> None:

@@ -8,12 +8,15 @@ accuracy and gradient cosine as mean ± std over the seeds' jobs, the defence's 
 Written into the output folder: ``tables.md`` (a PSNR table attacks × defences per data set / model / batch size, then
 every setting with every metric, then the failed jobs), ``tables.json`` (the same numbers), and ``figures/``:
 leakage vs defence strength per defence (one line per attack), privacy–utility (leakage vs test accuracy, and vs
-epsilon for DP-SGD), and reconstruction grids (original | each attack, one row per defence setting).
+epsilon for DP-SGD), and reconstruction grids (original | each attack, one row per defence setting and set of attacked
+images). The figures of an earlier report in the same folder are removed first, so that none of them outlives its
+results.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,15 @@ from art_gifd.metrics import split_by_shared_label
 from art_gifd.report.html import markdown_text
 from art_gifd.store import ResultsFile, file_slug, write_json_atomic
 
+logger = logging.getLogger(__name__)
+
 REPORT_SCHEMA = "art-gifd/bench-report/v1"
 METRICS = ("psnr", "ssim", "lpips")
 METRIC_NAMES = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
-#: Rows of a reconstruction grid at most (one per defence setting).
+#: Rows of a reconstruction grid at most (one per defence setting and set of attacked images).
 MAX_GRID_ROWS = 16
+#: File-name prefixes of the figures a report writes into ``figures/`` (all ``.png``).
+FIGURE_PREFIXES = ("leakage_", "privacy_utility_", "dp_epsilon_", "reconstructions_")
 
 
 def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
@@ -171,8 +178,9 @@ def _epsilon(row: dict[str, Any]) -> str:
 
 def progress(config: dict[str, Any] | None, records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """
-    How much of a configuration's grid the records hold: ``planned`` and ``finished`` job counts and the labels of
-    the ``missing`` jobs (``None`` when the configuration cannot be expanded, e.g. one written by an older version).
+    How much of a configuration's grid the records hold: ``planned`` and ``finished`` job counts, how many of the
+    finished ones ``failed`` (their latest record is an error), and the labels of the ``missing`` jobs (``None`` when
+    the configuration cannot be expanded, e.g. one written by an older version).
     """
     try:
         planned = expand_grid(BenchConfig(**config)) if config is not None else None
@@ -180,9 +188,10 @@ def progress(config: dict[str, Any] | None, records: list[dict[str, Any]]) -> di
         planned = None
     if planned is None:
         return None
-    held = {r["job_id"] for r in records}
+    held = {r["job_id"]: r["status"] for r in records}
     missing = [job.label for job in planned if job.job_id not in held]
-    return {"planned": len(planned), "finished": len(planned) - len(missing), "missing": missing}
+    failed = sum(held.get(job.job_id) == "error" for job in planned)
+    return {"planned": len(planned), "finished": len(planned) - len(missing), "failed": failed, "missing": missing}
 
 
 def markdown(
@@ -202,15 +211,22 @@ def markdown(
             f"{' (uncommitted changes)' if run.get('git_dirty') else ''}, device {run.get('device')}, "
             f"config hash `{str(run.get('config_hash'))[:12]}`, executor {run.get('executor', {}).get('name')}"
         )
+    # failures are counted apart: a job that ended in an error has finished but has no numbers
+    failed = f", {jobs['failed']} of them failed (see Failed jobs)" if jobs is not None and jobs["failed"] else ""
     if jobs is not None and jobs["missing"]:
         shown = ", ".join(markdown_text(label) for label in jobs["missing"][:5])
         more = f" and {len(jobs['missing']) - 5} more" if len(jobs["missing"]) > 5 else ""
         lines.append(
-            f"- **incomplete**: {jobs['finished']} of the latest configuration's {jobs['planned']} jobs finished; "
-            f"not run yet: {shown}{more} (run `art-gifd bench` on this results file again to finish them)"
+            f"- **incomplete**: {jobs['finished']} of the latest configuration's {jobs['planned']} jobs finished"
+            f"{failed}; not run yet: {shown}{more} (run `art-gifd bench` on this results file again to finish them)"
+        )
+    elif jobs is not None and jobs["failed"] == jobs["planned"]:
+        lines.append(
+            f"- **failed**: {jobs['failed']} of {jobs['planned']} jobs of the latest configuration failed (see Failed "
+            "jobs): fix the cause, then rerun `art-gifd bench` on this results file with `--retry-errors`"
         )
     elif jobs is not None:
-        lines.append(f"- complete: all {jobs['planned']} jobs of the latest configuration finished")
+        lines.append(f"- complete: all {jobs['planned']} jobs of the latest configuration finished{failed}")
     config = runs[-1].get("config", {}) if runs else {}
     if config.get("federated"):  # B then counts a client's private samples, trained on locally
         try:
@@ -285,8 +301,14 @@ def markdown(
                 f"{r['num_images_own_label']}, {_cell(r['psnr_own_label'], r['psnr_own_label_std'], 2)} | "
                 f"{r['num_images_shared_label']}, {_cell(r['psnr_shared_label'], r['psnr_shared_label_std'], 2)} |"
             )
+    # the reason was recorded when the jobs ran and is not checked again: finished jobs are never rerun
     reasons = sorted({r["lpips_unavailable_reason"] for r in rows if r["lpips_unavailable_reason"]})
-    lines += [""] + [f"LPIPS n/a: {reason}" for reason in reasons]
+    lines += [""] + [
+        f"LPIPS n/a: when these jobs ran, LPIPS was unavailable: {reason.rstrip('.')}. They keep n/a (finished jobs "
+        "are not run again): to measure it, make LPIPS available, then run the configuration into a new results file "
+        "(`art-gifd bench CONFIG --results NEW.jsonl`)."
+        for reason in reasons
+    ]
     if errors:
         lines += ["", "## Failed jobs", "", "| job | error |", "|---|---|"]
         lines += [
@@ -308,7 +330,9 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
 
     :param results: The JSON-lines results file of ``art-gifd bench``.
     :param out: Output folder (default: ``<results stem>-report`` beside the file).
-    :return: The files written.
+    :return: The files written. The figures of an earlier report in ``out`` (the file names this function writes,
+             no other file) are removed first. A warning says when no job succeeded, and when the reconstructions
+             folder (``<results stem>.recon/``) lacks the jobs' reconstructions, so that a grid is missing.
     :raises FileNotFoundError: If the results file does not exist.
     :raises ValueError: If it is not a results file of ``art-gifd bench`` or holds no job yet. A line of the wrong
                         shape (edited by hand) is left out, with a warning naming it.
@@ -339,10 +363,22 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
         "rows": rows,
         "errors": errors,
     }
+    figures = out / "figures"
+    # an earlier report's figures (of another results file, or of cases this one lacks) would read as current
+    for path in (p for prefix in FIGURE_PREFIXES for p in figures.glob(f"{prefix}*.png") if p.is_file()):
+        path.unlink()
     written = [out / "tables.json", out / "tables.md"]
     write_json_atomic(written[0], document)
     _write_text_atomic(written[1], markdown(rows, errors, runs, title, jobs))
-    figures = out / "figures"
+    if not rows:
+        logger.warning(
+            "none of the %d jobs in '%s' succeeded: the report holds no numbers, only the failed jobs in '%s'; fix "
+            "the cause, then rerun 'art-gifd bench' on that results file with --retry-errors",
+            len(records),
+            store.path,
+            written[1],
+        )
+    without_grid = []
     for case in dict.fromkeys(_case_key(r) for r in rows):
         selected = [r for r in rows if _case_key(r) == case]
         tag = file_slug("_".join(map(str, case)))
@@ -350,6 +386,17 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
         written += privacy_utility_figures(selected, figures, tag)
         grid = reconstruction_figure(selected, store, figures / f"reconstructions_{tag}.png")
         written += [grid] if grid else []
+        without_grid += [] if grid else ["/".join(map(str, case))]
+    if without_grid:
+        found = "is missing" if not store.arrays_dir.is_dir() else "holds none of these jobs' reconstructions"
+        logger.warning(
+            "no reconstruction grid for %s: '%s' %s; copy there the '%s' folder that 'art-gifd bench' wrote beside "
+            "the results file, and report again",
+            ", ".join(without_grid),
+            store.arrays_dir,
+            found,
+            store.arrays_dir.name,
+        )
     return written
 
 
@@ -490,27 +537,38 @@ def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) 
 
 def reconstruction_figure(rows: list[dict[str, Any]], store: ResultsFile, path: Path) -> Path | None:
     """
-    Originals and every attack's reconstruction of the first image of the first seed, one row per defence setting
-    (at most :data:`MAX_GRID_ROWS`); ``None`` if no reconstructions were saved.
+    Originals and every attack's reconstruction of the first image of the first seed, one row per defence setting and
+    original (at most :data:`MAX_GRID_ROWS`): a reconstruction is only shown beside the image it attacked, so
+    settings of one defence that attacked other images (e.g. two data offsets in one results file) get rows of their
+    own, numbered ``"<defence>, images 2"`` and on. ``None`` if no reconstructions were saved.
     """
     from art_gifd.report.figures import reconstruction_grid
 
-    grid_rows: dict[str, tuple[str, np.ndarray, dict[str, np.ndarray]]] = {}
+    grid_rows: dict[tuple[str, tuple[int, ...], bytes], tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     for row in rows:
         images = store.load_arrays(row["job_ids"][0])
         if images is None:
             continue
-        originals, reconstructions = (images[k] / np.float32(255) for k in ("originals", "reconstructions"))
-        label = row["defense_label"]
-        if label not in grid_rows:
+        original = images["originals"][0]
+        key = (row["defense_label"], original.shape, original.tobytes())
+        if key not in grid_rows:
             if len(grid_rows) == MAX_GRID_ROWS:
                 continue
-            grid_rows[label] = (label, originals[0], {})
-        grid_rows[label][2][row["attack"]] = reconstructions[0]
+            grid_rows[key] = (original / np.float32(255), {})
+        grid_rows[key][1][row["attack"]] = images["reconstructions"][0] / np.float32(255)
     if not grid_rows:
         return None
+    labels = [label for label, _, _ in grid_rows]
+    named = []
+    for index, (label, _, _) in enumerate(grid_rows):
+        number = labels[:index].count(label) + 1
+        named.append(label if labels.count(label) == 1 else f"{label}, images {number}")
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    return reconstruction_grid(list(grid_rows.values()), attacks, path)
+    return reconstruction_grid(
+        [(name, original, recs) for name, (original, recs) in zip(named, grid_rows.values(), strict=True)],
+        attacks,
+        path,
+    )
 
 
 def _save(fig: Any, path: Path) -> Path:
