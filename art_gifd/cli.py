@@ -146,6 +146,11 @@ THREADS_HELP = (
 )
 
 
+#: ``--log-level`` after the command as well (``art-gifd bench smoke --log-level INFO``); the top-level default stays.
+_LOG_LEVEL = argparse.ArgumentParser(add_help=False)
+_LOG_LEVEL.add_argument("--log-level", default=argparse.SUPPRESS, type=str.upper, choices=LOG_LEVELS, help="as above")
+
+
 def _parser() -> argparse.ArgumentParser:
     from art_gifd import __version__
 
@@ -156,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         default="WARNING",
         type=str.upper,
         choices=LOG_LEVELS,
-        help="Python logging level (default: WARNING)",
+        help="Python logging level (default: WARNING); may also follow the command",
     )
     parser.add_argument(
         "--allow-download",
@@ -165,14 +170,18 @@ def _parser() -> argparse.ArgumentParser:
         "nothing is downloaded otherwise",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="GIFD vs latent-only vs pixel-space attacks on the embedded data and prior")
+    demo = sub.add_parser(
+        "demo", parents=[_LOG_LEVEL], help="GIFD vs latent-only vs pixel-space attacks on the embedded data and prior"
+    )
     demo.add_argument("--out", type=output_folder, default=Path("demo-out"), help="output folder (default: demo-out)")
     demo.add_argument("--quick", action="store_true", help="small grid, under 2 minutes on 2 idle CPU cores")
     demo.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="seed of models and attacks (default: 0)")
     demo.add_argument("--device", type=device_name, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.add_argument("--threads", type=count(1), default=None, help=THREADS_HELP)
-    audit = sub.add_parser("audit", help="audit your FL model: attacks under its defences, their cost, a report")
+    audit = sub.add_parser(
+        "audit", parents=[_LOG_LEVEL], help="audit your FL model: attacks under its defences, their cost, a report"
+    )
     audit.add_argument(
         "config", type=existing_file, help="audit config, .toml or .yaml (format: art_gifd.audit.config)"
     )
@@ -286,6 +295,7 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` and ``bench-report`` subcommands to the ``art-gifd`` parser."""
     bench = sub.add_parser(
         "bench",
+        parents=[_LOG_LEVEL],
         help="run an attack x defence benchmark grid (resumable, local or Ray)",
         description="Run the jobs of a benchmark configuration that the results file does not hold yet.",
     )
@@ -310,6 +320,7 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     report = sub.add_parser(
         "bench-report",
+        parents=[_LOG_LEVEL],
         help="tables (mean ± std) and figures from a benchmark results file",
         description="Aggregate a benchmark results file into Markdown/JSON tables and matplotlib figures.",
     )

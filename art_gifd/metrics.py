@@ -384,7 +384,11 @@ class LPIPSMetric:
             try:
                 self._model = self._build()
             except Exception as exc:  # torch.load raises many exception types on a corrupt or foreign file.
-                self.reason = f"{display} weights at {self.weights_path} could not be loaded: {exc}"
+                first = " ".join(str(exc).split()).split(". ")[0][:200]  # torch goes on for paragraphs
+                self.reason = (
+                    f"{display} weights at {self.weights_path} could not be loaded ({type(exc).__name__}: {first}): "
+                    f"the file is damaged or not torchvision's {file_name}; delete it and copy it again."
+                )
         if self.reason is not None and self.reason not in _WARNED:
             _WARNED.add(self.reason)  # once per process and reason, not once per metric object
             logger.warning("LPIPS unavailable: %s", self.reason)

@@ -868,6 +868,9 @@ def test_cli_options_of_the_other_executor_a_version_and_a_closed_pipe(tmp_path,
         assert main([*argv, "--results", str(tmp_path / "r.jsonl")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
+    from art_gifd.cli import _parser
+
+    assert _parser().parse_args(["bench", "smoke", "--log-level", "info"]).log_level == "INFO"  # after the command too
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("art-gifd 0.")

@@ -120,6 +120,10 @@ def test_lpips_with_unloadable_weights_is_unavailable(tmp_path: Path, content: s
     metric = LPIPSMetric(weights_path=path)
     assert not metric.available
     assert metric.reason is not None and "could not be loaded" in metric.reason and str(path) in metric.reason
+    assert metric.reason.endswith(
+        "the file is damaged or not torchvision's alexnet-owt-7be5be79.pth; delete it and copy it again."
+    )
+    assert "file an issue" not in metric.reason and "\n" not in metric.reason  # torch's paragraphs left out
 
 
 def test_lpips_default_path_is_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
