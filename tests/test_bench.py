@@ -931,7 +931,11 @@ def test_a_file_of_many_foreign_lines_names_only_the_first_few(tmp_path, caplog)
 
     path = tmp_path / "table.csv"
     path.write_text("".join(f"a,b,{i}\n" for i in range(300)))
-    with pytest.raises(ValueError, match="is not a results file of art-gifd bench"):
+    with pytest.raises(ValueError, match="is a file whose first line is not JSON, not the JSON-lines results file"):
+        write_report(path, tmp_path / "report")  # named by its first line, before any is read as a record
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    path.write_text(json.dumps({"type": "run", "config": {}}) + "\n" + "".join(f"a,b,{i}\n" for i in range(300)))
+    with pytest.raises(ValueError, match="holds no finished job yet"):
         write_report(path, tmp_path / "report")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == MAX_LINE_WARNINGS + 1

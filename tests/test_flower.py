@@ -336,7 +336,7 @@ def test_a_search_that_fails_ends_the_capture_audit_in_one_line(flower_run, tmp_
 
     monkeypatch.setattr(captures_module, "_search_together", fail)
     config = tmp_path / "capture.yaml"  # JSON is YAML
-    config.write_text(json.dumps(_config(folder, rounds=[1])))
+    config.write_text(json.dumps({**_config(folder, rounds=[1]), "output": str(tmp_path / "out")}))
     assert main(["audit", str(config), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "error: attack 'gifd' (seed 0) on update(s)" in err and "ran out of memory" in err
