@@ -197,7 +197,8 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     """
     The ``(path, label)`` of every image of an image folder and its class names, as torchvision's ``ImageFolder``
     lists them but without hidden folders and files (names starting with ``.``: a ``.thumbs`` folder would shift every
-    label, and macOS's ``._name.png`` copies are not images).
+    label, and macOS's ``._name.png`` copies are not images), and with empty class folders kept as classes (an empty
+    folder holds the label of a class that has no images). Other files are skipped with a warning that names them.
 
     :raises FileNotFoundError: If ``root`` holds no class folder with images.
     """
@@ -211,11 +212,28 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
                 raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
             return classes, {name: i for i, name in enumerate(classes)}
 
+    skipped = []
+
     def visible_image(path: str) -> bool:
         name = os.path.basename(path)
-        return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+        if name.startswith("."):
+            return False
+        if not name.lower().endswith(IMG_EXTENSIONS):
+            skipped.append(os.path.relpath(path, root))
+            return False
+        return True
 
-    folder = VisibleFolder(str(root), is_valid_file=visible_image)  # lists the files only
+    folder = VisibleFolder(str(root), is_valid_file=visible_image, allow_empty=True)  # lists the files only
+    if not folder.samples:
+        raise FileNotFoundError(f"Couldn't find any image in the class folders of {root}.")
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} file(s) in '{root}' are skipped, their names not ending in an image extension that is "
+            f"read ({', '.join(IMG_EXTENSIONS)}): {', '.join(sorted(skipped)[:3])}{', …' if len(skipped) > 3 else ''}. "
+            "Convert them (e.g. to PNG) to audit them.",
+            UserWarning,
+            stacklevel=3,
+        )
     return folder.samples, list(folder.classes)
 
 
@@ -224,8 +242,11 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
     Images from a local folder with one sub-folder per class (torchvision's ``ImageFolder`` layout), e.g.
     ``root/cat/001.png``, ``root/dog/002.jpg``; hidden folders and files (names starting with ``.``) are skipped.
     Labels are the indices of the class folders in sorted (text) order, as torchvision's ``ImageFolder`` gives them;
-    numbered folders whose text order is not their numeric order (``0`` … ``10``: ``10`` sorts before ``2``) get a
-    warning that names the labels.
+    numbered folders whose label is not their number get a warning that names the labels: when the text order is not
+    the numeric order (``0`` … ``10``: ``10`` sorts before ``2``; pad the names with zeros) or a number is missing
+    (folders ``0``, ``1``, ``3``: ``3`` is label 2; an empty folder ``2`` keeps the numbers). Images are read as a
+    viewer shows them (their EXIF orientation applied); images with transparent pixels are refused, since the
+    background they would be put on is the model's business.
 
     All images must have the same size (resize them beforehand: a silent resize would change what is audited) and
     8 bits per channel (16-bit, 32-bit and float images are refused: their range is not known).
@@ -234,10 +255,11 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
     :param channels: 1 (images converted to grey) or 3 (converted to RGB).
     :return: Images ``(N, channels, H, W)`` float32 in ``[0, 1]``, labels ``(N,)`` int64 and the class names.
     :raises FileNotFoundError: If ``root`` is not a folder or holds no class folder with images.
-    :raises ValueError: If ``channels`` is not 1 or 3, an image cannot be read (truncated, not an image) or is not
-                        8-bit, or the images do not all have the same size (the message names two files that differ).
+    :raises ValueError: If ``channels`` is not 1 or 3, an image cannot be read (truncated, not an image), is not
+                        8-bit or has transparent pixels, or the images do not all have the same size (the message
+                        names two files that differ).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if isinstance(channels, bool) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}.")
@@ -252,6 +274,8 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
             with Image.open(path) as image:
                 mode = image.mode
                 if not (mode.startswith("I") or mode == "F"):
+                    image = ImageOps.exif_transpose(image)
+                    transparent = image.has_transparency_data and image.convert("RGBA").getextrema()[3][0] < 255
                     pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
         except Image.DecompressionBombError as err:  # PIL's guard against images too large to decode safely
             raise ValueError(
@@ -265,6 +289,11 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
                 f"'{path}' is a {mode!r} image (16- or 32-bit integers or floats), whose range is not known: "
                 "save the images as 8-bit PNG or JPEG (grey or RGB), scaled to 0-255."
             )
+        if transparent:  # dropping the alpha channel shows whatever colour the transparent pixels happen to hold
+            raise ValueError(
+                f"'{path}' has transparent pixels: put the images on the background your model was trained with "
+                "(e.g. white or black) and save them without an alpha channel."
+            )
         if first is None:
             first = (path, pixels.shape[:2])
         elif pixels.shape[:2] != first[1]:
@@ -275,12 +304,17 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
             )
         images.append(pixels.reshape(*pixels.shape[:2], channels).transpose(2, 0, 1))
     labels = np.asarray([label for _, label in samples], dtype=np.int64)
-    if all(n.isdigit() for n in names) and names != sorted(names, key=int):
-        moved = [f"folder '{n}' is label {i}" for i, n in enumerate(names) if n != sorted(names, key=int)[i]][:3]
+    moved = [f"folder '{n}' is label {i}" for i, n in enumerate(names) if n.isdigit() and int(n) != i]
+    if moved and all(n.isdigit() for n in names):
+        ways = []
+        if names != sorted(names, key=int):
+            ways.append("rename the folders with zero padding (00, 01, …) so that text and numeric order agree")
+        if len({int(n) for n in names}) != len(names) or sorted(int(n) for n in names) != list(range(len(names))):
+            ways.append("add an empty folder for each missing number")
         warnings.warn(
-            f"The class folders of '{root}' are numbered, and their labels follow the names' text order (as "
-            f"torchvision's ImageFolder does): {', '.join(moved)}. If your model's class k is folder 'k', rename the "
-            "folders with zero padding (00, 01, …) so that both orders agree.",
+            f"The class folders of '{root}' are numbered, and their labels are their positions in the names' text "
+            f"order (as torchvision's ImageFolder gives them), not their numbers: {', '.join(moved[:3])}. If your "
+            f"model's class k is folder 'k', {' and '.join(ways)}.",
             UserWarning,
             stacklevel=2,
         )

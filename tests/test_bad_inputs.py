@@ -541,6 +541,54 @@ def test_numbered_class_folders_sorted_as_text_are_named(tmp_path) -> None:
     assert names == [f"{k:02d}" for k in range(11)] and labels.tolist() == list(range(11))
 
 
+def test_a_missing_class_number_is_named_and_an_empty_folder_keeps_the_numbers(tmp_path) -> None:
+    import warnings
+
+    from PIL import Image
+
+    from art_gifd.data import load_image_folder
+
+    for k in (0, 1, 3):
+        (tmp_path / str(k)).mkdir()
+        Image.fromarray(np.full((4, 4), 60 * k, dtype=np.uint8), mode="L").save(tmp_path / str(k) / "a.png")
+    with pytest.warns(UserWarning, match=r"folder '3' is label 2\. .*add an empty folder for each missing number"):
+        _, labels, _ = load_image_folder(tmp_path)
+    assert labels.tolist() == [0, 1, 2]
+    (tmp_path / "2").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, labels, names = load_image_folder(tmp_path)
+    assert names == ["0", "1", "2", "3"] and labels.tolist() == [0, 1, 3] and len(x) == 3
+
+
+def test_image_folder_applies_exif_orientation_refuses_transparency_and_names_skipped_files(tmp_path) -> None:
+    from PIL import Image
+
+    from art_gifd.data import load_image_folder
+
+    (tmp_path / "a").mkdir()
+    pixels = np.zeros((2, 4), dtype=np.uint8)
+    pixels[0, 0] = 255  # one white pixel at the top left of a 4-wide, 2-high image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: a viewer turns it 90 degrees clockwise, making it 2 wide and 4 high
+    Image.fromarray(pixels, mode="L").save(tmp_path / "a" / "x.jpg", exif=exif, quality=100)
+    x, _, _ = load_image_folder(tmp_path)
+    assert x.shape == (1, 1, 4, 2) and x[0, 0, 0, 1] > 0.5 and x[0, 0, 0, 0] < 0.5
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / "y.gif").write_bytes(b"GIF89a")
+    with pytest.warns(UserWarning, match=r"2 file\(s\) in .* are skipped.*: a/notes\.txt, a/y\.gif\. Convert them"):
+        load_image_folder(tmp_path)
+    (tmp_path / "a" / "notes.txt").unlink()
+    (tmp_path / "a" / "y.gif").unlink()
+    rgba = np.full((4, 2, 4), 255, dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a" / "opaque.png")  # an alpha channel, all opaque: fine
+    assert len(load_image_folder(tmp_path, channels=3)[0]) == 2
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a" / "z.png")
+    with pytest.raises(ValueError, match=r"z\.png' has transparent pixels: put the images on the background"):
+        load_image_folder(tmp_path, channels=3)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
 def test_image_folders_of_more_than_8_bits_are_refused(tmp_path, dtype) -> None:
     from PIL import Image
