@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from art.estimators.classification import PyTorchClassifier
 
 from art_gifd import GIFDAttack, LocalTraining, client_gradients, client_update
 from art_gifd.attacks.core import GradientMatcher, JointMatcher
@@ -118,6 +119,21 @@ def test_bad_inputs_to_reconstruct_many_are_named(heldout, default_prior) -> Non
         attack.reconstruct_many(observations, seeds=[1])
     with pytest.raises(ValueError, match=r"estimators\[1\] has parameter shapes unlike"):
         attack.reconstruct_many(observations, estimators=[clf, make_classifier(convnet(seed=0), (1, 32, 32))])
+    relu = lenet(seed=0)
+    relu[1] = torch.nn.ReLU()  # the same parameter shapes, another function of them
+    with pytest.raises(ValueError, match=r"estimators\[1\] has other layers .*\(1: ReLU\(\) where it has 1: Sigmoid"):
+        attack.reconstruct_many(observations, estimators=[clf, make_classifier(relu, (1, 32, 32))])
+    scaled = PyTorchClassifier(lenet(seed=0), torch.nn.CrossEntropyLoss(), (1, 32, 32), 10, clip_values=(0.0, 255.0))
+    with pytest.raises(ValueError, match=r"estimators\[1\] has clip_values \[0.0, 255.0\] but the attack's"):
+        attack.reconstruct_many(observations, estimators=[clf, scaled])
+    with pytest.raises(ValueError, match=r"observations must be a list .* got a dict: pass list"):
+        attack.reconstruct_many(dict(enumerate(observations)))
+    with pytest.raises(ValueError, match="seeds must be a list with one entry per observation, got a int64"):
+        attack.reconstruct_many(observations, seeds=np.int64(3))
+    with pytest.raises(ValueError, match="labels must be a list with one entry per observation, got a ndarray"):
+        attack.reconstruct_many(observations, labels=np.zeros(2, dtype=np.int64))  # one batch's labels, not two
     with pytest.raises(ValueError, match="max_together"):
         attack.reconstruct_many(observations, max_together=0)
     assert attack.reconstruct_many([]) == []
+    one = attack.reconstruct_many(iter(observations[:1]), seeds=np.arange(3, 4))  # any iterable but a mapping
+    assert len(one) == 1

@@ -8,11 +8,12 @@ import abc
 import contextlib
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import re
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +171,35 @@ def _loss_signature(loss: object) -> str:
         if hasattr(loss, name)
     }
     return f"{type(loss).__name__}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+
+
+def _as_list(name: str, values: Any) -> list[Any]:
+    """
+    One entry per observation as a list: any iterable but a mapping, whose iteration gives its keys, or an array
+    (other than a 1-d array of seeds), whose rows would be taken for observations.
+
+    :raises ValueError: For a mapping, a string, an array or a tensor, or something that cannot be iterated.
+    """
+    import torch
+
+    seeds = name == "seeds" and isinstance(values, np.ndarray) and values.ndim == 1
+    refused = (Mapping, str, bytes, torch.Tensor) + (() if seeds else (np.ndarray,))
+    if isinstance(values, refused) or not isinstance(values, Iterable):
+        raise ValueError(
+            f"{name} must be a list with one entry per observation, got a {type(values).__name__}"
+            + (": pass list(...values()) in the observations' order." if isinstance(values, Mapping) else ".")
+        )
+    return list(values)
+
+
+def _layers(model: Any) -> list[str]:
+    """
+    The model's class and every module with its settings (as the module's printout shows them: ``Conv2d(1, 12,
+    kernel_size=…, stride=2)``, ``Sigmoid()``), in order: what makes two models of equal parameter shapes compute the
+    same function of their weights (a custom ``forward`` aside).
+    """
+    modules = model.named_modules()
+    return [type(model).__qualname__] + [f"{name}: {type(m).__name__}({m.extra_repr()})" for name, m in modules]
 
 
 class GradientInversionAttack(InferenceAttack, abc.ABC):
@@ -421,10 +451,10 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
 
     def reconstruct_many(
         self,
-        observations: Sequence[GradientInput],
-        labels: Sequence[np.ndarray | None] | None = None,
-        estimators: Sequence[PyTorchClassifier] | None = None,
-        seeds: Sequence[int] | None = None,
+        observations: Iterable[GradientInput],
+        labels: Iterable[np.ndarray | None] | None = None,
+        estimators: Iterable[PyTorchClassifier] | None = None,
+        seeds: Iterable[int] | None = None,
         max_together: int | None = None,
     ) -> list[ReconstructionResult]:
         """
@@ -445,9 +475,15 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         :param max_together: At most this many observations per batched search (``None``: as many as the memory
                              estimate of a FedAvg replay allows, else all).
         :return: One result per observation, in order.
-        :raises ValueError: If the lists differ in length, a seed is not an integer in ``[0, 2**63 - 1]``, or an
-                            estimator is not a classifier of this attack's architecture.
+        :raises ValueError: If an argument is not a list (a dict, an array) or the lists differ in length, a seed is not
+                            an integer in ``[0, 2**63 - 1]``, or an estimator is not a classifier of this attack's
+                            architecture (layers, loss and clip values).
         """
+        observations = _as_list("observations", observations)
+        labels, estimators, seeds = (
+            None if v is None else _as_list(n, v)
+            for n, v in (("labels", labels), ("estimators", estimators), ("seeds", seeds))
+        )
         count = len(observations)
         for name, values in (("labels", labels), ("estimators", estimators), ("seeds", seeds)):
             if values is not None and len(values) != count:
@@ -457,32 +493,11 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         check_integer("max_together", max_together, 1, optional=True)
         if count == 0:
             return []
-        shapes = [tuple(p.shape) for p in self.estimator.model.parameters()]
         attacks = []
         for t in range(count):
             attack = copy.copy(self)  # per-observation search state (e.g. generator labels) on its own copy
             if estimators is not None:
-                if not isinstance(estimators[t], PyTorchClassifier):
-                    raise ValueError(
-                        f"estimators[{t}] is a {type(estimators[t]).__name__}, not an ART PyTorchClassifier: wrap "
-                        "the model with art_gifd.models.make_classifier(model, input_shape)."
-                    )
-                other = [tuple(p.shape) for p in estimators[t].model.parameters()]
-                if other != shapes:
-                    raise ValueError(
-                        f"estimators[{t}] has parameter shapes unlike the attack's estimator: every observation must "
-                        "come from the same architecture."
-                    )
-                try:
-                    _check_estimator(estimators[t])
-                except ValueError as err:
-                    raise ValueError(f"estimators[{t}]: {err}") from None
-                if _loss_signature(estimators[t]._loss) != _loss_signature(self.estimator._loss):
-                    raise ValueError(
-                        f"estimators[{t}] trains with another loss ({_loss_signature(estimators[t]._loss)}) than the "
-                        f"attack's estimator ({_loss_signature(self.estimator._loss)}): the joint search matches every "
-                        "observation with one loss; attack that client with its own attack."
-                    )
+                self._check_joint_estimator(t, estimators[t])
                 attack._estimator = estimators[t]
             if seeds is not None:
                 attack.seed = check_integer(f"seeds[{t}]", seeds[t], 0, MAX_SEED)
@@ -504,6 +519,54 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 for chunk in chunks:
                     self._search_together([searches[t] for t in chunk], bar)
             return [a._finish(s) for a, s in zip(attacks, searches, strict=True)]
+
+    def _check_joint_estimator(self, t: int, estimator: Any) -> None:
+        """
+        Check that ``estimator`` (the model of observation ``t``) can be searched jointly with this attack's: the same
+        architecture, loss and clip values.
+
+        :raises ValueError: Naming the first difference.
+        """
+        shapes = [tuple(p.shape) for p in self.estimator.model.parameters()]
+        if not isinstance(estimator, PyTorchClassifier):
+            raise ValueError(
+                f"estimators[{t}] is a {type(estimator).__name__}, not an ART PyTorchClassifier: wrap "
+                "the model with art_gifd.models.make_classifier(model, input_shape)."
+            )
+        other = [tuple(p.shape) for p in estimator.model.parameters()]
+        if other != shapes:
+            raise ValueError(
+                f"estimators[{t}] has parameter shapes unlike the attack's estimator: every observation must "
+                "come from the same architecture."
+            )
+        # the joint search runs every observation through one forward: equal shapes with other layers (an
+        # activation, a stride) would match each observation with the wrong model
+        mine, theirs = _layers(self.estimator.model), _layers(estimator.model)
+        if mine != theirs:
+            first = next((a, b) for a, b in itertools.zip_longest(mine, theirs, fillvalue="(none)") if a != b)
+            raise ValueError(
+                f"estimators[{t}] has other layers than the attack's estimator ({first[1]} where it has "
+                f"{first[0]}): every observation must come from the same architecture; attack that client "
+                "with its own attack."
+            )
+        try:
+            _check_estimator(estimator)
+        except ValueError as err:
+            raise ValueError(f"estimators[{t}]: {err}") from None
+        clips = [
+            None if e.clip_values is None else np.asarray(e.clip_values).tolist() for e in (self.estimator, estimator)
+        ]
+        if clips[0] != clips[1]:
+            raise ValueError(
+                f"estimators[{t}] has clip_values {clips[1]} but the attack's estimator {clips[0]}: the joint "
+                "search looks for every observation's images in one range; give every estimator the same."
+            )
+        if _loss_signature(estimator._loss) != _loss_signature(self.estimator._loss):
+            raise ValueError(
+                f"estimators[{t}] trains with another loss ({_loss_signature(estimator._loss)}) than the "
+                f"attack's estimator ({_loss_signature(self.estimator._loss)}): the joint search matches every "
+                "observation with one loss; attack that client with its own attack."
+            )
 
     def _search_together(self, searches: list[_Search], bar: tqdm) -> None:
         """
