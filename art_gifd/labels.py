@@ -38,11 +38,17 @@ A class absent from the batch has ``g_c = p̄_c``, its mean predicted probabilit
 classes estimates ``p̄`` of the present ones too (near-uniform predictions, as early in training), so a present
 class has ``n_c ≈ B (p̄ − g_c)``. The estimates are rescaled to sum to ``B`` and rounded by largest remainder with
 every present class kept at least once. This is exact for distinct labels and a heuristic for repeats.
+
+With as many images as classes or more (a binary model, or ``B ≥ nb_classes``), a present class can go unseen: the
+bias gradient sums to zero, so not every class can be negative, and ``g_c = p̄_c − n_c / B`` stays positive for a class
+whose share of the batch is below its mean predicted probability (a binary batch of one 0 and three 1s, at ``p̄_0 =
+0.4``, shows class 1 only). Inference then warns when it found fewer classes than the model has.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -253,6 +259,18 @@ def labels_from_gradient(grads: Sequence[torch.Tensor], head: tuple[int, int | N
         if margins is not None:
             present = add_span_classes(present, margins, batch_size)
     labels = labels_for_classes(signal, present, batch_size)
+    found = len(set(labels))
+    if signal.size <= batch_size and found < signal.size:
+        # the bias gradient sums to zero, so a class present with about its share p̄ of predictions can stay positive:
+        # with as many images as classes or more, the tests above can miss present classes
+        warnings.warn(
+            f"Labels inferred for a {signal.size}-class model from a batch of {batch_size}: with at least as many "
+            f"images as classes, a class in the batch can leave no trace in the gradient, and {found} of the "
+            f"{signal.size} classes were found ({sorted(set(labels))}), so the labels may be wrong. Pass the client's "
+            "labels (y=...) where they are known.",
+            UserWarning,
+            stacklevel=3,
+        )
     return torch.as_tensor(labels, dtype=torch.long, device=grads[0].device)
 
 

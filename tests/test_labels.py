@@ -44,6 +44,24 @@ def test_repeated_label_counts(heldout) -> None:
     assert inferred(clf, x[picks], y[picks]) == sorted(int(y[i]) for i in picks)
 
 
+def test_a_few_class_model_whose_batch_hides_a_class_warns(heldout) -> None:
+    import warnings
+
+    x, _ = heldout
+    clf = make_classifier(lenet(num_classes=2, seed=0), (1, 32, 32), nb_classes=2)
+    target = TargetModel(clf)
+    y = np.array([0, 1, 1, 1])
+    grads = target.as_gradient_list(client_gradients(clf, x[:4], y))
+    with pytest.warns(UserWarning, match=r"2-class model from a batch of 4: .* 1 of the 2 classes were found"):
+        found = infer_labels(grads, target.module, 2, 4).tolist()
+    assert len(set(found)) == 1  # the case warned about: a class of the batch left no trace
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one image: its class is the negative one, nothing to warn about
+        for label in (0, 1):
+            grads = target.as_gradient_list(client_gradients(clf, x[:1], np.array([label])))
+            assert infer_labels(grads, target.module, 2, 1).tolist() == [label]
+
+
 def test_head_without_bias_uses_weight_rows(heldout) -> None:
     x, y = heldout
     net = nn.Sequential(nn.Flatten(), nn.Linear(1024, 32), nn.Sigmoid(), nn.Linear(32, 10, bias=False))
