@@ -17,7 +17,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -786,6 +786,43 @@ def _flattened(defense: Defense) -> list[Defense]:
     return [part for inner in defense.defenses for part in _flattened(inner)]
 
 
+def check_accounted_steps(defense: DefenseLike | None, training: LocalTraining, n: int) -> None:
+    """
+    Check that a per-step defence with a privacy guarantee (DP-SGD) accounts for at least the local steps a client of
+    ``n`` samples takes, so that its stated epsilon covers the whole training.
+
+    :raises ValueError: Naming both step counts and the way out.
+    """
+    per_step, _ = split_defense(defense)
+    covered = getattr(per_step, "steps", None)
+    steps = training.num_steps(n)
+    if per_step is not None and per_step.privacy() is not None and covered is not None and steps > covered:
+        raise ValueError(
+            f"{type(per_step).__name__} accounts for steps={covered}, but the client's local training takes {steps} "
+            f"step(s) on its {n} samples: the stated epsilon would cover part of the training. Set the defence's "
+            f"steps to at least {steps} (local steps × rounds)."
+        )
+
+
+def check_accounted_steps_of(
+    check: Checker,
+    defenses: Iterable[tuple[KeyPath, DefenseLike | None]],
+    training: LocalTraining,
+    batch_sizes: Sequence[int],
+) -> None:
+    """
+    :func:`check_accounted_steps` on a configuration's defences (each with its key path) for every client batch size,
+    before any work: a problem is recorded on ``check`` under the defence's path, once per defence.
+    """
+    for path, defense in defenses:
+        for size in sorted(batch_sizes, reverse=True):  # the largest client takes the most steps
+            try:
+                check_accounted_steps(defense, training, size)
+            except ValueError as err:
+                check.add(path, str(err))
+                break
+
+
 #: An update this many times larger than the weights it started from (norms) comes from a diverged local training.
 DIVERGED_UPDATE = 100.0
 
@@ -816,8 +853,9 @@ def client_update(
                  train mode and, if ``training.shuffle_seed`` is ``None``, the mini-batch order (``None``: fresh
                  randomness).
     :return: One float32 array per parameter, in ``model.parameters()`` order.
-    :raises ValueError: On an invalid estimator, training, batch, labels or seed, or a defence output that does not
-                        fit the model (see :func:`checked_defence_output`).
+    :raises ValueError: On an invalid estimator, training, batch, labels or seed, a DP-SGD defence that accounts for
+                        fewer steps than the training takes, or a defence output that does not fit the model (see
+                        :func:`checked_defence_output`).
     """
 
     if not isinstance(training, LocalTraining):
@@ -827,6 +865,7 @@ def client_update(
     x_arr = _private_batch(estimator, target, x)
     labels = target.labels_to_indices(y, batch_size=x_arr.shape[0])
     training.check_data(x_arr.shape[0])
+    check_accounted_steps(defense, training, x_arr.shape[0])
     x_t = torch.as_tensor(x_arr, device=target.device)
     per_step, on_update = split_defense(defense)
     generator = make_generator(seed, target.device)

@@ -652,6 +652,26 @@ def test_bad_fedavg_keys_are_named_in_audit_and_bench_configs(tmp_path, federate
         load_config(tmp_path / "bench.toml")
 
 
+def test_dp_sgd_accounting_fewer_steps_than_the_local_training_is_named_before_any_work(tmp_path) -> None:
+    from art_gifd.bench import load_config
+    from art_gifd.configfile import ConfigError
+
+    params = "noise_multiplier = 1.0, max_grad_norm = 1.0, sample_rate = 0.5, steps = 3, delta = 1e-5"
+    dp = f'type = "dp"\nparams = {{ {params} }}'
+    path = fedavg_config(tmp_path)  # 2 epochs in mini-batches of 1 on 2 digits: 4 local steps
+    path.write_text(path.read_text().replace('type = "prune"\nparams = { ratio = 0.5 }\nadaptive = true', dp))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "accounts for steps=3, but the client's local training takes 4 step(s)" in str(err.value), err.value
+    (tmp_path / "bench.toml").write_text(
+        SAME_BENCH.format(batch=2, federated=f"[federated]\nbatch_sizes = [2]\n{FEDAVG}") + f"[[defenses]]\n{dp}\n"
+    )
+    with pytest.raises(ConfigError, match=r"defenses\[0\]\.params: DPSGD accounts for steps=3, .* at least 4"):
+        load_config(tmp_path / "bench.toml")
+    path.write_text(path.read_text().replace("steps = 3,", "steps = 4,"))
+    assert load_audit_config(path).training is not None  # the whole training accounted for: accepted
+
+
 def test_fedavg_audit_reports_the_protocol_and_matches_the_bench(tmp_path) -> None:
     from art_gifd.bench import load_config, run_benchmark
     from art_gifd.store import ResultsFile

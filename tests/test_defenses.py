@@ -123,6 +123,20 @@ def test_dp_rejects_batchnorm_with_opacus_message(batch4) -> None:
         client_gradients(clf, *batch4, defense=DPSGD(1.0, **DP))
 
 
+def test_dp_dropout_masks_follow_the_seed_and_leave_the_global_generator_alone(batch4) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(1024, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 10)
+    )
+    clf = PyTorchClassifier(net, torch.nn.CrossEntropyLoss(), (1, 32, 32), 10, clip_values=(0.0, 1.0))
+    dp = DPSGD(1e-4, **DP)  # noise too small to hide the masks: the copy runs in train mode, its dropout active
+    state = torch.get_rng_state()
+    runs = [client_gradients(clf, *batch4, defense=dp, seed=s) for s in (0, 0, 1)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert np.abs(runs[0][1] - runs[2][1]).max() > 1e-2  # other masks, not only other noise (about 1e-4 / 4)
+
+
 @pytest.mark.filterwarnings("ignore:Optimal order")
 def test_prv_is_never_asked_where_its_grid_outgrows_memory() -> None:
     # Opacus' own PRV search runs out of 4 GB here (it tries noise far below the answer); ours stays above RDP's

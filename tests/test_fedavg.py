@@ -186,6 +186,9 @@ def test_dp_sgd_acts_on_every_local_step_and_other_defences_on_the_update(lenet_
     noisy = [client_update(lenet_clf, x, y, training, defense=dp, seed=s) for s in (0, 0, 1)]
     assert all(np.array_equal(a, b) for a, b in zip(noisy[0], noisy[1], strict=True))  # seeded
     assert not np.allclose(noisy[0][0], noisy[2][0])
+    short = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.01, steps=1, delta=1e-5)
+    with pytest.raises(ValueError, match=r"accounts for steps=1, but .* takes 2 step\(s\) on its 4 samples"):
+        client_update(lenet_clf, x, y, training, defense=Compose([short, Clip(0.5)]), seed=0)
 
 
 def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -> None:

@@ -180,6 +180,7 @@ from art_gifd.defenses import Defense, describe_defense
 from art_gifd.federated import (
     LocalTraining,
     TargetModel,
+    check_accounted_steps_of,
     client_gradients,
     client_update,
     dropout_layers,
@@ -812,6 +813,9 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
                 n = min(settings["federated"]["batch_sizes"] or [1])  # BatchNorm in train mode may need 2 or more
                 train_mode = settings["model"]["train_mode"]
                 _probe_defenses(check, estimator, defenses, x_attack[:n], y_attack[:n], train_mode, training)
+                if training is not None:
+                    where = [(("defenses", d.index or 0, "params"), d.defense) for d in defenses]
+                    check_accounted_steps_of(check, where, training, settings["federated"]["batch_sizes"] or [])
         _probe_attacks(check, estimator, settings, attacks, priors, training)
     check.raise_problems()
     assert estimator is not None and x_attack is not None and y_attack is not None and utility_data is not None

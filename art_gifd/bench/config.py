@@ -227,7 +227,8 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     :raises ConfigError: Listing every problem found, each with its key and line.
     """
     from art_gifd.attacks.registry import read_attack_section
-    from art_gifd.federated import read_federated_table
+    from art_gifd.defenses.registry import cached_defense
+    from art_gifd.federated import check_accounted_steps_of, read_federated_table
     from art_gifd.models import MODELS
 
     v = Checker(document, Path(base_dir))
@@ -278,6 +279,13 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     with v.section():
         config.defenses = v.each(top.get("defenses", [{"type": "none"}]), ("defenses",), _defense(v))
     check_unique(v, config.defenses, ("defenses",), "name", "label")
+    if training is not None and not v.failed_under(("defenses",)):
+        where = [
+            (("defenses", index, "params"), cached_defense(entry["type"], point["params"]))
+            for index, entry in enumerate(config.defenses)
+            for point in entry["points"]
+        ]
+        check_accounted_steps_of(v, where, training, config.batch_sizes or [])
     restrictions = {
         "datasets": [d["name"] for d in config.datasets],
         "models": config.models,

@@ -137,8 +137,14 @@ class DPSGD(Defense):
             loss_reduction=reduction,
             generator=context.generator,
         )
-        with warnings.catch_warnings():  # Opacus' hooks warn when the inputs do not require gradients: they need not
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+        device = context.x.device
+        forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=dropout)
+        with warnings.catch_warnings(), forked:
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")  # inputs need no gradients
+            if dropout:  # the copy runs in train mode: its dropout masks come from the defence's seed too
+                drawn = torch.randint(2**62, (1,), generator=context.generator, device=context.generator.device)
+                torch.manual_seed(int(drawn))
             target.loss_fn(wrapped(target.preprocess(context.x)), context.labels).backward()
         optimizer.pre_step()
         return [p.grad.detach() for p in module.parameters()]
