@@ -203,6 +203,22 @@ class TargetModel:
         total = float(torch.sqrt(sum(g.double().pow(2).sum() for g in grads)))
         return tuple(n for n, g in zip(self.names, grads, strict=True) if float(g.double().norm()) <= 1e-6 * total)
 
+    def vanishing_as_in_train_mode(self, observed: Sequence[torch.Tensor]) -> tuple[str, ...]:
+        """
+        For an eval-mode target with BatchNorm: the parameters whose gradient vanishes in train mode only (a bias
+        feeding a BatchNorm layer, see :attr:`inert_parameters`), if every one of them is below 1e-6 of ``observed``'s
+        norm there, as a train-mode client's update leaves them; else (or in train mode, or without such parameters)
+        empty. An eval-mode gradient of those biases is the sum of their layer's output gradients, not zero.
+        """
+        if self.train_mode or not any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.module.modules()
+        ):
+            return ()
+        inert = TargetModel(self.estimator, device=self.device, train_mode=True).inert_parameters
+        total = float(torch.sqrt(sum(g.double().pow(2).sum() for g in observed)))
+        vanishing = [n for n, g in zip(self.names, observed, strict=True) if float(g.double().norm()) <= 1e-6 * total]
+        return tuple(inert) if inert and set(inert) <= set(vanishing) and total > 0 else ()
+
     def replay_plan(
         self, training: LocalTraining, n: int, max_steps: int | None = None
     ) -> list[tuple[np.ndarray, float]]:

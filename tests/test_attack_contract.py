@@ -15,6 +15,7 @@ from art_gifd.attacks import (
     InvertingGradientsAttack,
 )
 from art_gifd.attacks.generative import GenerativePriorAttack
+from art_gifd.federated import client_gradients
 from art_gifd.models import convnet_bn, make_classifier
 
 ATTACKS = [DLGAttack, IDLGAttack, InvertingGradientsAttack, GradInversionAttack, GGLAttack, GIASAttack, GIFDAttack]
@@ -90,7 +91,6 @@ def test_one_attack_object_serves_two_threads_as_it_serves_two_calls(lenet_clf, 
     """The search's state (here the class-conditional prior's generator classes) lives on a per-call copy."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from art_gifd.federated import client_gradients
     from art_gifd.priors.embedded import load_default_prior
 
     x, y = heldout
@@ -162,3 +162,19 @@ def test_gradients_read_only_big_endian_or_under_another_default_dtype(lenet_clf
             client_gradients(lenet_clf, heldout[0][:1], heldout[1][:1])
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_a_train_mode_batchnorm_update_attacked_in_eval_mode_is_named(bn_clf, heldout, caplog) -> None:
+    x, y = heldout[0][:2], heldout[1][:2]
+    attack = InvertingGradientsAttack(bn_clf, batch_size=2, max_iter=1, verbose=False)
+    for client_train_mode, warned in ((True, True), (False, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            attack.infer(client_gradients(bn_clf, x, y, train_mode=client_train_mode), y)
+        assert ("looks computed with BatchNorm in train mode" in caplog.text) is warned
+        assert not warned or "the gradient of 0.bias, 3.bias, 6.bias, which vanishes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the attack replaying train mode, as it should
+        attack.set_params(train_mode=True)
+        attack.infer(client_gradients(bn_clf, x, y, train_mode=True), y)
+    assert "looks computed" not in caplog.text

@@ -629,6 +629,14 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         if self.training is not None:
             self.training.check_data(self.batch_size)
         observed = target.as_gradient_list(x)
+        vanishing = target.vanishing_as_in_train_mode(observed)
+        if vanishing:
+            logger.warning(
+                "The update looks computed with BatchNorm in train mode (batch statistics): the gradient of %s, which "
+                "vanishes in train mode only, is zero, but this attack replays eval mode. Pass train_mode=True, "
+                "unless a defence (pruning) zeroed those entries.",
+                ", ".join(vanishing[:3]) + (", …" if len(vanishing) > 3 else ""),
+            )
         try:
             head = target.classifier_head
         except ValueError as err:
