@@ -247,7 +247,8 @@ def run_experiment(
     on_batch: Callable[[Case, str, np.ndarray, np.ndarray], None] | None = None,
 ) -> list[dict[str, Any]]:
     """
-    Run every attack on every case and return one ``runs`` record per (case, attack).
+    Run every attack on every case and return one ``runs`` record per (case, attack): :func:`aggregate_run`'s, with
+    the images' ``split`` (``None`` for images given as ``Case.data``) and ``offset``, and the experiment's ``seed``.
 
     :param experiment: The grid.
     :param prior: Generator used by the generative attacks.
@@ -304,7 +305,10 @@ def run_experiment(
                 if on_batch is not None:
                     on_batch(case, attack_name, x, matched)
                 progress.update(1)
-            runs.append(aggregate_run(case, attack_name, prior_name, per_batch, lpips_metric))
+            run = aggregate_run(case, attack_name, prior_name, per_batch, lpips_metric)
+            # which images and seed: enough to rerun the record (a split only for the embedded data sets)
+            run.update(split=case.split if case.data is None else None, offset=case.offset, seed=experiment.seed)
+            runs.append(run)
             logger.info("%s", _describe(runs[-1]))
     progress.close()
     return runs
