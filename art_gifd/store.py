@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -70,8 +71,23 @@ def file_slug(text: str, limit: int = 60) -> str:
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`)."""
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    """
+    Write JSON to ``path`` atomically (see :func:`write_bytes_atomic`). NaN and infinite numbers (e.g. the standard
+    error of a single value) are written as ``null``: Python's bare ``NaN`` is not JSON, and other readers (jq,
+    JavaScript, most JSON libraries) refuse the whole file.
+    """
+    write_bytes_atomic(path, (json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n").encode())
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth of dicts, lists and tuples, replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

@@ -1103,3 +1103,19 @@ def test_a_grid_is_counted_before_it_is_listed_and_a_huge_one_refused(monkeypatc
     assert main(["bench", "smoke", "--list", "--results", str(tmp_path / "r.jsonl")]) == 2
     error = capsys.readouterr().err
     assert f"the grid has {count:,} jobs" in error and "more than 3: split it" in error
+
+
+def test_json_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path) -> None:
+    import json
+
+    from art_gifd.store import write_json_atomic
+
+    path = tmp_path / "out.json"
+    write_json_atomic(path, {"sem": float("nan"), "rows": [{"max": float("inf"), "mean": 1.5}], "pair": (2, -np.inf)})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name}")) == {
+        "sem": None,
+        "rows": [{"max": None, "mean": 1.5}],
+        "pair": [2, None],
+    }
