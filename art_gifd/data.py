@@ -237,7 +237,9 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     return folder.samples, list(folder.classes)
 
 
-def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_image_folder(
+    root: str | Path, channels: int = 1, image_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """
     Images from a local folder with one sub-folder per class (torchvision's ``ImageFolder`` layout), e.g.
     ``root/cat/001.png``, ``root/dog/002.jpg``; hidden folders and files (names starting with ``.``) are skipped.
@@ -253,6 +255,8 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
 
     :param root: The folder holding the class sub-folders.
     :param channels: 1 (images converted to grey) or 3 (converted to RGB).
+    :param image_size: The size ``(H, W)`` every image must have (e.g. the model's input size), or ``None``: the
+                       first image's. An image of another size is refused from its header, before it is decoded.
     :return: Images ``(N, channels, H, W)`` float32 in ``[0, 1]``, labels ``(N,)`` int64 and the class names.
     :raises FileNotFoundError: If ``root`` is not a folder or holds no class folder with images.
     :raises ValueError: If ``channels`` is not 1 or 3, an image cannot be read (truncated, not an image), is not
@@ -268,11 +272,28 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
         raise FileNotFoundError(f"Image folder '{root}' does not exist or is not a folder.")
 
     samples, names = _image_files(root)
-    images, first = [], None
+    images, first = [], None if image_size is None else (None, tuple(image_size))
     for path, _ in samples:
         try:
             with Image.open(path) as image:
                 mode = image.mode
+                # the size from the file's header, either way round, is checked before decoding (reading a PNG's
+                # EXIF orientation decodes it), then the size as the orientation turns it
+                size = (image.height, image.width)
+                if size[0] != size[1] and (first is None or first[1] in (size, size[::-1])):
+                    size = size[::-1] if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else size
+                if first is not None and size != first[1]:
+                    (h0, w0), (h, w) = first[1], size
+                    raise ValueError(
+                        (
+                            f"Images in '{root}' have different sizes: '{first[0]}' is {w0}x{h0} pixels but '{path}' "
+                            f"is {w}x{h}."
+                            if first[0] is not None
+                            else f"'{path}' is {w}x{h} pixels, not the model's input size {w0}x{h0}."
+                        )
+                        + " Resize every image to the model's input size first."
+                    )
+                first = first or (path, size)
                 if not (mode.startswith("I") or mode == "F"):
                     image = ImageOps.exif_transpose(image)
                     transparent = image.has_transparency_data and image.convert("RGBA").getextrema()[3][0] < 255
@@ -293,14 +314,6 @@ def load_image_folder(root: str | Path, channels: int = 1) -> tuple[np.ndarray, 
             raise ValueError(
                 f"'{path}' has transparent pixels: put the images on the background your model was trained with "
                 "(e.g. white or black) and save them without an alpha channel."
-            )
-        if first is None:
-            first = (path, pixels.shape[:2])
-        elif pixels.shape[:2] != first[1]:
-            (h0, w0), (h, w) = first[1], pixels.shape[:2]
-            raise ValueError(
-                f"Images in '{root}' have different sizes: '{first[0]}' is {w0}x{h0} pixels but '{path}' is {w}x{h}. "
-                "Resize every image to the model's input size first."
             )
         images.append(pixels.reshape(*pixels.shape[:2], channels).transpose(2, 0, 1))
     labels = np.asarray([label for _, label in samples], dtype=np.int64)

@@ -572,8 +572,9 @@ def test_image_folder_applies_exif_orientation_refuses_transparency_and_names_sk
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: a viewer turns it 90 degrees clockwise, making it 2 wide and 4 high
     Image.fromarray(pixels, mode="L").save(tmp_path / "a" / "x.jpg", exif=exif, quality=100)
+    Image.fromarray(np.zeros((4, 2), dtype=np.uint8), mode="L").save(tmp_path / "a" / "w.png")  # upright, 2 wide
     x, _, _ = load_image_folder(tmp_path)
-    assert x.shape == (1, 1, 4, 2) and x[0, 0, 0, 1] > 0.5 and x[0, 0, 0, 0] < 0.5
+    assert x.shape == (2, 1, 4, 2) and x[1, 0, 0, 1] > 0.5 and x[1, 0, 0, 0] < 0.5  # x.jpg, after w.png
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     (tmp_path / "a" / "y.gif").write_bytes(b"GIF89a")
     with pytest.warns(UserWarning, match=r"2 file\(s\) in .* are skipped.*: a/notes\.txt, a/y\.gif\. Convert them"):
@@ -582,7 +583,7 @@ def test_image_folder_applies_exif_orientation_refuses_transparency_and_names_sk
     (tmp_path / "a" / "y.gif").unlink()
     rgba = np.full((4, 2, 4), 255, dtype=np.uint8)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a" / "opaque.png")  # an alpha channel, all opaque: fine
-    assert len(load_image_folder(tmp_path, channels=3)[0]) == 2
+    assert len(load_image_folder(tmp_path, channels=3)[0]) == 3
     rgba[0, 0, 3] = 0
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a" / "z.png")
     with pytest.raises(ValueError, match=r"z\.png' has transparent pixels: put the images on the background"):
@@ -947,3 +948,21 @@ def test_a_bench_seed_beyond_32_bits_runs(tmp_path, monkeypatch) -> None:
     config.write_text(profile.read_text().replace("seeds = [0]", f"seeds = [{2**40}]"))
     summary = run_benchmark(load_config(config), tmp_path / "r.jsonl", LocalExecutor(), progress=False)
     assert summary.errors == 0 and summary.ok == summary.total > 0
+
+
+def test_an_image_of_another_size_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch) -> None:
+    from PIL import Image, ImageFile
+
+    from art_gifd.data import load_image_folder
+
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8), mode="L").save(tmp_path / "a" / "1.png")
+    Image.fromarray(np.zeros((4000, 3000), dtype=np.uint8), mode="L").save(tmp_path / "a" / "2.png")
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or load(self))
+    with pytest.raises(ValueError, match=r"1\.png' is 4x4 pixels but '.*2\.png' is 3000x4000\. Resize every"):
+        load_image_folder(tmp_path)
+    assert (3000, 4000) not in decoded  # refused from the header
+    with pytest.raises(ValueError, match=r"1\.png' is 4x4 pixels, not the model's input size 32x32\. Resize"):
+        load_image_folder(tmp_path, image_size=(32, 32))

@@ -549,7 +549,8 @@ def _read_data(
             facts = {"source": "embedded", "name": settings["embedded"], "split": settings["split"], "classes": None}
         else:
             channels = shape[0] if shape and shape[0] in (1, 3) else 1
-            x, y, classes = load_image_folder(settings["image_folder"], channels=channels)
+            size = tuple(shape[1:]) if shape and len(shape) == 3 else None
+            x, y, classes = load_image_folder(settings["image_folder"], channels=channels, image_size=size)
             facts = {"source": "image_folder", "folder": settings["image_folder"], "classes": classes}
     except ValueError as err:
         check.add((*path, "split" if "split" in str(err).lower() else given[0]), str(err))
