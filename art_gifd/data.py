@@ -317,8 +317,9 @@ def load_image_folder(
             )
         images.append(pixels.reshape(*pixels.shape[:2], channels).transpose(2, 0, 1))
     labels = np.asarray([label for _, label in samples], dtype=np.int64)
-    moved = [f"folder '{n}' is label {i}" for i, n in enumerate(names) if n.isdigit() and int(n) != i]
-    if moved and all(n.isdigit() for n in names):
+    numbered = all(n.isascii() and n.isdigit() for n in names)  # "²" is a digit that int() refuses
+    moved = [f"folder '{n}' is label {i}" for i, n in enumerate(names) if numbered and int(n) != i]
+    if moved:
         ways = []
         if names != sorted(names, key=int):
             ways.append("rename the folders with zero padding (00, 01, …) so that text and numeric order agree")

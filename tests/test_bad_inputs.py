@@ -559,6 +559,10 @@ def test_a_missing_class_number_is_named_and_an_empty_folder_keeps_the_numbers(t
         warnings.simplefilter("error")
         x, labels, names = load_image_folder(tmp_path)
     assert names == ["0", "1", "2", "3"] and labels.tolist() == [0, 1, 3] and len(x) == 3
+    (tmp_path / "2").rename(tmp_path / "²")  # a digit to str.isdigit, not a number to int()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not all numbered: no numbering to warn about
+        assert load_image_folder(tmp_path)[2] == ["0", "1", "3", "²"]
 
 
 def test_image_folder_applies_exif_orientation_refuses_transparency_and_names_skipped_files(tmp_path) -> None:
