@@ -670,7 +670,7 @@ class LocalTraining:
 
         :raises ValueError: If a known-order training's batch size does not divide ``n``.
         """
-        if self.batch_size is not None and self.order_known and n % self.batch_size:
+        if self.batch_size is not None and self.order_known and n % self._batch(n):  # a batch above n: one full batch
             raise ValueError(
                 f"batch_size={self.batch_size} does not divide the client's {n} samples: with a known mini-batch "
                 "order the attack replays every mini-batch, so use a batch size that divides the data (or "

@@ -236,6 +236,14 @@ def test_bad_fedavg_inputs_are_refused_before_any_work(lenet_clf, digits, monkey
     uneven = LocalTraining(0.1, batch_size=3, shuffle_seed=0)
     with pytest.raises(ValueError, match="batch_size=3 does not divide the client's 4 samples"):
         client_update(lenet_clf, x, y, uneven)
+    larger = LocalTraining(0.1, steps=2, batch_size=8, shuffle_seed=0)  # one batch of all 4, as a DataLoader gives
+    full = LocalTraining(0.1, steps=2, batch_size=4, shuffle_seed=0)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(client_update(lenet_clf, x, y, larger), client_update(lenet_clf, x, y, full), strict=True)
+    )
+    replayed = InvertingGradientsAttack(lenet_clf, max_iter=1, batch_size=4, verbose=False, training=larger)
+    assert replayed.infer(client_update(lenet_clf, x, y, larger), y).shape == x.shape
     with pytest.raises(ValueError, match=r"training must be an art_gifd\.LocalTraining"):
         client_update(lenet_clf, x, y, {"learning_rate": 0.1})
     update = client_update(lenet_clf, x, y, LocalTraining(0.1, batch_size=2, shuffle=False))
