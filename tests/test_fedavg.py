@@ -301,3 +301,20 @@ def test_a_diverged_local_training_is_named(lenet_clf, digits, caplog) -> None:
     with caplog.at_level("WARNING"):
         client_update(lenet_clf, x, y, LocalTraining(0.1, steps=3))
     assert "diverged" not in caplog.text
+
+
+def test_inferred_labels_under_known_order_mini_batches_warn(lenet_clf, digits) -> None:
+    import warnings
+
+    x, y = digits
+    batched = LocalTraining(0.1, epochs=1, batch_size=2, shuffle_seed=0)
+    attack = InvertingGradientsAttack(lenet_clf, max_iter=1, batch_size=4, verbose=False, training=batched)
+    update = client_update(lenet_clf, x, y, batched)
+    with pytest.warns(UserWarning, match="Labels inferred for a FedAvg update of mini-batches of 2 in a known order"):
+        attack.infer(update)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # labels given, or one full batch: the replay is the client's
+        attack.infer(update, y)
+        full = LocalTraining(0.1, epochs=1, shuffle_seed=0)
+        attack.set_params(training=full)
+        attack.infer(client_update(lenet_clf, x, y, full))
