@@ -8,8 +8,9 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from art_gifd.validation import MAX_SEED
 
@@ -34,6 +35,26 @@ def count(low: int, high: int | None = None) -> Callable[[str], int]:
 
 #: Argument type of a seed (the range every seed of the library takes).
 SEED = count(0, MAX_SEED)
+
+
+class Distinct(argparse.Action):
+    """
+    Action of a list option (``nargs="+"``): a value given twice ends the parse with one line naming it, since a
+    repeated batch size, seed or case would run the same work twice and count it twice.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        values = list(values or [])
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise argparse.ArgumentError(self, f"{repeated!r} is given more than once: give each value once.")
+        setattr(namespace, self.dest, values)
 
 
 def real(low: float, low_open: bool = False) -> Callable[[str], float]:

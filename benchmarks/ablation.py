@@ -13,12 +13,16 @@ stage, then the best 2, then the best 1).
 batch (expressed exactly in today's per-image-mean units), no latent constraint, every restart through every stage.
 
 Runs are appended to one JSONL file per case (one line per run, flushed and fsynced) and skipped when the file
-already holds them, so an interrupted ablation resumes where it stopped. ``--report`` turns the file into
-``benchmarks/results/ablation.json`` and ``ablation.md``. Examples::
+already holds them, so an interrupted ablation resumes where it stopped, and more configurations, seeds, images or
+splits join the same file. A runs file holds the runs of one number of steps per stage and torch threads (the report's
+CPU seconds): a run with others is refused unless ``--overwrite`` adds it (the report then gives it its own tables),
+so that a trial does not land in the committed ``benchmarks/results/ablation_runs``; give it another ``--runs``.
+``--report`` turns the files into ``benchmarks/results/ablation.json``, ``ablation.md`` and
+``ablation_restarts.png``, replacing them only with ``--overwrite``. Examples::
 
     python benchmarks/ablation.py --case lenet-mnist --split tune --steps 100
     python benchmarks/ablation.py --case convnet-rgb64 --split tune --steps 50 --configs new old
-    python benchmarks/ablation.py --report
+    python benchmarks/ablation.py --report --overwrite
 """
 
 from __future__ import annotations
@@ -38,10 +42,17 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
-from art_gifd.cli import SEED, count, output_folder, run_script
+from art_gifd.cli import SEED, Distinct, count, output_folder, run_script
 from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
-from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity, read_runs
+from benchmarks.common import (
+    git_commit,
+    mean_sem,
+    other_settings,
+    psnr_by_label_multiplicity,
+    read_runs,
+    refuse_to_replace,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "ablation_runs"
@@ -487,12 +498,18 @@ def report(args: argparse.Namespace) -> None:
         "rows": rows,
         "label_multiplicity": multiplicity,
     }
-    write_json_atomic(args.out.with_suffix(".json"), record)
+    json_path, md_path, figure_path = report_paths(args.out)
+    write_json_atomic(json_path, record)
     text = markdown(rows) + multiplicity_markdown(multiplicity)
-    args.out.with_suffix(".md").write_text(text)
-    restarts_figure(rows, args.out.parent / f"{args.out.name}_restarts.png")
+    md_path.write_text(text)
+    restarts_figure(rows, figure_path)
     print(text)
-    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
+    print(f"-> {json_path}, {md_path}")
+
+
+def report_paths(out: Path) -> tuple[Path, Path, Path]:
+    """The files ``--report`` writes for ``--out``: the JSON record, the Markdown tables and the restarts figure."""
+    return out.with_suffix(".json"), out.with_suffix(".md"), out.parent / f"{out.name}_restarts.png"
 
 
 def _shown(path: Path) -> str:
@@ -508,10 +525,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES), help="the case to run (not needed with --report)")
     parser.add_argument("--split", choices=SPLITS, default="tune")
-    parser.add_argument("--configs", nargs="+", default=None, help="configuration names (default: all)")
-    parser.add_argument("--batch-sizes", nargs="+", type=count(1), default=[1, 4])
+    parser.add_argument(
+        "--configs", nargs="+", action=Distinct, default=None, help="configuration names (default: all)"
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=count(1), action=Distinct, default=[1, 4])
     parser.add_argument("--images", type=count(1), default=8, help="images per split and batch size")
-    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=SEED, action=Distinct, default=[0, 1])
     parser.add_argument("--steps", type=count(1), default=100, help="Adam steps per stage")
     parser.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
     parser.add_argument(
@@ -522,6 +541,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--report", action="store_true", help="summarise the runs file instead of running")
     parser.add_argument("--out", type=Path, default=RESULTS / "ablation", help="report path without suffix")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--report: replace an existing report; a run: add runs of other --steps or --threads to a runs file",
+    )
     args = parser.parse_args(argv)
     unknown = [c for c in args.configs or [] if c not in CONFIGS]
     if unknown:
@@ -534,6 +558,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         lo, hi = CASES[args.case].splits[args.split]
         if args.images > hi - lo:
             parser.error(f"--images {args.images}: case '{args.case}' has {hi - lo} images in its {args.split} split.")
+    if args.report:
+        refuse_to_replace(parser, report_paths(args.out), args.overwrite)
+    else:
+        # The report pools a cell's runs and averages their CPU seconds: runs of other steps or threads in the same
+        # file are another study (a trial, most often), added only when asked.
+        runs = args.runs / f"{CASES[args.case].name}.jsonl"
+        settings = {"steps_per_stage": ("--steps", args.steps), "threads": ("--threads", args.threads)}
+        differing = other_settings(read_runs(runs, _RECORD), settings)
+        if differing and not args.overwrite:
+            parser.error(
+                f"{runs} holds runs of {', '.join(differing)}: give another --runs folder, or pass --overwrite to add "
+                "these runs to it."
+            )
     return args
 
 

@@ -12,11 +12,13 @@ was recorded are rescaled by their wall-clock seconds.
 Resumable: each finished (model, mode, batch size, attack) row is a record of the results file ``--jsonl``
 (:class:`art_gifd.store.ResultsFile`) with the command, commit and load average that produced it, and skipped on
 rerun; ``--out`` gets the results document (``art-gifd/results/v1``) of every row in ``--jsonl``, all models
-together. GradInversion needs BatchNorm, so it runs on ``convnet-bn`` beside a few other attacks::
+together, and an existing one is replaced only with ``--overwrite`` (checked before any row runs). GradInversion needs
+BatchNorm, so it runs on ``convnet-bn`` beside a few other attacks; the second call rewrites the document of the first
+with the rows of both::
 
-    .venv/bin/python benchmarks/baselines.py --steps 200 --images 16
+    .venv/bin/python benchmarks/baselines.py --steps 200 --images 16 --overwrite
     .venv/bin/python benchmarks/baselines.py --steps 200 --images 16 --model convnet-bn \
-        --attacks gifd latent-only pixel idlg gi
+        --attacks gifd latent-only pixel idlg gi --overwrite
 
 The CPU is shared with other jobs: the load average (1/5/15 min) at the start and end of each row is recorded, and
 the wall-clock rows are indicative only.
@@ -34,12 +36,18 @@ from pathlib import Path
 import torch
 
 from art_gifd.attacks.registry import ATTACKS, BASELINES, Budget
-from art_gifd.cli import count, run_script
+from art_gifd.cli import Distinct, count, run_script
 from art_gifd.experiment import SCHEMA, Case, Experiment
 from art_gifd.experiment import run_experiment as run_grid
 from art_gifd.models import MODELS
 from art_gifd.priors.embedded import DEFAULT_PRIOR, load_default_prior
 from art_gifd.store import ResultsFile, environment, source_commit, write_json_atomic
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import refuse_to_replace
 
 ALL_ATTACKS = (*ATTACKS, *BASELINES)
 
@@ -61,14 +69,15 @@ def main() -> None:
     parser.add_argument("--images", type=count(1), default=16)
     parser.add_argument("--offset", type=count(0), default=100, help="first held-out image (demo and tests use others)")
     parser.add_argument("--model", default="lenet", choices=MODELS, help="FL model (GI needs convnet-bn)")
-    parser.add_argument("--attacks", nargs="+", default=list(ALL_ATTACKS), choices=ALL_ATTACKS)
-    parser.add_argument("--batch-sizes", nargs="+", type=count(1), default=[1, 4])
+    parser.add_argument("--attacks", nargs="+", action=Distinct, default=list(ALL_ATTACKS), choices=ALL_ATTACKS)
+    parser.add_argument("--batch-sizes", nargs="+", type=count(1), action=Distinct, default=[1, 4])
     parser.add_argument(
         "--threads", type=count(1), default=1, help="torch CPU threads (1 avoids thrashing beside jobs)"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jsonl", type=Path, default=Path("bench-out/baselines.jsonl"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "baselines.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     if "gifd" not in args.attacks:
         parser.error("--attacks must include gifd: it is the reference of the equal wall-clock mode")
@@ -79,12 +88,13 @@ def main() -> None:
             parser.error(f"--images ({args.images}) must be a multiple of every batch size (--batch-sizes {size}).")
     if args.offset + args.images > HELDOUT:
         parser.error(f"--offset {args.offset} + --images {args.images} is beyond the {HELDOUT} held-out digits.")
+    refuse_to_replace(parser, [args.out], args.overwrite)
     # rows of other settings in --jsonl are neither reused nor reported under this invocation's budget
     settings = {k: getattr(args, k) for k in ("steps", "restarts", "images", "offset", "device")}
     command = "python benchmarks/baselines.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if k not in ("jsonl", "out")
+        if k not in ("jsonl", "out", "overwrite")  # where the rows go, not what they are
     )
     commit = (source_commit() or {}).get("commit")
     logging.basicConfig(level=logging.WARNING)

@@ -1,9 +1,11 @@
-"""What the benchmark scripts share: the commit a result came from, their runs files, means with their standard error,
-and per-image PSNR split by whether an image's label is shared in its client batch."""
+"""What the benchmark scripts share: the commit a result came from, the refusal to replace a result file unless asked,
+their runs files and the settings they were run with, means with their standard error, and per-image PSNR split by
+whether an image's label is shared in its client batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import argparse
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,42 @@ import numpy as np
 
 from art_gifd.metrics import shared_labels
 from art_gifd.store import ResultsFile, shape_problem, source_commit
+from art_gifd.validation import check_output_folder
 
 
 def git_commit() -> str | None:
     """Commit of the art-gifd checkout (with ``-dirty`` when tracked files changed), or ``None``."""
     git = source_commit()
     return None if git is None else git["commit"][:12] + ("-dirty" if git["dirty"] else "")
+
+
+def refuse_to_replace(
+    parser: argparse.ArgumentParser, paths: Iterable[Path], overwrite: bool, elsewhere: str = "another --out"
+) -> None:
+    """
+    Stop a script before any work when one of the files it will write is already there and ``overwrite`` is false
+    (results are committed under the scripts' default paths: a trial run must not replace one without a word), or
+    cannot be written at all (a folder stands at its path, or its folder cannot be created or written into).
+
+    :param parser: The script's parser: the refusal is its one-line usage error (exit status 2).
+    :param paths: Every file the run writes, e.g. a report's ``.json`` and ``.md``.
+    :param overwrite: The script's ``--overwrite``: replace existing files.
+    :param elsewhere: The other way out, as the message names it.
+    """
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if path.is_dir():
+            parser.error(f"'{path}' is a folder, not a file the results can be written to: give {elsewhere}.")
+        try:
+            check_output_folder(path.parent)
+        except ValueError as err:
+            parser.error(str(err))
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        held = f"{existing[0]} exists" if len(existing) == 1 else f"{', '.join(existing)} exist"
+        parser.error(
+            f"{held}: pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}, or give {elsewhere}."
+        )
 
 
 def read_runs(path: Path, shape: dict[str, Any], repair: bool = False) -> list[dict[str, Any]]:
@@ -26,6 +58,23 @@ def read_runs(path: Path, shape: dict[str, Any], repair: bool = False) -> list[d
     the next append starts on a fresh line.
     """
     return ResultsFile(path).read(repair=repair, check=lambda record: shape_problem(record, shape))[1]
+
+
+def other_settings(records: Iterable[dict[str, Any]], settings: Mapping[str, tuple[str, Any]]) -> list[str]:
+    """
+    The settings in which runs records differ from this run's, each as ``"--option held (this run: asked)"``; records
+    without a field (written before it was recorded) are not compared on it.
+
+    :param records: The records of a runs file.
+    :param settings: Record field -> (the option that sets it, this run's value).
+    """
+    records = list(records)
+    differing = []
+    for field, (option, asked) in settings.items():
+        held = sorted({r[field] for r in records if r.get(field) is not None} - {asked})
+        if held:
+            differing.append(f"{option} {' '.join(map(str, held))} (this run: {asked})")
+    return differing
 
 
 def mean_sem(values: Sequence[float]) -> tuple[float, float]:

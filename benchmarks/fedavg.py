@@ -19,10 +19,13 @@ the client batch at position ``first`` of the private digits gets the seeds it g
 for the client's shuffle and the attack's starts).
 
 Runs are appended to one JSONL file per client-data size (flushed and fsynced, skipped when already present), so an
-interrupted run resumes where it stopped::
+interrupted run resumes where it stopped. A ``--runs`` folder holds the runs of one attack budget, FL model and
+number of torch threads (its report covers one): a run with other ``--steps-per-stage``, ``--restarts``, ``--rounds``
+or ``--threads`` is refused, so that a trial does not land in the committed ``benchmarks/results/fedavg_runs``; give
+it another ``--runs``. The report, the label table and the memory table are replaced only with ``--overwrite``::
 
     python benchmarks/fedavg.py --sizes 4 &  python benchmarks/fedavg.py --sizes 8     # two processes, one per core
-    python benchmarks/fedavg.py --report      # -> benchmarks/results/fedavg.json and fedavg.md
+    python benchmarks/fedavg.py --report --overwrite    # -> benchmarks/results/fedavg.json and fedavg.md
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from art_gifd import LocalTraining, client_update
 from art_gifd.attacks.registry import Budget
-from art_gifd.cli import SEED, count, output_folder, run_script
+from art_gifd.cli import SEED, Distinct, count, output_folder, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.experiment import attack_batches, batch_seed
 from art_gifd.federated import TargetModel
@@ -55,7 +58,7 @@ from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
 from art_gifd.store import ResultsFile, environment, write_bytes_atomic, write_json_atomic
-from benchmarks.common import git_commit, mean_sem, read_runs
+from benchmarks.common import git_commit, mean_sem, other_settings, read_runs, refuse_to_replace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "fedavg_runs"
@@ -423,13 +426,12 @@ def report(args: argparse.Namespace) -> None:
     label_rows = _read_optional(args.runs / "labels.json")
     memory_rows = _read_optional(args.runs / "memory.json")
     document = {**header, "rows": rows, "unknown_order": order_rows, "labels": label_rows, "memory": memory_rows}
-    out = args.out or (RESULTS / "fedavg" if args.runs.resolve() == RUNS.resolve() else args.runs / "fedavg")
-    write_json_atomic(out.with_suffix(".json"), document)
+    write_json_atomic(args.out.with_suffix(".json"), document)
     text = markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])})
     text += _order_markdown(order_rows) + _labels_markdown(label_rows) + _memory_markdown(memory_rows)
-    write_bytes_atomic(out.with_suffix(".md"), text.encode())
+    write_bytes_atomic(args.out.with_suffix(".md"), text.encode())
     print(text)
-    print(f"-> {out.with_suffix('.json')}, {out.with_suffix('.md')}")
+    print(f"-> {args.out.with_suffix('.json')}, {args.out.with_suffix('.md')}")
 
 
 def _order_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -523,10 +525,12 @@ def _memory_markdown(rows: list[dict[str, Any]] | None) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=count(1), nargs="+", default=[4, 8], help="client data sizes (default: 4 8)")
+    parser.add_argument(
+        "--sizes", type=count(1), nargs="+", action=Distinct, default=[4, 8], help="client data sizes (default: 4 8)"
+    )
     parser.add_argument("--images", type=count(1), default=16, help="private images per size (default: 16)")
-    parser.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1])
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--seeds", type=SEED, nargs="+", action=Distinct, default=[0, 1])
+    parser.add_argument("--attacks", nargs="+", action=Distinct, default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--steps-per-stage", type=count(1), default=50, help="GIFD steps per stage (default: 50)")
     parser.add_argument("--restarts", type=count(1), default=2)
     parser.add_argument("--rounds", type=count(1), default=30, help="FedAvg rounds that train the FL model first")
@@ -542,11 +546,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", action="store_true", help="summarise the runs files, run nothing")
     parser.add_argument("--memory", action="store_true", help="measure memory and time per search step, run nothing")
     parser.add_argument("--labels", action="store_true", help="measure label inference from updates, run nothing")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the report, labels.json or memory.json if it exists"
+    )
     args = parser.parse_args(argv)
     if any(s < 2 or s % 2 for s in args.sizes):
         parser.error("--sizes must be even numbers >= 2 (the mini-batch settings split the data in two)")
     if args.images < max(args.sizes):
         parser.error(f"--images must be at least the largest size ({max(args.sizes)})")
+    if args.memory or args.labels:
+        table = args.runs / ("memory.json" if args.memory else "labels.json")
+        refuse_to_replace(parser, [table], args.overwrite, "another --runs folder")
+    elif args.report:
+        args.out = args.out or (RESULTS / "fedavg" if args.runs.resolve() == RUNS.resolve() else args.runs / "fedavg")
+        refuse_to_replace(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
+    else:
+        # The report refuses a folder of several budgets or FL models, and averages the runs' CPU seconds: a run of
+        # other settings belongs in a folder of its own (runs of the same settings resume).
+        held = [r for path in sorted(args.runs.glob("size*.jsonl")) for r in runs_of(path)]
+        settings = {
+            "steps_per_stage": ("--steps-per-stage", args.steps_per_stage),
+            "restarts": ("--restarts", args.restarts),
+            "rounds": ("--rounds", args.rounds),
+            "threads": ("--threads", args.threads),
+        }
+        differing = other_settings(held, settings)
+        if differing:
+            parser.error(f"{args.runs} holds runs of {', '.join(differing)}: give this run another --runs folder.")
     return args
 
 

@@ -9,9 +9,10 @@ untrained ConvNet and the untrained sigmoid LeNet (which predicts one class for 
 held-out digits drawn at random (seeded) from ``--pool``; label accuracy is the share of the batch's label multiset
 recovered. The rules were chosen on the pool 700–899; report them on 900–999::
 
-    .venv/bin/python benchmarks/labels.py --pool 900 1000 --batches 30 --seed 3
+    .venv/bin/python benchmarks/labels.py --pool 900 1000 --batches 30 --seed 3 --overwrite
 
-Writes ``benchmarks/results/labels.json`` and ``labels.md``.
+Writes ``benchmarks/results/labels.json`` and ``labels.md`` (``--out``), replacing existing ones only with
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import refuse_to_replace
 from benchmarks.fedavg import trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,9 +87,11 @@ def main() -> None:
     parser.add_argument("--batches", type=count(2), default=30, help="client batches per row (at least 2: an s.e.m.)")
     parser.add_argument("--seed", type=SEED, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "labels", help="path of labels.json/.md without suffix")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing labels.json/.md")
     args = parser.parse_args()
     if args.pool[1] - args.pool[0] < 8:
         parser.error(f"--pool {args.pool[0]} {args.pool[1]}: give a range of at least 8 digits (a batch of 8).")
+    refuse_to_replace(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
     torch.set_num_threads(1)
     x_all, y_all = load_mnist32("heldout")
     x_pool, y_pool = x_all[args.pool[0] : args.pool[1]], y_all[args.pool[0] : args.pool[1]]
@@ -129,6 +133,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     command = (
         f"python benchmarks/labels.py --pool {args.pool[0]} {args.pool[1]} --batches {args.batches} --seed {args.seed}"
+        + (" --overwrite" if args.overwrite else "")
     )
     header = {
         "command": command,

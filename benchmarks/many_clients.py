@@ -9,7 +9,9 @@ mini-batches of 2 in a known order, lr 0.05, as the Flower example's clients. GI
 labels given) attacks ``T`` clients' updates one at a time (``reconstruct``) and all together
 (``reconstruct_many``), side by side in one process on one thread, with the same seeds::
 
-    python benchmarks/many_clients.py          # -> benchmarks/results/many_clients.json and many_clients.md
+    python benchmarks/many_clients.py --overwrite   # -> benchmarks/results/many_clients.json and many_clients.md
+
+An existing ``many_clients.json`` or ``many_clients.md`` in ``--out`` is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import GIFDAttack, LocalTraining, client_update
-from art_gifd.cli import count, output_folder, run_script
+from art_gifd.cli import Distinct, count, output_folder, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import evaluate_batch
 from art_gifd.priors import load_default_prior
 from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
-from benchmarks.common import git_commit, mean_sem
+from benchmarks.common import git_commit, mean_sem, refuse_to_replace
 from benchmarks.fedavg import trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,16 +165,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     most = (PRIVATE[1] - PRIVATE[0]) // PER_CLIENT
     parser.add_argument(
-        "--clients", type=count(1, most), nargs="+", default=[1, 2, 4, 8], help=f"client counts (1 to {most})"
+        "--clients",
+        type=count(1, most),
+        nargs="+",
+        action=Distinct,
+        default=[1, 2, 4, 8],
+        help=f"client counts (1 to {most})",
     )
-    parser.add_argument("--cases", nargs="+", default=["one round", "two rounds"], choices=["one round", "two rounds"])
+    parser.add_argument(
+        "--cases", nargs="+", action=Distinct, default=["one round", "two rounds"], choices=["one round", "two rounds"]
+    )
     parser.add_argument("--steps-per-stage", type=count(1), default=25)
     parser.add_argument("--restarts", type=count(1), default=2)
     parser.add_argument("--threads", type=count(1), default=1)
-    parser.add_argument("--out", type=output_folder, default=RESULTS)
+    parser.add_argument("--out", type=output_folder, default=RESULTS, help="folder of the JSON and Markdown results")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     args = parser.parse_args(argv)
-    if args.cases == ["two rounds"] and max(args.clients) < 2:
+    if "one round" not in args.cases and max(args.clients) < 2:  # every row would be skipped: nothing to report
         parser.error("'two rounds' needs at least 2 clients (one per round): give --clients 2 or more.")
+    refuse_to_replace(parser, [args.out / "many_clients.json", args.out / "many_clients.md"], args.overwrite)
     return args
 
 

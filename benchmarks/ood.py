@@ -23,10 +23,10 @@ generator classes) and ``true`` (the inverse permutation); the pixel attack need
 
 Resumable: every finished (pair, mapping, attack, batch size) appends one line to ``--jobs`` and a rerun with the
 same settings skips it. The summary goes to ``--out`` (``art-gifd/results/v1`` with one record per run under
-``runs``; default ``benchmarks/results/ood.json``) and ``--md``; a run over part of the grid writes none unless
-``--out`` is given::
+``runs``; default ``benchmarks/results/ood.json``) and ``--md``, replacing existing ones only with ``--overwrite``
+(checked before any job runs); a run over part of the grid writes none unless ``--out`` is given::
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ood.py --steps-per-stage 50 --restarts 2 --images 16
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ood.py --steps-per-stage 50 --restarts 2 --images 16 --overwrite
 
 On the CPU with one torch thread the whole grid (38 jobs) took 31 minutes on 2026-12-02; with ``--device cuda`` it
 takes about 4.5 minutes on one H200 when split into one process per pair and batch size (``--pairs P
@@ -51,13 +51,17 @@ import torch
 import torch.nn.functional as F
 
 from art_gifd.attacks.registry import ATTACKS, Budget
-from art_gifd.cli import SEED, count, run_script
+from art_gifd.cli import SEED, Distinct, count, run_script
 from art_gifd.data import load_dataset
 from art_gifd.experiment import SCHEMA, Case, Experiment, run_experiment
 from art_gifd.models import MODELS, build_model
 from art_gifd.priors import LayeredGenerator, load_default_prior, load_face_dcgan
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
 from art_gifd.store import NUMBER, ResultsFile, environment, shape_problem, source_commit, write_json_atomic
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import refuse_to_replace
 
 #: What the summary reads of a finished job's record (see :func:`art_gifd.store.shape_problem`).
 JOB_SHAPE = {
@@ -311,8 +315,8 @@ def main() -> None:
     )
     parser.add_argument("--restarts", type=count(1), default=2)
     parser.add_argument("--images", type=count(1), default=16, help="private images per pair (a multiple of 4)")
-    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
-    parser.add_argument("--batch-sizes", nargs="+", type=count(1), choices=(1, 4), default=[1, 4])
+    parser.add_argument("--pairs", nargs="+", action=Distinct, choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--batch-sizes", nargs="+", type=count(1), action=Distinct, choices=(1, 4), default=[1, 4])
     parser.add_argument("--model", default="convnet", choices=sorted(MODELS), help="FL model")
     parser.add_argument("--train-epochs", type=count(1), default=2, help="training of the label-permuted task's model")
     parser.add_argument("--seed", type=SEED, default=0)
@@ -326,9 +330,16 @@ def main() -> None:
         "writes no summary unless given)",
     )
     parser.add_argument("--md", type=Path, default=None, help="Markdown table (default: --out with .md)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing summary (--out, --md)")
     args = parser.parse_args()
     if args.images % 4:
         parser.error(f"--images must be a multiple of 4 (batch sizes 1 and 4), got {args.images}.")
+    jobs = job_list(args.pairs, args.batch_sizes)
+    whole = job_list(list(PAIRS), [1, 4])
+    # the summary's files, known before any job runs: none for part of the grid without --out
+    out = args.out or (RESULTS / "ood.json" if len(jobs) == len(whole) else None)
+    if out is not None:
+        refuse_to_replace(parser, [out, args.md or out.with_suffix(".md")], args.overwrite)
     logging.basicConfig(level=logging.WARNING)
     fingerprint = settings_fingerprint(args)
     results = ResultsFile(args.jobs)
@@ -336,7 +347,6 @@ def main() -> None:
         # repair: an interrupted write's torn line is cut, and a hand-damaged record is named and run again
         jobs_read = results.latest(repair=True, check=lambda record: shape_problem(record, JOB_SHAPE))
         done = {k: r for k, r in jobs_read.items() if r.get("settings") == fingerprint}
-        jobs = job_list(args.pairs, args.batch_sizes)
         todo = [job for job in jobs if "|".join(map(str, job)) not in done]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run", file=sys.stderr)
         task_weights, task_record = None, None
@@ -358,15 +368,13 @@ def main() -> None:
                 flush=True,
             )
             done[key] = {"run": run}
-    whole = job_list(list(PAIRS), [1, 4])
-    if args.out is None and len(jobs) < len(whole):
+    if out is None:
         print(
             f"{len(jobs)} of the grid's {len(whole)} jobs selected: no summary written (a run over the whole grid, "
             "which skips the finished jobs, writes it; or pass --out for this subset's)",
             file=sys.stderr,
         )
         return
-    out = args.out or RESULTS / "ood.json"
     runs = [done["|".join(map(str, job))]["run"] for job in jobs if "|".join(map(str, job)) in done]
     for name in {PAIRS[p].prior for p in args.pairs} - set(priors):
         priors[name] = load_prior(name, "cpu")

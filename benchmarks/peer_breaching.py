@@ -10,14 +10,14 @@ its TV scale changed to ours (1e-4); ours runs with its default (paper) randn st
 image is attacked once per ``--seeds`` value. Reports PSNR (``art_gifd.metrics.psnr``), seconds and the cosine
 gradient distance of each reconstruction (float64, recomputed from the clipped image), mean ± std over all trials,
 the spread of the per-seed means and the paired difference ours − breaching, and writes
-``benchmarks/results/peer_breaching.json``.
+``benchmarks/results/peer_breaching.json`` (``--out``; an existing file is replaced only with ``--overwrite``).
 
 breaching is kept out of the project venv; install it into a side folder and put that on ``PYTHONPATH``::
 
     .venv/bin/pip install --no-deps --target /tmp/breaching-pkgs breaching==0.1.2 hydra-core==1.3.8 \\
         omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML==6.0.4
     PYTHONPATH=/tmp/breaching-pkgs .venv/bin/python benchmarks/peer_breaching.py --steps 200 800 --restarts 2 \\
-        --num-images 8 --seeds 0 1
+        --num-images 8 --seeds 0 1 --overwrite
 
 (scipy, lpips, torchvision, which breaching also imports, are already in the project venv.)
 """
@@ -40,11 +40,15 @@ import numpy as np
 import torch
 
 from art_gifd import InvertingGradientsAttack, client_gradients
-from art_gifd.cli import SEED, count, real, run_script
+from art_gifd.cli import SEED, Distinct, count, real, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import psnr
 from art_gifd.models import lenet, make_classifier
 from art_gifd.store import environment, source_commit, write_json_atomic
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import refuse_to_replace
 
 INSTALL = {
     "target": "/tmp/breaching-pkgs (outside the project venv, on PYTHONPATH)",
@@ -196,15 +200,20 @@ def summarise(per_image: list[dict[str, Any]], methods: list[str], seeds: list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=count(1), nargs="+", default=[200], help="Adam steps S (one run per value)")
+    parser.add_argument(
+        "--steps", type=count(1), nargs="+", action=Distinct, default=[200], help="Adam steps S (one run per value)"
+    )
     parser.add_argument("--restarts", type=count(1), default=2)
     parser.add_argument("--num-images", type=count(1), default=8)
     parser.add_argument("--start", type=count(0), default=600, help="first held-out index")
-    parser.add_argument("--seeds", type=SEED, nargs="+", default=[0], help="trial seed of image i: 1000 * seed + i")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--seeds", type=SEED, nargs="+", action=Distinct, default=[0], help="trial seed of image i: 1000 * seed + i"
+    )
+    parser.add_argument("--methods", nargs="+", action=Distinct, default=list(METHODS), choices=METHODS)
     parser.add_argument("--tv-weight", type=real(0), default=1e-4, help="our TV weight (and breaching's matched run)")
     parser.add_argument("--learning-rate", type=real(0, low_open=True), default=0.1)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "peer_breaching.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     torch.set_num_threads(1)  # 2 shared CPU cores: avoid OpenMP thrashing with other jobs
 
@@ -216,6 +225,7 @@ def main() -> None:
         )
     if args.start + args.num_images > 1000:
         parser.error(f"--start {args.start} + --num-images {args.num_images} is beyond the 1000 held-out digits.")
+    refuse_to_replace(parser, [args.out], args.overwrite)
     load_before = os.getloadavg()
 
     x_all, y_all = load_mnist32("heldout")
@@ -268,6 +278,7 @@ def main() -> None:
             f"{' '.join(map(str, args.steps))} --restarts {args.restarts} --num-images {args.num_images} --start "
             f"{args.start} --seeds {' '.join(map(str, args.seeds))} --methods {' '.join(args.methods)} "
             f"--tv-weight {args.tv_weight} --learning-rate {args.learning_rate}"
+            + (" --overwrite" if args.overwrite else "")
         ),
         "git_commit": commit or None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

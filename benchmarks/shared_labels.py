@@ -14,10 +14,11 @@ shared label it is the only part of the head's gradient that tells the two image
 The images are the tuning split of the digit cases of ``benchmarks/cases.py`` (held-out digits 400–415); no default is
 chosen from this run::
 
-    python benchmarks/shared_labels.py              # -> benchmarks/results/shared_labels.json and .md
+    python benchmarks/shared_labels.py --overwrite  # -> benchmarks/results/shared_labels.json and .md
 
 Each finished run is appended to ``--runs`` (a JSONL file) as it ends, and a rerun skips the runs it holds, so an
-interrupted run loses nothing.
+interrupted run loses nothing; the runs are keyed by their case, method, pair, seed and steps, and the report holds
+only those of this command. An existing report is replaced only with ``--overwrite`` (checked before any run).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import GIFDAttack
-from art_gifd.cli import SEED, count, output_file, run_script
+from art_gifd.cli import SEED, Distinct, count, output_file, run_script
 from art_gifd.metrics import evaluate_batch, psnr
 from art_gifd.store import ResultsFile, environment, source_commit, write_bytes_atomic, write_json_atomic
 from benchmarks.cases import CASES
-from benchmarks.common import mean_sem, read_runs
+from benchmarks.common import mean_sem, read_runs, refuse_to_replace
 from benchmarks.speed import Case, Protocol, reference_gifd
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -234,8 +235,10 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=list(CASES_RUN), choices=CASES_RUN, help="digit cases to run")
-    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1, 2, 3])
+    parser.add_argument(
+        "--cases", nargs="+", action=Distinct, default=list(CASES_RUN), choices=CASES_RUN, help="digit cases to run"
+    )
+    parser.add_argument("--seeds", nargs="+", type=SEED, action=Distinct, default=[0, 1, 2, 3])
     parser.add_argument("--steps", type=count(1), default=100, help="Adam steps per stage")
     parser.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=OUT, help="report path without suffix")
@@ -246,10 +249,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="JSONL file of finished runs, appended one at a time and resumed (default: "
         "bench-out/shared_labels.runs.jsonl, or next to a given --out)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report (.json and .md)")
     args = parser.parse_args(argv)
     args.runs = args.runs or (
         Path("bench-out/shared_labels.runs.jsonl") if args.out == OUT else args.out.with_suffix(".runs.jsonl")
     )
+    refuse_to_replace(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
     return args
 
 

@@ -21,6 +21,9 @@ steps, CPU seconds each needs to reach the reference's PSNR.
 
 ``--mode profile``: milliseconds per part of one search step (see :func:`profile_mode`).
 
+Every mode writes one file (``--out``, by default in ``benchmarks/results``, named after the mode and its settings)
+and replaces an existing one only with ``--overwrite``.
+
 The 1-minute load average is recorded in the equal mode: on a shared machine, read the numbers with it. Examples::
 
     .venv/bin/python benchmarks/speed.py --device cpu --model lenet --steps-per-stage 50 --repeats 3
@@ -53,7 +56,7 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.attacks.core import GradientMatcher, project_l1_ball, total_variation, warmup_cosine
-from art_gifd.cli import SEED, count, real, run_script
+from art_gifd.cli import SEED, Distinct, count, real, run_script
 from art_gifd.federated import TargetModel
 from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
@@ -63,7 +66,7 @@ from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity
+from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity, refuse_to_replace
 
 PRIORS = ("auto", "mnist32", "faces", "random")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -717,7 +720,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--case", default="lenet-mnist", help="quality mode: a case of benchmarks/cases.py")
     parser.add_argument("--images", type=count(1), default=8, help="quality mode: images of the evaluation split")
-    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1], help="quality mode: seeds per batch")
+    parser.add_argument(
+        "--seeds", nargs="+", type=SEED, action=Distinct, default=[0, 1], help="quality mode: seeds per batch"
+    )
     parser.add_argument(
         "--feature-restarts",
         default="default",
@@ -747,6 +752,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="default: benchmarks/results/speed_<device>_<model>_<size>[_<N>threads].json",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.mode == "quality":
@@ -773,15 +779,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         suffix = "" if args.feature_restarts == "default" else f"_{args.feature_restarts}"
         args.out = RESULTS / f"quality_{kind}_{args.case}_b{args.batch_size}{suffix}.json"
-        if args.out.is_file():  # the default name does not carry the protocol: never replace another one's record
-            held = json.loads(args.out.read_text())
-            asked = {"images": args.images, "seeds": args.seeds, "steps_per_stage": args.steps_per_stage}
-            found = {"images": held["case"]["images"], **{k: held["protocol"][k] for k in ("seeds", "steps_per_stage")}}
-            if found != asked:
-                parser.error(
-                    f"{args.out} holds a record of {found}, not {asked}: pass --out to write this one elsewhere "
-                    "(or delete that record)."
-                )
     if args.out is None and args.mode == "quality-report":
         args.out = RESULTS / "quality.md"
     if args.out is None and args.mode == "profile":
@@ -791,6 +788,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = "cuda" if args.device.startswith("cuda") else "cpu"
         threads = f"_{args.threads}threads" if args.threads is not None else ""
         args.out = RESULTS / f"speed_{kind}_{args.model}_{args.image_size}{threads}.json"
+    refuse_to_replace(parser, [args.out], args.overwrite)
     return args
 
 

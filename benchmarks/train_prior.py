@@ -4,7 +4,7 @@ Train the embedded priors: 32×32 grey DCGANs on the 4,000 ``train`` images of a
 Reproducible (seeded, deterministic CPU kernels) and offline. Writes the weights and a JSON record (data, seed,
 epochs, losses, sha256, wall time) next to each other in ``--out`` (default ``bench-out/priors``); to ship them, copy
 both into ``art_gifd/priors/weights/`` and the printed sha256 into ``art_gifd/priors/embedded.py``. An existing
-weights file is replaced only with ``--overwrite``::
+weights file or record is replaced only with ``--overwrite``::
 
     # the default prior (MNIST, unconditional), about 15 minutes on 2 CPU cores
     .venv/bin/python benchmarks/train_prior.py --dataset mnist32
@@ -31,6 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 import torch
 from torch import nn
@@ -41,6 +44,7 @@ from art_gifd.data import load_dataset
 from art_gifd.priors.checkpoints import sha256_of
 from art_gifd.priors.dcgan import DCGANGenerator
 from art_gifd.validation import check_device
+from benchmarks.common import refuse_to_replace
 
 #: What each trainable data set is, for the generator's ``training_domain`` and the JSON record.
 DOMAINS = {
@@ -111,10 +115,16 @@ def train(
     :param conditional: Train a class-conditional generator on the data set's labels.
     :param device: Torch device; random draws are made on the CPU either way.
     :return: The generator (eval mode, on the CPU) and per-epoch mean losses.
+    :raises ValueError: If ``batch_size`` exceeds the training images (no optimiser step would run).
     """
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     x, y = load_dataset(dataset, "train")
+    if batch_size > len(x):  # full batches only: not one step, and an untrained prior saved as if trained
+        raise ValueError(
+            f"--batch-size {batch_size} exceeds the {len(x)} training images of {dataset}: no optimiser step would "
+            f"run; give a batch size of at most {len(x)}."
+        )
     data, labels = (torch.from_numpy(x) * 2.0 - 1.0).to(device), torch.from_numpy(y).to(device)  # tanh range
     num_classes = int(labels.max()) + 1 if conditional else None
     gen = DCGANGenerator(
@@ -167,7 +177,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DOMAINS), default="mnist32")
     parser.add_argument("--conditional", action="store_true", help="class-conditional generator and discriminator")
     parser.add_argument("--out", type=output_folder, default=Path("bench-out/priors"), help="folder of the weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file of that name")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing weights file and record")
     parser.add_argument("--name", default=None, help="file stem (default: <dataset>_dcgan or <dataset>_cdcgan)")
     parser.add_argument("--epochs", type=count(1), default=25)
     parser.add_argument("--batch-size", type=count(1), default=64)
@@ -179,8 +189,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
     name = args.name or f"{args.dataset}_{'c' if args.conditional else ''}dcgan"
-    if (args.out / f"{name}.pt").exists() and not args.overwrite:
-        parser.error(f"{args.out / f'{name}.pt'} exists: pass --overwrite to replace it, or another --out or --name.")
+    refuse_to_replace(
+        parser, [args.out / f"{name}.pt", args.out / f"{name}.json"], args.overwrite, "another --out or --name"
+    )
     try:
         check_device(args.device)
     except ValueError as err:

@@ -51,7 +51,7 @@ def test_bad_arguments_are_named(speed, flag: str, value: str, message: str, cap
 def test_each_mode_writes_its_own_default_file(speed) -> None:
     """The quality report, a Markdown summary, must never land on a committed speed record's JSON."""
     results = ROOT / "benchmarks" / "results"
-    assert speed.parse_args(["--mode", "quality-report"]).out == results / "quality.md"
-    assert speed.parse_args(["--model", "lenet"]).out == results / "speed_cpu_lenet_32.json"
-    profile = speed.parse_args(["--mode", "profile", "--model", "convnet", "--batch-size", "1"]).out
+    assert speed.parse_args(["--mode", "quality-report", "--overwrite"]).out == results / "quality.md"
+    assert speed.parse_args(["--model", "lenet", "--overwrite"]).out == results / "speed_cpu_lenet_32.json"
+    profile = speed.parse_args(["--mode", "profile", "--model", "convnet", "--batch-size", "1", "--overwrite"]).out
     assert profile == results / "profile_cpu_convnet_32_b1.json"
