@@ -630,11 +630,6 @@ def test_the_same_setting_and_seed_give_the_same_numbers_through_audit_and_bench
         ('algorithm = "fedavg"\nepochs = 2', "federated.learning_rate", "missing"),
         ('algorithm = "fedavg"\nlearning_rate = 0.1\noptimizer = "adamw"', "federated.optimizer", "must be one of"),
         ('algorithm = "fedavg"\nlearning_rate = -1.0', "federated.learning_rate", "must lie in"),
-        (
-            'algorithm = "fedavg"\nlearning_rate = 0.1\nlocal_batch_size = 3\nshuffle_seed = 0',
-            "federated.local_batch_size",
-            "does not divide",
-        ),
         ('algorithm = "fedavg"\nlearning_rate = 0.1\nepochs = 1\nsteps = 2', "federated", "epochs or steps"),
     ],
 )
@@ -650,6 +645,27 @@ def test_bad_fedavg_keys_are_named_in_audit_and_bench_configs(tmp_path, federate
     )
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(tmp_path / "bench.toml")
+
+
+def test_a_known_order_batch_size_that_does_not_divide_the_clients_samples_is_named(tmp_path) -> None:
+    from art_gifd.bench import load_config
+    from art_gifd.configfile import ConfigError
+
+    federated = 'algorithm = "fedavg"\nlearning_rate = 0.1\nlocal_batch_size = 3\nshuffle_seed = 0'
+    path = fedavg_config(tmp_path, federated)
+    text = path.read_text().replace("images_per_setting = 2", "images_per_setting = 4")
+    path.write_text(text.replace("batch_sizes = [2]", "batch_sizes = [4]"))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "batch_size=3 does not divide the client's 4 samples" in problems(err)["federated.local_batch_size"]
+    (tmp_path / "bench.toml").write_text(
+        SAME_BENCH.format(batch=4, federated=f"[federated]\nbatch_sizes = [4]\n{federated}")
+    )
+    with pytest.raises(ConfigError, match="batch_size=3 does not divide the client's 4 samples"):
+        load_config(tmp_path / "bench.toml")
+    path.write_text(path.read_text().replace("batch_sizes = [4]", "batch_sizes = [2]"))  # a batch above 2: one
+    path.write_text(path.read_text().replace("images_per_setting = 4", "images_per_setting = 2"))
+    assert load_audit_config(path).training is not None
 
 
 def test_dp_sgd_accounting_fewer_steps_than_the_local_training_is_named_before_any_work(tmp_path) -> None:
