@@ -81,8 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     if "gifd" not in args.attacks:
         parser.error("--attacks must include gifd: it is the reference of the equal wall-clock mode")
-    if args.steps < 4:
-        parser.error(f"--steps must be at least 4 (GIFD splits them over 4 stages), got {args.steps}.")
+    if args.steps < 4 or args.steps % 4:  # GIFD would run fewer steps than the row records
+        parser.error(f"--steps must be a multiple of 4 (GIFD splits them over 4 stages), got {args.steps}.")
     for size in args.batch_sizes:
         if args.images % size:
             parser.error(f"--images ({args.images}) must be a multiple of every batch size (--batch-sizes {size}).")

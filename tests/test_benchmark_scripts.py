@@ -51,6 +51,7 @@ def tree(folder: Path) -> dict[str, bytes]:
         ("ood", ["--stages", "9"], "--stages: expected an integer in [1, 4], got 9"),
         ("ood", ["--model", "bogus"], "invalid choice: 'bogus'"),
         ("baselines", ["--images", "2", "--batch-sizes", "4"], "--images (2) must be a multiple of every batch size"),
+        ("baselines", ["--steps", "201"], "--steps must be a multiple of 4 (GIFD splits them over 4 stages), got 201"),
         ("shared_labels", ["--seeds", "0", "-1"], "--seeds: expected an integer in [0, "),
         ("speed", ["--stages", "0"], "--stages: expected an integer >= 1, got 0"),
         ("speed", ["--learning-rate", "nan"], "--learning-rate: expected a finite number > 0, got nan"),
