@@ -266,25 +266,25 @@ def test_yaml_config_errors_carry_lines(tmp_path) -> None:
 def tiny_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
     path = write_config(folder)
-    # a label with Markdown table syntax, raw HTML and a line break: the reports must show it, not obey it
+    # a label with Markdown table syntax, raw HTML, a line break and a "$": the reports must show it, not obey it
     path.write_text(path.read_text().replace("adaptive = true", f'adaptive = true\nlabel = "{HOSTILE_LABEL}"', 1))
     return run_audit(path, verbose=False), folder
 
 
-#: A defence label written as TOML string content (``\n``: a line break).
-HOSTILE_LABEL = "prune | <b>half</b>\\n## rows"
+#: A defence label written as TOML string content (``\n``: a line break; ``$x_$``: broken math markup to matplotlib).
+HOSTILE_LABEL = "prune | <b>half</b> $x_$\\n## rows"
 
 
 def test_tiny_audit_report_files_agree(tiny_report) -> None:
     report, _ = tiny_report
     document = json.loads(report.json.read_text())
     assert document["schema"] == SCHEMA
-    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune | <b>half</b>\n## rows"]
+    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune | <b>half</b> $x_$\n## rows"]
     html, summary = report.html.read_text(), report.summary.read_text()
     assert "<b>" not in html and "<b>" not in summary and "\n## rows" not in summary
     header = next(line for line in summary.splitlines() if line.startswith("| batch |"))
     columns = header.count("|")
-    assert "| prune \\| &lt;b&gt;half&lt;/b&gt; ## rows |" in summary
+    assert "| prune \\| &lt;b&gt;half&lt;/b&gt; $x_$ ## rows |" in summary
     rows = re.findall(r'<tr data-setting="([^"]+)">(.*?)</tr>', html, flags=re.S)
     assert [row_id for row_id, _ in rows] == [s["id"] for s in document["settings"]]
     md_rows = [line for line in summary.splitlines() if line.startswith("| 1 |")]

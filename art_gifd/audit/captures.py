@@ -90,7 +90,7 @@ from art_gifd.integrations.captures import (
 from art_gifd.metrics import evaluate_batch
 from art_gifd.models import import_callable
 from art_gifd.report.audit import chance_share, highest_risk, risk_rating
-from art_gifd.report.figures import reconstruction_grid
+from art_gifd.report.figures import plain_text, pyplot, reconstruction_grid
 from art_gifd.store import (
     NULL,
     NUMBER,
@@ -640,12 +640,11 @@ def _summary_rows(records: list[dict[str, Any]], scored: bool) -> list[dict[str,
     return rows
 
 
+@plain_text
 def _figure(rows: list[dict[str, Any]], scored: bool, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
+
+    plt = pyplot()
 
     metric, label = ("psnr", "PSNR (dB), mean over clients") if scored else ("update_explained", "update explained")
     fig, ax = plt.subplots(figsize=(6, 3.6))

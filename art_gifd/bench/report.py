@@ -28,6 +28,7 @@ from art_gifd.bench.grid import defense_label, expand_grid
 from art_gifd.bench.runner import read_results
 from art_gifd.federated import LocalTraining, describe_training
 from art_gifd.metrics import split_by_shared_label
+from art_gifd.report.figures import plain_text, pyplot
 from art_gifd.report.html import markdown_text
 from art_gifd.store import ResultsFile, file_slug, write_json_atomic
 
@@ -406,15 +407,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _series_name(row: dict[str, Any]) -> str:
     return row["attack"] + (" (adaptive)" if row["adaptive"] else "")
 
@@ -431,12 +423,13 @@ def _log_scale(values: list[float]) -> bool:
     return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) >= 20
 
 
+@plain_text
 def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[Path]:
     """
     One figure per defence with a strength grid: PSNR, SSIM and LPIPS (panels) vs strength, one line per attack, the
     undefended value as a dotted line of the same colour.
     """
-    plt = _pyplot()
+    plt = pyplot()
     baseline = {r["attack"]: r for r in rows if r["defense_type"] == "none"}
     metrics = [m for m in METRICS if any(r[m] is not None for r in rows)]
     written = []
@@ -476,12 +469,13 @@ def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[
     return written
 
 
+@plain_text
 def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[Path]:
     """
     Privacy–utility: PSNR vs the utility's test accuracy (every defence setting, one marker series per attack), and
     PSNR and accuracy vs epsilon for DP-SGD settings.
     """
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     with_utility = [r for r in rows if r["accuracy"] is not None]
     if with_utility:

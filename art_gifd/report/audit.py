@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from art_gifd.report.figures import plain_text, pyplot
 from art_gifd.report.html import png_data_uri, template_environment
 from art_gifd.store import write_bytes_atomic, write_json_atomic
 
@@ -136,6 +137,7 @@ def render_audit_summary(document: dict[str, Any]) -> str:
     return _render("audit_summary.md", document, {})
 
 
+@plain_text
 def privacy_utility_figure(document: dict[str, Any], path: str | Path) -> Path:
     """
     Plot attack success (mean SSIM) against the utility of each defence, one line per attack and batch size.
@@ -147,11 +149,7 @@ def privacy_utility_figure(document: dict[str, Any], path: str | Path) -> Path:
     :param path: Output PNG.
     :return: The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rounds = document["config"]["utility"]["rounds"]
     key = "accuracy" if rounds > 0 else "gradient_cosine"
     utility = _utility_by_defense(document)

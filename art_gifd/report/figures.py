@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
+_Figure = TypeVar("_Figure", bound=Callable[..., Any])
 
+
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the file-only Agg backend (imported when a figure is drawn: it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plain_text(function: _Figure) -> _Figure:
+    """
+    Draw a figure function's text as given: matplotlib reads ``$…$`` as math markup, so a user's label holding a
+    ``$`` would be drawn as a formula, or stop the figure (and the report after it) with a parse error.
+    """
+
+    @functools.wraps(function)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return function(*args, **kwargs)
+
+    return drawn  # type: ignore[return-value]
+
+
+@plain_text
 def reconstruction_grid(
     rows: list[tuple[str, np.ndarray | None, dict[str, np.ndarray]]],
     attacks: list[str],
@@ -24,11 +56,7 @@ def reconstruction_grid(
     :return: The path written.
     """
     low, high = data_range
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = ["original", *attacks]
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.3 * len(columns) + 1.6, 1.3 * len(rows)), squeeze=False
