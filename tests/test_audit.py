@@ -1052,11 +1052,24 @@ def test_the_resume_key_follows_the_model_as_built() -> None:
         (0.8, 0.8, "low"),  # what a batch of 512 decoys reaches by chance is no leak
         (0.85, 0.8, "medium"),
         (0.9, 0.8, "high"),  # half of what chance leaves
-        (1.0, 1.0, "low"),
+        (1.0, 1.0, "undetermined"),  # every decoy passes: the threshold tells nothing, it does not say low
+        (0.0, 1.0, "undetermined"),
     ],
 )
 def test_the_risk_is_rated_on_the_share_beyond_chance(share, chance, rating) -> None:
     assert risk_rating(share, 0.5, 0.0, chance) == rating
+
+
+def test_an_undetermined_setting_keeps_the_audit_from_reading_low_and_the_threshold_must_be_positive(tmp_path) -> None:
+    from art_gifd.report.audit import highest_risk
+
+    assert highest_risk(["low", "undetermined", "low"]) == "undetermined"
+    assert highest_risk(["undetermined", "medium"]) == "medium" and highest_risk(["low"]) == "low"
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + "\n[report]\nrecognisable_ssim = 0.0\n")
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "(0, 1]" in problems(err)["report.recognisable_ssim"]
 
 
 def test_decoys_are_the_priors_draws_in_the_clip_range_and_leave_the_prior_alone(lenet_clf, heldout) -> None:

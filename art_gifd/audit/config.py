@@ -92,7 +92,7 @@ directory).
     test_fraction = 0.2                       # share of the data set held out to measure accuracy
 
     [report]
-    recognisable_ssim = 0.5                   # a reconstruction with SSIM >= this counts as recognisable
+    recognisable_ssim = 0.5                   # a reconstruction with SSIM >= this counts as recognisable (> 0)
     high_share = 0.5                          # risk "high": recognisable share beyond chance >= high_share
     medium_share = 0.0                        # risk "medium": beyond chance > medium_share (default: any); else "low"
 
@@ -764,7 +764,7 @@ def read_report(check: Checker, raw: Any) -> dict[str, Any]:
     """The ``[report]`` table: the recognisable-SSIM threshold and the risk rating's shares."""
     report = check.table(raw, ("report",), _REPORT)
     settings = {
-        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", number(-1, 1), 0.5),
+        "recognisable_ssim": check.get(report, ("report",), "recognisable_ssim", number(0, 1, low_open=True), 0.5),
         "high_share": check.get(report, ("report",), "high_share", number(0, 1, low_open=True), 0.5),
         "medium_share": check.get(report, ("report",), "medium_share", number(0, 1, high_open=True), 0.0),
     }

@@ -26,7 +26,12 @@ noise, which no threshold above an all-black image passes: their ``c`` is 0 (not
 - ``high``: ``k >= high_share`` (default 0.5: at least half of the clients' images were recovered recognisably);
 - ``medium``: ``medium_share < k < high_share`` (default ``medium_share`` 0: more were recovered than chance gives);
 - ``low``: otherwise (no image recognisable beyond chance by these attacks at this budget, which is not a proof of
-  privacy).
+  privacy);
+- ``undetermined``: ``c = 1``: every decoy passes the threshold, which then cannot tell a reconstruction from a random
+  draw of the prior (a threshold too low for the data, or very large batches): raise ``recognisable_ssim``.
+
+The highest risk over several settings is ``high`` or ``medium`` where a setting is; otherwise ``undetermined`` where
+a setting is (the others' ``low`` does not make the audit's answer low), else ``low``.
 
 Numbers are shown with fixed precision everywhere (:data:`PRECISION`): PSNR 2 decimals, SSIM and LPIPS 3, label
 accuracy and shares 2.
@@ -64,8 +69,8 @@ PRECISION = {
 }
 
 
-#: The ratings, lowest first.
-RISK_ORDER = ("low", "medium", "high")
+#: The ratings, in the order the highest over several settings takes them (see the module documentation).
+RISK_ORDER = ("low", "undetermined", "medium", "high")
 
 
 def chance_share(chance_ssim: list[float] | None, threshold: float) -> float | None:
@@ -87,8 +92,10 @@ def risk_rating(share: float, high_share: float = 0.5, medium_share: float = 0.0
     :param high_share: ``high`` from this share beyond chance on.
     :param medium_share: ``medium`` above this share beyond chance.
     :param chance: Recognisable share of the attack's decoys (``None``: 0, an attack that starts from noise).
-    :return: ``"high"``, ``"medium"`` or ``"low"``.
+    :return: ``"high"``, ``"medium"``, ``"low"``, or ``"undetermined"`` where every decoy is recognisable.
     """
+    if chance is not None and chance >= 1.0:
+        return "undetermined"
     beyond = above_chance(share, chance)
     if beyond >= high_share:
         return "high"
