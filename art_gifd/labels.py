@@ -155,6 +155,20 @@ def classes_evidenced(
     return [int(c) for c in torch.nonzero(bias < -EVIDENCE_FRACTION * bias.abs().max()).flatten()]
 
 
+def check_evidenced_count(evidenced: Sequence[int] | None, batch_size: int) -> None:
+    """
+    Refuse a batch size below the number of classes a gradient shows present (:func:`classes_evidenced`).
+
+    :raises ValueError: Naming both numbers and the way out.
+    """
+    if evidenced is not None and len(evidenced) > batch_size:
+        raise ValueError(
+            f"The gradient shows {len(evidenced)} distinct labels (negative bias gradients of the classifier head), "
+            f"so it comes from at least {len(evidenced)} images, but batch_size={batch_size}: set batch_size to the "
+            "client's batch size."
+        )
+
+
 def check_inferable(loss: object) -> None:
     """
     Refuse label inference for a client loss whose gradient signs do not mark the classes present.
@@ -210,14 +224,16 @@ def infer_labels(
     :param nb_classes: Number of classes.
     :param batch_size: Client batch size ``B``.
     :return: ``B`` class indices, sorted, on the gradients' device (the CPU for arrays).
-    :raises ValueError: For a gradient that does not fit the model (count, shapes, NaN, all zero) or looks negated
-                        (:func:`check_update_sign`), a classifier whose loss uses label smoothing
-                        (:func:`check_inferable`), a model that is not a module, has no classifier head of
-                        ``nb_classes`` outputs or (a bare module) several candidates, or a count below 1.
+    :raises ValueError: For a gradient that does not fit the model (count, shapes, NaN, all zero), looks negated
+                        (:func:`check_update_sign`) or shows more classes than ``batch_size``, a classifier whose
+                        loss uses label smoothing (:func:`check_inferable`), a model that is not a module, has no
+                        classifier head of ``nb_classes`` outputs or (a bare module) several candidates, or a count
+                        below 1.
     """
-    example = None
+    example, loss = None, nn.CrossEntropyLoss()  # a bare module's loss is not known: plain cross-entropy assumed
     if not isinstance(module, nn.Module):  # an ART classifier: a forward pass on a copy finds its head
-        check_inferable(getattr(module, "_loss", None))
+        loss = getattr(module, "_loss", None)
+        check_inferable(loss)
         model, shape = getattr(module, "model", None), getattr(module, "input_shape", None)
         if isinstance(model, nn.Module) and shape is not None:
             module = copy.deepcopy(model).eval()
@@ -235,6 +251,7 @@ def infer_labels(
     tensors = [torch.as_tensor(a, device=device) for a in arrays]
     head = find_classifier_head(module, nb_classes, example)
     check_update_sign(tensors, head, batch_size)
+    check_evidenced_count(classes_evidenced(tensors, head, loss), batch_size)
     return labels_from_gradient(tensors, head, batch_size)
 
 

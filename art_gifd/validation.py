@@ -71,10 +71,16 @@ MAX_SEED = 2**63 - 1
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """``value`` as a numpy array; a torch tensor is detached and moved to the CPU first (it may require grad)."""
+    """
+    ``value`` as a numpy array; a torch tensor is detached and moved to the CPU first (it may require grad), and a
+    bfloat16 one, which numpy has no type for, is widened to float32 (exactly).
+    """
     import torch
 
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if not isinstance(value, torch.Tensor):
+        return np.asarray(value)
+    value = value.detach().cpu()
+    return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
 
 
 def check_integer(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> int | None:

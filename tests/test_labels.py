@@ -230,3 +230,15 @@ def test_noise_too_small_to_break_the_sum_does_not_invent_classes(heldout) -> No
     four = [int(np.flatnonzero(y == c)[0]) for c in (0, 3, 5, 9)]  # while a batch of 4 still shows its 4 classes
     grads = [torch.as_tensor(g) for g in client_gradients(clf, x[four], y[four])]
     assert classes_evidenced(grads, head, nn.CrossEntropyLoss()) == [0, 3, 5, 9]
+
+
+def test_infer_labels_refuses_a_batch_size_below_the_classes_the_gradient_shows(heldout) -> None:
+    x, y = heldout
+    clf = make_classifier(lenet(seed=2), (1, 32, 32))
+    picks = [int(np.flatnonzero(y == c)[0]) for c in (0, 3, 5, 9)]
+    grads = client_gradients(clf, x[picks], y[picks])
+    for module in (clf, TargetModel(clf).module):  # an ART classifier, and a bare module (cross-entropy assumed)
+        with pytest.raises(ValueError, match=r"shows 4 distinct labels .* but batch_size=1: set batch_size"):
+            infer_labels(grads, module, 10, 1)
+    bf16 = [torch.as_tensor(g).bfloat16() for g in grads]  # numpy has no bfloat16: widened to float32
+    assert infer_labels(bf16, clf, 10, 4).tolist() == [0, 3, 5, 9]

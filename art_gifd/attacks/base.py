@@ -51,7 +51,13 @@ from art_gifd.federated import (
     dropout_layers,
     simulation_memory,
 )
-from art_gifd.labels import check_inferable, check_update_sign, classes_evidenced, labels_from_gradient
+from art_gifd.labels import (
+    check_evidenced_count,
+    check_inferable,
+    check_update_sign,
+    classes_evidenced,
+    labels_from_gradient,
+)
 from art_gifd.validation import (
     MAX_RATE,
     MAX_SEED,
@@ -646,12 +652,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         if head is not None and not smoothed:  # label smoothing moves the signs this test reads
             check_update_sign(observed, head, self.batch_size)
         evidenced = classes_evidenced(observed, head, target.loss_fn)
-        if evidenced is not None and len(evidenced) > self.batch_size:
-            raise ValueError(
-                f"The gradient shows {len(evidenced)} distinct labels (negative bias gradients of the classifier "
-                f"head), so it comes from at least {len(evidenced)} images, but batch_size={self.batch_size}: set "
-                "batch_size to the client's batch size."
-            )
+        check_evidenced_count(evidenced, self.batch_size)
         if y is not None:
             labels = target.labels_to_indices(y, batch_size=self.batch_size)
             unlabelled = sorted(set(evidenced or ()) - set(labels.tolist()))
