@@ -24,6 +24,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
-from art_gifd.validation import to_numpy
+from art_gifd.validation import check_device, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -328,6 +329,32 @@ def fetch_backbone_weights(net: str, destination: Path, url: str | None = None) 
         raise RuntimeError(f"could not download {source}: {exc}") from exc
 
 
+def _warn_if_not_torchvisions(path: Path, file_name: str, display: str) -> None:
+    """
+    Warn when a local backbone file's SHA-256 does not start with the prefix in torchvision's file
+    name: any weights of the right shapes load, and a randomly initialised backbone gives LPIPS values that mean
+    nothing.
+    """
+    prefix = file_name.rsplit("-", 1)[1].split(".")[0]
+    stat = path.stat()
+    if not _sha256_of(str(path), stat.st_size, stat.st_mtime_ns).startswith(prefix):
+        logger.warning(
+            "LPIPS: %s is not torchvision's %s (its SHA-256 does not start with %s): its LPIPS values are only as "
+            "good as those weights (random ones measure nothing); copy torchvision's file there for the standard "
+            "metric.",
+            path,
+            file_name,
+            prefix,
+        )
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # size and time: a replaced file is hashed again
+    from art_gifd.priors.checkpoints import sha256_of
+
+    return sha256_of(path)
+
+
 class LPIPSMetric:
     """
     Learned perceptual image patch similarity (LPIPS), with backbone weights read from disk (downloaded only when
@@ -336,7 +363,9 @@ class LPIPSMetric:
     The ``lpips`` package ships its linear heads; the torchvision backbone (AlexNet or VGG16) is built with random
     weights and the real ImageNet weights are copied in from ``weights_path`` (default :func:`default_weights_path`).
     Without that file the metric is unavailable (:attr:`available` is ``False``, :attr:`reason` says why and how to fix
-    it) and calling it raises: it never measures with a random backbone.
+    it) and calling it raises: it never measures with its own random backbone. A file whose SHA-256 does not start with
+    the prefix in torchvision's file name (``alexnet-owt-7be5be79.pth``) loads with a warning that names it: any
+    weights of the right shapes would, and only the real ones give the standard metric.
 
     Grey images are repeated to three channels and images are scaled to ``[-1, 1]``. Images with a side smaller than
     :data:`LPIPS_MIN_SIZE` (32, the smallest input AlexNet's feature stack accepts) are upsampled bilinearly, keeping
@@ -363,9 +392,11 @@ class LPIPSMetric:
     ) -> None:
         if net not in _BACKBONES:
             raise ValueError(f"Unsupported LPIPS backbone {net!r}; choose one of {sorted(_BACKBONES)}.")
+        if weights_path is not None and not isinstance(weights_path, str | os.PathLike):
+            raise ValueError(f"weights_path must be a file path, got {type(weights_path).__name__}.")
         self.net = net
         self.weights_path = Path(weights_path).expanduser() if weights_path is not None else default_weights_path(net)
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.reason: str | None = None
         self._model: lpips_lib.LPIPS | None = None
         self._logged_upsampling = False
@@ -381,6 +412,7 @@ class LPIPSMetric:
                 f"allow a download (art-gifd --allow-download, or {ALLOW_DOWNLOAD_ENV}=1)."
             )
         elif self.reason is None:
+            _warn_if_not_torchvisions(self.weights_path, file_name, display)
             try:
                 self._model = self._build()
             except Exception as exc:  # torch.load raises many exception types on a corrupt or foreign file.

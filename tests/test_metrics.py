@@ -385,3 +385,34 @@ def test_cli_allow_download_flag_sets_the_opt_in(tmp_path: Path, monkeypatch: py
     (tmp_path / "r.jsonl").write_text("")
     main(["--allow-download", "bench-report", str(tmp_path / "r.jsonl")])
     assert os.environ[ALLOW_DOWNLOAD_ENV] == "1" and download_allowed()
+
+
+def test_lpips_names_a_backbone_that_is_not_torchvisions_and_refuses_bad_arguments(
+    alexnet_weights: tuple[Path, dict[str, torch.Tensor]], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING"):
+        metric = LPIPSMetric(weights_path=alexnet_weights[0])  # random weights of the right shapes
+    assert metric.available  # they load: the warning is what tells the numbers apart
+    assert "is not torchvision's alexnet-owt-7be5be79.pth (its SHA-256 does not start with 7be5be79)" in caplog.text
+    with pytest.raises(ValueError, match="weights_path must be a file path, got int"):
+        LPIPSMetric(weights_path=5)
+    with pytest.raises(ValueError, match="is not a device name"):
+        LPIPSMetric(weights_path=alexnet_weights[0], device="gpu")
+
+
+def test_prior_loaders_name_bad_specs_and_devices() -> None:
+    from art_gifd.priors.embedded import load_default_prior
+    from art_gifd.priors.registry import load_prior
+
+    with pytest.raises(ValueError, match="is not a device name"):
+        load_default_prior(device="gpu")
+    with pytest.raises(ValueError, match="is not a device name"):
+        load_prior({"type": "embedded"}, "gpu")
+    with pytest.raises(
+        ValueError, match=r"A 'dcgan' prior spec takes weights, nz, ngf, nc, image_size .*; missing: nz"
+    ):
+        load_prior({"type": "dcgan", "weights": "g.pt", "ngf": 64, "nc": 1, "image_size": 32}, "cpu")
+    with pytest.raises(ValueError, match="unknown: nmae"):
+        load_prior({"type": "embedded", "nmae": "mnist32"}, "cpu")
+    with pytest.raises(ValueError, match="Unknown prior type 'gan'"):
+        load_prior({"type": "gan"}, "cpu")

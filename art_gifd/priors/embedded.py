@@ -30,6 +30,7 @@ import torch
 
 from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, replaced_initialisation
 from art_gifd.priors.dcgan import DCGANGenerator
+from art_gifd.validation import check_device
 
 #: Name, files, architecture, SHA-256 and training domain of each embedded prior.
 EMBEDDED_PRIORS: dict[str, dict[str, object]] = {
@@ -88,8 +89,10 @@ def load_default_prior(
     :param device: Device to load it on.
     :param weights_path: Override the weights file (it must still match the recorded checksum).
     :return: The frozen generator in eval mode.
-    :raises ValueError: If the file is corrupted (checksum mismatch) or does not fit the architecture.
+    :raises ValueError: If the file is corrupted (checksum mismatch) or does not fit the architecture, or the device
+                        is not one of this machine's.
     """
+    device = check_device(device)
     default_path = embedded_weights_path(name)  # validates the name
     spec = EMBEDDED_PRIORS[name]
     path = Path(weights_path) if weights_path is not None else default_path

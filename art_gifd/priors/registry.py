@@ -84,8 +84,28 @@ def load_prior(spec: Mapping[str, Any], device: str) -> LayeredGenerator:
     The frozen generator of a prior spec on ``device`` (cached per process: a worker loads a prior once).
 
     :raises FileNotFoundError: If its weights are missing (the message names the file).
-    :raises ValueError: For an unknown type, or weights that do not fit the architecture.
+    :raises ValueError: For an unknown type, missing or unknown keys, weights that do not fit the architecture, or a
+                        device this machine does not have.
     """
+    from art_gifd.validation import check_device
+
+    kind = spec.get("type") if isinstance(spec, Mapping) else None
+    if kind not in PRIOR_TYPES:
+        raise ValueError(
+            f"Unknown prior type {kind!r}: a prior spec is a mapping with a type of {', '.join(PRIOR_TYPES)}."
+        )
+    required, optional = PRIOR_TYPES[kind]
+    missing = [k for k in required if k not in spec]
+    unknown = sorted(set(spec) - {"type", *required, *optional})
+    if missing or unknown:
+        raise ValueError(
+            f"A {kind!r} prior spec takes {', '.join(required) or 'no required keys'}"
+            + (f" and optionally {', '.join(optional)}" if optional else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+            + "."
+        )
+    device = str(check_device(device))
     return _load_prior(json.dumps(dict(spec), sort_keys=True), device, _weights_stamp(spec.get("weights")))
 
 
