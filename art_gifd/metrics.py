@@ -218,7 +218,7 @@ def _class_indices(name: str, labels: Any) -> np.ndarray:
     :param name: What the labels are, for the message.
     :param labels: The labels: a list, numpy array or torch tensor.
     :return: The labels as an int64 array.
-    :raises ValueError: If the labels are not 1-D or not whole numbers (e.g. class names as strings).
+    :raises ValueError: If the labels are not 1-D, not whole numbers (e.g. class names as strings) or negative.
     """
     arr = to_numpy(labels)
     if arr.ndim != 1:
@@ -231,6 +231,8 @@ def _class_indices(name: str, labels: Any) -> np.ndarray:
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
         bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))]
         raise ValueError(f"{name} labels must be whole class indices, got {bad[:3].tolist()}.")
+    if np.any(arr < 0):  # -1 is often "no label": two of them would count as a correct match
+        raise ValueError(f"{name} labels must be class indices of 0 or more, got {sorted(set(arr[arr < 0].tolist()))}.")
     return arr.astype(np.int64)
 
 

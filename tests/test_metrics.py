@@ -291,6 +291,7 @@ def test_label_accuracy_needs_one_predicted_label_per_true_label() -> None:
         ([True], "predicted labels must be integer class indices, got an array of dtype bool"),
         ([1.5], r"predicted labels must be whole class indices, got \[1.5\]"),
         ([float("nan")], "predicted labels must be whole class indices"),
+        ([-1], r"predicted labels must be class indices of 0 or more, got \[-1\]"),
     ],
 )
 def test_label_accuracy_refuses_labels_that_are_no_class_indices(predicted: object, message: str) -> None:
