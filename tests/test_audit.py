@@ -1166,3 +1166,12 @@ def test_a_model_factory_beside_the_config_is_found_from_any_folder(tmp_path, mo
     assert (
         f"put it in '{tmp_path}' (the configuration's folder) or an installed package" in problems(err)["model.factory"]
     )
+
+
+def test_markdown_cells_cannot_carry_links_or_remote_images() -> None:
+    from art_gifd.report.html import markdown_text
+
+    assert markdown_text("![x](http://evil/x.png) [go](javascript:alert(1))") == (
+        "![x]\\(http://evil/x.png) [go]\\(javascript:alert(1))"
+    )
+    assert markdown_text("[attack.budget.steps_per_stage=2]") == "[attack.budget.steps_per_stage=2]"  # no link

@@ -12,12 +12,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 def markdown_text(value: Any) -> Any:
     """
     A string made safe for one line or table cell of Markdown (other values unchanged): line breaks become spaces,
-    ``|`` is escaped and ``<`` / ``>`` become entities, so that a label or title cannot split a table row, add a column,
-    start a heading or carry raw HTML.
+    ``|`` is escaped, ``<`` / ``>`` become entities and the ``](`` of a link or image is broken, so that a label or
+    title cannot split a table row, add a column, start a heading, carry raw HTML or load a remote image.
     """
     if not isinstance(value, str):
         return value
-    return " ".join(value.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    text = " ".join(value.split()).replace("|", "\\|").replace("](", "]\\(")
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def template_environment(markdown: bool = False) -> Environment:
