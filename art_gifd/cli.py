@@ -302,7 +302,13 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the demo's report is incomplete; run it again (it starts over)", file=sys.stderr)
+        earlier = (args.out / "report.html").exists()
+        print(
+            "interrupted: the demo wrote no report"
+            + (f" (the report in {args.out} is an earlier run's)" if earlier else "")
+            + "; run it again (it starts over)",
+            file=sys.stderr,
+        )
         return 130
     print(f"\nreport: {(args.out / 'report.html').resolve()}")
     print(f"results: {(args.out / 'results.json').resolve()}")

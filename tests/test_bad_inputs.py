@@ -338,6 +338,15 @@ def test_faults_and_interruptions_end_in_one_line(tmp_path, monkeypatch, capsys,
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_interrupted_demo_says_an_earlier_report_is_not_this_runs(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "report.html").write_text("<html>an earlier run</html>")
+    monkeypatch.setattr("art_gifd.demo.run_experiment", _raises(KeyboardInterrupt()))
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"the demo wrote no report (the report in {tmp_path} is an earlier run's)" in err
+    assert (tmp_path / "report.html").read_text() == "<html>an earlier run</html>"
+
+
 def test_a_file_where_bench_keeps_reconstructions_stops_it_before_any_job(tmp_path, monkeypatch, capsys) -> None:
     import art_gifd.bench.runner as runner
 
