@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -575,6 +576,26 @@ def string(choices: Sequence[str] | None = None) -> Callable[[Any], str]:
         return value
 
     return convert
+
+
+#: Longest label: it names a row of every table and figure.
+MAX_LABEL = 80
+
+
+def row_label(value: Any) -> str:
+    """
+    A row label (of an attack or a defence): a non-empty string of one line without control characters, at most
+    :data:`MAX_LABEL` characters, its surrounding spaces removed (so that ``"noise "`` and ``"noise"`` are one label
+    to the duplicate check, as they look one in a table).
+    """
+    text = string()(value).strip()
+    if not text:
+        raise ValueError(f"must hold more than spaces, got {value!r}.")
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ValueError(f"must be one line without control characters (a line break, a tab), got {value!r}.")
+    if len(text) > MAX_LABEL:
+        raise ValueError(f"has {len(text)} characters, more than the {MAX_LABEL} a table row or figure can show.")
+    return text
 
 
 def boolean(value: Any) -> bool:

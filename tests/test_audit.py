@@ -266,22 +266,22 @@ def test_yaml_config_errors_carry_lines(tmp_path) -> None:
 def tiny_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
     path = write_config(folder)
-    # a label with Markdown table syntax, raw HTML, a line break and a "$": the reports must show it, not obey it
+    # a label with Markdown table syntax, raw HTML and a "$": the reports must show it, not obey it
     path.write_text(path.read_text().replace("adaptive = true", f'adaptive = true\nlabel = "{HOSTILE_LABEL}"', 1))
     return run_audit(path, verbose=False), folder
 
 
-#: A defence label written as TOML string content (``\n``: a line break; ``$x_$``: broken math markup to matplotlib).
-HOSTILE_LABEL = "prune | <b>half</b> $x_$\\n## rows"
+#: A defence label with Markdown table syntax, raw HTML, a heading mark and broken math markup (to matplotlib).
+HOSTILE_LABEL = "prune | <b>half</b> $x_$ ## rows"
 
 
 def test_tiny_audit_report_files_agree(tiny_report) -> None:
     report, _ = tiny_report
     document = json.loads(report.json.read_text())
     assert document["schema"] == SCHEMA
-    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune | <b>half</b> $x_$\n## rows"]
+    assert [s["defense_label"] for s in document["settings"]] == ["none", "prune | <b>half</b> $x_$ ## rows"]
     html, summary = report.html.read_text(), report.summary.read_text()
-    assert "<b>" not in html and "<b>" not in summary and "\n## rows" not in summary
+    assert "<b>" not in html and "<b>" not in summary
     header = next(line for line in summary.splitlines() if line.startswith("| batch |"))
     columns = header.count("|")
     assert "| prune \\| &lt;b&gt;half&lt;/b&gt; $x_$ ## rows |" in summary
@@ -571,7 +571,7 @@ def test_attack_tables_of_the_old_form_repeated_labels_and_unknown_defences_are_
     slugs = attack_tables("pixel", "pixel", "pixel").replace('"pixel"\n\n', '"pixel"\nlabel = "pixel/1"\n\n', 1)
     slugs = slugs.replace('"pixel"\n\n', '"pixel"\nlabel = "pixel 1"\n\n', 1)
     path.write_text(
-        text.replace(attack_tables("gifd"), slugs.replace('"pixel"\n\n', f'"pixel"\nlabel = "{"p" * 300}"\n\n'))
+        text.replace(attack_tables("gifd"), slugs.replace('"pixel"\n\n', f'"pixel"\nlabel = "{"p" * 80}"\n\n'))
     )
     names = [attack.slug for attack in load_audit_config(path).attacks]
     assert len(set(names)) == 3 and all(0 < len(n) <= 60 and re.fullmatch(r"[\w.+-]+", n) for n in names)
@@ -1175,3 +1175,28 @@ def test_markdown_cells_cannot_carry_links_or_remote_images() -> None:
         "![x]\\(http://evil/x.png) [go]\\(javascript:alert(1))"
     )
     assert markdown_text("[attack.budget.steps_per_stage=2]") == "[attack.budget.steps_per_stage=2]"  # no link
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ('"two\\nlines"', "must be one line without control characters"),
+        ('"   "', "must hold more than spaces"),
+        (f'"{"x" * 81}"', "has 81 characters, more than the 80"),
+    ],
+)
+def test_row_labels_are_one_visible_line(tmp_path, label, message) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("adaptive = true", f"adaptive = true\nlabel = {label}", 1))
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert message in problems(err)["defenses[0].label"]
+
+
+def test_labels_differing_only_in_surrounding_spaces_are_one_label(tmp_path) -> None:
+    path = write_config(tmp_path, attacks=("gifd", "pixel"))
+    text = path.read_text().replace('name = "pixel"\n', 'name = "pixel"\nlabel = "gifd "\n', 1)
+    path.write_text(text)
+    with pytest.raises(AuditConfigError) as err:
+        load_audit_config(path)
+    assert "duplicated label 'gifd'" in problems(err)["attacks[1].label"]

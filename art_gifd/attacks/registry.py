@@ -18,7 +18,7 @@ from art_gifd.attacks.gias import GIASAttack
 from art_gifd.attacks.gifd import GIFDAttack
 from art_gifd.attacks.grad_inversion import GradInversionAttack
 from art_gifd.attacks.inverting_gradients import InvertingGradientsAttack
-from art_gifd.configfile import Checker, KeyPath, Stop, integer, string, string_list
+from art_gifd.configfile import Checker, KeyPath, Stop, integer, row_label, string, string_list
 from art_gifd.validation import check_integer
 
 if TYPE_CHECKING:
@@ -232,7 +232,10 @@ def read_attack_section(
         keys = ("name", "label", "prior", "params", "budget", "labels", *restrictions)
         table = check.strict_table(value, path, keys, required=("name",))
         name = check.need(table["name"], (*path, "name"), string(list(ATTACK_REGISTRY)))
-        spec: dict[str, Any] = {"name": name, "label": check.need(table.get("label", name), (*path, "label"), string())}
+        spec: dict[str, Any] = {
+            "name": name,
+            "label": check.need(table.get("label", name), (*path, "label"), row_label),
+        }
         if name in GENERATIVE_ATTACKS:
             if not declared:
                 raise Stop(path, f"{name} needs a generator, and none is defined: add [priors.<name>] with a type.")

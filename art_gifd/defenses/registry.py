@@ -125,7 +125,7 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
     :return: ``label`` (``None`` when not given), ``type``, ``grid`` (the listed parameter or ``None``) and
              ``points``: one ``{"params", "strength", "adaptive"}`` per grid value and attacker.
     """
-    from art_gifd.configfile import Stop, boolean, kind_of, string
+    from art_gifd.configfile import Stop, boolean, kind_of, row_label, string
 
     table = check.strict_table(value, path, DEFENSE_KEYS, required=("type",))
     kind = check.need(table["type"], (*path, "type"), string(["none", *DEFENSES]))
@@ -175,5 +175,5 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
             )
         for flag in flags:
             points.append({"params": point, "strength": point[grid[0]] if grid else None, "adaptive": flag})
-    label = check.need(table["label"], (*path, "label"), string()) if "label" in table else None
+    label = check.need(table["label"], (*path, "label"), row_label) if "label" in table else None
     return {"label": label, "type": kind, "grid": grid[0] if grid else None, "points": points}
