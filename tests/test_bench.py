@@ -1119,3 +1119,18 @@ def test_json_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path) -
         "rows": [{"max": None, "mean": 1.5}],
         "pair": [2, None],
     }
+
+
+def test_more_torch_threads_than_cores_are_named_before_the_jobs(caplog, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from art_gifd.bench.executors import LocalExecutor
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    jobs = [SimpleNamespace(resources={"cpus": 2, "gpus": 0})]
+    with caplog.at_level("WARNING"):
+        LocalExecutor(workers=1)._check_jobs(jobs)
+    assert not caplog.text  # 2 threads on 2 cores
+    with caplog.at_level("WARNING"):
+        LocalExecutor(workers=2)._check_jobs(jobs)
+    assert "2 worker(s) × [resources] cpus = 2 asks for 4 torch threads on 2 CPU core(s)" in caplog.text

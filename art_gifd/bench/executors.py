@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import logging
 import multiprocessing
 import os
 import socket
@@ -18,6 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from art_gifd.bench.grid import Job, JobOutcome
+
+logger = logging.getLogger(__name__)
 
 #: What an executor runs for each job: ``work(job, utility)`` (the runner's ``run_job``; a module-level function, so
 #: that worker processes can import it).
@@ -146,8 +149,18 @@ class LocalExecutor(Executor):
             )
 
     def _check_jobs(self, jobs: Sequence[Job]) -> None:
-        # any job fits: its cpus only set its number of torch threads
-        return
+        # any job fits: its cpus only set its number of torch threads, and more threads than cores slow every job
+        threads = max((job.resources["cpus"] for job in jobs), default=0) * self.workers
+        cores = os.cpu_count() or 1
+        if threads > cores:
+            logger.warning(
+                "%g worker(s) × [resources] cpus = %g asks for %g torch threads on %d CPU core(s): oversubscribed "
+                "threads can make the jobs many times slower; lower cpus or --workers.",
+                self.workers,
+                max(job.resources["cpus"] for job in jobs),
+                threads,
+                cores,
+            )
 
     def submit(self, job: Job, utility: dict[str, Any] | None) -> cf.Future:
         if self._pool is not None:
