@@ -34,8 +34,8 @@ def _is_real(value: Any) -> bool:
 
 #: Largest learning rate, weight decay or search-distribution width accepted: beyond it float32 updates overflow.
 MAX_RATE = 1e6
-#: Range of an observed gradient's global norm that float32 matching resolves (its squares neither overflow nor
-#: underflow).
+#: Range of an observed gradient's global norm that float32 matching can hold (its squares neither overflow nor
+#: underflow). Within it the cosine distance is blind to the scale; the L2 distance needs the gradient's true scale.
 GRADIENT_NORM_RANGE = (1e-15, 1e15)
 
 
@@ -252,6 +252,7 @@ def check_gradient(grads: Any, names: Sequence[str], shapes: Sequence[tuple[int,
     if not low <= norm <= high:
         raise ValueError(
             f"The observed gradient's norm is {norm:.3g}, outside [{low:g}, {high:g}], where float32 matching loses "
-            "it to overflow or underflow: divide it by its norm (the cosine distance does not depend on its scale)."
+            "it to overflow or underflow: divide it by its norm for an attack with the cosine distance (blind to the "
+            "scale); the L2 distance needs the gradient at its true scale."
         )
     return out
