@@ -35,6 +35,8 @@ from art_gifd.defenses.base import (
 )
 from art_gifd.labels import find_classifier_head
 from art_gifd.validation import (
+    MAX_BATCH_SIZE,
+    MAX_LOCAL_STEPS,
     MAX_RATE,
     MAX_SEED,
     check_device,
@@ -597,8 +599,9 @@ class LocalTraining:
     attack given ``training=`` replays on its candidate images.
 
     The client trains on its ``N`` private samples for ``epochs`` passes (or exactly ``steps`` mini-batch steps, which
-    may span several passes) in mini-batches of ``batch_size`` (``None``: the whole data, one step per epoch), with
-    PyTorch's SGD (optional momentum, no dampening, and L2 weight decay) or Adam, and shares ``w_before − w_after``.
+    may span several passes; either way at most :data:`~art_gifd.validation.MAX_LOCAL_STEPS` steps) in mini-batches
+    of ``batch_size`` (``None``: the whole data, one step per epoch), with PyTorch's SGD (optional momentum, no
+    dampening, and L2 weight decay) or Adam, and shares ``w_before − w_after``.
     Each pass visits the data in order (``shuffle=False``) or in a random permutation: drawn from ``shuffle_seed``
     when the attacker knows it (the order is then *known*), else from the client's own randomness (*unknown*: the
     attack then replays every step on the whole data, the expectation of a random mini-batch's gradient).
@@ -630,8 +633,9 @@ class LocalTraining:
             raise ValueError("LocalTraining takes epochs or steps, not both: set one of them.")
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 1)
-        for name in ("epochs", "steps", "batch_size"):  # plain ints (numpy scalars pass), so describe() is JSON
-            object.__setattr__(self, name, check_integer(name, getattr(self, name), 1, optional=True))
+        # plain ints (numpy scalars pass), so describe() is JSON
+        for name, high in (("epochs", MAX_LOCAL_STEPS), ("steps", MAX_LOCAL_STEPS), ("batch_size", None)):
+            object.__setattr__(self, name, check_integer(name, getattr(self, name), 1, high, optional=True))
         if self.optimizer not in LOCAL_OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {LOCAL_OPTIMIZERS}, got {self.optimizer!r}.")
         object.__setattr__(self, "momentum", check_number("momentum", self.momentum, 0.0, 1.0))
@@ -678,8 +682,23 @@ class LocalTraining:
             )
 
     def num_steps(self, n: int) -> int:
-        """Local optimisation steps on ``n`` samples."""
-        return self.steps if self.steps is not None else self.epochs * -(-n // self._batch(n))
+        """
+        Local optimisation steps on ``n`` samples.
+
+        :raises ValueError: If ``epochs`` passes over ``n`` samples take more than
+                            :data:`~art_gifd.validation.MAX_LOCAL_STEPS` steps: checked from the count, before any
+                            per-step plan (of the client's mini-batches or of a replay) is built.
+        """
+        if self.steps is not None:
+            return self.steps
+        size = self._batch(n)
+        steps = self.epochs * -(-n // size)
+        if steps > MAX_LOCAL_STEPS:
+            raise ValueError(
+                f"epochs={self.epochs} over {n} samples in mini-batches of {size} is {steps} local steps, more than "
+                f"the {MAX_LOCAL_STEPS} a LocalTraining takes: lower epochs, or raise batch_size."
+            )
+        return steps
 
     def batches(self, n: int, seed: int | None = None) -> list[np.ndarray]:
         """
@@ -690,8 +709,9 @@ class LocalTraining:
         """
         rng = np.random.default_rng(self.shuffle_seed if self.shuffle_seed is not None else seed)
         size, steps, out = self._batch(n), self.num_steps(n), []
+        ordered = np.arange(n)  # one array for every pass in order: many full-batch steps need no copy each
         while len(out) < steps:
-            order = rng.permutation(n) if self.shuffle and size < n else np.arange(n)  # a full batch has no order
+            order = rng.permutation(n) if self.shuffle and size < n else ordered  # a full batch has no order
             out.extend(order[i : i + size] for i in range(0, n, size))
         return out[:steps]
 
@@ -719,7 +739,8 @@ class LocalTraining:
         groups = np.array_split(np.arange(steps), max_steps) if merging else [[t] for t in range(steps)]
         out = []
         for group in groups:
-            index = np.concatenate([plain[i] for i in group])
+            # a step on its own keeps its batch's array (shared by many full-batch steps), not a copy of it
+            index = plain[group[0]] if len(group) == 1 else np.concatenate([plain[i] for i in group])
             if len(group) > 1:
                 values, counts = np.unique(index, return_counts=True)
                 # every sample as often as the others (whole epochs, or full batches): each once, the same batch mean
@@ -1041,7 +1062,8 @@ def local_training_from_config(
     :param values: The table; keys other than those of :data:`TRAINING_KEYS` are ignored.
     :param algorithm: The table's algorithm: ``"fedsgd"`` takes no training keys, ``"fedavg"`` needs
                       ``learning_rate``.
-    :param client_sizes: Private samples per client (the configuration's batch sizes), checked against a known order.
+    :param client_sizes: Private samples per client (the configuration's batch sizes), checked against a known order
+                         and the most local steps (:data:`~art_gifd.validation.MAX_LOCAL_STEPS`).
     :return: The training (``None`` for FedSGD or after a problem) and every problem found.
     """
     given = {key: values[key] for key in TRAINING_KEYS if key in values}
@@ -1057,10 +1079,12 @@ def local_training_from_config(
         return None, [(key, message[len(TRAINING_KEYS[key]) + 1 :] if key else message)]
     problems: list[TrainingProblem] = []
     for size in client_sizes:
-        try:
-            training.check_data(size)
-        except ValueError as err:
-            problems.append(("local_batch_size", f"for a client of {size} samples: {err}"))
+        for key, check_size in (("epochs", training.num_steps), ("local_batch_size", training.check_data)):
+            try:
+                check_size(size)
+            except ValueError as err:
+                problems.append((key, f"for a client of {size} samples: {err}"))
+                break
     return (None if problems else training), problems
 
 
@@ -1107,7 +1131,8 @@ def read_federated_table(
 
     table = check.table(value, path, ("algorithm", "batch_sizes", *TRAINING_KEYS))
     algorithm = check.get(table, path, "algorithm", string(ALGORITHMS), "fedsgd")
-    settings = {"algorithm": algorithm, "batch_sizes": check.get(table, path, "batch_sizes", int_list(1), [1])}
+    sizes = int_list(1, high=MAX_BATCH_SIZE)
+    settings = {"algorithm": algorithm, "batch_sizes": check.get(table, path, "batch_sizes", sizes, [1])}
     training, problems = local_training_from_config(table, algorithm, settings["batch_sizes"] or [])
     for key, message in problems:
         check.add((*path, key) if key else path, message)

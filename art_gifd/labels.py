@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from art_gifd.validation import check_gradient, check_integer
+from art_gifd.validation import MAX_BATCH_SIZE, check_gradient, check_integer
 
 
 def find_classifier_head(
@@ -228,8 +228,10 @@ def infer_labels(
                         (:func:`check_update_sign`) or shows more classes than ``batch_size``, a classifier whose
                         loss uses label smoothing (:func:`check_inferable`), a model that is not a module, has no
                         classifier head of ``nb_classes`` outputs or (a bare module) several candidates, or a count
-                        below 1.
+                        out of range (``batch_size`` above :data:`~art_gifd.validation.MAX_BATCH_SIZE`).
     """
+    check_integer("nb_classes", nb_classes, 2)
+    check_integer("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     example, loss = None, nn.CrossEntropyLoss()  # a bare module's loss is not known: plain cross-entropy assumed
     if not isinstance(module, nn.Module):  # an ART classifier: a forward pass on a copy finds its head
         loss = getattr(module, "_loss", None)
@@ -242,8 +244,6 @@ def infer_labels(
             example = torch.zeros((2, *shape), device=device)
     if not isinstance(module, nn.Module):
         raise ValueError(f"module must be a torch.nn.Module (the FL model), got {type(module).__name__}.")
-    check_integer("nb_classes", nb_classes, 2)
-    check_integer("batch_size", batch_size, 1)
     named = list(module.named_parameters())
     first = next(iter(grads.values() if isinstance(grads, Mapping) else grads), None)
     device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")

@@ -34,6 +34,18 @@ def _is_real(value: Any) -> bool:
 
 #: Largest learning rate, weight decay or search-distribution width accepted: beyond it float32 updates overflow.
 MAX_RATE = 1e6
+#: Largest weight of a term of a search objective (an image prior, BatchNorm statistics, group consistency). The
+#: cosine matching loss is at most 2 (1e-7 … 1e-5 near a good reconstruction): a term weighted a millionfold already
+#: drowns it, and far larger weights overflow float32 (about 3e38) in the term or in Adam's squared gradient, which
+#: stalls the search.
+MAX_WEIGHT = 1e6
+#: Largest client batch (private samples behind one observation) accepted: every restart of a search holds that many
+#: candidate images at once, and beyond it sizes overflow numpy's and torch's 64-bit counts long before any batch fits
+#: a device (100,000 grey 32×32 images are 0.4 GB per restart, before their gradients).
+MAX_BATCH_SIZE = 100_000
+#: Most local steps of a FedAvg client's training (all epochs): far beyond real deployments, yet few enough that the
+#: per-step plan of a replay is built and its memory estimated (and refused) in well under a second.
+MAX_LOCAL_STEPS = 100_000
 #: Range of an observed gradient's global norm that float32 matching can hold (its squares neither overflow nor
 #: underflow). Within it the cosine distance is blind to the scale; the L2 distance needs the gradient's true scale.
 GRADIENT_NORM_RANGE = (1e-15, 1e15)

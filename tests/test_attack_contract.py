@@ -52,6 +52,18 @@ def test_search_length_set_through_set_params_is_used_and_checked(cls, lenet_clf
         attack.set_params(**{name: 0})
 
 
+# GIFDAttack names every constructor parameter, so Python's own TypeError already names it for an unknown keyword
+@pytest.mark.parametrize("cls", [c for c in ATTACKS if c is not GIFDAttack], ids=lambda c: c.__name__)
+def test_the_search_length_under_the_other_name_is_refused_naming_this_attacks(
+    cls, lenet_clf, bn_clf, default_prior
+) -> None:
+    own = "max_iter" if "max_iter" in cls.attack_params else "steps_per_stage"
+    other = "steps_per_stage" if own == "max_iter" else "max_iter"
+    message = rf"^{cls.__name__} takes its search length as {own} \(.+\), not {other}: pass {own}=3 instead\.$"
+    with pytest.raises(ValueError, match=message):
+        _build(cls, lenet_clf, bn_clf, default_prior, **{other: 3})
+
+
 @pytest.mark.parametrize("cls", ATTACKS, ids=lambda c: c.__name__)
 def test_each_attack_checks_its_parameters_once(cls, lenet_clf, bn_clf, default_prior, monkeypatch) -> None:
     calls = []

@@ -1125,9 +1125,16 @@ def test_a_defence_strength_no_attack_can_work_on_is_named_at_validation(tmp_pat
     assert "update's norm" in problems(err)["defenses[0].params"] and "outside [1e-15, 1e+15]" in str(err.value)
 
 
-def test_a_fedavg_replay_that_cannot_fit_in_memory_is_named_at_validation(tmp_path) -> None:
+def test_a_fedavg_replay_that_cannot_fit_in_memory_is_named_at_validation(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("art_gifd.attacks.base.available_memory", lambda device: 2**30)  # any machine: 1 GiB free
+    path = fedavg_config(tmp_path, 'algorithm = "fedavg"\nlearning_rate = 0.05\nsteps = 100000')
+    with pytest.raises(AuditConfigError, match=r"Replaying 100000 local steps .* 1\.0 GiB free: set simulation_steps"):
+        load_audit_config(path)
     path = fedavg_config(tmp_path, 'algorithm = "fedavg"\nlearning_rate = 0.05\nsteps = 1000000')
-    with pytest.raises(AuditConfigError, match=r"Replaying 1000000 local steps .* GiB free: set simulation_steps"):
+    with pytest.raises(AuditConfigError, match=r"federated\.steps: must be a positive integer \(at most 100000\)"):
+        load_audit_config(path)
+    path = fedavg_config(tmp_path, 'algorithm = "fedavg"\nlearning_rate = 0.05\nepochs = 100000\nlocal_batch_size = 1')
+    with pytest.raises(AuditConfigError, match=r"federated\.epochs: for a client of 2 samples: epochs=100000 over 2"):
         load_audit_config(path)
 
 

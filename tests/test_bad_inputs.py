@@ -215,6 +215,41 @@ def test_diverged_search_is_an_error_not_a_result(lenet_clf, heldout, default_pr
 
 
 @pytest.mark.parametrize(
+    ("cls", "weight", "first"),
+    [(GIFDAttack, 1e38, "latent"), (InvertingGradientsAttack, 1e39, "pixel")],
+    ids=["gradient-overflows", "objective-overflows"],
+)
+def test_a_search_whose_objective_overflows_raises_instead_of_returning_its_start(
+    cls, weight, first, lenet_clf, heldout, default_prior, monkeypatch
+) -> None:
+    """
+    A prior term past float32, as the weights' upper bound keeps the built-in ones from: at 1e38 the objective stays
+    finite but the square of its gradient overflows Adam's second moment (steps of 0), at 1e39 the objective itself is
+    infinite. Either way the candidates never move and the best one is the random start.
+    """
+    from art_gifd.attacks import base
+    from art_gifd.attacks.core import run_stage, total_variation
+
+    class Overflowing(cls):
+        def _regularisers(self, ctx):
+            return [lambda images: weight * total_variation(images).reshape(-1, ctx.batch_size).mean(dim=1)]
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    gradient = client_gradients(lenet_clf, x, y)
+    length = {"prior": default_prior, "steps_per_stage": 2} if cls is GIFDAttack else {"max_iter": 2}
+    attack = Overflowing(lenet_clf, num_restarts=2, seed=0, verbose=False, **length)
+    stages = []
+    monkeypatch.setattr(base, "run_stage", lambda stage, *args: (stages.append(stage.name), run_stage(stage, *args))[1])
+    message = (
+        rf"^Overflowing: the search diverged in stage '{first}': its objective .* overflowed float32 or became NaN, "
+        r"so its candidates stopped moving\. Lower learning_rate, tv_weight or norm_weight, or check"
+    )
+    with pytest.raises(RuntimeError, match=message):
+        attack.reconstruct(gradient, y)
+    assert stages == [first]  # refused when its first stage ends, not after every stage
+
+
+@pytest.mark.parametrize(
     ("raised", "size"),
     [
         (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 655360000 bytes."), "0.61"),
@@ -233,6 +268,21 @@ def test_a_search_that_runs_out_of_memory_says_what_to_lower(lenet_clf, heldout,
     assert "num_restarts × batch_size = 3 × 2" in str(err.value) and "Lower num_restarts" in str(err.value)
     attack._search_together = _raises(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # any other error passes unchanged
+        attack.reconstruct(gradient, y)
+
+
+def test_a_ggl_search_that_runs_out_of_memory_names_its_population(lenet_clf, heldout, default_prior) -> None:
+    from art_gifd.attacks import GGLAttack
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    gradient = client_gradients(lenet_clf, x, y)
+    attack = GGLAttack(lenet_clf, default_prior, max_iter=1, num_restarts=2, population_size=5000, verbose=False)
+    attack._search_together = _raises(MemoryError())
+    held = r"num_restarts × population_size = 2 × 5000 candidate batches of 1 image\(s\)"
+    with pytest.raises(MemoryError, match=rf"{held}, .* Lower population_size or num_restarts, or set eval_batch_size"):
+        attack.reconstruct(gradient, y)
+    attack.set_params(eval_batch_size=64)  # a generation scored in parts: those are what a step holds
+    with pytest.raises(MemoryError, match=r"holds eval_batch_size = 64 candidate .* Lower eval_batch_size \("):
         attack.reconstruct(gradient, y)
 
 
@@ -386,6 +436,29 @@ def test_limits_that_would_hang_or_overflow_are_refused(lenet_clf, default_prior
         GIFDAttack(lenet_clf, default_prior, steps_per_stage=2**63 - 1)  # split into stages by float shares: overflow
     with pytest.raises(ValueError, match=r"epsilon must lie in \(0, 1e\+06\]"):  # Opacus' noise search never ends
         DPSGD.for_epsilon(1e308, max_grad_norm=1.0, sample_rate=0.01, steps=10, delta=1e-5)
+    from art_gifd.attacks import GGLAttack
+
+    for make, message in (  # float32 overflow in the objective, or sizes that exhaust memory or overflow int64
+        (
+            lambda: GIFDAttack(lenet_clf, default_prior, tv_weight=1e38),
+            r"tv_weight must lie in \[0, 1e\+06\], got 1e\+38",
+        ),
+        (lambda: InvertingGradientsAttack(lenet_clf, norm_weight=1e7), r"norm_weight must lie in \[0, 1e\+06\]"),
+        (
+            lambda: GGLAttack(lenet_clf, default_prior, population_size=10**30),
+            r"population_size must be an integer in \[2, 10000\] or None, got 10+\.",
+        ),
+        (
+            lambda: GGLAttack(lenet_clf, default_prior, eval_batch_size=10**30),
+            r"eval_batch_size must be a positive integer \(at most 100000000\) or None, got 10+\.",
+        ),
+        (
+            lambda: GIFDAttack(lenet_clf, default_prior, batch_size=10**30),
+            r"batch_size must be a positive integer \(at most 100000\), got 10+\.",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make()
 
 
 def test_user_models_that_are_damaged_or_exit_are_named(tmp_path, monkeypatch) -> None:
@@ -503,7 +576,8 @@ def test_infer_labels_checks_its_gradient_and_counts(lenet_clf, heldout) -> None
     assert infer_labels(grads, lenet_clf, 10, 2).tolist() == sorted(y.tolist())  # arrays and a classifier work
     tensors = [torch.as_tensor(g) for g in grads]
     for args, message in (
-        ((tensors, lenet_clf.model, 10, 0), "batch_size must be a positive integer, got 0"),
+        ((tensors, lenet_clf.model, 10, 0), r"batch_size must be a positive integer \(at most 100000\), got 0"),
+        ((tensors, lenet_clf.model, 10, 10**30), r"batch_size must be a positive integer \(at most 100000\), got 10+"),
         (([t * 0 for t in tensors], lenet_clf.model, 10, 2), "zero everywhere"),
         (([t * np.nan for t in tensors], lenet_clf.model, 10, 2), "contains NaN or infinite values"),
         ((tensors[::-1], lenet_clf.model, 10, 2), "in model.parameters\\(\\) order"),

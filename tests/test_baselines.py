@@ -89,8 +89,25 @@ def test_inverting_gradients_signed(lenet_clf, digit) -> None:
 def test_grad_inversion_refuses_model_without_batchnorm(lenet_clf) -> None:
     with pytest.raises(ValueError, match="model has no BatchNorm layer"):
         GradInversionAttack(lenet_clf)
-    with pytest.raises(ValueError, match=r"bn_weight must lie in \[0, inf\)"):
+    with pytest.raises(ValueError, match=r"bn_weight must lie in \[0, 1e\+06\], got -1.0"):
         GradInversionAttack(make_classifier(bn_convnet(), (1, 32, 32)), bn_weight=-1.0)
+
+
+def test_grad_inversion_refuses_a_group_term_over_one_restart_and_weights_past_float32() -> None:
+    clf = make_classifier(bn_convnet(), (1, 32, 32))
+    message = r"group_weight=0.01 pulls each restart towards the mean over the restarts, but num_restarts=1"
+    with pytest.raises(ValueError, match=message):
+        GradInversionAttack(clf, num_restarts=1, group_weight=1e-2)
+    attack = GradInversionAttack(clf, num_restarts=2, group_weight=1e-2, verbose=False)
+    with pytest.raises(ValueError, match=message):
+        attack.set_params(num_restarts=1)
+    assert attack.num_restarts == 2  # the refused value does not stay behind
+    attack.set_params(num_restarts=1, group_weight=0.0)  # together: the final state is checked
+    attack.set_params(group_weight=1e-2, num_restarts=3)
+    assert (attack.num_restarts, attack.group_weight) == (3, 1e-2)
+    for name in ("bn_weight", "group_weight"):
+        with pytest.raises(ValueError, match=rf"{name} must lie in \[0, 1e\+06\], got 1e\+30"):
+            GradInversionAttack(clf, **{name: 1e30})
 
 
 def test_grad_inversion_reconstructs_with_bn_prior(digit) -> None:
@@ -146,7 +163,7 @@ def test_ggl_scores_in_chunks_with_the_same_result(lenet_clf, digit, default_pri
     ]
     assert results[1].best_loss == pytest.approx(results[0].best_loss, rel=1e-4)
     np.testing.assert_allclose(results[1].images, results[0].images, atol=1e-4)
-    with pytest.raises(ValueError, match="eval_batch_size must be a positive integer or None"):
+    with pytest.raises(ValueError, match=r"eval_batch_size must be a positive integer \(at most 100000000\) or None"):
         GGLAttack(lenet_clf, default_prior, eval_batch_size=0)
 
 

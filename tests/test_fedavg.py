@@ -224,6 +224,8 @@ def test_unknown_order_replays_full_batch_steps_and_merging_bounds_the_steps() -
         ({"learning_rate": 0.1, "optimizer": "adamw"}, r"optimizer must be one of \('sgd', 'adam'\), got 'adamw'"),
         ({"learning_rate": 0.1, "optimizer": "adam", "momentum": 0.9}, "momentum applies to optimizer='sgd'"),
         ({"learning_rate": "0.1"}, "learning_rate must be a finite number"),
+        ({"learning_rate": 0.1, "epochs": 10**7}, r"epochs must be a positive integer \(at most 100000\) or None"),
+        ({"learning_rate": 0.1, "steps": 10**30}, r"steps must be a positive integer \(at most 100000\) or None"),
     ],
 )
 def test_bad_local_training_is_refused(kwargs, message) -> None:
@@ -261,6 +263,32 @@ def test_bad_fedavg_inputs_are_refused_before_any_work(lenet_clf, digits, monkey
     monkeypatch.setattr("art_gifd.attacks.base.available_memory", lambda device: 2**20)
     with pytest.raises(ValueError, match=r"needs about .* GiB but cpu has 0\.0 GiB free: set simulation_steps"):
         attack.infer(update, y)
+
+
+def test_more_local_steps_than_the_limit_are_refused_from_their_count_before_any_plan(
+    lenet_clf, digits, monkeypatch
+) -> None:
+    from art_gifd.federated import local_training_from_config
+
+    x, y = digits
+    training = LocalTraining(0.05, epochs=10**5, batch_size=1, shuffle=False)
+    assert training.num_steps(1) == 10**5  # the limit itself is taken
+    monkeypatch.setattr(LocalTraining, "batches", lambda *args: pytest.fail("the per-step plan was built"))
+    message = r"epochs=100000 over 4 samples in mini-batches of 1 is 400000 local steps, more than the 100000"
+    with pytest.raises(ValueError, match=rf"{message} a LocalTraining takes: lower epochs, or raise batch_size\."):
+        training.simulation(4)
+    attack = InvertingGradientsAttack(lenet_clf, max_iter=1, batch_size=4, training=training, verbose=False)
+    with pytest.raises(ValueError, match=message):
+        attack.check_replay_memory()
+    with pytest.raises(ValueError, match=message):
+        attack.infer([0.05 * g for g in client_gradients(lenet_clf, x, y)], y)
+    with pytest.raises(ValueError, match=message):
+        client_update(lenet_clf, x, y, training)
+    fields = {"learning_rate": 0.05, "epochs": 10**5, "local_batch_size": 1, "shuffle": False}
+    found, problems = local_training_from_config(fields, "fedavg", [1, 4])
+    assert found is None and [(key, text.split(":")[0]) for key, text in problems] == [
+        ("epochs", "for a client of 4 samples")
+    ]
 
 
 def test_every_attack_takes_the_training_through_set_params(lenet_clf) -> None:

@@ -31,7 +31,8 @@ def matching_loss(clf, grads, images: np.ndarray, labels: np.ndarray, distance: 
         ({"l1_radius": [0.1, 0.2]}, "l1_radius has 2 values but the search has 3 feature stages"),
         ({"max_stage": 5}, r"max_stage must lie in \[1, 4\]"),
         ({"radius_scale": "relative"}, "Unknown radius_scale"),
-        ({"tv_weight": -1e-4}, r"tv_weight must lie in \[0, inf\)"),
+        ({"tv_weight": -1e-4}, r"tv_weight must lie in \[0, 1e\+06\], got -0.0001"),
+        ({"norm_weight": 1e38}, r"norm_weight must lie in \[0, 1e\+06\], got 1e\+38"),  # would overflow float32
         ({"label_mapping": {0: 1}}, "prior is not class-conditional"),
     ],
 )

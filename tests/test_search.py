@@ -157,6 +157,12 @@ def test_one_candidate_gradient_equals_the_vmapped_one(lenet_clf, heldout) -> No
         ({"feature_restarts": "all"}, "feature_restarts must be 'halving'"),
         ({"feature_restarts": (2, 1)}, "feature_restarts has 2 counts but the search has 3 feature stages"),
         ({"feature_restarts": (1, 2, 2)}, "feature_restarts must not increase"),
+        (
+            {"feature_restarts": 5, "num_restarts": 1},
+            r"feature_restarts=5 carries more restarts than the search has \(num_restarts=1\)",
+        ),
+        ({"feature_restarts": 10**30}, r"feature_restarts=10+ carries more restarts than the search has"),
+        ({"feature_restarts": (8, 4, 2)}, r"feature_restarts=\(8, 4, 2\) carries more .* \(num_restarts=4\)"),
         ({"latent_constraint": "ball"}, "Unknown latent_constraint 'ball'"),
         ({"latent_constraint": "box"}, "needs a prior with a latent_bound"),
         ({"norm_form": "l1"}, "Unknown norm_form 'l1'"),
@@ -169,6 +175,17 @@ def test_bad_search_parameters(lenet_clf, default_prior, kwargs, message) -> Non
     attack = GIFDAttack(lenet_clf, default_prior)
     with pytest.raises(ValueError, match=message):
         attack.set_params(**kwargs)
+
+
+def test_feature_restarts_are_checked_against_num_restarts_whichever_is_set(lenet_clf, default_prior) -> None:
+    attack = GIFDAttack(lenet_clf, default_prior, num_restarts=4, feature_restarts=2)
+    with pytest.raises(ValueError, match=r"feature_restarts=2 carries more restarts .* \(num_restarts=1\)"):
+        attack.set_params(num_restarts=1)
+    assert attack.num_restarts == 4  # the refused value does not stay behind
+    attack.set_params(num_restarts=1, feature_restarts=1)  # together: the final state is checked
+    attack.set_params(num_restarts=8)
+    attack.set_params(feature_restarts=8)
+    assert attack.restart_schedule() == [8, 8, 8]
 
 
 def test_set_params_reaches_every_new_search_parameter(lenet_clf, default_prior) -> None:

@@ -32,6 +32,7 @@ from art_gifd.attacks.core import (
     JointObjective,
     Objective,
     ReconstructionResult,
+    SearchDiverged,
     SearchSettings,
     SearchStage,
     StageOutcome,
@@ -59,8 +60,10 @@ from art_gifd.labels import (
     labels_from_gradient,
 )
 from art_gifd.validation import (
+    MAX_BATCH_SIZE,
     MAX_RATE,
     MAX_SEED,
+    MAX_WEIGHT,
     check_choice,
     check_device,
     check_flag,
@@ -76,6 +79,9 @@ logger = logging.getLogger(__name__)
 MAX_STEPS = 10_000_000
 #: Most random restarts a search accepts (each is a row of every batched step).
 MAX_RESTARTS = 10_000
+#: Most candidates a CMA-ES generation samples per restart: far beyond the ``cma`` package's default ``4 + ⌊3 ln d⌋``
+#: (31 for a latent of 9,216 dimensions) and the populations of published attacks; each needs its own dummy gradient.
+MAX_POPULATION = 10_000
 
 StageGenerator = Generator[SearchStage, StageOutcome, None]
 #: Start images of :meth:`SearchContext.pixel_stage`.
@@ -316,6 +322,22 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.training = training
         self.simulation_steps = simulation_steps
 
+    @classmethod
+    def _refuse_other_length(cls, kwargs: Mapping[str, Any]) -> None:
+        """
+        Refuse a constructor's keyword that names the search length as other attacks do (``max_iter`` for a staged
+        search, ``steps_per_stage`` for a single-stage one), pointing to this attack's own name for it.
+
+        :raises ValueError: Naming both names and the value given.
+        """
+        other = "steps_per_stage" if cls._length_param == "max_iter" else "max_iter"
+        if other in kwargs:
+            meaning = "the length of its one search stage" if other == "steps_per_stage" else "the steps of each stage"
+            raise ValueError(
+                f"{cls.__name__} takes its search length as {cls._length_param} ({meaning}), not {other}: pass "
+                f"{cls._length_param}={kwargs[other]!r} instead."
+            )
+
     def set_params(self, **kwargs: Any) -> None:
         """
         Set attack parameters (names from ``attack_params``) and validate them; if they are refused, the attack keeps
@@ -332,9 +354,9 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
     def _check_params(self) -> None:
         self.steps_per_stage = check_integer(self._length_param, self.steps_per_stage, 1, MAX_STEPS)
         self.num_restarts = check_integer("num_restarts", self.num_restarts, 1, MAX_RESTARTS)
-        self._check_integers(("batch_size",))
+        self._check_integers(("batch_size",), high=MAX_BATCH_SIZE)
         self._check_numbers(("learning_rate",), positive=True, high=MAX_RATE)
-        self._check_numbers(("tv_weight", "norm_weight"), positive=False)
+        self._check_numbers(("tv_weight", "norm_weight"), positive=False, high=MAX_WEIGHT)
         check_choice("norm_form", self.norm_form, NORM_FORMS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distance", self.distance, DISTANCES)
@@ -377,15 +399,17 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         self.seed = check_integer("seed", self.seed, 0, MAX_SEED, optional=True)
         _check_estimator(self.estimator)
 
-    def _check_integers(self, names: tuple[str, ...], minimum: int = 1, optional: bool = False) -> None:
+    def _check_integers(
+        self, names: tuple[str, ...], minimum: int = 1, optional: bool = False, high: int | None = None
+    ) -> None:
         """
-        Check that the named parameters are integers ``>= minimum`` (or ``None``, if ``optional``) and store them as
-        Python ``int`` (torch refuses numpy integers in places, e.g. as split sizes).
+        Check that the named parameters are integers in ``[minimum, high]`` (or ``None``, if ``optional``) and store
+        them as Python ``int`` (torch refuses numpy integers in places, e.g. as split sizes).
 
         :raises ValueError: Naming the first parameter that is not.
         """
         for name in names:
-            setattr(self, name, check_integer(name, getattr(self, name), minimum, optional=optional))
+            setattr(self, name, check_integer(name, getattr(self, name), minimum, high, optional=optional))
 
     def _check_numbers(self, names: tuple[str, ...], positive: bool, high: float = math.inf) -> None:
         """
@@ -446,15 +470,33 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         with torch.inference_mode(False), torch.enable_grad():
             try:
                 yield
+            except SearchDiverged as err:
+                raise SearchDiverged(f"{type(self).__name__}: {err}. {self._divergence_advice()}.") from None
             except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
                 if not _out_of_memory(err):
                     raise
+                held, lower = self._memory_drivers()
                 raise MemoryError(
-                    f"{type(self).__name__} ran out of memory{_allocation(err)}: a search step holds "
-                    f"num_restarts × batch_size = {self.num_restarts} × {self.batch_size} candidate images, their "
-                    "gradients and (FedAvg) every replayed local step at once. Lower num_restarts, set "
-                    "simulation_steps for a FedAvg replay, or use a device with more memory."
+                    f"{type(self).__name__} ran out of memory{_allocation(err)}: a search step holds {held}, their "
+                    f"gradients and (FedAvg) every replayed local step at once. Lower {lower}, set simulation_steps "
+                    "for a FedAvg replay, or use a device with more memory."
                 ) from None
+
+    def _memory_drivers(self) -> tuple[str, str]:
+        """
+        For the out-of-memory message: the candidate images a search step holds (with the settings that make their
+        number) and the settings to lower.
+        """
+        held = f"num_restarts × batch_size = {self.num_restarts} × {self.batch_size} candidate images"
+        return held, "num_restarts"
+
+    def _divergence_advice(self) -> str:
+        """For the message of a search that diverged: the settings of this attack that can cause it, to lower."""
+        settings = [name for name in self.attack_params if name == "learning_rate" or name.endswith("_weight")]
+        if not settings:
+            return "Check that the model's and the prior's weights are valid"
+        named = settings[0] if len(settings) == 1 else f"{', '.join(settings[:-1])} or {settings[-1]}"
+        return f"Lower {named}, or check that the model's and the prior's weights are valid"
 
     def reconstruct_many(
         self,
@@ -708,10 +750,7 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
         competing = None if self._selection == "all" else [len(outcomes) - 1]
         best_stage, best_restart, images, losses = select_best(outcomes, self.batch_size, self.num_restarts, competing)
         if not np.isfinite(losses[best_stage, best_restart]) or not bool(images.isfinite().all()):
-            raise RuntimeError(
-                f"{type(self).__name__}: the search diverged (no candidate with a finite matching loss and finite "
-                "images). Lower learning_rate, or check that the model's and the prior's weights are valid."
-            )
+            raise SearchDiverged("the search diverged (no candidate with a finite matching loss and finite images)")
         images = images.clamp(lo, hi).detach().cpu().numpy().astype(np.float32)
         final_labels = self._result_labels(ctx, outcomes[best_stage], best_restart)
         result = ReconstructionResult(
@@ -827,9 +866,14 @@ class SingleStageSearch:
     steps_per_stage: int
     _length_param = "max_iter"
     attack_params: list[str]
+    _refuse_other_length: Callable[[Mapping[str, Any]], None]
 
     def _refuse_fixed(self, kwargs: dict[str, Any], base_params: list[str]) -> None:
-        """Refuse keyword arguments the attack sets itself (they would be ignored, or clash with its own)."""
+        """
+        Refuse keyword arguments the attack sets itself (they would be ignored, or clash with its own), the search
+        length as ``steps_per_stage`` first.
+        """
+        self._refuse_other_length(kwargs)
         fixed = sorted(set(kwargs) & (set(base_params) - set(self.attack_params)))
         if fixed:
             raise ValueError(

@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 DISTANCES = ("cosine", "l2")
 
 
+class SearchDiverged(RuntimeError):
+    """
+    The search's objective or its best candidate became NaN or infinite: there is no reconstruction to return (the
+    attacks add their name and the settings that can cause it).
+    """
+
+
 def project_l1_ball(v: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
     """
     Euclidean projection of each row of ``v`` onto the l1 ball of the given radius (sort-based, Duchi et al. 2008).
@@ -609,6 +616,9 @@ def run_stage(stage: SearchStage, objective: Objective | JointObjective, setting
 
     Every iterate that is evaluated (including the initial and the final one) competes for the stage's candidate.
     Apart from occasional progress reports, no host synchronisation happens inside the loop.
+
+    :raises SearchDiverged: If the objective of an Adam stage became NaN or infinite at any step, or a gradient
+                            overflowed (its square in Adam's second moment) or became NaN.
     """
     if stage.optimiser not in OPTIMISERS:
         raise ValueError(f"Unknown optimiser '{stage.optimiser}': use one of {OPTIMISERS}.")
@@ -666,9 +676,14 @@ def _run_adam(
 ) -> int:
     optimiser = torch.optim.Adam(_param_groups(stage, variables, settings.learning_rate))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, SCHEDULES[settings.schedule](settings.steps))
+    # A NaN or infinite objective, or a gradient whose square overflows float32 in Adam's second moment, stops the
+    # candidates for good (NaN steps, or steps of 0) and the tracker keeps what it saw before, often the start. Kept on
+    # the device and read once, after the loop, to add no host sync per step.
+    finite = torch.ones((), dtype=torch.bool, device=variables[0].device)
     for step in range(settings.steps):
         optimiser.zero_grad(set_to_none=True)
         total, match = evaluate(variables)
+        finite &= total.detach().isfinite().all()
         total.sum().backward()
         tracker.update(match, variables)
         if stage.signed:
@@ -681,6 +696,13 @@ def _run_adam(
                 for v, projected in zip(variables, stage.project(variables), strict=True):
                     v.copy_(projected)
         report(step)
+    for state in optimiser.state.values():  # the second moment keeps an overflowed or NaN square for good
+        finite &= state["exp_avg_sq"].isfinite().all()
+    if not bool(finite):
+        raise SearchDiverged(
+            f"the search diverged in stage '{stage.name}': its objective (matching loss plus priors) or its gradient "
+            "overflowed float32 or became NaN, so its candidates stopped moving"
+        )
     return settings.steps
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from art_gifd.attacks.base import SearchContext, SingleStageSearch, StageGenerator, single_stage_params
+from art_gifd.attacks.base import (
+    MAX_POPULATION,
+    MAX_RESTARTS,
+    SearchContext,
+    SingleStageSearch,
+    StageGenerator,
+    single_stage_params,
+)
 from art_gifd.attacks.core import SearchStage
 from art_gifd.attacks.generative import GenerativePriorAttack
 from art_gifd.attacks.label_mapping import LabelMapping
@@ -64,7 +71,7 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
         :param prior: Layered generator; ``None`` loads the embedded default.
         :param max_iter: CMA-ES generations.
         :param num_restarts: Independent CMA-ES runs, scored together.
-        :param population_size: Candidates per generation (``None``: the ``cma`` default).
+        :param population_size: Candidates per generation and restart, at most 10,000 (``None``: the ``cma`` default).
         :param sigma: Initial CMA-ES step size in latent units.
         :param distance: Gradient distance, ``"cosine"`` or ``"l2"``.
         :param label_mapping: Task label → generator class, for class-conditional priors.
@@ -97,8 +104,19 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
     def _check_params(self) -> None:
         super()._check_params()
         self._check_numbers(("sigma",), positive=True, high=MAX_RATE)
-        self._check_integers(("population_size",), minimum=2, optional=True)
-        self._check_integers(("eval_batch_size",), optional=True)
+        self._check_integers(("population_size",), minimum=2, optional=True, high=MAX_POPULATION)
+        # at most every candidate of a generation: a larger value scores them all at once too
+        self._check_integers(("eval_batch_size",), optional=True, high=MAX_RESTARTS * MAX_POPULATION)
+
+    def _memory_drivers(self) -> tuple[str, str]:
+        images = f"candidate batches of {self.batch_size} image(s)"
+        if self.eval_batch_size is not None:
+            return f"eval_batch_size = {self.eval_batch_size} {images}", "eval_batch_size (the result is the same)"
+        # every candidate of a generation at once
+        population = "the cma default" if self.population_size is None else self.population_size
+        held = f"num_restarts × population_size = {self.num_restarts} × {population} {images}"
+        lower = "population_size or num_restarts, or set eval_batch_size (scores a generation in parts, same result)"
+        return held, lower
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         yield SearchStage(

@@ -74,6 +74,7 @@ class GIASAttack(GenerativePriorAttack):
                        ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``schedule``,
                        ``device``, ``seed``, ``verbose``.
         """
+        self._refuse_other_length(kwargs)
         self.weight_learning_rate = weight_learning_rate
         super().__init__(
             estimator,

@@ -157,7 +157,8 @@ class GIFDAttack(GenerativePriorAttack):
                                  stage before: ``"halving"`` (all into the first feature stage, then half as many,
                                  rounded up, into each next one: 4, 2, 1 for 4 restarts and 3 feature stages), one
                                  count for every feature stage, one per feature stage (``max_stage - 1``
-                                 non-increasing counts), or ``None``: every restart through every stage.
+                                 non-increasing counts), each at most ``num_restarts``, or ``None``: every restart
+                                 through every stage.
         :param step_split: How the budget of ``max_stage × steps_per_stage`` steps is split over the stages:
                            ``"last-heavy"`` (default: half to the last stage, a quarter to the one before, see
                            :func:`split_steps`), ``"equal"`` (the paper's protocol) or one weight per stage.
@@ -287,9 +288,14 @@ class GIFDAttack(GenerativePriorAttack):
                 )
             if any(b > a for a, b in itertools.pairwise(values)):
                 raise ValueError(f"feature_restarts must not increase from stage to stage, got {list(values)}.")
+        if max(values, default=0) > self.num_restarts:  # a stage can only continue restarts the search has
+            raise ValueError(
+                f"feature_restarts={counts!r} carries more restarts than the search has (num_restarts="
+                f"{self.num_restarts}): give counts of at most num_restarts, or raise num_restarts."
+            )
 
     def restart_schedule(self) -> list[int]:
-        """Restarts each feature stage ``1 … stages - 1`` continues (``feature_restarts``, at most ``num_restarts``)."""
+        """Restarts each feature stage ``1 … stages - 1`` continues (``feature_restarts``)."""
         counts = self.feature_restarts
         if counts is None:
             counts = [self.num_restarts] * (self.stages - 1)
@@ -297,7 +303,7 @@ class GIFDAttack(GenerativePriorAttack):
             counts = [max(1, -(-int(self.num_restarts) // 2**k)) for k in range(self.stages - 1)]
         elif not isinstance(counts, Sequence):
             counts = [counts] * (self.stages - 1)
-        return [min(int(c), int(self.num_restarts)) for c in counts]
+        return [int(c) for c in counts]
 
     def stage_steps(self) -> list[int]:
         """Steps of each stage: ``max_stage × steps_per_stage`` split by ``step_split``."""

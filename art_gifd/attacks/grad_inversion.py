@@ -20,6 +20,7 @@ from art_gifd.attacks.base import (
     single_stage_params,
 )
 from art_gifd.federated import TargetModel
+from art_gifd.validation import MAX_WEIGHT
 
 if TYPE_CHECKING:
     import torch
@@ -125,13 +126,15 @@ class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
         :param learning_rate: Peak Adam learning rate.
         :param distance: Gradient distance, ``"l2"`` (paper) or ``"cosine"``.
         :param bn_weight: Weight of the BatchNorm-statistics term.
-        :param group_weight: Weight of the group-consistency term (0 disables it).
+        :param group_weight: Weight of the group-consistency term (0 disables it; it needs ``num_restarts >= 2``, since
+                             it pulls each restart towards the mean over the restarts).
         :param tv_weight: Weight of the total-variation prior.
         :param norm_weight: Weight of the norm prior ``mean_b mean(x_b²)`` (per-image mean, see ``norm_form``).
         :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
                        ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``schedule``,
                        ``device``, ``seed``, ``verbose``.
         """
+        self._refuse_fixed(kwargs, GradientInversionAttack.attack_params)
         self.bn_weight = bn_weight
         self.group_weight = group_weight
         super().__init__(
@@ -148,7 +151,13 @@ class GradInversionAttack(SingleStageSearch, GradientInversionAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        self._check_numbers(("bn_weight", "group_weight"), positive=False)
+        self._check_numbers(("bn_weight", "group_weight"), positive=False, high=MAX_WEIGHT)
+        if self.group_weight > 0 and self.num_restarts == 1:
+            raise ValueError(
+                f"group_weight={self.group_weight!r} pulls each restart towards the mean over the restarts, but "
+                "num_restarts=1: the mean is that one restart and the term is always 0. Set num_restarts to 2 or more, "
+                "or group_weight=0."
+            )
         # raises for a model without BatchNorm, or without running statistics in the client's mode
         BatchNormStatistics(TargetModel(self.estimator, train_mode=self.train_mode), self.batch_size)
 

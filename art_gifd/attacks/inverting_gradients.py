@@ -67,6 +67,7 @@ class InvertingGradientsAttack(SingleStageSearch, GradientInversionAttack):
                        ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``device``,
                        ``seed``, ``verbose``.
         """
+        self._refuse_fixed(kwargs, GradientInversionAttack.attack_params)
         self.signed_gradients = signed_gradients
         self.init = init
         super().__init__(
