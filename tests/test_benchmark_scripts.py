@@ -33,6 +33,18 @@ def refused(name: str, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys:
     return err
 
 
+def committed_runs(tmp_path: Path, name: str, lines: int | None = None) -> Path:
+    """A copy in ``tmp_path/runs`` of a committed runs folder, or of the first ``lines`` runs of one runs file."""
+    runs = tmp_path / "runs"
+    if lines is None:
+        shutil.copytree(RESULTS / name, runs)
+        return runs
+    runs.mkdir()
+    with (RESULTS / name).open() as handle:
+        (runs / Path(name).name).write_text("".join(next(handle) for _ in range(lines)))
+    return runs
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (its relative path) and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -73,8 +85,7 @@ def test_a_late_setting_error_is_one_line_not_a_traceback(tmp_path: Path) -> Non
 
 
 def test_a_fedavg_report_of_other_runs_is_written_beside_them(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    shutil.copytree(RESULTS / "fedavg_runs", runs)
+    runs = committed_runs(tmp_path, "fedavg_runs")
     committed = (RESULTS / "fedavg.md").read_text()
     done = script("fedavg", "--report", "--runs", str(runs))
     assert done.returncode == 0, done.stderr
@@ -177,10 +188,7 @@ def test_ablation_runs_of_other_settings_join_a_runs_file_only_when_asked(
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import ablation
 
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    with (RESULTS / "ablation_runs" / "lenet-mnist.jsonl").open() as handle:  # 100 steps per stage, one thread
-        (runs / "lenet-mnist.jsonl").write_text("".join(next(handle) for _ in range(4)))
+    runs = committed_runs(tmp_path, "ablation_runs/lenet-mnist.jsonl", 4)  # 100 steps per stage, one thread
     before = tree(runs)
     base = ["--case", "lenet-mnist", "--runs", str(runs)]
     for args, message in (
@@ -201,8 +209,7 @@ def test_fedavg_runs_of_other_settings_are_refused(
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import fedavg
 
-    runs = tmp_path / "runs"
-    shutil.copytree(RESULTS / "fedavg_runs", runs)
+    runs = committed_runs(tmp_path, "fedavg_runs")
     before = tree(runs)
     for args, message in (
         (["--steps-per-stage", "5"], "holds runs of --steps-per-stage 50 (this run: 5)"),
@@ -222,10 +229,7 @@ def test_overwrite_replaces_a_report(
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import ablation, speed
 
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    with (RESULTS / "ablation_runs" / "lenet-mnist.jsonl").open() as handle:
-        (runs / "lenet-mnist.jsonl").write_text("".join(next(handle) for _ in range(8)))
+    runs = committed_runs(tmp_path, "ablation_runs/lenet-mnist.jsonl", 8)
     out = tmp_path / "report" / "ablation"
     out.parent.mkdir()
     for path in ablation.report_paths(out):
