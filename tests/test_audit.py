@@ -383,7 +383,7 @@ def test_interrupted_audit_resumes_from_finished_settings(tmp_path, monkeypatch)
     assert keys(text.replace("ratio = 0.5", "ratio = 0.6"))[1] != keys(text)[1]
     assert keys(text.replace("steps_per_stage = 3", "steps_per_stage = 4"))[0] != keys(text)[0]
     edited = text.replace("rounds = 2", "rounds = 0").replace('title = "tiny audit"', 'title = "renamed"')
-    edited += "[report]\nrecognisable_ssim = 0.0\n"
+    edited += "[report]\nrecognisable_ssim = 1e-6\n"
     assert keys(edited) == keys(text)
     path.write_text(edited)
 
