@@ -126,7 +126,10 @@ def test_bad_inputs_to_reconstruct_many_are_named(heldout, default_prior) -> Non
     scaled = PyTorchClassifier(lenet(seed=0), torch.nn.CrossEntropyLoss(), (1, 32, 32), 10, clip_values=(0.0, 255.0))
     with pytest.raises(ValueError, match=r"estimators\[1\] has clip_values \[0.0, 255.0\] but the attack's"):
         attack.reconstruct_many(observations, estimators=[clf, scaled])
-    with pytest.raises(ValueError, match=r"observations must be a list .* got a dict: pass list"):
+    with pytest.raises(
+        ValueError,
+        match=r"observations must be a list .* got a dict \(a gradient name -> array of one client goes in a list",
+    ):
         attack.reconstruct_many(dict(enumerate(observations)))
     with pytest.raises(ValueError, match="seeds must be a list with one entry per observation, got a int64"):
         attack.reconstruct_many(observations, seeds=np.int64(3))

@@ -200,7 +200,12 @@ def _as_list(name: str, values: Any) -> list[Any]:
     if isinstance(values, refused) or not isinstance(values, Iterable):
         raise ValueError(
             f"{name} must be a list with one entry per observation, got a {type(values).__name__}"
-            + (": pass list(...values()) in the observations' order." if isinstance(values, Mapping) else ".")
+            + (
+                " (a gradient name -> array of one client goes in a list: [gradient]; a dict of clients: "
+                "list(clients.values()))."
+                if isinstance(values, Mapping)
+                else "."
+            )
         )
     return list(values)
 
