@@ -249,6 +249,25 @@ def test_a_search_whose_objective_overflows_raises_instead_of_returning_its_star
     assert stages == [first]  # refused when its first stage ends, not after every stage
 
 
+def test_one_restart_that_overflows_leaves_the_others_to_finish(lenet_clf, heldout) -> None:
+    from art_gifd.attacks.core import total_variation
+
+    class FirstRestartOverflows(InvertingGradientsAttack):
+        def _regularisers(self, ctx):
+            def term(images: torch.Tensor) -> torch.Tensor:
+                per_restart = total_variation(images).reshape(-1, ctx.batch_size).mean(dim=1)
+                scale = torch.ones_like(per_restart)
+                scale[0] = float("inf")  # the first restart's objective only
+                return scale * per_restart
+
+            return [term]
+
+    x, y = heldout[0][:1], heldout[1][:1]
+    attack = FirstRestartOverflows(lenet_clf, num_restarts=2, max_iter=3, seed=0, verbose=False)
+    result = attack.reconstruct(client_gradients(lenet_clf, x, y), y)
+    assert np.isfinite(result.images).all() and np.isfinite(result.best_loss)
+
+
 @pytest.mark.parametrize(
     ("raised", "size"),
     [

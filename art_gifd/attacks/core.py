@@ -678,12 +678,13 @@ def _run_adam(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, SCHEDULES[settings.schedule](settings.steps))
     # A NaN or infinite objective, or a gradient whose square overflows float32 in Adam's second moment, stops the
     # candidates for good (NaN steps, or steps of 0) and the tracker keeps what it saw before, often the start. Kept on
-    # the device and read once, after the loop, to add no host sync per step.
-    finite = torch.ones((), dtype=torch.bool, device=variables[0].device)
+    # the device and read once, after the loop, to add no host sync per step. A candidate whose objective stayed finite
+    # keeps the stage going (the tracker passes over the others); every candidate lost is an error.
+    alive: torch.Tensor | None = None
     for step in range(settings.steps):
         optimiser.zero_grad(set_to_none=True)
         total, match = evaluate(variables)
-        finite &= total.detach().isfinite().all()
+        alive = total.detach().isfinite() if alive is None else alive & total.detach().isfinite()
         total.sum().backward()
         tracker.update(match, variables)
         if stage.signed:
@@ -696,9 +697,12 @@ def _run_adam(
                 for v, projected in zip(variables, stage.project(variables), strict=True):
                     v.copy_(projected)
         report(step)
-    for state in optimiser.state.values():  # the second moment keeps an overflowed or NaN square for good
-        finite &= state["exp_avg_sq"].isfinite().all()
-    if not bool(finite):
+    if alive is None:  # no step
+        return 0
+    going = alive.any()
+    for state in optimiser.state.values():  # a second moment overflowed everywhere makes every step 0, for good
+        going &= state["exp_avg_sq"].isfinite().any()
+    if not bool(going):
         raise SearchDiverged(
             f"the search diverged in stage '{stage.name}': its objective (matching loss plus priors) or its gradient "
             "overflowed float32 or became NaN, so its candidates stopped moving"
