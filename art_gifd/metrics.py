@@ -125,6 +125,14 @@ def _validate_pair(
             f"original images span [{float(orig.min()):g}, {brightest:g}], under 1% of data_range ({low:g}, {high:g}): "
             "pass the images' own pixel range as data_range (e.g. (0, 1) for float images)."
         )
+    # and images in [0, 1] scored with a range centred on 0, such as (-1, 1): PSNR reads 6 dB high
+    if low < 0 < high and min(float(orig.min()), float(rec.min())) >= 0 and float(orig.max()) > 0:
+        warnings.warn(
+            f"Every image is at least 0 while data_range ({low:g}, {high:g}) reaches below 0: if the images lie in "
+            "[0, 1], pass data_range=(0, 1); scored in a range twice as wide, PSNR reads about 6 dB high.",
+            UserWarning,
+            stacklevel=3,
+        )
     return rec, orig
 
 

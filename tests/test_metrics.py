@@ -417,3 +417,14 @@ def test_prior_loaders_name_bad_specs_and_devices() -> None:
         load_prior({"type": "embedded", "nmae": "mnist32"}, "cpu")
     with pytest.raises(ValueError, match="Unknown prior type 'gan'"):
         load_prior({"type": "gan"}, "cpu")
+
+
+def test_images_in_0_1_scored_with_a_range_centred_on_0_warn(rng: np.random.Generator) -> None:
+    import warnings
+
+    a, b = rng.random((2, 1, 8, 8)), rng.random((2, 1, 8, 8))
+    with pytest.warns(UserWarning, match=r"Every image is at least 0 while data_range \(-1, 1\) .* pass data_range"):
+        psnr(a, b, data_range=(-1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # images that use the range's negative half: nothing to say
+        psnr(a * 2 - 1, b * 2 - 1, data_range=(-1, 1))
