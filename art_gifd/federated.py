@@ -202,6 +202,10 @@ class TargetModel:
         noise = torch.rand((2, *self.input_shape), generator=torch.Generator().manual_seed(0))
         with _forked_rng(self.device):
             grads = self.gradients((lo + (hi - lo) * noise).to(self.device), torch.arange(2, device=self.device) % 2)
+        return self._negligible(grads)
+
+    def _negligible(self, grads: Sequence[torch.Tensor]) -> tuple[str, ...]:
+        """Names of the parameters whose gradient is at most 1e-6 of the whole gradient's norm."""
         total = float(torch.sqrt(sum(g.double().pow(2).sum() for g in grads)))
         return tuple(n for n, g in zip(self.names, grads, strict=True) if float(g.double().norm()) <= 1e-6 * total)
 
@@ -217,9 +221,8 @@ class TargetModel:
         ):
             return ()
         inert = TargetModel(self.estimator, device=self.device, train_mode=True).inert_parameters
-        total = float(torch.sqrt(sum(g.double().pow(2).sum() for g in observed)))
-        vanishing = [n for n, g in zip(self.names, observed, strict=True) if float(g.double().norm()) <= 1e-6 * total]
-        return tuple(inert) if inert and set(inert) <= set(vanishing) and total > 0 else ()
+        # an observed gradient is never zero everywhere (as_gradient_list refuses it)
+        return inert if inert and set(inert) <= set(self._negligible(observed)) else ()
 
     def replay_plan(
         self, training: LocalTraining, n: int, max_steps: int | None = None

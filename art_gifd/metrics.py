@@ -339,7 +339,7 @@ def fetch_backbone_weights(net: str, destination: Path, url: str | None = None) 
         raise RuntimeError(f"could not download {source}: {exc}") from exc
 
 
-def _warn_if_not_torchvisions(path: Path, file_name: str, display: str) -> None:
+def _warn_if_not_torchvisions(path: Path, file_name: str) -> None:
     """
     Warn when a local backbone file's SHA-256 does not start with the prefix in torchvision's file
     name: any weights of the right shapes load, and a randomly initialised backbone gives LPIPS values that mean
@@ -422,7 +422,7 @@ class LPIPSMetric:
                 f"allow a download (art-gifd --allow-download, or {ALLOW_DOWNLOAD_ENV}=1)."
             )
         elif self.reason is None:
-            _warn_if_not_torchvisions(self.weights_path, file_name, display)
+            _warn_if_not_torchvisions(self.weights_path, file_name)
             try:
                 self._model = self._build()
             except Exception as exc:  # torch.load raises many exception types on a corrupt or foreign file.

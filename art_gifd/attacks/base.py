@@ -715,17 +715,16 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             if head is None:
                 raise no_head
             labels = labels_from_gradient(observed, head, self.batch_size)
-            if self.training is not None and self.training.order_known:
-                size = len(self.training.batches(self.batch_size)[0])
-                if size < self.batch_size:
-                    warnings.warn(
-                        f"Labels inferred for a FedAvg update of mini-batches of {size} in a known order: the update "
-                        "tells which labels the client had, not which sample had which, so the replay puts them in "
-                        "other mini-batches than the client did, and the attack is weaker than it could be. Pass the "
-                        "client's labels in its sample order (y=...) where they are known.",
-                        UserWarning,
-                        stacklevel=2,
-                    )
+            size = self.training.batch_size if self.training is not None else None
+            if size is not None and size < self.batch_size and self.training.order_known:
+                warnings.warn(
+                    f"Labels inferred for a FedAvg update of mini-batches of {size} in a known order: the update "
+                    "tells which labels the client had, not which sample had which, so the replay puts them in "
+                    "other mini-batches than the client did, and the attack is weaker than it could be. Pass the "
+                    "client's labels in its sample order (y=...) where they are known.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         else:
             labels = None
         seed = int(self.seed) if self.seed is not None else int(np.random.default_rng().integers(2**31 - 1))

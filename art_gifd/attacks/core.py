@@ -617,8 +617,8 @@ def run_stage(stage: SearchStage, objective: Objective | JointObjective, setting
     Every iterate that is evaluated (including the initial and the final one) competes for the stage's candidate.
     Apart from occasional progress reports, no host synchronisation happens inside the loop.
 
-    :raises SearchDiverged: If the objective of an Adam stage became NaN or infinite at any step, or a gradient
-                            overflowed (its square in Adam's second moment) or became NaN.
+    :raises SearchDiverged: If an Adam stage lost every candidate (its objective NaN or infinite at some step), or a
+                            gradient's square overflowed Adam's second moment everywhere (every step then 0).
     """
     if stage.optimiser not in OPTIMISERS:
         raise ValueError(f"Unknown optimiser '{stage.optimiser}': use one of {OPTIMISERS}.")
