@@ -190,6 +190,19 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "default, latent lr 0.3": ("default", _from_default(learning_rate=0.3, feature_learning_rate=0.1)),
     # 8 starts, halved into each feature stage (8-4-2): with the last-heavy split, the same restart × steps as R=4
     "default, R=8 halving": ("default", _from_default(num_restarts=8, feature_restarts="halving")),
+    "default, tv summed over batch": ("default", lambda case, batch: {**DEFAULT, "tv_weight": 1e-4 * batch}),
+    "default, steps equal": ("default", _from_default(step_split="equal")),
+    "default, steps equal, pool=16": ("default", _from_default(step_split="equal", _latent_pool=16)),
+    "default, steps equal, R=8 halving": (
+        "default",
+        _from_default(step_split="equal", num_restarts=8, feature_restarts="halving"),
+    ),
+    "default, tv=1e-3": ("default", _from_default(tv_weight=1e-3)),
+    "default, norm=old 1e-6*sum(x^2)": (
+        "default",
+        lambda case, batch: {**DEFAULT, "norm_weight": old(case, batch)["norm_weight"]},
+    ),
+    "default, latent constraint=none": ("default", _from_default(latent_constraint="none")),
     "old": ("old", old),
     "old + norm=0": ("old", _from_old(norm_weight=0.0)),
     "old + tv mean over batch": ("old", _from_old(tv_weight=1e-4)),
