@@ -80,7 +80,7 @@ NEW: dict[str, Any] = {
     "_hand_on": "best",
     "_selection": "all",
     "step_split": "equal",
-    "_latent_pool": 1,
+    "latent_pool": 1,
 }
 
 
@@ -143,14 +143,14 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "R=4, 4-1-1 on": ("new", _from_new(feature_restarts=(4, 1, 1))),
     "R=4, 4-2-1 on": ("new", _from_new(feature_restarts=(4, 2, 1))),
     "R=2, all on": ("new", _from_new(num_restarts=2, feature_restarts=None)),
-    "pool=4, all on": ("R=4, all on", _from_new(feature_restarts=None, _latent_pool=4)),
-    "pool=16, all on": ("R=4, all on", _from_new(feature_restarts=None, _latent_pool=16)),
+    "pool=4, all on": ("R=4, all on", _from_new(feature_restarts=None, latent_pool=4)),
+    "pool=16, all on": ("R=4, all on", _from_new(feature_restarts=None, latent_pool=16)),
     "feature lr x0.3, all on": ("R=4, all on", _from_new(feature_restarts=None, feature_learning_rate=0.03)),
     "feature lr x3, all on": ("R=4, all on", _from_new(feature_restarts=None, feature_learning_rate=0.3)),
     "feature lr x0.5, all on": ("R=4, all on", _from_new(feature_restarts=None, feature_learning_rate=0.05)),
     "pool=16, feature lr x0.5, all on": (
         "R=4, all on",
-        _from_new(feature_restarts=None, _latent_pool=16, feature_learning_rate=0.05),
+        _from_new(feature_restarts=None, latent_pool=16, feature_learning_rate=0.05),
     ),
     "lr=0.03, all on": (
         "R=4, all on",
@@ -182,9 +182,9 @@ CONFIGS: dict[str, tuple[str, Config]] = {
         "feature lr x0.3, all on",
         _from_new(feature_restarts=None, feature_learning_rate=0.03, step_split=(0.125, 0.125, 0.25, 0.5)),
     ),
-    "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, _latent_pool=16)),
+    "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, latent_pool=16)),
     "default": ("old", _from_default()),
-    "default, pool=16": ("default", _from_default(_latent_pool=16)),
+    "default, pool=16": ("default", _from_default(latent_pool=16)),
     "default, steps 1/4-1/8-1/8-1/2": ("default", _from_default(step_split=(0.25, 0.125, 0.125, 0.5))),
     "default, latent lr 0.2": ("default", _from_default(learning_rate=0.2, feature_learning_rate=0.1)),
     "default, latent lr 0.3": ("default", _from_default(learning_rate=0.3, feature_learning_rate=0.1)),
@@ -192,7 +192,7 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "default, R=8 halving": ("default", _from_default(num_restarts=8, feature_restarts="halving")),
     "default, tv summed over batch": ("default", lambda case, batch: {**DEFAULT, "tv_weight": 1e-4 * batch}),
     "default, steps equal": ("default", _from_default(step_split="equal")),
-    "default, steps equal, pool=16": ("default", _from_default(step_split="equal", _latent_pool=16)),
+    "default, steps equal, pool=16": ("default", _from_default(step_split="equal", latent_pool=16)),
     "default, steps equal, R=8 halving": (
         "default",
         _from_default(step_split="equal", num_restarts=8, feature_restarts="halving"),
@@ -227,7 +227,6 @@ def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int,
     )
     attack._hand_on = kwargs["_hand_on"]
     attack._selection = kwargs["_selection"]
-    attack._latent_pool = kwargs.get("_latent_pool", 1)
     return attack
 
 

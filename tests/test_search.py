@@ -9,6 +9,7 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.attacks import GGLAttack, GIASAttack
+from art_gifd.attacks.base import MAX_POPULATION
 from art_gifd.attacks.core import GradientMatcher, Objective, image_norm, total_variation
 from art_gifd.federated import TargetModel
 from art_gifd.priors.base import project_latent
@@ -259,11 +260,14 @@ def test_latent_pool_starts_from_the_best_matching_draws(lenet_clf, heldout, def
     def context() -> SearchContext:
         return SearchContext(target, torch.as_tensor(y), 2, 2, torch.Generator().manual_seed(0), (0.0, 1.0), matcher)
 
-    attack._latent_pool = 4
+    attack.set_params(latent_pool=4)
     chosen = attack.initial_latent(context())
-    attack._latent_pool = 1
+    attack.set_params(latent_pool=1)
     pool = attack.project_latent(default_prior.sample_latent(16, generator=context().rng))
     with torch.no_grad():
         losses = torch.cat([matcher.loss(attack._decoder(0, context())([part])) for part in pool.split(4)])
     best = pool.reshape(8, 2, *pool.shape[1:])[torch.argsort(losses)[:2]].reshape(chosen.shape)
     torch.testing.assert_close(chosen, best)
+    for bad in (0, 2.5, "4", MAX_POPULATION + 1):
+        with pytest.raises(ValueError, match="latent_pool"):
+            attack.set_params(latent_pool=bad)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from art_gifd.attacks.base import GradientInversionAttack, SearchContext
+from art_gifd.attacks.base import MAX_POPULATION, GradientInversionAttack, SearchContext
 from art_gifd.attacks.label_mapping import AutoLabelMapping, LabelMapping, auto_label_mapping, map_labels
 from art_gifd.priors.base import (
     LATENT_CONSTRAINTS,
@@ -63,10 +63,13 @@ class GenerativePriorAttack(GradientInversionAttack):
     :data:`~art_gifd.priors.base.LATENT_CONSTRAINTS`): after every gradient step, and for CMA-ES before decoding.
     """
 
-    attack_params = [*GradientInversionAttack.attack_params, "prior", "label_mapping", "latent_constraint"]
-    #: Latent draws screened per restart by their initial matching loss (1: none). An attribute so that
-    #: ``benchmarks/ablation.py`` can measure it: neutral at B=1 and not significant at B=4 on the tuning split.
-    _latent_pool = 1
+    attack_params = [
+        *GradientInversionAttack.attack_params,
+        "prior",
+        "label_mapping",
+        "latent_constraint",
+        "latent_pool",
+    ]
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class GenerativePriorAttack(GradientInversionAttack):
         prior: LayeredGenerator | None,
         label_mapping: LabelMapping,
         latent_constraint: str = "auto",
+        latent_pool: int = 1,
         **kwargs: Any,
     ) -> None:
         """
@@ -85,11 +89,15 @@ class GenerativePriorAttack(GradientInversionAttack):
         :param latent_constraint: ``"auto"`` (the prior's :attr:`~art_gifd.priors.LayeredGenerator.latent_constraint`:
                                   the sphere of radius ``sqrt(d)`` for a standard normal latent, a box for BigGAN's
                                   truncated one, none for StyleGAN2), or ``"sphere"``, ``"box"``, ``"none"``.
+        :param latent_pool: Latent draws per restart, ``P``: ``P · R`` candidate batches are drawn and the ``R`` whose
+                            decoded images match the observed gradient best start the search (1: the first ``R``
+                            draws). Costs ``P`` graph-free matching evaluations per restart, a few steps' worth.
         :param kwargs: Parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`.
         """
         self.prior = _default_prior() if prior is None else prior
         self.label_mapping = label_mapping
         self.latent_constraint = latent_constraint
+        self.latent_pool = latent_pool
         self._generator_labels: torch.Tensor | None = None
         self._mapping_scores: dict[str, object] | None = None
         super().__init__(estimator, **kwargs)
@@ -119,6 +127,7 @@ class GenerativePriorAttack(GradientInversionAttack):
                 f"{expected}. Use a prior trained at the estimator's resolution and channel count."
             )
         check_choice("latent_constraint", self.latent_constraint, ("auto", *LATENT_CONSTRAINTS))
+        self._check_integers(("latent_pool",), high=MAX_POPULATION)
         if self.resolved_latent_constraint == "box" and not (self.prior.latent_bound or 0) > 0:
             raise ValueError(
                 "latent_constraint='box' needs a prior with a latent_bound (a truncated latent); this prior has none: "
@@ -320,13 +329,13 @@ class GenerativePriorAttack(GradientInversionAttack):
         """
         One latent code per candidate row, ``(R * B, …)``, drawn from the prior and projected.
 
-        With a latent pool of ``P > 1`` draws per restart, ``P · R`` candidate batches are drawn and the ``R`` whose
+        With ``latent_pool`` ``P > 1`` draws per restart, ``P · R`` candidate batches are drawn and the ``R`` whose
         decoded images match the observed gradient best start the search (scored without a graph, in chunks of
         ``R · B`` rows, the memory of one search step).
         """
         import torch
 
-        pool = int(self._latent_pool)
+        pool = int(self.latent_pool)
         draws = self.project_latent(self.prior.sample_latent(ctx.num_candidates * pool, generator=ctx.rng))
         if pool == 1:
             return draws

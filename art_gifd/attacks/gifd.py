@@ -116,6 +116,7 @@ class GIFDAttack(GenerativePriorAttack):
         feature_restarts: int | Sequence[int] | str | None = None,
         step_split: str | Sequence[float] = "last-heavy",
         latent_constraint: str = "auto",
+        latent_pool: int = 16,
         norm_form: str = "mean_square",
         schedule: str = "cosine",
         train_mode: bool = False,
@@ -164,6 +165,8 @@ class GIFDAttack(GenerativePriorAttack):
                            :func:`split_steps`), ``"equal"`` (the paper's protocol) or one weight per stage.
         :param latent_constraint: ``"auto"`` (the prior's), ``"sphere"``, ``"box"`` or ``"none"``: the set the
                                   latent code is projected onto after every step of the latent stage.
+        :param latent_pool: Latent draws per restart; the ``num_restarts`` batches of draws that match the observed
+                            gradient best start the search (1: the first draws, as the paper).
         :param norm_form: Form of the norm prior: ``"mean_square"`` or ``"rms"``.
         :param schedule: Adam learning-rate schedule of every stage: ``"cosine"`` (warm-up, then cosine decay) or
                          ``"step"``.
@@ -188,6 +191,7 @@ class GIFDAttack(GenerativePriorAttack):
             prior,
             label_mapping,
             latent_constraint=latent_constraint,
+            latent_pool=latent_pool,
             norm_form=norm_form,
             schedule=schedule,
             steps_per_stage=steps_per_stage,
