@@ -210,6 +210,9 @@ def gifd_attack(case: Case, protocol: Protocol, device: str, **overrides: Any) -
         "radius_scale": "per_element",
         "tv_weight": protocol.tv_weight,
         "norm_weight": protocol.norm_weight,
+        # the reference's protocol: equal steps per stage, starting from the first latent draws
+        "step_split": "equal",
+        "latent_pool": 1,
         **overrides,
     }
     return GIFDAttack(

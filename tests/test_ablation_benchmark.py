@@ -58,6 +58,13 @@ def test_ablation_runs_resume_and_report_paired_differences(benchmarks, tmp_path
     assert rows["new"]["psnr"] == pytest.approx(np.mean(list(runs_by["new"].values())))
     assert "| R=1 | 4 |" in out.with_suffix(".md").read_text()
     assert (out.parent / "ablation_restarts.png").stat().st_size > 0
+    alone = tmp_path / "alone"  # R=1 without its baseline's runs: no difference, not nan over 0/0
+    alone.mkdir()
+    (alone / "lenet-mnist.jsonl").write_text("".join(f"{x}\n" for x in lines if '"config": "R=1"' in x))
+    ablation.main(["--report", "--runs", str(alone), "--out", str(tmp_path / "report" / "alone")])
+    row = json.loads((tmp_path / "report" / "alone.json").read_text())["rows"][0]
+    assert row["config"] == "R=1" and row["paired_runs"] == 0 and row["wins"] is None
+    assert "| — | — | — |" in (tmp_path / "report" / "alone.md").read_text()
 
 
 def test_old_configuration_is_the_old_objective_in_new_units(benchmarks) -> None:

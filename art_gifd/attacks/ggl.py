@@ -79,9 +79,10 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
                                 generation at once). Each candidate needs its own dummy gradient of the FL model, so
                                 memory grows with it; lower it when memory runs short (a ResNet-18 at 64×64 went past
                                 20 GB on CPU with 4 restarts × 17 candidates at batch size 4). The result is the same.
-        :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``device``,
-                       ``seed``, ``verbose``.
+        :param kwargs: Further parameters of :class:`~art_gifd.attacks.generative.GenerativePriorAttack`:
+                       ``latent_pool`` (the CMA-ES means start from the best draws), ``batch_size``,
+                       ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``device``, ``seed``,
+                       ``verbose``.
         """
         self.population_size = population_size
         self.sigma = sigma

@@ -70,9 +70,9 @@ class GIASAttack(GenerativePriorAttack):
         :param tv_weight: Weight of the total-variation prior.
         :param norm_weight: Weight of the norm prior (a per-image mean, see ``norm_form``).
         :param label_mapping: Task label → generator class, for class-conditional priors.
-        :param kwargs: Further parameters of :class:`~art_gifd.attacks.base.GradientInversionAttack`:
-                       ``batch_size``, ``train_mode``, ``defense``, ``training``, ``simulation_steps``, ``schedule``,
-                       ``device``, ``seed``, ``verbose``.
+        :param kwargs: Further parameters of :class:`~art_gifd.attacks.generative.GenerativePriorAttack`:
+                       ``latent_pool``, ``batch_size``, ``train_mode``, ``defense``, ``training``,
+                       ``simulation_steps``, ``schedule``, ``device``, ``seed``, ``verbose``.
         """
         self._refuse_other_length(kwargs)
         self.weight_learning_rate = weight_learning_rate
