@@ -463,16 +463,21 @@ RESTART_CONFIGS = (
 )
 
 
-def restarts_figure(rows: list[dict[str, Any]], path: Path) -> None:
-    """PSNR against CPU seconds of the restart configurations, one panel per case and batch size (tuning split)."""
+def restarts_figure(rows: list[dict[str, Any]], path: Path) -> bool:
+    """
+    PSNR against CPU seconds of the restart configurations, one panel per case and batch size (tuning split) that
+    has any; whether there was one to draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = sorted({(r["case"], r["batch_size"]) for r in rows if r["split"] == "tune"})
+    cells = sorted(
+        {(r["case"], r["batch_size"]) for r in rows if r["split"] == "tune" and r["config"] in RESTART_CONFIGS}
+    )
     if not cells:
-        return
+        return False
     fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.2), squeeze=False)
     for ax, (case, batch) in zip(axes[0], cells, strict=True):
         chosen = {r["config"]: r for r in rows if (r["case"], r["batch_size"], r["split"]) == (case, batch, "tune")}
@@ -493,6 +498,7 @@ def restarts_figure(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def report(args: argparse.Namespace) -> None:
@@ -518,9 +524,9 @@ def report(args: argparse.Namespace) -> None:
     write_json_atomic(json_path, record)
     text = markdown(rows) + multiplicity_markdown(multiplicity)
     md_path.write_text(text)
-    restarts_figure(rows, figure_path)
+    drawn = restarts_figure(rows, figure_path)
     print(text)
-    print(f"-> {json_path}, {md_path}")
+    print(f"-> {json_path}, {md_path}" + (f", {figure_path}" if drawn else " (no restart configurations: no figure)"))
 
 
 def report_paths(out: Path) -> tuple[Path, Path, Path]:
