@@ -123,9 +123,9 @@ def test_gifd_reconstructs_heldout_digit(lenet_clf, heldout, default_prior) -> N
     # each stage starts from the previous stage's best candidate, so the best loss never gets worse
     assert np.all(np.diff(result.stage_losses.min(axis=1)) <= 1e-7)
     score = float(psnr(result.images, x)[0])
-    # 52.5 dB when measured (2 restarts through every stage, last-heavy steps; 44.1 with equal steps): a 3 dB
-    # regression fails
-    assert score > 49.5, f"PSNR {score:.1f} dB: the search is not reconstructing"
+    # 50.9 dB when measured (2 restarts from 32 latent draws, through every stage, last-heavy steps; 52.5 from the
+    # first 2 draws, 44.1 with equal steps): a 3 dB regression fails, with room for another CPU's float differences
+    assert score > 48.0, f"PSNR {score:.1f} dB: the search is not reconstructing"
     # reproducible with the same seed
     again = GIFDAttack(lenet_clf, default_prior, steps_per_stage=100, num_restarts=2, seed=0, verbose=False)
     np.testing.assert_allclose(again.infer(grads, y=y), result.images, atol=1e-5)
