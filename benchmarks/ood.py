@@ -65,7 +65,7 @@ from benchmarks.common import refuse_to_replace
 
 #: What the summary reads of a finished job's record (see :func:`art_gifd.store.shape_problem`).
 JOB_SHAPE = {
-    "settings": dict,
+    "settings": str,
     "run": {"psnr": NUMBER, "psnr_std": NUMBER, "ssim": NUMBER, "label_accuracy": NUMBER},
 }
 

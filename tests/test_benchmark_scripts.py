@@ -281,3 +281,22 @@ def test_many_clients_writes_over_its_results_only_with_overwrite(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert [r["clients"] for r in json.loads((tmp_path / "many_clients.json").read_text())["rows"]] == [1]
     assert (tmp_path / "many_clients.md").read_text().startswith("# Many clients")
+
+
+def test_ood_resumes_its_finished_jobs_and_reruns_only_a_damaged_one(tmp_path: Path) -> None:
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "ood.json"
+    args = ["--pairs", "in-distribution", "--batch-sizes", "1", "--images", "4", "--steps-per-stage", "1"]
+    args += ["--restarts", "1", "--stages", "1", "--jobs", str(jobs), "--out", str(out)]
+    first = script("ood", *args)
+    assert first.returncode == 0, first.stderr
+    lines = jobs.read_text().splitlines()
+    assert len(lines) == 3 and "0 of 3 jobs already done; 3 to run" in first.stderr
+    again = script("ood", *args, "--overwrite")
+    assert again.returncode == 0 and "3 of 3 jobs already done; 0 to run" in again.stderr, again.stderr
+    assert "damaged" not in again.stderr and jobs.read_text().splitlines() == lines
+    record = json.loads(lines[0])
+    record["run"]["psnr"] = "high"
+    jobs.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    repaired = script("ood", *args, "--overwrite")
+    assert "2 of 3 jobs already done; 1 to run" in repaired.stderr and "run.psnr is" in repaired.stderr
+    assert len(json.loads(out.read_text())["runs"]) == 3
