@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from art_gifd import GIFDAttack
 from art_gifd.cli import SEED, Distinct, count, output_folder, run_script
+from art_gifd.report.figures import pyplot
 from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
 from benchmarks.common import (
@@ -468,11 +469,7 @@ def restarts_figure(rows: list[dict[str, Any]], path: Path) -> bool:
     PSNR against CPU seconds of the restart configurations, one panel per case and batch size (tuning split) that
     has any; whether there was one to draw.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cells = sorted(
         {(r["case"], r["batch_size"]) for r in rows if r["split"] == "tune" and r["config"] in RESTART_CONFIGS}
     )

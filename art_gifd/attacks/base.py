@@ -79,8 +79,9 @@ logger = logging.getLogger(__name__)
 MAX_STEPS = 10_000_000
 #: Most random restarts a search accepts (each is a row of every batched step).
 MAX_RESTARTS = 10_000
-#: Most candidates a CMA-ES generation samples per restart: far beyond the ``cma`` package's default ``4 + ⌊3 ln d⌋``
-#: (31 for a latent of 9,216 dimensions) and the populations of published attacks; each needs its own dummy gradient.
+#: Most candidates sampled per restart, by a CMA-ES generation or a latent pool: far beyond the ``cma`` package's
+#: default ``4 + ⌊3 ln d⌋`` (31 for a latent of 9,216 dimensions), the populations of published attacks and the latent
+#: pool's default of 16; each candidate needs its own dummy gradient.
 MAX_POPULATION = 10_000
 
 StageGenerator = Generator[SearchStage, StageOutcome, None]

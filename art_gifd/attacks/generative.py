@@ -335,7 +335,7 @@ class GenerativePriorAttack(GradientInversionAttack):
         """
         import torch
 
-        pool = int(self.latent_pool)
+        pool = self.latent_pool  # an int: _check_params stores it as one
         draws = self.project_latent(self.prior.sample_latent(ctx.num_candidates * pool, generator=ctx.rng))
         if pool == 1:
             return draws
