@@ -187,6 +187,7 @@ CONFIGS: dict[str, tuple[str, Config]] = {
     "pool=16, R=2 all on": ("R=4, all on", _from_new(num_restarts=2, feature_restarts=None, latent_pool=16)),
     "default": ("old", _from_default()),
     "default, pool=16": ("default", _from_default(latent_pool=16)),
+    "default, pool=64": ("default, pool=16", _from_default(latent_pool=64)),
     "default, steps 1/4-1/8-1/8-1/2": ("default", _from_default(step_split=(0.25, 0.125, 0.125, 0.5))),
     "default, latent lr 0.2": ("default", _from_default(learning_rate=0.2, feature_learning_rate=0.1)),
     "default, latent lr 0.3": ("default", _from_default(learning_rate=0.3, feature_learning_rate=0.1)),
