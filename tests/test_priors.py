@@ -77,6 +77,32 @@ def test_untrusted_pickle_refused(tmp_path) -> None:
         load_state_dict_file(path, key="netG_state_dict")
 
 
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", r"is not a PyTorch checkpoint: the file is empty"),
+        ("text", r"is not a PyTorch checkpoint: the file is neither a zip archive nor a pickle"),
+        ("truncated", r"damaged or truncated"),
+        ("torchscript", r"is a TorchScript archive, not a state dict"),
+    ],
+)
+def test_unreadable_checkpoint_files_are_named_for_what_they_are(tmp_path, kind, message) -> None:
+    path = tmp_path / "g.pt"
+    layer = torch.nn.Linear(2, 2)
+    if kind == "text":
+        path.write_bytes(b"<html>not found</html>")  # e.g. an error page saved under the checkpoint's name
+    elif kind == "truncated":
+        torch.save(layer.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "torchscript":
+        torch.jit.save(torch.jit.script(layer), path)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(ValueError, match=message) as caught:
+        load_state_dict_file(path)
+    assert "weights_only" not in str(caught.value)  # torch's advice to unpickle is never passed on
+
+
 def test_strict_loading_names_keys() -> None:
     gen = DCGANGenerator(nz=8, ngf=8)
     state = gen.state_dict()

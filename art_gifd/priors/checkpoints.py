@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,19 +65,37 @@ def load_state_dict_file(
                 f"Checksum mismatch for '{path}': expected sha256 {sha256}, got {actual}. The file is corrupted or "
                 "was replaced; reinstall art-gifd (or retrain it with benchmarks/train_prior.py)."
             )
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save's zip archive, or a pickle
+        what = "is empty" if not head else "is neither a zip archive nor a pickle"
+        raise ValueError(
+            f"'{path}' is not a PyTorch checkpoint: the file {what}. Give the file that "
+            "torch.save(model.state_dict(), path) wrote (a partial download or a renamed file of another format "
+            "will not load)."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
+    except pickle.UnpicklingError:  # the archive pickles objects that are not tensors: a whole model, an optimiser
         if not trust_checkpoint:
-            shown = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split()))[:300]  # torch colours its message
             raise ValueError(
-                f"Could not load '{path}' as a weights-only checkpoint ({type(err).__name__}: {shown}). Save the "
-                "model's state dict instead (torch.save(model.state_dict(), path)); a whole pickled model or a "
-                "TorchScript file is not a state dict (give TorchScript as model.torchscript). From Python, a full "
-                "pickle from a source you trust loads with trust_checkpoint=True."
+                f"Could not load '{path}' as a weights-only checkpoint: it pickles Python objects besides tensors "
+                "(e.g. a whole model). Save the model's state dict instead (torch.save(model.state_dict(), path)); "
+                "from Python, a full pickle from a source you trust loads with trust_checkpoint=True."
             ) from None
         logger.warning("Loading '%s' as a full pickle because trust_checkpoint=True.", path)
         state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises RuntimeError for TorchScript archives and damaged zips, EOFError too
+        if "TorchScript" in str(err):
+            raise ValueError(
+                f"'{path}' is a TorchScript archive, not a state dict: give it as a TorchScript model "
+                "(model.torchscript in an audit), or save the eager model's state dict."
+            ) from None
+        shown = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split())).split(". ")[0][:200]  # torch colours it
+        raise ValueError(
+            f"Could not read the checkpoint '{path}' ({type(err).__name__}: {shown}): the file is damaged or "
+            "truncated (e.g. an interrupted copy): copy or save it again."
+        ) from None
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             found = sorted(state) if isinstance(state, dict) else type(state).__name__
