@@ -296,9 +296,13 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
         )
     )
     results = tmp_path / "r.jsonl"
-    summary = run_benchmark(config, results, progress=False)
+    # GradInversion matches BatchNorm statistics and LeNet has none: the checks before the first job refuse an attack
+    # that no job of the grid can run ...
+    with pytest.raises(ConfigError, match=r"attack 'gi' cannot run in any job of this grid, e\.g\. on model 'lenet'"):
+        run_benchmark(config, results, progress=False)
+    # ... and without them its jobs fail one by one, recorded, and the pixel ones after them run
+    summary = run_benchmark(config, results, progress=False, check_inputs=False)
     latest = ResultsFile(results).latest()
-    # GradInversion matches BatchNorm statistics and LeNet has none: its jobs fail, the pixel ones after them run
     assert [r["label"] for r in latest.values()] == [
         "mnist/lenet/B1/none/gi/seed0",
         "mnist/lenet/B1/none/pixel/seed0",
@@ -312,7 +316,7 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
     assert (summary.ok, summary.errors) == (2, 2)
     dp = list(latest.values())[3]
     assert dp["epsilon"] > 0 and dp["delta"] == 1e-5 and dp["defense"]["params"]["noise_multiplier"] == 1.0
-    assert run_benchmark(config, results, progress=False).ok == 0  # a rerun skips the recorded failures
+    assert run_benchmark(config, results, progress=False, check_inputs=False).ok == 0  # recorded failures are skipped
 
 
 class _Handle:
@@ -1022,6 +1026,21 @@ def test_a_utility_batch_larger_than_its_training_part_is_refused_before_the_fir
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "utility.batch_size: 32 is more than the 5 training images" in err
     assert "Traceback" not in err
+
+
+def test_attack_parameters_no_job_can_use_are_refused_before_the_first_job(tmp_path, capsys) -> None:
+    text = SMOKE.read_text().replace('name = "gifd"\n', 'name = "gifd"\nparams = { latent_pool = 0 }  # MARK:\n')
+    config = tmp_path / "pool.toml"
+    config.write_text(text)
+    results = tmp_path / "pool.jsonl"
+    with pytest.raises(ConfigError) as caught:
+        run_benchmark(load_config(config), results, progress=False)
+    assert caught.value.key == "attacks[0].params" and caught.value.line == line_of(text, "MARK:")
+    assert "latent_pool must be a positive integer" in caught.value.message
+    assert not results.exists() or ResultsFile(results).read()[1] == []  # no job ran
+    assert main(["bench", str(config), "--results", str(results), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "attacks[0].params" in err and "Traceback" not in err
 
 
 def test_a_failed_utility_keeps_the_attacks_numbers_and_reports_no_accuracy(tmp_path) -> None:

@@ -8,12 +8,9 @@ deterministic, so a job stays a pure function of its configuration and seed.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    pass
 
 #: Share of a folder data set (after a shuffle seeded with 0) held out: the attacked images and the utility test set.
 HOLDOUT_FRACTION = 0.2

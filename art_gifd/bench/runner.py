@@ -516,10 +516,13 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
 
     :raises ConfigError: Naming the configuration key (and line) of an unusable device, a missing file, a data set
                          with too few images (for the attack, or for the utility run's ``utility.batch_size``), a
-                         prior whose images do not have the data set's shape, or a model that cannot be built.
+                         prior whose images do not have the data set's shape, a model that cannot be built, or an
+                         attack whose parameters its constructor refuses.
     """
+    from art_gifd.attacks.registry import Budget, build_attack
     from art_gifd.bench.components import load_images
-    from art_gifd.models import build_model
+    from art_gifd.federated import local_training
+    from art_gifd.models import build_model, make_classifier
     from art_gifd.priors.registry import load_prior
     from art_gifd.validation import check_device
 
@@ -534,6 +537,7 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
     datasets = {d["name"]: i for i, d in enumerate(config.datasets)}
     attacks = {a["label"]: i for i, a in enumerate(config.attacks)}
     shapes: dict[str, tuple[tuple[int, ...], int]] = {}
+    priors: dict[str, Any] = {}
     for name in dict.fromkeys(job.config["dataset"]["name"] for job in jobs):
         spec = config.datasets[datasets[name]]
         try:
@@ -561,14 +565,50 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
         if job.config["prior"]
     ):
         try:
-            prior = load_prior(config.priors[prior_name], "cpu")
+            prior = priors.get(prior_name) or load_prior(config.priors[prior_name], "cpu")
         except (OSError, ValueError) as exc:
             raise config.error(("priors", prior_name), f"cannot load the generator: {exc}") from None
+        priors[prior_name] = prior
         if tuple(prior.image_shape) != shapes[name][0]:
             raise config.error(
                 ("attacks", attacks[label], "prior"),
                 f"prior '{prior_name}' generates images of shape {tuple(prior.image_shape)} but data set '{name}' has "
                 f"{shapes[name][0]}: use a prior of the data's shape or restrict the attack with datasets = [...]",
+            )
+    # Every attack is built once per model, data set and client size, so that its parameter checks run before any
+    # job. One that no job can build is a configuration error; one that fails only with some models (GradInversion
+    # without BatchNorm) runs where it can and its other jobs are recorded as failed.
+    failures: dict[str, str] = {}
+    usable: set[str] = set()
+    for job in jobs:
+        cfg, attack = job.config, job.config["attack"]
+        label = attack["label"]
+        if label in usable:
+            continue
+        shape, num_classes = shapes[cfg["dataset"]["name"]]
+        model = build_model(cfg["model"], shape[0], shape[-1], num_classes)
+        try:
+            build_attack(
+                attack["name"],
+                make_classifier(model, shape, nb_classes=num_classes),
+                priors[cfg["prior"]["name"]] if cfg["prior"] else None,
+                Budget(**attack["budget"]),
+                cfg["batch_size"],
+                0,
+                verbose=False,
+                training=local_training(cfg.get("federated")),
+                **attack["params"],
+            )
+        except ValueError as exc:
+            failures.setdefault(label, f"on model '{cfg['model']}' with data set '{cfg['dataset']['name']}': {exc}")
+        else:
+            usable.add(label)
+    for label, problem in failures.items():
+        if label not in usable:
+            attack = config.attacks[attacks[label]]
+            raise config.error(
+                ("attacks", attacks[label], "params" if attack["params"] else "name"),
+                f"attack '{label}' cannot run in any job of this grid, e.g. {problem}",
             )
 
 
