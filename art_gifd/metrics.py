@@ -389,7 +389,7 @@ class LPIPSMetric:
         ``download_url``); ``None``: only if :data:`ALLOW_DOWNLOAD_ENV` is set. Off by default: nothing is fetched
         unless the user opts in.
     :param download_url: Where to download from (default: torchvision's release, hash-checked).
-    :raises ValueError: If ``net`` is not supported.
+    :raises ValueError: If ``net`` is not supported, or ``weights_path`` is a folder.
     """
 
     def __init__(
@@ -406,6 +406,11 @@ class LPIPSMetric:
             raise ValueError(f"weights_path must be a file path, got {type(weights_path).__name__}.")
         self.net = net
         self.weights_path = Path(weights_path).expanduser() if weights_path is not None else default_weights_path(net)
+        if self.weights_path.is_dir():
+            raise ValueError(
+                f"weights_path '{self.weights_path}' is a folder: give the weights file itself, e.g. "
+                f"'{self.weights_path / _BACKBONES[net][1]}'."
+            )
         self.device = check_device(device)
         self.reason: str | None = None
         self._model: lpips_lib.LPIPS | None = None

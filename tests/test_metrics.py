@@ -397,6 +397,9 @@ def test_lpips_names_a_backbone_that_is_not_torchvisions_and_refuses_bad_argumen
     assert "is not torchvision's alexnet-owt-7be5be79.pth (its SHA-256 does not start with 7be5be79)" in caplog.text
     with pytest.raises(ValueError, match="weights_path must be a file path, got int"):
         LPIPSMetric(weights_path=5)
+    folder = alexnet_weights[0].parent
+    with pytest.raises(ValueError, match=rf"'{folder}' is a folder: give the weights file itself, e.g\. '.*alexnet"):
+        LPIPSMetric(weights_path=folder)
     with pytest.raises(ValueError, match="is not a device name"):
         LPIPSMetric(weights_path=alexnet_weights[0], device="gpu")
 
