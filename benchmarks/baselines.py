@@ -41,13 +41,13 @@ from art_gifd.experiment import SCHEMA, Case, Experiment
 from art_gifd.experiment import run_experiment as run_grid
 from art_gifd.models import MODELS
 from art_gifd.priors.embedded import DEFAULT_PRIOR, load_default_prior
-from art_gifd.store import ResultsFile, environment, source_commit, write_json_atomic
+from art_gifd.store import ResultsFile, environment, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import refuse_to_replace
+from benchmarks.common import git_commit, refuse_to_replace
 
 ALL_ATTACKS = (*ATTACKS, *BASELINES)
 
@@ -96,7 +96,7 @@ def main() -> None:
         for k, v in vars(args).items()
         if k not in ("jsonl", "out", "overwrite")  # where the rows go, not what they are
     )
-    commit = (source_commit() or {}).get("commit")
+    commit = git_commit()  # with -dirty when tracked files differed from it
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     args.jsonl.parent.mkdir(parents=True, exist_ok=True)

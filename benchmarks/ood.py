@@ -57,11 +57,11 @@ from art_gifd.experiment import SCHEMA, Case, Experiment, run_experiment
 from art_gifd.models import MODELS, build_model
 from art_gifd.priors import LayeredGenerator, load_default_prior, load_face_dcgan
 from art_gifd.priors.embedded import EMBEDDED_PRIORS
-from art_gifd.store import NUMBER, ResultsFile, environment, shape_problem, source_commit, write_json_atomic
+from art_gifd.store import NUMBER, ResultsFile, environment, shape_problem, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import refuse_to_replace
+from benchmarks.common import git_commit, refuse_to_replace
 
 #: What the summary reads of a finished job's record (see :func:`art_gifd.store.shape_problem`).
 JOB_SHAPE = {
@@ -247,7 +247,7 @@ def markdown(document: dict[str, Any]) -> str:
         "# GIFD with out-of-distribution and label-inconsistent priors",
         "",
         f"Command: `{document['command']}`  ",
-        f"Git commit: `{document['git_commit']}` (plus uncommitted work)  ",
+        f"Git commit: `{document['git_commit']}`  ",
         f"Attacks ran on: {', '.join(document['run_devices'])}; summary written on {env['device']} with torch "
         f"{env['torch']}; date {document['date']}  ",
         f"Budget per attack: {budget['total_steps']} steps × {budget['num_restarts']} restarts (GIFD: "
@@ -378,7 +378,7 @@ def main() -> None:
     runs = [done["|".join(map(str, job))]["run"] for job in jobs if "|".join(map(str, job)) in done]
     for name in {PAIRS[p].prior for p in args.pairs} - set(priors):
         priors[name] = load_prior(name, "cpu")
-    commit = (source_commit() or {}).get("commit")
+    commit = git_commit()  # with -dirty when tracked files differed from it
     lpips_reasons = {r["lpips_unavailable_reason"] for r in runs if r["lpips"] is None}
     document = {
         "schema": SCHEMA,

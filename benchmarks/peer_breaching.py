@@ -44,11 +44,11 @@ from art_gifd.cli import SEED, Distinct, count, real, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import psnr
 from art_gifd.models import lenet, make_classifier
-from art_gifd.store import environment, source_commit, write_json_atomic
+from art_gifd.store import environment, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import refuse_to_replace
+from benchmarks.common import git_commit, refuse_to_replace
 
 INSTALL = {
     "target": "/tmp/breaching-pkgs (outside the project venv, on PYTHONPATH)",
@@ -270,7 +270,7 @@ def main() -> None:
         summary = summarise(per_image, args.methods, args.seeds)
         runs.append({"steps": steps, "restarts": args.restarts, "summary": summary, "per_image": per_image})
 
-    commit = (source_commit() or {}).get("commit")
+    commit = git_commit()  # with -dirty when tracked files differed from it
     record = {
         "benchmark": "peer_breaching",
         "command": (
