@@ -299,4 +299,8 @@ def test_ood_resumes_its_finished_jobs_and_reruns_only_a_damaged_one(tmp_path: P
     jobs.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
     repaired = script("ood", *args, "--overwrite")
     assert "2 of 3 jobs already done; 1 to run" in repaired.stderr and "run.psnr is" in repaired.stderr
-    assert len(json.loads(out.read_text())["runs"]) == 3
+    document = json.loads(out.read_text())
+    assert len(document["runs"]) == 3
+    # the summary names the commit as recorded: "-dirty" only where the tree differed from it
+    commit_line = next(line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("Git"))
+    assert commit_line == f"Git commit: `{document['git_commit']}`  " and "uncommitted" not in commit_line
