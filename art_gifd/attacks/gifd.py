@@ -79,8 +79,9 @@ class GIFDAttack(GenerativePriorAttack):
     for a standard normal latent. The restarts start from the best of ``latent_pool`` (16) latent batches each, by
     matching loss: on the tuning split of ``benchmarks/ablation.py`` (``benchmarks/results/ablation_pool.md``) this
     gained 2.1 ± 1.3 dB on the ConvNet at B=4 and 0.6 ± 0.8 on the LeNet at B=4, and stayed within 0.6 dB elsewhere
-    (−0.2 ± 0.1 dB on 64×64 RGB at B=1), for a few steps' worth of CPU. With a prior far from the private images (a
-    digits prior on clothes, ``benchmarks/ood.py``) it lost 2.8–4.0 dB: ``latent_pool=1`` there.
+    (−0.2 ± 0.1 dB on 64×64 RGB at B=1), for a few steps' worth of CPU. At B=2 (``benchmarks/shared_labels.py``) it
+    was no gain on average, and lost 1.1 ± 0.5 dB on LeNet's pairs of two labels. With a prior far from the private
+    images (a digits prior on clothes, ``benchmarks/ood.py``) it lost 2.8–4.0 dB: ``latent_pool=1`` there.
 
     Steps: the budget of ``max_stage × steps_per_stage`` Adam steps goes mostly to the last stages
     (``step_split="last-heavy"``: 1/8, 1/8, 1/4, 1/2 of it for four stages). On the tuning split of
