@@ -65,3 +65,42 @@ def test_projection_is_idempotent_and_keeps_signs() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_preserved(dtype: torch.dtype) -> None:
     assert project_l1_ball(torch.randn(2, 7, dtype=dtype), 1.0).dtype == dtype
+
+
+def sorted_projection(v: np.ndarray, radius: float) -> np.ndarray:
+    """The sort-based projection (Duchi et al. 2008) of one row, in float64 numpy."""
+    mags = np.abs(v)
+    if mags.sum() <= radius:
+        return v
+    desc = np.sort(mags)[::-1]
+    cumsum = np.cumsum(desc)
+    ks = np.arange(1, v.size + 1)
+    rho = np.nonzero(desc - (cumsum - radius) / ks > 0)[0][-1]
+    theta = (cumsum[rho] - radius) / (rho + 1)
+    return np.sign(v) * np.maximum(mags - theta, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "ties", "half zero", "heavy tail"])
+def test_matches_the_sort_based_algorithm_on_feature_sized_rows(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((6, 4096))
+    if kind == "ties":
+        v = np.round(v * 2) / 2  # many equal magnitudes: the set above θ changes in blocks
+    elif kind == "half zero":
+        v[:, ::2] = 0.0
+    elif kind == "heavy tail":
+        v = rng.standard_cauchy((6, 4096))
+    radii = np.abs(v).sum(axis=1) * np.array([1e-4, 0.01, 0.2, 0.5, 0.99, 1.5])  # the last row is inside its ball
+    got = project_l1_ball(torch.tensor(v), torch.tensor(radii)).numpy()
+    want = np.stack([sorted_projection(row, r) for row, r in zip(v, radii, strict=True)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(v).max())
+
+
+def test_a_radius_far_below_the_norm_ends_in_a_few_passes_with_finite_values() -> None:
+    # θ lands within rounding of the largest entry: no pass may divide by an empty set or cycle
+    v = torch.full((3, 8192), 0.25, dtype=torch.float32)
+    v[:, 0] = 1.0
+    radii = torch.tensor([1e-7, 1e-3, 0.5])
+    out = project_l1_ball(v, radii)
+    assert torch.isfinite(out).all()
+    assert (out.abs().sum(dim=1) <= radii * (1 + 1e-5) + 2 * torch.finfo(torch.float32).eps).all()  # one ulp of 1.0

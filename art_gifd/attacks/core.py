@@ -42,7 +42,14 @@ class SearchDiverged(RuntimeError):
 
 def project_l1_ball(v: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
     """
-    Euclidean projection of each row of ``v`` onto the l1 ball of the given radius (sort-based, Duchi et al. 2008).
+    Euclidean projection of each row of ``v`` onto the l1 ball of the given radius.
+
+    The projection soft-thresholds every entry by the row's ``θ``, the root of ``Σ max(|v_i| − θ, 0) = radius``.
+    ``θ`` is found by Michelot's fixed point (Michelot 1986; Condat 2016): starting from ``θ = (‖v‖₁ − radius) / n``,
+    ``θ ← (Σ_{|v_i| > θ} |v_i| − radius) / #{i : |v_i| > θ}`` rises monotonically and reaches the exact root once the
+    set of entries above it stops shrinking, after a handful of passes. It computes what the sort-based algorithm
+    (Duchi et al. 2008) does, to float rounding, without sorting each row (several times faster on the CPU for
+    feature maps of thousands of entries).
 
     :param v: Tensor of shape ``(N, …)``; each of the N samples is projected separately.
     :param radius: Ball radius (scalar, or one per sample), positive.
@@ -51,15 +58,22 @@ def project_l1_ball(v: torch.Tensor, radius: float | torch.Tensor) -> torch.Tens
     flat = v.reshape(v.shape[0], -1)
     radius_t = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).reshape(-1, 1).expand(flat.shape[0], 1)
     mags = flat.abs()
-    inside = mags.sum(dim=1, keepdim=True) <= radius_t
+    total = mags.sum(dim=1, keepdim=True)
+    inside = total <= radius_t
     if flat.device.type == "cpu" and bool(inside.all()):  # nothing to project; the check is free off the GPU
         return v
-    sorted_mags = torch.sort(mags, dim=1, descending=True).values
-    cumsum = sorted_mags.cumsum(dim=1)
-    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
-    cond = sorted_mags - (cumsum - radius_t) / ks > 0
-    rho = cond.to(flat.dtype).cumsum(dim=1).argmax(dim=1, keepdim=True)  # last index where cond holds
-    theta = ((cumsum.gather(1, rho) - radius_t) / (rho + 1).to(flat.dtype)).clamp_min(0.0)
+    zero = torch.zeros((), dtype=flat.dtype, device=flat.device)
+    theta = torch.where(inside, zero, (total - radius_t) / flat.shape[1])
+    for _ in range(flat.shape[1] + 1):  # the set above θ shrinks at every pass until it is stable: at most n passes
+        above = mags > theta
+        count = above.sum(dim=1, keepdim=True)
+        updated = ((mags * above).sum(dim=1, keepdim=True) - radius_t) / count.clamp_min(1)
+        # θ only rises (held where rounding would lower it, or where it reached the largest entry and nothing is left
+        # above it), so the passes end once the set above it stops changing
+        updated = torch.where(inside | (count == 0), theta, torch.maximum(updated, theta))
+        if torch.equal(updated, theta):
+            break
+        theta = updated
     projected = torch.where(inside, flat, torch.sign(flat) * (mags - theta).clamp_min(0.0))
     return projected.reshape(v.shape)
 
