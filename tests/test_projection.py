@@ -96,8 +96,8 @@ def test_matches_the_sort_based_algorithm_on_feature_sized_rows(kind: str) -> No
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(v).max())
 
 
-def test_a_radius_far_below_the_norm_ends_in_a_few_passes_with_finite_values() -> None:
-    # θ lands within rounding of the largest entry: no pass may divide by an empty set or cycle
+def test_a_radius_far_below_the_norm_gives_finite_values_on_the_ball() -> None:
+    # θ lands within rounding of the largest entry: no pass may divide by the empty set above it
     v = torch.full((3, 8192), 0.25, dtype=torch.float32)
     v[:, 0] = 1.0
     radii = torch.tensor([1e-7, 1e-3, 0.5])

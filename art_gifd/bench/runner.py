@@ -580,11 +580,15 @@ def check_job_inputs(config: BenchConfig, jobs: list[Job]) -> None:
     # without BatchNorm) runs where it can and its other jobs are recorded as failed.
     failures: dict[str, str] = {}
     usable: set[str] = set()
+    tried: set[str] = set()
     for job in jobs:
         cfg, attack = job.config, job.config["attack"]
         label = attack["label"]
-        if label in usable:
+        # jobs that differ only in defence or seed build the same attack: one build each
+        what = json.dumps([label, cfg["model"], cfg["dataset"]["name"], cfg["batch_size"], cfg.get("federated")])
+        if label in usable or what in tried:
             continue
+        tried.add(what)
         shape, num_classes = shapes[cfg["dataset"]["name"]]
         model = build_model(cfg["model"], shape[0], shape[-1], num_classes)
         try:
