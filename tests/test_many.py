@@ -8,7 +8,7 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 
 from art_gifd import GIFDAttack, LocalTraining, client_gradients, client_update
-from art_gifd.attacks.core import GradientMatcher, JointMatcher
+from art_gifd.attacks.core import GradientMatcher, JointMatcher, SearchStage, join_stages, screen_pool
 from art_gifd.attacks.dlg import DLGAttack
 from art_gifd.federated import TargetModel
 from art_gifd.models import convnet, lenet, make_classifier
@@ -50,6 +50,30 @@ def test_joint_matching_losses_and_their_gradients_are_each_observations_own(hel
     assert torch.allclose(together, alone, rtol=1e-5, atol=1e-8)
     # float rounding only: a row grouped with another observation's would differ at the scale of the gradient itself
     assert float((grad_together - grad_alone).abs().max()) <= 1e-4 * float(grad_alone.abs().max())
+
+
+def test_a_pool_of_starts_screened_for_several_observations_keeps_each_ones_own_choice(heldout) -> None:
+    models = [make_classifier(lenet(seed=t), (1, 32, 32)) for t in range(3)]
+    observations, truths = _clients(heldout, models)
+    matchers = []
+    for clf, observed, (_, y) in zip(models, observations, truths, strict=True):
+        target = TargetModel(clf)
+        matchers.append(GradientMatcher(target, target.as_gradient_list(observed), torch.as_tensor(y), "cosine", 2))
+    rng = torch.Generator().manual_seed(2)
+    # 4 draws × 2 restarts × 2 images per observation; pixels as the representation
+    stages = [
+        SearchStage("pixel", [torch.rand(16, 1, 32, 32, generator=rng)], lambda v: v[0], pool=4) for _ in range(3)
+    ]
+    alone = [screen_pool(stage, m.loss).init[0] for stage, m in zip(stages, matchers, strict=True)]
+    joint = join_stages(stages, 2)
+    together = screen_pool(joint, JointMatcher(matchers).loss, 3).init[0]
+    assert together.shape == (3 * 2 * 2, 1, 32, 32)
+    torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=0)
+    for stage, chosen, m in zip(stages, alone, matchers, strict=True):  # the 2 best of 8 candidate pairs, best first
+        with torch.no_grad():
+            losses = m.loss(stage.init[0])
+        best = torch.argsort(losses)[:2]
+        torch.testing.assert_close(chosen, stage.init[0].reshape(8, 2, 1, 32, 32)[best].reshape(4, 1, 32, 32))
 
 
 def test_clients_of_one_round_searched_together_give_bitwise_the_results_of_one_at_a_time(

@@ -248,7 +248,7 @@ def test_latent_pool_starts_from_the_best_matching_draws(lenet_clf, heldout, def
     import torch
 
     from art_gifd.attacks.base import SearchContext
-    from art_gifd.attacks.core import GradientMatcher
+    from art_gifd.attacks.core import GradientMatcher, SearchStage, screen_pool
     from art_gifd.federated import TargetModel
 
     x, y = heldout[0][:2], heldout[1][:2]
@@ -261,9 +261,11 @@ def test_latent_pool_starts_from_the_best_matching_draws(lenet_clf, heldout, def
         return SearchContext(target, torch.as_tensor(y), 2, 2, torch.Generator().manual_seed(0), (0.0, 1.0), matcher)
 
     attack.set_params(latent_pool=4)
-    chosen = attack.initial_latent(context())
+    draws = attack.initial_latent(context())
+    chosen = screen_pool(SearchStage("latent", [draws], attack._decoder(0, context()), pool=4), matcher.loss).init[0]
     attack.set_params(latent_pool=1)
     pool = attack.project_latent(default_prior.sample_latent(16, generator=context().rng))
+    torch.testing.assert_close(draws, pool)
     with torch.no_grad():
         losses = torch.cat([matcher.loss(attack._decoder(0, context())([part])) for part in pool.split(4)])
     best = pool.reshape(8, 2, *pool.shape[1:])[torch.argsort(losses)[:2]].reshape(chosen.shape)

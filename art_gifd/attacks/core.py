@@ -396,6 +396,8 @@ class SearchStage:
     :param restart_ids: The restarts of the search that this stage continues, in row order (``None``: all of them).
                         A stage may carry only the best restarts of the previous one (successive halving).
     :param steps: Length of this stage (``None``: the search's steps per stage).
+    :param pool: Draws per row of ``init`` (a single variable): ``init`` holds ``pool`` candidate groups per restart,
+                 and the restarts start from the groups that match best (:func:`screen_pool`) before the first step.
     """
 
     name: str
@@ -411,6 +413,7 @@ class SearchStage:
     cma_chunk: int | None = None
     restart_ids: list[int] | None = None
     steps: int | None = None
+    pool: int = 1
 
 
 @dataclass
@@ -459,6 +462,7 @@ def join_stages(stages: list[SearchStage], num_restarts: int) -> SearchStage | N
         s.optimiser == "adam"
         and s.soft_labels is None
         and s.steps == first.steps
+        and s.pool == first.pool
         and s.signed == first.signed
         and s.learning_rates == first.learning_rates
         and (s.project is None) == (first.project is None)
@@ -468,11 +472,9 @@ def join_stages(stages: list[SearchStage], num_restarts: int) -> SearchStage | N
     )
     if not same:
         return None
-    sizes = [v.shape[0] for v in first.init]
 
-    def parts(variables: Variables) -> list[Variables]:
-        split = [v.split(n) for v, n in zip(variables, sizes, strict=True)]
-        return [list(p) for p in zip(*split, strict=True)]
+    def parts(variables: Variables) -> list[Variables]:  # each observation's rows (of the stage, or of one draw)
+        return [list(p) for p in zip(*(v.chunk(len(stages)) for v in variables), strict=True)]
 
     def decode(variables: Variables) -> torch.Tensor:
         return torch.cat([s.decode(p) for s, p in zip(stages, parts(variables), strict=True)])
@@ -490,7 +492,36 @@ def join_stages(stages: list[SearchStage], num_restarts: int) -> SearchStage | N
         signed=first.signed,
         restart_ids=list(range(restarts * len(stages))),
         steps=first.steps,
+        pool=first.pool,
     )
+
+
+def screen_pool(stage: SearchStage, loss: Callable[[torch.Tensor], torch.Tensor], observations: int = 1) -> SearchStage:
+    """
+    The stage started from its best draws: of the ``pool`` candidate groups per restart in ``stage.init``, the
+    restarts' count with the lowest matching loss, per observation.
+
+    The rows of ``init`` are ``observations`` blocks (those of :func:`join_stages`), each ``pool`` draws of the
+    observation's ``R · B`` rows; draw ``j`` of every observation is scored in one call of ``loss`` (the rows and
+    memory of one search step, without a graph), so searching observations together screens them together. Each
+    observation keeps the same groups as when screened alone (up to float rounding).
+
+    :param loss: Matching loss per restart group of a draw's decoded images (``(observations · R,)``).
+    """
+    if stage.pool == 1:
+        return stage
+    (draws,) = stage.init
+    pool = stage.pool
+    per_draw = draws.shape[0] // (observations * pool)  # R · B rows of one observation
+    blocks = draws.reshape(observations, pool, per_draw, *draws.shape[1:])
+    with torch.no_grad():
+        scores = [loss(stage.decode([blocks[:, j].flatten(0, 1)])).reshape(observations, -1) for j in range(pool)]
+    restarts = scores[0].shape[1]
+    losses = torch.stack(scores, dim=1).flatten(1)  # (observations, pool · R): draw j's restart r at j · R + r
+    best = torch.argsort(losses, dim=1)[:, :restarts]
+    groups = blocks.reshape(observations, pool * restarts, per_draw // restarts, *draws.shape[1:])
+    chosen = groups[torch.arange(observations, device=best.device)[:, None], best]
+    return dataclasses.replace(stage, init=[chosen.reshape(-1, *draws.shape[1:])], pool=1)
 
 
 def split_outcome(outcome: StageOutcome, stages: list[SearchStage], num_restarts: int) -> list[StageOutcome]:
@@ -628,8 +659,9 @@ def run_stage(stage: SearchStage, objective: Objective | JointObjective, setting
     """
     Optimise one stage and return its best iterate per restart.
 
-    Every iterate that is evaluated (including the initial and the final one) competes for the stage's candidate.
-    Apart from occasional progress reports, no host synchronisation happens inside the loop.
+    Every iterate that is evaluated (including the initial and the final one) competes for the stage's candidate. A
+    stage with a ``pool`` of draws starts from the best (:func:`screen_pool`). Apart from occasional progress reports,
+    no host synchronisation happens inside the loop.
 
     :raises SearchDiverged: If an Adam stage lost every candidate (its objective NaN or infinite at some step), or a
                             gradient's square overflowed Adam's second moment everywhere (every step then 0).
@@ -639,6 +671,9 @@ def run_stage(stage: SearchStage, objective: Objective | JointObjective, setting
     if settings.hand_on not in HAND_ON:
         raise ValueError(f"Unknown hand_on '{settings.hand_on}': use one of {HAND_ON}.")
     gradient_free = stage.optimiser == "cma"
+    if stage.pool > 1:  # the draws of every observation of a joint objective are scored together
+        observations = len(objective.matcher.matchers) if isinstance(objective, JointObjective) else 1
+        stage = screen_pool(stage, objective.matcher.loss, observations)
     restart_ids = stage_restarts(stage, settings.num_restarts)
     if not restart_ids or any(v.shape[0] % len(restart_ids) for v in stage.init):
         raise ValueError(f"Stage '{stage.name}': its variables' rows do not split into {len(restart_ids)} restarts.")

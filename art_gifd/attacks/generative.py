@@ -327,24 +327,11 @@ class GenerativePriorAttack(GradientInversionAttack):
 
     def initial_latent(self, ctx: SearchContext) -> torch.Tensor:
         """
-        One latent code per candidate row, ``(R * B, …)``, drawn from the prior and projected.
-
-        With ``latent_pool`` ``P > 1`` draws per restart, ``P · R`` candidate batches are drawn and the ``R`` whose
-        decoded images match the observed gradient best start the search (scored without a graph, in chunks of
-        ``R · B`` rows, the memory of one search step).
+        The latent draws that start the search, projected: ``latent_pool · R · B`` rows, ``latent_pool`` candidate
+        batches per restart, to be given to the first stage with ``pool=latent_pool``: the ``R`` batches whose decoded
+        images match the observed gradient best start it (:func:`~art_gifd.attacks.core.screen_pool`).
         """
-        import torch
-
-        pool = self.latent_pool  # an int: _check_params stores it as one
-        draws = self.project_latent(self.prior.sample_latent(ctx.num_candidates * pool, generator=ctx.rng))
-        if pool == 1:
-            return draws
-        decode = self._decoder(0, ctx)
-        with torch.no_grad():
-            losses = torch.cat([ctx.matcher.loss(decode([chunk])) for chunk in draws.split(ctx.num_candidates)])
-        best = torch.argsort(losses)[: ctx.num_restarts]
-        grouped = draws.reshape(pool * ctx.num_restarts, ctx.batch_size, *draws.shape[1:])
-        return grouped[best].reshape(ctx.num_candidates, *draws.shape[1:])
+        return self.project_latent(self.prior.sample_latent(ctx.num_candidates * self.latent_pool, generator=ctx.rng))
 
     def generator_labels(self, rows: int) -> torch.Tensor | None:
         """Generator classes for ``rows`` candidate rows (the batch's classes tiled), ``None`` if unconditional."""

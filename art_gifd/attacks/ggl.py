@@ -128,4 +128,5 @@ class GGLAttack(SingleStageSearch, GenerativePriorAttack):
             cma_sigma=self.sigma,
             cma_population=self.population_size,
             cma_chunk=self.eval_batch_size,
+            pool=self.latent_pool,
         )

@@ -138,7 +138,9 @@ class GIASAttack(GenerativePriorAttack):
 
     def _stages(self, ctx: SearchContext) -> StageGenerator:
         project = self._latent_projection()
-        outcome = yield SearchStage("latent", [self.initial_latent(ctx)], self._decoder(0, ctx), project)
+        outcome = yield SearchStage(
+            "latent", [self.initial_latent(ctx)], self._decoder(0, ctx), project, pool=self.latent_pool
+        )
         weights, per_image = self._per_image_generator(ctx.num_candidates, self.generator_labels(ctx.num_candidates))
 
         def decode(variables: list[torch.Tensor]) -> torch.Tensor:

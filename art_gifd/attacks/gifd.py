@@ -339,7 +339,12 @@ class GIFDAttack(GenerativePriorAttack):
 
         steps = self.stage_steps()
         outcome = yield SearchStage(
-            "latent", [self.initial_latent(ctx)], self._decoder(0, ctx), self._latent_projection(), steps=steps[0]
+            "latent",
+            [self.initial_latent(ctx)],
+            self._decoder(0, ctx),
+            self._latent_projection(),
+            steps=steps[0],
+            pool=self.latent_pool,
         )
         for k, (radius, keep) in enumerate(zip(self.radii(), self.restart_schedule(), strict=True), start=1):
             carried, restart_ids = outcome.take(outcome.best_restarts(keep))
