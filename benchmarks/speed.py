@@ -385,6 +385,38 @@ def _restart_option(text: str) -> int | str | None:
     return int(text) if text.isdigit() else text
 
 
+def summarise_quality(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    Quality-mode runs summarised: per method the PSNR and CPU seconds (mean ± s.e.m.) and the paired differences to
+    both references, and the time-to-quality of ours against each (runs are paired by batch and seed).
+    """
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    by = {m: {(r["first"], r["seed"]): r for r in runs if r["method"] == m} for m in methods}
+    table = {
+        m: {
+            "psnr": _mean_sem([r["psnr"] for r in by[m].values()]),
+            "cpu": _mean_sem([r["cpu"] for r in by[m].values()]),
+        }
+        for m in methods
+    }
+    for m in methods:
+        for ref in ("reference", "reference R=1"):
+            diffs = [by[m][k]["psnr"] - by[ref][k]["psnr"] for k in by[m]]
+            table[m][f"paired_diff_vs_{ref}"] = {**_mean_sem(diffs), "wins": int(sum(d > 0 for d in diffs))}
+    ours = [(table[f"ours x{f:g}"]["cpu"]["mean"], table[f"ours x{f:g}"]["psnr"]["mean"]) for f in QUALITY_FRACTIONS]
+    ttq = {}
+    for ref in ("reference", "reference R=1"):
+        target, ref_cpu = table[ref]["psnr"]["mean"], table[ref]["cpu"]["mean"]
+        reached = time_to_quality(ours, target)
+        ttq[ref] = {
+            "target_psnr": target,
+            "reference_cpu_seconds": ref_cpu,
+            "ours_cpu_seconds": reached,
+            "speedup": ref_cpu / reached if reached else None,
+        }
+    return table, ttq
+
+
 def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
     """
     Time-to-quality of our attack at its defaults against the plain-loop reference, in one process, on the
@@ -458,30 +490,7 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
                     f"{cpu:.1f} cpu s",
                     flush=True,
                 )
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    by = {m: {(r["first"], r["seed"]): r for r in runs if r["method"] == m} for m in methods}
-    table = {
-        m: {
-            "psnr": _mean_sem([r["psnr"] for r in by[m].values()]),
-            "cpu": _mean_sem([r["cpu"] for r in by[m].values()]),
-        }
-        for m in methods
-    }
-    for m in methods:
-        for ref in ("reference", "reference R=1"):
-            diffs = [by[m][k]["psnr"] - by[ref][k]["psnr"] for k in by[m]]
-            table[m][f"paired_diff_vs_{ref}"] = {**_mean_sem(diffs), "wins": int(sum(d > 0 for d in diffs))}
-    ours = [(table[f"ours x{f:g}"]["cpu"]["mean"], table[f"ours x{f:g}"]["psnr"]["mean"]) for f in QUALITY_FRACTIONS]
-    ttq = {}
-    for ref in ("reference", "reference R=1"):
-        target, ref_cpu = table[ref]["psnr"]["mean"], table[ref]["cpu"]["mean"]
-        reached = time_to_quality(ours, target)
-        ttq[ref] = {
-            "target_psnr": target,
-            "reference_cpu_seconds": ref_cpu,
-            "ours_cpu_seconds": reached,
-            "speedup": ref_cpu / reached if reached else None,
-        }
+    table, ttq = summarise_quality(runs)
     record = {
         **provenance(args, "speed-quality"),
         "case": {"name": spec.name, "description": spec.description, "split": "eval", "images": args.images},
@@ -504,8 +513,7 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
     }
     write_json_atomic(args.out, record)
-    for m in methods:
-        row = table[m]
+    for m, row in table.items():
         diff = row["paired_diff_vs_reference"]
         print(
             f"{m:>16}: {row['psnr']['mean']:.2f} ± {row['psnr']['sem']:.2f} dB, {row['cpu']['mean']:.1f} cpu s, "
@@ -673,22 +681,33 @@ def quality_report(args: argparse.Namespace) -> str:
         "(*reference R=1*: one restart). *ours*: `GIFDAttack` at its defaults with the `feature_restarts` shown. "
         "PSNR in dB, mean ± s.e.m. over batch × seed; Δ: paired difference to the reference (wins); time-to-quality: "
         "reference CPU seconds / the CPU seconds ours needs to reach the reference's mean PSNR (interpolated between "
-        "¼, ½ and all of the steps; 'not reached' if even all of them fall short).",
+        "¼, ½ and all of the steps; 'not reached' if even all of them fall short). *(pooled)*: the rows of one case and "
+        "protocol that differ only in their seeds, as one row (their runs paired and summarised together).",
         "",
         "| case | B | images | seeds | steps/stage | ours: feature_restarts | reference | reference R=1 | ours "
         "| Δ ours − reference | Δ ours − reference R=1 | CPU s ref / R=1 / ours | time-to-quality vs reference "
         "| vs reference R=1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(RESULTS.glob("quality_*.json")):
-        record = json.loads(path.read_text())
-        table, ttq = record["table"], record["time_to_quality"]
+    records = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality_*.json"))]
+    # records of one case, batch size and protocol that differ only in their seeds are also pooled into one row
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        protocol = {k: v for k, v in record["protocol"].items() if k != "seeds"}
+        key = json.dumps([record["case"], protocol, record.get("ours_feature_restarts")], sort_keys=True)
+        groups.setdefault(key, []).append(record)
+    rows = [(r, " ".join(map(str, r["protocol"]["seeds"])), r["table"], r["time_to_quality"]) for r in records]
+    for group in groups.values():
+        seeds = [seed for r in group for seed in r["protocol"]["seeds"]]
+        if len(group) > 1 and len(set(seeds)) == len(seeds):
+            table, ttq = summarise_quality([run for r in group for run in r["runs"]])
+            rows.append((group[0], f"{' '.join(map(str, seeds))} (pooled)", table, ttq))
+    for record, seeds, table, ttq in rows:
         ref, one, ours = table["reference"], table["reference R=1"], table["ours x1"]
-
         protocol = record["protocol"]
         lines.append(
             f"| {record['case']['name']} | {protocol['batch_size']} | {record['case']['images']} "
-            f"| {' '.join(map(str, protocol['seeds']))} | {protocol['steps_per_stage']} "
+            f"| {seeds} | {protocol['steps_per_stage']} "
             f"| {record.get('ours_feature_restarts', 'default')} | {_cell(ref)} | {_cell(one)} | {_cell(ours)} "
             f"| {_diff(ours['paired_diff_vs_reference'])} | {_diff(ours['paired_diff_vs_reference R=1'])} "
             f"| {ref['cpu']['mean']:.1f} / {one['cpu']['mean']:.1f} / {ours['cpu']['mean']:.1f} "

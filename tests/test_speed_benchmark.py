@@ -55,3 +55,31 @@ def test_each_mode_writes_its_own_default_file(speed) -> None:
     assert speed.parse_args(["--model", "lenet", "--overwrite"]).out == results / "speed_cpu_lenet_32.json"
     profile = speed.parse_args(["--mode", "profile", "--model", "convnet", "--batch-size", "1", "--overwrite"]).out
     assert profile == results / "profile_cpu_convnet_32_b1.json"
+
+
+def test_quality_records_of_other_seeds_are_also_pooled_into_one_row(speed, tmp_path: Path, monkeypatch) -> None:
+    def record(seed: int, psnr: dict[str, float]) -> dict:
+        cpu = {"reference": 10.0, "reference R=1": 3.0, "ours x0.25": 1.0, "ours x0.5": 2.0, "ours x1": 4.0}
+        runs = [{"method": m, "first": 0, "seed": seed, "psnr": p, "cpu": cpu[m]} for m, p in psnr.items()]
+        table, ttq = speed.summarise_quality(runs)
+        protocol = {"batch_size": 4, "steps_per_stage": 100, "seeds": [seed]}
+        return {
+            "case": {"name": "toy", "images": 4},
+            "protocol": protocol,
+            "ours_feature_restarts": "all",
+            "table": table,
+            "time_to_quality": ttq,
+            "runs": runs,
+        }
+
+    methods = ("reference", "reference R=1", "ours x0.25", "ours x0.5", "ours x1")
+    for seed, values in ((0, (30, 25, 20, 26, 32)), (1, (20, 18, 15, 18, 24))):
+        path = tmp_path / f"quality_cpu_toy_b4_seed{seed}.json"
+        path.write_text(json.dumps(record(seed, dict(zip(methods, values, strict=True)))))
+    monkeypatch.setattr(speed, "RESULTS", tmp_path)
+    text = speed.quality_report(speed.parse_args(["--mode", "quality-report", "--out", str(tmp_path / "q.md")]))
+    rows = [line for line in text.splitlines() if line.startswith("| toy |")]
+    assert len(rows) == 3 and "| 0 1 (pooled) |" in rows[2]
+    # pooled: ours 28 against the reference's 25, paired +2 and +4; ours reaches 25 dB at 3 of the reference's 10 s
+    assert "| 25.00 ± 5.00 |" in rows[2] and "| 28.00 ± 4.00 |" in rows[2]
+    assert "| +3.00 ± 1.00 (2/2) |" in rows[2] and "| 3.33× |" in rows[2]
