@@ -681,8 +681,8 @@ def quality_report(args: argparse.Namespace) -> str:
         "(*reference R=1*: one restart). *ours*: `GIFDAttack` at its defaults with the `feature_restarts` shown. "
         "PSNR in dB, mean ± s.e.m. over batch × seed; Δ: paired difference to the reference (wins); time-to-quality: "
         "reference CPU seconds / the CPU seconds ours needs to reach the reference's mean PSNR (interpolated between "
-        "¼, ½ and all of the steps; 'not reached' if even all of them fall short). *(pooled)*: the rows of one case and "
-        "protocol that differ only in their seeds, as one row (their runs paired and summarised together).",
+        "¼, ½ and all of the steps; 'not reached' if even all of them fall short). *(pooled)*: the rows of one case "
+        "and protocol that differ in their seeds (and images), as one row (their runs paired and summarised together).",
         "",
         "| case | B | images | seeds | steps/stage | ours: feature_restarts | reference | reference R=1 | ours "
         "| Δ ours − reference | Δ ours − reference R=1 | CPU s ref / R=1 / ours | time-to-quality vs reference "
@@ -690,23 +690,28 @@ def quality_report(args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     records = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality_*.json"))]
-    # records of one case, batch size and protocol that differ only in their seeds are also pooled into one row
+    # records of one case, batch size and protocol with other seeds (and images of the split) are also pooled into
+    # one row: each run is a batch and seed of its own
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         protocol = {k: v for k, v in record["protocol"].items() if k != "seeds"}
-        key = json.dumps([record["case"], protocol, record.get("ours_feature_restarts")], sort_keys=True)
+        key = json.dumps([record["case"]["name"], protocol, record.get("ours_feature_restarts")], sort_keys=True)
         groups.setdefault(key, []).append(record)
-    rows = [(r, " ".join(map(str, r["protocol"]["seeds"])), r["table"], r["time_to_quality"]) for r in records]
+    rows = [
+        (r, str(r["case"]["images"]), " ".join(map(str, r["protocol"]["seeds"])), r["table"], r["time_to_quality"])
+        for r in records
+    ]
     for group in groups.values():
         seeds = [seed for r in group for seed in r["protocol"]["seeds"]]
         if len(group) > 1 and len(set(seeds)) == len(seeds):
             table, ttq = summarise_quality([run for r in group for run in r["runs"]])
-            rows.append((group[0], f"{' '.join(map(str, seeds))} (pooled)", table, ttq))
-    for record, seeds, table, ttq in rows:
+            images = " / ".join(str(n) for n in sorted({r["case"]["images"] for r in group}))
+            rows.append((group[0], images, f"{' '.join(map(str, seeds))} (pooled)", table, ttq))
+    for record, images, seeds, table, ttq in rows:
         ref, one, ours = table["reference"], table["reference R=1"], table["ours x1"]
         protocol = record["protocol"]
         lines.append(
-            f"| {record['case']['name']} | {protocol['batch_size']} | {record['case']['images']} "
+            f"| {record['case']['name']} | {protocol['batch_size']} | {images} "
             f"| {seeds} | {protocol['steps_per_stage']} "
             f"| {record.get('ours_feature_restarts', 'default')} | {_cell(ref)} | {_cell(one)} | {_cell(ours)} "
             f"| {_diff(ours['paired_diff_vs_reference'])} | {_diff(ours['paired_diff_vs_reference R=1'])} "
