@@ -702,7 +702,7 @@ def quality_report(args: argparse.Namespace) -> str:
         for r in records
     ]
     for group in groups.values():
-        seeds = [seed for r in group for seed in r["protocol"]["seeds"]]
+        seeds = sorted(seed for r in group for seed in r["protocol"]["seeds"])
         if len(group) > 1 and len(set(seeds)) == len(seeds):
             table, ttq = summarise_quality([run for r in group for run in r["runs"]])
             images = " / ".join(str(n) for n in sorted({r["case"]["images"] for r in group}))
