@@ -364,7 +364,7 @@ def _mean_sem(values: list[float]) -> dict[str, float]:
 
 def time_to_quality(points: list[tuple[float, float]], target: float) -> float | None:
     """
-    CPU seconds at which a (seconds, PSNR) curve first reaches ``target`` PSNR, interpolated linearly between
+    Seconds at which a (seconds, PSNR) curve first reaches ``target`` PSNR, interpolated linearly between
     measured budgets (the first budget counts as reached at its own cost); ``None`` if it never does.
     """
     previous = None
@@ -385,34 +385,29 @@ def _restart_option(text: str) -> int | str | None:
     return int(text) if text.isdigit() else text
 
 
-def summarise_quality(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def summarise_quality(runs: list[dict[str, Any]], clock: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
     """
-    Quality-mode runs summarised: per method the PSNR and CPU seconds (mean ± s.e.m.) and the paired differences to
-    both references, and the time-to-quality of ours against each (runs are paired by batch and seed).
+    Quality-mode runs summarised: per method the PSNR, process CPU seconds and wall seconds (mean ± s.e.m.) and the
+    paired differences to both references, and the time-to-quality of ours against each on ``clock`` (``"cpu"`` or
+    ``"wall"``; runs are paired by batch and seed).
     """
     methods = list(dict.fromkeys(r["method"] for r in runs))
     by = {m: {(r["first"], r["seed"]): r for r in runs if r["method"] == m} for m in methods}
-    table = {
-        m: {
-            "psnr": _mean_sem([r["psnr"] for r in by[m].values()]),
-            "cpu": _mean_sem([r["cpu"] for r in by[m].values()]),
-        }
-        for m in methods
-    }
+    table = {m: {key: _mean_sem([r[key] for r in by[m].values()]) for key in ("psnr", "cpu", "wall")} for m in methods}
     for m in methods:
         for ref in ("reference", "reference R=1"):
             diffs = [by[m][k]["psnr"] - by[ref][k]["psnr"] for k in by[m]]
             table[m][f"paired_diff_vs_{ref}"] = {**_mean_sem(diffs), "wins": int(sum(d > 0 for d in diffs))}
-    ours = [(table[f"ours x{f:g}"]["cpu"]["mean"], table[f"ours x{f:g}"]["psnr"]["mean"]) for f in QUALITY_FRACTIONS]
+    ours = [(table[f"ours x{f:g}"][clock]["mean"], table[f"ours x{f:g}"]["psnr"]["mean"]) for f in QUALITY_FRACTIONS]
     ttq = {}
     for ref in ("reference", "reference R=1"):
-        target, ref_cpu = table[ref]["psnr"]["mean"], table[ref]["cpu"]["mean"]
+        target, ref_seconds = table[ref]["psnr"]["mean"], table[ref][clock]["mean"]
         reached = time_to_quality(ours, target)
         ttq[ref] = {
             "target_psnr": target,
-            "reference_cpu_seconds": ref_cpu,
-            "ours_cpu_seconds": reached,
-            "speedup": ref_cpu / reached if reached else None,
+            f"reference_{clock}_seconds": ref_seconds,
+            f"ours_{clock}_seconds": reached,
+            "speedup": ref_seconds / reached if reached else None,
         }
     return table, ttq
 
@@ -425,8 +420,9 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
     For every batch and seed the reference runs its full protocol (``--restarts`` restarts, every restart through
     every stage) and, for the same starting latents, our attack runs at its defaults (its own restart count and
     successive halving) with :data:`QUALITY_FRACTIONS` of the steps per stage; the runs alternate order. Reported:
-    PSNR at equal steps (paired difference ± s.e.m.) and the CPU seconds each needs to reach the reference's mean
-    final PSNR; their ratio is the time-to-quality speed-up.
+    PSNR at equal steps (paired difference ± s.e.m.) and the seconds each needs to reach the reference's mean final
+    PSNR on ``--clock`` (process CPU seconds, or wall seconds for a run alone on the machine, each side at its own
+    ``--threads`` / ``--reference-threads``); their ratio is the time-to-quality speed-up.
     """
     from art_gifd.metrics import evaluate_batch
     from benchmarks.cases import CASES
@@ -434,6 +430,8 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
     spec = CASES[args.case]
     classifier = spec.classifier()
     prior = spec.load_prior()
+    ours_threads = torch.get_num_threads()  # --threads, set by main
+    reference_threads = args.reference_threads or ours_threads
     x_all, y_all = spec.images("eval", args.images)
     stages = args.stages or 4
     ours = {} if args.feature_restarts == "default" else {"feature_restarts": _restart_option(args.feature_restarts)}
@@ -470,6 +468,7 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
                 )
             order = list(jobs) if (first + seed) % 2 == 0 else list(reversed(jobs))
             for name in order:
+                torch.set_num_threads(reference_threads if name.startswith("reference") else ours_threads)
                 images, cpu, wall = _timed(jobs[name])
                 scores = evaluate_batch(images, x, y, y)
                 score = scores["psnr"]
@@ -490,7 +489,8 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
                     f"{cpu:.1f} cpu s",
                     flush=True,
                 )
-    table, ttq = summarise_quality(runs)
+    torch.set_num_threads(ours_threads)  # the record's device line names --threads; the protocol names both
+    table, ttq = summarise_quality(runs, args.clock)
     record = {
         **provenance(args, "speed-quality"),
         "case": {"name": spec.name, "description": spec.description, "split": "eval", "images": args.images},
@@ -504,6 +504,8 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "seeds": args.seeds,
             "labels": "given",
+            "clock": args.clock,
+            "threads": {"ours": ours_threads, "reference": reference_threads},
         },
         "ours": "GIFDAttack at its defaults (restarts, objective) with the stages and steps shown",
         "ours_feature_restarts": args.feature_restarts,
@@ -516,8 +518,8 @@ def quality_mode(args: argparse.Namespace) -> dict[str, Any]:
     for m, row in table.items():
         diff = row["paired_diff_vs_reference"]
         print(
-            f"{m:>16}: {row['psnr']['mean']:.2f} ± {row['psnr']['sem']:.2f} dB, {row['cpu']['mean']:.1f} cpu s, "
-            f"vs reference {diff['mean']:+.2f} ± {diff['sem']:.2f}"
+            f"{m:>16}: {row['psnr']['mean']:.2f} ± {row['psnr']['sem']:.2f} dB, "
+            f"{row[args.clock]['mean']:.1f} {args.clock} s, vs reference {diff['mean']:+.2f} ± {diff['sem']:.2f}"
         )
     for ref, item in ttq.items():
         speedup = f"{item['speedup']:.2f}x" if item["speedup"] else "not reached"
@@ -674,20 +676,22 @@ def _shared_label_table(paths: list[Path]) -> str:
 def quality_report(args: argparse.Namespace) -> str:
     """Summarise every ``quality_*.json`` record of the results folder into ``quality.md``; returns the Markdown."""
     lines = [
-        "# Time-to-quality: our GIFD against the plain-loop reference (CPU, one thread)",
+        "# Time-to-quality: our GIFD against the plain-loop reference (CPU)",
         "",
         "Evaluation split of each case (`benchmarks/cases.py`), the images and seeds shown, labels given, 4 stages. "
         "*reference*: the paper's protocol as a plain sequential loop, 4 restarts each through every stage "
         "(*reference R=1*: one restart). *ours*: `GIFDAttack` at its defaults with the `feature_restarts` shown. "
         "PSNR in dB, mean ± s.e.m. over batch × seed; Δ: paired difference to the reference (wins); time-to-quality: "
-        "reference CPU seconds / the CPU seconds ours needs to reach the reference's mean PSNR (interpolated between "
-        "¼, ½ and all of the steps; 'not reached' if even all of them fall short). *(pooled)*: the rows of one case "
-        "and protocol that differ in their seeds (and images), as one row (their runs paired and summarised together).",
+        "reference seconds / the seconds ours needs to reach the reference's mean PSNR (interpolated between ¼, ½ and "
+        "all of the steps; 'not reached' if even all of them fall short), on the clock shown: process CPU seconds, or "
+        "wall seconds of a run alone on the machine, with the torch threads of ours / the reference. *(pooled)*: the "
+        "rows of one case and protocol that differ in their seeds (and images), as one row (their runs paired and "
+        "summarised together).",
         "",
         "| case | B | images | seeds | steps/stage | ours: feature_restarts | reference | reference R=1 | ours "
-        "| Δ ours − reference | Δ ours − reference R=1 | CPU s ref / R=1 / ours | time-to-quality vs reference "
-        "| vs reference R=1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Δ ours − reference | Δ ours − reference R=1 | clock, threads ours / ref | seconds ref / R=1 / ours "
+        "| time-to-quality vs reference | vs reference R=1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     records = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality_*.json"))]
     # records of one case, batch size and protocol with other seeds (and images of the split) are also pooled into
@@ -704,18 +708,23 @@ def quality_report(args: argparse.Namespace) -> str:
     for group in groups.values():
         seeds = sorted(seed for r in group for seed in r["protocol"]["seeds"])
         if len(group) > 1 and len(set(seeds)) == len(seeds):
-            table, ttq = summarise_quality([run for r in group for run in r["runs"]])
+            table, ttq = summarise_quality(
+                [run for r in group for run in r["runs"]], group[0]["protocol"].get("clock", "cpu")
+            )
             images = " / ".join(str(n) for n in sorted({r["case"]["images"] for r in group}))
             rows.append((group[0], images, f"{' '.join(map(str, seeds))} (pooled)", table, ttq))
     for record, images, seeds, table, ttq in rows:
         ref, one, ours = table["reference"], table["reference R=1"], table["ours x1"]
         protocol = record["protocol"]
+        clock = protocol.get("clock", "cpu")  # records before the option: CPU seconds, one thread both sides
+        threads = protocol.get("threads", {"ours": 1, "reference": 1})
         lines.append(
             f"| {record['case']['name']} | {protocol['batch_size']} | {images} "
             f"| {seeds} | {protocol['steps_per_stage']} "
             f"| {record.get('ours_feature_restarts', 'default')} | {_cell(ref)} | {_cell(one)} | {_cell(ours)} "
             f"| {_diff(ours['paired_diff_vs_reference'])} | {_diff(ours['paired_diff_vs_reference R=1'])} "
-            f"| {ref['cpu']['mean']:.1f} / {one['cpu']['mean']:.1f} / {ours['cpu']['mean']:.1f} "
+            f"| {clock}, {threads['ours']} / {threads['reference']} "
+            f"| {ref[clock]['mean']:.1f} / {one[clock]['mean']:.1f} / {ours[clock]['mean']:.1f} "
             f"| {_speed(ttq['reference'])} | {_speed(ttq['reference R=1'])} |"
         )
     text = "\n".join(lines) + "\n" + _shared_label_table(sorted(RESULTS.glob("quality_*.json")))
@@ -772,6 +781,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--reference-threads",
+        type=count(1),
+        default=None,
+        help="quality mode: torch CPU threads of the plain-loop reference (default: --threads)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="quality mode: the seconds time-to-quality compares (wall: run alone on the machine)",
+    )
     parser.add_argument("--quick", action="store_true", help="60 steps per stage, 2 repeats (full time extrapolated)")
     parser.add_argument(
         "--out",

@@ -60,7 +60,9 @@ def test_each_mode_writes_its_own_default_file(speed) -> None:
 def test_quality_records_of_other_seeds_are_also_pooled_into_one_row(speed, tmp_path: Path, monkeypatch) -> None:
     def record(seed: int, psnr: dict[str, float]) -> dict:
         cpu = {"reference": 10.0, "reference R=1": 3.0, "ours x0.25": 1.0, "ours x0.5": 2.0, "ours x1": 4.0}
-        runs = [{"method": m, "first": 0, "seed": seed, "psnr": p, "cpu": cpu[m]} for m, p in psnr.items()]
+        runs = [
+            {"method": m, "first": 0, "seed": seed, "psnr": p, "cpu": cpu[m], "wall": cpu[m]} for m, p in psnr.items()
+        ]
         table, ttq = speed.summarise_quality(runs)
         protocol = {"batch_size": 4, "steps_per_stage": 100, "seeds": [seed]}
         return {
@@ -83,3 +85,20 @@ def test_quality_records_of_other_seeds_are_also_pooled_into_one_row(speed, tmp_
     # pooled: ours 28 against the reference's 25, paired +2 and +4; ours reaches 25 dB at 3 of the reference's 10 s
     assert "| 25.00 ± 5.00 |" in rows[2] and "| 28.00 ± 4.00 |" in rows[2]
     assert "| +3.00 ± 1.00 (2/2) |" in rows[2] and "| 3.33× |" in rows[2]
+
+
+def test_time_to_quality_is_read_on_the_clock_asked_for(speed) -> None:
+    # ours uses two threads: twice its wall time in CPU seconds; the reference one thread
+    psnr = {"reference": 30.0, "reference R=1": 25.0, "ours x0.25": 20.0, "ours x0.5": 26.0, "ours x1": 32.0}
+    wall = {"reference": 10.0, "reference R=1": 3.0, "ours x0.25": 1.0, "ours x0.5": 2.0, "ours x1": 4.0}
+    runs = [
+        {"method": m, "first": 0, "seed": 0, "psnr": p, "wall": wall[m], "cpu": wall[m] * (2 if "ours" in m else 1)}
+        for m, p in psnr.items()
+    ]
+    _, on_cpu = speed.summarise_quality(runs, "cpu")
+    table, on_wall = speed.summarise_quality(runs, "wall")
+    # 30 dB is reached two thirds of the way from ½ to all of the steps: at 3.33 wall seconds, 6.67 CPU seconds
+    assert on_wall["reference"]["speedup"] == pytest.approx(10 / (2 + 4 / 3))
+    assert on_cpu["reference"]["speedup"] == pytest.approx(10 / (4 + 8 / 3))
+    assert on_wall["reference"]["ours_wall_seconds"] == pytest.approx(2 + 4 / 3)
+    assert table["ours x1"]["cpu"]["mean"] == 8.0 and table["ours x1"]["wall"]["mean"] == 4.0
