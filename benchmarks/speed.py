@@ -634,14 +634,13 @@ def _speed(item: dict[str, Any]) -> str:
     return f"{item['speedup']:.2f}×" if item["speedup"] else "not reached"
 
 
-def _shared_label_table(paths: list[Path]) -> str:
+def _shared_label_table(records: list[dict[str, Any]]) -> str:
     """
     Batched records that keep per-image PSNR and labels: PSNR of the images whose label is unique in their batch
     against those that share it, per method (empty when no record has them).
     """
     lines = []
-    for path in paths:
-        record = json.loads(path.read_text())
+    for record in records:
         runs = [r for r in record["runs"] if "per_image_psnr" in r and len(r["labels"]) > 1]
         for method in ("reference", "reference R=1", "ours x1"):
             values = psnr_by_label_multiplicity(
@@ -727,7 +726,7 @@ def quality_report(args: argparse.Namespace) -> str:
             f"| {ref[clock]['mean']:.1f} / {one[clock]['mean']:.1f} / {ours[clock]['mean']:.1f} "
             f"| {_speed(ttq['reference'])} | {_speed(ttq['reference R=1'])} |"
         )
-    text = "\n".join(lines) + "\n" + _shared_label_table(sorted(RESULTS.glob("quality_*.json")))
+    text = "\n".join(lines) + "\n" + _shared_label_table(records)
     write_bytes_atomic(args.out, text.encode())
     print(text)
     return text
