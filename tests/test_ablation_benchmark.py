@@ -116,7 +116,7 @@ def test_quality_mode_records_every_run(benchmarks, tmp_path: Path) -> None:
     assert run["per_image_psnr"][0] == pytest.approx(run["psnr"])
 
 
-def test_quality_report_splits_batched_rows_by_shared_labels(benchmarks, tmp_path: Path) -> None:
+def test_quality_report_splits_batched_rows_by_shared_labels(benchmarks) -> None:
     _, speed = benchmarks
     record = {
         "case": {"name": "convnet-mnist"},
@@ -127,15 +127,12 @@ def test_quality_report_splits_batched_rows_by_shared_labels(benchmarks, tmp_pat
             {"method": "ours x0.5", "labels": [3, 3, 1, 4], "per_image_psnr": [1.0, 1.0, 1.0, 1.0]},
         ],
     }
-    path = tmp_path / "quality_x.json"
-    path.write_text(json.dumps(record))
-    table = speed._shared_label_table([path])
+    table = speed._shared_label_table([record])
     assert "| convnet-mnist | 4 | 0 | ours x1 | 2, 32.00 ± 2.00 | 2, 16.00 ± 1.00 |" in table
     assert "| convnet-mnist | 4 | 0 | reference | 2, 40.00 ± 0.00 | 2, 20.00 ± 0.00 |" in table
     assert "ours x0.5" not in table and "reference R=1" not in table
-    record["runs"] = [{k: v for k, v in r.items() if k != "per_image_psnr"} for r in record["runs"]]
-    path.write_text(json.dumps(record))  # records made before per-image PSNR was kept add no table
-    assert speed._shared_label_table([path]) == ""
+    record["runs"] = [{k: v for k, v in r.items() if k != "per_image_psnr"} for r in record["runs"]]  # older records
+    assert speed._shared_label_table([record]) == ""
 
 
 def test_bad_quality_arguments_are_named(benchmarks, capsys: pytest.CaptureFixture) -> None:
