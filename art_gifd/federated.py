@@ -40,10 +40,12 @@ from art_gifd.validation import (
     MAX_RATE,
     MAX_SEED,
     check_device,
+    check_flag,
     check_gradient,
     check_integer,
     check_number,
     nonfinite_entries,
+    real_array,
     to_numpy,
 )
 
@@ -96,7 +98,7 @@ class TargetModel:
             )
         self.estimator = estimator
         self.device = check_device(device if device is not None else estimator.device)
-        self.train_mode = train_mode
+        self.train_mode = train_mode = check_flag("train_mode", train_mode)
         broken = nonfinite_entries(estimator.model.state_dict())
         if broken:
             raise ValueError(
@@ -506,8 +508,7 @@ def check_input_scale(name: str, x: np.ndarray, estimator: PyTorchClassifier) ->
 
     :param name: The images' name in the messages.
     """
-    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
-        raise ValueError(f"{name} must hold real pixel values, got dtype {x.dtype}.")
+    real_array(name, x)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or infinite values: pass finite images.")
     if estimator.clip_values is None:
@@ -639,7 +640,7 @@ class LocalTraining:
         # plain ints (numpy scalars pass), so describe() is JSON
         for name, high in (("epochs", MAX_LOCAL_STEPS), ("steps", MAX_LOCAL_STEPS), ("batch_size", None)):
             object.__setattr__(self, name, check_integer(name, getattr(self, name), 1, high, optional=True))
-        if self.optimizer not in LOCAL_OPTIMIZERS:
+        if not isinstance(self.optimizer, str) or self.optimizer not in LOCAL_OPTIMIZERS:  # the key first: configs
             raise ValueError(f"optimizer must be one of {LOCAL_OPTIMIZERS}, got {self.optimizer!r}.")
         object.__setattr__(self, "momentum", check_number("momentum", self.momentum, 0.0, 1.0))
         if self.momentum and self.optimizer != "sgd":
@@ -647,12 +648,13 @@ class LocalTraining:
         object.__setattr__(
             self, "weight_decay", check_number("weight_decay", self.weight_decay, 0.0, MAX_RATE, closed="both")
         )
+        if isinstance(self.betas, np.ndarray):  # a numpy pair reads as the pair of its numbers
+            object.__setattr__(self, "betas", self.betas.tolist())
         if not isinstance(self.betas, Sequence) or len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}.")
         object.__setattr__(self, "betas", tuple(check_number("betas", b, 0.0, 1.0) for b in self.betas))
         object.__setattr__(self, "eps", check_number("eps", self.eps, 0.0, closed="neither"))
-        if not isinstance(self.shuffle, bool):
-            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}.")
+        object.__setattr__(self, "shuffle", check_flag("shuffle", self.shuffle))
         object.__setattr__(self, "shuffle_seed", check_integer("shuffle_seed", self.shuffle_seed, 0, optional=True))
         if not self.shuffle and self.shuffle_seed is not None:
             raise ValueError(

@@ -36,7 +36,7 @@ import torchvision
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
 
-from art_gifd.validation import check_device, to_numpy
+from art_gifd.validation import check_device, real_array, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def _validate_pair(
                         originals, not all black, fill under 1% of it (e.g. images in [0, 1] given the range
                         (0, 255)).
     """
-    rec = to_numpy(reconstructed).astype(np.float64)
-    orig = to_numpy(original).astype(np.float64)
+    rec = real_array("reconstructed", reconstructed).astype(np.float64)
+    orig = real_array("original", original).astype(np.float64)
     for name, arr in (("reconstructed", rec), ("original", orig)):
         if arr.ndim != 4:
             raise ValueError(f"{name} must be a 4-D NCHW array, got shape {arr.shape}.")

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from art_gifd.defenses.base import DefenseLike, make_generator
 from art_gifd.federated import TargetModel, check_input_scale, defended_gradients
-from art_gifd.validation import MAX_RATE, MAX_SEED, check_integer, check_number, to_numpy
+from art_gifd.validation import MAX_RATE, MAX_SEED, check_flag, check_integer, check_number, to_numpy
 
 if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
@@ -104,6 +104,7 @@ def measure_utility(
     probe_batches = check_integer("probe_batches", probe_batches, 1, MAX_PROBE_BATCHES)
     learning_rate = check_number("learning_rate", learning_rate, 0.0, MAX_RATE, closed="right")
     seed = check_integer("seed", seed, 0, MAX_SEED)
+    verbose = check_flag("verbose", verbose)
     target = TargetModel(estimator, train_mode=train_mode)
     x_train, y_train, x_test, y_test = _utility_data(data, target)
     if batch_size > len(x_train):

@@ -95,6 +95,21 @@ def to_numpy(value: Any) -> np.ndarray:
     return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
 
 
+def real_array(name: str, value: Any) -> np.ndarray:
+    """
+    ``value`` as a numpy array of real numbers (integer or floating dtype), by :func:`to_numpy`.
+
+    :raises ValueError: For a masked array (its mask would be dropped), or complex, text, boolean or object values,
+                        which numpy would cast (dropping an imaginary part, parsing text) rather than refuse.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise ValueError(f"{name} is a masked array, whose mask would be ignored: pass value.filled(...) instead.")
+    arr = to_numpy(value)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+    return arr
+
+
 def check_integer(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> int | None:
     """
     Validate an integer parameter in ``[low, high]`` and return it as an ``int`` (``None`` passes if ``optional``).
@@ -246,6 +261,12 @@ def check_gradient(grads: Any, names: Sequence[str], shapes: Sequence[tuple[int,
         )
     out = []
     for name, shape, item in zip(names, shapes, items, strict=True):
+        if isinstance(item, torch.Tensor) and item.is_meta:
+            raise ValueError(
+                f"Gradient of '{name}' is a meta tensor, which holds no values: pass the observed numbers."
+            )
+        if isinstance(item, torch.Tensor) and item.layout != torch.strided:
+            item = item.to_dense()  # a sparse gradient (e.g. an embedding's) holds the same numbers
         arr = to_numpy(item)
         if not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"Gradient of '{name}' has dtype {arr.dtype}; expected a floating-point array.")

@@ -954,6 +954,10 @@ def test_console_entry_point_loads_torch_only_inside_main() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    module = subprocess.run(
+        [sys.executable, "-m", "art_gifd", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert module.returncode == 0 and module.stdout.startswith("art-gifd "), module.stderr  # python -m runs the CLI
 
 
 class _AuxHeadNet(torch.nn.Module):
@@ -1072,3 +1076,61 @@ def test_an_image_of_another_size_is_refused_from_its_header_before_decoding(tmp
     assert (3000, 4000) not in decoded  # refused from the header
     with pytest.raises(ValueError, match=r"1\.png' is 4x4 pixels, not the model's input size 32x32\. Resize"):
         load_image_folder(tmp_path, image_size=(32, 32))
+
+
+def test_values_the_client_side_and_the_defences_would_misread_are_refused(lenet_clf, heldout, default_prior) -> None:
+    from art_gifd import LocalTraining
+    from art_gifd.attacks.gifd import split_steps
+    from art_gifd.defenses import DPSGD, Clip, FunctionDefense
+    from art_gifd.defenses.transforms import AdditiveNoise
+    from art_gifd.metrics import psnr
+    from art_gifd.utility import measure_utility
+
+    x, y = heldout[0][:2], heldout[1][:2]
+    dp = {"max_grad_norm": 1.0, "sample_rate": 0.01, "steps": 100, "delta": 1e-5}
+    for call, message in (
+        # a string flag is true to Python: the client would compute a train-mode gradient where "false" was meant
+        (lambda: client_gradients(lenet_clf, x, y, train_mode="false"), "train_mode must be True or False"),
+        (lambda: measure_utility(None, lenet_clf, rounds=0, verbose="no"), "verbose must be True or False"),
+        (lambda: LocalTraining(0.1, shuffle=np.array([True])), "shuffle must be True or False"),
+        # choices given as arrays: named, not compared element-wise or stored as arrays
+        (lambda: Prune(0.5, scope=np.array(["layer"])), "Unknown pruning scope"),
+        (lambda: AdditiveNoise(0.1, np.array(["laplace"])), "Unknown noise distribution"),
+        (lambda: DPSGD(1.0, accountant=np.array(["rdp"]), **dp), "Unknown accountant"),
+        (lambda: LocalTraining(0.1, optimizer=np.array(["adam", "sgd"])), "optimizer must be one of"),
+        # a tolerance of 0 never ended Opacus' search, NaN ended it at once with 20x the noise asked for
+        (lambda: DPSGD.for_epsilon(1.0, epsilon_tolerance=0.0, **dp), r"epsilon_tolerance must lie in \[1e-09"),
+        (lambda: DPSGD.for_epsilon(1.0, epsilon_tolerance=float("nan"), **dp), "epsilon_tolerance must be a finite"),
+        (lambda: DPSGD(1e-200, **dp), r"noise_multiplier must lie in \[1e-12, 1e\+06\]"),
+        (lambda: Clip(1e-300), r"max_norm must lie in \[1e-15, 1e\+15\]"),
+        (lambda: psnr(np.zeros((1, 1, 4, 4)) + 0.5j, np.zeros((1, 1, 4, 4))), "reconstructed must hold real numbers"),
+        (lambda: psnr(np.full((1, 1, 4, 4), "0.5"), np.zeros((1, 1, 4, 4))), "reconstructed must hold real numbers"),
+        (lambda: psnr(np.zeros((1, 1, 4, 4)), np.ma.masked_array(np.zeros((1, 1, 4, 4)))), "original is a masked"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert LocalTraining(0.1, optimizer="adam", betas=np.array([0.9, 0.99])).betas == (0.9, 0.99)
+    assert split_steps(1000, 2, [1e308, 1e308]) == [500, 500]  # the weights' sum would overflow
+    grads = client_gradients(lenet_clf, x[:1], y[:1])
+    attack = InvertingGradientsAttack(lenet_clf, max_iter=1, num_restarts=1, verbose=False, seed=0)
+    sparse = attack.reconstruct([torch.as_tensor(g).to_sparse() for g in grads], y[:1])
+    assert np.array_equal(sparse.images, attack.reconstruct(grads, y[:1]).images)  # a sparse gradient: its numbers
+    with pytest.raises(ValueError, match=r"Gradient of '0\.weight' is a meta tensor"):
+        attack.reconstruct([torch.empty(g.shape, device="meta") for g in grads], y[:1])
+    with pytest.warns(UserWarning, match="holds a plain function, which the attack does not replay"):
+        InvertingGradientsAttack(lenet_clf, max_iter=1, defense=FunctionDefense(lambda gs: gs))
+
+
+def test_reconstruct_many_names_the_observation_that_fails(lenet_clf, heldout, default_prior) -> None:
+    from art_gifd.models import build_model
+
+    x, y = heldout
+    grads = client_gradients(lenet_clf, x[:1], y[:1])
+    other = make_classifier(build_model("convnet", 1, 32, 10, seed=0), (1, 32, 32))
+    attack = InvertingGradientsAttack(lenet_clf, max_iter=1, num_restarts=1, verbose=False, seed=0)
+    with pytest.raises(ValueError, match=r"observations holds 8 arrays, not gradients: .* pass \[gradient\]"):
+        attack.reconstruct_many(grads)
+    with pytest.raises(ValueError, match=r"^Observation 2: Gradient of '0.weight' has shape \(16, 1, 3, 3\)"):
+        attack.reconstruct_many([grads, grads, client_gradients(other, x[:1], y[:1])])
+    with pytest.raises(ValueError, match=r"^Observation 1: Labels must be class indices"):
+        attack.reconstruct_many([grads, grads], labels=[y[:1], int(y[1])])

@@ -319,6 +319,35 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
     assert run_benchmark(config, results, progress=False, check_inputs=False).ok == 0  # recorded failures are skipped
 
 
+def test_a_grid_of_text_values_runs_and_reads_back(tmp_path):
+    config = parse(
+        textwrap.dedent(
+            """\
+            name = "scopes"
+            models = ["lenet"]
+            budget = { steps_per_stage = 1, stages = 2, num_restarts = 1 }
+            utility = { enabled = false }
+            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
+            attacks = [{ name = "pixel" }]
+
+            [[defenses]]
+            label = "prune"
+            type = "prune"
+            params = { ratio = 0.5, scope = ["layer", "global"] }
+            """
+        )
+    )
+    results = tmp_path / "r.jsonl"
+    assert run_benchmark(config, results, progress=False).ok == 2
+    latest = ResultsFile(results).latest()  # every line passes the record check, text strengths included
+    assert [r["label"] for r in latest.values()] == [
+        "mnist/lenet/B1/prune(scope=layer)/pixel/seed0",
+        "mnist/lenet/B1/prune(scope=global)/pixel/seed0",
+    ]
+    assert [r["config"]["defense"]["strength"] for r in latest.values()] == ["layer", "global"]
+    assert run_benchmark(config, results, progress=False).ok == 0  # resumed: nothing is redone
+
+
 class _Handle:
     def __init__(self, job, utility):
         self.job, self.utility = job, utility

@@ -41,7 +41,7 @@ from art_gifd.attacks.core import (
     select_best,
     split_outcome,
 )
-from art_gifd.defenses.base import Defense
+from art_gifd.defenses.base import Compose, Defense, FunctionDefense
 from art_gifd.federated import (
     GradientInput,
     LocalTraining,
@@ -389,6 +389,17 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"defense must be an art_gifd.defenses.Defense (the client's defence, known to the attacker) or None, "
                 f"got {type(self.defense).__name__}; wrap a plain function in FunctionDefense."
             )
+        if self.defense is not None:
+            parts = self.defense.defenses if isinstance(self.defense, Compose) else [self.defense]
+            if any(isinstance(d, FunctionDefense) for d in parts):
+                warnings.warn(
+                    f"The known defence {self.defense!r} holds a plain function, which the attack does not replay on "
+                    "its candidates (it cannot know whether the function is deterministic and differentiable): this "
+                    "attack matches the observed update as it is, not adaptively. To replay it, subclass Defense "
+                    "with replayable = True and a differentiable replay().",
+                    UserWarning,
+                    stacklevel=3,
+                )
         if self.training is not None and not isinstance(self.training, LocalTraining):
             raise ValueError(
                 f"training must be an art_gifd.LocalTraining (the client's local training) or None, got "
@@ -534,12 +545,19 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                             an integer in ``[0, 2**63 - 1]``, or an estimator is not a classifier of this attack's
                             architecture (layers, loss and clip values).
         """
+        import torch
+
         observations = _as_list("observations", observations)
         labels, estimators, seeds = (
             None if v is None else _as_list(n, v)
             for n, v in (("labels", labels), ("estimators", estimators), ("seeds", seeds))
         )
         count = len(observations)
+        if count and all(isinstance(x, np.ndarray | torch.Tensor) for x in observations):
+            raise ValueError(
+                f"observations holds {count} arrays, not gradients: each observation is one client's list of arrays "
+                "(or mapping name -> array); for one client's gradient pass [gradient]."
+            )
         for name, values in (("labels", labels), ("estimators", estimators), ("seeds", seeds)):
             if values is not None and len(values) != count:
                 raise ValueError(
@@ -558,10 +576,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 attack.seed = check_integer(f"seeds[{t}]", seeds[t], 0, MAX_SEED)
             attacks.append(attack)
         with self._searching():
-            searches = [
-                a._begin(x, None if labels is None else labels[t])
-                for t, (a, x) in enumerate(zip(attacks, observations, strict=True))
-            ]
+            searches = []
+            for t, (a, x) in enumerate(zip(attacks, observations, strict=True)):
+                try:
+                    searches.append(a._begin(x, None if labels is None else labels[t]))
+                except ValueError as err:  # which observation: the message alone cannot say
+                    raise ValueError(f"Observation {t}: {err}") from None
             plan = searches[0].matcher.plan
             together = count if max_together is None else int(max_together)
             if plan is not None:

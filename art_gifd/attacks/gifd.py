@@ -50,7 +50,8 @@ def split_steps(total: int, stages: int, split: str | Sequence[float]) -> list[i
             weights = [0.25 / (stages - 2)] * (stages - 2) + [0.25, 0.5]
     else:
         weights = [float(w) for w in split]
-    shares = np.asarray(weights) / np.sum(weights) * total
+    relative = np.asarray(weights) / max(weights)  # scaled to at most 1 first: a sum of huge weights would overflow
+    shares = relative / relative.sum() * total
     counts = np.floor(shares).astype(int)
     for i in np.argsort(-(shares - counts), kind="stable")[: total - counts.sum()]:
         counts[i] += 1

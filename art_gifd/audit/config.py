@@ -177,6 +177,7 @@ from art_gifd.configfile import (
 from art_gifd.configfile import open_config as open_config_file
 from art_gifd.data import DATASETS, SINGLE_SPLIT, load_dataset, load_image_folder
 from art_gifd.defenses import Defense, describe_defense
+from art_gifd.defenses.registry import format_value
 from art_gifd.federated import (
     LocalTraining,
     TargetModel,
@@ -608,7 +609,7 @@ def _read_defenses(check: Checker, raw: Any) -> list[DefenseSetting]:
         for point in entry["points"]:
             label = entry["label"] or _default_label(entry["type"], point["params"])
             if entry["label"] and entry["grid"]:
-                label += f" {entry['grid']}={_compact(point['strength'])}"
+                label += f" {entry['grid']}={format_value(point['strength'])}"
             if both and point["adaptive"]:
                 label += " (adaptive)"
             defense = cached_defense(entry["type"], point["params"])
@@ -630,15 +631,7 @@ def _default_label(name: str, params: Mapping[str, Any]) -> str:
         shown = {"ε": params.get("epsilon"), "σ": params.get("noise_multiplier"), "δ": params.get("delta")}
     else:
         shown = dict(params)
-    return f"{name}(" + ", ".join(f"{k}={_compact(v)}" for k, v in shown.items() if v is not None) + ")"
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_compact(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}={_compact(v)}" for k, v in value.items()) + "}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{name}(" + ", ".join(f"{k}={format_value(v)}" for k, v in shown.items() if v is not None) + ")"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import numpy as np
 
 from art_gifd.bench.components import utility_source
 from art_gifd.bench.config import BenchConfig, canonical_hash
+from art_gifd.defenses.registry import format_value
 
 #: Characters of the SHA-256 digest kept as a job identifier.
 JOB_ID_LENGTH = 16
@@ -58,7 +59,7 @@ def defense_label(defense: dict[str, Any]) -> str:
     """``noise(sigma=0.01)``, ``prune(ratio=0.9)+adaptive``, ``none``."""
     label = defense["name"]
     if defense["grid"] is not None:
-        label += f"({defense['grid']}={defense['strength']:g})"
+        label += f"({defense['grid']}={format_value(defense['strength'])})"
     return label + ("+adaptive" if defense["adaptive"] else "")
 
 

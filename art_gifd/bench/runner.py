@@ -55,6 +55,7 @@ SCHEMA = "art-gifd/bench/v1"
 TRACEBACK_FRAMES = 8
 
 _MAYBE_NUMBER = (*NUMBER, NULL)
+_STRENGTH = (*NUMBER, str, NULL)  # a grid may list text values too (a pruning scope, an accountant)
 #: What the report reads of a run header (see :func:`~art_gifd.store.shape_problem`): the title and grid order.
 RUN_SHAPE = {
     "config": {
@@ -63,7 +64,7 @@ RUN_SHAPE = {
         "models?": [str],
         "batch_sizes?": [int],
         "attacks?": [{"label": str}],
-        "defenses?": [{"name": str, "points": [{"strength": _MAYBE_NUMBER, "adaptive": bool}]}],
+        "defenses?": [{"name": str, "points": [{"strength": _STRENGTH, "adaptive": bool}]}],
     },
     "executor?": dict,
 }
@@ -79,7 +80,7 @@ OK_SHAPE = {
         "batch_size": int,
         "seed": int,
         "attack": {"name": str, "label": str},
-        "defense": {"name": str, "type": str, "grid": (str, NULL), "strength": _MAYBE_NUMBER},
+        "defense": {"name": str, "type": str, "grid": (str, NULL), "strength": _STRENGTH},
     },
     "result": {
         "per_image": {

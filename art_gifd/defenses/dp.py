@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from art_gifd.defenses.base import Defense, DefenseContext
-from art_gifd.validation import check_integer, check_number
+from art_gifd.validation import GRADIENT_NORM_RANGE, check_choice, check_integer, check_number
 
 #: Largest target epsilon: beyond it the guarantee bounds nothing, and Opacus' noise search no longer converges.
 MAX_EPSILON = 1e6
@@ -26,6 +26,9 @@ MAX_DELTA = 0.01
 #: Largest epsilon (by RDP, an upper bound) the PRV accountant is asked for: its grid grows as the noise shrinks, and
 #: beyond this vacuous guarantee (e^100) it needed more than 4 GB on settings where RDP answers in a millisecond.
 PRV_MAX_EPSILON = 100.0
+#: Noise multipliers accepted: far below 1e-12 (an almost noiseless update, epsilon about 1e25) RDP's arithmetic
+#: divides by zero; above 1e6 the noise drowns any gradient and epsilon no longer changes.
+NOISE_MULTIPLIER_RANGE = (1e-12, 1e6)
 
 
 class DPSGD(Defense):
@@ -62,8 +65,10 @@ class DPSGD(Defense):
         :param delta: Target delta, in (0, :data:`MAX_DELTA`] (usually below 1 / data set size).
         :param accountant: Opacus accountant, ``"rdp"`` or ``"prv"``.
         """
-        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
-        self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, 0.0, closed="neither")
+        self.noise_multiplier = check_number(
+            "noise_multiplier", noise_multiplier, *NOISE_MULTIPLIER_RANGE, closed="both"
+        )
+        self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, *GRADIENT_NORM_RANGE, closed="both")
         self.sample_rate, self.steps, self.delta = _check_accounting(sample_rate, steps, delta, accountant)
         self.accountant = accountant
         self.epsilon = privacy_epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
@@ -88,11 +93,13 @@ class DPSGD(Defense):
         :param steps: Number of steps.
         :param delta: Target delta.
         :param accountant: ``"rdp"`` or ``"prv"``.
-        :param epsilon_tolerance: Precision of Opacus' binary search.
+        :param epsilon_tolerance: Precision of Opacus' binary search, at least ``1e-9 · max(1, epsilon)``.
         """
         from opacus.accountants.utils import get_noise_multiplier
 
         check_number("epsilon", epsilon, 0.0, MAX_EPSILON, closed="right")
+        # a tolerance finer than float64 can resolve never ends Opacus' bisection; NaN would end it at once, unsearched
+        check_number("epsilon_tolerance", epsilon_tolerance, 1e-9 * max(1.0, epsilon), MAX_EPSILON, closed="both")
         _check_accounting(sample_rate, steps, delta, accountant)
         if accountant == "prv" and epsilon > PRV_MAX_EPSILON:
             raise ValueError(_prv_refusal(epsilon))
@@ -112,7 +119,7 @@ class DPSGD(Defense):
                 f"epsilon={epsilon:g} cannot be reached at delta={delta:g} with sample_rate={sample_rate:g} and "
                 f"{steps} steps ({err}): raise epsilon or delta, or lower sample_rate or steps."
             ) from None
-        except (MemoryError, OverflowError) as err:
+        except (MemoryError, OverflowError, ZeroDivisionError) as err:
             raise ValueError(_accountant_failure(accountant, err)) from None
         return cls(sigma, max_grad_norm, sample_rate, steps, delta, accountant)
 
@@ -165,8 +172,7 @@ class DPSGD(Defense):
 
 def _check_accounting(sample_rate: float, steps: int, delta: float, accountant: str) -> tuple[float, int, float]:
     """Check what the accountant is given, and return ``sample_rate``, ``steps`` and ``delta`` as numbers."""
-    if accountant not in ACCOUNTANTS:
-        raise ValueError(f"Unknown accountant {accountant!r}: use one of {ACCOUNTANTS}.")
+    check_choice("accountant", accountant, ACCOUNTANTS)
     return (
         check_number("sample_rate", sample_rate, 0.0, 1.0, closed="right"),
         check_integer("steps", steps, 1, MAX_DP_STEPS),
@@ -189,7 +195,7 @@ def privacy_epsilon(
     """
     from opacus.accountants import create_accountant
 
-    check_number("noise_multiplier", noise_multiplier, 0.0, closed="neither")
+    check_number("noise_multiplier", noise_multiplier, *NOISE_MULTIPLIER_RANGE, closed="both")
     _check_accounting(sample_rate, steps, delta, accountant)
 
     if accountant == "prv":  # RDP first: it bounds PRV's answer from above, in a millisecond and little memory
@@ -200,7 +206,7 @@ def privacy_epsilon(
     meter.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
     try:
         epsilon = float(meter.get_epsilon(delta=delta))
-    except (MemoryError, OverflowError, ValueError, RuntimeError) as err:  # PRV discretises on a grid
+    except (MemoryError, OverflowError, ZeroDivisionError, ValueError, RuntimeError) as err:  # PRV: a grid
         raise ValueError(_accountant_failure(accountant, err)) from None
     if not epsilon >= 0:
         raise ValueError(
@@ -248,9 +254,14 @@ def _prv_refusal(epsilon: float) -> str:
 
 
 def _accountant_failure(accountant: str, err: BaseException) -> str:
+    way_out = (
+        "use accountant='rdp', or fewer steps or a larger noise_multiplier"
+        if accountant == "prv"
+        else "check that noise_multiplier, sample_rate and steps describe a real training"
+    )
     return (
         f"Opacus' {accountant.upper()} accountant cannot evaluate these settings ({type(err).__name__}: "
-        f"{' '.join(str(err).split())[:120]}): use accountant='rdp', or fewer steps or a larger noise_multiplier."
+        f"{' '.join(str(err).split())[:120]}): {way_out}."
     )
 
 

@@ -56,6 +56,15 @@ DEFENSES: dict[str, Callable[..., Defense]] = {
 }
 
 
+def format_value(value: Any) -> str:
+    """A defence parameter as a label shows it: floats by ``:g``, lists and tables item by item, the rest as text."""
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def defense_parameters(name: str) -> list[str]:
     """
     The parameter names a defence name accepts.

@@ -23,7 +23,7 @@ from art_gifd.defenses.base import (
     pruned_count,
     straight_through,
 )
-from art_gifd.validation import check_integer, check_number
+from art_gifd.validation import GRADIENT_NORM_RANGE, check_choice, check_integer, check_number
 
 PRUNE_SCOPES = ("layer", "global")
 NOISE_DISTRIBUTIONS = ("gaussian", "laplace")
@@ -70,9 +70,7 @@ class Prune(GradientTransform):
         :param scope: ``"layer"`` (per parameter tensor) or ``"global"`` (over the whole update).
         """
         self.ratio = check_number("ratio", ratio, 0.0, 1.0)
-        if scope not in PRUNE_SCOPES:
-            raise ValueError(f"Unknown pruning scope {scope!r}: use one of {PRUNE_SCOPES}.")
-        self.scope = scope
+        self.scope = check_choice("pruning scope", scope, PRUNE_SCOPES)
 
     def transform(self, grads: GradientBatch) -> GradientBatch:
         if self.scope == "layer":
@@ -116,7 +114,8 @@ class Clip(GradientTransform):
         """
         :param max_norm: Bound on the Euclidean norm of the shared update, positive.
         """
-        self.max_norm = check_number("max_norm", max_norm, 0.0, closed="neither")
+        # the clipped update's norm must stay where float32 holds it (a clip at 1e-300 shares zeros)
+        self.max_norm = check_number("max_norm", max_norm, *GRADIENT_NORM_RANGE, closed="both")
 
     def transform(self, grads: GradientBatch) -> GradientBatch:
         factor = (self.max_norm / (flat_norm(grads) + 1e-12)).clamp(max=1.0)
@@ -191,9 +190,7 @@ class AdditiveNoise(Defense):
         :param distribution: ``"gaussian"`` or ``"laplace"`` (scale ``sigma / √2``, so its std is ``sigma``).
         """
         self.sigma = check_number("sigma", sigma, 0.0)
-        if distribution not in NOISE_DISTRIBUTIONS:
-            raise ValueError(f"Unknown noise distribution {distribution!r}: use one of {NOISE_DISTRIBUTIONS}.")
-        self.distribution = distribution
+        self.distribution = check_choice("noise distribution", distribution, NOISE_DISTRIBUTIONS)
         self.name = f"{distribution}-noise"
 
     def apply(self, grads: list[torch.Tensor], context: DefenseContext) -> list[torch.Tensor]:
