@@ -268,17 +268,24 @@ def test_an_append_after_an_unrepaired_torn_line_stays_readable_and_damaged_byte
     assert "r.jsonl:4: skipping a line that is not UTF-8 text" in caplog.text
 
 
-def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
-    config = parse(
-        textwrap.dedent(
-            """\
-            name = "failing"
-            models = ["lenet"]
-            budget = { steps_per_stage = 1, stages = 2, num_restarts = 1 }
-            utility = { enabled = false }
-            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
-            attacks = [{ name = "gi" }, { name = "pixel" }]
+def one_image_config(attacks: str, defenses: str):
+    """A one-seed, one-image, one-step grid on LeNet without utility runs: ``attacks`` and ``defenses`` as TOML."""
+    head = textwrap.dedent(
+        """\
+        name = "tiny"
+        models = ["lenet"]
+        budget = { steps_per_stage = 1, stages = 2, num_restarts = 1 }
+        utility = { enabled = false }
+        datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
+        """
+    )
+    return parse(f"{head}attacks = {attacks}\n\n{textwrap.dedent(defenses)}")
 
+
+def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
+    config = one_image_config(
+        '[{ name = "gi" }, { name = "pixel" }]',
+        """\
             [[defenses]]
             label = "none"
             type = "none"
@@ -292,8 +299,7 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
             sample_rate = 0.01
             steps = 10
             delta = 1e-5
-            """
-        )
+            """,
     )
     results = tmp_path / "r.jsonl"
     # GradInversion matches BatchNorm statistics and LeNet has none: the checks before the first job refuse an attack
@@ -320,22 +326,14 @@ def test_failing_job_is_recorded_and_the_grid_goes_on(tmp_path):
 
 
 def test_a_grid_of_text_values_runs_and_reads_back(tmp_path):
-    config = parse(
-        textwrap.dedent(
-            """\
-            name = "scopes"
-            models = ["lenet"]
-            budget = { steps_per_stage = 1, stages = 2, num_restarts = 1 }
-            utility = { enabled = false }
-            datasets = [{ name = "mnist", source = "mnist32", num_images = 1 }]
-            attacks = [{ name = "pixel" }]
-
-            [[defenses]]
-            label = "prune"
-            type = "prune"
-            params = { ratio = 0.5, scope = ["layer", "global"] }
-            """
-        )
+    config = one_image_config(
+        '[{ name = "pixel" }]',
+        """\
+        [[defenses]]
+        label = "prune"
+        type = "prune"
+        params = { ratio = 0.5, scope = ["layer", "global"] }
+        """,
     )
     results = tmp_path / "r.jsonl"
     assert run_benchmark(config, results, progress=False).ok == 2
