@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from art_gifd.validation import MAX_SEED
+from art_gifd.validation import MAX_SEED, MAX_THREADS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -35,6 +35,8 @@ def count(low: int, high: int | None = None) -> Callable[[str], int]:
 
 #: Argument type of a seed (the range every seed of the library takes).
 SEED = count(0, MAX_SEED)
+#: Argument type of a thread or worker count.
+THREADS = count(1, MAX_THREADS)
 
 
 class Distinct(argparse.Action):
@@ -199,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=count(0, MAX_SEED), default=0, help="seed of models and attacks (default: 0)")
     demo.add_argument("--device", type=device_name, default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.add_argument("--threads", type=count(1), default=None, help=THREADS_HELP)
+    demo.add_argument("--threads", type=THREADS, default=None, help=THREADS_HELP)
     audit = sub.add_parser(
         "audit", parents=[_LOG_LEVEL], help="audit your FL model: attacks under its defences, their cost, a report"
     )
@@ -209,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--overwrite", action="store_true", help="replace a report already in the output folder")
     audit.add_argument("--no-resume", action="store_true", help="rerun the settings an interrupted run finished")
     audit.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    audit.add_argument("--threads", type=count(1), default=None, help=THREADS_HELP)
+    audit.add_argument("--threads", type=THREADS, default=None, help=THREADS_HELP)
     _add_bench_parsers(sub)
     return parser
 
@@ -336,7 +338,7 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--executor", choices=("local", "ray"), default="local", help="where jobs run (default: local)")
     bench.add_argument(
-        "--workers", type=count(1), default=1, help="local executor: parallel worker processes (default: 1)"
+        "--workers", type=THREADS, default=1, help="local executor: parallel worker processes (default: 1)"
     )
     bench.add_argument("--ray-address", help="address of an existing Ray cluster (implies --executor ray)")
     bench.add_argument("--ray-cpus", type=count(1), help="CPUs of the local Ray started on demand (default: all)")

@@ -205,12 +205,40 @@ def _yaml_loader() -> type:
     return Loader
 
 
+#: Most values (keys, items and scalars, aliases counted as often as they are used) a YAML configuration may expand to:
+#: each alias is walked wherever it is used, so nested aliases could otherwise multiply a short file exponentially.
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """Values ``node`` stands for with every alias expanded, memoised per node (linear in the file's own size)."""
+    import yaml
+
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_YAML_VALUES + 1  # an alias met again before its anchor is finished: a cycle, refused
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
 def _parse_yaml(text: str, source: str) -> LocatedDocument:
     import yaml
 
     loader = _yaml_loader()
     try:
         root = yaml.compose(text, Loader=loader)
+        if root is not None and _expanded_size(root, {}) > MAX_YAML_VALUES:
+            raise file_error(
+                f"YAML aliases expand this file to more than {MAX_YAML_VALUES:,} values, or an alias refers to its "
+                "own anchor: write the repeated parts out, or nest fewer aliases.",
+                source,
+            )
         data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:  # marked errors carry the position; reader errors (bad characters) do not
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -230,6 +258,8 @@ def _parse_yaml(text: str, source: str) -> LocatedDocument:
                     raise ConfigError([problem], source)
                 seen.add(key)
                 lines[(*path, key)] = key_node.start_mark.line + 1
+                if key_node.tag.endswith(":int") and re.fullmatch(r"[0-9]+", key):  # read as a number key
+                    lines[(*path, int(key))] = key_node.start_mark.line + 1
                 walk(value_node, (*path, key))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
@@ -312,7 +342,16 @@ def _toml_lines(text: str) -> dict[KeyPath, int]:
             for key in re.findall(r"[{,]\s*([A-Za-z0-9_\-\"']+)\s*=", body):
                 lines.setdefault((*path, key.strip("\"'")), number)
 
+    string_end: str | None = None  # the closing quotes of a multi-line string being read
     for number, raw in enumerate(text.splitlines(), start=1):
+        if string_end is not None:  # inside a multi-line string: no key starts here
+            if string_end in raw:
+                string_end = None
+            continue
+        for quotes in ('"""', "'''"):
+            if raw.count(quotes) % 2:  # opens a multi-line string that ends on a later line
+                string_end = quotes
+                raw = raw[: raw.index(quotes)] + '""'
         line = _strip_comment(raw).strip()
         if depth > 0:
             if open_array is not None and depth == 1 and line.startswith("{"):
@@ -333,7 +372,7 @@ def _toml_lines(text: str) -> dict[KeyPath, int]:
         elif match := re.fullmatch(r"\[\s*(.+?)\s*\]", line):
             prefix = resolve(_split_key(match.group(1)))
             lines.setdefault(prefix, number)
-        elif match := re.match(r"([A-Za-z0-9_\-\"'. ]+?)\s*=(.*)$", line):
+        elif match := re.match(r"((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-. ])+?)\s*=(.*)$", line):
             path = (*prefix, *_split_key(match.group(1)))
             for end in range(len(prefix) + 1, len(path) + 1):
                 lines.setdefault(path[:end], number)

@@ -169,8 +169,8 @@ def _utility_data(data: UtilityData | None, target: TargetModel) -> UtilityData:
                 "pass data=(x_train, y_train, x_test, y_test)."
             )
         return (*load_mnist32("train"), *load_mnist32("heldout"))
-    if len(data) != 4:
-        raise ValueError("data must be (x_train, y_train, x_test, y_test).")
+    if not isinstance(data, tuple | list) or len(data) != 4:
+        raise ValueError(f"data must be a tuple (x_train, y_train, x_test, y_test), got {type(data).__name__}.")
     x_train, y_train, x_test, y_test = (to_numpy(a) for a in data)
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.shape[1:] != target.input_shape or len(x) != len(y) or not len(x):

@@ -78,6 +78,10 @@ def check_number(
     return number
 
 
+#: Most torch threads (or worker processes, or CPUs a job asks for) accepted: far beyond any machine's cores, while a
+#: hundred thousand OpenMP threads crash the process.
+MAX_THREADS = 1024
+
 #: Largest seed: torch generators take a 64-bit signed integer.
 MAX_SEED = 2**63 - 1
 

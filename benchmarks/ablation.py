@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from art_gifd import GIFDAttack
-from art_gifd.cli import SEED, Distinct, count, output_folder, run_script
+from art_gifd.cli import SEED, THREADS, Distinct, count, output_folder, run_script
 from art_gifd.report.figures import pyplot
 from art_gifd.store import ResultsFile, environment, write_json_atomic
 from benchmarks.cases import CASES, SPLITS, AttackCase, measured_run
@@ -552,7 +552,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=count(1), default=8, help="images per split and batch size")
     parser.add_argument("--seeds", nargs="+", type=SEED, action=Distinct, default=[0, 1])
     parser.add_argument("--steps", type=count(1), default=100, help="Adam steps per stage")
-    parser.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=THREADS, default=1, help="torch CPU threads")
     parser.add_argument(
         "--runs",
         type=output_folder,

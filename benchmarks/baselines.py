@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from art_gifd.attacks.registry import ATTACKS, BASELINES, Budget
-from art_gifd.cli import Distinct, count, run_script
+from art_gifd.cli import THREADS, Distinct, count, run_script
 from art_gifd.experiment import SCHEMA, Case, Experiment
 from art_gifd.experiment import run_experiment as run_grid
 from art_gifd.models import MODELS
@@ -71,9 +71,7 @@ def main() -> None:
     parser.add_argument("--model", default="lenet", choices=MODELS, help="FL model (GI needs convnet-bn)")
     parser.add_argument("--attacks", nargs="+", action=Distinct, default=list(ALL_ATTACKS), choices=ALL_ATTACKS)
     parser.add_argument("--batch-sizes", nargs="+", type=count(1), action=Distinct, default=[1, 4])
-    parser.add_argument(
-        "--threads", type=count(1), default=1, help="torch CPU threads (1 avoids thrashing beside jobs)"
-    )
+    parser.add_argument("--threads", type=THREADS, default=1, help="torch CPU threads (1 avoids thrashing beside jobs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jsonl", type=Path, default=Path("bench-out/baselines.jsonl"))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "baselines.json")

@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from art_gifd import LocalTraining, client_update
 from art_gifd.attacks.registry import Budget
-from art_gifd.cli import SEED, Distinct, count, output_folder, run_script
+from art_gifd.cli import SEED, THREADS, Distinct, count, output_folder, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.experiment import attack_batches, batch_seed
 from art_gifd.federated import TargetModel
@@ -534,7 +534,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps-per-stage", type=count(1), default=50, help="GIFD steps per stage (default: 50)")
     parser.add_argument("--restarts", type=count(1), default=2)
     parser.add_argument("--rounds", type=count(1), default=30, help="FedAvg rounds that train the FL model first")
-    parser.add_argument("--threads", type=count(1), default=1, help="torch threads (default: 1)")
+    parser.add_argument("--threads", type=THREADS, default=1, help="torch threads (default: 1)")
     parser.add_argument("--runs", type=output_folder, default=RUNS, help="folder of the runs files")
     parser.add_argument(
         "--out",

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import GIFDAttack, LocalTraining, client_update
-from art_gifd.cli import Distinct, count, output_folder, run_script
+from art_gifd.cli import THREADS, Distinct, count, output_folder, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import evaluate_batch
 from art_gifd.priors import load_default_prior
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--steps-per-stage", type=count(1), default=25)
     parser.add_argument("--restarts", type=count(1), default=2)
-    parser.add_argument("--threads", type=count(1), default=1)
+    parser.add_argument("--threads", type=THREADS, default=1)
     parser.add_argument("--out", type=output_folder, default=RESULTS, help="folder of the JSON and Markdown results")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     args = parser.parse_args(argv)

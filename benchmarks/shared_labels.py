@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from art_gifd import GIFDAttack
-from art_gifd.cli import SEED, Distinct, count, output_file, run_script
+from art_gifd.cli import SEED, THREADS, Distinct, count, output_file, run_script
 from art_gifd.metrics import evaluate_batch, psnr
 from art_gifd.store import ResultsFile, environment, source_commit, write_bytes_atomic, write_json_atomic
 from benchmarks.cases import CASES
@@ -240,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", nargs="+", type=SEED, action=Distinct, default=[0, 1, 2, 3])
     parser.add_argument("--steps", type=count(1), default=100, help="Adam steps per stage")
-    parser.add_argument("--threads", type=count(1), default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=THREADS, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=OUT, help="report path without suffix")
     parser.add_argument(
         "--runs",

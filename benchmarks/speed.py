@@ -56,7 +56,7 @@ import torch
 
 from art_gifd import GIFDAttack, client_gradients
 from art_gifd.attacks.core import GradientMatcher, project_l1_ball, total_variation, warmup_cosine
-from art_gifd.cli import SEED, Distinct, count, real, run_script
+from art_gifd.cli import SEED, THREADS, Distinct, count, real, run_script
 from art_gifd.federated import TargetModel
 from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
@@ -779,10 +779,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--l1-radius", type=real(0, low_open=True), default=0.2, help="per-element l1 radius of the feature stages"
     )
     parser.add_argument("--seed", type=SEED, default=0)
-    parser.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--reference-threads",
-        type=count(1),
+        type=THREADS,
         default=None,
         help="quality mode: torch CPU threads of the plain-loop reference (default: --threads)",
     )

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from art_gifd.cli import SEED, count, output_folder, run_script
+from art_gifd.cli import SEED, THREADS, count, output_folder, run_script
 from art_gifd.data import load_dataset
 from art_gifd.priors.checkpoints import sha256_of
 from art_gifd.priors.dcgan import DCGANGenerator
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--ngf", type=count(1), default=64)
     parser.add_argument("--embed-dim", type=count(1), default=16, help="class embedding size (with --conditional)")
     parser.add_argument("--seed", type=SEED, default=0)
-    parser.add_argument("--threads", type=count(1), default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
     name = args.name or f"{args.dataset}_{'c' if args.conditional else ''}dcgan"

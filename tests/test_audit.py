@@ -1207,3 +1207,15 @@ def test_labels_differing_only_in_surrounding_spaces_are_one_label(tmp_path) -> 
     with pytest.raises(AuditConfigError) as err:
         load_audit_config(path)
     assert "duplicated label 'gifd'" in problems(err)["attacks[1].label"]
+
+
+def test_a_second_baseline_or_an_empty_attacker_list_is_named(tmp_path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text()
+    extra = '[[defenses]]\ntype = "none"\nlabel = "a"\n\n[[defenses]]\ntype = "none"\nlabel = "b"\n\n'
+    path.write_text(text.replace("adaptive = true", "adaptive = []").replace("[[defenses]]", extra + "[[defenses]]", 1))
+    with pytest.raises(AuditConfigError) as err:  # the second label silently replaced the first
+        load_audit_config(path)
+    found = problems(err)
+    assert "the undefended baseline 'none' is already defenses[0]" in found["defenses[1].type"]
+    assert "is an empty list, which gives no setting" in found["defenses[2].adaptive"]

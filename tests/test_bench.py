@@ -147,6 +147,27 @@ def test_grid_expansion_counts_restrictions_and_stable_ids():
             "known keys",
         ),
         ("stages = 2", "stages = = 2", "(file)", "stages = = 2", "TOML syntax error"),
+        # a TOML date would only fail when the setting is hashed, deep inside the run
+        ("ratio = [0.5, 0.9]", "ratio = 1979-05-27", "defenses[1].params.ratio", "MARK:ratio", "got date"),
+        # an empty list of attackers gave no setting at all, without a word
+        ("adaptive = [false, true]", "adaptive = []", "defenses[1].adaptive", "adaptive = []", "empty list"),
+        # a second baseline reran the first under another label
+        (
+            'label = "prune"',
+            'label = "base"\ntype = "none"  # MARK:base\n[[defenses]]\nlabel = "prune"',
+            "defenses[1].type",
+            "MARK:base",
+            "already defenses[0]",
+        ),
+        # two settings under one row: the report would mix them
+        (
+            "ratio = [0.5, 0.9]   # MARK:ratio",
+            'ratio = [0.5, 0.9]\n[[defenses]]\nlabel = "prune(ratio=0.5)"  # MARK:row'
+            '\ntype = "prune"\nparams = { ratio = 0.99 }',
+            "defenses[2].label",
+            "MARK:row",
+            "gives the row",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_the_line(old, new, key, marker, words):
@@ -156,6 +177,14 @@ def test_config_errors_name_the_key_and_the_line(old, new, key, marker, words):
     error = caught.value
     assert error.keys == [key] and error.line == line_of(text, marker) and words in error.message
     assert f"test.toml, line {error.line}: {key}: " in str(error)
+
+
+def test_a_table_header_inside_a_multi_line_string_is_no_table():
+    text = BASE_TOML.replace('name = "t"', 'name = "t"\ndescription = """\nold:\n[[attacks]]\nname = "x"\n"""')
+    text = text.replace("{ l1_radius = 0.1 }", "{ l1_radius = 0.1, steps = 3 }")
+    with pytest.raises(ConfigError) as caught:
+        parse(text)
+    assert caught.value.keys == ["attacks[0].params.steps"] and caught.value.line == line_of(text, "MARK:params")
 
 
 def test_a_top_level_batch_sizes_is_sent_to_federated_as_in_an_audit():
@@ -208,6 +237,43 @@ def test_yaml_errors_name_the_key_and_the_line():
     with pytest.raises(ConfigError, match="duplicated key") as caught:
         parse(duplicated, "yaml")
     assert caught.value.line == 8
+
+
+def test_yaml_aliases_that_expand_without_bound_are_refused_and_number_keys_located():
+    nested = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for here, there in zip("bcdefg", "abcdef", strict=True):  # each level lists the one before ten times: 10^7 values
+        nested.append(f"{here}: &{here} [{', '.join([f'*{there}'] * 10)}]")
+    with pytest.raises(ConfigError, match=r"YAML aliases expand this file to more than 100,000 values"):
+        parse("\n".join(nested), "yaml")
+    with pytest.raises(ConfigError, match="an alias refers to its own anchor"):
+        parse("a: &a [1, *a]\n", "yaml")
+    with pytest.raises(ConfigError) as caught:
+        parse("name: t\n1: x\n", "yaml")
+    assert (caught.value.problems[0].key, caught.value.problems[0].line) == ("[1]", 2)
+    with pytest.raises(ConfigError) as caught:
+        parse('"tïtle" = "x"\n' + BASE_TOML)
+    assert caught.value.keys == ["tïtle"] and caught.value.line == 1
+
+
+def test_a_job_line_edited_by_hand_is_left_out_and_runs_again(reference, tmp_path, caplog):
+    results = tmp_path / "edited.jsonl"
+    lines = reference.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if '"status": "ok"' in line)
+    record = json.loads(lines[index])
+    record["config"]["seed"] += 1  # another setting under the same identifier
+    lines[index] = json.dumps(record)
+    results.write_text("\n".join(lines) + "\n")
+    assert record["job_id"] not in {r["job_id"] for r in read_results(ResultsFile(results))[1]}
+    assert "job_id is not the hash of its config" in caplog.text
+
+
+def test_thread_and_cpu_counts_beyond_any_machine_are_refused(tmp_path, capsys):
+    for argv in (["demo", "--threads", "100000"], ["bench", "smoke", "--workers", "2147483648"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2 and "expected an integer in [1, 1024]" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"resources\.cpus"):
+        parse(BASE_TOML.replace("[budget]", "[resources]\ncpus = 100000\n\n[budget]"))
 
 
 def test_full_profile_names_the_missing_data_folder():

@@ -53,7 +53,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("name", "args", "message"),
     [
-        ("fedavg", ["--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+        ("fedavg", ["--threads", "0"], "--threads: expected an integer in [1, 1024], got 0"),
         ("fedavg", ["--seeds", "-1"], "--seeds: expected an integer in [0, "),
         ("ablation", ["--case", "lenet-mnist", "--images", "40"], "case 'lenet-mnist' has 16 images in its tune split"),
         ("labels", ["--batches", "1"], "--batches: expected an integer >= 2, got 1"),

@@ -592,13 +592,14 @@ def _read_defenses(check: Checker, raw: Any) -> list[DefenseSetting]:
     ``[[defenses]]`` table (:func:`art_gifd.defenses.registry.read_defense_table`: each value of its strength grid,
     under each attacker), each under its own label.
     """
-    from art_gifd.defenses.registry import cached_defense, read_defense_table
+    from art_gifd.defenses.registry import cached_defense, check_one_baseline, read_defense_table
 
     path: tuple[Any, ...] = ("defenses",)
     entries: list[tuple[int, dict[str, Any]]] = []
     if raw is not None:
         with check.section():
             entries = check.each(raw, path, lambda value, at: (at[-1], read_defense_table(check, value, at)), False)
+    check_one_baseline(check, [(index, entry["type"]) for index, entry in entries], path)
     baseline = DefenseSetting("none", "none", {}, False, None)
     out: list[DefenseSetting] = []
     for index, entry in entries:

@@ -93,7 +93,7 @@ from art_gifd.configfile import (
 )
 from art_gifd.configfile import parse_document as parse_document  # re-exported: parse a configuration string
 from art_gifd.priors.checkpoints import sha256_of
-from art_gifd.validation import MAX_SEED
+from art_gifd.validation import MAX_SEED, MAX_THREADS
 
 FOLDER_SPLITS = ("heldout", "train", "all")
 
@@ -227,7 +227,7 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     :raises ConfigError: Listing every problem found, each with its key and line.
     """
     from art_gifd.attacks.registry import read_attack_section
-    from art_gifd.defenses.registry import cached_defense
+    from art_gifd.defenses.registry import cached_defense, check_one_baseline
     from art_gifd.federated import check_accounted_steps_of, read_federated_table
     from art_gifd.models import MODELS
 
@@ -279,6 +279,9 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
     with v.section():
         config.defenses = v.each(top.get("defenses", [{"type": "none"}]), ("defenses",), _defense(v))
     check_unique(v, config.defenses, ("defenses",), "name", "label")
+    if not v.failed_under(("defenses",)):
+        check_one_baseline(v, [(index, entry["type"]) for index, entry in enumerate(config.defenses)], ("defenses",))
+        _check_rows(v, config.defenses)
     if training is not None and not v.failed_under(("defenses",)):
         where = [
             (("defenses", index, "params"), cached_defense(entry["type"], point["params"]))
@@ -314,7 +317,7 @@ def file_name(value: Any) -> str:
 def _resources(v: Checker, value: Any, path: KeyPath) -> dict[str, float]:
     table = v.strict_table(value, path, ("cpus", "gpus"))
     return {
-        "cpus": v.need(table.get("cpus", 1), (*path, "cpus"), integer(1)),
+        "cpus": v.need(table.get("cpus", 1), (*path, "cpus"), integer(1, MAX_THREADS)),
         "gpus": v.need(table.get("gpus", 0), (*path, "gpus"), number(0.0)),
     }
 
@@ -359,6 +362,30 @@ def _dataset(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:
         return spec
 
     return check
+
+
+def defense_label(defense: dict[str, Any]) -> str:
+    """The row of a defence setting in reports and job labels: ``noise(sigma=0.01)``, ``prune(ratio=0.9)+adaptive``."""
+    from art_gifd.defenses.registry import format_value
+
+    label = defense["name"]
+    if defense["grid"] is not None:
+        label += f"({defense['grid']}={format_value(defense['strength'])})"
+    return label + ("+adaptive" if defense["adaptive"] else "")
+
+
+def _check_rows(v: Checker, defenses: list[dict[str, Any]]) -> None:
+    """Name a defence setting whose row (label, grid value, attacker) another setting already has."""
+    rows: dict[str, int] = {}
+    for index, entry in enumerate(defenses):
+        for point in entry["points"]:
+            row = defense_label({"name": entry["name"], "grid": entry["grid"], **point})
+            if rows.setdefault(row, index) != index:
+                v.add(
+                    ("defenses", index, "label"),
+                    f"gives the row '{row}', which defenses[{rows[row]}] gives too: choose labels that keep every "
+                    "setting's row apart.",
+                )
 
 
 def _defense(v: Checker) -> Callable[[Any, KeyPath], dict[str, Any]]:

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from art_gifd.bench.components import utility_source
-from art_gifd.bench.config import BenchConfig, canonical_hash
-from art_gifd.defenses.registry import format_value
+from art_gifd.bench.config import BenchConfig, canonical_hash, defense_label
 
 #: Characters of the SHA-256 digest kept as a job identifier.
 JOB_ID_LENGTH = 16
@@ -53,14 +52,6 @@ class JobOutcome:
 def job_id(config: dict[str, Any]) -> str:
     """The identifier of a job configuration."""
     return canonical_hash(config)[:JOB_ID_LENGTH]
-
-
-def defense_label(defense: dict[str, Any]) -> str:
-    """``noise(sigma=0.01)``, ``prune(ratio=0.9)+adaptive``, ``none``."""
-    label = defense["name"]
-    if defense["grid"] is not None:
-        label += f"({defense['grid']}={format_value(defense['strength'])})"
-    return label + ("+adaptive" if defense["adaptive"] else "")
 
 
 def expand_grid(config: BenchConfig) -> list[Job]:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from art_gifd.bench.config import BenchConfig
 from art_gifd.bench.executors import Executor, ExecutorFailure, LocalExecutor
-from art_gifd.bench.grid import Job, JobOutcome, expand_grid
+from art_gifd.bench.grid import Job, JobOutcome, expand_grid, job_id
 from art_gifd.store import (
     NULL,
     NUMBER,
@@ -261,7 +261,7 @@ def record_problem(record: dict[str, Any]) -> str | None:
         return f'status is {json.dumps(record.get("status"))}, expected "ok" or "error"'
     problem = shape_problem(record, OK_SHAPE if record["status"] == "ok" else ERROR_SHAPE)
     if problem is not None or record["status"] == "error":
-        return problem
+        return problem or _edited(record)
     defense = record["config"]["defense"]
     if defense["grid"] is not None and defense["strength"] is None:
         return f"config.defense.strength is null, expected the {defense['grid']} of the grid point"
@@ -271,6 +271,13 @@ def record_problem(record: dict[str, Any]) -> str | None:
     }
     if len(set(lengths.values())) > 1:
         return f"result.per_image holds lists of different lengths ({lengths})"
+    return _edited(record)
+
+
+def _edited(record: dict[str, Any]) -> str | None:
+    """Whether a job line's identifier is not the hash of its configuration (another setting under its name)."""
+    if isinstance(record.get("config"), dict) and record["job_id"] != job_id(record["config"]):
+        return "job_id is not the hash of its config (a line edited by hand?): the job will run again"
     return None
 
 

@@ -116,6 +116,28 @@ def _cached(kind: str, params_json: str) -> Defense:
         return build_defense(kind, json.loads(params_json))
 
 
+def _plain(value: Any) -> bool:
+    """Whether a parameter value is made of numbers, text, booleans, lists and tables only (no TOML date or time)."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, str | int | float)
+
+
+def check_one_baseline(check: Checker, kinds: list[tuple[int, str]], path: KeyPath) -> None:
+    """
+    Name a second ``type = "none"`` table among a configuration's ``[[defenses]]`` (``(index, type)`` of each table
+    that was read): it would rerun the undefended baseline, or silently replace the first one's label.
+    """
+    baselines = [index for index, kind in kinds if kind == "none"]
+    for index in baselines[1:]:
+        check.add(
+            (*path, index, "type"),
+            f"the undefended baseline 'none' is already defenses[{baselines[0]}]: list it once (its label names it).",
+        )
+
+
 #: Keys of a ``[[defenses]]`` table, in an audit and in a benchmark profile.
 DEFENSE_KEYS = ("type", "params", "adaptive", "label")
 
@@ -151,6 +173,8 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
         check.need(flag, (*path, "adaptive"), boolean)
         for flag in (adaptive if isinstance(adaptive, list) else [adaptive])
     ]
+    if isinstance(adaptive, list) and not adaptive:
+        raise Stop((*path, "adaptive"), "is an empty list, which gives no setting: write false, true or [false, true].")
     if kind == "none" and any(flags):
         raise Stop((*path, "adaptive"), "the baseline 'none' has nothing to replay: remove adaptive.")
     strengths = params[grid[0]] if grid else [None]
@@ -170,7 +194,7 @@ def read_defense_table(check: Checker, value: Any, path: KeyPath) -> dict[str, A
         point = dict(params, **({grid[0]: strength} if grid else {}))
         for key, x in point.items():
             key_path = (*path, "params", key, index) if grid and key == grid[0] else (*path, "params", key)
-            if isinstance(x, dict | list) and kind != "compose":
+            if (isinstance(x, dict | list) and kind != "compose") or not _plain(x):
                 raise Stop(key_path, f"must be a number or a string, got {kind_of(x)}.")
         try:
             built = cached_defense(kind, point)
