@@ -217,11 +217,18 @@ def check_output_folder(path: str | Path) -> Path:
 
 
 def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
-    """Names of the floating-point tensors of a state dict that hold NaN or infinite values (sparse ones too)."""
+    """
+    Names of the floating-point tensors (or numpy arrays, as a capture holds them) of a state dict that hold NaN or
+    infinite values (sparse tensors too).
+    """
     return [
         name
         for name, t in state.items()
-        if t.is_floating_point() and not bool((t.to_dense() if t.is_sparse else t).isfinite().all())
+        if (
+            np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all()
+            if isinstance(t, np.ndarray)
+            else t.is_floating_point() and not bool((t.to_dense() if t.is_sparse else t).isfinite().all())
+        )
     ]
 
 

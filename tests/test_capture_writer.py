@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -123,3 +124,101 @@ def test_update_explained_is_the_cosine_of_the_replayed_update_for_every_attack(
     noise = SimpleNamespace(images=torch.rand(x.shape, generator=torch.Generator().manual_seed(0)).numpy(), labels=y)
     assert _update_explained(clf, observed, noise, training, "l2") < 0.99
     assert _update_explained(clf, observed, truth, training, "cosine") == 0.5  # a cosine attack's own loss
+
+
+def lenet_capture(folder, accuracy: object = 0.5, rounds: dict | None = None) -> None:
+    """
+    Rounds of a LeNet run (``rounds``: round -> its client nodes; default nodes 10 and 11 in rounds 1 and 2) whose
+    clients report 2 examples (node 12: none), written as CaptureStrategy writes them.
+    """
+    from art_gifd.models import lenet
+
+    rng = np.random.default_rng(0)
+    net = {k: v.detach().numpy().copy() for k, v in lenet(seed=0).state_dict().items()}
+    writer = CaptureWriter(folder, {"strategy": "FedAvg"})
+    for server_round, nodes in (rounds or {1: (10, 11), 2: (10, 11)}).items():
+        writer.write_global(server_round, net, {"lr": 0.05, "local-epochs": 1, "batch-size": 2})
+        for node in nodes:
+            returned = {k: v - 1e-3 * rng.standard_normal(v.shape).astype(v.dtype) for k, v in net.items()}
+            writer.write_update(server_round, node, returned, 2 if node != 12 else 0)
+        writer.write_round_metrics(server_round, "evaluate", {"accuracy": accuracy})
+
+
+def lenet_audit(folder, **federated) -> dict:
+    return {
+        "output": str(folder.parent / "audit-out"),
+        "model": {"factory": "art_gifd.models:lenet", "input_shape": [1, 32, 32], "num_classes": 10},
+        "federated": {"source": str(folder), "shuffle": False, **federated},
+        "budget": {"steps_per_stage": 1, "stages": 2, "num_restarts": 1},
+        "priors": {"mnist": {"type": "embedded", "name": "mnist32"}},
+        "attacks": [{"name": "gifd", "prior": "mnist", "params": {"latent_pool": 1}}],
+    }
+
+
+def test_hand_edited_indexes_and_selections_that_meet_nowhere_are_named(tmp_path) -> None:
+    from art_gifd.audit.captures import load_capture_audit
+    from art_gifd.audit.config import AuditConfigError
+    from art_gifd.integrations.captures import read_index
+
+    folder = tmp_path / "cap"
+    lenet_capture(folder, rounds={1: (10, 11, 12), 2: (10, 11)})
+    text = (folder / "index.json").read_text()
+    index = json.loads(text)
+    for edit, problem in (
+        (lambda i: i["rounds"].update({"01": i["rounds"]["1"]}), "rounds holds the key '01', not a round number"),
+        (lambda i: i["rounds"].update({"²": {}}), "rounds holds the key '²', not a round number"),
+        (lambda i: i.update(metadata=None), "metadata is null, expected an object"),
+        (lambda i: i["rounds"]["1"].update(capture_seconds="n/a"), "rounds.1.capture_seconds is"),
+        (lambda i: i["rounds"]["1"].update(evaluate_metrics=[0.5]), "rounds.1.evaluate_metrics is"),
+    ):
+        edited = json.loads(text)
+        edit(edited)
+        (folder / "index.json").write_text(json.dumps(edited))
+        with pytest.raises(CaptureError, match=re.escape(problem)):
+            read_index(folder)
+    # a key given twice in one object: json keeps the last, so round 1 would get round 2's weights without a word
+    (folder / "index.json").write_text(text.replace('"2": {', '"1": {', 1))
+    with pytest.raises(CaptureError, match="the key '1' is given twice"):
+        read_index(folder)
+    (folder / "index.json").write_text(text)
+    assert index["updates"][2]["num_examples"] == 0  # a client with an empty partition: its capture stays readable
+    with pytest.raises(AuditConfigError) as err:
+        load_capture_audit(lenet_audit(folder, rounds=[1], clients=[12]))
+    assert "reported 0 training examples" in str(err.value) and "leave node 12 out" in str(err.value)
+    sampled = tmp_path / "sampled"  # node 11 trained in round 1 only: each list names a captured one, never together
+    lenet_capture(sampled, rounds={1: (10, 11), 2: (10,)})
+    with pytest.raises(
+        AuditConfigError, match=r"no captured update is of round\(s\) \[2\] and client node\(s\) \[11\]"
+    ):
+        load_capture_audit(lenet_audit(sampled, rounds=[2], clients=[11]))
+
+
+def test_a_capture_audit_reports_any_round_metric_and_redoes_damaged_reconstructions(tmp_path) -> None:
+    import hashlib
+
+    from art_gifd.audit.captures import load_capture_audit, run_capture_audit
+    from art_gifd.audit.config import AuditConfigError
+
+    folder = tmp_path / "cap"
+    lenet_capture(folder, accuracy="high")  # a framework's metric that is no number: left out of the report
+    config = lenet_audit(folder)
+    paths = run_capture_audit(config, verbose=False)
+    assert "run_evaluate_accuracy" not in json.loads(paths["json"].read_text())["rows"][0]
+    state = sorted((tmp_path / "audit-out" / "captures-state").glob("*.npz"))
+    assert len(state) == 4
+    state[0].write_bytes(state[0].read_bytes()[:300])  # a reconstruction file cut short
+    (tmp_path / "audit-out" / "report.json").unlink()  # as if interrupted while writing the report
+    run_capture_audit(config, verbose=False)  # resumes: the damaged one is searched again, the others reused
+    assert np.load(state[0]).files
+    index = json.loads((folder / "index.json").read_text())
+    entry = index["rounds"]["2"]
+    with np.load(folder / entry["global"]) as arrays:
+        weights = {k: arrays[k].copy() for k in arrays.files}
+    weights["7.bias"][0] = np.nan  # a diverged round
+    np.savez(folder / entry["global"], **weights)
+    entry["sha256"] = hashlib.sha256((folder / entry["global"]).read_bytes()).hexdigest()
+    (folder / "index.json").write_text(json.dumps(index))
+    with pytest.raises(
+        AuditConfigError, match=r"round 2: its captured global weights hold NaN .* \[federated\] rounds"
+    ):
+        load_capture_audit(config)

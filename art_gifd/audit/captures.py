@@ -101,7 +101,7 @@ from art_gifd.store import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from art_gifd.validation import check_gradient, to_numpy
+from art_gifd.validation import check_gradient, nonfinite_entries, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,13 @@ def load_capture_audit(config: str | Path | Mapping[str, Any]) -> CaptureAuditCo
                 "examples (metric 'num-examples'), which the attack needs as its batch size.",
             )
             continue
+        if update.num_examples == 0:
+            check.add(
+                (*path, "clients"),
+                f"update {update.name}: the client reported 0 training examples, so its update holds no private "
+                f"data to attack: leave node {update.node_id} out of [federated] clients.",
+            )
+            continue
         values = training_values(update, overrides)
         if not {"epochs", "steps"} & set(values) or "local_batch_size" not in values:
             unsaid.append(update.name)
@@ -294,7 +301,16 @@ def _check_updates(
     names, shapes = zip(*[(n, tuple(p.shape)) for n, p in module.named_parameters()], strict=True)
     for server_round in sorted({u.server_round for u in updates}):
         try:
-            estimator_at(estimator, captures.global_arrays(server_round))
+            arrays = captures.global_arrays(server_round)
+            broken = nonfinite_entries(arrays)
+            if broken:  # a diverged round: its model gives every candidate a NaN gradient
+                check.add(
+                    ("federated", "rounds"),
+                    f"round {server_round}: its captured global weights hold NaN or infinite values (in "
+                    f"{broken[:3]}), so no update of it can be attacked: leave it out with [federated] rounds.",
+                )
+                continue
+            estimator_at(estimator, arrays)
         except (ValueError, RuntimeError) as err:  # CaptureError is a ValueError; torch's load_state_dict
             message = " ".join(str(err).split())[:300]
             check.add(
@@ -563,7 +579,8 @@ def _attack_captures(
             for seed in cfg.settings["seeds"]:
                 key = (update.name, attack.label, seed)
                 job_id = _job_id(cfg, update, attack, seed)
-                if job_id in done and store.arrays_path(job_id).is_file():
+                # its reconstructions read back too: a damaged file names itself and the update is searched again
+                if job_id in done and store.load_arrays(job_id) is not None:
                     finished[key] = done[job_id]
                     continue
                 training = json.dumps(cfg.trainings[update.name].describe(), sort_keys=True, default=str)

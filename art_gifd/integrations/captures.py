@@ -21,6 +21,8 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
+import re
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from art_gifd.federated import TRAINING_KEYS
-from art_gifd.store import NULL, npz_bytes, shape_problem, write_bytes_atomic, write_json_atomic
+from art_gifd.store import NULL, NUMBER, npz_bytes, shape_problem, write_bytes_atomic, write_json_atomic
 
 #: Format tag of ``index.json``.
 CAPTURE_FORMAT = "art-gifd-capture/1"
@@ -244,6 +246,15 @@ class CaptureWriter:
         self._save(server_round, start)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the index, refusing a key given twice (``json`` keeps the last one silently)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the key {repeated[0]!r} is given twice in one object")
+    return dict(pairs)
+
+
 def read_index(folder: str | Path) -> dict[str, Any]:
     """
     The index of a capture folder.
@@ -263,18 +274,18 @@ def read_index(folder: str | Path) -> dict[str, Any]:
             "round: capture the run again."
         )
     try:
-        data = json.loads(index.read_text())
-    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8 text
+        data = json.loads(index.read_text(), object_pairs_hook=_unique_keys)
+    except (OSError, ValueError) as err:  # ValueError: not JSON, not UTF-8 text, or a key given twice
         raise CaptureError(f"{index}: unreadable ({err}). Capture the run again.") from err
     if not isinstance(data, dict) or data.get("format") != CAPTURE_FORMAT:
         raise CaptureError(f"{index}: not an art-gifd capture index (format {CAPTURE_FORMAT!r} expected).")
     problem = shape_problem(data, _INDEX_SHAPE)
     for number, entry in data["rounds"].items() if problem is None else []:
-        if not number.isdigit():
+        if not re.fullmatch(r"0|[1-9][0-9]*", number):  # as the writer spells it: "01" would be round 1 again
             problem = f"rounds holds the key {number!r}, not a round number"
             break
         # an entry without global arrays holds only round metrics and timings
-        shape = _ROUND_SHAPE if isinstance(entry, dict) and "global" in entry else dict
+        shape = _ROUND_SHAPE if isinstance(entry, dict) and "global" in entry else _ROUND_METRICS_SHAPE
         problem = shape_problem(entry, shape, f"rounds.{number}")
         if problem is not None:
             break
@@ -282,8 +293,8 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     for update in data["updates"] if problem is None else []:
         if (update["round"], update["node_id"]) in seen:
             problem = f"round {update['round']}, node {update['node_id']} is listed twice"
-        elif update.get("num_examples") is not None and update["num_examples"] < 1:
-            problem = f"update {update['file']} has num_examples {update['num_examples']}, expected at least 1"
+        elif update.get("num_examples") is not None and update["num_examples"] < 0:
+            problem = f"update {update['file']} has num_examples {update['num_examples']}, expected at least 0"
         elif "global" not in data["rounds"].get(str(update["round"]), {}):
             problem = f"update {update['file']} is of round {update['round']}, whose global weights were not captured"
         if problem is not None:
@@ -296,6 +307,7 @@ def read_index(folder: str | Path) -> dict[str, Any]:
 
 #: What an index entry holds (as :class:`CaptureWriter` writes it), checked when a folder is read.
 _INDEX_SHAPE = {
+    "metadata?": dict,
     "rounds": {},  # any object: round number -> its entry
     "updates": [
         {
@@ -311,8 +323,10 @@ _INDEX_SHAPE = {
 }
 
 
+#: What every round entry may hold: the run's aggregated metrics and what capturing the round cost.
+_ROUND_METRICS_SHAPE = {"capture_seconds?": NUMBER, "evaluate_metrics?": dict, "train_metrics?": dict}
 #: What a round entry with global arrays holds.
-_ROUND_SHAPE = {"global": str, "sha256": str, "shapes?": dict, "config?": dict}
+_ROUND_SHAPE = {"global": str, "sha256": str, "shapes?": dict, "config?": dict, **_ROUND_METRICS_SHAPE}
 
 
 @dataclass(frozen=True)
@@ -396,6 +410,11 @@ class CaptureFolder:
             for u in self.updates
             if (rounds is None or u.server_round in rounds) and (nodes is None or u.node_id in nodes)
         ]
+        if not chosen:  # clients train in some rounds only: each list can name captured ones that never meet
+            raise CaptureError(
+                f"{self.folder}: no captured update is of round(s) {sorted(rounds or self.rounds)} and client "
+                f"node(s) {sorted(nodes or captured_nodes)} at once: choose rounds in which those clients trained."
+            )
         return sorted(chosen, key=lambda u: (u.server_round, u.node_id))
 
     def _load(self, file: str, sha256: str, what: str) -> dict[str, np.ndarray]:
@@ -426,12 +445,16 @@ class CaptureFolder:
         return self._load(update.file, update.sha256, f"update of node {update.node_id} in round {update.server_round}")
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
-        """The aggregated metrics the run reported for a round (``evaluate_…`` and ``train_…`` keys)."""
+        """
+        The aggregated metrics the run reported for a round (``evaluate_…`` and ``train_…`` keys), those that are
+        finite numbers: a metric a framework reports as text or a list, or NaN (stored as null), is left out.
+        """
         entry = self.rounds_info.get(server_round, {})
         return {
             f"{kind}_{key}": value
             for kind in ("evaluate", "train")
             for key, value in entry.get(f"{kind}_metrics", {}).items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         }
 
     def check_model(self, module: Any) -> None:
