@@ -341,7 +341,7 @@ def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
         "--workers", type=THREADS, default=1, help="local executor: parallel worker processes (default: 1)"
     )
     bench.add_argument("--ray-address", help="address of an existing Ray cluster (implies --executor ray)")
-    bench.add_argument("--ray-cpus", type=count(1), help="CPUs of the local Ray started on demand (default: all)")
+    bench.add_argument("--ray-cpus", type=THREADS, help="CPUs of the local Ray started on demand (default: all)")
     bench.add_argument("--ray-gpus", type=count(0), help="GPUs of the local Ray started on demand (default: all)")
     bench.add_argument("--retry-errors", action="store_true", help="run again the jobs recorded as errors")
     bench.add_argument("--list", action="store_true", help="list the jobs and whether they are done; run nothing")

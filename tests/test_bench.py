@@ -268,7 +268,11 @@ def test_a_job_line_edited_by_hand_is_left_out_and_runs_again(reference, tmp_pat
 
 
 def test_thread_and_cpu_counts_beyond_any_machine_are_refused(tmp_path, capsys):
-    for argv in (["demo", "--threads", "100000"], ["bench", "smoke", "--workers", "2147483648"]):
+    for argv in (
+        ["demo", "--threads", "100000"],
+        ["bench", "smoke", "--workers", "2147483648"],
+        ["bench", "smoke", "--executor", "ray", "--ray-cpus", "100000"],
+    ):
         with pytest.raises(SystemExit) as stopped:
             main(argv)
         assert stopped.value.code == 2 and "expected an integer in [1, 1024]" in capsys.readouterr().err
