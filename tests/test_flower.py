@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,66 +26,45 @@ from art_gifd.cli import main  # noqa: E402
 from art_gifd.integrations.captures import CaptureError, CaptureFolder  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower_audit"
-CLIENTS, ROUNDS = 3, 2
+SIMULATION = Path(__file__).resolve().parent / "flower_simulation.py"
+CLIENTS, ROUNDS = 3, 2  # as in flower_simulation.py
 
 
-def _simulate(captures: Path) -> list[bool]:
+#: Seconds one simulation may take (about 10 s alone on 2 cores) before its process group is killed.
+SIMULATION_TIMEOUT = 300
+
+
+def _simulate(kind: str, captures: Path) -> list[bool]:
     """
-    Run the example app for ROUNDS rounds with CLIENTS clients under CaptureStrategy; for every round, whether the
-    wrapper's aggregate equals (exactly) that of a bare FedAvg given the same replies.
+    Run ``tests/flower_simulation.py`` (``kind``: ``message`` or ``legacy`` API) in a child process of its own process
+    group, killed after :data:`SIMULATION_TIMEOUT` seconds, and tried twice: a Ray node that starts too slowly on a
+    loaded machine fails one attempt instead of hanging the session. Returns, per round, whether the capture left the
+    aggregate unchanged.
     """
-    from flower_audit.client_app import app as client_app
-    from flower_audit.task import RUN_CONFIG, build_model
-    from flwr.app import ArrayRecord, ConfigRecord, Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
-    from art_gifd.integrations.flower import CaptureStrategy
-
-    same: list[bool] = []
-
-    class Compare(CaptureStrategy):
-        def aggregate_train(self, server_round, replies):
-            replies = list(replies)
-            arrays, metrics = super().aggregate_train(server_round, replies)
-            bare, _ = FedAvg(fraction_train=1.0).aggregate_train(server_round, replies)
-            same.append(
-                all(
-                    np.array_equal(a, b)
-                    for a, b in zip(arrays.to_numpy_ndarrays(), bare.to_numpy_ndarrays(), strict=True)
-                )
-            )
-            return arrays, metrics
-
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy = Compare(FedAvg(fraction_train=1.0, fraction_evaluate=1.0), out=captures)
-        config = ConfigRecord({k: RUN_CONFIG[k] for k in ("lr", "local-epochs", "batch-size")})
-        strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(build_model().state_dict()), num_rounds=ROUNDS, train_config=config
+    same = captures.parent / f"{captures.name}-same.json"
+    logs = []
+    for _ in range(2):
+        shutil.rmtree(captures, ignore_errors=True)
+        command = [sys.executable, str(SIMULATION), kind, str(captures), str(same)]
+        child = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-
-    run_simulation(
-        server_app=server,
-        client_app=client_app,
-        num_supernodes=CLIENTS,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
-    return same
+        try:
+            log = child.communicate(timeout=SIMULATION_TIMEOUT)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            log = child.communicate()[0] + f"\n(killed after {SIMULATION_TIMEOUT} s)"
+        if child.returncode == 0:
+            return json.loads(same.read_text())
+        logs.append(log[-4000:])
+    pytest.fail(f"the Flower simulation ({kind} API) failed twice:\n" + "\n---\n".join(logs))
 
 
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory):
     """Captures of one simulated run, and per round whether the capture left the aggregate unchanged."""
-    sys.path.insert(0, str(EXAMPLE))
-    try:
-        folder = tmp_path_factory.mktemp("flower") / "captures"
-        yield folder, _simulate(folder)
-    finally:
-        sys.path.remove(str(EXAMPLE))
+    folder = tmp_path_factory.mktemp("flower") / "captures"
+    return folder, _simulate("message", folder)
 
 
 def _config(folder: Path, **federated) -> dict:
@@ -365,59 +347,19 @@ def test_interrupted_write_leaves_no_torn_file(tmp_path, monkeypatch):
 
 def test_legacy_strategies_are_captured_the_same_way(tmp_path):
     """A legacy-API run (configure_fit / aggregate_fit, NumPyClient) under LegacyCaptureStrategy."""
-    from flwr.client import ClientApp, NumPyClient
-    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-    from flwr.server import ServerApp, ServerConfig
     from flwr.server.strategy import FedAvg
-    from flwr.simulation import run_simulation
 
     from art_gifd.integrations.flower import LegacyCaptureStrategy
 
     sys.path.insert(0, str(EXAMPLE))
     try:
-        from flower_audit.task import RUN_CONFIG, build_model, partition, train
+        from flower_audit.task import RUN_CONFIG
     finally:
         sys.path.remove(str(EXAMPLE))
-    names = list(build_model().state_dict())
-    config = {k: RUN_CONFIG[k] for k in ("lr", "local-epochs", "batch-size")}
-
-    class Client(NumPyClient):
-        def __init__(self, pid: int) -> None:
-            self.pid = pid
-
-        def fit(self, parameters, config):
-            model = build_model()
-            model.load_state_dict({n: torch.as_tensor(a) for n, a in zip(names, parameters, strict=True)})
-            x, y = partition(self.pid)
-            train(model, x, y, float(config["lr"]), int(config["local-epochs"]), int(config["batch-size"]))
-            return [v.numpy() for v in model.state_dict().values()], len(x), {"partition-id": self.pid}
-
-    same: list[bool] = []
-
-    class Compare(LegacyCaptureStrategy):
-        def aggregate_fit(self, server_round, results, failures):
-            aggregate, metrics = super().aggregate_fit(server_round, results, failures)
-            bare, _ = FedAvg().aggregate_fit(server_round, results, failures)
-            pairs = zip(parameters_to_ndarrays(aggregate), parameters_to_ndarrays(bare), strict=True)
-            same.append(all(np.array_equal(a, b) for a, b in pairs))
-            return aggregate, metrics
-
-    inner = FedAvg(
-        fraction_evaluate=0.0,
-        min_fit_clients=CLIENTS,
-        min_available_clients=CLIENTS,
-        initial_parameters=ndarrays_to_parameters([v.numpy() for v in build_model().state_dict().values()]),
-        on_fit_config_fn=lambda _: dict(config),
-    )
     folder = tmp_path / "legacy"
     with pytest.raises(ValueError, match="names must be the model's array names"):
-        LegacyCaptureStrategy(inner, out=folder, names="weight")
-    run_simulation(
-        server_app=ServerApp(config=ServerConfig(num_rounds=ROUNDS), strategy=Compare(inner, out=folder, names=names)),
-        client_app=ClientApp(client_fn=lambda context: Client(int(context.node_config["partition-id"])).to_client()),
-        num_supernodes=CLIENTS,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
+        LegacyCaptureStrategy(FedAvg(), out=folder, names="weight")
+    same = _simulate("legacy", folder)
     assert same == [True] * ROUNDS
     captures = CaptureFolder(folder)
     assert captures.rounds == [1, 2] and len(captures.updates) == CLIENTS * ROUNDS
