@@ -198,9 +198,11 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     The ``(path, label)`` of every image of an image folder and its class names, as torchvision's ``ImageFolder``
     lists them but without hidden folders and files (names starting with ``.``: a ``.thumbs`` folder would shift every
     label, and macOS's ``._name.png`` copies are not images), and with empty class folders kept as classes (an empty
-    folder holds the label of a class that has no images). Other files are skipped with a warning that names them.
+    folder holds the label of a class that has no images). Other files, and files beside the class folders, are
+    skipped with a warning that names them.
 
     :raises FileNotFoundError: If ``root`` holds no class folder with images.
+    :raises ValueError: If one file is listed twice (through a link to a file or to a class folder).
     """
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -226,6 +228,24 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     folder = VisibleFolder(str(root), is_valid_file=visible_image, allow_empty=True)  # lists the files only
     if not folder.samples:
         raise FileNotFoundError(f"Couldn't find any image in the class folders of {root}.")
+    # torchvision follows links: a linked class folder or image would be audited twice, under two labels at worst
+    seen: dict[str, str] = {}
+    for path, _ in folder.samples:
+        first = seen.setdefault(os.path.realpath(path), path)
+        if first != path:
+            raise ValueError(
+                f"'{first}' and '{path}' in '{root}' are one file (one of them is a link, or sits in a linked "
+                "folder): every image must be listed once; remove the link."
+            )
+    loose = sorted(e.name for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
+    if loose:  # a file beside the class folders has no label
+        warnings.warn(
+            f"{len(loose)} file(s) directly in '{root}' are skipped, being in no class folder: "
+            f"{', '.join(loose[:3])}{', …' if len(loose) > 3 else ''}. Move each image into its class's folder to "
+            "audit it.",
+            UserWarning,
+            stacklevel=3,
+        )
     if skipped:
         warnings.warn(
             f"{len(skipped)} file(s) in '{root}' are skipped, their names not ending in an image extension that is "
@@ -260,8 +280,9 @@ def load_image_folder(
     :return: Images ``(N, channels, H, W)`` float32 in ``[0, 1]``, labels ``(N,)`` int64 and the class names.
     :raises FileNotFoundError: If ``root`` is not a folder or holds no class folder with images.
     :raises ValueError: If ``channels`` is not 1 or 3, an image cannot be read (truncated, not an image), is not
-                        8-bit or has transparent pixels, or the images do not all have the same size (the message
-                        names two files that differ).
+                        8-bit or has transparent pixels, the images do not all have the same size (the message
+                        names two files that differ), or one file is listed twice (a link to an image or to a class
+                        folder).
     """
     from PIL import Image, ImageOps
 

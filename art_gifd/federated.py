@@ -277,13 +277,14 @@ class TargetModel:
                 "convert class names to indices first."
             )
         if arr.ndim == 2 and arr.shape[1] == self.nb_classes:
-            top = arr.max(axis=1)
-            valid = np.isfinite(arr).all(axis=1) & (top > 0) & ((arr == top[:, None]).sum(axis=1) == 1)
+            # probabilities would name a class by their argmax, but the client's loss took hard labels: refused
+            valid = ((arr == 0) | (arr == 1)).all(axis=1) & ((arr == 1).sum(axis=1) == 1)
             if not valid.all():
                 bad = int(np.flatnonzero(~valid)[0])
                 raise ValueError(
-                    f"One-hot label row {bad} has no single largest positive entry ({arr[bad].tolist()}): every row "
-                    "must name exactly one class."
+                    f"One-hot label row {bad} is not one-hot ({arr[bad].tolist()}): every row must hold a single 1 "
+                    "and 0 elsewhere. Soft labels (probabilities, label smoothing) are not modelled: give the class "
+                    "indices the client trained with (e.g. y.argmax(axis=1))."
                 )
             arr = arr.argmax(axis=1)
         if arr.ndim != 1:

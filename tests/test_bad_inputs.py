@@ -98,8 +98,12 @@ def test_client_gradients_refuse_bad_models_labels_and_ranges(lenet_clf, heldout
         client_gradients(lenet_clf, x, np.array(["3", "1"]))
     one_hot = np.eye(10)[y]
     one_hot[1] = 0.0
-    with pytest.raises(ValueError, match="One-hot label row 1 has no single largest positive entry"):
+    with pytest.raises(ValueError, match=r"One-hot label row 1 is not one-hot \(\[0\.0, 0\.0"):
         client_gradients(lenet_clf, x, one_hot)
+    probabilities = np.full((len(y), 10), 0.02)
+    probabilities[np.arange(len(y)), y] = 0.82  # a clear argmax, but not what a client's hard-label loss took
+    with pytest.raises(ValueError, match=r"Soft labels .* are not modelled: give the class indices"):
+        client_gradients(lenet_clf, x, probabilities)
     with pytest.raises(ValueError, match=r"clip_values are \[0, 1\]: scale the images"):
         client_gradients(lenet_clf, x * 255, y)
     broken = copy.deepcopy(lenet_clf.model)
@@ -727,6 +731,29 @@ def test_image_folder_skips_hidden_entries_and_names_unreadable_files(tmp_path) 
         load_image_folder(tmp_path)
     with pytest.raises(ValueError, match="channels must be 1"):
         load_image_folder(tmp_path, channels=True)
+
+
+def test_image_folder_names_loose_files_and_refuses_a_file_listed_twice(tmp_path) -> None:
+    from PIL import Image
+
+    from art_gifd.data import image_folder_digest, load_image_folder
+
+    for name in ("0", "1"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((4, 4), 40 * int(name), dtype=np.uint8), mode="L").save(tmp_path / name / "a.png")
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8), mode="L").save(tmp_path / "stray.png")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) directly in .* skipped, being in no class folder: stray\.png"):
+        _, labels, _ = load_image_folder(tmp_path)
+    assert labels.tolist() == [0, 1]
+    (tmp_path / "stray.png").unlink()
+    (tmp_path / "2").symlink_to(tmp_path / "1", target_is_directory=True)  # class 1's images again, as class 2
+    for read in (load_image_folder, image_folder_digest):
+        with pytest.raises(ValueError, match=r"1/a\.png' and '.*2/a\.png' in .* are one file .* remove the link"):
+            read(tmp_path)
+    (tmp_path / "2").unlink()
+    (tmp_path / "1" / "b.png").symlink_to(tmp_path / "0" / "a.png")  # a linked image under another label
+    with pytest.raises(ValueError, match=r"0/a\.png' and '.*1/b\.png' in .* are one file"):
+        load_image_folder(tmp_path)
 
 
 def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf, default_prior, heldout) -> None:

@@ -204,6 +204,8 @@ def test_a_capture_audit_reports_any_round_metric_and_redoes_damaged_reconstruct
     config = lenet_audit(folder)
     paths = run_capture_audit(config, verbose=False)
     assert "run_evaluate_accuracy" not in json.loads(paths["json"].read_text())["rows"][0]
+    for page in ("markdown", "html"):  # the run's own metadata, whatever its keys (no Flower version here)
+        assert "(strategy: FedAvg). All numbers:" in paths[page].read_text()
     state = sorted((tmp_path / "audit-out" / "captures-state").glob("*.npz"))
     assert len(state) == 4
     state[0].write_bytes(state[0].read_bytes()[:300])  # a reconstruction file cut short
