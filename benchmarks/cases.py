@@ -119,6 +119,14 @@ CASES: dict[str, AttackCase] = {
             {"tune": (16, 24), "eval": (24, 32)},
             "ReLU ConvNet, 64x64 RGB scikit-image photo crops, face DCGAN prior (out of distribution)",
         ),
+        AttackCase(  # the GPU-sized case: the same images and prior as convnet-rgb64 on ResNet-18
+            "resnet18-rgb64",
+            "resnet18",
+            "faces",
+            "skimage64",
+            {"tune": (16, 24), "eval": (24, 32)},
+            "ResNet-18, 64x64 RGB scikit-image photo crops, face DCGAN prior (out of distribution)",
+        ),
     )
 }
 

@@ -85,6 +85,15 @@ def test_quality_records_of_other_seeds_are_also_pooled_into_one_row(speed, tmp_
     # pooled: ours 28 against the reference's 25, paired +2 and +4; ours reaches 25 dB at 3 of the reference's 10 s
     assert "| 25.00 ± 5.00 |" in rows[2] and "| 28.00 ± 4.00 |" in rows[2]
     assert "| +3.00 ± 1.00 (2/2) |" in rows[2] and "| 3.33× |" in rows[2]
+    assert all("| cpu, 1 / 1 |" in row for row in rows)  # CPU records name no GPU
+    gpu = record(2, dict(zip(methods, (30, 25, 20, 26, 32), strict=True)))
+    for run in gpu["runs"]:
+        run["peak_gpu_memory_bytes"] = (3 if run["method"] == "reference" else 5) * 2**20
+    gpu["table"], _ = speed.summarise_quality(gpu["runs"], "wall")
+    gpu["protocol"].update(clock="wall", batch_size=1)  # a row of its own
+    (tmp_path / "quality_cuda_toy_b1.json").write_text(json.dumps({**gpu, "device_name": "NVIDIA H100"}))
+    text = speed.quality_report(speed.parse_args(["--mode", "quality-report", "--out", str(tmp_path / "q2.md")]))
+    assert "| wall, 1 / 1, NVIDIA H100, peak 5 MiB |" in text
 
 
 def test_time_to_quality_is_read_on_the_clock_asked_for(speed) -> None:
