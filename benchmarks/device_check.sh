@@ -4,7 +4,8 @@
 #   1. equal steps (--quick: 60 per stage, 2 repeats): per-step wall time of both implementations, the full
 #      protocol's per-image time extrapolated from it, peak GPU memory;
 #   2. time-to-quality at B=1 and at B=4 on the evaluation split (wall clock, peak GPU memory per method).
-# About 8 minutes on one H200 at the default steps. Usage, from the repository root:
+# About 8 minutes on one H200 at the default steps (estimated from the step times of the 2026-11-26 H200 record,
+# not yet run on a GPU). Usage, from the repository root:
 #   bash benchmarks/device_check.sh OUT_FOLDER
 # Environment: DEVICE (default cuda), EQUAL_STEPS (default 60), B1_STEPS (default 200), B4_STEPS (default 100),
 # B1_IMAGES (default 1), B4_IMAGES (default 4); the records land in OUT_FOLDER, each with its command and commit.
