@@ -189,7 +189,9 @@ def image_folder_digest(root: str | Path) -> str:
     digest = hashlib.sha256()
     for path, _ in _image_files(root)[0]:
         digest.update(str(Path(path).relative_to(root)).encode() + b"\0")
-        digest.update(Path(path).read_bytes())
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -202,7 +204,8 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     skipped with a warning that names them.
 
     :raises FileNotFoundError: If ``root`` holds no class folder with images.
-    :raises ValueError: If one file is listed twice (through a link to a file or to a class folder).
+    :raises ValueError: If one file is listed twice (through a link to a file or to a class folder), or an entry is
+                        not a regular file (a pipe, device or socket).
     """
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -231,6 +234,10 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
     # torchvision follows links: a linked class folder or image would be audited twice, under two labels at worst
     seen: dict[str, str] = {}
     for path, _ in folder.samples:
+        if not os.path.isfile(path):  # a FIFO would block the first read for good, a device never end
+            raise ValueError(
+                f"'{path}' in '{root}' is not a regular file (a pipe, device or socket, or a link to one): remove it."
+            )
         first = seen.setdefault(os.path.realpath(path), path)
         if first != path:
             raise ValueError(
@@ -281,8 +288,8 @@ def load_image_folder(
     :raises FileNotFoundError: If ``root`` is not a folder or holds no class folder with images.
     :raises ValueError: If ``channels`` is not 1 or 3, an image cannot be read (truncated, not an image), is not
                         8-bit or has transparent pixels, the images do not all have the same size (the message
-                        names two files that differ), or one file is listed twice (a link to an image or to a class
-                        folder).
+                        names two files that differ), one file is listed twice (a link to an image or to a class
+                        folder), or an entry is not a regular file (a pipe, device or socket).
     """
     from PIL import Image, ImageOps
 

@@ -19,8 +19,8 @@ from art_gifd.experiment import SCHEMA, Case, Experiment, results_table, run_exp
 from art_gifd.federated import LocalTraining
 from art_gifd.priors.embedded import DEFAULT_PRIOR, EMBEDDED_PRIORS, load_default_prior
 from art_gifd.report.figures import reconstruction_grid
-from art_gifd.report.html import write_results_html
-from art_gifd.store import environment, write_json_atomic
+from art_gifd.report.html import render_results_html
+from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
 from art_gifd.validation import MAX_SEED, check_device, check_flag, check_integer, check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -119,8 +119,16 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, device: str = 
         },
         "runs": runs,
     }
-    write_json_atomic(out / "results.json", results)
-    figure = reconstruction_grid(rows, list(experiment.attacks), out / "reconstructions.png")
-    write_results_html(results, out / "report.html", figure=figure)
+    # The three files are one set: made aside first, then the earlier run's report removed and the new one written
+    # last, so that an interruption never leaves a report beside results of another run.
+    staged = out / ".reconstructions.tmp.png"  # matplotlib takes the format from the suffix
+    try:
+        page = render_results_html(results, reconstruction_grid(rows, list(experiment.attacks), staged))
+        (out / "report.html").unlink(missing_ok=True)
+        write_json_atomic(out / "results.json", results)
+        staged.replace(out / "reconstructions.png")
+        write_bytes_atomic(out / "report.html", page.encode("utf-8"))
+    finally:
+        staged.unlink(missing_ok=True)
     print(results_table(runs))
     return results

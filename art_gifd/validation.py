@@ -216,6 +216,21 @@ def check_output_folder(path: str | Path) -> Path:
     return out
 
 
+def inside_image_folder(output: str | Path, folder: str | Path) -> str | None:
+    """
+    The problem with writing ``output`` (a file or folder) inside the image folder ``folder`` (class sub-folders), or
+    ``None`` where it lies outside: a folder written there is read as one more class at the next load, moving the
+    labels of the classes after it.
+    """
+    out, root = Path(output).expanduser().resolve(), Path(folder).expanduser().resolve()
+    if out != root and root not in out.parents:
+        return None
+    return (
+        f"'{out}' lies inside the image folder '{root}': what is written there would be read as a class folder at "
+        "the next load, moving the labels; write it outside the image folder."
+    )
+
+
 def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
     """
     Names of the floating-point tensors (or numpy arrays, as a capture holds them) of a state dict that hold NaN or

@@ -225,6 +225,11 @@ def test_image_folder_and_weights_file_load(tmp_path) -> None:
     for mine, theirs in zip(cfg.estimator.model.parameters(), trained.parameters(), strict=True):
         assert torch.equal(mine, theirs)  # the weights file, not the factory's seed-0 initialisation
     assert cfg.model["sha256"] and cfg.model["weights"].endswith("lenet.pt")
+    # an output folder inside the image folder would become one more class at the next run
+    path.write_text(path.read_text().replace('output = "out"', 'output = "images/report"'))
+    with pytest.raises(AuditConfigError, match=r"images/report' lies inside the image folder .* moving the labels"):
+        load_audit_config(path)
+    assert not (tmp_path / "images" / "report").exists()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -331,6 +336,7 @@ def test_another_runs_report_in_the_output_folder_is_refused(tmp_path, monkeypat
     with pytest.raises(AuditConfigError, match=r"already holds a report \(report.html\).*--overwrite") as err:
         run_audit(path, verbose=False)
     assert err.value.keys == ["output"] and demo_report.read_text() == "<html>the demo's report</html>"
+    assert [p.name for p in demo_report.parent.iterdir()] == ["report.html"]  # the refusal left nothing behind
 
 
 def _raises_setting(*args, **kwargs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -754,6 +755,15 @@ def test_image_folder_names_loose_files_and_refuses_a_file_listed_twice(tmp_path
     (tmp_path / "1" / "b.png").symlink_to(tmp_path / "0" / "a.png")  # a linked image under another label
     with pytest.raises(ValueError, match=r"0/a\.png' and '.*1/b\.png' in .* are one file"):
         load_image_folder(tmp_path)
+    (tmp_path / "1" / "b.png").unlink()
+    (tmp_path / "1" / "zero.png").symlink_to("/dev/zero")  # never ends: the digest would read it for ever
+    os.mkfifo(tmp_path / "0" / "pipe.png")  # blocks the first read for good
+    for read in (load_image_folder, image_folder_digest):
+        with pytest.raises(ValueError, match=r"0/pipe\.png' in .* is not a regular file \(a pipe"):
+            read(tmp_path)
+    (tmp_path / "0" / "pipe.png").unlink()
+    with pytest.raises(ValueError, match=r"1/zero\.png' in .* is not a regular file"):
+        image_folder_digest(tmp_path)
 
 
 def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf, default_prior, heldout) -> None:

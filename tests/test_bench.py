@@ -562,6 +562,10 @@ def test_a_folder_data_set_whose_images_change_gets_new_job_ids(tmp_path):
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8), mode="L").save(tmp_path / "data" / "1" / "extra.png")
     after = {job.job_id for job in expand_grid(parse(text))}
     assert before and not before & after  # the held-out part is drawn again: no earlier result is reused
+    # results written inside the image folder: their reconstructions folder would be read as a class next time
+    with pytest.raises(ConfigError, match=r"datasets\[0\]\.root.*the results: .*data/r\.jsonl' lies inside"):
+        run_benchmark(parse(text), tmp_path / "data" / "r.jsonl", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["0", "1"]
 
 
 # ---------------------------------------------------------------------------------------------- executors

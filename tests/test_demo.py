@@ -62,3 +62,34 @@ def test_quick_demo(tmp_path, capsys) -> None:
     for run in runs:
         assert f"{run['psnr']:.2f} ± {run['psnr_std']:.2f}" in html
     assert (tmp_path / "reconstructions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _interrupted_reruns_keep_one_runs_files(tmp_path, runs, capsys)
+
+
+def _interrupted_reruns_keep_one_runs_files(out, runs, capsys) -> None:
+    """A rerun into the folder, interrupted while its figure is drawn or its files are written (the search itself
+    replaced by the first run's numbers): the folder holds one run's set of files, or no report at all."""
+    import art_gifd.demo as demo
+
+    before = {name: (out / name).read_bytes() for name in ("results.json", "report.html", "reconstructions.png")}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "run_experiment", lambda *args, **kwargs: runs)
+        patch.setattr(demo, "reconstruction_grid", interrupt)
+        assert main(["demo", "--quick", "--seed", "3", "--out", str(out), "--no-progress"]) == 130
+    assert "is an earlier run's" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before  # the earlier run's set, untouched
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "run_experiment", lambda *args, **kwargs: runs)
+        grid = demo.reconstruction_grid  # drawn from one blank row: the stand-in search collected none
+        patch.setattr(
+            demo, "reconstruction_grid", lambda rows, attacks, path: grid([("x", np.zeros((1, 4, 4)), {})], [], path)
+        )
+        patch.setattr(demo, "write_bytes_atomic", interrupt)  # the report, written last
+        assert main(["demo", "--quick", "--seed", "3", "--out", str(out), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "the demo wrote no report;" in err and not (out / "report.html").exists()
+    assert json.loads((out / "results.json").read_text())["environment"]["seed"] == 3
+    assert not list(out.glob(".*tmp*"))

@@ -191,7 +191,13 @@ from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.store import ResultsBusy, ResultsFile, file_slug, terminate_as_interrupt
 from art_gifd.utility import UTILITY_KEYS, read_utility_table
-from art_gifd.validation import GRADIENT_NORM_RANGE, MAX_SEED, check_device, check_output_folder
+from art_gifd.validation import (
+    GRADIENT_NORM_RANGE,
+    MAX_SEED,
+    check_device,
+    check_output_folder,
+    inside_image_folder,
+)
 
 #: Attack names an audit accepts (those of :data:`art_gifd.attacks.registry.ATTACK_REGISTRY`).
 ATTACK_NAMES = tuple(ATTACK_REGISTRY)
@@ -731,11 +737,19 @@ def locked_output(store: ResultsFile, source: Path | None) -> Iterator[None]:
     if store.path.is_dir():
         problem = f"'{store.path}' is a folder where the audit keeps its results file: remove it, or choose another."
         raise AuditConfigError([ConfigProblem("output", problem)], source)
+    made = [p for p in (store.path.parent, *store.path.parent.parents) if not p.exists()]  # deepest first
     try:
         with store.lock("art-gifd audit", "another output folder"), terminate_as_interrupt():
             yield
     except ResultsBusy as busy:
         raise AuditConfigError([ConfigProblem("output", str(busy))], source) from None
+    except AuditConfigError:  # refused before any work: the folders the lock made go again
+        if made:
+            store.path.with_name(store.path.name + ".lock").unlink(missing_ok=True)
+            for folder in made:
+                with contextlib.suppress(OSError):  # one that holds something stays
+                    folder.rmdir()
+        raise
 
 
 def read_common(check: Checker, top: Mapping[str, Any]) -> dict[str, Any]:
@@ -787,6 +801,10 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     settings["images_per_setting"] = check.get(top, (), "images_per_setting", integer(1), 4)
     settings["model"], estimator, model_facts = _read_model(check, top.get("model"), device)
     settings["data"], data, data_facts = _read_data(check, top.get("data"), settings["model"])
+    if settings["output"] is not None and settings["data"].get("image_folder") is not None:
+        problem = inside_image_folder(settings["output"], settings["data"]["image_folder"])
+        if problem is not None:
+            check.add(("output",), problem)
     settings["federated"], training = read_federated_table(check, top.get("federated"))
     defenses = _read_defenses(check, top.get("defenses"))
     settings["defenses"] = [

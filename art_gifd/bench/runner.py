@@ -47,6 +47,7 @@ from art_gifd.store import (
     source_commit,
     terminate_as_interrupt,
 )
+from art_gifd.validation import inside_image_folder
 
 logger = logging.getLogger(__name__)
 
@@ -390,6 +391,11 @@ def run_benchmark(
     """
     executor = executor if executor is not None else LocalExecutor()
     store = ResultsFile(results)
+    for i, spec in enumerate(config.datasets):
+        for written in (store.path, store.arrays_dir) if spec["source"] == "folder" else ():
+            problem = inside_image_folder(written, spec["root"])
+            if problem is not None:
+                raise config.error(("datasets", i, "root"), f"the results: {problem}")
     with store.lock(), terminate_as_interrupt():
         return _run_locked(config, store, executor, retry_errors, progress, command, check_inputs)
 
