@@ -230,7 +230,8 @@ def _image_files(root: Path) -> tuple[list[tuple[str, int]], list[str]]:
 
     folder = VisibleFolder(str(root), is_valid_file=visible_image, allow_empty=True)  # lists the files only
     if not folder.samples:
-        raise FileNotFoundError(f"Couldn't find any image in the class folders of {root}.")
+        unread = f" ({len(skipped)} file(s) of extensions not read, e.g. {sorted(skipped)[0]}: convert them)"
+        raise FileNotFoundError(f"Couldn't find any image in the class folders of {root}{unread if skipped else ''}.")
     # torchvision follows links: a linked class folder or image would be audited twice, under two labels at worst
     seen: dict[str, str] = {}
     for path, _ in folder.samples:
@@ -324,8 +325,14 @@ def load_image_folder(
                 first = first or (path, size)
                 if not (mode.startswith("I") or mode == "F"):
                     image = ImageOps.exif_transpose(image)
-                    transparent = image.has_transparency_data and image.convert("RGBA").getextrema()[3][0] < 255
-                    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+                    try:
+                        transparent = image.has_transparency_data and image.convert("RGBA").getextrema()[3][0] < 255
+                        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+                    except ValueError as err:  # PIL converts between some modes only (e.g. not from LAB)
+                        raise ValueError(
+                            f"'{path}' is a {mode!r} image, which cannot be converted to "
+                            f"{'grey' if channels == 1 else 'RGB'} ({err}): save it as 8-bit grey or RGB PNG or JPEG."
+                        ) from None
         except Image.DecompressionBombError as err:  # PIL's guard against images too large to decode safely
             raise ValueError(
                 f"'{path}' is too large to decode ({err}): the images must have the model's input size; resize or "

@@ -86,7 +86,7 @@ def main() -> None:
             parser.error(f"--images ({args.images}) must be a multiple of every batch size (--batch-sizes {size}).")
     if args.offset + args.images > HELDOUT:
         parser.error(f"--offset {args.offset} + --images {args.images} is beyond the {HELDOUT} held-out digits.")
-    refuse_to_replace(parser, [args.out], args.overwrite)
+    refuse_to_replace(parser, [args.out], args.overwrite, appended=[args.jsonl])
     # rows of other settings in --jsonl are neither reused nor reported under this invocation's budget
     settings = {k: getattr(args, k) for k in ("steps", "restarts", "images", "offset", "device")}
     command = "python benchmarks/baselines.py " + " ".join(

@@ -23,19 +23,31 @@ def git_commit() -> str | None:
 
 
 def refuse_to_replace(
-    parser: argparse.ArgumentParser, paths: Iterable[Path], overwrite: bool, elsewhere: str = "another --out"
+    parser: argparse.ArgumentParser,
+    paths: Iterable[Path],
+    overwrite: bool,
+    elsewhere: str = "another --out",
+    appended: Iterable[Path] = (),
 ) -> None:
     """
     Stop a script before any work when one of the files it will write is already there and ``overwrite`` is false
     (results are committed under the scripts' default paths: a trial run must not replace one without a word), or
-    cannot be written at all (a folder stands at its path, or its folder cannot be created or written into).
+    cannot be written at all (a folder stands at its path, or its folder cannot be created or written into), or two
+    of its files are one (a summary written over the runs file it resumes from).
 
     :param parser: The script's parser: the refusal is its one-line usage error (exit status 2).
     :param paths: Every file the run writes, e.g. a report's ``.json`` and ``.md``.
     :param overwrite: The script's ``--overwrite``: replace existing files.
     :param elsewhere: The other way out, as the message names it.
+    :param appended: The files it appends to and resumes from (runs files): they may exist, but must differ from
+                     ``paths`` and from each other.
     """
     paths = [Path(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for path in [*paths, *map(Path, appended)]:
+        first = seen.setdefault(path.expanduser().resolve(), path)
+        if first is not path:
+            parser.error(f"'{path}' is named for two of the files this run writes: give each file its own path.")
     for path in paths:
         if path.is_dir():
             parser.error(f"'{path}' is a folder, not a file the results can be written to: give {elsewhere}.")

@@ -334,12 +334,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.images % 4:
         parser.error(f"--images must be a multiple of 4 (batch sizes 1 and 4), got {args.images}.")
+    for name in args.pairs:  # before any job: a pair short of images would stop the run after the others' jobs
+        available = len(load_dataset(PAIRS[name].dataset, "heldout")[0])
+        if args.images > available:
+            parser.error(f"--images {args.images} is more than the {available} images of the pair '{name}'.")
     jobs = job_list(args.pairs, args.batch_sizes)
     whole = job_list(list(PAIRS), [1, 4])
     # the summary's files, known before any job runs: none for part of the grid without --out
     out = args.out or (RESULTS / "ood.json" if len(jobs) == len(whole) else None)
     if out is not None:
-        refuse_to_replace(parser, [out, args.md or out.with_suffix(".md")], args.overwrite)
+        refuse_to_replace(parser, [out, args.md or out.with_suffix(".md")], args.overwrite, appended=[args.jobs])
     logging.basicConfig(level=logging.WARNING)
     fingerprint = settings_fingerprint(args)
     results = ResultsFile(args.jobs)

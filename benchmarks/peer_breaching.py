@@ -40,11 +40,12 @@ import numpy as np
 import torch
 
 from art_gifd import InvertingGradientsAttack, client_gradients
-from art_gifd.cli import SEED, Distinct, count, real, run_script
+from art_gifd.cli import Distinct, count, real, run_script
 from art_gifd.data import load_mnist32
 from art_gifd.metrics import psnr
 from art_gifd.models import lenet, make_classifier
 from art_gifd.store import environment, write_json_atomic
+from art_gifd.validation import MAX_SEED
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -207,7 +208,12 @@ def main() -> None:
     parser.add_argument("--num-images", type=count(1), default=8)
     parser.add_argument("--start", type=count(0), default=600, help="first held-out index")
     parser.add_argument(
-        "--seeds", type=SEED, nargs="+", action=Distinct, default=[0], help="trial seed of image i: 1000 * seed + i"
+        "--seeds",
+        type=count(0, (MAX_SEED - 999) // 1000),  # the trial seeds they derive stay seeds
+        nargs="+",
+        action=Distinct,
+        default=[0],
+        help="trial seed of image i: 1000 * seed + i",
     )
     parser.add_argument("--methods", nargs="+", action=Distinct, default=list(METHODS), choices=METHODS)
     parser.add_argument("--tv-weight", type=real(0), default=1e-4, help="our TV weight (and breaching's matched run)")

@@ -254,7 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.runs = args.runs or (
         Path("bench-out/shared_labels.runs.jsonl") if args.out == OUT else args.out.with_suffix(".runs.jsonl")
     )
-    refuse_to_replace(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
+    refuse_to_replace(
+        parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite, appended=[args.runs]
+    )
     return args
 
 

@@ -62,7 +62,7 @@ from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator
-from art_gifd.store import environment, write_bytes_atomic, write_json_atomic
+from art_gifd.store import NULL, NUMBER, environment, shape_problem, write_bytes_atomic, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -271,6 +271,8 @@ def build_case(args: argparse.Namespace) -> Case:
         from art_gifd.data import load_mnist32
 
         x, y = load_mnist32("heldout")
+        if args.batch_size > len(x):
+            raise ValueError(f"--batch-size {args.batch_size} is more than the {len(x)} held-out digits there are.")
         x, y = x[: args.batch_size], y[: args.batch_size]
         targets_note = f"first {args.batch_size} held-out MNIST digits (never seen by the prior)"
     else:
@@ -691,6 +693,35 @@ def _shared_label_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(header + lines) + "\n"
 
 
+_SUMMARY = {"mean": NUMBER, "sem": (*NUMBER, NULL), "n": int}
+_ROW = {"psnr": _SUMMARY, "cpu": _SUMMARY, "wall?": _SUMMARY}  # records before the wall clock: CPU seconds only
+#: What the quality report reads of a record (see :func:`~art_gifd.store.shape_problem`).
+QUALITY_SHAPE = {
+    "device_name?": str,
+    "case": {"name": str, "images": int},
+    "protocol": {"batch_size": int, "steps_per_stage": int, "seeds": [int], "clock?": str, "threads?": dict},
+    "table": {
+        "reference": _ROW,
+        "reference R=1": _ROW,
+        "ours x1": {**_ROW, "paired_diff_vs_reference": dict, "paired_diff_vs_reference R=1": dict},
+    },
+    "time_to_quality": {"reference": dict, "reference R=1": dict},
+    "runs": [{"method": str, "first": int, "seed": int, "psnr": NUMBER, "cpu": NUMBER, "wall?": NUMBER}],
+}
+
+
+def _quality_record(path: Path) -> dict[str, Any]:
+    """A quality record read for the report; a file that is not one is named with what is wrong."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"'{path}' cannot be read as a quality record ({err}): remove it or run it again.") from None
+    problem = shape_problem(record, QUALITY_SHAPE)
+    if problem is not None:
+        raise ValueError(f"'{path}' is not a quality record of this script: {problem}. Remove it or run it again.")
+    return record
+
+
 def _gpu(record: dict[str, Any]) -> str:
     """``, <GPU name>, peak <MiB> MiB`` for a record made on a GPU (the largest peak of its methods), else empty."""
     if " CPU, " in record.get("device_name", " CPU, "):
@@ -719,7 +750,9 @@ def quality_report(args: argparse.Namespace) -> str:
         "| time-to-quality vs reference | vs reference R=1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    records = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("quality_*.json"))]
+    records = [_quality_record(path) for path in sorted(Path(args.records).glob("quality_*.json"))]
+    if not records:
+        raise ValueError(f"'{args.records}' holds no quality_*.json record: run --mode quality first.")
     # records of one case, batch size and protocol with other seeds (and images of the split) are also pooled into
     # one row: each run is a batch and seed of its own
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -768,6 +801,16 @@ def provenance(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device_name": device_name(args.device),
     }
+
+
+#: Per mode, the options it does not read (the quality mode takes its model, prior and images from ``--case``).
+_QUALITY_ONLY = ("--case", "--images", "--seeds", "--feature-restarts", "--reference-threads", "--clock")
+_OTHER_MODES_OPTIONS = {
+    "quality": ("--model", "--image-size", "--channels", "--prior", "--repeats", "--full-steps", "--quick", "--seed"),
+    "equal": (*_QUALITY_ONLY, "--records"),
+    "profile": (*_QUALITY_ONLY, "--records", "--full-steps", "--quick"),
+    "quality-report": ("--case", "--images", "--seeds", "--model", "--prior", "--device", "--threads", "--quick"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -828,8 +871,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: benchmarks/results/speed_<device>_<model>_<size>[_<N>threads].json",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=RESULTS,
+        help="quality-report mode: the folder of the quality_*.json records (default: benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    given = {word.split("=")[0] for word in args.argv if word.startswith("--")}
+    unused = sorted(given & set(_OTHER_MODES_OPTIONS.get(args.mode, ())))
+    if unused:  # an option another mode reads would stand in the record's command without having been used
+        parser.error(
+            f"{', '.join(unused)}: not read by --mode {args.mode}; leave {'them' if unused[1:] else 'it'} out."
+        )
     if args.mode == "quality":
         from benchmarks.cases import CASES
 

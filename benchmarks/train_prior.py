@@ -43,6 +43,7 @@ from art_gifd.cli import SEED, THREADS, count, output_folder, run_script
 from art_gifd.data import load_dataset
 from art_gifd.priors.checkpoints import sha256_of
 from art_gifd.priors.dcgan import DCGANGenerator
+from art_gifd.store import file_slug
 from art_gifd.validation import check_device
 from benchmarks.common import refuse_to_replace
 
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
+    if args.name is not None and (args.name != file_slug(args.name) or args.name.startswith(".")):
+        parser.error(f"--name is a file stem: letters, digits and _.+- not starting with '.', got {args.name!r}.")
     name = args.name or f"{args.dataset}_{'c' if args.conditional else ''}dcgan"
     refuse_to_replace(
         parser, [args.out / f"{name}.pt", args.out / f"{name}.json"], args.overwrite, "another --out or --name"

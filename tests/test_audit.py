@@ -327,6 +327,12 @@ def test_tiny_audit_report_files_agree(tiny_report) -> None:
     assert document["lpips"]["available"] or document["lpips"]["reason"] in html
 
 
+def test_attacking_the_embedded_priors_own_training_images_is_warned_about(tmp_path) -> None:
+    path = write_config(tmp_path, data='embedded = "mnist32"\nsplit = "train"')
+    with pytest.warns(UserWarning, match=r"overstate the leakage.*Set data\.split = \"heldout\""):
+        load_audit_config(path)
+
+
 def test_another_runs_report_in_the_output_folder_is_refused(tmp_path, monkeypatch) -> None:
     path = write_config(tmp_path)
     demo_report = tmp_path / "out" / "report.html"  # a demo's output folder: its report, no audit records

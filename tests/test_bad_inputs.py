@@ -764,6 +764,15 @@ def test_image_folder_names_loose_files_and_refuses_a_file_listed_twice(tmp_path
     (tmp_path / "0" / "pipe.png").unlink()
     with pytest.raises(ValueError, match=r"1/zero\.png' in .* is not a regular file"):
         image_folder_digest(tmp_path)
+    (tmp_path / "1" / "zero.png").unlink()
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).convert("LAB").save(tmp_path / "1" / "lab.tif")
+    with pytest.raises(ValueError, match=r"1/lab\.tif' is a 'LAB' image, which cannot be converted to grey"):
+        load_image_folder(tmp_path)
+    gifs = tmp_path / "gifs" / "a"
+    gifs.mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(gifs / "x.gif")
+    with pytest.raises(FileNotFoundError, match=r"\(1 file\(s\) of extensions not read, e\.g\. a/x\.gif: convert"):
+        load_image_folder(gifs.parent)
 
 
 def test_run_demo_and_reconstruct_many_check_their_arguments(tmp_path, lenet_clf, default_prior, heldout) -> None:

@@ -547,6 +547,14 @@ def test_a_strength_grid_longer_than_any_run_could_use_is_refused_before_buildin
     assert not any("ratio" in point for point in built)  # refused before any point (a DP calibration each) is built
 
 
+def test_attacking_the_embedded_priors_own_training_images_is_warned_about(recwarn):
+    text = SMOKE.read_text()
+    parse(text)
+    assert not [w for w in recwarn if "training images of prior" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"\(mnist32, split 'train'\) include the training images of prior 'mnist'"):
+        parse(text.replace('split = "heldout"', 'split = "train"'))
+
+
 def test_a_folder_data_set_whose_images_change_gets_new_job_ids(tmp_path):
     from PIL import Image
 

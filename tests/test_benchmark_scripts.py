@@ -62,12 +62,16 @@ def tree(folder: Path) -> dict[str, bytes]:
         ("many_clients", ["--clients", "1", "--cases", "two rounds"], "'two rounds' needs at least 2 clients"),
         ("ood", ["--stages", "9"], "--stages: expected an integer in [1, 4], got 9"),
         ("ood", ["--model", "bogus"], "invalid choice: 'bogus'"),
+        ("ood", ["--pairs", "faces-to-images", "--images", "40"], "--images 40 is more than the 32 images of the pair"),
         ("baselines", ["--images", "2", "--batch-sizes", "4"], "--images (2) must be a multiple of every batch size"),
         ("baselines", ["--steps", "201"], "--steps must be a multiple of 4 (GIFD splits them over 4 stages), got 201"),
         ("shared_labels", ["--seeds", "0", "-1"], "--seeds: expected an integer in [0, "),
         ("speed", ["--stages", "0"], "--stages: expected an integer >= 1, got 0"),
         ("speed", ["--learning-rate", "nan"], "--learning-rate: expected a finite number > 0, got nan"),
         ("train_prior", ["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+        ("train_prior", ["--name", "../escape"], "--name is a file stem: letters, digits and _.+- not starting"),
+        ("train_prior", ["--name", ""], "--name is a file stem"),
+        ("peer_breaching", ["--seeds", "10000000000000000"], "--seeds: expected an integer in [0, 9223372036854774]"),
         ("peer_breaching", ["--start", "999"], "is beyond the 1000 held-out digits"),
     ],
 )
@@ -180,6 +184,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(
     (tmp_path / "a-file").write_text("")
     err = refused("labels", ["--out", str(tmp_path / "a-file" / "labels")], monkeypatch, capsys)
     assert f"'{tmp_path / 'a-file'}' is a file" in err
+
+
+def test_a_summary_written_over_the_runs_file_it_resumes_from_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A summary over its own jobs file would lose every finished job (the rerun finds no job line and starts over)."""
+    same = str(tmp_path / "j.json")
+    for name, args in (
+        ("ood", ["--jobs", same, "--out", same]),
+        ("ood", ["--out", str(tmp_path / "s.json"), "--md", str(tmp_path / "s.json")]),
+        ("ood", ["--out", str(tmp_path / "s.md")]),  # its Markdown defaults to the same path
+        ("baselines", ["--jsonl", same, "--out", same]),
+        ("shared_labels", ["--out", str(tmp_path / "j"), "--runs", same]),
+    ):
+        err = refused(name, args, monkeypatch, capsys)
+        assert "is named for two of the files this run writes: give each file its own path" in err, (name, args)
+    assert not list(tmp_path.iterdir())
 
 
 def test_ablation_runs_of_other_settings_join_a_runs_file_only_when_asked(

@@ -111,3 +111,30 @@ def test_time_to_quality_is_read_on_the_clock_asked_for(speed) -> None:
     assert on_cpu["reference"]["speedup"] == pytest.approx(10 / (4 + 8 / 3))
     assert on_wall["reference"]["ours_wall_seconds"] == pytest.approx(2 + 4 / 3)
     assert table["ours x1"]["cpu"]["mean"] == 8.0 and table["ours x1"]["wall"]["mean"] == 4.0
+
+
+def test_options_another_mode_reads_and_records_that_are_not_quality_records_are_named(
+    speed, tmp_path: Path, capsys
+) -> None:
+    for argv, named in (
+        (["--mode", "quality", "--case", "lenet-mnist", "--model", "resnet18"], "--model: not read by --mode quality"),
+        (
+            ["--mode", "equal", "--images", "4", "--clock", "wall"],
+            "--clock, --images: not read by --mode equal; leave them",
+        ),
+    ):
+        with pytest.raises(SystemExit):
+            speed.parse_args([*argv, "--out", str(tmp_path / "x.json")])
+        assert named in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--batch-size 5000 is more than the 1000 held-out digits"):
+        speed.main(["--model", "lenet", "--batch-size", "5000", "--out", str(tmp_path / "x.json")])
+    report = ["--mode", "quality-report", "--records", str(tmp_path), "--out", str(tmp_path / "q.md")]
+    with pytest.raises(ValueError, match=r"holds no quality_\*\.json record: run --mode quality first"):
+        speed.main(report)
+    (tmp_path / "quality_zz.json").write_text('{"case": {"name": "x"}}')
+    with pytest.raises(ValueError, match=r"quality_zz\.json' is not a quality record of this script: case\.images is"):
+        speed.main(report)
+    (tmp_path / "quality_zz.json").write_text('{"case": ')
+    with pytest.raises(ValueError, match=r"quality_zz\.json' cannot be read as a quality record \(Expecting value"):
+        speed.main(report)
+    assert not (tmp_path / "q.md").exists()

@@ -189,6 +189,7 @@ from art_gifd.federated import (
 )
 from art_gifd.models import ModelLoadError, check_model, load_user_model
 from art_gifd.priors.base import LayeredGenerator
+from art_gifd.priors.embedded import warn_if_prior_saw
 from art_gifd.store import ResultsBusy, ResultsFile, file_slug, terminate_as_interrupt
 from art_gifd.utility import UTILITY_KEYS, read_utility_table
 from art_gifd.validation import (
@@ -812,6 +813,9 @@ def load_audit_config(config: str | Path | Mapping[str, Any]) -> AuditConfig:
     ]
     attack_settings, attacks, priors, prior_info = _read_attacks(check, top, device, defenses)
     settings.update(attack_settings)
+    if settings["data"].get("embedded") is not None:
+        for name, spec in (settings.get("priors") or {}).items():
+            warn_if_prior_saw(spec, name, settings["data"]["embedded"], settings["data"]["split"], "data.split")
     utility = check.table(top.get("utility"), ("utility",), _UTILITY)
     settings["utility"] = {
         **read_utility_table(check, utility, ("utility",)),

@@ -93,6 +93,7 @@ from art_gifd.configfile import (
 )
 from art_gifd.configfile import parse_document as parse_document  # re-exported: parse a configuration string
 from art_gifd.priors.checkpoints import sha256_of
+from art_gifd.priors.embedded import warn_if_prior_saw
 from art_gifd.validation import MAX_SEED, MAX_THREADS
 
 FOLDER_SPLITS = ("heldout", "train", "all")
@@ -299,6 +300,9 @@ def validate_config(document: LocatedDocument, base_dir: str | Path = ".") -> Be
         v, top, {key: None if v.failed_under((key,)) else names for key, names in restrictions.items()}
     )
     config.budget, config.priors, config.attacks = section.budget, section.priors, section.attacks
+    for i, dataset in enumerate(config.datasets):
+        for name, spec in config.priors.items():
+            warn_if_prior_saw(spec, name, dataset["source"], dataset["split"], f"datasets[{i}].split")
     for spec in config.priors.values():  # a weights file replaced at the same path changes the job identifiers
         if "weights" in spec and "sha256" not in spec and Path(spec["weights"]).is_file():
             spec["sha256"] = sha256_of(spec["weights"])

@@ -382,9 +382,9 @@ def write_report(results: str | Path, out: str | Path | None = None) -> list[Pat
     without_grid = []
     for case in dict.fromkeys(_case_key(r) for r in rows):
         selected = [r for r in rows if _case_key(r) == case]
-        tag = file_slug("_".join(map(str, case)))
-        written += leakage_figures(selected, figures, tag)
-        written += privacy_utility_figures(selected, figures, tag)
+        tag, title = file_slug("_".join(map(str, case))), f"{case[0]}, {case[1]}, B={case[2]}"  # file name, title
+        written += leakage_figures(selected, figures, tag, title)
+        written += privacy_utility_figures(selected, figures, tag, title)
         grid = reconstruction_figure(selected, store, figures / f"reconstructions_{tag}.png")
         written += [grid] if grid else []
         without_grid += [] if grid else ["/".join(map(str, case))]
@@ -424,10 +424,10 @@ def _log_scale(values: list[float]) -> bool:
 
 
 @plain_text
-def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[Path]:
+def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str, title: str) -> list[Path]:
     """
     One figure per defence with a strength grid: PSNR, SSIM and LPIPS (panels) vs strength, one line per attack, the
-    undefended value as a dotted line of the same colour.
+    undefended value as a dotted line of the same colour. ``tag`` is the case in the file names, ``title`` as shown.
     """
     plt = pyplot()
     baseline = {r["attack"]: r for r in rows if r["defense_type"] == "none"}
@@ -463,17 +463,17 @@ def leakage_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[
             ax.set_xlabel(grid)
             ax.set_ylabel(METRIC_NAMES[metric])
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{tag}: leakage vs {defense} strength (dotted: no defence)", fontsize=9)
+        fig.suptitle(f"{title}: leakage vs {defense} strength (dotted: no defence)", fontsize=9)
         fig.tight_layout()
         written.append(_save(fig, folder / f"leakage_{tag}_{file_slug(defense)}.png"))
     return written
 
 
 @plain_text
-def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) -> list[Path]:
+def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str, title: str) -> list[Path]:
     """
     Privacy–utility: PSNR vs the utility's test accuracy (every defence setting, one marker series per attack), and
-    PSNR and accuracy vs epsilon for DP-SGD settings.
+    PSNR and accuracy vs epsilon for DP-SGD settings. ``tag`` is the case in the file names, ``title`` as shown.
     """
     plt = pyplot()
     written = []
@@ -496,7 +496,7 @@ def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) 
                 ax.annotate(r["defense_label"], (r["accuracy"], r["psnr"]), fontsize=5, alpha=0.7)
         ax.set_xlabel("test accuracy after FedSGD under the defence")
         ax.set_ylabel("PSNR (dB) of the reconstruction")
-        ax.set_title(f"{tag}: privacy–utility", fontsize=9)
+        ax.set_title(f"{title}: privacy–utility", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, folder / f"privacy_utility_{tag}.png"))
@@ -522,7 +522,7 @@ def privacy_utility_figures(rows: list[dict[str, Any]], folder: Path, tag: str) 
             twin = ax.twinx()
             twin.plot([e for e, _ in accuracy], [a for _, a in accuracy], "k--", marker="s", label="accuracy")
             twin.set_ylabel("test accuracy (dashed)")
-        ax.set_title(f"{tag}: leakage {'and accuracy ' if accuracy else ''}vs epsilon", fontsize=9)
+        ax.set_title(f"{title}: leakage {'and accuracy ' if accuracy else ''}vs epsilon", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, folder / f"dp_epsilon_{tag}.png"))

