@@ -28,6 +28,7 @@ so that a trial does not land in the committed ``benchmarks/results/ablation_run
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 import time
@@ -54,6 +55,8 @@ from benchmarks.common import (
     read_runs,
     refuse_to_replace,
 )
+
+logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "ablation_runs"
@@ -233,8 +236,14 @@ def build(case: AttackCase, classifier: Any, kwargs: dict[str, Any], batch: int,
     return attack
 
 
+def same_as_baseline(case: AttackCase, name: str, batch: int) -> bool:
+    """Whether configuration ``name`` is its own baseline's at batch size ``batch`` (e.g. TV summed over one image)."""
+    baseline, config = CONFIGS[name]
+    return name != baseline and config(case, batch) == CONFIGS[baseline][1](case, batch)
+
+
 def run_key(record: dict[str, Any]) -> tuple:
-    """What identifies a run (for resuming)."""
+    """What identifies a run (for resuming): runs of other steps per stage or torch threads are other runs."""
     return (
         record["case"],
         record["split"],
@@ -243,10 +252,12 @@ def run_key(record: dict[str, Any]) -> tuple:
         record["first"],
         record["seed"],
         record["steps_per_stage"],
+        record["threads"],
     )
 
 
-#: What an ablation run record holds; records of other programs (or damaged ones) are skipped with a warning.
+#: What an ablation run record holds: every field the report reads. Records of other programs (or damaged ones) are
+#: skipped with a warning.
 _RECORD = {
     "case": str,
     "split": str,
@@ -255,8 +266,47 @@ _RECORD = {
     "first": int,
     "seed": int,
     "steps_per_stage": int,
+    "threads": int,
     "psnr": float,
+    "ssim": float,
+    "per_image_psnr": [float],
+    "matching_loss": float,
+    "cpu_seconds": float,
 }
+
+
+def _outside_cases(record: dict[str, Any]) -> str | None:
+    """
+    What places a well-formed record outside the cases of ``benchmarks/cases.py`` (a case or split it does not
+    define, images beyond the split), or ``None``.
+    """
+    case = CASES.get(record["case"])
+    if case is None:
+        return f"a run of case {record['case']!r}, which benchmarks/cases.py does not define"
+    if record["split"] not in case.splits:
+        return f"a run of split {record['split']!r}, which case {case.name!r} does not have"
+    lo, hi = case.splits[record["split"]]
+    first, batch = record["first"], record["batch_size"]
+    if batch < 1:
+        return f"a run of batch size {batch}"
+    if first < 0 or first + batch > hi - lo:
+        split = f"the {hi - lo} images of the {record['split']} split of case {case.name!r}"
+        return f"a run of images {first}–{first + batch - 1}, beyond {split}"
+    if len(record["per_image_psnr"]) != batch:
+        return f"a run of batch size {batch} with {len(record['per_image_psnr'])} per-image PSNR values"
+    return None
+
+
+def report_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs of one runs file that the report can read; others are skipped with a warning naming them."""
+    runs = []
+    for record in read_runs(path, _RECORD):
+        problem = _outside_cases(record)
+        if problem is None:
+            runs.append(record)
+        else:
+            logger.warning("%s: skipping %s", path, problem)
+    return runs
 
 
 def run(args: argparse.Namespace) -> None:
@@ -272,9 +322,10 @@ def run(args: argparse.Namespace) -> None:
         x_all, y_all = case.images(args.split, args.images)
         for name in names:
             baseline, config = CONFIGS[name]
+            if same_as_baseline(case, name, batch):
+                print(f"{name!r} is {baseline!r} itself at B={batch}: not run (its baseline's runs stand for it)")
+                continue
             kwargs = config(case, batch)
-            if name != baseline and kwargs == CONFIGS[baseline][1](case, batch):
-                continue  # identical to its baseline at this batch size (e.g. TV summed over one image)
             for first in range(0, len(x_all) - batch + 1, batch):
                 x, y = x_all[first : first + batch], y_all[first : first + batch]
                 gradient = None
@@ -287,6 +338,7 @@ def run(args: argparse.Namespace) -> None:
                         "first": first,
                         "seed": seed,
                         "steps_per_stage": args.steps,
+                        "threads": args.threads,
                     }
                     if run_key(record) in done:
                         continue
@@ -309,13 +361,16 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (case, split, B, steps, configuration): means, s.e.m. and paired differences to its baseline."""
+    """
+    One row per (case, split, B, steps, torch threads, configuration): means, s.e.m. and paired differences to its
+    baseline.
+    """
     cells: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
     for r in runs:
-        cell = (r["case"], r["split"], r["batch_size"], r["steps_per_stage"])
+        cell = (r["case"], r["split"], r["batch_size"], r["steps_per_stage"], r["threads"])
         cells.setdefault(cell, {}).setdefault(r["config"], {})[(r["first"], r["seed"])] = r
     rows = []
-    for (case, split, batch, steps), configs in sorted(cells.items()):
+    for (case, split, batch, steps, threads), configs in sorted(cells.items()):
         for name in [n for n in CONFIGS if n in configs]:
             baseline = CONFIGS[name][0]
             own = configs[name]
@@ -331,6 +386,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "split": split,
                     "batch_size": batch,
                     "steps_per_stage": steps,
+                    "threads": threads,
                     "config": name,
                     "baseline": baseline,
                     "runs": len(own),
@@ -351,15 +407,16 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def label_multiplicity(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     PSNR of the images of batched runs (B > 1) split by whether their label is unique in the batch or shared with
-    another image of it (:func:`~art_gifd.metrics.shared_labels`), per case, split, batch size, steps and
-    configuration.
+    another image of it (:func:`~art_gifd.metrics.shared_labels`), per case, split, batch size, steps, torch threads
+    and configuration.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         if r["batch_size"] > 1:
-            groups.setdefault((r["case"], r["split"], r["batch_size"], r["steps_per_stage"], r["config"]), []).append(r)
+            key = (r["case"], r["split"], r["batch_size"], r["steps_per_stage"], r["threads"], r["config"])
+            groups.setdefault(key, []).append(r)
     rows = []
-    for (case, split, batch, steps, config), cell in sorted(groups.items()):
+    for (case, split, batch, steps, threads, config), cell in sorted(groups.items()):
         lo, hi = CASES[case].splits[split]
         labels = CASES[case].images(split, hi - lo)[1]
         split_psnr = psnr_by_label_multiplicity(
@@ -370,6 +427,7 @@ def label_multiplicity(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "split": split,
             "batch_size": batch,
             "steps_per_stage": steps,
+            "threads": threads,
             "config": config,
             "batches": len({r["first"] for r in cell}),
         }
@@ -399,22 +457,34 @@ def multiplicity_markdown(rows: list[dict[str, Any]]) -> str:
             return "0, —"
         return f"{row[f'{kind}_images']}, {row[f'{kind}_psnr']:.2f} ± {row[f'{kind}_psnr_sem']:.2f}"
 
+    mixed = len({row["threads"] for row in rows}) > 1  # else the thread count is the report's, stated above
     for row in rows:
+        steps = f"{row['steps_per_stage']}, {_threads(row['threads'])}" if mixed else row["steps_per_stage"]
         lines.append(
-            f"| {row['case']} | {row['split']} | {row['batch_size']} | {row['steps_per_stage']} | {row['config']} | "
+            f"| {row['case']} | {row['split']} | {row['batch_size']} | {steps} | {row['config']} | "
             f"{row['batches']} | {cell(row, 'unique')} | {cell(row, 'shared')} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def _threads(count: int) -> str:
+    """A torch thread count as the report states it."""
+    return "one torch thread" if count == 1 else f"{count} torch threads"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The rows as Markdown tables, one per case, split and batch size."""
+    """
+    The rows as Markdown tables, one per case, split, batch size, steps and torch threads (named in the headings
+    when the runs were made with more than one thread count, else once in the introduction).
+    """
+    counts = sorted({row["threads"] for row in rows})
+    threads = _threads(counts[0]) if len(counts) == 1 else "the torch threads of its table"
     lines = [
         "# GIFD ablation",
         "",
         "PSNR in dB (Hungarian-matched at B=4), mean ± s.e.m. over runs (batch × seed); Δ: paired difference to the "
         "row's baseline (`new` or `old`) on the same batches and seeds, ± s.e.m.; wins: runs with higher PSNR than the "
-        "baseline; cpu s: process CPU seconds per run (one torch thread). Labels given. "
+        f"baseline; cpu s: process CPU seconds per run ({threads}). Labels given. "
         f"{STAGES} stages (latent + {STAGES - 1} feature) × the steps per stage stated.",
         "",
         "`new` is the candidate the factors were varied from: norm 0, TV 1e-4 (per-image means averaged over the "
@@ -430,12 +500,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     cell = None
     for row in rows:
-        key = (row["case"], row["split"], row["batch_size"], row["steps_per_stage"])
+        key = (row["case"], row["split"], row["batch_size"], row["steps_per_stage"], row["threads"])
         if key != cell:
             cell = key
+            heading = (
+                f"## {row['case']}, {row['split']} split, B={row['batch_size']}, {row['steps_per_stage']} steps/stage"
+            )
             lines += [
                 "",
-                f"## {row['case']}, {row['split']} split, B={row['batch_size']}, {row['steps_per_stage']} steps/stage",
+                heading + (f", {_threads(row['threads'])}" if len(counts) > 1 else ""),
                 "",
                 "| configuration | runs | PSNR | SSIM | Δ vs baseline | wins | loss lower | cpu s |",
                 "|---|---|---|---|---|---|---|---|",
@@ -467,18 +540,23 @@ RESTART_CONFIGS = (
 
 def restarts_figure(rows: list[dict[str, Any]], path: Path) -> bool:
     """
-    PSNR against CPU seconds of the restart configurations, one panel per case and batch size (tuning split) that
-    has any; whether there was one to draw.
+    PSNR against CPU seconds of the restart configurations, one panel per case, batch size, steps and torch threads
+    (tuning split) that has any; whether there was one to draw.
     """
     plt = pyplot()
-    cells = sorted(
-        {(r["case"], r["batch_size"]) for r in rows if r["split"] == "tune" and r["config"] in RESTART_CONFIGS}
-    )
+
+    def panel(r: dict[str, Any]) -> tuple:
+        return r["case"], r["batch_size"], r["steps_per_stage"], r["threads"]
+
+    cells = sorted({panel(r) for r in rows if r["split"] == "tune" and r["config"] in RESTART_CONFIGS})
     if not cells:
         return False
+    # steps and threads in a title only where a case and batch size has panels of several
+    repeated = {cell[:2] for cell in cells if sum(other[:2] == cell[:2] for other in cells) > 1}
     fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.2), squeeze=False)
-    for ax, (case, batch) in zip(axes[0], cells, strict=True):
-        chosen = {r["config"]: r for r in rows if (r["case"], r["batch_size"], r["split"]) == (case, batch, "tune")}
+    for ax, cell in zip(axes[0], cells, strict=True):
+        case, batch, steps, threads = cell
+        chosen = {r["config"]: r for r in rows if r["split"] == "tune" and panel(r) == cell}
         for index, name in enumerate(RESTART_CONFIGS):
             if name in chosen:
                 r = chosen[name]
@@ -487,7 +565,8 @@ def restarts_figure(rows: list[dict[str, Any]], path: Path) -> bool:
                 ax.errorbar(
                     r["cpu_seconds"], r["psnr"], yerr=r["psnr_sem"], fmt="o", capsize=2, label=label, color=color
                 )
-        ax.set_title(f"{case}, B={batch}", fontsize=9)
+        budget = f", {steps} steps, {threads} thr." if (case, batch) in repeated else ""
+        ax.set_title(f"{case}, B={batch}{budget}", fontsize=9)
         ax.set_xlabel("CPU seconds per run")
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
@@ -501,7 +580,7 @@ def restarts_figure(rows: list[dict[str, Any]], path: Path) -> bool:
 
 def report(args: argparse.Namespace) -> None:
     """Write ``ablation.json`` and ``ablation.md`` from the runs file."""
-    runs = [r for path in sorted(args.runs.glob("*.jsonl")) for r in read_runs(path, _RECORD)]
+    runs = [r for path in sorted(args.runs.glob("*.jsonl")) for r in report_runs(path)]
     if not runs:
         raise SystemExit(f"error: no runs in '{args.runs}': run the ablation first.")
     rows = summarise(runs)
@@ -581,6 +660,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.report:
         refuse_to_replace(parser, report_paths(args.out), args.overwrite)
     else:
+        case, names = CASES[args.case], args.configs or list(CONFIGS)
+        if all(same_as_baseline(case, name, batch) for name in names for batch in args.batch_sizes):
+            same = ", ".join(f"{name!r} is {CONFIGS[name][0]!r}" for name in names)
+            parser.error(
+                f"nothing to run: at --batch-sizes {' '.join(map(str, args.batch_sizes))}, {same} (its baseline) "
+                "itself; give another batch size or configuration."
+            )
         # The report pools a cell's runs and averages their CPU seconds: runs of other steps or threads in the same
         # file are another study (a trial, most often), added only when asked.
         runs = args.runs / f"{CASES[args.case].name}.jsonl"

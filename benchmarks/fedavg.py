@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import shlex
 import sys
 import time
@@ -57,8 +58,18 @@ from art_gifd.labels import infer_labels
 from art_gifd.metrics import label_accuracy
 from art_gifd.models import convnet, make_classifier
 from art_gifd.priors import load_default_prior
-from art_gifd.store import ResultsFile, environment, write_bytes_atomic, write_json_atomic
+from art_gifd.store import (
+    NULL,
+    NUMBER,
+    ResultsFile,
+    environment,
+    shape_problem,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from benchmarks.common import git_commit, mean_sem, other_settings, read_runs, refuse_to_replace
+
+logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "fedavg_runs"
@@ -115,7 +126,8 @@ RUN_KEY = ("setting", "size", "attack", "method", "first", "seed", "steps_per_st
 LEGACY_KEY_VALUES = {"restarts": 2, "rounds": 30}
 
 
-#: What a run record holds; records of other programs (or damaged ones) are skipped with a warning.
+#: What a run record holds: every field the report reads (``command`` since runs record the command that made them).
+#: Records of other programs (or damaged ones) are skipped with a warning.
 _RECORD = {
     "setting": str,
     "size": int,
@@ -126,9 +138,29 @@ _RECORD = {
     "steps_per_stage": int,
     "restarts?": int,
     "rounds?": int,
+    "local_steps": int,
     "psnr": float,
+    "cpu_seconds": float,
+    "threads": int,
+    "label_accuracy": float,
     "model_accuracy": float,
+    "commit?": (str, NULL),
+    "command?": str,
 }
+#: The rows of ``labels.json`` (``--labels``) and ``memory.json`` (``--memory``) as the report reads them.
+_LABEL_ROWS = [
+    {"model": str, "size": int, "setting": str, "label_accuracy": NUMBER, "exact_share": NUMBER, "commit?": (str, NULL)}
+]
+_MEMORY_ROWS = [
+    {
+        "local_steps": int,
+        "size": int,
+        "restarts": int,
+        "cpu_seconds": NUMBER,
+        "measured_bytes": NUMBER,
+        "estimated_bytes": NUMBER,
+    }
+]
 
 
 def run_key(record: dict[str, Any]) -> tuple:
@@ -137,8 +169,19 @@ def run_key(record: dict[str, Any]) -> tuple:
 
 
 def runs_of(path: Path, repair: bool = False) -> list[dict[str, Any]]:
-    """The runs of one runs file, with the key fields of older records filled in."""
-    return [{**LEGACY_KEY_VALUES, **r} for r in read_runs(path, _RECORD, repair=repair)]
+    """
+    The runs of one runs file, with the key fields of older records filled in; a record of an attack or method this
+    script does not know is skipped with a warning naming it.
+    """
+    runs = []
+    for record in read_runs(path, _RECORD, repair=repair):
+        if record["attack"] not in ATTACKS:
+            logger.warning("%s: skipping a run of attack %r, not one of %s", path, record["attack"], ATTACKS)
+        elif record["method"] not in METHODS:
+            logger.warning("%s: skipping a run of method %r, not one of %s", path, record["method"], METHODS)
+        else:
+            runs.append({**LEGACY_KEY_VALUES, **record})
+    return runs
 
 
 @dataclass
@@ -234,6 +277,7 @@ def _runs_of_batch(
                 "label_accuracy": label_accuracy(inferred.cpu().numpy(), y),
                 "model_accuracy": context.accuracy,
                 "commit": context.commit,
+                "command": args.command,
             }
 
 
@@ -269,16 +313,15 @@ print(json.dumps({"local_steps": steps, "size": size, "restarts": restarts, "cpu
 def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
     """
     Peak memory and CPU time of one matching-loss evaluation with its backward pass (one search step), against local
-    steps, each in a fresh process (ConvNet, full-batch SGD steps, 8 samples, 2 restarts), beside the estimate that
-    the attacks check before a search.
+    steps, each in a fresh process (ConvNet, full-batch SGD steps, 8 samples, ``--restarts`` restarts), beside the
+    estimate that the attacks check before a search.
     """
     import subprocess
 
     rows = []
     for steps in (1, 2, 5, 10):
-        out = subprocess.run(
-            [sys.executable, "-c", MEMORY_PROBE, str(steps), "8", "2"], capture_output=True, text=True, check=True
-        )
+        probe = [sys.executable, "-c", MEMORY_PROBE, str(steps), "8", str(args.restarts)]
+        out = subprocess.run(probe, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     write_json_atomic(args.runs / "memory.json", rows)
@@ -369,17 +412,26 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
     """The table of :func:`summarise` as Markdown."""
+    commands = ", ".join(f"`{c}`" for c in header["commands"])
+    if header["runs_without_command"]:  # written before runs recorded their command
+        older = (
+            f"{header['runs_without_command']} runs of `python benchmarks/fedavg.py` whose options were not recorded"
+        )
+        commands = f"{commands} and {older}" if commands else older
+    threads = "one torch thread" if header["threads"] == 1 else f"{header['threads']} torch threads"
     lines = [
         "# FedAvg: inverting a client's weight update after several local steps",
         "",
-        "Runs: `python benchmarks/fedavg.py --sizes 4` and `--sizes 8` (two processes), label and memory tables: "
-        f"`--labels`, `--memory`; this file: `{header['command']}`. Runs at commit `{header['git_commit']}` on "
+        f"Runs: {commands}; label and memory tables: `--labels`, `--memory`; this file: `{header['command']}`. "
+        f"Attack budget of the runs: restarts {header['restarts']}, steps per stage {header['steps_per_stage']} "
+        f"(GIFD's 4 stages; the other attacks {4 * header['steps_per_stage']} steps per restart). "
+        f"Runs at commit `{header['git_commit']}` on "
         f"{header['device']}, summarised {header['date']}. "
         f"FL model: ReLU ConvNet after {header['rounds']} FedAvg rounds on the public digits (held-out accuracy "
         f"{header['model_accuracy']:.3f}). Private data: held-out digits {PRIVATE[0]}–"
         f"{PRIVATE[0] + header['images'] - 1}; "
         f"local learning rate {LEARNING_RATE}, SGD; labels given to the attacks. PSNR in dB (Hungarian-matched), "
-        "mean ± s.e.m. over batch × seed; Δ: paired replay − naive (wins); CPU s: one replay run, one torch thread; "
+        f"mean ± s.e.m. over batch × seed; Δ: paired replay − naive (wins); CPU s: one replay run, {threads}; "
         "labels: fraction of the labels `infer_labels` recovers from the update (multiset).",
         "",
         "| N | local training | steps | attack | replay | naive (update as a gradient) | Δ replay − naive | CPU s "
@@ -403,28 +455,33 @@ def report(args: argparse.Namespace) -> None:
     if not runs:
         raise SystemExit(f"No runs in {args.runs}: run the benchmark first.")
     models = sorted({(r["rounds"], round(r["model_accuracy"], 6)) for r in runs})
-    budgets = sorted({(r["steps_per_stage"], r["restarts"]) for r in runs})
+    budgets = sorted({(r["steps_per_stage"], r["restarts"], r["threads"]) for r in runs})
     if len(models) > 1 or len(budgets) > 1:
         raise SystemExit(
             f"{args.runs} holds runs of {len(models)} FL models (rounds, accuracy: {models}) and {len(budgets)} attack "
-            f"budgets (steps per stage, restarts: {budgets}): report each from its own --runs folder."
+            f"budgets (steps per stage, restarts, torch threads: {budgets}): report each from its own --runs folder."
         )
+    # every input is read and checked before anything is written
+    label_rows = _read_table(args.runs / "labels.json", _LABEL_ROWS)
+    memory_rows = _read_table(args.runs / "memory.json", _MEMORY_ROWS)
     rows = summarise(runs)
     header = {
         "benchmark": "fedavg",
         "command": "python benchmarks/fedavg.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commands": sorted({r["command"] for r in runs if "command" in r}),
+        "runs_without_command": sum("command" not in r for r in runs),
         "git_commit": sorted({r["commit"] for r in runs if r.get("commit")}),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "device": "x86_64 CPU",
         "rounds": runs[0]["rounds"],
         "images": max(r["first"] + r["size"] for r in runs),
+        "steps_per_stage": runs[0]["steps_per_stage"],
         "restarts": runs[0]["restarts"],
+        "threads": runs[0]["threads"],
         "model_accuracy": runs[0]["model_accuracy"],
         "environment": environment(0, "cpu"),
     }
     order_rows = _order_rows(runs)
-    label_rows = _read_optional(args.runs / "labels.json")
-    memory_rows = _read_optional(args.runs / "memory.json")
     document = {**header, "rows": rows, "unknown_order": order_rows, "labels": label_rows, "memory": memory_rows}
     write_json_atomic(args.out.with_suffix(".json"), document)
     text = markdown(rows, {**header, "git_commit": ", ".join(header["git_commit"])})
@@ -481,8 +538,22 @@ def _order_markdown(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _read_optional(path: Path) -> list[dict[str, Any]] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_table(path: Path, shape: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """
+    The rows of a table file of ``--labels`` or ``--memory``, or ``None`` when there is none.
+
+    :raises ValueError: Naming the file and what is wrong with it, if it is not JSON rows of ``shape``.
+    """
+    if not path.is_file():
+        return None
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # not UTF-8, or not JSON
+        raise ValueError(f"{path} is not a JSON table ({err}): measure it again or move it away.") from None
+    problem = shape_problem(rows, shape, "rows")
+    if problem is not None:
+        raise ValueError(f"{path} is damaged or not this script's ({problem}): measure it again or move it away.")
+    return rows
 
 
 def _labels_markdown(rows: list[dict[str, Any]] | None) -> str:
@@ -543,17 +614,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--report: path of fedavg.json/.md without suffix (default: benchmarks/results/fedavg for the default "
         "--runs, else <runs>/fedavg)",
     )
-    parser.add_argument("--report", action="store_true", help="summarise the runs files, run nothing")
-    parser.add_argument("--memory", action="store_true", help="measure memory and time per search step, run nothing")
-    parser.add_argument("--labels", action="store_true", help="measure label inference from updates, run nothing")
+    mode = parser.add_mutually_exclusive_group()  # each mode does one thing: a second one would be ignored
+    mode.add_argument("--report", action="store_true", help="summarise the runs files, run nothing")
+    mode.add_argument(
+        "--memory", action="store_true", help="measure memory and time per search step (--restarts), run nothing"
+    )
+    mode.add_argument("--labels", action="store_true", help="measure label inference from updates, run nothing")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the report, labels.json or memory.json if it exists"
     )
     args = parser.parse_args(argv)
     if any(s < 2 or s % 2 for s in args.sizes):
         parser.error("--sizes must be even numbers >= 2 (the mini-batch settings split the data in two)")
-    if args.images < max(args.sizes):
-        parser.error(f"--images must be at least the largest size ({max(args.sizes)})")
+    if any(args.images % s for s in args.sizes):
+        parser.error(f"--images ({args.images}) must be a multiple of every --sizes value {args.sizes}")
+    args.command = shlex.join(["python", "benchmarks/fedavg.py", *(sys.argv[1:] if argv is None else argv)])
     if args.memory or args.labels:
         table = args.runs / ("memory.json" if args.memory else "labels.json")
         refuse_to_replace(parser, [table], args.overwrite, "another --runs folder")
@@ -561,6 +636,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.out = args.out or (RESULTS / "fedavg" if args.runs.resolve() == RUNS.resolve() else args.runs / "fedavg")
         refuse_to_replace(parser, [args.out.with_suffix(".json"), args.out.with_suffix(".md")], args.overwrite)
     else:
+        private = len(load_mnist32("heldout")[0]) - PRIVATE[0]
+        if args.images > private:
+            parser.error(
+                f"--images {args.images}: the held-out split holds {private} digits from digit {PRIVATE[0]} on"
+            )
         # The report refuses a folder of several budgets or FL models, and averages the runs' CPU seconds: a run of
         # other settings belongs in a folder of its own (runs of the same settings resume).
         held = [r for path in sorted(args.runs.glob("size*.jsonl")) for r in runs_of(path)]

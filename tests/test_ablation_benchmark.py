@@ -153,7 +153,7 @@ def test_label_multiplicity_splits_images_by_shared_labels(benchmarks) -> None:
 
     labels = CASES["lenet-mnist"].images("tune", 16)[1][4:8].tolist()
     assert labels == [3, 8, 3, 0]  # images 0 and 2 share their label
-    base = {"case": "lenet-mnist", "split": "tune", "batch_size": 4, "first": 4, "steps_per_stage": 100}
+    base = {"case": "lenet-mnist", "split": "tune", "batch_size": 4, "first": 4, "steps_per_stage": 100, "threads": 1}
     runs = [
         {**base, "config": "default", "seed": 0, "per_image_psnr": [10.0, 30.0, 12.0, 32.0]},
         {**base, "config": "default", "seed": 1, "per_image_psnr": [14.0, 34.0, 16.0, 36.0]},
@@ -165,3 +165,75 @@ def test_label_multiplicity_splits_images_by_shared_labels(benchmarks) -> None:
     assert "| lenet-mnist | tune | 4 | 100 | default | 1 | 4, 33.00 ± 1.29 | 4, 13.00 ± 1.29 |" in (
         ablation.multiplicity_markdown([row])
     )
+
+
+def test_ablation_runs_of_other_threads_are_their_own_runs_and_cells(benchmarks, tmp_path: Path, capsys) -> None:
+    import torch
+
+    ablation, _ = benchmarks
+    runs = tmp_path / "runs"
+    argv = ["--case", "lenet-mnist", "--steps", "1", "--images", "1", "--batch-sizes", "1", "--seeds", "0"]
+    argv += ["--runs", str(runs)]
+    threads = torch.get_num_threads()
+    try:
+        ablation.main([*argv, "--configs", "new", "tv summed over batch"])
+        # at B=1 TV summed over the batch is `new` itself: said, not run
+        assert "'tv summed over batch' is 'new' itself at B=1: not run" in capsys.readouterr().out
+        ablation.main([*argv, "--configs", "new", "--threads", "2", "--overwrite"])
+    finally:
+        torch.set_num_threads(threads)  # main sets the process's torch threads
+    records = [json.loads(line) for line in (runs / "lenet-mnist.jsonl").read_text().splitlines()]
+    assert [(r["config"], r["threads"]) for r in records] == [("new", 1), ("new", 2)]
+    out = tmp_path / "ablation"
+    ablation.main(["--report", "--runs", str(runs), "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["config"], r["threads"], r["runs"]) for r in rows] == [("new", 1, 1), ("new", 2, 1)]
+    assert [r["cpu_seconds"] for r in rows] == pytest.approx([r["cpu_seconds"] for r in records])
+    text = out.with_suffix(".md").read_text()
+    assert "cpu s: process CPU seconds per run (the torch threads of its table)" in text
+    assert "## lenet-mnist, tune split, B=1, 1 steps/stage, one torch thread\n" in text
+    assert "## lenet-mnist, tune split, B=1, 1 steps/stage, 2 torch threads\n" in text
+
+
+def test_an_ablation_that_would_run_only_configurations_equal_to_their_baseline_is_refused(benchmarks, capsys) -> None:
+    ablation, _ = benchmarks
+    argv = ["--case", "lenet-mnist", "--configs", "tv summed over batch", "default, tv summed over batch"]
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.parse_args([*argv, "--batch-sizes", "1", "--images", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "nothing to run: at --batch-sizes 1, 'tv summed over batch' is 'new'" in err
+    assert ablation.parse_args([*argv, "--batch-sizes", "1", "2", "--images", "2"]).batch_sizes == [1, 2]  # B=2 runs
+
+
+def test_ablation_report_skips_damaged_and_foreign_records_and_states_their_threads(
+    benchmarks, tmp_path: Path, caplog
+) -> None:
+    ablation, _ = benchmarks
+    with (ROOT / "benchmarks" / "results" / "ablation_runs" / "lenet-mnist.jsonl").open() as handle:
+        good = [{**json.loads(next(handle)), "threads": 2} for _ in range(8)]
+    missing = {k: v for k, v in good[0].items() if k != "matching_loss"}
+    foreign = [
+        {**good[1], "case": "foo"},
+        {**good[2], "split": "nope"},
+        {**good[3], "first": 99},
+        {**good[4], "per_image_psnr": [1.0, 2.0]},
+    ]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "lenet-mnist.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*good, missing, *foreign]))
+    out = tmp_path / "ablation"
+    with caplog.at_level("WARNING"):
+        ablation.main(["--report", "--runs", str(runs), "--out", str(out)])
+    assert "skipping a damaged record (matching_loss is missing)" in caplog.text
+    assert "skipping a run of case 'foo', which benchmarks/cases.py does not define" in caplog.text
+    assert "skipping a run of split 'nope', which case 'lenet-mnist' does not have" in caplog.text
+    assert "skipping a run of images 99–99, beyond the 16 images of the tune split of case 'lenet-mnist'" in caplog.text
+    assert "skipping a run of batch size 1 with 2 per-image PSNR values" in caplog.text
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert sum(r["runs"] for r in rows) == len(good)  # the report is the good records' alone
+    expected = {}
+    for r in good:
+        expected.setdefault(r["config"], []).append(r["psnr"])
+    assert {r["config"]: r["psnr"] for r in rows} == pytest.approx({k: np.mean(v) for k, v in expected.items()})
+    text = out.with_suffix(".md").read_text()
+    assert "cpu s: process CPU seconds per run (2 torch threads)" in text and "one torch thread" not in text

@@ -96,11 +96,9 @@ def test_a_fedavg_report_of_other_runs_is_written_beside_them(tmp_path: Path) ->
     assert (RESULTS / "fedavg.md").read_text() == committed
     written = (runs / "fedavg.md").read_text()
     assert written.splitlines()[4:] == committed.splitlines()[4:]  # the same tables from the same runs
+    record = json.loads((runs / "size4.jsonl").read_text().splitlines()[0])
     with (runs / "size4.jsonl").open("a") as handle:  # a run of another FL model joins the folder
-        handle.write(
-            '{"setting": "1 step", "size": 4, "attack": "gifd", "method": "replay", "first": 0, "seed": 0, '
-            '"steps_per_stage": 50, "restarts": 2, "rounds": 1, "psnr": 9.0, "model_accuracy": 0.1}\n'
-        )
+        handle.write(json.dumps({**record, "rounds": 1, "model_accuracy": 0.1, "psnr": 9.0}) + "\n")
     done = script("fedavg", "--report", "--runs", str(runs))
     assert done.returncode == 2 and f"{runs / 'fedavg.json'}, {runs / 'fedavg.md'} exist: pass --overwrite" in (
         done.stderr

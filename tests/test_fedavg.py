@@ -346,3 +346,116 @@ def test_inferred_labels_under_known_order_mini_batches_warn(lenet_clf, digits) 
         full = LocalTraining(0.1, epochs=1, shuffle_seed=0)
         attack.set_params(training=full)
         attack.infer(client_update(lenet_clf, x, y, full))
+
+
+@pytest.fixture
+def fedavg_benchmark(monkeypatch: pytest.MonkeyPatch):
+    """``benchmarks/fedavg.py`` as a module."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks import fedavg
+
+    return fedavg
+
+
+def _committed_fedavg_runs(tmp_path):
+    import shutil
+
+    from benchmarks.fedavg import RUNS
+
+    runs = tmp_path / "runs"
+    shutil.copytree(RUNS, runs)
+    return runs
+
+
+def test_fedavg_report_states_the_budget_and_command_of_its_runs(fedavg_benchmark, tmp_path) -> None:
+    import json
+
+    runs = tmp_path / "runs"
+    argv = ["--sizes", "2", "--images", "2", "--seeds", "0", "--attacks", "pixel", "--steps-per-stage", "1"]
+    argv += ["--restarts", "1", "--rounds", "1", "--runs", str(runs)]
+    fedavg_benchmark.main(argv)
+    command = "python benchmarks/fedavg.py " + " ".join(argv)
+    records = [json.loads(line) for line in (runs / "size2.jsonl").read_text().splitlines()]
+    assert records and {r["command"] for r in records} == {command}
+    fedavg_benchmark.main(["--report", "--runs", str(runs)])
+    document = json.loads((runs / "fedavg.json").read_text())
+    assert (document["steps_per_stage"], document["restarts"], document["threads"]) == (1, 1, 1)
+    assert document["commands"] == [command] and document["runs_without_command"] == 0
+    text = (runs / "fedavg.md").read_text()
+    assert f"Runs: `{command}`; " in text and "--sizes 4` and `--sizes 8`" not in text
+    assert "Attack budget of the runs: restarts 1, steps per stage 1 (GIFD's 4 stages; the other attacks 4 " in text
+
+
+def test_fedavg_report_of_runs_that_did_not_record_their_command_says_so(fedavg_benchmark, tmp_path) -> None:
+    runs = _committed_fedavg_runs(tmp_path)
+    fedavg_benchmark.main(["--report", "--runs", str(runs)])
+    text = (runs / "fedavg.md").read_text()
+    assert "Runs: 432 runs of `python benchmarks/fedavg.py` whose options were not recorded; " in text
+    assert "restarts 2, steps per stage 50 " in text
+
+
+def test_fedavg_options_that_would_be_ignored_are_refused(fedavg_benchmark, tmp_path, capsys) -> None:
+    runs = ["--runs", str(tmp_path / "runs")]
+    for argv, message in (
+        (["--sizes", "4", "--images", "6"], "--images (6) must be a multiple of every --sizes value [4]"),
+        (["--images", "100000"], "--images 100000: the held-out split holds 800 digits from digit 200 on"),
+        (["--report", "--memory"], "argument --memory: not allowed with argument --report"),
+        (["--labels", "--memory"], "argument --memory: not allowed with argument --labels"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            fedavg_benchmark.parse_args([*argv, *runs])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err, err
+    assert fedavg_benchmark.parse_args(["--images", "800", *runs]).images == 800  # every digit from 200 on
+
+
+def test_fedavg_memory_measures_the_restarts_asked(fedavg_benchmark, tmp_path) -> None:
+    import json
+
+    runs = tmp_path / "runs"
+    fedavg_benchmark.main(["--memory", "--restarts", "1", "--runs", str(runs)])
+    rows = json.loads((runs / "memory.json").read_text())
+    assert [(r["local_steps"], r["restarts"]) for r in rows] == [(1, 1), (2, 1), (5, 1), (10, 1)]
+
+
+def test_fedavg_report_skips_damaged_runs_and_names_a_damaged_table_before_writing(
+    fedavg_benchmark, tmp_path, caplog
+) -> None:
+    import json
+
+    runs = _committed_fedavg_runs(tmp_path)
+    lines = (runs / "size4.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    damaged = [
+        {k: v for k, v in first.items() if k != "cpu_seconds"},
+        {**first, "attack": "foo"},
+        {**first, "method": "guess"},
+    ]
+    with (runs / "size4.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in damaged))
+    memory = (runs / "memory.json").read_text()
+    for text, problem in (
+        ('[{"a": 1}]', r"memory\.json is damaged or not this script's \(rows\[0\]\.local_steps is missing\)"),
+        ("[{", r"memory\.json is not a JSON table \(Expecting"),
+        ("\xff", r"memory\.json is not a JSON table"),
+    ):
+        (runs / "memory.json").write_bytes(text.encode("latin-1"))
+        with pytest.raises(ValueError, match=problem) as error:
+            fedavg_benchmark.main(["--report", "--runs", str(runs)])
+        assert str(runs / "memory.json") in str(error.value)
+        assert not (runs / "fedavg.json").exists() and not (runs / "fedavg.md").exists()  # nothing written
+    (runs / "labels.json").write_text('[{"model": "m", "size": "4"}]')
+    with pytest.raises(ValueError, match=r"labels\.json is damaged or not this script's \(rows\[0\]\.size is \"4\""):
+        fedavg_benchmark.main(["--report", "--runs", str(runs)])
+    (runs / "labels.json").unlink()
+    (runs / "memory.json").write_text(memory)
+    with caplog.at_level("WARNING"):
+        fedavg_benchmark.main(["--report", "--runs", str(runs)])
+    assert "skipping a damaged record (cpu_seconds is missing)" in caplog.text
+    assert "skipping a run of attack 'foo', not one of ('gifd', 'latent-only', 'pixel')" in caplog.text
+    assert "skipping a run of method 'guess', not one of ('replay', 'naive', 'epoch-steps')" in caplog.text
+    document = json.loads((runs / "fedavg.json").read_text())
+    committed = json.loads((fedavg_benchmark.RESULTS / "fedavg.json").read_text())
+    assert document["rows"] == committed["rows"] and document["memory"] == committed["memory"]  # the good runs alone
