@@ -63,6 +63,23 @@ def refuse_to_replace(
         )
 
 
+def refuse_unread_options(
+    parser: argparse.ArgumentParser, argv: Sequence[str], unread: Iterable[str], mode: str
+) -> None:
+    """
+    Stop a script whose command line gives options that its mode does not read: they would stand in the recorded
+    command as if they had been used.
+
+    :param argv: The command line's arguments.
+    :param unread: The options (``--name``) the mode does not read.
+    :param mode: The mode, as the message names it (e.g. ``--mode quality``).
+    """
+    given = {word.split("=")[0] for word in argv if word.startswith("--")}
+    unused = sorted(given & set(unread))
+    if unused:
+        parser.error(f"{', '.join(unused)}: not read by {mode}; leave {'them' if unused[1:] else 'it'} out.")
+
+
 def read_runs(path: Path, shape: dict[str, Any], repair: bool = False) -> list[dict[str, Any]]:
     """
     The records of a benchmark's runs file (append-only JSONL, one line per finished run) that have ``shape``; a

@@ -67,7 +67,14 @@ from art_gifd.store import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from benchmarks.common import git_commit, mean_sem, other_settings, read_runs, refuse_to_replace
+from benchmarks.common import (
+    git_commit,
+    mean_sem,
+    other_settings,
+    read_runs,
+    refuse_to_replace,
+    refuse_unread_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -594,6 +601,15 @@ def _memory_markdown(rows: list[dict[str, Any]] | None) -> str:
     )
 
 
+_RUN_ONLY = ("--images", "--seeds", "--attacks", "--steps-per-stage")
+#: Per mode, the options it does not read (the runs read all but ``--out``).
+_UNREAD = {
+    "--memory": (*_RUN_ONLY, "--sizes", "--rounds", "--threads", "--out"),
+    "--labels": (*_RUN_ONLY, "--restarts", "--out"),
+    "--report": (*_RUN_ONLY, "--sizes", "--restarts", "--rounds", "--threads"),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -624,6 +640,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite", action="store_true", help="replace the report, labels.json or memory.json if it exists"
     )
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    for flag, unread in _UNREAD.items():
+        if getattr(args, flag.removeprefix("--")):
+            refuse_unread_options(parser, given, unread, flag)
     if any(s < 2 or s % 2 for s in args.sizes):
         parser.error("--sizes must be even numbers >= 2 (the mini-batch settings split the data in two)")
     if any(args.images % s for s in args.sizes):

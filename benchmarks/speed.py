@@ -66,7 +66,13 @@ from art_gifd.store import NULL, NUMBER, environment, shape_problem, write_bytes
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import git_commit, mean_sem, psnr_by_label_multiplicity, refuse_to_replace
+from benchmarks.common import (
+    git_commit,
+    mean_sem,
+    psnr_by_label_multiplicity,
+    refuse_to_replace,
+    refuse_unread_options,
+)
 
 PRIORS = ("auto", "mnist32", "faces", "random")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -879,12 +885,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    given = {word.split("=")[0] for word in args.argv if word.startswith("--")}
-    unused = sorted(given & set(_OTHER_MODES_OPTIONS.get(args.mode, ())))
-    if unused:  # an option another mode reads would stand in the record's command without having been used
-        parser.error(
-            f"{', '.join(unused)}: not read by --mode {args.mode}; leave {'them' if unused[1:] else 'it'} out."
-        )
+    refuse_unread_options(parser, args.argv, _OTHER_MODES_OPTIONS[args.mode], f"--mode {args.mode}")
     if args.mode == "quality":
         from benchmarks.cases import CASES
 

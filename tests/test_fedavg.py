@@ -403,6 +403,9 @@ def test_fedavg_options_that_would_be_ignored_are_refused(fedavg_benchmark, tmp_
         (["--images", "100000"], "--images 100000: the held-out split holds 800 digits from digit 200 on"),
         (["--report", "--memory"], "argument --memory: not allowed with argument --report"),
         (["--labels", "--memory"], "argument --memory: not allowed with argument --labels"),
+        (["--memory", "--sizes", "4", "--threads", "2"], "--sizes, --threads: not read by --memory; leave them out"),
+        (["--report", "--seeds", "3"], "--seeds: not read by --report; leave it out"),
+        (["--labels", "--restarts=3"], "--restarts: not read by --labels; leave it out"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             fedavg_benchmark.parse_args([*argv, *runs])
