@@ -28,7 +28,6 @@ so that a trial does not land in the committed ``benchmarks/results/ablation_run
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
 import time
@@ -55,8 +54,6 @@ from benchmarks.common import (
     read_runs,
     refuse_to_replace,
 )
-
-logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "ablation_runs"
@@ -299,14 +296,7 @@ def _outside_cases(record: dict[str, Any]) -> str | None:
 
 def report_runs(path: Path) -> list[dict[str, Any]]:
     """The runs of one runs file that the report can read; others are skipped with a warning naming them."""
-    runs = []
-    for record in read_runs(path, _RECORD):
-        problem = _outside_cases(record)
-        if problem is None:
-            runs.append(record)
-        else:
-            logger.warning("%s: skipping %s", path, problem)
-    return runs
+    return read_runs(path, _RECORD, check=_outside_cases)
 
 
 def run(args: argparse.Namespace) -> None:

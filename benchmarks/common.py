@@ -5,7 +5,7 @@ whether an image's label is shared in its client batch."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +80,24 @@ def refuse_unread_options(
         parser.error(f"{', '.join(unused)}: not read by {mode}; leave {'them' if unused[1:] else 'it'} out.")
 
 
-def read_runs(path: Path, shape: dict[str, Any], repair: bool = False) -> list[dict[str, Any]]:
+def read_runs(
+    path: Path,
+    shape: dict[str, Any],
+    repair: bool = False,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+) -> list[dict[str, Any]]:
     """
     The records of a benchmark's runs file (append-only JSONL, one line per finished run) that have ``shape``; a
     torn, foreign or damaged line is skipped with a warning naming it. ``repair`` truncates a torn last line, so that
-    the next append starts on a fresh line.
+    the next append starts on a fresh line; ``check`` names what else rules out a record of the right shape (a case
+    or attack the script does not know), which is then skipped the same way.
     """
-    return ResultsFile(path).read(repair=repair, check=lambda record: shape_problem(record, shape))[1]
+
+    def problem(record: dict[str, Any]) -> str | None:
+        found = shape_problem(record, shape)
+        return found if found is not None or check is None else check(record)
+
+    return ResultsFile(path).read(repair=repair, check=problem)[1]
 
 
 def other_settings(records: Iterable[dict[str, Any]], settings: Mapping[str, tuple[str, Any]]) -> list[str]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 import shlex
 import sys
 import time
@@ -75,8 +74,6 @@ from benchmarks.common import (
     refuse_to_replace,
     refuse_unread_options,
 )
-
-logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "fedavg_runs"
@@ -180,15 +177,15 @@ def runs_of(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     The runs of one runs file, with the key fields of older records filled in; a record of an attack or method this
     script does not know is skipped with a warning naming it.
     """
-    runs = []
-    for record in read_runs(path, _RECORD, repair=repair):
-        if record["attack"] not in ATTACKS:
-            logger.warning("%s: skipping a run of attack %r, not one of %s", path, record["attack"], ATTACKS)
-        elif record["method"] not in METHODS:
-            logger.warning("%s: skipping a run of method %r, not one of %s", path, record["method"], METHODS)
-        else:
-            runs.append({**LEGACY_KEY_VALUES, **record})
-    return runs
+    return [{**LEGACY_KEY_VALUES, **r} for r in read_runs(path, _RECORD, repair=repair, check=_unknown)]
+
+
+def _unknown(record: dict[str, Any]) -> str | None:
+    """An attack or method of a run that this script does not know, or ``None``."""
+    for field, known in (("attack", ATTACKS), ("method", METHODS)):
+        if record[field] not in known:
+            return f"a run of {field} {record[field]!r}, not one of {known}"
+    return None
 
 
 @dataclass

@@ -225,10 +225,13 @@ def test_ablation_report_skips_damaged_and_foreign_records_and_states_their_thre
     with caplog.at_level("WARNING"):
         ablation.main(["--report", "--runs", str(runs), "--out", str(out)])
     assert "skipping a damaged record (matching_loss is missing)" in caplog.text
-    assert "skipping a run of case 'foo', which benchmarks/cases.py does not define" in caplog.text
-    assert "skipping a run of split 'nope', which case 'lenet-mnist' does not have" in caplog.text
-    assert "skipping a run of images 99–99, beyond the 16 images of the tune split of case 'lenet-mnist'" in caplog.text
-    assert "skipping a run of batch size 1 with 2 per-image PSNR values" in caplog.text
+    assert "skipping a damaged record (a run of case 'foo', which benchmarks/cases.py does not define" in caplog.text
+    assert "skipping a damaged record (a run of split 'nope', which case 'lenet-mnist' does not have" in caplog.text
+    assert (
+        "skipping a damaged record (a run of images 99–99, beyond the 16 images of the tune split of case 'lenet-mnist'"
+        in caplog.text
+    )
+    assert "skipping a damaged record (a run of batch size 1 with 2 per-image PSNR values" in caplog.text
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert sum(r["runs"] for r in rows) == len(good)  # the report is the good records' alone
     expected = {}

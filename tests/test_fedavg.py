@@ -457,8 +457,13 @@ def test_fedavg_report_skips_damaged_runs_and_names_a_damaged_table_before_writi
     with caplog.at_level("WARNING"):
         fedavg_benchmark.main(["--report", "--runs", str(runs)])
     assert "skipping a damaged record (cpu_seconds is missing)" in caplog.text
-    assert "skipping a run of attack 'foo', not one of ('gifd', 'latent-only', 'pixel')" in caplog.text
-    assert "skipping a run of method 'guess', not one of ('replay', 'naive', 'epoch-steps')" in caplog.text
+    assert (
+        "skipping a damaged record (a run of attack 'foo', not one of ('gifd', 'latent-only', 'pixel')" in caplog.text
+    )
+    assert (
+        "skipping a damaged record (a run of method 'guess', not one of ('replay', 'naive', 'epoch-steps')"
+        in caplog.text
+    )
     document = json.loads((runs / "fedavg.json").read_text())
     committed = json.loads((fedavg_benchmark.RESULTS / "fedavg.json").read_text())
     assert document["rows"] == committed["rows"] and document["memory"] == committed["memory"]  # the good runs alone
