@@ -35,6 +35,7 @@ from art_gifd.defenses.base import (
 )
 from art_gifd.labels import find_classifier_head
 from art_gifd.validation import (
+    MATERIALISE,
     MAX_BATCH_SIZE,
     MAX_LOCAL_STEPS,
     MAX_RATE,
@@ -44,6 +45,7 @@ from art_gifd.validation import (
     check_gradient,
     check_integer,
     check_number,
+    meta_entries,
     nonfinite_entries,
     real_array,
     to_numpy,
@@ -99,6 +101,14 @@ class TargetModel:
         self.estimator = estimator
         self.device = check_device(device if device is not None else estimator.device)
         self.train_mode = train_mode = check_flag("train_mode", train_mode)
+        if not any(True for _ in estimator.model.parameters()):
+            raise ValueError(
+                "The FL model has no parameters (buffers only): a client shares the gradient or update of its "
+                "parameters, so there is nothing to observe; give the model whose parameters the client trains."
+            )
+        meta = meta_entries(estimator.model.state_dict())
+        if meta:
+            raise ValueError(f"The FL model's weights {meta[:3]} are on the meta device (no values): {MATERIALISE}.")
         broken = nonfinite_entries(estimator.model.state_dict())
         if broken:
             raise ValueError(
@@ -254,6 +264,14 @@ class TargetModel:
 
         try:
             g = grad(self.loss)(self.params, self.preprocess(x), y)
+        except ValueError as err:
+            if "more than 1 value per channel" not in str(err):
+                raise
+            raise ValueError(
+                f"BatchNorm in train mode (train_mode=True) on a batch of {len(x)} sample: the batch statistics of one "
+                "sample are undefined, so no client computes this gradient (for a FedAvg client: a local mini-batch "
+                "of one, e.g. the last of an epoch). Use batches of 2 or more samples, or train_mode=False."
+            ) from None
         except (KeyError, NotImplementedError) as err:  # what torch.func raises for a graph it cannot transform
             raise ValueError(
                 f"the model cannot be differentiated with torch.func ({type(err).__name__}: {err}), which every attack "

@@ -323,7 +323,14 @@ def check_model(module: nn.Module, input_shape: tuple[int, ...], num_classes: in
     :raises ModelLoadError: With key ``input_shape`` if the forward pass fails, ``num_classes`` if the output's shape
                             differs.
     """
+    from art_gifd.validation import MATERIALISE, meta_entries
+
     shape = tuple(input_shape)
+    meta = meta_entries(module.state_dict())
+    if meta:
+        raise ModelLoadError(
+            "factory", f"the model's weights {meta[:3]} are on the meta device (no values): {MATERIALISE}."
+        )
     probe = copy.deepcopy(module).eval()
     try:
         with torch.no_grad():

@@ -231,6 +231,15 @@ def inside_image_folder(output: str | Path, folder: str | Path) -> str | None:
     )
 
 
+#: What to do about weights on the meta device, for the messages that name them.
+MATERIALISE = "load them with load_state_dict(state, assign=True), or build the module on the CPU"
+
+
+def meta_entries(state: Mapping[str, Any]) -> list[str]:
+    """Names of the tensors of a state dict on the meta device (never materialised: they hold no values)."""
+    return [name for name, t in state.items() if getattr(t, "is_meta", False)]
+
+
 def nonfinite_entries(state: Mapping[str, Any]) -> list[str]:
     """
     Names of the floating-point tensors (or numpy arrays, as a capture holds them) of a state dict that hold NaN or

@@ -17,7 +17,7 @@ import torch
 from art_gifd import GIFDAttack, InvertingGradientsAttack
 from art_gifd.cli import main
 from art_gifd.configfile import parse_document
-from art_gifd.defenses import GaussianNoise, Prune
+from art_gifd.defenses import Compose, GaussianNoise, Prune
 from art_gifd.federated import client_gradients
 from art_gifd.models import make_classifier
 from art_gifd.validation import check_device, check_integer, check_number
@@ -1166,6 +1166,42 @@ def test_values_the_client_side_and_the_defences_would_misread_are_refused(lenet
         attack.reconstruct([torch.empty(g.shape, device="meta") for g in grads], y[:1])
     with pytest.warns(UserWarning, match="holds a plain function, which the attack does not replay"):
         InvertingGradientsAttack(lenet_clf, max_iter=1, defense=FunctionDefense(lambda gs: gs))
+    nested = Compose([Compose([FunctionDefense(lambda gs: gs)]), Prune(0.5)])  # the function one level further down
+    with pytest.warns(UserWarning, match="holds a plain function, which the attack does not replay"):
+        InvertingGradientsAttack(lenet_clf, max_iter=1, defense=nested)
+
+
+def test_models_and_priors_without_values_or_parameters_and_single_sample_batch_norm_are_named(lenet_clf) -> None:
+    from art.estimators.classification import PyTorchClassifier
+
+    from art_gifd.models import ModelLoadError, lenet, make_classifier
+    from art_gifd.priors.embedded import load_default_prior
+
+    with torch.device("meta"):  # built lazily, its weights never loaded
+        lazy = lenet(seed=0)
+    with pytest.raises(ModelLoadError, match=r"weights \['0\.weight', .* are on the meta device \(no values\)"):
+        make_classifier(lazy, (1, 32, 32))
+    with pytest.raises(ValueError, match=r"The prior's weights .* are on the meta device \(no values\): load them"):
+        GIFDAttack(lenet_clf, load_default_prior().to("meta"))
+
+    class Buffers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("w", torch.ones(16, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) @ self.w
+
+    x = np.random.default_rng(0).random((2, 1, 4, 4), dtype=np.float32)
+    buffers = PyTorchClassifier(Buffers(), torch.nn.CrossEntropyLoss(), (1, 4, 4), 3, clip_values=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"The FL model has no parameters \(buffers only\)"):
+        client_gradients(buffers, x, [0, 1])
+    torch.manual_seed(0)
+    norm = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+    )
+    with pytest.raises(ValueError, match=r"BatchNorm in train mode \(train_mode=True\) on a batch of 1 sample"):
+        client_gradients(make_classifier(norm, (1, 4, 4), 3), x[:1], [0], train_mode=True)
 
 
 def test_reconstruct_many_names_the_observation_that_fails(lenet_clf, heldout, default_prior) -> None:

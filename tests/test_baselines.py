@@ -152,6 +152,18 @@ def test_ggl_never_backpropagates(lenet_clf, digit, default_prior, monkeypatch) 
     assert psnr(result.images, x)[0] > 13.0
 
 
+def test_ggl_refuses_a_latent_too_large_for_cma_es(lenet_clf, digit) -> None:
+    from art_gifd.priors.wrap import wrap_generator
+
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(20_000, 1024), torch.nn.Unflatten(1, (1, 32, 32))))
+    prior = wrap_generator(torch.nn.Sequential(*wide, torch.nn.Tanh()), latent_shape=(20_000,))
+    x, y = digit
+    attack = GGLAttack(lenet_clf, prior, max_iter=2, num_restarts=1, verbose=False)
+    with pytest.raises(ValueError, match=r"CMA-ES would search 20,000 numbers .* covariance alone needs 3\.0 GiB"):
+        attack.reconstruct(client_gradients(lenet_clf, x, y), y)
+
+
 def test_ggl_scores_in_chunks_with_the_same_result(lenet_clf, digit, default_prior) -> None:
     x, y = digit
     grads = client_gradients(lenet_clf, x, y)

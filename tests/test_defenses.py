@@ -222,6 +222,22 @@ def test_soteria_prunes_representation_columns(clf4, batch4, clean4) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_soteria_on_a_token_wise_linear_layer_is_named() -> None:
+    class Tokens(torch.nn.Module):  # its layer 'tok' reads 4 vectors per sample
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok, self.head = torch.nn.Linear(16, 8), torch.nn.Linear(32, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.tok(x.reshape(len(x), 4, 16)).flatten(1))
+
+    torch.manual_seed(0)
+    clf = make_classifier(Tokens(), (1, 8, 8), 3)
+    x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"layer 'tok' reads an input of shape \(1, 4, 16\) per sample, not one"):
+        client_gradients(clf, x, [0, 1], defense=Soteria("tok", 0.5))
+
+
 def test_soteria_scores_do_not_depend_on_the_chunk_size(clf4, batch4) -> None:
     target = TargetModel(clf4)
     x, y = batch4

@@ -150,6 +150,32 @@ def test_bad_inputs_to_reconstruct_many_are_named(heldout, default_prior) -> Non
     scaled = PyTorchClassifier(lenet(seed=0), torch.nn.CrossEntropyLoss(), (1, 32, 32), 10, clip_values=(0.0, 255.0))
     with pytest.raises(ValueError, match=r"estimators\[1\] has clip_values \[0.0, 255.0\] but the attack's"):
         attack.reconstruct_many(observations, estimators=[clf, scaled])
+
+    def pooled() -> torch.nn.Module:  # one set of parameter shapes for any image size
+        torch.manual_seed(0)
+        layers = (torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+        return torch.nn.Sequential(*layers)
+
+    large, small = make_classifier(pooled(), (1, 32, 32)), make_classifier(pooled(), (1, 28, 28))
+    pooled_observations, _ = _clients(heldout, [large] * 2)
+    with pytest.raises(ValueError, match=r"estimators\[1\] has input_shape \(1, 28, 28\) but the attack's .*\(1, 32"):
+        GIFDAttack(large, default_prior, steps_per_stage=1, batch_size=2, verbose=False).reconstruct_many(
+            pooled_observations, estimators=[large, small]
+        )
+
+    class Tempered(torch.nn.Module):  # the same layers and weights; its forward divides by a plain attribute
+        def __init__(self, temperature: float) -> None:
+            super().__init__()
+            self.net, self.temperature = lenet(seed=0), temperature
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x) / self.temperature
+
+    cool, hot = (make_classifier(Tempered(t), (1, 32, 32)) for t in (1.0, 100.0))
+    with pytest.raises(ValueError, match=r"estimators\[1\]'s model computes other outputs .* a temperature attribute"):
+        GIFDAttack(cool, default_prior, steps_per_stage=1, batch_size=2, verbose=False).reconstruct_many(
+            observations, estimators=[cool, hot]
+        )
     with pytest.raises(
         ValueError,
         match=r"observations must be a list .* got a dict \(a gradient name -> array of one client goes in a list",

@@ -102,6 +102,28 @@ def test_gifd_searches_a_wrapped_generator(heldout) -> None:
     assert result.best_loss < result.stage_losses[0].max()
 
 
+def test_an_empty_block_and_an_in_place_block_start_are_named_before_the_search(heldout) -> None:
+    clf = make_classifier(lenet(seed=0), (1, 32, 32))
+    grads = client_gradients(clf, heldout[0][:1], heldout[1][:1])
+    blocks = [*small_generator()]
+    padded = wrap_generator(nn.Sequential(*blocks[:2], nn.Sequential(), *blocks[2:]), latent_shape=(8,))  # 5 declared
+    attack = GIFDAttack(clf, padded, max_stage=5, steps_per_stage=1, num_restarts=1, latent_pool=1, verbose=False)
+    with pytest.raises(ValueError, match=r"forward_blocks\(h, 2, 3\) returns its input unchanged: block 2 computes"):
+        attack.reconstruct(grads)
+    padded = wrap_generator(nn.Sequential(*small_generator(), nn.Sequential()), latent_shape=(8,))  # empty last
+    attack = GIFDAttack(clf, padded, max_stage=5, steps_per_stage=1, num_restarts=1, latent_pool=1, verbose=False)
+    with pytest.raises(ValueError, match=r"forward_from\(4, h\) returns its input unchanged: the blocks after stage 4"):
+        attack.reconstruct(grads)
+    attack.set_params(max_stage=4)
+    assert len(attack.reconstruct(grads).stage_names) == 4
+    blocks = small_generator()
+    blocks[2].insert(0, nn.ReLU(inplace=True))  # overwrites the feature of stage 2 that the search differentiates
+    inplace = wrap_generator(blocks, latent_shape=(8,))
+    attack = GIFDAttack(clf, inplace, steps_per_stage=1, num_restarts=1, latent_pool=1, verbose=False)
+    with pytest.raises(ValueError, match=r"cannot be differentiated from its stage 2 .* use inplace=False there"):
+        attack.reconstruct(grads)
+
+
 def generator_ending_in(last: nn.Module) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1024), nn.Unflatten(1, (1, 32, 32)), last)

@@ -211,6 +211,31 @@ def _as_list(name: str, values: Any) -> list[Any]:
     return list(values)
 
 
+def _same_function(shared: Any, own: Any, input_shape: tuple[int, ...], clip: list | None) -> bool:
+    """
+    Whether ``shared`` (the module a joint search runs) computes what ``own`` computes, given ``own``'s parameters and
+    buffers, on a seeded probe batch in the clip range (both in eval mode for the check).
+    """
+    import torch
+    from torch.func import functional_call
+
+    device = next(iter(shared.parameters()), torch.empty(0)).device
+    low, high = (0.0, 1.0) if clip is None else (float(np.min(clip[0])), float(np.max(clip[1])))
+    probe = low + (high - low) * torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    modes = [m.training for m in (shared, own)]
+    state = {k: v.to(device) for k, v in [*own.named_parameters(), *own.named_buffers()]}
+    try:
+        shared.eval(), own.eval()
+        with torch.no_grad():
+            expected = own(probe.to(next(iter(own.parameters()), probe).device))
+            got = functional_call(shared, state, (probe.to(device),))
+        return bool(torch.allclose(got.float().cpu(), expected.float().cpu(), rtol=1e-4, atol=1e-6))
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):  # other names or shapes: not the same
+        return False
+    finally:
+        shared.train(modes[0]), own.train(modes[1])
+
+
 def _layers(model: Any) -> list[str]:
     """
     The model's class and every module with its settings (as the module's printout shows them: ``Conv2d(1, 12,
@@ -390,8 +415,12 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"got {type(self.defense).__name__}; wrap a plain function in FunctionDefense."
             )
         if self.defense is not None:
-            parts = self.defense.defenses if isinstance(self.defense, Compose) else [self.defense]
-            if any(isinstance(d, FunctionDefense) for d in parts):
+            parts, functions = [self.defense], []
+            while parts:  # a Compose may hold others
+                part = parts.pop()
+                parts += part.defenses if isinstance(part, Compose) else []
+                functions += [part] if isinstance(part, FunctionDefense) else []
+            if functions:
                 warnings.warn(
                     f"The known defence {self.defense!r} holds a plain function, which the attack does not replay on "
                     "its candidates (it cannot know whether the function is deterministic and differentiable): this "
@@ -635,6 +664,19 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
             raise ValueError(
                 f"estimators[{t}] has clip_values {clips[1]} but the attack's estimator {clips[0]}: the joint "
                 "search looks for every observation's images in one range; give every estimator the same."
+            )
+        shapes = [tuple(e.input_shape) for e in (self.estimator, estimator)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"estimators[{t}] has input_shape {shapes[1]} but the attack's estimator {shapes[0]}: the joint "
+                "search looks for every observation's images in one shape; attack that client with its own attack."
+            )
+        if not _same_function(self.estimator.model, estimator.model, shapes[0], clips[0]):
+            raise ValueError(
+                f"estimators[{t}]'s model computes other outputs than the attack's estimator's model given its own "
+                "weights (its forward reads a setting that is not a parameter or buffer, e.g. a temperature "
+                "attribute): the joint search would score that observation with the wrong model; attack that "
+                "client with its own attack."
             )
         if _loss_signature(estimator._loss) != _loss_signature(self.estimator._loss):
             raise ValueError(

@@ -802,6 +802,10 @@ def _run_lbfgs(
     return count
 
 
+#: Most numbers CMA-ES searches per restart: its full covariance matrix then takes 800 MB (float64).
+MAX_CMA_DIMENSION = 10_000
+
+
 def _run_cma(
     stage: SearchStage, evaluate: Evaluate, tracker: _BestTracker, settings: SearchSettings, report: Report
 ) -> int:
@@ -826,6 +830,14 @@ def _cma_search(
     restarts = tracker.restarts
     rows = init.shape[0] // restarts
     starts = init.reshape(restarts, -1).double().cpu().numpy()
+    dimension = starts.shape[1]
+    if dimension > MAX_CMA_DIMENSION:  # the package keeps a full covariance matrix and decomposes it
+        raise ValueError(
+            f"Stage '{stage.name}': CMA-ES would search {dimension:,} numbers per restart ({rows} image(s) × "
+            f"{dimension // rows:,} latent numbers), and its {dimension:,}×{dimension:,} covariance alone needs "
+            f"{8 * dimension**2 / 2**30:,.1f} GiB; it suits up to {MAX_CMA_DIMENSION:,}. Use a generator with a "
+            "smaller latent or a smaller batch, or a gradient-based search (GIAS, GIFD)."
+        )
     options: dict[str, Any] = {"seed": np.nan, "verbose": -9, "maxiter": settings.steps}
     if stage.cma_population is not None:
         options["popsize"] = stage.cma_population

@@ -23,7 +23,14 @@ from art_gifd.priors.base import (
     check_output_range,
     project_latent,
 )
-from art_gifd.validation import MAX_SEED, check_choice, check_integer, nonfinite_entries
+from art_gifd.validation import (
+    MATERIALISE,
+    MAX_SEED,
+    check_choice,
+    check_integer,
+    meta_entries,
+    nonfinite_entries,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -114,6 +121,9 @@ class GenerativePriorAttack(GradientInversionAttack):
             raise ValueError(
                 f"prior must be a LayeredGenerator (see art_gifd.priors), got {type(self.prior).__name__}."
             )
+        meta = meta_entries(self.prior.state_dict())
+        if meta:
+            raise ValueError(f"The prior's weights {meta[:3]} are on the meta device (no values): {MATERIALISE}.")
         broken = nonfinite_entries(self.prior.state_dict())
         if broken:
             raise ValueError(
@@ -221,6 +231,7 @@ class GenerativePriorAttack(GradientInversionAttack):
                     check_latent_draws(self.prior, draws, self.resolved_latent_constraint)
                 h = self.project_latent(draws[:2])
                 classes = torch.zeros(2, dtype=torch.long, device=device) if self.prior.num_classes else None
+                stages = [h]  # the variable of every stage the search optimises
                 for stage in range(1, self._feature_stages() + 1):
                     h = self.prior.forward_blocks(h, stage - 1, stage, classes)
                     if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() == 0 or len(h) != 2:
@@ -230,11 +241,37 @@ class GenerativePriorAttack(GradientInversionAttack):
                             "tensor whose first dimension is the batch (pack several parts into one flat tensor, as "
                             "StyleGAN2Generator does)"
                         )
+                    if h is stages[-1] or (h.shape == stages[-1].shape and torch.equal(h, stages[-1])):
+                        raise TypeError(
+                            f"forward_blocks(h, {stage - 1}, {stage}) returns its input unchanged: block {stage - 1} "
+                            f"computes nothing, so stage {stage} would search what stage {stage - 1} searched (the "
+                            f"image itself past the last real block); set num_blocks to the blocks the prior has "
+                            f"({self.prior.num_blocks} declared), or a smaller max_stage"
+                        )
+                    stages.append(h)
                 out = self.prior.forward_from(self._feature_stages(), h, classes)
+                if len(stages) > 1 and (out is h or (out.shape == h.shape and torch.equal(out, h))):
+                    raise TypeError(
+                        f"forward_from({len(stages) - 1}, h) returns its input unchanged: the blocks after stage "
+                        f"{len(stages) - 1} compute nothing, so that stage would search the image itself; set "
+                        f"num_blocks to the blocks the prior has ({self.prior.num_blocks} declared), or a smaller "
+                        "max_stage"
+                    )
         except (RuntimeError, TypeError, ValueError) as err:
             raise ValueError(
                 f"The prior ({name}) fails to generate from its own latents: {' '.join(str(err).split())[:300]}"
             ) from None
+        for stage, variable in enumerate(stages):  # the search differentiates from each stage's variable
+            try:
+                with torch.enable_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    self.prior.forward_from(stage, variable.detach().requires_grad_(), classes)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"The prior ({name}) cannot be differentiated from its stage {stage} "
+                    f"({' '.join(str(err).split())[:200]}): an in-place operation on a block's input (e.g. "
+                    "nn.ReLU(inplace=True) first in a block) overwrites the feature the search optimises; use "
+                    "inplace=False there."
+                ) from None
         expected = (2, *self.prior.image_shape)
         found = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected or out.dtype != torch.float32:

@@ -86,6 +86,12 @@ class Soteria(Defense):
                     f"Soteria's layer {self.layer!r} {runs} in the model's forward pass: name the nn.Linear that reads "
                     "the representation, once per sample."
                 )
+            if captured[0].numel() != linear.in_features:  # e.g. a token-wise layer on a (B, tokens, features) input
+                raise ValueError(
+                    f"Soteria's layer {self.layer!r} reads an input of shape {tuple(captured[0].shape)} per sample, "
+                    f"not one representation of its {linear.in_features} in_features: Soteria prunes the features "
+                    "of a (B, in_features) input; name a linear layer that reads one vector per sample."
+                )
             return captured[0].reshape(-1)
 
         x = target.preprocess(context.x).detach()

@@ -90,10 +90,11 @@ def check_declarations(prior: LayeredGenerator) -> None:
         raise ValueError(
             f"{name}.latent_constraint must be one of {LATENT_CONSTRAINTS}, got {prior.latent_constraint!r}."
         )
-    dtypes = sorted({str(p.dtype) for p in prior.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    tensors = [*prior.parameters(), *prior.buffers()]
+    dtypes = sorted({str(t.dtype) for t in tensors if t.is_floating_point() and t.dtype != torch.float32})
     if dtypes:
         raise ValueError(
-            f"{name}'s weights are {', '.join(dtypes)}; the attacks search in float32: call prior.float()."
+            f"{name}'s weights or buffers are {', '.join(dtypes)}; the attacks search in float32: call prior.float()."
         )
 
 
