@@ -295,7 +295,7 @@ def test_what_a_user_prior_declares_wrongly_is_named_before_any_search(lenet_clf
         setattr(prior, attribute, value)
         with pytest.raises(ValueError, match=message):
             attack(prior)
-    with pytest.raises(ValueError, match=r"_UserPrior's weights are torch.float64; .* call prior.float\(\)"):
+    with pytest.raises(ValueError, match=r"_UserPrior's weights or buffers are torch.float64; .* call prior.float\(\)"):
         attack(_UserPrior().double())
 
 
