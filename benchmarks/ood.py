@@ -350,6 +350,11 @@ def main() -> None:
     with results.lock("benchmarks/ood.py", "another --jobs file"):  # one writer per jobs file
         # repair: an interrupted write's torn line is cut, and a hand-damaged record is named and run again
         jobs_read = results.latest(repair=True, check=lambda record: shape_problem(record, JOB_SHAPE))
+        if not jobs_read and results.path.is_file() and results.path.read_text(errors="replace").strip():
+            raise ValueError(
+                f"'{args.jobs}' holds lines but no job of this script (another tool's results file?): give --jobs a "
+                "file of its own."
+            )
         done = {k: r for k, r in jobs_read.items() if r.get("settings") == fingerprint}
         todo = [job for job in jobs if "|".join(map(str, job)) not in done]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run", file=sys.stderr)

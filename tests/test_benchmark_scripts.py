@@ -201,6 +201,14 @@ def test_a_summary_written_over_the_runs_file_it_resumes_from_is_refused(
     assert not list(tmp_path.iterdir())
 
 
+def test_ood_refuses_a_jobs_file_of_another_tool(tmp_path: Path) -> None:
+    foreign = tmp_path / "results.jsonl"  # e.g. a bench results file: ood would append its jobs to it
+    foreign.write_text('{"type": "run", "job_id": "abc", "config_hash": "x"}\n')
+    done = script("ood", "--pairs", "in-distribution", "--batch-sizes", "1", "--images", "4", "--jobs", str(foreign))
+    assert done.returncode == 2 and "holds lines but no job of this script" in done.stderr, done.stderr
+    assert foreign.read_text() == '{"type": "run", "job_id": "abc", "config_hash": "x"}\n'
+
+
 def test_ablation_runs_of_other_settings_join_a_runs_file_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

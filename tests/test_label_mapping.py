@@ -164,8 +164,12 @@ def test_bad_label_mappings_are_rejected_up_front(lenet_clf, permuted_prior, def
 
 def test_a_mapping_that_fails_or_answers_a_flag_is_named_with_its_task_label() -> None:
     labels = torch.tensor([3, 3])
-    with pytest.raises(ValueError, match=r"maps task label 3 to True, which is not a generator class"):
+    with pytest.raises(ValueError, match=r"maps task label 3 to True, a bool: a generator class is an integer index"):
         map_labels(labels, lambda t: True, 10)
+    with pytest.raises(ValueError, match=r"maps task label 3 to 3\.0, a float: .* \(return a Python or numpy int\)"):
+        map_labels(labels, lambda t: 3.0, 10)
+    with pytest.raises(ValueError, match=r"maps task label 3 to 12, which is not a generator class in \[0, 9\]"):
+        map_labels(labels, lambda t: 12, 10)
     with pytest.raises(ValueError, match=r"no entry for task label 3: its keys are strings \(such as '3'\)"):
         map_labels(labels, {"3": 4}, 10)
     with pytest.raises(ValueError, match=r"label_mapping raised KeyError\(3\) for task label 3"):

@@ -250,8 +250,9 @@ class _UserPrior(LayeredGenerator):
         self.last, self.latent, self.stage = last, latent, stage
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        generator = None if self.latent == "unseeded" else generator  # the global generator: not the one given
         z = torch.randn(n, 8, generator=generator)
-        return z if self.latent == "normal" else torch.rand(n, 8, generator=generator) * 2 - 1
+        return z if self.latent in ("normal", "unseeded") else torch.rand(n, 8, generator=generator) * 2 - 1
 
     def forward_blocks(self, h, start, stop, labels=None):
         if start == 0 and stop >= 1:
@@ -283,6 +284,8 @@ def test_what_a_user_prior_declares_wrongly_is_named_before_any_search(lenet_clf
     with pytest.raises(ValueError, match=r"draws codes of mean norm .* but its latent_constraint 'sphere'"):
         attack(_UserPrior(latent="uniform")).reconstruct(gradient, y)
     attack(_UserPrior(latent="uniform"), latent_constraint="none").reconstruct(gradient, y)  # the user's choice
+    with pytest.raises(ValueError, match=r"sample_latent draws other codes from two equally seeded generators"):
+        attack(_UserPrior(latent="unseeded")).reconstruct(gradient, y)
     with pytest.raises(ValueError, match=r"forward_blocks\(h, 0, 1\) returns a tuple: a stage must be one floating"):
         attack(_UserPrior(stage="tuple")).reconstruct(gradient, y)
     for attribute, value, message in (

@@ -227,6 +227,12 @@ class GenerativePriorAttack(GradientInversionAttack):
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 draws = self.prior.sample_latent(16, generator=torch.Generator(device=device).manual_seed(0))
+                again = self.prior.sample_latent(16, generator=torch.Generator(device=device).manual_seed(0))
+                if not torch.equal(draws, again):  # then a seed would not make a search repeatable
+                    raise TypeError(
+                        "sample_latent draws other codes from two equally seeded generators: it must draw from the "
+                        "generator it is given (e.g. torch.randn(..., generator=generator))"
+                    )
                 if self.latent_constraint == "auto":  # a constraint the user chose explicitly is theirs
                     check_latent_draws(self.prior, draws, self.resolved_latent_constraint)
                 h = self.project_latent(draws[:2])

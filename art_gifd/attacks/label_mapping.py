@@ -132,7 +132,12 @@ def map_labels(labels: torch.Tensor, mapping: LabelMapping, num_generator_classe
             except Exception as err:  # the user's function: name the label it failed on
                 raise ValueError(f"label_mapping raised {err!r} for task label {label}.") from err
         whole = isinstance(target, int | np.integer) and not isinstance(target, bool | np.bool_)
-        if not whole or not 0 <= int(target) < num_generator_classes:
+        if not whole:
+            raise ValueError(
+                f"label_mapping maps task label {label} to {target!r}, a {type(target).__name__}: a generator class "
+                "is an integer index (return a Python or numpy int)."
+            )
+        if not 0 <= int(target) < num_generator_classes:
             raise ValueError(
                 f"label_mapping maps task label {label} to {target!r}, which is not a generator class in "
                 f"[0, {num_generator_classes - 1}]."
