@@ -5,6 +5,7 @@ whether an image's label is shared in its client batch."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,25 @@ def refuse_unread_options(
     unused = sorted(given & set(unread))
     if unused:
         parser.error(f"{', '.join(unused)}: not read by {mode}; leave {'them' if unused[1:] else 'it'} out.")
+
+
+def read_json_file(path: Path, shape: Any, what: str, remedy: str, name: str = "") -> Any:
+    """
+    The JSON value in ``path`` (a record or table a script wrote), checked against ``shape``
+    (:func:`~art_gifd.store.shape_problem`, which names the place by ``name``).
+
+    :param what: What the file should be, for the messages (e.g. ``"a quality record"``).
+    :param remedy: The way out, for the messages.
+    :raises ValueError: Naming the file and what is wrong: unreadable, not JSON, or not of ``shape``.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8 or not JSON
+        raise ValueError(f"'{path}' cannot be read as {what} ({err}): {remedy}.") from None
+    problem = shape_problem(value, shape, name)
+    if problem is not None:
+        raise ValueError(f"'{path}' is not {what} of this script ({problem}): {remedy}.")
+    return value
 
 
 def read_runs(

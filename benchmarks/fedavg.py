@@ -62,7 +62,6 @@ from art_gifd.store import (
     NUMBER,
     ResultsFile,
     environment,
-    shape_problem,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -70,6 +69,7 @@ from benchmarks.common import (
     git_commit,
     mean_sem,
     other_settings,
+    read_json_file,
     read_runs,
     refuse_to_replace,
     refuse_unread_options,
@@ -548,16 +548,9 @@ def _read_table(path: Path, shape: list[dict[str, Any]]) -> list[dict[str, Any]]
 
     :raises ValueError: Naming the file and what is wrong with it, if it is not JSON rows of ``shape``.
     """
-    if not path.is_file():
-        return None
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:  # not UTF-8, or not JSON
-        raise ValueError(f"{path} is not a JSON table ({err}): measure it again or move it away.") from None
-    problem = shape_problem(rows, shape, "rows")
-    if problem is not None:
-        raise ValueError(f"{path} is damaged or not this script's ({problem}): measure it again or move it away.")
-    return rows
+    return (
+        read_json_file(path, shape, "a table", "measure it again or move it away", "rows") if path.is_file() else None
+    )
 
 
 def _labels_markdown(rows: list[dict[str, Any]] | None) -> str:

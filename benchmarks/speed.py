@@ -62,7 +62,7 @@ from art_gifd.metrics import psnr
 from art_gifd.models import MODELS, build_model, make_classifier
 from art_gifd.priors.base import LayeredGenerator
 from art_gifd.priors.dcgan import DCGANGenerator
-from art_gifd.store import NULL, NUMBER, environment, shape_problem, write_bytes_atomic, write_json_atomic
+from art_gifd.store import NULL, NUMBER, environment, write_bytes_atomic, write_json_atomic
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,6 +70,7 @@ from benchmarks.common import (
     git_commit,
     mean_sem,
     psnr_by_label_multiplicity,
+    read_json_file,
     refuse_to_replace,
     refuse_unread_options,
 )
@@ -718,14 +719,7 @@ QUALITY_SHAPE = {
 
 def _quality_record(path: Path) -> dict[str, Any]:
     """A quality record read for the report; a file that is not one is named with what is wrong."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"'{path}' cannot be read as a quality record ({err}): remove it or run it again.") from None
-    problem = shape_problem(record, QUALITY_SHAPE)
-    if problem is not None:
-        raise ValueError(f"'{path}' is not a quality record of this script: {problem}. Remove it or run it again.")
-    return record
+    return read_json_file(path, QUALITY_SHAPE, "a quality record", "remove it or run it again")
 
 
 def _gpu(record: dict[str, Any]) -> str:

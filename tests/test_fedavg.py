@@ -440,9 +440,9 @@ def test_fedavg_report_skips_damaged_runs_and_names_a_damaged_table_before_writi
         handle.write("".join(json.dumps(r) + "\n" for r in damaged))
     memory = (runs / "memory.json").read_text()
     for text, problem in (
-        ('[{"a": 1}]', r"memory\.json is damaged or not this script's \(rows\[0\]\.local_steps is missing\)"),
-        ("[{", r"memory\.json is not a JSON table \(Expecting"),
-        ("\xff", r"memory\.json is not a JSON table"),
+        ('[{"a": 1}]', r"memory\.json' is not a table of this script \(rows\[0\]\.local_steps is missing\)"),
+        ("[{", r"memory\.json' cannot be read as a table \(Expecting"),
+        ("\xff", r"memory\.json' cannot be read as a table \('utf-8' codec"),
     ):
         (runs / "memory.json").write_bytes(text.encode("latin-1"))
         with pytest.raises(ValueError, match=problem) as error:
@@ -450,7 +450,7 @@ def test_fedavg_report_skips_damaged_runs_and_names_a_damaged_table_before_writi
         assert str(runs / "memory.json") in str(error.value)
         assert not (runs / "fedavg.json").exists() and not (runs / "fedavg.md").exists()  # nothing written
     (runs / "labels.json").write_text('[{"model": "m", "size": "4"}]')
-    with pytest.raises(ValueError, match=r"labels\.json is damaged or not this script's \(rows\[0\]\.size is \"4\""):
+    with pytest.raises(ValueError, match=r"labels\.json' is not a table of this script \(rows\[0\]\.size is \"4\""):
         fedavg_benchmark.main(["--report", "--runs", str(runs)])
     (runs / "labels.json").unlink()
     (runs / "memory.json").write_text(memory)

@@ -132,7 +132,7 @@ def test_options_another_mode_reads_and_records_that_are_not_quality_records_are
     with pytest.raises(ValueError, match=r"holds no quality_\*\.json record: run --mode quality first"):
         speed.main(report)
     (tmp_path / "quality_zz.json").write_text('{"case": {"name": "x"}}')
-    with pytest.raises(ValueError, match=r"quality_zz\.json' is not a quality record of this script: case\.images is"):
+    with pytest.raises(ValueError, match=r"quality_zz\.json' is not a quality record of this script \(case\.images is"):
         speed.main(report)
     (tmp_path / "quality_zz.json").write_text('{"case": ')
     with pytest.raises(ValueError, match=r"quality_zz\.json' cannot be read as a quality record \(Expecting value"):
