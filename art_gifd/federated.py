@@ -106,10 +106,11 @@ class TargetModel:
                 "The FL model has no parameters (buffers only): a client shares the gradient or update of its "
                 "parameters, so there is nothing to observe; give the model whose parameters the client trains."
             )
-        meta = meta_entries(estimator.model.state_dict())
+        state = estimator.model.state_dict()
+        meta = meta_entries(state)
         if meta:
             raise ValueError(f"The FL model's weights {meta[:3]} are on the meta device (no values): {MATERIALISE}.")
-        broken = nonfinite_entries(estimator.model.state_dict())
+        broken = nonfinite_entries(state)
         if broken:
             raise ValueError(
                 f"The FL model's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."

@@ -121,10 +121,11 @@ class GenerativePriorAttack(GradientInversionAttack):
             raise ValueError(
                 f"prior must be a LayeredGenerator (see art_gifd.priors), got {type(self.prior).__name__}."
             )
-        meta = meta_entries(self.prior.state_dict())
+        state = self.prior.state_dict()
+        meta = meta_entries(state)
         if meta:
             raise ValueError(f"The prior's weights {meta[:3]} are on the meta device (no values): {MATERIALISE}.")
-        broken = nonfinite_entries(self.prior.state_dict())
+        broken = nonfinite_entries(state)
         if broken:
             raise ValueError(
                 f"The prior's weights hold NaN or infinite values (in {broken[:3]}): load a valid checkpoint."
@@ -224,6 +225,10 @@ class GenerativePriorAttack(GradientInversionAttack):
 
         device = self.prior.device
         name = type(self.prior).__name__
+
+        def unchanged(new: torch.Tensor, old: torch.Tensor) -> bool:  # blocks that compute nothing
+            return new is old or (new.shape == old.shape and torch.equal(new, old))
+
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 draws = self.prior.sample_latent(16, generator=torch.Generator(device=device).manual_seed(0))
@@ -247,7 +252,7 @@ class GenerativePriorAttack(GradientInversionAttack):
                             "tensor whose first dimension is the batch (pack several parts into one flat tensor, as "
                             "StyleGAN2Generator does)"
                         )
-                    if h is stages[-1] or (h.shape == stages[-1].shape and torch.equal(h, stages[-1])):
+                    if unchanged(h, stages[-1]):
                         raise TypeError(
                             f"forward_blocks(h, {stage - 1}, {stage}) returns its input unchanged: block {stage - 1} "
                             f"computes nothing, so stage {stage} would search what stage {stage - 1} searched (the "
@@ -256,7 +261,7 @@ class GenerativePriorAttack(GradientInversionAttack):
                         )
                     stages.append(h)
                 out = self.prior.forward_from(self._feature_stages(), h, classes)
-                if len(stages) > 1 and (out is h or (out.shape == h.shape and torch.equal(out, h))):
+                if len(stages) > 1 and unchanged(out, h):
                     raise TypeError(
                         f"forward_from({len(stages) - 1}, h) returns its input unchanged: the blocks after stage "
                         f"{len(stages) - 1} compute nothing, so that stage would search the image itself; set "
