@@ -53,6 +53,7 @@ from benchmarks.common import (
     psnr_by_label_multiplicity,
     read_runs,
     refuse_to_replace,
+    threads_text,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -449,17 +450,12 @@ def multiplicity_markdown(rows: list[dict[str, Any]]) -> str:
 
     mixed = len({row["threads"] for row in rows}) > 1  # else the thread count is the report's, stated above
     for row in rows:
-        steps = f"{row['steps_per_stage']}, {_threads(row['threads'])}" if mixed else row["steps_per_stage"]
+        steps = f"{row['steps_per_stage']}, {threads_text(row['threads'])}" if mixed else row["steps_per_stage"]
         lines.append(
             f"| {row['case']} | {row['split']} | {row['batch_size']} | {steps} | {row['config']} | "
             f"{row['batches']} | {cell(row, 'unique')} | {cell(row, 'shared')} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _threads(count: int) -> str:
-    """A torch thread count as the report states it."""
-    return "one torch thread" if count == 1 else f"{count} torch threads"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -468,7 +464,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     when the runs were made with more than one thread count, else once in the introduction).
     """
     counts = sorted({row["threads"] for row in rows})
-    threads = _threads(counts[0]) if len(counts) == 1 else "the torch threads of its table"
+    threads = threads_text(counts[0]) if len(counts) == 1 else "the torch threads of its table"
     lines = [
         "# GIFD ablation",
         "",
@@ -498,7 +494,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             )
             lines += [
                 "",
-                heading + (f", {_threads(row['threads'])}" if len(counts) > 1 else ""),
+                heading + (f", {threads_text(row['threads'])}" if len(counts) > 1 else ""),
                 "",
                 "| configuration | runs | PSNR | SSIM | Δ vs baseline | wins | loss lower | cpu s |",
                 "|---|---|---|---|---|---|---|---|",

@@ -137,6 +137,11 @@ def other_settings(records: Iterable[dict[str, Any]], settings: Mapping[str, tup
     return differing
 
 
+def threads_text(count: int) -> str:
+    """A torch thread count as the reports state it: ``one torch thread``, ``2 torch threads``."""
+    return "one torch thread" if count == 1 else f"{count} torch threads"
+
+
 def mean_sem(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (``nan`` for a single value)."""
     array = np.asarray(values, dtype=np.float64)

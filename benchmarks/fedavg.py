@@ -73,6 +73,7 @@ from benchmarks.common import (
     read_runs,
     refuse_to_replace,
     refuse_unread_options,
+    threads_text,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -422,7 +423,7 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
             f"{header['runs_without_command']} runs of `python benchmarks/fedavg.py` whose options were not recorded"
         )
         commands = f"{commands} and {older}" if commands else older
-    threads = "one torch thread" if header["threads"] == 1 else f"{header['threads']} torch threads"
+    threads = threads_text(header["threads"])
     lines = [
         "# FedAvg: inverting a client's weight update after several local steps",
         "",
