@@ -671,7 +671,8 @@ class GradientInversionAttack(InferenceAttack, abc.ABC):
                 f"estimators[{t}] has input_shape {shapes[1]} but the attack's estimator {shapes[0]}: the joint "
                 "search looks for every observation's images in one shape; attack that client with its own attack."
             )
-        if not _same_function(self.estimator.model, estimator.model, shapes[0], clips[0]):
+        same_module = estimator.model is self.estimator.model  # the attack's own estimator: nothing to compare
+        if not same_module and not _same_function(self.estimator.model, estimator.model, shapes[0], clips[0]):
             raise ValueError(
                 f"estimators[{t}]'s model computes other outputs than the attack's estimator's model given its own "
                 "weights (its forward reads a setting that is not a parameter or buffer, e.g. a temperature "
